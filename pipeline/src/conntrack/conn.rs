@@ -1,0 +1,181 @@
+//! The connection entry: what one tracked flow costs, laid out so that a packet of an
+//! established flow reads and writes one 64-byte line (plus its counters).
+
+use crate::flow::FlowKey;
+
+/// One direction's view of a TCP connection, after Linux's `ip_ct_tcp_state` and pf's
+/// `pf_state_peer`. `end` is the highest sequence number sent (seq + len), `maxend` the
+/// highest right edge the other side has allowed, `maxwin` the largest window seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Peer {
+    pub end: u32,
+    pub maxend: u32,
+    pub maxwin: u32,
+}
+
+/// Per-peer TCP flags, with Linux's values (`IP_CT_TCP_FLAG_*`).
+pub mod pflag {
+    pub const WINDOW_SCALE: u8 = 0x01;
+    pub const SACK_PERM: u8 = 0x02;
+    pub const CLOSE_INIT: u8 = 0x04;
+    pub const BE_LIBERAL: u8 = 0x08;
+    pub const DATA_UNACKNOWLEDGED: u8 = 0x10;
+    pub const MAXACK_SET: u8 = 0x20;
+}
+
+/// Entry-wide flags.
+pub mod cflag {
+    /// Addresses live in the table's IPv6 side array.
+    pub const V6: u8 = 0x01;
+    /// The original direction (who opened the flow) is the key's `hi` endpoint.
+    pub const ORIG_IS_HI: u8 = 0x02;
+    /// A packet in the reply direction was accepted (Linux `IPS_SEEN_REPLY`).
+    pub const SEEN_REPLY: u8 = 0x04;
+    /// Linux `IPS_ASSURED`: TCP handshake completed, UDP stream older than 2 s.
+    pub const ASSURED: u8 = 0x08;
+    /// Set on every packet, cleared by the eviction clock (second-chance LRU).
+    pub const REFERENCED: u8 = 0x10;
+    /// The last in-window ACK advertised a zero window (Linux `last_win == 0`).
+    pub const LAST_WIN_ZERO: u8 = 0x20;
+    /// Two-bit saturating count of identical retransmissions (Linux `retrans`).
+    pub const RETRANS_SHIFT: u8 = 6;
+    pub const RETRANS_MASK: u8 = 0xc0;
+}
+
+/// The hot part of an entry: key, state, timer and TCP window tracking.
+///
+/// Field groups, after pf's `pf_state`: the key as seen by both directions, the state,
+/// the two peers. Everything a packet of an established flow touches is here; counters
+/// are in [`ConnStats`], rarely used bookkeeping in [`ConnAux`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Conn {
+    /// Canonical IPv4 addresses `[lo, hi]`; zero for IPv6 (see the side array).
+    pub addr: [u32; 2],
+    pub port: [u16; 2],
+    /// Protocol in bits 24..32, VLAN ids in bits 0..24 (see [`FlowKey::vlan`]).
+    pub proto_vlan: u32,
+    /// Last refresh, in wrapping ticks (see [`crate::time`]).
+    pub last_seen: u32,
+    /// TCP: state (bits 0..4), Linux `last_index` (bits 4..7), `last_dir` (bit 7).
+    /// Others: 0 unreplied, 1 replied.
+    pub state: u8,
+    /// [`cflag`] bits.
+    pub flags: u8,
+    /// The [`super::timeouts::TimerClass`] whose timeout currently applies.
+    pub timer: u8,
+    /// Window scale shift of the original (bits 0..4) and reply (bits 4..8) peers.
+    pub scales: u8,
+    /// [`pflag`] bits per direction (0 original, 1 reply).
+    pub pflags: [u8; 2],
+    /// 16-bit fingerprint of the last in-window ACK (dir, seq, ack, end, window):
+    /// Linux compares those fields to count retransmissions.
+    pub retrans_fp: u16,
+    /// Window tracking per direction (0 original, 1 reply). UDP and ICMP entries keep
+    /// their creation tick in `peer[0].end` (Linux `stream_ts`).
+    pub peer: [Peer; 2],
+    /// Highest ACK sent per direction (Linux `td_maxack`), for RST validation.
+    pub maxack: [u32; 2],
+    /// End (seq + len) of the last annotated segment (Linux `last_end`).
+    pub last_end: u32,
+}
+
+// The size budget the issue sets and the layout promises: one cache line.
+const _: () = assert!(core::mem::size_of::<Conn>() == 64);
+const _: () = assert!(core::mem::align_of::<Conn>() == 64);
+
+/// Packet and byte counters per direction, written on every packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub struct ConnStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
+
+/// Rarely touched bookkeeping: the flow's age and the annotations Linux keeps to
+/// resync after an ignored SYN. Read and written on state changes only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConnAux {
+    /// Tick of creation (wrapping): flow age in listings.
+    pub created: u32,
+    /// Window of the last ignored SYN (Linux `last_win`).
+    pub last_win: u16,
+    /// Window scale of the last ignored SYN (Linux `last_wscale`).
+    pub last_wscale: u8,
+    /// Linux `last_flags`: WINDOW_SCALE and SACK_PERM of the ignored SYN, plus
+    /// [`aux_flag`] bits.
+    pub last_flags: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<ConnAux>() == 8);
+
+/// Bits of [`ConnAux::last_flags`] beyond the per-peer ones (Linux values).
+pub mod aux_flag {
+    pub const SIMULTANEOUS_OPEN: u8 = 0x04;
+    pub const EXP_CHALLENGE_ACK: u8 = 0x40;
+}
+
+/// Direction of a packet relative to the flow: who opened it.
+pub const ORIGINAL: usize = 0;
+pub const REPLY: usize = 1;
+
+impl Conn {
+    #[inline]
+    pub fn proto(&self) -> u8 {
+        (self.proto_vlan >> 24) as u8
+    }
+
+    #[inline]
+    pub fn vlan(&self) -> u32 {
+        self.proto_vlan & 0x00ff_ffff
+    }
+
+    #[inline]
+    pub fn is_v6(&self) -> bool {
+        self.flags & cflag::V6 != 0
+    }
+
+    #[inline]
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// The conntrack direction of a packet sent from canonical side `side_is_hi`.
+    #[inline]
+    pub fn dir_of(&self, side_is_hi: bool) -> usize {
+        usize::from(side_is_hi != self.has(cflag::ORIG_IS_HI))
+    }
+
+    /// True when the stored key equals `k` (IPv6 addresses are compared by the table).
+    #[inline]
+    pub fn matches_v4(&self, k: &FlowKey) -> bool {
+        self.addr[0] == k.addr[0] as u32
+            && self.addr[1] == k.addr[1] as u32
+            && self.port == k.port
+            && self.proto_vlan == (u32::from(k.proto) << 24 | k.vlan)
+            && !self.is_v6()
+    }
+
+    #[inline]
+    pub fn retrans(&self) -> u8 {
+        (self.flags & cflag::RETRANS_MASK) >> cflag::RETRANS_SHIFT
+    }
+
+    pub fn set_retrans(&mut self, n: u8) {
+        self.flags = (self.flags & !cflag::RETRANS_MASK) | (n.min(3) << cflag::RETRANS_SHIFT);
+    }
+
+    #[inline]
+    pub fn scale(&self, dir: usize) -> u8 {
+        (self.scales >> (4 * dir)) & 0x0f
+    }
+
+    pub fn set_scale(&mut self, dir: usize, s: u8) {
+        let shift = 4 * dir;
+        self.scales = (self.scales & !(0x0f << shift)) | ((s & 0x0f) << shift);
+    }
+}

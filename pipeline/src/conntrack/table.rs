@@ -1,0 +1,397 @@
+//! The per-core connection table: preallocated entries, a bucketed cuckoo index, a free
+//! list and the timer wheel. Fixed capacity chosen at start; nothing here allocates
+//! after `new`.
+//!
+//! Index: 64-byte buckets of 7 (tag, slot) pairs. A key may live in its home bucket
+//! (hash & mask) or its alternate (home ^ f(tag)); each bucket counts how many of its
+//! keys overflowed, so a lookup reads a second bucket only when the first ever
+//! overflowed (about 4 % of buckets at the 50 % load the sizing gives). A one-step
+//! cuckoo move and a small stash absorb the rest.
+
+use super::conn::{cflag, Conn, ConnAux, ConnStats};
+use super::wheel::Wheel;
+use crate::flow::{FlowHasher, FlowKey};
+use crate::raw::{prefetch, region_of, zeroed_slice};
+
+const WAYS: usize = 7;
+/// Index slots per entry of capacity: 2, i.e. the index is at most half full.
+const INDEX_OVERPROVISION: usize = 2;
+/// Keys that found no room in either bucket even after a cuckoo move.
+const STASH: usize = 64;
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Bucket {
+    /// Hash tag with bit 0 = "this key's home is the other bucket"; 0 = empty.
+    tags: [u32; WAYS],
+    /// How many keys whose home is this bucket live elsewhere.
+    overflow: u32,
+    slots: [u32; WAYS],
+    _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
+
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexFull;
+
+pub struct Table {
+    pub(crate) conns: Box<[Conn]>,
+    pub(crate) stats: Box<[ConnStats]>,
+    pub(crate) aux: Box<[ConnAux]>,
+    /// IPv6 addresses `[lo, hi]` at `2*slot`. Zeroed lazily by the OS: costs RAM only
+    /// for slots that ever held an IPv6 flow.
+    v6: Box<[u128]>,
+    buckets: Box<[Bucket]>,
+    mask: usize,
+    stash: [(u32, u32); STASH],
+    stash_len: usize,
+    free: Vec<u32>,
+    pub(crate) wheel: Wheel,
+    hasher: FlowHasher,
+    len: usize,
+    peak: usize,
+    kick: usize,
+}
+
+#[inline]
+fn tag_of(h: u64) -> u32 {
+    ((h >> 32) as u32 & !1) | 2
+}
+
+#[inline]
+fn alt(bucket: usize, tag: u32, mask: usize) -> usize {
+    (bucket ^ ((tag & !1).wrapping_mul(0x5bd1_e995) as usize | 1)) & mask
+}
+
+impl Table {
+    pub fn new(capacity: usize, seed: u64, now_ticks: u64) -> Table {
+        let capacity = capacity.max(1);
+        let nbuckets = (capacity * INDEX_OVERPROVISION).div_ceil(WAYS).next_power_of_two().max(2);
+        let mut free = Vec::with_capacity(capacity);
+        free.extend((0..capacity as u32).rev());
+        Table {
+            conns: zeroed_slice(capacity),
+            stats: zeroed_slice(capacity),
+            aux: zeroed_slice(capacity),
+            v6: zeroed_slice(capacity * 2),
+            buckets: zeroed_slice(nbuckets),
+            mask: nbuckets - 1,
+            stash: [(0, 0); STASH],
+            stash_len: 0,
+            free,
+            wheel: Wheel::new(capacity, now_ticks),
+            hasher: FlowHasher::new(seed),
+            len: 0,
+            peak: 0,
+            kick: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.conns.len()
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+    /// Highest number of live entries seen.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+    pub fn hasher(&self) -> &FlowHasher {
+        &self.hasher
+    }
+
+    /// Bytes allocated per entry of capacity, everything included.
+    pub fn bytes_per_entry(&self) -> usize {
+        let total = self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4;
+        total / self.capacity()
+    }
+
+    /// The large arrays, as (address, length), so the dataplane can `madvise` them.
+    pub fn regions(&self) -> Vec<(usize, usize)> {
+        vec![
+            region_of(&self.conns),
+            region_of(&self.stats),
+            region_of(&self.aux),
+            region_of(&self.v6),
+            region_of(&self.buckets),
+            region_of(self.wheel.nodes()),
+        ]
+    }
+
+    #[inline]
+    pub fn hash(&self, k: &FlowKey) -> u64 {
+        self.hasher.hash(k)
+    }
+
+    /// Stage 1 of a burst: bring the key's home bucket into cache.
+    #[inline]
+    pub fn prefetch_bucket(&self, h: u64) {
+        prefetch(&self.buckets[h as usize & self.mask]);
+    }
+
+    /// Stage 2: bring the entry that the first matching tag points at into cache.
+    #[inline]
+    pub fn prefetch_entry(&self, h: u64) {
+        let b = &self.buckets[h as usize & self.mask];
+        let tag = tag_of(h);
+        for i in 0..WAYS {
+            if b.tags[i] & !1 == tag {
+                let s = b.slots[i] as usize;
+                prefetch(&self.conns[s]);
+                prefetch(&self.stats[s]);
+                return;
+            }
+        }
+    }
+
+    #[inline]
+    fn key_eq(&self, slot: u32, k: &FlowKey) -> bool {
+        let c = &self.conns[slot as usize];
+        if !k.v6 {
+            return c.matches_v4(k);
+        }
+        let s = slot as usize * 2;
+        c.is_v6()
+            && c.port == k.port
+            && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan)
+            && self.v6[s] == k.addr[0]
+            && self.v6[s + 1] == k.addr[1]
+    }
+
+    #[inline]
+    fn find_in(&self, b: usize, tag: u32, k: &FlowKey) -> Option<(usize, usize)> {
+        let bucket = &self.buckets[b];
+        (0..WAYS).find(|&i| bucket.tags[i] & !1 == tag && self.key_eq(bucket.slots[i], k)).map(|i| (b, i))
+    }
+
+    /// The slot holding `k`, whose hash is `h`.
+    #[inline]
+    pub fn lookup(&self, h: u64, k: &FlowKey) -> Option<u32> {
+        let tag = tag_of(h);
+        let home = h as usize & self.mask;
+        if let Some((b, i)) = self.find_in(home, tag, k) {
+            return Some(self.buckets[b].slots[i]);
+        }
+        if self.buckets[home].overflow == 0 {
+            return None;
+        }
+        if let Some((b, i)) = self.find_in(alt(home, tag, self.mask), tag, k) {
+            return Some(self.buckets[b].slots[i]);
+        }
+        self.stash[..self.stash_len].iter().find(|&&(t, s)| t == tag && self.key_eq(s, k)).map(|&(_, s)| s)
+    }
+
+    /// Allocates an entry for `k` (not present) and writes its key. The caller sets the
+    /// state and arms the timer. `None` when no entry is free.
+    pub fn insert(&mut self, h: u64, k: &FlowKey) -> Result<u32, IndexFull> {
+        let Some(&slot) = self.free.last() else { return Err(IndexFull) };
+        self.index_insert(h, slot)?;
+        self.free.pop();
+        self.write_key(slot, k);
+        self.stats[slot as usize] = ConnStats::default();
+        self.len += 1;
+        self.peak = self.peak.max(self.len);
+        Ok(slot)
+    }
+
+    fn write_key(&mut self, slot: u32, k: &FlowKey) {
+        let c = &mut self.conns[slot as usize];
+        *c = Conn {
+            port: k.port,
+            proto_vlan: u32::from(k.proto) << 24 | k.vlan,
+            flags: if k.v6 { cflag::V6 } else { 0 },
+            ..Conn::default()
+        };
+        if k.v6 {
+            self.v6[slot as usize * 2] = k.addr[0];
+            self.v6[slot as usize * 2 + 1] = k.addr[1];
+        } else {
+            c.addr = [k.addr[0] as u32, k.addr[1] as u32];
+        }
+    }
+
+    fn index_insert(&mut self, h: u64, slot: u32) -> Result<(), IndexFull> {
+        let tag = tag_of(h);
+        let home = h as usize & self.mask;
+        if self.place(home, tag, slot) {
+            return Ok(());
+        }
+        let other = alt(home, tag, self.mask);
+        if self.place(other, tag | 1, slot) {
+            self.buckets[home].overflow += 1;
+            return Ok(());
+        }
+        // One cuckoo step: move a resident of either bucket to its other bucket.
+        for b in [home, other] {
+            for j in 0..WAYS {
+                let i = (j + self.kick) % WAYS;
+                let (t, s) = (self.buckets[b].tags[i], self.buckets[b].slots[i]);
+                let dest = alt(b, t, self.mask);
+                if dest == b || !self.place(dest, t ^ 1, s) {
+                    continue;
+                }
+                // The resident's home is `b` if it was in its home (bit 0 clear).
+                if t & 1 == 0 {
+                    self.buckets[b].overflow += 1;
+                } else {
+                    self.buckets[dest].overflow -= 1;
+                }
+                self.kick += 1;
+                let in_home = b == home;
+                self.buckets[b].tags[i] = if in_home { tag } else { tag | 1 };
+                self.buckets[b].slots[i] = slot;
+                if !in_home {
+                    self.buckets[home].overflow += 1;
+                }
+                return Ok(());
+            }
+        }
+        if self.stash_len == STASH {
+            return Err(IndexFull);
+        }
+        self.stash[self.stash_len] = (tag, slot);
+        self.stash_len += 1;
+        self.buckets[home].overflow += 1;
+        Ok(())
+    }
+
+    fn place(&mut self, b: usize, tag: u32, slot: u32) -> bool {
+        let bucket = &mut self.buckets[b];
+        match bucket.tags.iter().position(|&t| t == 0) {
+            Some(i) => {
+                bucket.tags[i] = tag;
+                bucket.slots[i] = slot;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the entry in `slot`: unindexes it, disarms its timer, frees the slot.
+    pub fn remove(&mut self, slot: u32) {
+        let k = self.key_of(slot);
+        let h = self.hash(&k);
+        let tag = tag_of(h);
+        let home = h as usize & self.mask;
+        let other = alt(home, tag, self.mask);
+        let mut done = false;
+        for b in [home, other] {
+            let bucket = &mut self.buckets[b];
+            if let Some(i) = (0..WAYS).find(|&i| bucket.tags[i] & !1 == tag && bucket.slots[i] == slot) {
+                let in_alt = bucket.tags[i] & 1 == 1;
+                bucket.tags[i] = 0;
+                bucket.slots[i] = 0;
+                if in_alt {
+                    self.buckets[home].overflow -= 1;
+                }
+                done = true;
+                break;
+            }
+        }
+        if !done && let Some(p) = self.stash[..self.stash_len].iter().position(|&(_, s)| s == slot) {
+            self.stash_len -= 1;
+            self.stash[p] = self.stash[self.stash_len];
+            self.buckets[home].overflow -= 1;
+            done = true;
+        }
+        debug_assert!(done, "removing an entry that is not indexed");
+        self.wheel.remove(slot);
+        self.free.push(slot);
+        self.len -= 1;
+    }
+
+    /// The canonical key stored in `slot`.
+    pub fn key_of(&self, slot: u32) -> FlowKey {
+        let c = &self.conns[slot as usize];
+        let v6 = c.is_v6();
+        let addr = if v6 {
+            [self.v6[slot as usize * 2], self.v6[slot as usize * 2 + 1]]
+        } else {
+            [u128::from(c.addr[0]), u128::from(c.addr[1])]
+        };
+        FlowKey { addr, port: c.port, proto: c.proto(), v6, vlan: c.vlan() }
+    }
+
+    /// True when `slot` holds a live entry (every live entry has an armed timer).
+    pub fn is_live(&self, slot: u32) -> bool {
+        self.wheel.is_armed(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32, v6: bool) -> FlowKey {
+        let a = if v6 { 0x2001_0db8_u128 << 96 | u128::from(i) } else { u128::from(0x0a00_0000 | i) };
+        FlowKey::new(a, (i % 50_000) as u16, if v6 { 0x2001_0db8_u128 << 96 } else { 0x0a01_0001 }, 80, 6, v6, 0).0
+    }
+
+    #[test]
+    fn insert_lookup_remove_at_full_capacity() {
+        let cap = 10_000;
+        let mut t = Table::new(cap, 42, 0);
+        for i in 0..cap as u32 {
+            let k = key(i, i % 3 == 0);
+            let h = t.hash(&k);
+            assert_eq!(t.lookup(h, &k), None);
+            let s = t.insert(h, &k).unwrap();
+            t.wheel.insert(s, 100);
+            assert_eq!(t.lookup(h, &k), Some(s));
+            assert_eq!(t.key_of(s), k);
+        }
+        assert!(t.is_full());
+        let k = key(cap as u32, false);
+        assert_eq!(t.insert(t.hash(&k), &k), Err(IndexFull));
+        for i in 0..cap as u32 {
+            let k = key(i, i % 3 == 0);
+            let h = t.hash(&k);
+            assert!(t.lookup(h, &k).is_some(), "key {i} lost");
+        }
+        for i in (0..cap as u32).step_by(2) {
+            let k = key(i, i % 3 == 0);
+            let h = t.hash(&k);
+            let s = t.lookup(h, &k).unwrap();
+            t.remove(s);
+            assert_eq!(t.lookup(h, &k), None);
+        }
+        assert_eq!(t.len(), cap / 2);
+        assert_eq!(t.peak(), cap);
+        for i in (1..cap as u32).step_by(2) {
+            let k = key(i, i % 3 == 0);
+            assert!(t.lookup(t.hash(&k), &k).is_some());
+        }
+        let overflow: u32 = t.buckets.iter().map(|b| b.overflow).sum();
+        let in_alt = t.buckets.iter().flat_map(|b| b.tags).filter(|&t| t & 1 == 1).count();
+        assert_eq!(overflow as usize, in_alt + t.stash_len, "overflow counts stay exact");
+    }
+
+    #[test]
+    fn tiny_index_uses_cuckoo_moves_and_stash() {
+        // 2 buckets of 7 for 16 entries: most keys cannot sit at home.
+        let mut t = Table::new(7, 1, 0);
+        let mut placed = Vec::new();
+        for i in 0..7u32 {
+            let k = key(i, false);
+            let h = t.hash(&k);
+            placed.push((k, t.insert(h, &k).unwrap()));
+        }
+        for (k, s) in &placed {
+            assert_eq!(t.lookup(t.hash(k), k), Some(*s));
+        }
+        for (_, s) in &placed {
+            t.remove(*s);
+        }
+        assert!(t.buckets.iter().all(|b| b.overflow == 0 && b.tags.iter().all(|&t| t == 0)));
+        assert_eq!(t.stash_len, 0);
+    }
+}

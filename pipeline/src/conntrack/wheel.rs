@@ -1,0 +1,262 @@
+//! A hierarchical timer wheel over entry indices, for expiry that is exact and costs
+//! bounded work per call, with nothing to do per packet.
+//!
+//! Six levels of 64 slots; a level-`k` slot spans `64^k` ticks, so the wheel reaches
+//! 2^36 ticks (34 years at 1/64 s). Occupied slots are found with one bitmap per level,
+//! so empty stretches of time cost nothing. The layout follows tokio's timer wheel.
+//!
+//! Entries are armed lazily (VPP's insight, `acl_multicore_doc.md`): a packet only
+//! writes "last seen" into its entry. When a slot fires, the owner recomputes the true
+//! deadline and either removes the entry or re-arms it later. Only a change to a
+//! *shorter* timeout (FIN, RST, …) re-arms at once.
+
+use crate::raw::zeroed_slice;
+
+pub const LEVELS: usize = 6;
+pub const SLOTS: usize = 64;
+const SLOT_BITS: u32 = 6;
+const LISTS: usize = LEVELS * SLOTS;
+
+/// Node of the intrusive doubly linked slot lists. Indices below `cap` are entries;
+/// `cap + list` are the list heads (sentinels). `list` is 1 + the list id, or 0 when
+/// the entry is not armed, so that a zeroed node means "not armed".
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Node {
+    prev: u32,
+    next: u32,
+    /// Deadline in wrapping ticks.
+    when: u32,
+    list: u32,
+}
+
+
+pub struct Wheel {
+    nodes: Box<[Node]>,
+    cap: u32,
+    occupied: [u64; LEVELS],
+    /// Ticks processed so far (absolute, non-wrapping).
+    elapsed: u64,
+    armed: usize,
+}
+
+impl Wheel {
+    pub fn new(cap: usize, now_ticks: u64) -> Wheel {
+        assert!(cap < (u32::MAX as usize) - LISTS, "capacity too large for 32-bit indices");
+        let mut nodes: Box<[Node]> = zeroed_slice(cap + LISTS);
+        for l in 0..LISTS {
+            let s = (cap + l) as u32;
+            nodes[cap + l] = Node { prev: s, next: s, when: 0, list: 0 };
+        }
+        Wheel { nodes, cap: cap as u32, occupied: [0; LEVELS], elapsed: now_ticks, armed: 0 }
+    }
+
+    /// Memory region of the node array (for `madvise`).
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn elapsed(&self) -> u64 {
+        self.elapsed
+    }
+
+    pub fn armed_count(&self) -> usize {
+        self.armed
+    }
+
+    pub fn is_armed(&self, idx: u32) -> bool {
+        self.nodes[idx as usize].list != 0
+    }
+
+    /// The deadline of an armed entry, as an absolute tick.
+    pub fn when(&self, idx: u32) -> u64 {
+        self.abs(self.nodes[idx as usize].when)
+    }
+
+    /// Converts a wrapping tick to absolute, relative to `elapsed` (valid within
+    /// +-2^31 ticks, i.e. the 365-day timeout limit).
+    pub fn abs(&self, t: u32) -> u64 {
+        let delta = t.wrapping_sub(self.elapsed as u32) as i32;
+        self.elapsed.wrapping_add_signed(i64::from(delta))
+    }
+
+    /// Arms `idx` to fire at absolute tick `when` (a past `when` fires at the next poll).
+    pub fn insert(&mut self, idx: u32, when: u64) {
+        debug_assert!(idx < self.cap && !self.is_armed(idx));
+        let when = when.max(self.elapsed);
+        let level = level_for(self.elapsed, when);
+        let slot = ((when >> (SLOT_BITS * level as u32)) as usize) & (SLOTS - 1);
+        let list = level * SLOTS + slot;
+        let head = self.cap as usize + list;
+        let tail = self.nodes[head].prev;
+        self.nodes[idx as usize] = Node { prev: tail, next: head as u32, when: when as u32, list: list as u32 + 1 };
+        self.nodes[tail as usize].next = idx;
+        self.nodes[head].prev = idx;
+        self.occupied[level] |= 1 << slot;
+        self.armed += 1;
+    }
+
+    /// Disarms `idx` if armed.
+    pub fn remove(&mut self, idx: u32) {
+        let n = self.nodes[idx as usize];
+        if n.list == 0 {
+            return;
+        }
+        self.nodes[n.prev as usize].next = n.next;
+        self.nodes[n.next as usize].prev = n.prev;
+        self.nodes[idx as usize] = Node::default();
+        let list = (n.list - 1) as usize;
+        let head = self.cap as usize + list;
+        if self.nodes[head].next == head as u32 {
+            self.occupied[list / SLOTS] &= !(1 << (list % SLOTS));
+        }
+        self.armed -= 1;
+    }
+
+    /// Re-arms `idx` at `when` (disarming it first if needed).
+    pub fn rearm(&mut self, idx: u32, when: u64) {
+        self.remove(idx);
+        self.insert(idx, when);
+    }
+
+    /// Pops one entry whose slot is due at `now` (absolute ticks) and disarms it; the
+    /// caller then removes the entry or re-arms it at its true deadline. Returns `None`
+    /// when nothing is due; `elapsed` then advances to `now`.
+    pub fn pop_due(&mut self, now: u64) -> Option<u32> {
+        loop {
+            let Some((level, slot, deadline)) = self.next_expiration() else {
+                self.elapsed = self.elapsed.max(now);
+                return None;
+            };
+            if deadline > now {
+                self.elapsed = self.elapsed.max(now);
+                return None;
+            }
+            self.elapsed = self.elapsed.max(deadline);
+            let head = self.cap as usize + level * SLOTS + slot;
+            let first = self.nodes[head].next;
+            if first as usize == head {
+                self.occupied[level] &= !(1 << slot);
+                continue;
+            }
+            self.remove(first);
+            return Some(first);
+        }
+    }
+
+    /// The earliest occupied slot: (level, slot, its start tick). Lower levels always
+    /// expire before higher ones, so the first level with a bit set holds it.
+    fn next_expiration(&self) -> Option<(usize, usize, u64)> {
+        for level in 0..LEVELS {
+            let occ = self.occupied[level];
+            if occ == 0 {
+                continue;
+            }
+            let shift = SLOT_BITS * level as u32;
+            let slot_range = 1u64 << shift;
+            let level_range = slot_range << SLOT_BITS;
+            let now_slot = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
+            let zeros = occ.rotate_right(now_slot as u32).trailing_zeros() as usize;
+            let slot = (zeros + now_slot) % SLOTS;
+            let level_start = self.elapsed & !(level_range - 1);
+            let mut deadline = level_start + slot as u64 * slot_range;
+            if slot < now_slot {
+                deadline += level_range;
+            }
+            return Some((level, slot, deadline));
+        }
+        None
+    }
+}
+
+/// The level whose slots separate `elapsed` and `when`: the highest bit in which they
+/// differ, six bits per level.
+fn level_for(elapsed: u64, when: u64) -> usize {
+    let masked = (elapsed ^ when) | (SLOTS as u64 - 1);
+    let significant = 63 - masked.leading_zeros() as usize;
+    (significant / SLOT_BITS as usize).min(LEVELS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(w: &mut Wheel, now: u64) -> Vec<u32> {
+        let mut v = Vec::new();
+        while let Some(i) = w.pop_due(now) {
+            v.push(i);
+        }
+        v
+    }
+
+    /// What the table does: fire entries whose deadline has come, re-arm the others.
+    fn advance(w: &mut Wheel, now: u64, deadline: &[u64]) -> Vec<u32> {
+        let mut fired = Vec::new();
+        let mut rearm = Vec::new();
+        while let Some(i) = w.pop_due(now) {
+            if deadline[i as usize] <= now {
+                fired.push(i);
+            } else {
+                rearm.push(i);
+            }
+        }
+        for i in rearm {
+            w.insert(i, deadline[i as usize]);
+        }
+        fired
+    }
+
+    #[test]
+    fn fires_exactly_at_deadline_across_levels() {
+        let start = 1000u64;
+        let deadline: Vec<u64> = [5u64, 63, 64, 4095, 300_000, 1 << 31].iter().map(|d| start + d).collect();
+        let mut w = Wheel::new(16, start);
+        for (i, &d) in deadline.iter().enumerate() {
+            w.insert(i as u32, d);
+        }
+        assert_eq!(w.armed_count(), 6);
+        for (i, &d) in deadline.iter().enumerate() {
+            assert_eq!(advance(&mut w, d - 1, &deadline), Vec::<u32>::new(), "early at {}", d - 1);
+            assert_eq!(advance(&mut w, d, &deadline), vec![i as u32], "at {d}");
+        }
+        assert_eq!(w.armed_count(), 0);
+    }
+
+    #[test]
+    fn a_big_jump_fires_everything_due() {
+        let deadline: Vec<u64> = (0..200u64).map(|i| i * i * 37).collect();
+        let mut w = Wheel::new(200, 0);
+        for (i, &d) in deadline.iter().enumerate() {
+            w.insert(i as u32, d);
+        }
+        let mut fired = advance(&mut w, 1_000_000, &deadline);
+        fired.sort();
+        let expect: Vec<u32> = (0..200u32).filter(|&i| deadline[i as usize] <= 1_000_000).collect();
+        assert_eq!(fired, expect);
+        assert_eq!(w.armed_count(), 200 - expect.len());
+    }
+
+    #[test]
+    fn remove_and_past_deadlines() {
+        let mut w = Wheel::new(4, 0);
+        w.insert(0, 10);
+        w.insert(1, 10);
+        w.remove(0);
+        w.remove(0); // idempotent
+        assert!(!w.is_armed(0) && w.is_armed(1));
+        assert_eq!(drain(&mut w, 9), Vec::<u32>::new());
+        assert_eq!(drain(&mut w, 10), vec![1]);
+        // A deadline in the past fires at the next poll.
+        w.insert(2, 3);
+        assert_eq!(drain(&mut w, 10), vec![2]);
+        assert_eq!(w.elapsed(), 10);
+    }
+
+    #[test]
+    fn wrapping_ticks_convert_back() {
+        let mut w = Wheel::new(2, (1u64 << 32) - 10);
+        w.insert(0, (1u64 << 32) + 50);
+        assert_eq!(w.when(0), (1u64 << 32) + 50);
+        assert_eq!(w.abs(5), (1u64 << 32) + 5);
+    }
+}

@@ -1,0 +1,75 @@
+//! Per-core counters: plain integers owned by one worker, summed by whoever reads them.
+
+use crate::verdict::{DropReason, PassKind, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub passed: [u64; PassKind::COUNT],
+    pub dropped: [u64; DropReason::COUNT],
+    pub flows_created: u64,
+    /// Entries removed because their timeout ran out.
+    pub flows_expired: u64,
+    /// Entries removed by TCP (an RST answering an unreplied flow, a SYN reopening a
+    /// closed connection).
+    pub flows_closed: u64,
+    /// Times the index could not place a key although entries were free (cuckoo moves
+    /// and stash exhausted): counted inside `table_full` drops as well.
+    pub index_full: u64,
+    /// Fragment records replaced while still live (the fragment table's limit).
+    pub fragment_evictions: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            packets: 0,
+            bytes: 0,
+            passed: [0; PassKind::COUNT],
+            dropped: [0; DropReason::COUNT],
+            flows_created: 0,
+            flows_expired: 0,
+            flows_closed: 0,
+            index_full: 0,
+            fragment_evictions: 0,
+        }
+    }
+}
+
+impl Counters {
+    #[inline]
+    pub fn count(&mut self, v: Verdict, len: usize) {
+        self.packets += 1;
+        self.bytes += len as u64;
+        match v {
+            Verdict::Pass(k) => self.passed[k as usize] += 1,
+            Verdict::Drop(r) => self.dropped[r as usize] += 1,
+        }
+    }
+
+    pub fn passed_total(&self) -> u64 {
+        self.passed.iter().sum()
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Adds another core's counters into these.
+    pub fn merge(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        for (a, b) in self.passed.iter_mut().zip(o.passed) {
+            *a += b;
+        }
+        for (a, b) in self.dropped.iter_mut().zip(o.dropped) {
+            *a += b;
+        }
+        self.flows_created += o.flows_created;
+        self.flows_expired += o.flows_expired;
+        self.flows_closed += o.flows_closed;
+        self.index_full += o.index_full;
+        self.fragment_evictions += o.fragment_evictions;
+    }
+}

@@ -1,0 +1,561 @@
+//! The engine: one per worker core. Frames in, verdicts out, state in between.
+//!
+//! `process_batch` runs a burst in three stages, after VPP's graph nodes and DPDK's
+//! l3fwd: parse and hash every frame and prefetch its index bucket; then prefetch the
+//! entry each bucket points at; then judge each frame, by which time its bucket and
+//! entry are in cache. `expire` retires timed-out entries with bounded work per call.
+//! Pure: no I/O, no clock reads (`now` is carried by each packet), no allocation.
+
+use std::sync::Arc;
+
+use crate::conntrack::conn::{cflag, Conn, ORIGINAL, REPLY};
+use crate::conntrack::frag::{Datagram, FragTable};
+use crate::conntrack::table::Table;
+use crate::conntrack::tcp::{self, Outcome};
+use crate::conntrack::timeouts::{TimerClass, Timeouts};
+use crate::counters::Counters;
+use crate::flow::{FlowKey, Side};
+use crate::parse::{self, Frame, PacketMeta, TcpMeta, L4};
+use crate::policy::{Action, Classifier, Query, Zone};
+use crate::time::{Duration, Instant, NANOS_PER_TICK};
+use crate::verdict::{DropReason, PassKind, Verdict};
+
+/// Largest burst processed in one staged pass; longer batches are cut into pieces.
+/// 64 frames keep 64 index buckets in flight, enough to cover DRAM latency.
+pub const MAX_BURST: usize = 64;
+/// Timer-wheel entries examined per `expire` call by default: bounds the pause a burst
+/// can see, while retiring 2 million entries per second at one call per millisecond.
+pub const DEFAULT_EXPIRE_BUDGET: usize = 2048;
+/// Linux marks a UDP flow as a stream (ASSURED, long timeout) once it has seen a reply
+/// and is still active 2 s after creation (`nf_conntrack_udp_packet`).
+const UDP_STREAM_TICKS: i32 = 2 * crate::time::TICKS_PER_SEC as i32;
+
+/// What to do with a non-SYN TCP packet that finds no state (`conntrack.pickup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pickup {
+    /// Drop it (pf, Linux with `nf_conntrack_tcp_loose=0`).
+    Strict,
+    /// Track it only when the reverse direction is a flow the rules allow: the packet is
+    /// then a reply of that flow (a server's answer after state was lost).
+    ReverseOfAllowed,
+    /// Track it when the rules allow its own direction (Linux's default `tcp_loose=1`).
+    Loose,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Entries per worker.
+    pub capacity: usize,
+    pub timeouts: Timeouts,
+    pub pickup: Pickup,
+    pub arp: Action,
+    /// IPv6 neighbor discovery.
+    pub ndp: Action,
+    /// EtherTypes other than IPv4, IPv6 and ARP.
+    pub non_ip: Action,
+    /// Fragment records per worker.
+    pub fragments: usize,
+    pub fragment_timeout: Duration,
+    /// Seed of the table's hash, chosen per process.
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            capacity: 1 << 20,
+            timeouts: Timeouts::default(),
+            pickup: Pickup::Strict,
+            arp: Action::Allow,
+            ndp: Action::Allow,
+            non_ip: Action::Deny,
+            fragments: 4096,
+            // Linux `ipfrag_time`.
+            fragment_timeout: Duration::from_secs(30),
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// One frame to judge: its bytes, the zone it entered from, and the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub data: &'a [u8],
+    pub zone: Zone,
+    pub now: Instant,
+}
+
+/// A tracked flow, as listed by `replay --flows-out` and the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub key: FlowKey,
+    /// The side that opened the flow (original direction).
+    pub orig: Side,
+    /// Linux state name for TCP, `UNREPLIED` / `REPLIED` otherwise.
+    pub state: &'static str,
+    pub expires_in: Duration,
+    pub assured: bool,
+    /// `[original, reply]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+#[derive(Clone, Copy)]
+enum Stage<'a> {
+    Done(Verdict),
+    Meta(PacketMeta<'a>, u64),
+}
+
+pub struct Engine {
+    table: Table,
+    frags: FragTable,
+    policy: Arc<Classifier>,
+    cfg: EngineConfig,
+    counters: Counters,
+}
+
+#[inline]
+fn abs_ticks(now: Instant) -> u64 {
+    now.as_nanos() / NANOS_PER_TICK
+}
+
+/// Ticks since `last`; an entry touched "in the future" (capture timestamps going
+/// backwards) counts as just touched.
+#[inline]
+fn idle_ticks(now: u32, last: u32) -> u32 {
+    (now.wrapping_sub(last) as i32).max(0) as u32
+}
+
+fn action_verdict(a: Action, reason: DropReason) -> Verdict {
+    match a {
+        Action::Allow => Verdict::Pass(PassKind::Untracked),
+        Action::Deny => Verdict::Drop(reason),
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, policy: Arc<Classifier>, start: Instant) -> Engine {
+        Engine {
+            table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start)),
+            frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
+            policy,
+            cfg,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters;
+        c.fragment_evictions = self.frags.evictions;
+        c
+    }
+
+    /// Swaps in a new rule set (between bursts). Existing flows keep their state.
+    pub fn set_policy(&mut self, p: Arc<Classifier>) {
+        self.policy = p;
+    }
+
+    /// Judges one frame.
+    pub fn process(&mut self, p: &Packet) -> Verdict {
+        let mut v = [Verdict::Drop(DropReason::Malformed)];
+        self.process_batch(std::slice::from_ref(p), &mut v);
+        v[0]
+    }
+
+    /// Judges a batch of frames; `out[i]` receives the verdict of `pkts[i]`.
+    pub fn process_batch(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
+        assert_eq!(pkts.len(), out.len(), "one verdict slot per packet");
+        for (chunk, verdicts) in pkts.chunks(MAX_BURST).zip(out.chunks_mut(MAX_BURST)) {
+            self.burst(chunk, verdicts);
+        }
+    }
+
+    fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
+        let mut staged = [Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST];
+        // Stage 1: parse, hash, prefetch the home bucket.
+        for (i, p) in pkts.iter().enumerate() {
+            staged[i] = match parse::parse(p.data) {
+                Err(r) => Stage::Done(Verdict::Drop(r)),
+                Ok(Frame::Arp) => Stage::Done(action_verdict(self.cfg.arp, DropReason::Arp)),
+                Ok(Frame::NonIp(_)) => Stage::Done(action_verdict(self.cfg.non_ip, DropReason::NonIp)),
+                Ok(Frame::Ip(m)) => {
+                    let h = match &m.l4 {
+                        L4::IcmpError { inner, .. } => self.table.hash(inner),
+                        L4::LaterFragment | L4::IcmpOther { .. } => 0,
+                        _ => self.table.hash(&m.key),
+                    };
+                    self.table.prefetch_bucket(h);
+                    Stage::Meta(m, h)
+                }
+            };
+        }
+        // Stage 2: prefetch the entry the first matching tag points at.
+        for s in &staged[..pkts.len()] {
+            if let Stage::Meta(_, h) = s {
+                self.table.prefetch_entry(*h);
+            }
+        }
+        // Stage 3: judge.
+        for (i, p) in pkts.iter().enumerate() {
+            let v = match staged[i] {
+                Stage::Done(v) => v,
+                Stage::Meta(m, h) => self.judge(p.now, p.zone, &m, h),
+            };
+            self.counters.count(v, p.data.len());
+            out[i] = v;
+        }
+    }
+
+    fn judge(&mut self, now: Instant, zone: Zone, m: &PacketMeta, h: u64) -> Verdict {
+        let v = match m.l4 {
+            L4::LaterFragment => self.later_fragment(now, m),
+            L4::IcmpError { inner, .. } => match self.live_lookup(now, h, &inner) {
+                Some(_) => Verdict::Pass(PassKind::Related),
+                None => Verdict::Drop(DropReason::IcmpUnrelated),
+            },
+            L4::IcmpOther { nd: true, .. } => action_verdict(self.cfg.ndp, DropReason::Ndp),
+            L4::IcmpOther { ty, .. } => match self.policy.decide(&self.query(zone, m, false, Some(ty))).action {
+                Action::Allow => Verdict::Pass(PassKind::Untracked),
+                Action::Deny => Verdict::Drop(DropReason::Policy),
+            },
+            _ => match self.live_lookup(now, h, &m.key) {
+                Some(slot) => self.existing(now, zone, slot, m, h),
+                None => self.new_flow(now, zone, m, h),
+            },
+        };
+        if let Some(f) = m.frag
+            && f.offset == 0
+        {
+            self.frags.record(&datagram(m), v, now.ticks());
+        }
+        v
+    }
+
+    fn later_fragment(&mut self, now: Instant, m: &PacketMeta) -> Verdict {
+        match self.frags.lookup(&datagram(m), now.ticks()) {
+            Some(Verdict::Pass(_)) => Verdict::Pass(PassKind::Related),
+            Some(Verdict::Drop(r)) => Verdict::Drop(r),
+            None => Verdict::Drop(DropReason::FragmentUnmatched),
+        }
+    }
+
+    /// Looks a key up; an entry found past its timeout is retired on contact, so that
+    /// expiry is exact even before the timer wheel reaches it.
+    #[inline]
+    fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey) -> Option<u32> {
+        let slot = self.table.lookup(h, key)?;
+        let c = &self.table.conns[slot as usize];
+        if idle_ticks(now.ticks(), c.last_seen) >= self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer)) {
+            self.table.remove(slot);
+            self.counters.flows_expired += 1;
+            return None;
+        }
+        Some(slot)
+    }
+
+    fn query(&self, zone: Zone, m: &PacketMeta, reverse: bool, icmp_type: Option<u8>) -> Query {
+        let ports = matches!(m.l4, L4::Tcp(_) | L4::Udp);
+        let (sport, dport) = if ports { (m.src_port(), m.dst_port()) } else { (0, 0) };
+        let q = Query {
+            from: zone,
+            to: zone.other(),
+            v6: m.key.v6,
+            proto: m.key.proto,
+            src: m.src_addr(),
+            dst: m.dst_addr(),
+            sport,
+            dport,
+            icmp_type,
+        };
+        if reverse {
+            Query { from: q.to, to: q.from, src: q.dst, dst: q.src, sport: q.dport, dport: q.sport, ..q }
+        } else {
+            q
+        }
+    }
+
+    fn allowed(&self, q: &Query) -> bool {
+        self.policy.decide(q).action == Action::Allow
+    }
+
+    /// Refreshes an entry's timeout (Linux `nf_ct_refresh_acct`). Only a switch to a
+    /// timeout that ends earlier than the armed deadline touches the timer wheel.
+    #[inline]
+    fn refresh(&mut self, slot: u32, now: Instant, class: TimerClass) {
+        let c = &mut self.table.conns[slot as usize];
+        c.last_seen = now.ticks();
+        c.flags |= cflag::REFERENCED;
+        if c.timer != class as u8 {
+            c.timer = class as u8;
+            let deadline = abs_ticks(now) + u64::from(self.cfg.timeouts.ticks(class));
+            if self.table.wheel.when(slot) > deadline {
+                self.table.wheel.rearm(slot, deadline);
+            }
+        }
+    }
+
+    #[inline]
+    fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
+        let s = &mut self.table.stats[slot as usize];
+        s.packets[dir] += 1;
+        s.bytes[dir] += u64::from(m.ip_len);
+        if dir == REPLY {
+            self.table.conns[slot as usize].flags |= cflag::SEEN_REPLY;
+        }
+    }
+
+    fn existing(&mut self, now: Instant, zone: Zone, slot: u32, m: &PacketMeta, h: u64) -> Verdict {
+        let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
+        match m.l4 {
+            L4::Tcp(t) => {
+                if !tcp::valid_flags(t.flags) {
+                    return Verdict::Drop(DropReason::InvalidTcpFlags);
+                }
+                let (c, aux) = (&mut self.table.conns[slot as usize], &mut self.table.aux[slot as usize]);
+                match tcp::packet(c, aux, dir, &t, &self.cfg.timeouts) {
+                    Outcome::Accept(class) => {
+                        self.refresh(slot, now, class);
+                        self.account(slot, dir, m);
+                        Verdict::Pass(PassKind::Established)
+                    }
+                    Outcome::Ignore => {
+                        if dir == REPLY {
+                            self.table.conns[slot as usize].flags |= cflag::SEEN_REPLY;
+                        }
+                        Verdict::Pass(PassKind::Ignored)
+                    }
+                    Outcome::Invalid { reason, shrink } => {
+                        if shrink {
+                            self.shrink_to_unack(slot, now);
+                        }
+                        Verdict::Drop(reason)
+                    }
+                    Outcome::Reopen => {
+                        self.table.remove(slot);
+                        self.counters.flows_closed += 1;
+                        self.new_flow(now, zone, m, h)
+                    }
+                    Outcome::Kill => {
+                        self.account(slot, dir, m);
+                        self.table.remove(slot);
+                        self.counters.flows_closed += 1;
+                        Verdict::Pass(PassKind::Established)
+                    }
+                }
+            }
+            L4::Udp => {
+                let c = &mut self.table.conns[slot as usize];
+                let class = if c.has(cflag::SEEN_REPLY) {
+                    // "Still active after two seconds? Extend timeout."
+                    if now.ticks().wrapping_sub(c.peer[0].end) as i32 > UDP_STREAM_TICKS {
+                        c.flags |= cflag::ASSURED;
+                        TimerClass::UdpReplied
+                    } else {
+                        TimerClass::UdpUnreplied
+                    }
+                } else {
+                    TimerClass::UdpUnreplied
+                };
+                self.refresh(slot, now, class);
+                self.account(slot, dir, m);
+                Verdict::Pass(PassKind::Established)
+            }
+            L4::IcmpQuery { .. } => {
+                self.refresh(slot, now, TimerClass::Icmp);
+                self.account(slot, dir, m);
+                Verdict::Pass(PassKind::Established)
+            }
+            _ => {
+                self.refresh(slot, now, TimerClass::Generic);
+                self.account(slot, dir, m);
+                Verdict::Pass(PassKind::Established)
+            }
+        }
+    }
+
+    /// Linux `nf_tcp_handle_invalid`: lower an assured flow's remaining time to the
+    /// UNACK timeout when more than 120 s and more than UNACK remain.
+    fn shrink_to_unack(&mut self, slot: u32, now: Instant) {
+        let t = &self.cfg.timeouts;
+        let c = &self.table.conns[slot as usize];
+        let left = t.ticks(TimerClass::from_u8(c.timer)).saturating_sub(idle_ticks(now.ticks(), c.last_seen));
+        let unack = t.ticks(TimerClass::TcpUnack);
+        if left >= Duration::from_secs(120).ticks() && left > unack {
+            let c = &mut self.table.conns[slot as usize];
+            c.last_seen = now.ticks();
+            c.timer = TimerClass::TcpUnack as u8;
+            self.table.wheel.rearm(slot, abs_ticks(now) + u64::from(unack));
+        }
+    }
+
+    fn new_flow(&mut self, now: Instant, zone: Zone, m: &PacketMeta, h: u64) -> Verdict {
+        match m.l4 {
+            L4::Tcp(t) => self.new_tcp(now, zone, m, &t, h),
+            L4::Udp => {
+                if !self.allowed(&self.query(zone, m, false, None)) {
+                    return Verdict::Drop(DropReason::Policy);
+                }
+                let created = now.ticks();
+                self.create(now, m, h, m.side, TimerClass::UdpUnreplied, |c| c.peer[0].end = created)
+            }
+            L4::IcmpQuery { ty, request, .. } => {
+                if !request {
+                    return Verdict::Drop(DropReason::MidstreamNoState);
+                }
+                if !self.allowed(&self.query(zone, m, false, Some(ty))) {
+                    return Verdict::Drop(DropReason::Policy);
+                }
+                self.create(now, m, h, m.side, TimerClass::Icmp, |_| {})
+            }
+            _ => {
+                if !self.allowed(&self.query(zone, m, false, None)) {
+                    return Verdict::Drop(DropReason::Policy);
+                }
+                self.create(now, m, h, m.side, TimerClass::Generic, |_| {})
+            }
+        }
+    }
+
+    fn new_tcp(&mut self, now: Instant, zone: Zone, m: &PacketMeta, t: &TcpMeta, h: u64) -> Verdict {
+        if !tcp::valid_flags(t.flags) {
+            return Verdict::Drop(DropReason::InvalidTcpFlags);
+        }
+        let idx = tcp::index_of(t.flags);
+        let (loose, reverse) = match (idx, self.cfg.pickup) {
+            (tcp::index::SYN, _) => (false, false),
+            (tcp::index::ACK, Pickup::Loose) => (true, false),
+            (tcp::index::ACK, Pickup::ReverseOfAllowed) => (true, true),
+            _ => return Verdict::Drop(DropReason::MidstreamNoState),
+        };
+        if !self.allowed(&self.query(zone, m, reverse, None)) {
+            return Verdict::Drop(DropReason::Policy);
+        }
+        // Created with the packet's side as original; a reverse pickup swaps below.
+        let v = self.create(now, m, h, m.side, TimerClass::TcpSynSent, |c| {
+            tcp::init_new(c, t, loose);
+        });
+        let Verdict::Pass(_) = v else { return v };
+        let slot = self.table.lookup(h, &m.key).expect("entry just created");
+        let timeouts = self.cfg.timeouts;
+        let (c, aux) = (&mut self.table.conns[slot as usize], &mut self.table.aux[slot as usize]);
+        // The creating packet runs through the state machine as Linux's does, in the
+        // original direction; a reverse pickup then swaps the peers so that the packet
+        // becomes the reply of the allowed direction.
+        match tcp::packet(c, aux, ORIGINAL, t, &timeouts) {
+            Outcome::Accept(class) => {
+                if reverse {
+                    swap_directions(c);
+                }
+                let dir = if reverse { REPLY } else { ORIGINAL };
+                self.refresh(slot, now, class);
+                self.account(slot, dir, m);
+                Verdict::Pass(PassKind::New)
+            }
+            _ => {
+                self.table.remove(slot);
+                self.counters.flows_created -= 1;
+                Verdict::Drop(DropReason::InvalidTcpState)
+            }
+        }
+    }
+
+    /// Allocates and initialises an entry whose original direction is `orig`.
+    fn create(&mut self, now: Instant, m: &PacketMeta, h: u64, orig: Side, class: TimerClass, init: impl FnOnce(&mut Conn)) -> Verdict {
+        let slot = match self.table.insert(h, &m.key) {
+            Ok(s) => s,
+            Err(_) => {
+                if !self.table.is_full() {
+                    self.counters.index_full += 1;
+                }
+                return Verdict::Drop(DropReason::TableFull);
+            }
+        };
+        let c = &mut self.table.conns[slot as usize];
+        if orig == Side::FromHi {
+            c.flags |= cflag::ORIG_IS_HI;
+        }
+        c.timer = class as u8;
+        c.last_seen = now.ticks();
+        init(c);
+        self.table.aux[slot as usize].created = now.ticks();
+        self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.cfg.timeouts.ticks(class)));
+        self.counters.flows_created += 1;
+        if !matches!(m.l4, L4::Tcp(_)) {
+            let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
+            self.account(slot, dir, m);
+        }
+        Verdict::Pass(PassKind::New)
+    }
+
+    /// Retires entries whose timeout has run out, examining at most `budget` timer
+    /// entries. Returns how many entries were removed.
+    pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
+        let now_abs = abs_ticks(now);
+        let now32 = now.ticks();
+        let mut removed = 0;
+        for _ in 0..budget {
+            let Some(slot) = self.table.wheel.pop_due(now_abs) else { break };
+            let c = &self.table.conns[slot as usize];
+            let timeout = self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer));
+            let idle = idle_ticks(now32, c.last_seen);
+            if idle >= timeout {
+                self.table.remove(slot);
+                self.counters.flows_expired += 1;
+                removed += 1;
+            } else {
+                self.table.wheel.insert(slot, now_abs + u64::from(timeout - idle));
+            }
+        }
+        removed
+    }
+
+    /// Every live flow, in slot order.
+    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+        let now32 = now.ticks();
+        (0..self.table.capacity() as u32).filter(|&s| self.table.is_live(s)).map(move |s| {
+            let c = &self.table.conns[s as usize];
+            let st = &self.table.stats[s as usize];
+            let timeout = self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer));
+            let left = timeout.saturating_sub(idle_ticks(now32, c.last_seen));
+            let state = if c.proto() == parse::proto::TCP {
+                tcp::state::NAMES[usize::from(tcp::state_of(c)).min(9)]
+            } else if c.has(cflag::SEEN_REPLY) {
+                "REPLIED"
+            } else {
+                "UNREPLIED"
+            };
+            FlowInfo {
+                key: self.table.key_of(s),
+                orig: if c.has(cflag::ORIG_IS_HI) { Side::FromHi } else { Side::FromLo },
+                state,
+                expires_in: Duration::from_ticks(left),
+                assured: c.has(cflag::ASSURED),
+                packets: st.packets,
+                bytes: st.bytes,
+            }
+        })
+    }
+}
+
+/// Swaps original and reply in an entry (reverse-of-allowed pickup).
+fn swap_directions(c: &mut Conn) {
+    c.peer.swap(0, 1);
+    c.maxack.swap(0, 1);
+    c.pflags.swap(0, 1);
+    c.scales = c.scales.rotate_left(4);
+    c.state ^= 0x80; // last_dir
+    c.flags ^= cflag::ORIG_IS_HI;
+}
+
+fn datagram(m: &PacketMeta) -> Datagram {
+    let f = m.frag.expect("fragment metadata");
+    Datagram { src: m.src_addr(), dst: m.dst_addr(), ident: f.ident, proto: m.key.proto, v6: m.key.v6, vlan: m.key.vlan }
+}

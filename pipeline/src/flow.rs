@@ -1,0 +1,198 @@
+//! Flow keys in canonical order, so that both directions of a connection find the same
+//! entry, and the seeded symmetric hashes that pick a table bucket and an owning worker.
+
+use core::hash::{BuildHasher, Hasher};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Canonical 5-tuple plus VLAN.
+///
+/// The endpoint with the lower (address, port) is `lo` (index 0). ICMP query flows order
+/// by address only and put `[identifier, request type]` in `port`, so a request and its
+/// reply (which has another type) share one key. IPv4 addresses sit in the low 32 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub addr: [u128; 2],
+    pub port: [u16; 2],
+    pub proto: u8,
+    pub v6: bool,
+    /// Outer VLAN id in bits 0..12, inner (QinQ) id in bits 12..24; 0 when untagged.
+    pub vlan: u32,
+}
+
+/// Which way a packet travels relative to the canonical key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The packet's source is the canonical `lo` endpoint.
+    FromLo,
+    FromHi,
+}
+
+impl FlowKey {
+    /// Builds the canonical key of a packet from `src` to `dst` and says which side sent it.
+    pub fn new(src: u128, sport: u16, dst: u128, dport: u16, proto: u8, v6: bool, vlan: u32) -> (FlowKey, Side) {
+        if (src, sport) <= (dst, dport) {
+            (FlowKey { addr: [src, dst], port: [sport, dport], proto, v6, vlan }, Side::FromLo)
+        } else {
+            (FlowKey { addr: [dst, src], port: [dport, sport], proto, v6, vlan }, Side::FromHi)
+        }
+    }
+
+    /// The key of an ICMP query flow (echo, timestamp): ordered by address only, with
+    /// `[identifier, request type | requester-is-hi << 8]` as ports. A request and its
+    /// reply share the key; a request in the other direction with the same identifier
+    /// is another flow, as in Linux, whose ICMP tuples carry the type.
+    #[allow(clippy::too_many_arguments)]
+    pub fn icmp_query(src: u128, dst: u128, ident: u16, request_type: u8, is_request: bool, proto: u8, v6: bool, vlan: u32) -> (FlowKey, Side) {
+        let (key_addr, side) = if src <= dst { ([src, dst], Side::FromLo) } else { ([dst, src], Side::FromHi) };
+        let requester_is_hi = match (side, is_request) {
+            (Side::FromHi, true) | (Side::FromLo, false) => 1u16,
+            _ => 0,
+        };
+        let port = [ident, u16::from(request_type) | requester_is_hi << 8];
+        (FlowKey { addr: key_addr, port, proto, v6, vlan }, side)
+    }
+
+    /// The source endpoint of a packet that travelled from `side`.
+    pub fn src(&self, side: Side) -> (IpAddr, u16) {
+        let i = side as usize;
+        (self.ip(i), self.port[i])
+    }
+
+    /// The destination endpoint of a packet that travelled from `side`.
+    pub fn dst(&self, side: Side) -> (IpAddr, u16) {
+        let i = 1 - side as usize;
+        (self.ip(i), self.port[i])
+    }
+
+    pub fn ip(&self, i: usize) -> IpAddr {
+        to_ip(self.addr[i], self.v6)
+    }
+
+    fn addr_words(&self) -> (u64, u64, u64, u64) {
+        let [a, b] = self.addr;
+        ((a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64)
+    }
+}
+
+/// An address as stored in keys: IPv4 in the low 32 bits.
+pub fn to_ip(a: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(a))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(a as u32))
+    }
+}
+
+pub fn from_ip(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+        IpAddr::V6(a) => (u128::from(a), true),
+    }
+}
+
+/// Seeded hashes of flow keys. Symmetric because keys are canonical. The seed is chosen
+/// per process by the caller (from the OS's randomness), so an attacker cannot aim
+/// flows at one bucket or one worker.
+#[derive(Debug, Clone)]
+pub struct FlowHasher {
+    state: foldhash::fast::FixedState,
+}
+
+impl FlowHasher {
+    pub fn new(seed: u64) -> Self {
+        FlowHasher { state: foldhash::fast::FixedState::with_seed(seed) }
+    }
+
+    /// Hash of the whole key: picks the table bucket.
+    #[inline]
+    pub fn hash(&self, k: &FlowKey) -> u64 {
+        let mut h = self.state.build_hasher();
+        let (a0, a1, b0, b1) = k.addr_words();
+        if k.v6 {
+            h.write_u64(a0);
+            h.write_u64(b0);
+        }
+        h.write_u64(a1);
+        h.write_u64(b1);
+        h.write_u64(
+            u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan),
+        );
+        h.finish()
+    }
+
+    /// Hash of the addresses, protocol and VLAN only: picks the owning worker. Ports are
+    /// left out on purpose: later IP fragments carry none, and fragments of a datagram
+    /// must reach the worker that judged the first one (NIC RSS hashes fragments the
+    /// same way). See ARCHITECTURE.md, "Flow ownership".
+    #[inline]
+    pub fn owner_hash(&self, k: &FlowKey) -> u64 {
+        let mut h = self.state.build_hasher();
+        let (a0, a1, b0, b1) = k.addr_words();
+        h.write_u64(a0 ^ b0.rotate_left(32));
+        h.write_u64(a1);
+        h.write_u64(b1);
+        h.write_u64(u64::from(k.proto) << 32 | u64::from(k.vlan));
+        h.finish()
+    }
+}
+
+/// The worker among `workers` that owns a flow whose owner hash is `h` (Lemire's
+/// multiply-shift range reduction: no division, uniform for a uniform hash).
+#[inline]
+pub fn owner_of(h: u64, workers: usize) -> usize {
+    ((u128::from(h >> 32) * workers as u128) >> 32) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u128 = 0x0a00_0101;
+    const B: u128 = 0x0a00_0201;
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let (k1, s1) = FlowKey::new(A, 40000, B, 80, 6, false, 0);
+        let (k2, s2) = FlowKey::new(B, 80, A, 40000, 6, false, 0);
+        assert_eq!(k1, k2);
+        assert_eq!((s1, s2), (Side::FromLo, Side::FromHi));
+        assert_eq!(k1.src(s1), (IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 40000));
+        assert_eq!(k1.dst(s1), (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), 80));
+        let h = FlowHasher::new(7);
+        assert_eq!(h.hash(&k1), h.hash(&k2));
+    }
+
+    #[test]
+    fn icmp_request_and_reply_share_one_key() {
+        let (k1, _) = FlowKey::icmp_query(A, B, 99, 8, true, 1, false, 0);
+        let (k2, s2) = FlowKey::icmp_query(B, A, 99, 8, false, 1, false, 0);
+        assert_eq!(k1, k2);
+        assert_eq!(s2, Side::FromHi);
+        // B pinging A with the same identifier is a different flow.
+        let (k3, _) = FlowKey::icmp_query(B, A, 99, 8, true, 1, false, 0);
+        assert_ne!(k1, k3);
+    }
+
+    #[test]
+    fn vlan_and_seed_change_the_hash() {
+        let (k, _) = FlowKey::new(A, 1, B, 2, 17, false, 0);
+        let tagged = FlowKey { vlan: 10, ..k };
+        let h = FlowHasher::new(1);
+        assert_ne!(h.hash(&k), h.hash(&tagged));
+        assert_ne!(h.hash(&k), FlowHasher::new(2).hash(&k));
+    }
+
+    #[test]
+    fn owner_ignores_ports_and_spreads() {
+        let h = FlowHasher::new(3);
+        let (k1, _) = FlowKey::new(A, 1, B, 2, 6, false, 0);
+        let (k2, _) = FlowKey::new(A, 1000, B, 2000, 6, false, 0);
+        assert_eq!(h.owner_hash(&k1), h.owner_hash(&k2));
+        let mut per_worker = [0u32; 4];
+        for i in 0..4000u128 {
+            let (k, _) = FlowKey::new(A + i, 1, B, 80, 6, false, 0);
+            per_worker[owner_of(h.owner_hash(&k), 4)] += 1;
+        }
+        assert!(per_worker.iter().all(|&n| n > 800), "{per_worker:?}");
+    }
+}

@@ -1,0 +1,27 @@
+//! Holdfast's sans-IO core: zero-copy packet views, flow keys, per-core connection
+//! tracking with timers, the rule classifier, verdicts and drop reasons.
+//!
+//! Invariants (see ARCHITECTURE.md): no I/O, no threads, no clock reads — time is an
+//! argument; no allocation per packet — every table is sized at start; no panics on
+//! any input; every drop carries a [`DropReason`]. The only `unsafe` is in [`raw`].
+
+#![deny(unsafe_code)]
+
+pub mod conntrack;
+pub mod counters;
+pub mod engine;
+pub mod flow;
+pub mod parse;
+pub mod policy;
+#[allow(unsafe_code)]
+pub mod raw;
+pub mod time;
+pub mod verdict;
+pub mod wire;
+
+pub use counters::Counters;
+pub use engine::{Engine, EngineConfig, FlowInfo, Packet, Pickup};
+pub use flow::{FlowHasher, FlowKey, Side};
+pub use policy::{Action, Classifier, Zone};
+pub use time::{Duration, Instant};
+pub use verdict::{DropReason, PassKind, Verdict};

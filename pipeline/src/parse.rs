@@ -1,0 +1,301 @@
+//! Frame -> packet metadata: everything conntrack and policy read, in one pass over the
+//! headers, without copying the payload.
+
+use crate::flow::{FlowKey, Side};
+use crate::verdict::DropReason;
+use crate::wire::{arp, ethernet, icmp, ipv4, ipv6, tcp, udp, vlan, WireError};
+
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// At most two VLAN tags (802.1ad outer + 802.1Q inner) are accepted.
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// What a frame turned out to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    Ip(PacketMeta<'a>),
+    Arp,
+    /// Another EtherType (LLDP, MPLS, ...), with its value.
+    NonIp(u16),
+}
+
+/// Fields of a fragment of a fragmented datagram (RFC 791 / RFC 8200 section 4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragInfo {
+    pub ident: u32,
+    /// Offset in bytes; 0 for the first fragment.
+    pub offset: u16,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TcpMeta<'a> {
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub flags: u8,
+    /// Payload bytes (segment length without SYN/FIN).
+    pub payload_len: u32,
+    /// Raw option bytes, parsed only when conntrack needs them (SYN, SACK).
+    pub options: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum L4<'a> {
+    Tcp(TcpMeta<'a>),
+    Udp,
+    /// An ICMP query or its reply (echo, timestamp); the key holds the identifier.
+    IcmpQuery { ty: u8, code: u8, request: bool },
+    /// An ICMP error quoting a packet of the flow `inner` sent from `inner_side`.
+    IcmpError { ty: u8, code: u8, inner: FlowKey, inner_side: Side },
+    /// An ICMP message that neither starts nor belongs to a flow (router advertisement,
+    /// MLD, ...). `nd` marks IPv6 neighbor discovery.
+    IcmpOther { ty: u8, code: u8, nd: bool },
+    /// Any other IP protocol, tracked by addresses only (Linux's "generic" tracker).
+    Other,
+    /// A fragment after the first: no transport header, follows the first's verdict.
+    LaterFragment,
+}
+
+/// Parsed metadata of an IP packet.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketMeta<'a> {
+    pub key: FlowKey,
+    pub side: Side,
+    pub l4: L4<'a>,
+    pub frag: Option<FragInfo>,
+    /// Layer-3 length (IP header and payload), what byte counters add.
+    pub ip_len: u32,
+}
+
+impl<'a> PacketMeta<'a> {
+    /// The source and destination addresses as carried by this packet.
+    pub fn src_addr(&self) -> u128 {
+        self.key.addr[self.side as usize]
+    }
+    pub fn dst_addr(&self) -> u128 {
+        self.key.addr[1 - self.side as usize]
+    }
+    pub fn src_port(&self) -> u16 {
+        self.key.port[self.side as usize]
+    }
+    pub fn dst_port(&self) -> u16 {
+        self.key.port[1 - self.side as usize]
+    }
+}
+
+fn malformed(_: WireError) -> DropReason {
+    DropReason::Malformed
+}
+
+/// Parses an Ethernet frame. Never panics; every refusal is `Err(reason)`.
+pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DropReason> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(malformed)?;
+    let mut ethertype = eth.ethertype();
+    let mut rest = &frame[ethernet::HEADER_LEN..];
+    let mut vlan = 0u32;
+    let mut tags = 0;
+    while matches!(ethertype, ethernet::ethertype::VLAN | ethernet::ethertype::QINQ | ethernet::ethertype::QINQ_OLD) {
+        if tags == MAX_VLAN_TAGS {
+            return Err(DropReason::Malformed);
+        }
+        let tag = vlan::Tag::new_checked(rest).map_err(malformed)?;
+        vlan |= u32::from(tag.vid()) << (12 * tags);
+        tags += 1;
+        ethertype = tag.ethertype();
+        rest = &rest[vlan::TAG_LEN..];
+    }
+    match ethertype {
+        ethernet::ethertype::IPV4 => parse_ipv4(rest, vlan).map(Frame::Ip),
+        ethernet::ethertype::IPV6 => parse_ipv6(rest, vlan).map(Frame::Ip),
+        ethernet::ethertype::ARP => {
+            arp::Packet::new_checked(rest).map_err(malformed)?;
+            Ok(Frame::Arp)
+        }
+        other => Ok(Frame::NonIp(other)),
+    }
+}
+
+fn parse_ipv4(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
+    let ip = ipv4::Packet::new_checked(b).map_err(malformed)?;
+    if !ip.verify_checksum() {
+        // The kernel drops these in ip_rcv before conntrack sees them.
+        return Err(DropReason::Malformed);
+    }
+    let src = u128::from(u32::from_be_bytes(ip.src()));
+    let dst = u128::from(u32::from_be_bytes(ip.dst()));
+    let proto = ip.protocol();
+    let frag = ip.is_fragment().then(|| FragInfo {
+        ident: u32::from(ip.ident()),
+        offset: ip.frag_offset(),
+        more: ip.more_frags(),
+    });
+    let payload = &b[ip.header_len()..ip.total_len()];
+    let ip_len = ip.total_len() as u32;
+    l4(src, dst, proto, false, vlan, payload, frag, ip_len)
+}
+
+fn parse_ipv6(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
+    let ip = ipv6::Packet::new_checked(b).map_err(malformed)?;
+    let up = ip.upper_layer().map_err(malformed)?;
+    let src = u128::from_be_bytes(ip.src());
+    let dst = u128::from_be_bytes(ip.dst());
+    let frag = up.fragment.and_then(|f| {
+        // An atomic fragment (offset 0, M=0, RFC 6946) is a whole datagram.
+        (f.offset != 0 || f.more).then_some(FragInfo { ident: f.ident, offset: f.offset, more: f.more })
+    });
+    let packet = &b[..ipv6::HEADER_LEN + ip.payload_len()];
+    let ip_len = packet.len() as u32;
+    l4(src, dst, up.protocol, true, vlan, &packet[up.offset..], frag, ip_len)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn l4(
+    src: u128,
+    dst: u128,
+    proto: u8,
+    v6: bool,
+    vlan: u32,
+    payload: &[u8],
+    frag: Option<FragInfo>,
+    ip_len: u32,
+) -> Result<PacketMeta<'_>, DropReason> {
+    let meta = |key_side: (FlowKey, Side), l4| Ok(PacketMeta { key: key_side.0, side: key_side.1, l4, frag, ip_len });
+    if let Some(f) = frag
+        && f.offset != 0
+    {
+        // RFC 1858: a TCP fragment at offset 8 can overwrite the flags of the first one.
+        if proto == proto::TCP && f.offset == 8 {
+            return Err(DropReason::Malformed);
+        }
+        return meta(FlowKey::new(src, 0, dst, 0, proto, v6, vlan), L4::LaterFragment);
+    }
+    match proto {
+        proto::TCP => {
+            // A first fragment must hold the whole TCP header (RFC 1858 "tiny fragment").
+            let t = tcp::Packet::new_checked(payload).map_err(malformed)?;
+            let tm = TcpMeta {
+                seq: t.seq(),
+                ack: t.ack(),
+                window: t.window(),
+                flags: t.flags(),
+                payload_len: (payload.len() - t.header_len()) as u32,
+                options: &payload[tcp::MIN_HEADER_LEN..t.header_len()],
+            };
+            meta(FlowKey::new(src, t.src_port(), dst, t.dst_port(), proto, v6, vlan), L4::Tcp(tm))
+        }
+        proto::UDP => {
+            let (sport, dport) = if frag.is_some() {
+                // The UDP length covers the whole datagram, not this fragment.
+                udp::ports(payload).map_err(malformed)?
+            } else {
+                let u = udp::Packet::new_checked(payload).map_err(malformed)?;
+                (u.src_port(), u.dst_port())
+            };
+            meta(FlowKey::new(src, sport, dst, dport, proto, v6, vlan), L4::Udp)
+        }
+        proto::ICMP | proto::ICMPV6 if (proto == proto::ICMP) != v6 => {
+            let m = icmp::Packet::new_checked(payload).map_err(malformed)?;
+            let (ty, code) = (m.msg_type(), m.code());
+            if is_error(ty, v6) {
+                if frag.is_some() {
+                    return Err(DropReason::IcmpInvalid);
+                }
+                let (inner, inner_side) = quoted_flow(m.payload(), v6, vlan)?;
+                // The error must travel back to whoever sent the quoted packet (Linux
+                // `nf_conntrack_inet_error` checks the outer destination likewise).
+                if inner.addr[inner_side as usize] != dst {
+                    return Err(DropReason::IcmpInvalid);
+                }
+                let key = FlowKey::new(src, 0, dst, 0, proto, v6, vlan);
+                return meta(key, L4::IcmpError { ty, code, inner, inner_side });
+            }
+            if let Some(req) = request_of(ty, v6) {
+                let key = FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan);
+                return meta(key, L4::IcmpQuery { ty, code, request: req == ty });
+            }
+            let nd = v6 && icmp::v6::is_neighbor_discovery(ty);
+            meta(FlowKey::new(src, 0, dst, 0, proto, v6, vlan), L4::IcmpOther { ty, code, nd })
+        }
+        _ => meta(FlowKey::new(src, 0, dst, 0, proto, v6, vlan), L4::Other),
+    }
+}
+
+fn is_error(ty: u8, v6: bool) -> bool {
+    if v6 { icmp::v6::is_error(ty) } else { icmp::v4::is_error(ty) }
+}
+
+/// The request type of a query or reply type; `None` for types that are neither.
+pub fn request_of(ty: u8, v6: bool) -> Option<u8> {
+    use icmp::{v4, v6 as w6};
+    if v6 {
+        match ty {
+            w6::ECHO_REQUEST | w6::ECHO_REPLY => Some(w6::ECHO_REQUEST),
+            _ => None,
+        }
+    } else {
+        match ty {
+            v4::ECHO_REQUEST | v4::ECHO_REPLY => Some(v4::ECHO_REQUEST),
+            v4::TIMESTAMP | v4::TIMESTAMP_REPLY => Some(v4::TIMESTAMP),
+            _ => None,
+        }
+    }
+}
+
+/// The flow of the packet quoted inside an ICMP error. The quote holds the IP header
+/// and at least 8 bytes of transport header (RFC 792, RFC 4443 section 2.4(c)); its
+/// total length may claim more than is quoted, so it is read leniently.
+fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropReason> {
+    let bad = DropReason::IcmpInvalid;
+    let (src, dst, proto, l4) = if v6 {
+        if q.len() < ipv6::HEADER_LEN || q[0] >> 4 != 6 {
+            return Err(bad);
+        }
+        let up = ipv6::walk(q[6], q).map_err(|_| bad)?;
+        if up.fragment.is_some_and(|f| f.offset != 0) {
+            return Err(bad); // a later fragment quotes no ports
+        }
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&q[8..24]);
+        let src = u128::from_be_bytes(a);
+        a.copy_from_slice(&q[24..40]);
+        let dst = u128::from_be_bytes(a);
+        (src, dst, up.protocol, &q[up.offset..])
+    } else {
+        if q.len() < ipv4::MIN_HEADER_LEN || q[0] >> 4 != 4 {
+            return Err(bad);
+        }
+        let hl = usize::from(q[0] & 0x0f) * 4;
+        if hl < ipv4::MIN_HEADER_LEN || q.len() < hl {
+            return Err(bad);
+        }
+        if u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+            return Err(bad); // a later fragment quotes no ports
+        }
+        let src = u128::from(u32::from_be_bytes([q[12], q[13], q[14], q[15]]));
+        let dst = u128::from(u32::from_be_bytes([q[16], q[17], q[18], q[19]]));
+        (src, dst, q[9], &q[hl..])
+    };
+    match proto {
+        proto::TCP | proto::UDP => {
+            let (sport, dport) = udp::ports(l4).map_err(|_| bad)?;
+            Ok(FlowKey::new(src, sport, dst, dport, proto, v6, vlan))
+        }
+        proto::ICMP | proto::ICMPV6 if (proto == proto::ICMP) != v6 => {
+            if l4.len() < 8 {
+                return Err(bad);
+            }
+            let ty = l4[0];
+            // An error about an error is never answered (RFC 1122 3.2.2).
+            let req = request_of(ty, v6).ok_or(bad)?;
+            let ident = u16::from_be_bytes([l4[4], l4[5]]);
+            Ok(FlowKey::icmp_query(src, dst, ident, req, req == ty, proto, v6, vlan))
+        }
+        _ => Ok(FlowKey::new(src, 0, dst, 0, proto, v6, vlan)),
+    }
+}

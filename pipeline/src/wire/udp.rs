@@ -1,0 +1,89 @@
+//! UDP datagrams (RFC 768).
+
+use super::{be16, Result, WireError};
+
+pub const HEADER_LEN: usize = 8;
+
+/// A view of a UDP datagram. `new_checked` guarantees a whole header and a length field
+/// between 8 and the buffer length.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let len = usize::from(be16(b, 4));
+        if len < HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        if b.len() < len {
+            return Err(WireError::Truncated);
+        }
+        Ok(Packet { buffer })
+    }
+
+    pub fn src_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 0)
+    }
+
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), 2)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(be16(self.buffer.as_ref(), 4))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == HEADER_LEN
+    }
+
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), 6)
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..self.len()]
+    }
+}
+
+/// Reads only the two ports of a UDP or TCP header, as quoted inside ICMP errors: RFC 792
+/// guarantees just the first 8 bytes of the offending datagram.
+pub fn ports(b: &[u8]) -> Result<(u16, u16)> {
+    if b.len() < 4 {
+        return Err(WireError::Truncated);
+    }
+    Ok((be16(b, 0), be16(b, 2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_datagram() {
+        let d = [0x00, 0x35, 0x9c, 0x40, 0x00, 0x0a, 0x12, 0x34, 0xaa, 0xbb, 0xee];
+        let p = Packet::new_checked(&d[..]).unwrap();
+        assert_eq!(p.src_port(), 53);
+        assert_eq!(p.dst_port(), 40000);
+        assert_eq!(p.len(), 10);
+        assert_eq!(p.checksum(), 0x1234);
+        assert_eq!(p.payload(), &[0xaa, 0xbb]);
+        assert_eq!(ports(&d).unwrap(), (53, 40000));
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        assert_eq!(Packet::new_checked(&[0u8; 7][..]).unwrap_err(), WireError::Truncated);
+        let short_len = [0, 1, 0, 2, 0, 4, 0, 0];
+        assert_eq!(Packet::new_checked(&short_len[..]).unwrap_err(), WireError::Malformed);
+        let long_len = [0, 1, 0, 2, 0, 20, 0, 0, 0];
+        assert_eq!(Packet::new_checked(&long_len[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(ports(&[1, 2, 3]).unwrap_err(), WireError::Truncated);
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for integration and scenario tests.

@@ -559,3 +559,6 @@ fn datagram(m: &PacketMeta) -> Datagram {
     let f = m.frag.expect("fragment metadata");
     Datagram { src: m.src_addr(), dst: m.dst_addr(), ident: f.ident, proto: m.key.proto, v6: m.key.v6, vlan: m.key.vlan }
 }
+
+#[cfg(test)]
+mod tests;

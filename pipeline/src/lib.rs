@@ -17,6 +17,8 @@ pub mod policy;
 pub mod raw;
 pub mod time;
 pub mod verdict;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod wire;
 
 pub use counters::Counters;

@@ -299,7 +299,7 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
     let syn = t.flags & f::SYN != 0;
     let has_ack = t.flags & f::ACK != 0;
     let rst = t.flags & f::RST != 0;
-    let mut sack = if c.pflags[r] & pflag::SACK_PERM != 0 && t.options.len() > 0 { sack_of(t, ack) } else { ack };
+    let mut sack = if c.pflags[r] & pflag::SACK_PERM != 0 && !t.options.is_empty() { sack_of(t, ack) } else { ack };
 
     if c.peer[s].maxwin == 0 {
         // Initialize sender data.
@@ -508,27 +508,25 @@ pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, timeouts
             }
         }
         IV => return Outcome::Invalid { reason: DropReason::InvalidTcpState, shrink: false },
-        TIME_WAIT => {
+        TIME_WAIT
             // RFC 5961 challenge ACK answering a spurious SYN: not the last ACK.
             if old_state == LAST_ACK
                 && idx == index::ACK
                 && last_dir(c) != dir
                 && last_index(c) == index::SYN
                 && aux.last_flags & aux_flag::EXP_CHALLENGE_ACK != 0
-            {
+            => {
                 aux.last_flags &= !aux_flag::EXP_CHALLENGE_ACK;
                 return Outcome::Ignore;
             }
-        }
         SYN_SENT2 => {
             // The table cannot express simultaneous open alone.
             aux.last_flags |= aux_flag::SIMULTANEOUS_OPEN;
         }
-        SYN_RECV => {
-            if dir == REPLY && idx == index::ACK && aux.last_flags & aux_flag::SIMULTANEOUS_OPEN != 0 {
+        SYN_RECV
+            if dir == REPLY && idx == index::ACK && aux.last_flags & aux_flag::SIMULTANEOUS_OPEN != 0 => {
                 new_state = ESTABLISHED;
             }
-        }
         CLOSE if idx == index::RST => {
             if is_closing(old_state) {
                 // The tuple may already be reused; skip sequence validation.
@@ -648,3 +646,6 @@ pub fn state_class(s: u8) -> TimerClass {
         _ => TimerClass::TcpSynSent,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -183,8 +183,8 @@ impl Classifier {
         }
         let values = [q.src, q.dst, u128::from(q.sport), u128::from(q.dport)];
         let mut best = g.dims[0].candidates(values[0]);
-        for d in 1..4 {
-            let c = g.dims[d].candidates(values[d]);
+        for (dim, &v) in g.dims.iter().zip(&values).skip(1) {
+            let c = dim.candidates(v);
             if c.0.len() + c.1.len() < best.0.len() + best.1.len() {
                 best = c;
             }

@@ -5,6 +5,7 @@
 //! `Ok` no accessor can panic, whatever the bytes. Nothing here allocates.
 
 pub mod arp;
+pub mod build;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;

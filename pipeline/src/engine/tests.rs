@@ -1,0 +1,209 @@
+//! Engine behaviour for UDP, ICMP, fragments, L2 and addressing, on a fake clock.
+
+use crate::engine::{EngineConfig, Packet};
+use crate::policy::{Action, Zone};
+use crate::testutil::*;
+use crate::time::Duration;
+use crate::verdict::{DropReason, PassKind, Verdict};
+use crate::wire::build::{ethernet, FrameSpec, L4};
+use crate::wire::tcp::flags::*;
+
+const NEW: Verdict = Verdict::Pass(PassKind::New);
+const EST: Verdict = Verdict::Pass(PassKind::Established);
+const REL: Verdict = Verdict::Pass(PassKind::Related);
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    FrameSpec::udp(ip(src), sport, ip(dst), dport, b"query").build()
+}
+
+#[test]
+fn udp_unreplied_then_replied_then_assured_after_two_seconds() {
+    let mut l = Lab::new();
+    let q = udp(SERVER, 5353, "192.0.2.53", 53);
+    let r = udp("192.0.2.53", 53, SERVER, 5353);
+    assert_eq!(l.send(&q, Zone::Inside), NEW);
+    let f = l.flows()[0];
+    assert_eq!((f.state, f.expires_in, f.assured), ("UNREPLIED", Duration::from_secs(30), false));
+    assert_eq!(l.send(&r, Zone::Outside), EST);
+    assert_eq!(l.flows()[0].state, "REPLIED");
+    assert_eq!(l.flows()[0].expires_in, Duration::from_secs(30), "the first reply itself still gets 30 s");
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.send(&q, Zone::Inside), EST);
+    let f = l.flows()[0];
+    assert_eq!((f.expires_in, f.assured), (Duration::from_secs(120), true));
+    assert_eq!(f.packets, [2, 1]);
+    // An unsolicited datagram from outside to the same server port is a new flow,
+    // which policy denies.
+    assert_eq!(l.send(&udp("192.0.2.99", 53, SERVER, 5353), Zone::Outside), Verdict::Drop(DropReason::Policy));
+}
+
+#[test]
+fn udp_unreplied_expires_after_thirty_seconds() {
+    let mut l = Lab::new();
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    l.advance(Duration::from_secs(29));
+    assert_eq!(l.e.expire(l.now, 100), 0);
+    l.advance(Duration::from_secs(1));
+    assert_eq!(l.e.expire(l.now, 100), 1);
+    // The late reply finds no state; a reply from outside is a new flow: denied.
+    assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), Verdict::Drop(DropReason::Policy));
+}
+
+fn echo(src: &str, dst: &str, ty: u8, id: u16) -> Vec<u8> {
+    FrameSpec::icmp(ip(src), ip(dst), ty, 0, u32::from(id) << 16 | 1, b"ping").build()
+}
+
+#[test]
+fn icmp_echo_request_and_reply() {
+    let mut l = Lab::new();
+    assert_eq!(l.send(&echo(CLIENT, SERVER, 8, 7), Zone::Outside), NEW);
+    assert_eq!(l.send(&echo(SERVER, CLIENT, 0, 7), Zone::Inside), EST);
+    assert_eq!(l.flows()[0].state, "REPLIED");
+    // A reply nobody asked for.
+    assert_eq!(l.send(&echo(SERVER, CLIENT, 0, 8), Zone::Inside), Verdict::Drop(DropReason::MidstreamNoState));
+    // The server pinging the client back with the same identifier is its own flow.
+    assert_eq!(l.send(&echo(SERVER, CLIENT, 8, 7), Zone::Inside), NEW);
+    assert_eq!(l.flows().len(), 2);
+    l.advance(Duration::from_secs(30));
+    assert_eq!(l.e.expire(l.now, 100), 2);
+}
+
+/// An ICMP error from `router` to `to`, quoting the first bytes of `quoted`'s IP packet.
+fn icmp_error(router: &str, to: &str, ty: u8, code: u8, quoted: &FrameSpec) -> Vec<u8> {
+    let q = quoted.ip_packet();
+    let n = q.len().min(if quoted.src.is_ipv6() { 48 } else { 28 });
+    FrameSpec::icmp(ip(router), ip(to), ty, code, 1500, &q[..n]).build()
+}
+
+#[test]
+fn icmp_errors_are_related_only_to_existing_flows() {
+    let mut l = Lab::new();
+    l.handshake();
+    let data = FrameSpec::tcp(ip(SERVER), SPORT, ip(CLIENT), CPORT, ACK, l.sseq, l.cseq);
+    // Frag-needed from a router on the way to the client, about the server's segment.
+    let err = icmp_error("203.0.113.1", SERVER, 3, 4, &data);
+    assert_eq!(l.send(&err, Zone::Outside), REL);
+    // Time exceeded about a flow that does not exist.
+    let other = FrameSpec::tcp(ip(SERVER), SPORT, ip(CLIENT), CPORT + 1, ACK, 1, 1);
+    assert_eq!(l.send(&icmp_error("203.0.113.1", SERVER, 11, 0, &other), Zone::Outside), Verdict::Drop(DropReason::IcmpUnrelated));
+    // An error about our flow sent to the wrong host: the quoted source must be the
+    // error's destination.
+    assert_eq!(l.send(&icmp_error("203.0.113.1", "10.0.2.9", 3, 4, &data), Zone::Outside), Verdict::Drop(DropReason::IcmpInvalid));
+    // Too short a quote (no ports).
+    let q = data.ip_packet();
+    let short = FrameSpec::icmp(ip("203.0.113.1"), ip(SERVER), 3, 4, 0, &q[..22]).build();
+    assert_eq!(l.send(&short, Zone::Outside), Verdict::Drop(DropReason::IcmpInvalid));
+    assert_eq!(l.state(), Some("ESTABLISHED"), "related errors do not change the flow");
+}
+
+#[test]
+fn icmpv6_packet_too_big_is_related_and_neighbor_discovery_passes() {
+    let mut l = Lab::new();
+    let c6 = "2001:db8:1::7";
+    let s6 = "2001:db8:2::1";
+    let syn = FrameSpec::tcp(ip(c6), 40000, ip(s6), 80, SYN, 1, 0);
+    assert_eq!(l.send(&syn.build(), Zone::Outside), NEW);
+    let ptb = icmp_error("2001:db8:ffff::1", c6, 2, 0, &syn);
+    assert_eq!(l.send(&ptb, Zone::Inside), REL);
+    let ns = FrameSpec::icmp(ip("fe80::1"), ip("ff02::1:ff00:1"), 135, 0, 0, &[0; 16]).build();
+    assert_eq!(l.send(&ns, Zone::Outside), Verdict::Pass(PassKind::Untracked));
+    let mut cfg = EngineConfig { capacity: 16, ..EngineConfig::default() };
+    cfg.ndp = Action::Deny;
+    let mut l = Lab::with(cfg);
+    assert_eq!(l.send(&ns, Zone::Outside), Verdict::Drop(DropReason::Ndp));
+}
+
+#[test]
+fn later_fragments_follow_the_first() {
+    let mut l = Lab::new();
+    // DNS answer too big for one packet, from inside (allowed: dns rule).
+    let big = FrameSpec { ident: 77, ..FrameSpec::udp(ip(SERVER), 5353, ip("192.0.2.53"), 53, &[1u8; 3000]) };
+    let frags = big.fragments(1400);
+    assert_eq!(frags.len(), 3);
+    assert_eq!(l.send(&frags[0], Zone::Inside), NEW);
+    assert_eq!(l.send(&frags[1], Zone::Inside), REL);
+    assert_eq!(l.send(&frags[2], Zone::Inside), REL);
+    // A denied datagram: later fragments are dropped with the first one's reason.
+    let denied = FrameSpec { ident: 78, ..FrameSpec::udp(ip(CLIENT), 5, ip(SERVER), 9999, &[1u8; 3000]) };
+    let frags = denied.fragments(1400);
+    assert_eq!(l.send(&frags[0], Zone::Outside), Verdict::Drop(DropReason::Policy));
+    assert_eq!(l.send(&frags[1], Zone::Outside), Verdict::Drop(DropReason::Policy));
+    // A later fragment whose first fragment never came.
+    let orphan = FrameSpec { ident: 79, ..big.clone() }.fragments(1400);
+    assert_eq!(l.send(&orphan[1], Zone::Inside), Verdict::Drop(DropReason::FragmentUnmatched));
+    // The record expires with the fragment timeout (30 s).
+    let late = FrameSpec { ident: 80, ..big }.fragments(1400);
+    assert_eq!(l.send(&late[0], Zone::Inside), EST);
+    l.advance(Duration::from_secs(30));
+    assert_eq!(l.send(&late[1], Zone::Inside), Verdict::Drop(DropReason::FragmentUnmatched));
+}
+
+#[test]
+fn ipv6_fragments_follow_the_first() {
+    let mut l = Lab::new();
+    let big = FrameSpec { ident: 5, ..FrameSpec::tcp(ip("2001:db8:1::7"), 40000, ip("2001:db8:2::1"), 80, SYN, 1, 0) };
+    let mut big = big;
+    if let L4::Tcp { payload, .. } = &mut big.l4 {
+        *payload = vec![0; 2000];
+    }
+    let frags = big.fragments(1200);
+    assert_eq!(l.send(&frags[0], Zone::Outside), NEW);
+    assert_eq!(l.send(&frags[1], Zone::Outside), REL);
+}
+
+#[test]
+fn arp_and_other_ethertypes_follow_config() {
+    let arp_payload = [0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 1, 1, 0, 0, 0, 0, 0, 0, 10, 0, 2, 1];
+    let arp = ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], &[], 0x0806, &arp_payload);
+    let lldp = ethernet([1, 0x80, 0xc2, 0, 0, 0x0e], [2, 0, 0, 0, 0, 1], &[], 0x88cc, &[0; 40]);
+    let mut l = Lab::new();
+    assert_eq!(l.send(&arp, Zone::Outside), Verdict::Pass(PassKind::Untracked));
+    assert_eq!(l.send(&lldp, Zone::Outside), Verdict::Drop(DropReason::NonIp));
+    let cfg = EngineConfig { capacity: 16, arp: Action::Deny, non_ip: Action::Allow, ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    assert_eq!(l.send(&arp, Zone::Outside), Verdict::Drop(DropReason::Arp));
+    assert_eq!(l.send(&lldp, Zone::Outside), Verdict::Pass(PassKind::Untracked));
+}
+
+#[test]
+fn vlans_separate_flows() {
+    let mut l = Lab::new();
+    let syn = |vlans: Vec<u16>| FrameSpec { vlans, ..FrameSpec::tcp(ip(CLIENT), CPORT, ip(SERVER), SPORT, SYN, 1, 0) }.build();
+    let synack = |vlans: Vec<u16>| FrameSpec { vlans, ..FrameSpec::tcp(ip(SERVER), SPORT, ip(CLIENT), CPORT, SYN | ACK, 9, 2) }.build();
+    assert_eq!(l.send(&syn(vec![10]), Zone::Outside), NEW);
+    assert_eq!(l.send(&syn(vec![100, 10]), Zone::Outside), NEW, "QinQ is another flow");
+    assert_eq!(l.send(&synack(vec![20]), Zone::Inside), Verdict::Drop(DropReason::MidstreamNoState));
+    assert_eq!(l.send(&synack(vec![10]), Zone::Inside), EST);
+    assert_eq!(l.send(&synack(vec![100, 10]), Zone::Inside), EST);
+    let three = FrameSpec { vlans: vec![1, 2, 3], ..FrameSpec::tcp(ip(CLIENT), CPORT, ip(SERVER), SPORT, SYN, 1, 0) }.build();
+    assert_eq!(l.send(&three, Zone::Outside), Verdict::Drop(DropReason::Malformed));
+}
+
+#[test]
+fn table_full_refuses_new_flows_with_a_reason() {
+    let mut l = Lab::with(EngineConfig { capacity: 2, ..EngineConfig::default() });
+    for p in 0..2 {
+        assert_eq!(l.seg(CLIENT, 1000 + p, SERVER, 80, SYN, 1, 0, 1000, 0, Zone::Outside), NEW);
+    }
+    assert_eq!(l.seg(CLIENT, 1002, SERVER, 80, SYN, 1, 0, 1000, 0, Zone::Outside), Verdict::Drop(DropReason::TableFull));
+    assert_eq!(l.e.counters().dropped[DropReason::TableFull as usize], 1);
+}
+
+#[test]
+fn batches_give_the_same_verdicts_as_single_packets() {
+    let mut frames = Vec::new();
+    for i in 0..200u16 {
+        let c = format!("198.51.100.{}", i % 50 + 1);
+        frames.push((tcp_frame(&c, 1000 + i, SERVER, 80, SYN, 1, 0, 1000, 0), Zone::Outside));
+        frames.push((tcp_frame(SERVER, 80, &c, 1000 + i, SYN | ACK, 9, 2, 1000, 0), Zone::Inside));
+        frames.push((vec![0u8; (i % 70) as usize], Zone::Outside));
+    }
+    let mut single = Lab::new();
+    let one: Vec<Verdict> = frames.iter().map(|(f, z)| single.send(f, *z)).collect();
+    let mut batched = Lab::new();
+    let pkts: Vec<Packet> = frames.iter().map(|(f, z)| Packet { data: f, zone: *z, now: batched.now }).collect();
+    let mut out = vec![Verdict::Drop(DropReason::Malformed); pkts.len()];
+    batched.e.process_batch(&pkts, &mut out);
+    assert_eq!(one, out);
+    assert_eq!(single.e.counters(), batched.e.counters());
+}

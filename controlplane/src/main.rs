@@ -1,1 +1,184 @@
-fn main() {}
+//! `holdfast`: the stateful firewall appliance's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use holdfast_controlplane::{capture, config, replay, traffic, DEFAULT_CONFIG};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+
+#[derive(Parser)]
+#[command(name = "holdfast", version, about = "A stateful firewall that never forgets a reply", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a config file: exit 0 with a summary, or 2 with file:line:col.
+    CheckConfig {
+        file: PathBuf,
+    },
+    /// Push a capture through the pipeline.
+    Replay(ReplayArgs),
+    /// Generate traffic captures.
+    #[command(subcommand)]
+    Gen(GenCmd),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Config file (default: the embedded configs/webfarm.yaml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// pcap or pcapng file (default: a web-farm capture generated in memory).
+    #[arg(long)]
+    pcap: Option<PathBuf>,
+    /// Replay without interfaces, with capture timestamps as the clock.
+    #[arg(long)]
+    offline: bool,
+    /// Worker threads; frames go to the worker that owns their flow.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Write the final table as JSON lines.
+    #[arg(long)]
+    flows_out: Option<PathBuf>,
+    /// Write one JSON line per frame: i, verdict, reason.
+    #[arg(long)]
+    verdicts_out: Option<PathBuf>,
+    /// Hash seed (default: random per process).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum GenCmd {
+    /// Web servers on port 80 inside, keep-alive clients outside.
+    Webfarm(WebfarmArgs),
+}
+
+#[derive(Args)]
+struct WebfarmArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 8)]
+    servers: u32,
+    #[arg(long, default_value_t = 50)]
+    clients: u32,
+    #[arg(long, default_value_t = 200)]
+    connections: u32,
+    /// Span over which connections start.
+    #[arg(long, default_value = "60s", value_parser = parse_dur)]
+    duration: holdfast_pipeline::Duration,
+    /// Idle gap between requests of a connection, `lo..hi`.
+    #[arg(long, default_value = "0s..5s", value_parser = traffic::parse_range)]
+    idle: (holdfast_pipeline::Duration, holdfast_pipeline::Duration),
+    /// Requests per connection, `lo..hi`.
+    #[arg(long, default_value = "1..4", value_parser = traffic::parse_int_range)]
+    requests: (u32, u32),
+    /// Response size in bytes, `lo..hi`.
+    #[arg(long, default_value = "200..6000", value_parser = traffic::parse_int_range)]
+    response: (u32, u32),
+}
+
+fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
+    config::values::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok: {}", file.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Replay(a) => replay_cmd(a),
+        Cmd::Gen(GenCmd::Webfarm(a)) => {
+            let p = traffic::WebFarm {
+                seed: a.seed,
+                servers: a.servers,
+                clients: a.clients,
+                connections: a.connections,
+                duration: a.duration,
+                idle: a.idle,
+                requests: a.requests,
+                response: a.response,
+                ..traffic::WebFarm::default()
+            };
+            let ev = traffic::webfarm(&p);
+            match std::fs::write(&a.out, traffic::to_pcap(&ev)) {
+                Ok(()) => {
+                    println!("wrote {} frames to {}", ev.len(), a.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("holdfast gen: cannot write {}: {e}", a.out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn replay_cmd(a: ReplayArgs) -> ExitCode {
+    if !a.offline {
+        eprintln!("holdfast replay: only --offline replay is available (live replay onto interfaces needs the AF_XDP dataplane)");
+        return ExitCode::from(2);
+    }
+    let cfg = match &a.config {
+        Some(p) => config::load(p),
+        None => config::parse(DEFAULT_CONFIG, "<embedded configs/webfarm.yaml>"),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (source, buf) = match &a.pcap {
+        Some(p) => match capture::read_file(p) {
+            Ok(b) => (p.display().to_string(), b),
+            Err(e) => {
+                eprintln!("holdfast replay: cannot read {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => ("<generated web farm, seed 1>".to_string(), traffic::to_pcap(&traffic::webfarm(&traffic::WebFarm::default()))),
+    };
+    let opts = replay::Options { workers: a.workers, json: a.json, flows_out: a.flows_out, verdicts_out: a.verdicts_out };
+    let seed = a.seed.unwrap_or_else(holdfast_dataplane::sys::random_seed);
+    let report = match replay::run(&cfg, &source, &buf, seed, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("holdfast replay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if opts.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.human());
+    }
+    if let Some(e) = &report.capture_error {
+        eprintln!("holdfast replay: {source}: capture ends early {e}; the summary covers the {} frames before it", report.counters.packets);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+

@@ -15,6 +15,7 @@ pub mod parse;
 pub mod policy;
 #[allow(unsafe_code)]
 pub mod raw;
+pub mod steer;
 pub mod time;
 pub mod verdict;
 #[cfg(test)]

@@ -1,0 +1,247 @@
+//! Configuration: the YAML model, its validation, and compilation into what the
+//! pipeline runs (engine settings and an immutable classifier).
+//!
+//! Errors name `file:line:col` and quote the offending line. Loading never changes a
+//! running configuration: a caller swaps in the result only when it is `Ok`.
+
+mod model;
+pub mod values;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use holdfast_pipeline::conntrack::TimerClass;
+use holdfast_pipeline::engine::{EngineConfig, Pickup};
+use holdfast_pipeline::policy::{Action, Cidr, Classifier, ProtoMatch, Rule};
+use holdfast_pipeline::time::MAX_TIMEOUT;
+use holdfast_pipeline::{Duration, Zone};
+use serde_saphyr::{Location, Spanned};
+
+use model::{ActionCfg, File, PickupCfg};
+
+/// Everything a run needs, compiled and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub classifier: Arc<Classifier>,
+    /// `zones.inside.networks`.
+    pub inside: Vec<Cidr>,
+    pub outside_interface: Option<String>,
+    pub inside_interface: Option<String>,
+}
+
+impl Config {
+    /// The zone a frame entered from when only its source address is known (replay):
+    /// `inside` when the source is in `zones.inside.networks`.
+    pub fn zone_of(&self, src: u128, v6: bool) -> Zone {
+        if self.inside.iter().any(|c| c.contains(src, v6)) { Zone::Inside } else { Zone::Outside }
+    }
+
+    /// One line describing the configuration, for `check-config`.
+    pub fn summary(&self) -> String {
+        let rules = self.classifier.rules();
+        let allow = rules.iter().filter(|r| r.action == Action::Allow).count();
+        format!(
+            "{} rules ({} allow, {} deny, default {}), {} inside networks, capacity {} entries per worker, pickup {}",
+            rules.len(),
+            allow,
+            rules.len() - allow,
+            if self.classifier.default_action() == Action::Allow { "allow" } else { "deny" },
+            self.inside.len(),
+            self.engine.capacity,
+            match self.engine.pickup {
+                Pickup::Strict => "strict",
+                Pickup::ReverseOfAllowed => "reverse-of-allowed",
+                Pickup::Loose => "loose",
+            }
+        )
+    }
+}
+
+/// A configuration error with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when unknown (e.g. the file could not be read).
+    pub line: u64,
+    pub col: u64,
+    pub message: String,
+    /// The text of the offending line.
+    pub source_line: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
+        writeln!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        if let Some(src) = &self.source_line {
+            let n = self.line.to_string();
+            writeln!(f, "{n} | {src}")?;
+            write!(f, "{} | {}^", " ".repeat(n.len()), " ".repeat(self.col.saturating_sub(1) as usize))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and compiles a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: name.clone(), line: 0, col: 0, message: format!("cannot read: {e}"), source_line: None })?;
+    parse(&text, &name)
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at(&self, loc: Location, message: impl Into<String>) -> ConfigError {
+        let (line, col) = (loc.line(), loc.column());
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+            source_line: (line > 0).then(|| self.text.lines().nth(line as usize - 1).unwrap_or("").to_string()),
+        }
+    }
+}
+
+/// Parses and compiles config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { file, text };
+    let f: File = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        let msg = e.without_snippet().to_string();
+        // serde-saphyr prefixes "line L column C: "; the position is printed separately.
+        let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
+        let msg = match msg.split_once(": ") {
+            Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest.to_string(),
+            _ => msg,
+        };
+        let msg = msg.lines().next().unwrap_or("");
+        // ... and sometimes suffixes " at line L, column C".
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if msg[i..].contains(", column ") => &msg[..i],
+            _ => msg,
+        };
+        cx.at(loc, msg.to_string())
+    })?;
+    compile(&cx, f)
+}
+
+fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
+    let ct = &f.conntrack;
+    let capacity = ct.capacity.value;
+    if capacity == 0 || capacity > (1 << 31) {
+        return Err(cx.at(ct.capacity.referenced, format!("conntrack.capacity must be between 1 and {} entries", 1u64 << 31)));
+    }
+    let fragments = ct.fragments.value;
+    if fragments == 0 || fragments > (1 << 24) {
+        return Err(cx.at(ct.fragments.referenced, "conntrack.fragments must be between 1 and 16777216"));
+    }
+    let mut engine = EngineConfig {
+        capacity: capacity as usize,
+        fragments: fragments as usize,
+        pickup: match ct.pickup {
+            PickupCfg::Strict => Pickup::Strict,
+            PickupCfg::ReverseOfAllowed => Pickup::ReverseOfAllowed,
+            PickupCfg::Loose => Pickup::Loose,
+        },
+        arp: action(f.policy.arp),
+        ndp: action(f.policy.ndp),
+        non_ip: action(f.policy.non_ip),
+        ..EngineConfig::default()
+    };
+    let t = &ct.timeouts;
+    let set: [(TimerClass, &Option<Spanned<values::Dur>>); 15] = [
+        (TimerClass::TcpSynSent, &t.tcp_syn_sent),
+        (TimerClass::TcpSynRecv, &t.tcp_syn_recv),
+        (TimerClass::TcpEstablished, &t.tcp_established),
+        (TimerClass::TcpFinWait, &t.tcp_fin_wait),
+        (TimerClass::TcpCloseWait, &t.tcp_close_wait),
+        (TimerClass::TcpLastAck, &t.tcp_last_ack),
+        (TimerClass::TcpTimeWait, &t.tcp_time_wait),
+        (TimerClass::TcpClose, &t.tcp_close),
+        (TimerClass::TcpSynSent2, &t.tcp_syn_sent2),
+        (TimerClass::TcpRetrans, &t.tcp_max_retrans),
+        (TimerClass::TcpUnack, &t.tcp_unacknowledged),
+        (TimerClass::UdpUnreplied, &t.udp_unreplied),
+        (TimerClass::UdpReplied, &t.udp_replied),
+        (TimerClass::Icmp, &t.icmp),
+        (TimerClass::Generic, &t.generic),
+    ];
+    for (class, v) in set {
+        if let Some(d) = v {
+            engine.timeouts.set(class, timeout(cx, d, class.name())?);
+        }
+    }
+    if let Some(d) = &t.fragment {
+        engine.fragment_timeout = timeout(cx, d, "fragment")?;
+    }
+
+    let mut rules = Vec::with_capacity(f.policy.rules.len());
+    for (i, sr) in f.policy.rules.iter().enumerate() {
+        let r = &sr.value;
+        let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
+        if let Some(prev) = rules.iter().position(|x: &Rule| x.name == name) {
+            return Err(cx.at(sr.referenced, format!("duplicate rule name {name:?} (also rule {})", prev + 1)));
+        }
+        let icmp_ok = matches!(r.proto.0, ProtoMatch::Icmp | ProtoMatch::Number(1) | ProtoMatch::Number(58));
+        if let Some(it) = &r.icmp_type
+            && !icmp_ok
+        {
+            return Err(cx.at(it.referenced, format!("rule {name:?}: icmp_type needs proto icmp, icmpv4 or icmpv6")));
+        }
+        let ports_ok = matches!(r.proto.0, ProtoMatch::Any | ProtoMatch::Number(6) | ProtoMatch::Number(17) | ProtoMatch::Number(132));
+        for p in [&r.src_port, &r.dst_port].into_iter().flatten() {
+            if !ports_ok {
+                return Err(cx.at(p.referenced, format!("rule {name:?}: ports need proto tcp, udp, sctp or any")));
+            }
+        }
+        rules.push(Rule {
+            name,
+            from: r.from.zone(),
+            to: r.to.zone(),
+            proto: r.proto.0,
+            src: r.src.to_vec().into_iter().map(|c| c.0).collect(),
+            dst: r.dst.to_vec().into_iter().map(|c| c.0).collect(),
+            src_ports: r.src_port.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
+            dst_ports: r.dst_port.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
+            icmp_types: r.icmp_type.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
+            action: action(r.action),
+        });
+    }
+    Ok(Config {
+        engine,
+        classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
+        inside: f.zones.inside.networks.iter().map(|c| c.0).collect(),
+        outside_interface: f.zones.outside.interface.clone(),
+        inside_interface: f.zones.inside.interface.clone(),
+    })
+}
+
+fn action(a: ActionCfg) -> Action {
+    match a {
+        ActionCfg::Allow => Action::Allow,
+        ActionCfg::Deny => Action::Deny,
+    }
+}
+
+fn timeout(cx: &Ctx, d: &Spanned<values::Dur>, name: &str) -> Result<Duration, ConfigError> {
+    let v = d.value.0;
+    if v < Duration::from_secs(1) || v > MAX_TIMEOUT {
+        return Err(cx.at(d.referenced, format!("timeout {name} must be between 1s and 365d")));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! The YAML file as written: every key optional with a documented default, unknown keys
+//! rejected. See `configs/reference.yaml` for the commented version of every key.
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use super::values::{CidrVal, Dur, IcmpType, OneOrMany, Ports, Proto, ZoneSel};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct File {
+    pub zones: Zones,
+    pub conntrack: Conntrack,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Zones {
+    pub outside: ZoneCfg,
+    pub inside: ZoneCfg,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZoneCfg {
+    /// Network interface of this side (used by the dataplane; replay ignores it).
+    pub interface: Option<String>,
+    /// Address ranges that live on this side. Replay calls a frame's ingress zone
+    /// `inside` when its source address is in `zones.inside.networks`.
+    pub networks: Vec<CidrVal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conntrack {
+    pub capacity: Spanned<u64>,
+    pub pickup: PickupCfg,
+    pub fragments: Spanned<u64>,
+    pub timeouts: TimeoutsCfg,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack {
+            capacity: Spanned::new(1 << 20, Location::UNKNOWN, Location::UNKNOWN),
+            pickup: PickupCfg::Strict,
+            fragments: Spanned::new(4096, Location::UNKNOWN, Location::UNKNOWN),
+            timeouts: TimeoutsCfg::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PickupCfg {
+    #[default]
+    Strict,
+    ReverseOfAllowed,
+    Loose,
+}
+
+/// Every timeout; absent ones keep Linux's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsCfg {
+    pub tcp_syn_sent: Option<Spanned<Dur>>,
+    pub tcp_syn_recv: Option<Spanned<Dur>>,
+    pub tcp_established: Option<Spanned<Dur>>,
+    pub tcp_fin_wait: Option<Spanned<Dur>>,
+    pub tcp_close_wait: Option<Spanned<Dur>>,
+    pub tcp_last_ack: Option<Spanned<Dur>>,
+    pub tcp_time_wait: Option<Spanned<Dur>>,
+    pub tcp_close: Option<Spanned<Dur>>,
+    pub tcp_syn_sent2: Option<Spanned<Dur>>,
+    pub tcp_max_retrans: Option<Spanned<Dur>>,
+    pub tcp_unacknowledged: Option<Spanned<Dur>>,
+    pub udp_unreplied: Option<Spanned<Dur>>,
+    pub udp_replied: Option<Spanned<Dur>>,
+    pub icmp: Option<Spanned<Dur>>,
+    pub generic: Option<Spanned<Dur>>,
+    pub fragment: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionCfg {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub default: ActionCfg,
+    pub arp: ActionCfg,
+    pub ndp: ActionCfg,
+    pub non_ip: ActionCfg,
+    pub rules: Vec<Spanned<RuleCfg>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { default: ActionCfg::Deny, arp: ActionCfg::Allow, ndp: ActionCfg::Allow, non_ip: ActionCfg::Deny, rules: vec![] }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleCfg {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub from: ZoneSel,
+    #[serde(default)]
+    pub to: ZoneSel,
+    #[serde(default)]
+    pub proto: Proto,
+    #[serde(default)]
+    pub src: OneOrMany<CidrVal>,
+    #[serde(default)]
+    pub dst: OneOrMany<CidrVal>,
+    #[serde(default)]
+    pub src_port: Option<Spanned<OneOrMany<Ports>>>,
+    #[serde(default)]
+    pub dst_port: Option<Spanned<OneOrMany<Ports>>>,
+    #[serde(default)]
+    pub icmp_type: Option<Spanned<OneOrMany<IcmpType>>>,
+    pub action: ActionCfg,
+}

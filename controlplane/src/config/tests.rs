@@ -1,0 +1,106 @@
+use super::*;
+use holdfast_pipeline::policy::Query;
+
+const ISSUE_EXAMPLE: &str = r#"
+zones:
+  outside: { interface: eth0 }
+  inside:  { interface: eth1, networks: [10.0.2.0/24, "2001:db8:2::/64"] }
+conntrack:
+  capacity: 1048576          # entries per worker
+  pickup: strict             # strict | reverse-of-allowed | loose
+  timeouts: { tcp_syn_sent: 120s, tcp_syn_recv: 60s, tcp_established: 5d,
+              tcp_fin_wait: 120s, tcp_close_wait: 60s, tcp_last_ack: 30s,
+              tcp_time_wait: 120s, tcp_close: 10s, udp_unreplied: 30s,
+              udp_replied: 120s, icmp: 30s }
+policy:
+  default: deny
+  rules:
+    - { name: web, from: outside, to: inside, proto: tcp, dst: 10.0.2.0/24, dst_port: 80, action: allow }
+    - { name: ping, from: any, proto: icmp, icmp_type: echo-request, action: allow }
+"#;
+
+fn err(text: &str) -> ConfigError {
+    parse(text, "t.yaml").unwrap_err()
+}
+
+#[test]
+fn the_issue_example_parses() {
+    let c = parse(ISSUE_EXAMPLE, "x.yaml").unwrap();
+    assert_eq!(c.engine.capacity, 1 << 20);
+    assert_eq!(c.engine.timeouts.get(TimerClass::TcpEstablished), Duration::from_secs(432_000));
+    assert_eq!(c.inside.len(), 2);
+    assert_eq!(c.outside_interface.as_deref(), Some("eth0"));
+    assert_eq!(c.classifier.rules().len(), 2);
+    let web = Query { from: Zone::Outside, to: Zone::Inside, v6: false, proto: 6, src: 1, dst: 0x0a00_0205, sport: 1, dport: 80, icmp_type: None };
+    assert_eq!(c.classifier.decide(&web).rule, Some(0));
+    assert_eq!(c.zone_of(0x0a00_0205, false), Zone::Inside);
+    assert_eq!(c.zone_of(0x0a00_0305, false), Zone::Outside);
+    assert!(c.summary().contains("2 rules (2 allow, 0 deny, default deny)"));
+}
+
+#[test]
+fn an_empty_file_is_all_defaults() {
+    let c = parse("", "empty.yaml").unwrap();
+    assert_eq!(c.engine.capacity, 1 << 20);
+    assert_eq!(c.engine.pickup, Pickup::Strict);
+    assert_eq!(c.engine.timeouts, holdfast_pipeline::conntrack::Timeouts::default());
+    assert_eq!(c.classifier.default_action(), Action::Deny);
+    assert_eq!(c.engine.arp, Action::Allow);
+    // A config names only what it changes.
+    let c = parse("conntrack:\n  timeouts:\n    udp_unreplied: 10s\n", "one.yaml").unwrap();
+    assert_eq!(c.engine.timeouts.get(TimerClass::UdpUnreplied), Duration::from_secs(10));
+    assert_eq!(c.engine.timeouts.get(TimerClass::UdpReplied), Duration::from_secs(120));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_position_and_line() {
+    let e = err("conntrack:\n  capacity: 10\n  capcity: 20\n");
+    assert_eq!((e.line, e.col), (3, 3));
+    assert!(e.message.contains("unknown field `capcity`"), "{}", e.message);
+    assert_eq!(e.source_line.as_deref(), Some("  capcity: 20"));
+    let shown = e.to_string();
+    assert!(shown.starts_with("t.yaml:3:3: unknown field `capcity`"), "{shown}");
+    assert!(shown.contains("3 |   capcity: 20"), "{shown}");
+}
+
+#[test]
+fn bad_values_point_at_themselves() {
+    let e = err("conntrack:\n  timeouts:\n    tcp_close: 10 seconds\n");
+    assert_eq!((e.line, e.col), (3, 16));
+    assert!(e.message.contains("bad duration"), "{}", e.message);
+    let e = err("zones:\n  inside:\n    networks: [10.0.2.0/24, 10.0.300.0/24]\n");
+    assert_eq!(e.line, 3);
+    assert!(e.message.contains("10.0.300.0"), "{}", e.message);
+    let e = err("policy:\n  rules:\n    - { proto: tcp, dst_port: 99999, action: allow }\n");
+    assert_eq!(e.line, 3);
+    let e = err("conntrack:\n  pickup: lenient\n");
+    assert_eq!((e.line, e.col), (2, 11));
+    let e = err("policy:\n  rules:\n    - { name: x, proto: tcp }\n");
+    assert!(e.message.contains("action"), "{}", e.message);
+}
+
+#[test]
+fn semantic_errors_have_positions_too() {
+    let e = err("policy:\n  rules:\n    - { proto: tcp, icmp_type: echo-request, action: allow }\n");
+    assert_eq!(e.line, 3);
+    assert!(e.message.contains("icmp_type needs proto icmp"), "{}", e.message);
+    let e = err("policy:\n  rules:\n    - { name: a, action: allow }\n    - { name: a, action: deny }\n");
+    assert_eq!(e.line, 4);
+    assert!(e.message.contains("duplicate rule name"));
+    let e = err("conntrack:\n  capacity: 0\n");
+    assert_eq!((e.line, e.col), (2, 13));
+    let e = err("conntrack:\n  timeouts: { icmp: 0s }\n");
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("between 1s and 365d"));
+    let e = err("policy:\n  rules:\n    - { proto: icmp, dst_port: 80, action: allow }\n");
+    assert!(e.message.contains("ports need proto"));
+}
+
+#[test]
+fn broken_yaml_is_reported() {
+    let e = err("policy:\n  rules: [\n");
+    assert!(e.line >= 2, "{e:?}");
+    let e = load(Path::new("/nonexistent/holdfast.yaml")).unwrap_err();
+    assert_eq!(e.line, 0);
+    assert!(e.to_string().contains("cannot read"));
+}

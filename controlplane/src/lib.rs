@@ -1,0 +1,10 @@
+//! Holdfast's control plane: YAML configuration, captures, offline replay, traffic
+//! generation. The `holdfast` binary (`main.rs`) is a thin command line over these.
+
+pub mod capture;
+pub mod config;
+pub mod replay;
+pub mod traffic;
+
+/// The configuration used when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/webfarm.yaml");

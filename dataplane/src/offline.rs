@@ -1,0 +1,103 @@
+//! Offline workers: frames from a capture, dispatched to the worker that owns their
+//! flow, processed in order per flow with each frame's capture time as `now`.
+//!
+//! One dispatcher (the caller's thread) reads frames in capture order and appends each
+//! to its owner's batch; a bounded channel per worker carries the batches, so order is
+//! preserved per worker and hence per flow.
+
+use std::time::Instant as WallClock;
+
+use crossbeam_channel::bounded;
+use holdfast_pipeline::engine::{FlowInfo, Packet, DEFAULT_EXPIRE_BUDGET};
+use holdfast_pipeline::{Counters, Engine, Instant, Verdict, Zone};
+
+/// Frames per batch sent to a worker.
+const BATCH: usize = 256;
+/// Batches queued per worker before the dispatcher waits.
+const QUEUE: usize = 64;
+
+/// A frame to replay.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    pub data: &'a [u8],
+    pub now: Instant,
+    pub zone: Zone,
+    /// Index of the owning worker.
+    pub worker: u32,
+}
+
+/// What one worker did.
+#[derive(Debug)]
+pub struct WorkerOutput {
+    pub counters: Counters,
+    pub flows_peak: usize,
+    /// Flows left at the end of the capture.
+    pub flows: Vec<FlowInfo>,
+    /// `(frame index, verdict)`, when asked for.
+    pub verdicts: Vec<(u32, Verdict)>,
+    /// Wall time spent processing (not waiting for batches).
+    pub busy_s: f64,
+    pub table_bytes_per_entry: usize,
+}
+
+/// Runs `frames` through `engines` (one thread each). `end` is the time at which the
+/// final table is listed (the capture's last timestamp).
+pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> Vec<WorkerOutput> {
+    let n = engines.len();
+    std::thread::scope(|s| {
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for mut engine in engines {
+            let (tx, rx) = bounded::<Vec<u32>>(QUEUE);
+            senders.push(tx);
+            handles.push(s.spawn(move || {
+                let mut verdicts = Vec::new();
+                let mut pkts: Vec<Packet> = Vec::with_capacity(BATCH);
+                let mut out = vec![Verdict::Pass(holdfast_pipeline::PassKind::New); BATCH];
+                let mut busy = 0.0;
+                for batch in rx {
+                    let t = WallClock::now();
+                    pkts.clear();
+                    pkts.extend(batch.iter().map(|&i| {
+                        let f = &frames[i as usize];
+                        Packet { data: f.data, zone: f.zone, now: f.now }
+                    }));
+                    engine.process_batch(&pkts, &mut out[..pkts.len()]);
+                    if let Some(last) = pkts.last() {
+                        engine.expire(last.now, DEFAULT_EXPIRE_BUDGET);
+                    }
+                    if keep_verdicts {
+                        verdicts.extend(batch.iter().zip(&out).map(|(&i, &v)| (i, v)));
+                    }
+                    busy += t.elapsed().as_secs_f64();
+                }
+                while engine.expire(end, usize::MAX) > 0 {}
+                WorkerOutput {
+                    counters: engine.counters(),
+                    flows_peak: engine.table().peak(),
+                    flows: if list_flows { engine.flows(end).collect() } else { Vec::new() },
+                    verdicts,
+                    busy_s: busy,
+                    table_bytes_per_entry: engine.table().bytes_per_entry(),
+                }
+            }));
+        }
+        let mut pending: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            let w = f.worker as usize;
+            pending[w].push(i as u32);
+            if pending[w].len() == BATCH {
+                let full = std::mem::replace(&mut pending[w], Vec::with_capacity(BATCH));
+                // A worker only stops receiving by panicking, which `join` reports.
+                let _ = senders[w].send(full);
+            }
+        }
+        for (w, p) in pending.into_iter().enumerate() {
+            if !p.is_empty() {
+                let _ = senders[w].send(p);
+            }
+        }
+        drop(senders);
+        handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
+    })
+}

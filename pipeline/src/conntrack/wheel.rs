@@ -144,9 +144,12 @@ impl Wheel {
         }
     }
 
-    /// The earliest occupied slot: (level, slot, its start tick). Lower levels always
-    /// expire before higher ones, so the first level with a bit set holds it.
+    /// The earliest occupied slot: (level, slot, its start tick). Usually the lowest
+    /// occupied level holds it, but not always: a higher-level slot whose draining was
+    /// cut short by the budget starts at `elapsed` while the entries already cascaded
+    /// from it sit in lower levels with later deadlines. So every level is asked.
     fn next_expiration(&self) -> Option<(usize, usize, u64)> {
+        let mut best: Option<(usize, usize, u64)> = None;
         for level in 0..LEVELS {
             let occ = self.occupied[level];
             if occ == 0 {
@@ -163,9 +166,11 @@ impl Wheel {
             if slot < now_slot {
                 deadline += level_range;
             }
-            return Some((level, slot, deadline));
+            if best.is_none_or(|b| deadline < b.2) {
+                best = Some((level, slot, deadline));
+            }
         }
-        None
+        best
     }
 }
 
@@ -234,6 +239,78 @@ mod tests {
         let expect: Vec<u32> = (0..200u32).filter(|&i| deadline[i as usize] <= 1_000_000).collect();
         assert_eq!(fired, expect);
         assert_eq!(w.armed_count(), 200 - expect.len());
+    }
+
+    /// Random inserts, re-arms and removals between polls, against a model: after a
+    /// poll at `now`, no armed entry has a deadline at or before `now`.
+    #[test]
+    fn never_misses_a_deadline_under_random_operations() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let cap = 300;
+        let mut now = 1_000_000u64;
+        let mut w = Wheel::new(cap, now);
+        let mut deadline = vec![None::<u64>; cap];
+        let check = |w: &Wheel, step: usize, what: &str| {
+            for i in 0..cap {
+                let n = w.nodes[i];
+                if n.list == 0 {
+                    continue;
+                }
+                let level = ((n.list - 1) as usize) / SLOTS;
+                let when = w.when(i as u32);
+                let start = when & !((1u64 << (6 * level)) - 1);
+                assert!(start >= w.elapsed || (level == 0 && when >= w.elapsed), "step {step} after {what}: entry {i} level {level} when {when} start {start} elapsed {}", w.elapsed);
+            }
+        };
+        for step in 0..20_000 {
+            check(&w, step, "previous");
+            match rnd(10) {
+                0..=5 => {
+                    let i = rnd(cap as u64) as u32;
+                    let d = now + [rnd(70), rnd(5000), rnd(300_000), rnd(30_000_000)][rnd(4) as usize];
+                    if deadline[i as usize].is_some() {
+                        w.rearm(i, d);
+                    } else {
+                        w.insert(i, d);
+                    }
+                    deadline[i as usize] = Some(d);
+                }
+                6 => {
+                    let i = rnd(cap as u64) as u32;
+                    w.remove(i);
+                    deadline[i as usize] = None;
+                }
+                _ => {
+                    now += [1, rnd(100), rnd(10_000), rnd(1_000_000)][rnd(4) as usize];
+                    // Poll with a small budget, sometimes leaving work for later.
+                    let budget = if rnd(2) == 0 { usize::MAX } else { rnd(8) as usize };
+                    let mut done = 0;
+                    while done < budget {
+                        let Some(i) = w.pop_due(now) else { break };
+                        done += 1;
+                        let d = deadline[i as usize].expect("popped an entry that is not armed");
+                        if d <= now {
+                            deadline[i as usize] = None;
+                        } else {
+                            w.insert(i, d);
+                        }
+                    }
+                    if done < budget {
+                        for (i, d) in deadline.iter().enumerate() {
+                            if let Some(d) = d {
+                                assert!(*d > now, "step {step}: entry {i} due at {d} missed at {now}: list {} when {} elapsed {} occ {:?}", w.nodes[i].list, w.nodes[i].when, w.elapsed, w.occupied.iter().map(|o| format!("{o:x}")).collect::<Vec<_>>());
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -101,13 +101,15 @@ pub struct FlowInfo {
 }
 
 #[derive(Clone, Copy)]
-enum Stage<'a> {
+enum Stage {
     Done(Verdict),
-    Meta(PacketMeta<'a>, u64),
+    Meta(PacketMeta, u64),
 }
 
 pub struct Engine {
     table: Table,
+    /// Per-burst metadata, kept between bursts so that nothing is initialised per burst.
+    staged: Box<[Stage; MAX_BURST]>,
     frags: FragTable,
     policy: Arc<Classifier>,
     cfg: EngineConfig,
@@ -137,6 +139,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig, policy: Arc<Classifier>, start: Instant) -> Engine {
         Engine {
             table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start)),
+            staged: Box::new([Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST]),
             frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
             policy,
             cfg,
@@ -179,16 +182,14 @@ impl Engine {
     }
 
     fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
-        let mut staged = [Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST];
         // Stage 1: parse, hash, prefetch the home bucket.
         for (i, p) in pkts.iter().enumerate() {
-            staged[i] = match parse::parse(p.data) {
+            self.staged[i] = match parse::parse(p.data) {
                 Err(r) => Stage::Done(Verdict::Drop(r)),
                 Ok(Frame::Arp) => Stage::Done(action_verdict(self.cfg.arp, DropReason::Arp)),
                 Ok(Frame::NonIp(_)) => Stage::Done(action_verdict(self.cfg.non_ip, DropReason::NonIp)),
                 Ok(Frame::Ip(m)) => {
                     let h = match &m.l4 {
-                        L4::IcmpError { inner, .. } => self.table.hash(inner),
                         L4::LaterFragment | L4::IcmpOther { .. } => 0,
                         _ => self.table.hash(&m.key),
                     };
@@ -198,26 +199,26 @@ impl Engine {
             };
         }
         // Stage 2: prefetch the entry the first matching tag points at.
-        for s in &staged[..pkts.len()] {
+        for s in &self.staged[..pkts.len()] {
             if let Stage::Meta(_, h) = s {
                 self.table.prefetch_entry(*h);
             }
         }
         // Stage 3: judge.
         for (i, p) in pkts.iter().enumerate() {
-            let v = match staged[i] {
+            let v = match self.staged[i] {
                 Stage::Done(v) => v,
-                Stage::Meta(m, h) => self.judge(p.now, p.zone, &m, h),
+                Stage::Meta(m, h) => self.judge(p.now, p.zone, p.data, &m, h),
             };
             self.counters.count(v, p.data.len());
             out[i] = v;
         }
     }
 
-    fn judge(&mut self, now: Instant, zone: Zone, m: &PacketMeta, h: u64) -> Verdict {
+    fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64) -> Verdict {
         let v = match m.l4 {
             L4::LaterFragment => self.later_fragment(now, m),
-            L4::IcmpError { inner, .. } => match self.live_lookup(now, h, &inner) {
+            L4::IcmpError { .. } => match self.live_lookup(now, h, &m.key) {
                 Some(_) => Verdict::Pass(PassKind::Related),
                 None => Verdict::Drop(DropReason::IcmpUnrelated),
             },
@@ -227,8 +228,8 @@ impl Engine {
                 Action::Deny => Verdict::Drop(DropReason::Policy),
             },
             _ => match self.live_lookup(now, h, &m.key) {
-                Some(slot) => self.existing(now, zone, slot, m, h),
-                None => self.new_flow(now, zone, m, h),
+                Some(slot) => self.existing(now, zone, frame, slot, m, h),
+                None => self.new_flow(now, zone, frame, m, h),
             },
         };
         if let Some(f) = m.frag
@@ -286,18 +287,24 @@ impl Engine {
         self.policy.decide(q).action == Action::Allow
     }
 
-    /// Refreshes an entry's timeout (Linux `nf_ct_refresh_acct`). Only a switch to a
-    /// timeout that ends earlier than the armed deadline touches the timer wheel.
+    /// Refreshes an entry's timeout (Linux `nf_ct_refresh_acct`): writes "last seen".
+    /// The timer wheel is touched only when the new class has a lower rearm floor than
+    /// the old one (see [`Timeouts`]), which keeps the invariant "armed no later than
+    /// `now + floor(class)`" without reading the timer on ordinary packets.
     #[inline]
     fn refresh(&mut self, slot: u32, now: Instant, class: TimerClass) {
         let c = &mut self.table.conns[slot as usize];
         c.last_seen = now.ticks();
         c.flags |= cflag::REFERENCED;
         if c.timer != class as u8 {
+            let t = &self.cfg.timeouts;
+            let old = TimerClass::from_u8(c.timer);
             c.timer = class as u8;
-            let deadline = abs_ticks(now) + u64::from(self.cfg.timeouts.ticks(class));
-            if self.table.wheel.when(slot) > deadline {
-                self.table.wheel.rearm(slot, deadline);
+            if t.floor_ticks(class) < t.floor_ticks(old) {
+                let deadline = abs_ticks(now) + u64::from(t.floor_ticks(class));
+                if self.table.wheel.when(slot) > deadline {
+                    self.table.wheel.rearm(slot, deadline);
+                }
             }
         }
     }
@@ -312,15 +319,21 @@ impl Engine {
         }
     }
 
-    fn existing(&mut self, now: Instant, zone: Zone, slot: u32, m: &PacketMeta, h: u64) -> Verdict {
+    fn existing(&mut self, now: Instant, zone: Zone, frame: &[u8], slot: u32, m: &PacketMeta, h: u64) -> Verdict {
         let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
         match m.l4 {
             L4::Tcp(t) => {
+                let c = &mut self.table.conns[slot as usize];
+                if let Some(class) = tcp::fast_established(c, dir, &t, t.opt_len > 0, &self.cfg.timeouts) {
+                    self.refresh(slot, now, class);
+                    self.account(slot, dir, m);
+                    return Verdict::Pass(PassKind::Established);
+                }
                 if !tcp::valid_flags(t.flags) {
                     return Verdict::Drop(DropReason::InvalidTcpFlags);
                 }
                 let (c, aux) = (&mut self.table.conns[slot as usize], &mut self.table.aux[slot as usize]);
-                match tcp::packet(c, aux, dir, &t, &self.cfg.timeouts) {
+                match tcp::packet(c, aux, dir, &t, t.options(frame), &self.cfg.timeouts) {
                     Outcome::Accept(class) => {
                         self.refresh(slot, now, class);
                         self.account(slot, dir, m);
@@ -341,7 +354,7 @@ impl Engine {
                     Outcome::Reopen => {
                         self.table.remove(slot);
                         self.counters.flows_closed += 1;
-                        self.new_flow(now, zone, m, h)
+                        self.new_flow(now, zone, frame, m, h)
                     }
                     Outcome::Kill => {
                         self.account(slot, dir, m);
@@ -396,9 +409,9 @@ impl Engine {
         }
     }
 
-    fn new_flow(&mut self, now: Instant, zone: Zone, m: &PacketMeta, h: u64) -> Verdict {
+    fn new_flow(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64) -> Verdict {
         match m.l4 {
-            L4::Tcp(t) => self.new_tcp(now, zone, m, &t, h),
+            L4::Tcp(t) => self.new_tcp(now, zone, m, &t, t.options(frame), h),
             L4::Udp => {
                 if !self.allowed(&self.query(zone, m, false, None)) {
                     return Verdict::Drop(DropReason::Policy);
@@ -424,7 +437,7 @@ impl Engine {
         }
     }
 
-    fn new_tcp(&mut self, now: Instant, zone: Zone, m: &PacketMeta, t: &TcpMeta, h: u64) -> Verdict {
+    fn new_tcp(&mut self, now: Instant, zone: Zone, m: &PacketMeta, t: &TcpMeta, opts: &[u8], h: u64) -> Verdict {
         if !tcp::valid_flags(t.flags) {
             return Verdict::Drop(DropReason::InvalidTcpFlags);
         }
@@ -440,7 +453,7 @@ impl Engine {
         }
         // Created with the packet's side as original; a reverse pickup swaps below.
         let v = self.create(now, m, h, m.side, TimerClass::TcpSynSent, |c| {
-            tcp::init_new(c, t, loose);
+            tcp::init_new(c, t, opts, loose);
         });
         let Verdict::Pass(_) = v else { return v };
         let slot = self.table.lookup(h, &m.key).expect("entry just created");
@@ -449,7 +462,7 @@ impl Engine {
         // The creating packet runs through the state machine as Linux's does, in the
         // original direction; a reverse pickup then swaps the peers so that the packet
         // becomes the reply of the allowed direction.
-        match tcp::packet(c, aux, ORIGINAL, t, &timeouts) {
+        match tcp::packet(c, aux, ORIGINAL, t, opts, &timeouts) {
             Outcome::Accept(class) => {
                 if reverse {
                     swap_directions(c);
@@ -486,7 +499,7 @@ impl Engine {
         c.last_seen = now.ticks();
         init(c);
         self.table.aux[slot as usize].created = now.ticks();
-        self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.cfg.timeouts.ticks(class)));
+        self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.cfg.timeouts.floor_ticks(class)));
         self.counters.flows_created += 1;
         if !matches!(m.l4, L4::Tcp(_)) {
             let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
@@ -504,14 +517,17 @@ impl Engine {
         for _ in 0..budget {
             let Some(slot) = self.table.wheel.pop_due(now_abs) else { break };
             let c = &self.table.conns[slot as usize];
-            let timeout = self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer));
+            let class = TimerClass::from_u8(c.timer);
+            let timeout = self.cfg.timeouts.ticks(class);
             let idle = idle_ticks(now32, c.last_seen);
             if idle >= timeout {
                 self.table.remove(slot);
                 self.counters.flows_expired += 1;
                 removed += 1;
             } else {
-                self.table.wheel.insert(slot, now_abs + u64::from(timeout - idle));
+                // Alive: re-arm at its deadline, but no later than now + floor.
+                let next = (timeout - idle).min(self.cfg.timeouts.floor_ticks(class));
+                self.table.wheel.insert(slot, now_abs + u64::from(next));
             }
         }
         removed

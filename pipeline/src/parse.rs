@@ -4,6 +4,8 @@
 use crate::flow::{FlowKey, Side};
 use crate::verdict::DropReason;
 use crate::wire::{arp, ethernet, icmp, ipv4, ipv6, tcp, udp, vlan, WireError};
+#[cfg(test)]
+use crate::wire::tcp::Options;
 
 pub mod proto {
     pub const ICMP: u8 = 1;
@@ -16,9 +18,9 @@ pub mod proto {
 pub const MAX_VLAN_TAGS: usize = 2;
 
 /// What a frame turned out to be.
-#[derive(Debug, Clone, Copy)]
-pub enum Frame<'a> {
-    Ip(PacketMeta<'a>),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    Ip(PacketMeta),
     Arp,
     /// Another EtherType (LLDP, MPLS, ...), with its value.
     NonIp(u16),
@@ -33,26 +35,40 @@ pub struct FragInfo {
     pub more: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct TcpMeta<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpMeta {
     pub seq: u32,
     pub ack: u32,
     pub window: u16,
     pub flags: u8,
     /// Payload bytes (segment length without SYN/FIN).
     pub payload_len: u32,
-    /// Raw option bytes, parsed only when conntrack needs them (SYN, SACK).
-    pub options: &'a [u8],
+    /// Where the option bytes sit in the frame (offset, length): parsed only when
+    /// conntrack needs them (SYN, SACK). Offsets keep the metadata free of borrows, so
+    /// a worker can stage a burst's metadata in a buffer it owns.
+    pub opt_off: u16,
+    pub opt_len: u8,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum L4<'a> {
-    Tcp(TcpMeta<'a>),
+impl TcpMeta {
+    /// The option bytes, from the frame this metadata was parsed from.
+    #[inline]
+    pub fn options<'f>(&self, frame: &'f [u8]) -> &'f [u8] {
+        let start = usize::from(self.opt_off);
+        frame.get(start..start + usize::from(self.opt_len)).unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp(TcpMeta),
     Udp,
     /// An ICMP query or its reply (echo, timestamp); the key holds the identifier.
     IcmpQuery { ty: u8, code: u8, request: bool },
-    /// An ICMP error quoting a packet of the flow `inner` sent from `inner_side`.
-    IcmpError { ty: u8, code: u8, inner: FlowKey, inner_side: Side },
+    /// An ICMP error quoting a packet of the flow in `PacketMeta::key` (the quoted
+    /// packet's flow, not the error's own addresses) sent from `inner_side`. The
+    /// error's own source address is `outer_src` (IPv4 in the last word).
+    IcmpError { ty: u8, code: u8, inner_side: Side, outer_src: [u32; 4] },
     /// An ICMP message that neither starts nor belongs to a flow (router advertisement,
     /// MLD, ...). `nd` marks IPv6 neighbor discovery.
     IcmpOther { ty: u8, code: u8, nd: bool },
@@ -63,19 +79,23 @@ pub enum L4<'a> {
 }
 
 /// Parsed metadata of an IP packet.
-#[derive(Debug, Clone, Copy)]
-pub struct PacketMeta<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// The flow the packet belongs to (for an ICMP error: the quoted flow).
     pub key: FlowKey,
     pub side: Side,
-    pub l4: L4<'a>,
+    pub l4: L4,
     pub frag: Option<FragInfo>,
     /// Layer-3 length (IP header and payload), what byte counters add.
     pub ip_len: u32,
 }
 
-impl<'a> PacketMeta<'a> {
-    /// The source and destination addresses as carried by this packet.
+impl PacketMeta {
+    /// The source address carried by this packet.
     pub fn src_addr(&self) -> u128 {
+        if let L4::IcmpError { outer_src: w, .. } = self.l4 {
+            return u128::from(w[0]) << 96 | u128::from(w[1]) << 64 | u128::from(w[2]) << 32 | u128::from(w[3]);
+        }
         self.key.addr[self.side as usize]
     }
     pub fn dst_addr(&self) -> u128 {
@@ -94,7 +114,73 @@ fn malformed(_: WireError) -> DropReason {
 }
 
 /// Parses an Ethernet frame. Never panics; every refusal is `Err(reason)`.
-pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DropReason> {
+#[inline]
+pub fn parse(frame: &[u8]) -> Result<Frame, DropReason> {
+    match fast_ipv4(frame) {
+        Some(m) => Ok(Frame::Ip(m)),
+        None => parse_general(frame),
+    }
+}
+
+/// The common case in one pass over fixed offsets: untagged Ethernet, IPv4 without
+/// options or fragmentation, a whole TCP (any header length) or UDP header. Anything
+/// else, including every malformed frame, takes [`parse_general`], which gives the
+/// same answer for these frames (a test checks it on mutated frames).
+#[inline]
+fn fast_ipv4(f: &[u8]) -> Option<PacketMeta> {
+    // 14 + 20 + 20: every real frame is at least 60 bytes (Ethernet minimum).
+    let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;
+    let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+    if be16(12) != ethernet::ethertype::IPV4 || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
+        return None;
+    }
+    let total = usize::from(be16(16));
+    if total < 28 || f.len() - 14 < total {
+        return None;
+    }
+    // Header checksum (RFC 1071) over the ten 16-bit words.
+    let mut sum: u32 = (0..10).map(|i| u32::from(be16(14 + 2 * i))).sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if sum != 0xffff {
+        return None;
+    }
+    let src = u128::from(u32::from_be_bytes([h[26], h[27], h[28], h[29]]));
+    let dst = u128::from(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
+    let (sport, dport) = (be16(34), be16(36));
+    let (l4, proto) = match h[23] {
+        proto::TCP => {
+            let hlen = usize::from(h[46] >> 4) * 4;
+            if hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
+                return None;
+            }
+            let tm = TcpMeta {
+                seq: u32::from_be_bytes([h[38], h[39], h[40], h[41]]),
+                ack: u32::from_be_bytes([h[42], h[43], h[44], h[45]]),
+                window: be16(48),
+                flags: h[47],
+                payload_len: (total - 20 - hlen) as u32,
+                opt_off: 54,
+                opt_len: (hlen - tcp::MIN_HEADER_LEN) as u8,
+            };
+            (L4::Tcp(tm), proto::TCP)
+        }
+        proto::UDP => {
+            let ulen = usize::from(be16(38));
+            if ulen < 8 || ulen > total - 20 {
+                return None;
+            }
+            (L4::Udp, proto::UDP)
+        }
+        _ => return None,
+    };
+    let (key, side) = FlowKey::new(src, sport, dst, dport, proto, false, 0);
+    Some(PacketMeta { key, side, l4, frag: None, ip_len: total as u32 })
+}
+
+/// Parses any Ethernet frame: VLAN tags, ARP, IPv4 with options and fragments, IPv6
+/// with extension headers, ICMP errors and their quotes.
+pub fn parse_general(frame: &[u8]) -> Result<Frame, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).map_err(malformed)?;
     let mut ethertype = eth.ethertype();
     let mut rest = &frame[ethernet::HEADER_LEN..];
@@ -111,8 +197,8 @@ pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DropReason> {
         rest = &rest[vlan::TAG_LEN..];
     }
     match ethertype {
-        ethernet::ethertype::IPV4 => parse_ipv4(rest, vlan).map(Frame::Ip),
-        ethernet::ethertype::IPV6 => parse_ipv6(rest, vlan).map(Frame::Ip),
+        ethernet::ethertype::IPV4 => parse_ipv4(frame, rest, vlan).map(Frame::Ip),
+        ethernet::ethertype::IPV6 => parse_ipv6(frame, rest, vlan).map(Frame::Ip),
         ethernet::ethertype::ARP => {
             arp::Packet::new_checked(rest).map_err(malformed)?;
             Ok(Frame::Arp)
@@ -121,7 +207,7 @@ pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DropReason> {
     }
 }
 
-fn parse_ipv4(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
+fn parse_ipv4(frame: &[u8], b: &[u8], vlan: u32) -> Result<PacketMeta, DropReason> {
     let ip = ipv4::Packet::new_checked(b).map_err(malformed)?;
     if !ip.verify_checksum() {
         // The kernel drops these in ip_rcv before conntrack sees them.
@@ -137,10 +223,10 @@ fn parse_ipv4(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
     });
     let payload = &b[ip.header_len()..ip.total_len()];
     let ip_len = ip.total_len() as u32;
-    l4(src, dst, proto, false, vlan, payload, frag, ip_len)
+    l4(frame, src, dst, proto, false, vlan, payload, frag, ip_len)
 }
 
-fn parse_ipv6(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
+fn parse_ipv6(frame: &[u8], b: &[u8], vlan: u32) -> Result<PacketMeta, DropReason> {
     let ip = ipv6::Packet::new_checked(b).map_err(malformed)?;
     let up = ip.upper_layer().map_err(malformed)?;
     let src = u128::from_be_bytes(ip.src());
@@ -151,11 +237,12 @@ fn parse_ipv6(b: &[u8], vlan: u32) -> Result<PacketMeta<'_>, DropReason> {
     });
     let packet = &b[..ipv6::HEADER_LEN + ip.payload_len()];
     let ip_len = packet.len() as u32;
-    l4(src, dst, up.protocol, true, vlan, &packet[up.offset..], frag, ip_len)
+    l4(frame, src, dst, up.protocol, true, vlan, &packet[up.offset..], frag, ip_len)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn l4(
+    frame: &[u8],
     src: u128,
     dst: u128,
     proto: u8,
@@ -164,7 +251,7 @@ fn l4(
     payload: &[u8],
     frag: Option<FragInfo>,
     ip_len: u32,
-) -> Result<PacketMeta<'_>, DropReason> {
+) -> Result<PacketMeta, DropReason> {
     let meta = |key_side: (FlowKey, Side), l4| Ok(PacketMeta { key: key_side.0, side: key_side.1, l4, frag, ip_len });
     if let Some(f) = frag
         && f.offset != 0
@@ -185,7 +272,9 @@ fn l4(
                 window: t.window(),
                 flags: t.flags(),
                 payload_len: (payload.len() - t.header_len()) as u32,
-                options: &payload[tcp::MIN_HEADER_LEN..t.header_len()],
+                // `payload` lies inside `frame`: the options' offset in the frame.
+                opt_off: (payload.as_ptr() as usize - frame.as_ptr() as usize + tcp::MIN_HEADER_LEN) as u16,
+                opt_len: (t.header_len() - tcp::MIN_HEADER_LEN) as u8,
             };
             meta(FlowKey::new(src, t.src_port(), dst, t.dst_port(), proto, v6, vlan), L4::Tcp(tm))
         }
@@ -212,8 +301,8 @@ fn l4(
                 if inner.addr[inner_side as usize] != dst {
                     return Err(DropReason::IcmpInvalid);
                 }
-                let key = FlowKey::new(src, 0, dst, 0, proto, v6, vlan);
-                return meta(key, L4::IcmpError { ty, code, inner, inner_side });
+                let outer_src = [(src >> 96) as u32, (src >> 64) as u32, (src >> 32) as u32, src as u32];
+                return meta((inner, Side::FromLo), L4::IcmpError { ty, code, inner_side, outer_src });
             }
             if let Some(req) = request_of(ty, v6) {
                 let key = FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan);
@@ -297,5 +386,52 @@ fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropRea
             Ok(FlowKey::icmp_query(src, dst, ident, req, req == ty, proto, v6, vlan))
         }
         _ => Ok(FlowKey::new(src, 0, dst, 0, proto, v6, vlan)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build::{syn_options, FrameSpec, L4 as B};
+    use proptest::prelude::*;
+
+    fn frames() -> Vec<Vec<u8>> {
+        let a = "10.0.1.1".parse().unwrap();
+        let b = "10.0.2.1".parse().unwrap();
+        vec![
+            FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 0, flags: 2, window: 5, options: syn_options(1460, 7, 1), payload: vec![] }).build(),
+            FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 7, flags: 0x18, window: 5, options: vec![], payload: vec![1; 100] }).build(),
+            FrameSpec::udp(a, 53, b, 9, b"hello").build(),
+            FrameSpec::icmp(a, b, 8, 0, 1, b"x").build(),
+        ]
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_common_frames() {
+        let f = frames();
+        assert!(fast_ipv4(&f[0]).is_some() && fast_ipv4(&f[1]).is_some() && fast_ipv4(&f[2]).is_some());
+        assert!(fast_ipv4(&f[3]).is_none(), "ICMP takes the general path");
+        let Some(m) = fast_ipv4(&f[0]) else { unreachable!() };
+        let L4::Tcp(t) = m.l4 else { panic!() };
+        assert_eq!(Options::parse(t.options(&f[0])).wscale, Some(7));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes, the fast path either declines or agrees exactly with
+        /// the general parser.
+        #[test]
+        fn fast_path_agrees_with_the_general_parser(pick in 0usize..4, edits in prop::collection::vec((0usize..120, any::<u8>()), 0..4), cut in 40usize..200) {
+            let mut f = frames()[pick].clone();
+            for (at, b) in edits {
+                let n = f.len();
+                f[at % n] = b;
+            }
+            f.truncate(cut.min(f.len()));
+            if let Some(m) = fast_ipv4(&f) {
+                prop_assert_eq!(Ok(Frame::Ip(m)), parse_general(&f));
+            }
+        }
     }
 }

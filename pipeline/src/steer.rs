@@ -2,7 +2,7 @@
 //! Used by the offline replay's dispatcher and by cross-core handoff.
 
 use crate::flow::FlowHasher;
-use crate::parse::{parse, Frame, L4};
+use crate::parse::{parse, Frame};
 
 /// What a dispatcher needs to know about a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,11 +17,8 @@ pub struct Steering {
 pub fn steer(frame: &[u8], hasher: &FlowHasher) -> Steering {
     match parse(frame) {
         Ok(Frame::Ip(m)) => {
-            let key = match &m.l4 {
-                L4::IcmpError { inner, .. } => inner,
-                _ => &m.key,
-            };
-            Steering { owner_hash: hasher.owner_hash(key), src: Some((m.src_addr(), m.key.v6)) }
+            // For an ICMP error the key is already the quoted flow's.
+            Steering { owner_hash: hasher.owner_hash(&m.key), src: Some((m.src_addr(), m.key.v6)) }
         }
         _ => Steering { owner_hash: 0, src: None },
     }

@@ -32,6 +32,19 @@ pub(crate) struct Bucket {
 
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 
+impl Bucket {
+    /// Bit i set when way i holds `tag` (ignoring the in-alternate bit). Branch-free,
+    /// so the compiler can compare all ways at once.
+    #[inline]
+    fn matches(&self, tag: u32) -> u32 {
+        let mut m = 0;
+        for (i, &t) in self.tags.iter().enumerate() {
+            m |= u32::from(t & !1 == tag) << i;
+        }
+        m
+    }
+}
+
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexFull;
@@ -142,14 +155,11 @@ impl Table {
     #[inline]
     pub fn prefetch_entry(&self, h: u64) {
         let b = &self.buckets[h as usize & self.mask];
-        let tag = tag_of(h);
-        for i in 0..WAYS {
-            if b.tags[i] & !1 == tag {
-                let s = b.slots[i] as usize;
-                prefetch(&self.conns[s]);
-                prefetch(&self.stats[s]);
-                return;
-            }
+        let m = b.matches(tag_of(h));
+        if m != 0 {
+            let s = b.slots[m.trailing_zeros() as usize] as usize;
+            prefetch(&self.conns[s]);
+            prefetch(&self.stats[s]);
         }
     }
 
@@ -170,7 +180,15 @@ impl Table {
     #[inline]
     fn find_in(&self, b: usize, tag: u32, k: &FlowKey) -> Option<(usize, usize)> {
         let bucket = &self.buckets[b];
-        (0..WAYS).find(|&i| bucket.tags[i] & !1 == tag && self.key_eq(bucket.slots[i], k)).map(|i| (b, i))
+        let mut m = bucket.matches(tag);
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            if self.key_eq(bucket.slots[i], k) {
+                return Some((b, i));
+            }
+            m &= m - 1;
+        }
+        None
     }
 
     /// The slot holding `k`, whose hash is `h`.

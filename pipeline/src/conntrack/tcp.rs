@@ -221,7 +221,7 @@ fn apply_options(c: &mut Conn, dir: usize, opts: &Options) {
 /// direction the entry assigns to the packet: ORIGINAL, except for `reverse-of-allowed`
 /// pickups, which are handled by creating as ORIGINAL and swapping (see the engine).
 /// Returns false when the packet cannot create a connection (Linux: invalid new).
-pub fn init_new(c: &mut Conn, t: &TcpMeta, loose: bool) -> bool {
+pub fn init_new(c: &mut Conn, t: &TcpMeta, opts: &[u8], loose: bool) -> bool {
     let idx = index_of(t.flags);
     let new_state = TABLE[ORIGINAL][idx as usize][NONE as usize];
     if new_state >= IV {
@@ -235,7 +235,7 @@ pub fn init_new(c: &mut Conn, t: &TcpMeta, loose: bool) -> bool {
     let win = u32::from(t.window).max(1);
     if new_state == SYN_SENT {
         c.peer[ORIGINAL] = Peer { end, maxend: end, maxwin: win };
-        let opts = Options::parse(t.options);
+        let opts = Options::parse(opts);
         apply_options(c, ORIGINAL, &opts);
     } else if !loose {
         return false;
@@ -273,8 +273,8 @@ fn init_sender(c: &mut Conn, dir: usize, end: u32, win: u32, opts: &Options) {
 
 /// Highest SACK right edge above `ack` (Linux `tcp_sack`), when the receiver allowed
 /// SACK.
-fn sack_of(t: &TcpMeta, ack: u32) -> u32 {
-    let o = Options::parse(t.options);
+fn sack_of(opts: &[u8], ack: u32) -> u32 {
+    let o = Options::parse(opts);
     let mut sack = ack;
     for &edge in &o.sack_right_edges[..usize::from(o.sack_blocks)] {
         if after(edge, sack) {
@@ -290,21 +290,21 @@ fn complain(c: &Conn, dir: usize, res: Window) -> Window {
 }
 
 /// Linux `tcp_in_window`, clause by clause. `index` is the segment's row.
-fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
+fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta, raw_opts: &[u8]) -> Window {
     let (s, r) = (dir, 1 - dir);
     let mut seq = t.seq;
     let mut ack = t.ack;
     let mut end = seg_end(t);
-    let mut win = u32::from(t.window);
+    let win = u32::from(t.window);
     let syn = t.flags & f::SYN != 0;
     let has_ack = t.flags & f::ACK != 0;
     let rst = t.flags & f::RST != 0;
-    let mut sack = if c.pflags[r] & pflag::SACK_PERM != 0 && !t.options.is_empty() { sack_of(t, ack) } else { ack };
+    let mut sack = if c.pflags[r] & pflag::SACK_PERM != 0 && !raw_opts.is_empty() { sack_of(raw_opts, ack) } else { ack };
 
     if c.peer[s].maxwin == 0 {
         // Initialize sender data.
         if syn {
-            let opts = Options::parse(t.options);
+            let opts = Options::parse(raw_opts);
             init_sender(c, s, end, win, &opts);
             if !has_ack {
                 return Window::Accept; // simultaneous open
@@ -325,7 +325,7 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
     } else if syn && after(end, c.peer[s].end) && matches!(tcp_state(c), SYN_SENT | SYN_RECV) {
         // RFC 793: a reinitialised TCP must only use larger sequence numbers. Re-init
         // this direction like for the first SYN(-ACK).
-        let opts = Options::parse(t.options);
+        let opts = Options::parse(raw_opts);
         init_sender(c, s, end, win, &opts);
         if dir == REPLY && !has_ack {
             return Window::Accept;
@@ -381,7 +381,17 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
         return complain(c, s, Window::Ignore);
     }
 
+    update_peers(c, dir, index, seq, ack, sack, end, t.window, syn, has_ack);
+    Window::Accept
+}
+
+/// The updates of an in-window segment (the second half of Linux `tcp_in_window`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn update_peers(c: &mut Conn, dir: usize, index: u8, seq: u32, ack: u32, sack: u32, end: u32, win_raw: u16, syn: bool, has_ack: bool) {
+    let (s, r) = (dir, 1 - dir);
     // Window scaling (RFC 7323) applies to every segment but a SYN.
+    let mut win = u32::from(win_raw);
     if !syn {
         win <<= c.scale(s);
     }
@@ -418,7 +428,7 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
     // Check retransmissions: Linux compares (dir, seq, ack, end, window) with the last
     // in-window ACK; a 16-bit fingerprint of them stands in for the 14 bytes it keeps.
     if index == index::ACK {
-        let fp = fingerprint(dir, seq, ack, end, t.window);
+        let fp = fingerprint(dir, seq, ack, end, win_raw);
         if last_dir(c) == dir && c.retrans_fp == fp {
             c.set_retrans(c.retrans() + 1);
         } else {
@@ -427,9 +437,58 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta) -> Window {
         }
         // Linux keeps last_end and last_win from the same place.
         c.last_end = end;
-        if t.window == 0 { c.flags |= cflag::LAST_WIN_ZERO } else { c.flags &= !cflag::LAST_WIN_ZERO }
+        if win_raw == 0 { c.flags |= cflag::LAST_WIN_ZERO } else { c.flags &= !cflag::LAST_WIN_ZERO }
     }
-    Window::Accept
+}
+
+/// The timeout an accepted segment leaves the entry with (the end of Linux
+/// `nf_conntrack_tcp_packet`), before the SEEN_REPLY adjustments.
+#[inline]
+fn timer_class(c: &Conn, new_state: u8, idx: u8, timeouts: &Timeouts) -> TimerClass {
+    let class = state_class(new_state);
+    let unack = (c.pflags[0] | c.pflags[1]) & pflag::DATA_UNACKNOWLEDGED != 0;
+    if c.retrans() >= MAX_RETRANS && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpRetrans) {
+        TimerClass::TcpRetrans
+    } else if idx == index::RST {
+        TimerClass::TcpClose
+    } else if unack && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpUnack) {
+        TimerClass::TcpUnack
+    } else if c.has(cflag::LAST_WIN_ZERO) && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpRetrans) {
+        TimerClass::TcpRetrans
+    } else {
+        class
+    }
+}
+
+/// The hot case: an assured, replied ESTABLISHED flow receiving a segment whose only
+/// control flag is ACK, with both peers known and no SACK blocks to read. It runs the
+/// checks the general path runs for that case and the same update and timer helpers,
+/// without the dispatch. Anything other than a plain accept returns `None`, with the
+/// entry untouched, and the general path decides (`fast_path_equals_general` checks
+/// the equivalence on random segments).
+#[inline]
+pub fn fast_established(c: &mut Conn, dir: usize, t: &TcpMeta, has_options: bool, timeouts: &Timeouts) -> Option<TimerClass> {
+    const NEED: u8 = cflag::SEEN_REPLY | cflag::ASSURED;
+    if tcp_state(c) != ESTABLISHED || c.flags & NEED != NEED || t.flags & (f::SYN | f::FIN | f::RST | f::ACK) != f::ACK {
+        return None;
+    }
+    let (s, r) = (dir & 1, 1 - (dir & 1));
+    if c.peer[s].maxwin == 0 || c.peer[r].maxwin == 0 || (has_options && c.pflags[r] & pflag::SACK_PERM != 0) {
+        return None;
+    }
+    let (seq, ack) = (t.seq, t.ack);
+    let end = seq.wrapping_add(t.payload_len);
+    let max_ack_window = c.peer[s].maxwin.max(MAX_ACK_WIN_CONST);
+    let in_window = before(seq, c.peer[s].maxend.wrapping_add(1)) // I
+        && before(ack, c.peer[r].end.wrapping_add(1)) // III
+        && after(end, c.peer[s].end.wrapping_sub(c.peer[r].maxwin).wrapping_sub(1)) // II
+        && after(ack, c.peer[r].end.wrapping_sub(max_ack_window).wrapping_sub(1)); // IV
+    if !in_window {
+        return None;
+    }
+    update_peers(c, s, index::ACK, seq, ack, ack, end, t.window, false, true);
+    set_last(c, index::ACK, s);
+    Some(timer_class(c, ESTABLISHED, index::ACK, timeouts))
 }
 
 fn fingerprint(dir: usize, seq: u32, ack: u32, end: u32, win: u16) -> u16 {
@@ -440,7 +499,7 @@ fn fingerprint(dir: usize, seq: u32, ack: u32, end: u32, win: u16) -> u16 {
 
 /// Linux `nf_conntrack_tcp_packet` for a segment of a known connection, `dir` being its
 /// direction. Flags were validated by the caller.
-pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, timeouts: &Timeouts) -> Outcome {
+pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, opts: &[u8], timeouts: &Timeouts) -> Outcome {
     let old_state = tcp_state(c);
     let idx = index_of(t.flags);
     let mut old = old_state;
@@ -451,7 +510,7 @@ pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, timeouts
         SYN_SENT | IG => {
             if new_state == SYN_SENT {
                 if old_state < TIME_WAIT {
-                    return finish(c, aux, dir, idx, t, old, new_state, false, timeouts);
+                    return finish(c, aux, dir, idx, t, opts, old, new_state, false, timeouts);
                 }
                 // RFC 1122: a SYN may reopen a connection in TIME-WAIT. Also handle a
                 // client that aborted and starts over.
@@ -488,7 +547,7 @@ pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, timeouts
                 if idx == index::SYN && dir == ORIGINAL {
                     // a) A SYN in ORIGINAL: annotate its options; if valid, the server
                     // answers with a SYN/ACK and we get in sync.
-                    let o = Options::parse(t.options);
+                    let o = Options::parse(opts);
                     aux.last_flags = 0;
                     aux.last_wscale = 0;
                     if let Some(ws) = o.wscale {
@@ -561,7 +620,7 @@ pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, t: &TcpMeta, timeouts
         }
         _ => {}
     }
-    finish(c, aux, dir, idx, t, old, new_state, skip_window, timeouts)
+    finish(c, aux, dir, idx, t, opts, old, new_state, skip_window, timeouts)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -571,13 +630,14 @@ fn finish(
     dir: usize,
     idx: u8,
     t: &TcpMeta,
+    opts: &[u8],
     old_state: u8,
     new_state: u8,
     skip_window: bool,
     timeouts: &Timeouts,
 ) -> Outcome {
     if !skip_window {
-        match in_window(c, dir, idx, t) {
+        match in_window(c, dir, idx, t, opts) {
             Window::Accept => {}
             Window::Ignore => return Outcome::Ignore,
             Window::Invalid => {
@@ -601,19 +661,7 @@ fn finish(
     if old_state != new_state && new_state == FIN_WAIT {
         c.pflags[dir] |= pflag::CLOSE_INIT;
     }
-    let class = state_class(new_state);
-    let unack = (c.pflags[0] | c.pflags[1]) & pflag::DATA_UNACKNOWLEDGED != 0;
-    let mut timer = if c.retrans() >= MAX_RETRANS && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpRetrans) {
-        TimerClass::TcpRetrans
-    } else if idx == index::RST {
-        TimerClass::TcpClose
-    } else if unack && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpUnack) {
-        TimerClass::TcpUnack
-    } else if c.has(cflag::LAST_WIN_ZERO) && timeouts.ticks(class) > timeouts.ticks(TimerClass::TcpRetrans) {
-        TimerClass::TcpRetrans
-    } else {
-        class
-    };
+    let mut timer = timer_class(c, new_state, idx, timeouts);
     if !c.has(cflag::SEEN_REPLY) {
         // "If only reply is a RST, we can consider ourselves not to have an
         // established connection": delete at once.

@@ -94,16 +94,22 @@ impl TimerClass {
     }
 }
 
-/// The timeout of every class, kept both as durations (for listings) and as ticks (for
-/// the packet path).
+/// The timeout of every class, in ticks, and each class's *rearm floor*.
+///
+/// The floor is the shortest timeout an entry of that class can switch to without a
+/// state change: a TCP flow flips between its state's timeout, UNACK and RETRANS on
+/// ordinary packets (data then its ACK). The timer wheel arms an entry no later than
+/// `now + floor`, so these flips never need to look at (or move) the armed timer —
+/// only a switch to a class with a lower floor (FIN, RST, ...) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     ticks: [u32; TimerClass::COUNT],
+    floor: [u32; TimerClass::COUNT],
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        let mut t = Timeouts { ticks: [0; TimerClass::COUNT] };
+        let mut t = Timeouts { ticks: [0; TimerClass::COUNT], floor: [0; TimerClass::COUNT] };
         for c in TimerClass::ALL {
             t.set(c, Duration::from_secs(c.linux_default_secs()));
         }
@@ -114,6 +120,19 @@ impl Default for Timeouts {
 impl Timeouts {
     pub fn set(&mut self, c: TimerClass, d: Duration) {
         self.ticks[c as usize] = d.ticks().max(1);
+        let flip = self.ticks[TimerClass::TcpUnack as usize].min(self.ticks[TimerClass::TcpRetrans as usize]);
+        for k in TimerClass::ALL {
+            let t = self.ticks[k as usize];
+            let tcp = (k as u8) <= TimerClass::TcpUnack as u8;
+            // An unset class (during Default) has 0 ticks: ignore it in the minimum.
+            self.floor[k as usize] = if tcp && flip > 0 { t.min(flip) } else { t };
+        }
+    }
+
+    /// The class's rearm floor (see the type's documentation).
+    #[inline]
+    pub fn floor_ticks(&self, c: TimerClass) -> u32 {
+        self.floor[c as usize]
     }
 
     #[inline]
@@ -139,6 +158,9 @@ mod tests {
         assert_eq!(t.get(TimerClass::UdpUnreplied), Duration::from_secs(30));
         assert_eq!(t.get(TimerClass::UdpReplied), Duration::from_secs(120));
         assert_eq!(t.get(TimerClass::Icmp), Duration::from_secs(30));
+        assert_eq!(t.floor_ticks(TimerClass::TcpEstablished), Duration::from_secs(300).ticks());
+        assert_eq!(t.floor_ticks(TimerClass::TcpFinWait), Duration::from_secs(120).ticks());
+        assert_eq!(t.floor_ticks(TimerClass::UdpReplied), Duration::from_secs(120).ticks());
         for (i, c) in TimerClass::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
             assert_eq!(TimerClass::from_u8(i as u8), *c);

@@ -407,3 +407,77 @@ fn configured_timeouts_apply() {
     l.advance(Duration::from_secs(600));
     assert_eq!(l.e.expire(l.now, usize::MAX), 1);
 }
+
+/// The fast path for assured ESTABLISHED flows decides exactly as the general path:
+/// random segments (in and out of window, both directions, data and pure ACKs, with
+/// and without options) against entries grown by random traffic.
+#[test]
+fn fast_path_equals_general() {
+    use crate::conntrack::conn::{Conn, ConnAux};
+    use crate::conntrack::tcp::{fast_established, init_new, packet, Outcome};
+    use crate::parse::TcpMeta;
+    let to = crate::conntrack::Timeouts::default();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let seg = |flags: u8, seq: u32, ack: u32, window: u16, len: u32| TcpMeta { seq, ack, window, flags, payload_len: len, opt_off: 0, opt_len: 0 };
+    let mut fast_taken = 0;
+    for _round in 0..300 {
+        let (mut c, mut aux) = (Conn::default(), ConnAux::default());
+        let (ci, si) = (rnd() as u32, rnd() as u32);
+        let sack_opts = [4u8, 2, 1, 3, 3, 7];
+        assert!(init_new(&mut c, &seg(SYN, ci, 0, 64240, 0), &sack_opts, false));
+        assert!(matches!(packet(&mut c, &mut aux, 0, &seg(SYN, ci, 0, 64240, 0), &sack_opts, &to), Outcome::Accept(_)));
+        assert!(matches!(packet(&mut c, &mut aux, 1, &seg(SYN | ACK, si, ci.wrapping_add(1), 65160, 0), &sack_opts, &to), Outcome::Accept(_)));
+        c.flags |= crate::conntrack::conn::cflag::SEEN_REPLY;
+        let (mut cn, mut sn) = (ci.wrapping_add(1), si.wrapping_add(1));
+        assert!(matches!(packet(&mut c, &mut aux, 0, &seg(ACK, cn, sn, 502, 0), &[], &to), Outcome::Accept(_)));
+        for _ in 0..60 {
+            let dir = (rnd() & 1) as usize;
+            let len = [0u32, 0, 1, 100, 1448, 60_000][(rnd() % 6) as usize];
+            let (seq0, ack0) = if dir == 0 { (cn, sn) } else { (sn, cn) };
+            let jitter = |r: u64| -> u32 {
+                match r % 8 {
+                    0 => 0u32.wrapping_sub((r >> 8) as u32 % 100_000),
+                    1 => (r >> 8) as u32 % 100_000,
+                    2 => (r >> 8) as u32,
+                    _ => 0,
+                }
+            };
+            let seq = seq0.wrapping_add(jitter(rnd()));
+            let ack = ack0.wrapping_add(jitter(rnd()));
+            let flags = [ACK, ACK | PSH, ACK | URG, ACK | ECE][(rnd() % 4) as usize];
+            let window = [0u16, 1, 502, 65535][(rnd() % 4) as usize];
+            let t = seg(flags, seq, ack, window, len);
+            let has_opts = rnd() % 5 == 0;
+            let opts: &[u8] = if has_opts { &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2] } else { &[] };
+            let (mut fc, mut gc) = (c, c);
+            let mut ga = aux;
+            let general = packet(&mut gc, &mut ga, dir, &t, opts, &to);
+            if let Some(class) = fast_established(&mut fc, dir, &t, has_opts, &to) {
+                fast_taken += 1;
+                assert_eq!(general, Outcome::Accept(class), "{t:?}");
+                assert_eq!(fc, gc, "entry after {t:?}");
+            } else {
+                assert_eq!(fc, c, "a declined fast path leaves the entry untouched");
+            }
+            c = gc;
+            aux = ga;
+            if matches!(general, Outcome::Accept(_)) {
+                let end = seq.wrapping_add(len);
+                if dir == 0 && (end.wrapping_sub(cn) as i32) > 0 {
+                    cn = end;
+                }
+                if dir == 1 && (end.wrapping_sub(sn) as i32) > 0 {
+                    sn = end;
+                }
+            }
+            c.flags |= crate::conntrack::conn::cflag::SEEN_REPLY;
+        }
+    }
+    assert!(fast_taken > 5_000, "the fast path was exercised: {fast_taken}");
+}

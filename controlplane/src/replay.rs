@@ -84,7 +84,7 @@ impl Report {
         let passes: Vec<String> = PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| format!("{} {}", k.name(), c.passed[*k as usize])).collect();
         let _ = writeln!(s, "  passed as  {}", if passes.is_empty() { "-".into() } else { passes.join(", ") });
         let mut drops: Vec<(u64, &str)> = DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (c.dropped[*r as usize], r.name())).collect();
-        drops.sort_by(|a, b| b.0.cmp(&a.0));
+        drops.sort_by_key(|d| std::cmp::Reverse(d.0));
         let drops: Vec<String> = drops.iter().map(|(n, r)| format!("{r} {n}")).collect();
         let _ = writeln!(s, "  drops      {}", if drops.is_empty() { "none".into() } else { drops.join(", ") });
         let _ = writeln!(

@@ -15,7 +15,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -24,10 +24,10 @@ impl Rng {
     }
     /// Uniform in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.next() % (hi - lo + 1) }
+        if hi <= lo { lo } else { lo + self.next_u64() % (hi - lo + 1) }
     }
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 
@@ -126,14 +126,14 @@ pub fn webfarm(p: &WebFarm) -> Vec<Event> {
                 break t;
             }
         };
-        let mut c = Conn { c: c_ip, cport, s: s_ip, cseq: rng.next() as u32, sseq: rng.next() as u32 };
+        let mut c = Conn { c: c_ip, cport, s: s_ip, cseq: rng.next_u64() as u32, sseq: rng.next_u64() as u32 };
         let mut t = p.start_ns + rng.range(0, p.duration.as_nanos());
         // Handshake, as the firewall sees it: SYN, then the server's SYN/ACK a moment
         // later, then the client's ACK one round trip after the SYN.
-        ev.push((t, c.c2s(SYN, 0, syn_options(1460, 7, rng.next() as u32))));
+        ev.push((t, c.c2s(SYN, 0, syn_options(1460, 7, rng.next_u64() as u32))));
         c.cseq = c.cseq.wrapping_add(1);
         t += SERVER_NS;
-        ev.push((t, c.s2c(SYN | ACK, 0, syn_options(1460, 7, rng.next() as u32))));
+        ev.push((t, c.s2c(SYN | ACK, 0, syn_options(1460, 7, rng.next_u64() as u32))));
         c.sseq = c.sseq.wrapping_add(1);
         t += CLIENT_RTT_NS;
         ev.push((t, c.c2s(ACK, 0, vec![])));

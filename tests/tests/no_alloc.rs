@@ -45,7 +45,7 @@ fn the_packet_path_never_allocates() {
     let cfg = EngineConfig { capacity: 4000, fragments: 64, ..EngineConfig::default() };
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
-    let mut out = vec![Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
+    let mut out = [Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
     let mut bursts: Vec<Vec<Packet>> = Vec::new();
     for (i, chunk) in frames.chunks(64).enumerate() {
         let now = t0 + Duration::from_millis(i as u64 * 50);

@@ -19,6 +19,13 @@ pub struct Counters {
     pub index_full: u64,
     /// Fragment records replaced while still live (the fragment table's limit).
     pub fragment_evictions: u64,
+    /// Entries evicted to make room, by admission class (embryonic, unreplied,
+    /// closing, assured).
+    pub evictions: [u64; 4],
+    /// Entries whose timeout ran out, by admission class.
+    pub expirations: [u64; 4],
+    /// No-state packets whose flow a tombstone remembered.
+    pub tombstone_hits: u64,
 }
 
 impl Default for Counters {
@@ -33,6 +40,9 @@ impl Default for Counters {
             flows_closed: 0,
             index_full: 0,
             fragment_evictions: 0,
+            evictions: [0; 4],
+            expirations: [0; 4],
+            tombstone_hits: 0,
         }
     }
 }
@@ -56,6 +66,12 @@ impl Counters {
         self.dropped.iter().sum()
     }
 
+    /// Packets dropped because the state of an admitted flow was gone (evicted or
+    /// expired while the peers still talked): the origin story's figure.
+    pub fn reply_denied(&self) -> u64 {
+        DropReason::ALL.iter().filter(|r| r.is_reply_denied()).map(|r| self.dropped[*r as usize]).sum()
+    }
+
     /// Adds another core's counters into these.
     pub fn merge(&mut self, o: &Counters) {
         self.packets += o.packets;
@@ -71,5 +87,10 @@ impl Counters {
         self.flows_closed += o.flows_closed;
         self.index_full += o.index_full;
         self.fragment_evictions += o.fragment_evictions;
+        for i in 0..4 {
+            self.evictions[i] += o.evictions[i];
+            self.expirations[i] += o.expirations[i];
+        }
+        self.tombstone_hits += o.tombstone_hits;
     }
 }

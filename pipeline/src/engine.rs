@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use crate::conntrack::conn::{cflag, Conn, ORIGINAL, REPLY};
 use crate::conntrack::frag::{Datagram, FragTable};
+use crate::conntrack::pressure::{Admission, ClassLists, Evict, Pressure};
+use crate::conntrack::sources::Sources;
 use crate::conntrack::table::Table;
+use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::conntrack::tcp::{self, Outcome};
 use crate::conntrack::timeouts::{TimerClass, Timeouts};
 use crate::counters::Counters;
@@ -26,6 +29,9 @@ pub const MAX_BURST: usize = 64;
 /// Timer-wheel entries examined per `expire` call by default: bounds the pause a burst
 /// can see, while retiring 2 million entries per second at one call per millisecond.
 pub const DEFAULT_EXPIRE_BUDGET: usize = 2048;
+/// Entries the LRU model's second-chance clock may pass over before it evicts the
+/// head regardless: bounds the work of one insert.
+const SECOND_CHANCE_TRIES: usize = 64;
 /// Linux marks a UDP flow as a stream (ASSURED, long timeout) once it has seen a reply
 /// and is still active 2 s after creation (`nf_conntrack_udp_packet`).
 const UDP_STREAM_TICKS: i32 = 2 * crate::time::TICKS_PER_SEC as i32;
@@ -58,6 +64,12 @@ pub struct EngineConfig {
     pub fragment_timeout: Duration,
     /// Seed of the table's hash, chosen per process.
     pub seed: u64,
+    /// Eviction, quota and adaptive timeouts (`conntrack.pressure`).
+    pub pressure: Pressure,
+    /// Most live entries one source address may create (0: no limit).
+    pub per_source_limit: u32,
+    /// Records of recently removed flows (0: none).
+    pub tombstones: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +85,9 @@ impl Default for EngineConfig {
             // Linux `ipfrag_time`.
             fragment_timeout: Duration::from_secs(30),
             seed: 0x5eed,
+            pressure: Pressure::default(),
+            per_source_limit: 0,
+            tombstones: 65_536,
         }
     }
 }
@@ -111,6 +126,13 @@ pub struct Engine {
     /// Per-burst metadata, kept between bursts so that nothing is initialised per burst.
     staged: Box<[Stage; MAX_BURST]>,
     frags: FragTable,
+    lists: ClassLists,
+    tombs: Tombstones,
+    sources: Sources,
+    /// Non-assured entries allowed (by-class quota).
+    quota: u32,
+    /// Current adaptive timeout factor for non-assured classes, out of 1024.
+    scale: u32,
     policy: Arc<Classifier>,
     cfg: EngineConfig,
     counters: Counters,
@@ -141,6 +163,11 @@ impl Engine {
             table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start)),
             staged: Box::new([Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST]),
             frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
+            lists: ClassLists::new(cfg.capacity.max(1), cfg.pressure.evict),
+            tombs: Tombstones::new(cfg.tombstones),
+            sources: Sources::new(cfg.capacity.max(1), cfg.per_source_limit, cfg.seed),
+            quota: ((cfg.pressure.embryonic_share * cfg.capacity.max(1) as f64) as u32).max(1),
+            scale: 1024,
             policy,
             cfg,
             counters: Counters::default(),
@@ -158,7 +185,25 @@ impl Engine {
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
         c.fragment_evictions = self.frags.evictions;
+        c.tombstone_hits = self.tombs.hits;
         c
+    }
+
+    /// Live entries per admission class (embryonic, unreplied, closing, assured).
+    pub fn class_counts(&self) -> [u32; Admission::COUNT] {
+        self.lists.counts()
+    }
+
+    /// The current adaptive-timeout factor for non-assured classes (1.0 = none).
+    pub fn adaptive_scale(&self) -> f64 {
+        f64::from(self.scale) / 1024.0
+    }
+
+    /// Bytes allocated per entry of capacity, side structures included (class lists,
+    /// tombstones, per-source counts, fragment records).
+    pub fn bytes_per_entry(&self) -> usize {
+        let extra = self.lists.bytes() + self.tombs.bytes() + self.sources.bytes();
+        self.table.bytes_per_entry() + extra / self.table.capacity()
     }
 
     /// Swaps in a new rule set (between bursts). Existing flows keep their state.
@@ -182,6 +227,7 @@ impl Engine {
     }
 
     fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
+        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
         // Stage 1: parse, hash, prefetch the home bucket.
         for (i, p) in pkts.iter().enumerate() {
             self.staged[i] = match parse::parse(p.data) {
@@ -254,12 +300,126 @@ impl Engine {
     fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey) -> Option<u32> {
         let slot = self.table.lookup(h, key)?;
         let c = &self.table.conns[slot as usize];
-        if idle_ticks(now.ticks(), c.last_seen) >= self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer)) {
-            self.table.remove(slot);
-            self.counters.flows_expired += 1;
+        if idle_ticks(now.ticks(), c.last_seen) >= self.timeout_of(c) {
+            self.retire(slot, h, Some(Why::Expired), now);
             return None;
         }
         Some(slot)
+    }
+
+    /// The timeout that applies to an entry now: its class's, shrunk for non-assured
+    /// entries under pressure (pf's adaptive timeouts, sparing assured flows), never
+    /// below `pressure.timeout_floor`.
+    #[inline]
+    fn timeout_of(&self, c: &Conn) -> u32 {
+        let t = self.cfg.timeouts.ticks(c.timer_class());
+        if self.scale >= 1024 || c.admission() == Admission::Assured {
+            return t;
+        }
+        let shrunk = (u64::from(t) * u64::from(self.scale) / 1024) as u32;
+        shrunk.max(self.cfg.pressure.timeout_floor_ticks).min(t)
+    }
+
+    /// How soon to arm an entry's timer: its rearm floor, or its timeout if shorter
+    /// (adaptive timeouts).
+    #[inline]
+    fn arm_ticks(&self, c: &Conn) -> u32 {
+        self.cfg.timeouts.floor_ticks(c.timer_class()).min(self.timeout_of(c))
+    }
+
+    /// Removes an entry and everything that points at it: index, timer, class list,
+    /// per-source count; leaves a tombstone saying why, and counts it.
+    fn retire(&mut self, slot: u32, h: u64, why: Option<Why>, now: Instant) {
+        let c = self.table.conns[slot as usize];
+        let adm = c.admission();
+        match why {
+            Some(Why::Expired) => {
+                self.counters.flows_expired += 1;
+                self.counters.expirations[adm as usize] += 1;
+            }
+            Some(Why::Evicted) => self.counters.evictions[adm as usize] += 1,
+            Some(Why::Closed) | None => self.counters.flows_closed += 1,
+        }
+        if let Some(w) = why {
+            self.tombs.bury(h, w, adm as u8, now.ticks());
+        }
+        if self.sources.enabled() {
+            let key = self.table.key_of(slot);
+            let orig = usize::from(c.has(cflag::ORIG_IS_HI));
+            self.sources.sub(key.addr[orig], key.v6);
+        }
+        self.lists.remove(slot, adm);
+        self.table.remove_hashed(slot, h);
+    }
+
+    /// The reason for dropping a packet that found no state: what its tombstone says,
+    /// or `otherwise` when the flow was never seen (or long forgotten).
+    fn lost(&mut self, h: u64, otherwise: DropReason) -> Verdict {
+        Verdict::Drop(match self.tombs.exhume(h) {
+            Some((Why::Evicted, _)) => DropReason::ReplyToEvicted,
+            Some((Why::Expired, _)) => DropReason::ReplyToExpired,
+            Some((Why::Closed, _)) => DropReason::ReplyToClosed,
+            None => otherwise,
+        })
+    }
+
+    /// Makes room for one new entry whose original source is `src`: applies the
+    /// per-source limit, the non-assured quota, and the eviction policy when full.
+    fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
+        if !self.sources.admits(src, v6) {
+            return Err(DropReason::SourceLimit);
+        }
+        match self.cfg.pressure.evict {
+            Evict::ByClass => {
+                // New entries are never assured: hold them to their quota by recycling
+                // the oldest of their kind.
+                if self.lists.non_assured() >= self.quota
+                    && let Some(v) = self.lists.oldest_non_assured()
+                {
+                    self.evict(v, now);
+                }
+                if self.table.is_full() {
+                    match self.lists.oldest_non_assured() {
+                        Some(v) => self.evict(v, now),
+                        // Only assured flows left: they are never evicted for a newcomer.
+                        None => return Err(DropReason::TableFull),
+                    }
+                }
+            }
+            Evict::Lru => {
+                if self.table.is_full()
+                    && let Some(v) = self.second_chance()
+                {
+                    self.evict(v, now);
+                }
+            }
+            Evict::None => {
+                if self.table.is_full() {
+                    return Err(DropReason::TableFull);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evict(&mut self, slot: u32, now: Instant) {
+        let h = self.table.hash(&self.table.key_of(slot));
+        self.retire(slot, h, Some(Why::Evicted), now);
+    }
+
+    /// The LRU model's victim: the oldest entry not used since the clock last passed.
+    fn second_chance(&mut self) -> Option<u32> {
+        for _ in 0..SECOND_CHANCE_TRIES {
+            let s = self.lists.head_all()?;
+            let c = &mut self.table.conns[s as usize];
+            if c.flags & cflag::REFERENCED == 0 {
+                return Some(s);
+            }
+            c.flags &= !cflag::REFERENCED;
+            let adm = c.admission();
+            self.lists.rotate(s, adm);
+        }
+        self.lists.head_all()
     }
 
     fn query(&self, zone: Zone, m: &PacketMeta, reverse: bool, icmp_type: Option<u8>) -> Query {
@@ -296,12 +456,12 @@ impl Engine {
         let c = &mut self.table.conns[slot as usize];
         c.last_seen = now.ticks();
         c.flags |= cflag::REFERENCED;
-        if c.timer != class as u8 {
-            let t = &self.cfg.timeouts;
-            let old = TimerClass::from_u8(c.timer);
-            c.timer = class as u8;
-            if t.floor_ticks(class) < t.floor_ticks(old) {
-                let deadline = abs_ticks(now) + u64::from(t.floor_ticks(class));
+        let old = c.timer_class();
+        if old != class {
+            c.set_timer_class(class);
+            if self.cfg.timeouts.floor_ticks(class) < self.cfg.timeouts.floor_ticks(old) {
+                let c = self.table.conns[slot as usize];
+                let deadline = abs_ticks(now) + u64::from(self.arm_ticks(&c));
                 if self.table.wheel.when(slot) > deadline {
                     self.table.wheel.rearm(slot, deadline);
                 }
@@ -309,13 +469,21 @@ impl Engine {
         }
     }
 
+    /// Counts an accepted packet on its flow, and moves the flow to the admission
+    /// class its new state calls for.
     #[inline]
     fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
         let s = &mut self.table.stats[slot as usize];
         s.packets[dir] += 1;
         s.bytes[dir] += u64::from(m.ip_len);
+        let c = &mut self.table.conns[slot as usize];
         if dir == REPLY {
-            self.table.conns[slot as usize].flags |= cflag::SEEN_REPLY;
+            c.flags |= cflag::SEEN_REPLY;
+        }
+        let (old, new) = (c.admission(), c.derive_admission());
+        if old != new {
+            c.set_admission(new);
+            self.lists.change(slot, old, new);
         }
     }
 
@@ -352,14 +520,13 @@ impl Engine {
                         Verdict::Drop(reason)
                     }
                     Outcome::Reopen => {
-                        self.table.remove(slot);
-                        self.counters.flows_closed += 1;
+                        // Replaced by a new connection: no tombstone.
+                        self.retire(slot, h, None, now);
                         self.new_flow(now, zone, frame, m, h)
                     }
                     Outcome::Kill => {
                         self.account(slot, dir, m);
-                        self.table.remove(slot);
-                        self.counters.flows_closed += 1;
+                        self.retire(slot, h, Some(Why::Closed), now);
                         Verdict::Pass(PassKind::Established)
                     }
                 }
@@ -399,12 +566,12 @@ impl Engine {
     fn shrink_to_unack(&mut self, slot: u32, now: Instant) {
         let t = &self.cfg.timeouts;
         let c = &self.table.conns[slot as usize];
-        let left = t.ticks(TimerClass::from_u8(c.timer)).saturating_sub(idle_ticks(now.ticks(), c.last_seen));
+        let left = self.timeout_of(c).saturating_sub(idle_ticks(now.ticks(), c.last_seen));
         let unack = t.ticks(TimerClass::TcpUnack);
         if left >= Duration::from_secs(120).ticks() && left > unack {
             let c = &mut self.table.conns[slot as usize];
             c.last_seen = now.ticks();
-            c.timer = TimerClass::TcpUnack as u8;
+            c.set_timer_class(TimerClass::TcpUnack);
             self.table.wheel.rearm(slot, abs_ticks(now) + u64::from(unack));
         }
     }
@@ -414,23 +581,23 @@ impl Engine {
             L4::Tcp(t) => self.new_tcp(now, zone, m, &t, t.options(frame), h),
             L4::Udp => {
                 if !self.allowed(&self.query(zone, m, false, None)) {
-                    return Verdict::Drop(DropReason::Policy);
+                    return self.lost(h, DropReason::Policy);
                 }
                 let created = now.ticks();
                 self.create(now, m, h, m.side, TimerClass::UdpUnreplied, |c| c.peer[0].end = created)
             }
             L4::IcmpQuery { ty, request, .. } => {
                 if !request {
-                    return Verdict::Drop(DropReason::MidstreamNoState);
+                    return self.lost(h, DropReason::MidstreamNoState);
                 }
                 if !self.allowed(&self.query(zone, m, false, Some(ty))) {
-                    return Verdict::Drop(DropReason::Policy);
+                    return self.lost(h, DropReason::Policy);
                 }
                 self.create(now, m, h, m.side, TimerClass::Icmp, |_| {})
             }
             _ => {
                 if !self.allowed(&self.query(zone, m, false, None)) {
-                    return Verdict::Drop(DropReason::Policy);
+                    return self.lost(h, DropReason::Policy);
                 }
                 self.create(now, m, h, m.side, TimerClass::Generic, |_| {})
             }
@@ -446,10 +613,12 @@ impl Engine {
             (tcp::index::SYN, _) => (false, false),
             (tcp::index::ACK, Pickup::Loose) => (true, false),
             (tcp::index::ACK, Pickup::ReverseOfAllowed) => (true, true),
-            _ => return Verdict::Drop(DropReason::MidstreamNoState),
+            _ => return self.lost(h, DropReason::MidstreamNoState),
         };
         if !self.allowed(&self.query(zone, m, reverse, None)) {
-            return Verdict::Drop(DropReason::Policy);
+            // A mid-stream packet of a lost flow reads as the loss, not as policy.
+            let otherwise = if idx == tcp::index::SYN { DropReason::Policy } else { DropReason::MidstreamNoState };
+            return self.lost(h, otherwise);
         }
         // Created with the packet's side as original; a reverse pickup swaps below.
         let v = self.create(now, m, h, m.side, TimerClass::TcpSynSent, |c| {
@@ -473,8 +642,9 @@ impl Engine {
                 Verdict::Pass(PassKind::New)
             }
             _ => {
-                self.table.remove(slot);
+                self.retire(slot, h, None, now);
                 self.counters.flows_created -= 1;
+                self.counters.flows_closed -= 1;
                 Verdict::Drop(DropReason::InvalidTcpState)
             }
         }
@@ -482,6 +652,10 @@ impl Engine {
 
     /// Allocates and initialises an entry whose original direction is `orig`.
     fn create(&mut self, now: Instant, m: &PacketMeta, h: u64, orig: Side, class: TimerClass, init: impl FnOnce(&mut Conn)) -> Verdict {
+        let src = m.key.addr[orig as usize];
+        if let Err(r) = self.make_room(now, src, m.key.v6) {
+            return Verdict::Drop(r);
+        }
         let slot = match self.table.insert(h, &m.key) {
             Ok(s) => s,
             Err(_) => {
@@ -495,11 +669,16 @@ impl Engine {
         if orig == Side::FromHi {
             c.flags |= cflag::ORIG_IS_HI;
         }
-        c.timer = class as u8;
+        c.set_timer_class(class);
         c.last_seen = now.ticks();
         init(c);
+        let adm = c.derive_admission();
+        c.set_admission(adm);
+        self.lists.push(slot, adm);
+        self.sources.add(src, m.key.v6);
         self.table.aux[slot as usize].created = now.ticks();
-        self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.cfg.timeouts.floor_ticks(class)));
+        let c = self.table.conns[slot as usize];
+        self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.arm_ticks(&c)));
         self.counters.flows_created += 1;
         if !matches!(m.l4, L4::Tcp(_)) {
             let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
@@ -511,23 +690,42 @@ impl Engine {
     /// Retires entries whose timeout has run out, examining at most `budget` timer
     /// entries. Returns how many entries were removed.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
+        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
         let now_abs = abs_ticks(now);
         let now32 = now.ticks();
         let mut removed = 0;
-        for _ in 0..budget {
+        let mut budget = budget;
+        while budget > 0 {
             let Some(slot) = self.table.wheel.pop_due(now_abs) else { break };
-            let c = &self.table.conns[slot as usize];
-            let class = TimerClass::from_u8(c.timer);
-            let timeout = self.cfg.timeouts.ticks(class);
+            let c = self.table.conns[slot as usize];
+            let timeout = self.timeout_of(&c);
             let idle = idle_ticks(now32, c.last_seen);
             if idle >= timeout {
-                self.table.remove(slot);
-                self.counters.flows_expired += 1;
+                let h = self.table.hash(&self.table.key_of(slot));
+                self.retire(slot, h, Some(Why::Expired), now);
                 removed += 1;
             } else {
                 // Alive: re-arm at its deadline, but no later than now + floor.
-                let next = (timeout - idle).min(self.cfg.timeouts.floor_ticks(class));
+                let next = (timeout - idle).min(self.cfg.timeouts.floor_ticks(c.timer_class()));
                 self.table.wheel.insert(slot, now_abs + u64::from(next));
+            }
+            budget -= 1;
+        }
+        // Under pressure, timeouts shrank after entries were armed: sweep the oldest
+        // non-assured entries (the heads of their FIFO lists) with the shrunken ones.
+        if self.scale < 1024 && self.lists.per_class() {
+            for a in [Admission::Embryonic, Admission::Unreplied, Admission::Closing] {
+                while budget > 0 {
+                    budget -= 1;
+                    let Some(slot) = self.lists.head(a) else { break };
+                    let c = self.table.conns[slot as usize];
+                    if idle_ticks(now32, c.last_seen) < self.timeout_of(&c) {
+                        break;
+                    }
+                    let h = self.table.hash(&self.table.key_of(slot));
+                    self.retire(slot, h, Some(Why::Expired), now);
+                    removed += 1;
+                }
             }
         }
         removed
@@ -539,8 +737,7 @@ impl Engine {
         (0..self.table.capacity() as u32).filter(|&s| self.table.is_live(s)).map(move |s| {
             let c = &self.table.conns[s as usize];
             let st = &self.table.stats[s as usize];
-            let timeout = self.cfg.timeouts.ticks(TimerClass::from_u8(c.timer));
-            let left = timeout.saturating_sub(idle_ticks(now32, c.last_seen));
+            let left = self.timeout_of(c).saturating_sub(idle_ticks(now32, c.last_seen));
             let state = if c.proto() == parse::proto::TCP {
                 tcp::state::NAMES[usize::from(tcp::state_of(c)).min(9)]
             } else if c.has(cflag::SEEN_REPLY) {

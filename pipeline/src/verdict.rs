@@ -69,10 +69,20 @@ pub enum DropReason {
     /// An ICMP error whose quoted packet is unusable: truncated, itself an ICMP error, or
     /// not sent by the error's destination.
     IcmpInvalid,
+    /// The source address already holds `conntrack.per_source_limit` entries.
+    SourceLimit,
+    /// A packet of a flow whose entry was evicted to make room (tombstone found): the
+    /// origin story's "denied outbound" reply.
+    ReplyToEvicted,
+    /// A packet of a flow whose entry timed out (tombstone found).
+    ReplyToExpired,
+    /// A packet of a flow whose entry was removed by TCP (an RST answering a flow
+    /// without replies).
+    ReplyToClosed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 18;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::NonIp,
@@ -88,6 +98,10 @@ impl DropReason {
         DropReason::FragmentUnmatched,
         DropReason::IcmpUnrelated,
         DropReason::IcmpInvalid,
+        DropReason::SourceLimit,
+        DropReason::ReplyToEvicted,
+        DropReason::ReplyToExpired,
+        DropReason::ReplyToClosed,
     ];
 
     /// The name used in JSON output, logs and metrics labels.
@@ -107,6 +121,10 @@ impl DropReason {
             DropReason::FragmentUnmatched => "fragment_unmatched",
             DropReason::IcmpUnrelated => "icmp_unrelated",
             DropReason::IcmpInvalid => "icmp_invalid",
+            DropReason::SourceLimit => "source_limit",
+            DropReason::ReplyToEvicted => "reply_to_evicted",
+            DropReason::ReplyToExpired => "reply_to_expired",
+            DropReason::ReplyToClosed => "reply_to_closed",
         }
     }
 }
@@ -116,6 +134,14 @@ impl DropReason {
 pub enum Verdict {
     Pass(PassKind),
     Drop(DropReason),
+}
+
+impl DropReason {
+    /// Drops of packets whose flow Holdfast had admitted and then lost: the figure
+    /// that must stay at zero (`reply_denied`).
+    pub fn is_reply_denied(self) -> bool {
+        matches!(self, DropReason::ReplyToEvicted | DropReason::ReplyToExpired)
+    }
 }
 
 impl Verdict {

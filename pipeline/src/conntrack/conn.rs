@@ -63,7 +63,8 @@ pub struct Conn {
     pub state: u8,
     /// [`cflag`] bits.
     pub flags: u8,
-    /// The [`super::timeouts::TimerClass`] whose timeout currently applies.
+    /// Bits 0..4: the [`super::timeouts::TimerClass`] whose timeout applies; bits 4..6:
+    /// the [`super::pressure::Admission`] class.
     pub timer: u8,
     /// Window scale shift of the original (bits 0..4) and reply (bits 4..8) peers.
     pub scales: u8,
@@ -158,6 +159,45 @@ impl Conn {
             && self.port == k.port
             && self.proto_vlan == (u32::from(k.proto) << 24 | k.vlan)
             && !self.is_v6()
+    }
+
+    #[inline]
+    pub fn timer_class(&self) -> super::timeouts::TimerClass {
+        super::timeouts::TimerClass::from_u8(self.timer)
+    }
+
+    #[inline]
+    pub fn set_timer_class(&mut self, c: super::timeouts::TimerClass) {
+        self.timer = (self.timer & 0xf0) | c as u8;
+    }
+
+    #[inline]
+    pub fn admission(&self) -> super::pressure::Admission {
+        super::pressure::Admission::from_u8(self.timer >> 4)
+    }
+
+    #[inline]
+    pub fn set_admission(&mut self, a: super::pressure::Admission) {
+        self.timer = (self.timer & 0x0f) | (a as u8) << 4;
+    }
+
+    /// The admission class this entry's state puts it in.
+    #[inline]
+    pub fn derive_admission(&self) -> super::pressure::Admission {
+        use super::pressure::Admission;
+        if self.proto() == crate::parse::proto::TCP {
+            if super::tcp::is_closing(super::tcp::state_of(self)) {
+                Admission::Closing
+            } else if self.has(cflag::ASSURED) {
+                Admission::Assured
+            } else {
+                Admission::Embryonic
+            }
+        } else if self.has(cflag::SEEN_REPLY) {
+            Admission::Assured
+        } else {
+            Admission::Unreplied
+        }
     }
 
     #[inline]

@@ -3,6 +3,9 @@
 
 pub mod conn;
 pub mod frag;
+pub mod pressure;
+pub mod sources;
+pub mod tombstones;
 pub mod table;
 pub mod tcp;
 pub mod timeouts;

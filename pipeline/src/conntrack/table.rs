@@ -296,8 +296,12 @@ impl Table {
 
     /// Removes the entry in `slot`: unindexes it, disarms its timer, frees the slot.
     pub fn remove(&mut self, slot: u32) {
-        let k = self.key_of(slot);
-        let h = self.hash(&k);
+        let h = self.hash(&self.key_of(slot));
+        self.remove_hashed(slot, h);
+    }
+
+    /// [`Table::remove`] when the caller already has the key's hash.
+    pub fn remove_hashed(&mut self, slot: u32, h: u64) {
         let tag = tag_of(h);
         let home = h as usize & self.mask;
         let other = alt(home, tag, self.mask);

@@ -47,8 +47,11 @@ impl TimerClass {
         TimerClass::Generic,
     ];
 
+    /// The class in the low nibble of `Conn::timer` (the high bits hold the admission
+    /// class).
+    #[inline]
     pub fn from_u8(v: u8) -> TimerClass {
-        Self::ALL[usize::from(v).min(Self::COUNT - 1)]
+        Self::ALL[usize::from(v & 0x0f).min(Self::COUNT - 1)]
     }
 
     /// The config key (`conntrack.timeouts.<name>`).

@@ -45,8 +45,9 @@ fn udp_unreplied_expires_after_thirty_seconds() {
     assert_eq!(l.e.expire(l.now, 100), 0);
     l.advance(Duration::from_secs(1));
     assert_eq!(l.e.expire(l.now, 100), 1);
-    // The late reply finds no state; a reply from outside is a new flow: denied.
-    assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), Verdict::Drop(DropReason::Policy));
+    // The late reply finds no state; as a new flow from outside policy would deny it,
+    // and the tombstone says what really happened.
+    assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), Verdict::Drop(DropReason::ReplyToExpired));
 }
 
 fn echo(src: &str, dst: &str, ty: u8, id: u16) -> Vec<u8> {
@@ -181,7 +182,9 @@ fn vlans_separate_flows() {
 
 #[test]
 fn table_full_refuses_new_flows_with_a_reason() {
-    let mut l = Lab::with(EngineConfig { capacity: 2, ..EngineConfig::default() });
+    use crate::conntrack::pressure::{Evict, Pressure};
+    let pressure = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
+    let mut l = Lab::with(EngineConfig { capacity: 2, pressure, ..EngineConfig::default() });
     for p in 0..2 {
         assert_eq!(l.seg(CLIENT, 1000 + p, SERVER, 80, SYN, 1, 0, 1000, 0, Zone::Outside), NEW);
     }

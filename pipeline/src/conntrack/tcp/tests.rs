@@ -234,7 +234,7 @@ fn midstream_packets_without_state_follow_the_pickup_mode() {
     assert!(l.flows()[0].assured);
     // ... but a client's mid-stream ACK is not the reverse of anything allowed.
     let mut l = Lab::with(EngineConfig { capacity: 64, pickup: Pickup::ReverseOfAllowed, ..EngineConfig::default() });
-    assert_eq!(l.c(ACK, 0), drop(DropReason::Policy));
+    assert_eq!(l.c(ACK, 0), drop(DropReason::MidstreamNoState));
 
     // loose: a mid-stream packet in an allowed direction is tracked.
     let mut l = Lab::with(EngineConfig { capacity: 64, pickup: Pickup::Loose, ..EngineConfig::default() });
@@ -385,7 +385,7 @@ fn timeouts_follow_the_state_and_expire_exactly() {
     l.e.expire(l.now, usize::MAX);
     assert_eq!(l.c(ACK | PSH, 10), PASS);
     l.advance(Duration::from_secs(5 * 86_400));
-    assert_eq!(l.c(ACK | PSH, 10), drop(DropReason::MidstreamNoState), "expired on contact, exactly");
+    assert_eq!(l.c(ACK | PSH, 10), drop(DropReason::ReplyToExpired), "expired on contact, exactly, and said so");
 }
 
 #[test]

@@ -1,0 +1,151 @@
+//! Tombstones: a small fixed-size record of recently removed flows, so that a packet
+//! which finds no state can say why — its flow was evicted, expired or closed — instead
+//! of looking like a new connection or a stray packet.
+//!
+//! 8-way sets of (32-bit key fingerprint, why, when, admission class). When a set is
+//! full, the record of the lowest class makes way, the oldest among those: a SYN flood
+//! churning through embryonic records does not erase the memory of the established
+//! flows it may have pushed out. The table forgets gracefully otherwise: a flow removed
+//! long ago (more removals than records since) reads as never seen. A lookup of a flow that was never removed
+//! matches a record of another flow only if their hashes agree on the set bits and the
+//! 32-bit fingerprint: about 8 / 2^32 per lookup, i.e. one false "reply_to_*" per
+//! half-billion no-state packets. Each record takes 12 bytes: `conntrack.tombstones`
+//! records cost 12 bytes each (65,536 by default: 768 KiB per worker).
+
+/// Why an entry went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Why {
+    Evicted = 1,
+    Expired = 2,
+    Closed = 3,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    /// 0 = empty.
+    fp: u32,
+    /// Tick of removal (wrapping).
+    when: u32,
+    why: u8,
+    /// Admission class of the removed entry (higher = kept longer).
+    class: u8,
+}
+
+const WAYS: usize = 8;
+
+pub struct Tombstones {
+    sets: Box<[[Record; WAYS]]>,
+    mask: usize,
+    pub hits: u64,
+}
+
+impl Tombstones {
+    /// Room for about `records` removals; 0 disables.
+    pub fn new(records: usize) -> Tombstones {
+        let nsets = if records == 0 { 0 } else { records.div_ceil(WAYS).next_power_of_two() };
+        Tombstones { sets: vec![[Record::default(); WAYS]; nsets].into_boxed_slice(), mask: nsets.saturating_sub(1), hits: 0 }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    pub fn bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.sets)
+    }
+
+    /// Set from a remix of the whole hash, fingerprint from its high 32 bits: the two
+    /// are independent, so the fingerprint keeps its full 32 bits inside a set.
+    #[inline]
+    fn split(&self, h: u64) -> (usize, u32) {
+        // SplitMix64's finalizer.
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z as usize & self.mask, (h >> 32) as u32 | 1)
+    }
+
+    /// Records that the flow whose table hash is `h`, of admission class `class`, went
+    /// away.
+    pub fn bury(&mut self, h: u64, why: Why, class: u8, now_ticks: u32) {
+        if self.sets.is_empty() {
+            return;
+        }
+        let (s, fp) = self.split(h);
+        let set = &mut self.sets[s];
+        let way = set.iter().position(|r| r.fp == fp || r.fp == 0).unwrap_or_else(|| {
+            // Lowest class first, then oldest.
+            (0..WAYS).min_by_key(|&i| (set[i].class, u32::MAX - now_ticks.wrapping_sub(set[i].when))).unwrap_or(0)
+        });
+        set[way] = Record { fp, when: now_ticks, why: why as u8, class };
+    }
+
+    /// Why the flow whose hash is `h` went away, if remembered. The record stays: every
+    /// later packet of that flow gets the same answer.
+    pub fn exhume(&mut self, h: u64) -> Option<(Why, u32)> {
+        if self.sets.is_empty() {
+            return None;
+        }
+        let (s, fp) = self.split(h);
+        let r = self.sets[s].iter_mut().find(|r| r.fp == fp)?;
+        let why = match r.why {
+            1 => Why::Evicted,
+            2 => Why::Expired,
+            _ => Why::Closed,
+        };
+        self.hits += 1;
+        Some((why, r.when))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_why_and_forgets_the_oldest() {
+        let mut t = Tombstones::new(8); // one set
+        let h = |i: u64| (2 * i + 1) << 32 | 0x1234;
+        t.bury(h(10), Why::Evicted, 0, 100);
+        t.bury(h(11), Why::Expired, 0, 101);
+        assert_eq!(t.exhume(h(10)), Some((Why::Evicted, 100)));
+        assert_eq!(t.exhume(h(11)), Some((Why::Expired, 101)));
+        assert_eq!(t.exhume(h(12)), None);
+        for i in 0..8u64 {
+            t.bury(h(100 + i), Why::Closed, 0, 200 + i as u32);
+        }
+        assert_eq!(t.exhume(h(10)), None, "the oldest records made way");
+        assert_eq!(t.exhume(h(107)), Some((Why::Closed, 207)));
+        assert_eq!(t.hits, 3);
+        // An assured flow's record outlives a churn of embryonic ones.
+        t.bury(h(500), Why::Evicted, 3, 300);
+        for i in 0..100u64 {
+            t.bury(h(1000 + i), Why::Evicted, 0, 301 + i as u32);
+        }
+        assert_eq!(t.exhume(h(500)), Some((Why::Evicted, 300)));
+        let mut off = Tombstones::new(0);
+        off.bury(1, Why::Evicted, 3, 0);
+        assert_eq!(off.exhume(1), None);
+    }
+}
+
+#[cfg(test)]
+mod churn {
+    use super::*;
+
+    #[test]
+    fn assured_records_survive_a_flood_of_embryonic_ones() {
+        let mut t = Tombstones::new(65_536);
+        let h = |i: u64| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555).rotate_left(13);
+        for i in 0..10_000 {
+            t.bury(h(i), Why::Evicted, 3, 1);
+        }
+        for i in 0..150_000 {
+            t.bury(h(1_000_000 + i), Why::Evicted, 0, 2 + i as u32);
+        }
+        let kept = (0..10_000).filter(|&i| t.exhume(h(i)).is_some()).count();
+        assert!(kept >= 9_998, "{kept}");
+    }
+}

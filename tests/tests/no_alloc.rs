@@ -6,7 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_pipeline::engine::{EngineConfig, Packet};
+use holdfast_pipeline::parse::{parse, Frame, L4};
+use holdfast_pipeline::DropReason;
 use holdfast_pipeline::{Duration, Engine, Instant, Verdict};
 use holdfast_tests::{mixed_frames, webfarm_policy};
 
@@ -41,14 +44,25 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn the_packet_path_never_allocates() {
     let frames = mixed_frames(3000);
-    // A table smaller than the flows offered, so "table full" is exercised too.
-    let cfg = EngineConfig { capacity: 4000, fragments: 64, ..EngineConfig::default() };
+    // A table smaller than the flows offered, so eviction, tombstones and the
+    // per-source limit are exercised; and a second one that refuses when full.
+    let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 8, ..EngineConfig::default() };
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
-    let mut out = [Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
+    let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
+    let mut full = Engine::new(EngineConfig { capacity: 500, pressure: refusing, ..EngineConfig::default() }, webfarm_policy(), t0);
+    let mut out = [Verdict::Drop(DropReason::Malformed); 64];
     let mut bursts: Vec<Vec<Packet>> = Vec::new();
     for (i, chunk) in frames.chunks(64).enumerate() {
         let now = t0 + Duration::from_millis(i as u64 * 50);
+        bursts.push(chunk.iter().map(|(f, z)| Packet { data: f, zone: *z, now }).collect());
+    }
+    // A later pass without SYNs: packets of flows the first pass evicted meet their
+    // tombstones.
+    let is_syn = |f: &[u8]| matches!(parse(f), Ok(Frame::Ip(m)) if matches!(m.l4, L4::Tcp(t) if t.flags & 0x02 != 0));
+    let rest: Vec<&(Vec<u8>, holdfast_pipeline::Zone)> = frames.iter().filter(|(f, _)| !is_syn(f)).collect();
+    for (i, chunk) in rest.chunks(64).enumerate() {
+        let now = t0 + Duration::from_secs(100) + Duration::from_millis(i as u64 * 50);
         bursts.push(chunk.iter().map(|(f, z)| Packet { data: f, zone: *z, now }).collect());
     }
 
@@ -63,6 +77,7 @@ fn the_packet_path_never_allocates() {
     for b in &bursts {
         e.process_batch(b, &mut out[..b.len()]);
         e.expire(b[0].now, 256);
+        full.process_batch(b, &mut out[..b.len()]);
     }
     // Jump past every timeout: the wheel retires everything.
     let removed = e.expire(t0 + Duration::from_secs(10 * 86_400), usize::MAX);
@@ -70,7 +85,10 @@ fn the_packet_path_never_allocates() {
 
     assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "allocations on the packet path");
     let c = e.counters();
-    assert_eq!(c.packets, frames.len() as u64);
-    assert!(c.dropped[holdfast_pipeline::DropReason::TableFull as usize] > 0, "the table filled up");
+    assert_eq!(c.packets, (frames.len() + rest.len()) as u64);
+    assert!(c.evictions.iter().sum::<u64>() > 0, "entries were evicted");
+    assert!(c.tombstone_hits > 0, "tombstones were consulted");
+    assert!(c.dropped[DropReason::SourceLimit as usize] > 0, "the per-source limit was hit");
+    assert!(full.counters().dropped[DropReason::TableFull as usize] > 0, "the refusing table filled up");
     assert!(removed > 0 && e.table().is_empty());
 }

@@ -46,7 +46,7 @@ fn the_packet_path_never_allocates() {
     let frames = mixed_frames(3000);
     // A table smaller than the flows offered, so eviction, tombstones and the
     // per-source limit are exercised; and a second one that refuses when full.
-    let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 8, ..EngineConfig::default() };
+    let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 1, ..EngineConfig::default() };
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
     let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };

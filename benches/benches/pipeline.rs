@@ -43,6 +43,30 @@ fn bench(c: &mut Criterion) {
         );
     }
     g.finish();
+
+    // The same at full table under a SYN flood: eviction and tombstones on the path.
+    let mut g = c.benchmark_group("pressure");
+    g.throughput(Throughput::Elements(64));
+    for flows in [10_000u32, 1_000_000] {
+        let mut l = Loaded::full_for_flood(flows);
+        let mut out = [Verdict::Drop(DropReason::Malformed); 64];
+        g.bench_function(BenchmarkId::new("flood_burst_full_table", flows), |b| {
+            b.iter(|| {
+                l.fill_flood_burst();
+                l.run_burst(&mut out);
+                std::hint::black_box(&out);
+            })
+        });
+        let c = l.engine.counters();
+        eprintln!(
+            "  {flows} flows, full table: evictions {:?}, tombstone hits {}, classes {:?}, reply_denied {}",
+            c.evictions,
+            c.tombstone_hits,
+            l.engine.class_counts(),
+            c.reply_denied()
+        );
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

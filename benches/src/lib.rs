@@ -100,6 +100,62 @@ impl Loaded {
         Loaded { engine, flows, now, rng: 0x9e37_79b9_7f4a_7c15, bufs: vec![[0u8; 60]; 64], zones: vec![Zone::Outside; 64] }
     }
 
+    /// `flows` established connections in a table sized so that they fill the assured
+    /// three quarters and half-open SYNs fill the non-assured quarter: a full table,
+    /// ready for a flood.
+    pub fn full_for_flood(flows: u32) -> Loaded {
+        let capacity = (flows as usize * 4).div_ceil(3);
+        let now = Instant::from_secs(1_000_000);
+        let mut engine = Engine::new(EngineConfig { capacity, ..EngineConfig::default() }, policy(), now);
+        holdfast_dataplane::sys::advise_huge_pages(&engine.table().regions());
+        let mut buf = [0u8; 60];
+        let one = |e: &mut Engine, b: &[u8; 60], zone| e.process(&Packet { data: b, zone, now });
+        for i in 0..flows {
+            let (c, cp, s, ci, si) = flow(i);
+            write_tcp(&mut buf, c, cp, s, 80, SYN, ci, 0);
+            one(&mut engine, &buf, Zone::Outside);
+            write_tcp(&mut buf, s, 80, c, cp, SYN | ACK, si, ci.wrapping_add(1));
+            one(&mut engine, &buf, Zone::Inside);
+            write_tcp(&mut buf, c, cp, s, 80, ACK, ci.wrapping_add(1), si.wrapping_add(1));
+            one(&mut engine, &buf, Zone::Outside);
+        }
+        let mut l = Loaded { engine, flows, now, rng: 0x2545_f491_4f6c_dd1d, bufs: vec![[0u8; 60]; 64], zones: vec![Zone::Outside; 64] };
+        while !l.engine.table().is_full() {
+            l.fill_flood_burst();
+            let mut out = [holdfast_pipeline::Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
+            l.run_burst(&mut out);
+        }
+        l
+    }
+
+    /// A flood mix against a full table: 88 % established ACKs, 8 % spoofed SYNs from
+    /// fresh sources (each evicts the oldest half-open entry), 4 % ACKs to spoofed
+    /// flows (mostly evicted already: a tombstone lookup each).
+    pub fn fill_flood_burst(&mut self) {
+        for k in 0..64 {
+            let r = self.rnd();
+            let kind = r % 100;
+            let x = self.rnd();
+            let b = &mut self.bufs[k];
+            if kind < 88 {
+                let i = (r >> 7) % self.flows;
+                let (c, cp, s, ci, si) = flow(i);
+                if r & 0x40 == 0 {
+                    write_tcp(b, c, cp, s, 80, ACK, ci.wrapping_add(1), si.wrapping_add(1));
+                    self.zones[k] = Zone::Outside;
+                } else {
+                    write_tcp(b, s, 80, c, cp, ACK, si.wrapping_add(1), ci.wrapping_add(1));
+                    self.zones[k] = Zone::Inside;
+                }
+            } else {
+                let src = 0x6440_0000 | (x & 0x003f_ffff);
+                let flags = if kind < 96 { SYN } else { ACK };
+                write_tcp(b, src, 1024 + (r >> 20) as u16, 0x0a00_0201 + (x >> 29), 80, flags, x, r);
+                self.zones[k] = Zone::Outside;
+            }
+        }
+    }
+
     fn rnd(&mut self) -> u32 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;

@@ -28,6 +28,26 @@ enum Cmd {
     /// Generate traffic captures.
     #[command(subcommand)]
     Gen(GenCmd),
+    /// The origin story: a SYN flood against an LRU table and against Holdfast.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Table capacity, the same for both runs.
+    #[arg(long, default_value_t = 4096)]
+    capacity: usize,
+    /// Spoofed SYNs per second.
+    #[arg(long, default_value_t = 100.0)]
+    syn_flood: f64,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 1500)]
+    connections: u32,
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// Print one JSON object with both reports.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +108,15 @@ struct WebfarmArgs {
     /// Response size in bytes, `lo..hi`.
     #[arg(long, default_value = "200..6000", value_parser = traffic::parse_int_range)]
     response: (u32, u32),
+    /// Spoofed SYNs per second to port 80 over the whole capture (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    syn_flood: f64,
+    /// Add a port scan of the servers' closed ports.
+    #[arg(long)]
+    scan: bool,
+    /// Stray ACKs from addresses that never connected.
+    #[arg(long, default_value_t = 0)]
+    midstream: u32,
 }
 
 fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
@@ -108,6 +137,26 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Replay(a) => replay_cmd(a),
+        Cmd::Demo(a) => {
+            let mut d = holdfast_controlplane::demo::Demo { capacity: a.capacity, seed: a.seed, ..Default::default() };
+            d.farm.syn_flood = a.syn_flood;
+            d.farm.connections = a.connections;
+            d.farm.seed = a.seed;
+            match holdfast_controlplane::demo::run(&d) {
+                Ok(o) if a.json => {
+                    println!("{}", o.to_json());
+                    ExitCode::SUCCESS
+                }
+                Ok(o) => {
+                    println!("{}", o.human(&d));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("holdfast demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Gen(GenCmd::Webfarm(a)) => {
             let p = traffic::WebFarm {
                 seed: a.seed,
@@ -118,6 +167,9 @@ fn main() -> ExitCode {
                 idle: a.idle,
                 requests: a.requests,
                 response: a.response,
+                syn_flood: a.syn_flood,
+                scan: a.scan,
+                midstream: a.midstream,
                 ..traffic::WebFarm::default()
             };
             let ev = traffic::webfarm(&p);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant as WallClock;
 
 use holdfast_dataplane::offline::{self, Frame};
+use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::engine::FlowInfo;
 use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::steer::steer;
@@ -37,7 +38,15 @@ pub struct Report {
     pub skipped_non_ethernet: u64,
     pub capture_error: Option<CaptureError>,
     pub bytes_per_entry: usize,
+    /// Live entries per admission class at the end, all workers.
+    pub classes_at_end: [u32; 4],
+    pub min_adaptive_scale: f64,
+    /// Up to `EXAMPLES` denied replies, as log lines (`src:port -> dst:port denied (reason)`).
+    pub reply_denied_examples: Vec<String>,
 }
+
+/// Denied replies kept as examples for the summary.
+pub const EXAMPLES: usize = 5;
 
 impl Report {
     pub fn mpps(&self) -> f64 {
@@ -50,8 +59,19 @@ impl Report {
             DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect();
         let passes: Map<String, Value> =
             PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| (k.name().to_string(), json!(c.passed[*k as usize]))).collect();
+        let by_class = |a: &[u64; 4]| -> Value {
+            Admission::ALL.iter().map(|k| (k.name().to_string(), json!(a[*k as usize]))).collect::<Map<String, Value>>().into()
+        };
         json!({
             "packets": c.packets,
+            "reply_denied": c.reply_denied(),
+            "table_full": c.dropped[DropReason::TableFull as usize],
+            "evictions": by_class(&c.evictions),
+            "expirations": by_class(&c.expirations),
+            "classes_at_end": by_class(&self.classes_at_end.map(u64::from)),
+            "tombstone_hits": c.tombstone_hits,
+            "min_adaptive_scale": self.min_adaptive_scale,
+            "bytes_per_entry": self.bytes_per_entry,
             "passed": c.passed_total(),
             "dropped": c.dropped_total(),
             "drops": drops,
@@ -92,6 +112,17 @@ impl Report {
             "  flows      {} created, peak {}, {} expired, {} closed, {} at end",
             c.flows_created, self.flows_peak, c.flows_expired, c.flows_closed, self.flows_at_end
         );
+        let _ = writeln!(s, "  replies    {} denied because their flow's state was gone (reply_denied)", c.reply_denied());
+        let classes = |a: [u64; 4]| Admission::ALL.iter().map(|k| format!("{} {}", k.name(), a[*k as usize])).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "  evicted    {}; {} refused as table_full", classes(c.evictions), c.dropped[DropReason::TableFull as usize]);
+        let _ = writeln!(s, "  expired    {}", classes(c.expirations));
+        let _ = writeln!(s, "  at end     {}", classes(self.classes_at_end.map(u64::from)));
+        if self.min_adaptive_scale < 1.0 {
+            let _ = writeln!(s, "  adaptive   non-assured timeouts scaled down to {:.0} %", self.min_adaptive_scale * 100.0);
+        }
+        for e in &self.reply_denied_examples {
+            let _ = writeln!(s, "  denied     {e}");
+        }
         if self.skipped_non_ethernet > 0 {
             let _ = writeln!(s, "  skipped    {} frames of a non-Ethernet link type", self.skipped_non_ethernet);
         }
@@ -125,7 +156,8 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
             }
         })
         .collect();
-    let outs = offline::run(&frames, engines, end, opts.verdicts_out.is_some(), true);
+    // Verdicts are always collected: the summary quotes denied replies.
+    let outs = offline::run(&frames, engines, end, true, true);
     let elapsed_s = t.elapsed().as_secs_f64();
 
     let mut counters = Counters::default();
@@ -133,15 +165,34 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
     let mut peak = 0;
     let mut bytes_per_entry = 0;
+    let mut classes_at_end = [0u32; 4];
+    let mut min_adaptive_scale: f64 = 1.0;
     for o in outs {
         counters.merge(&o.counters);
         peak += o.flows_peak;
         flows.extend(o.flows);
         verdicts.extend(o.verdicts);
         bytes_per_entry = o.table_bytes_per_entry;
+        for (a, b) in classes_at_end.iter_mut().zip(o.class_counts) {
+            *a += b;
+        }
+        min_adaptive_scale = min_adaptive_scale.min(o.min_adaptive_scale);
+    }
+    verdicts.sort_unstable_by_key(|v| v.0);
+    // Examples of denied replies, the servers' side first: the origin story's log.
+    let denied: Vec<&(u32, Verdict)> = verdicts.iter().filter(|(_, v)| matches!(v, Verdict::Drop(r) if r.is_reply_denied())).collect();
+    let from_inside = |i: u32| frames[i as usize].zone == Zone::Inside;
+    let mut reply_denied_examples: Vec<String> = Vec::new();
+    for &&(i, v) in denied.iter().filter(|(i, _)| from_inside(*i)).chain(denied.iter().filter(|(i, _)| !from_inside(*i))) {
+        if reply_denied_examples.len() == EXAMPLES {
+            break;
+        }
+        let line = describe_denied(cap.records[i as usize].data, v);
+        if !reply_denied_examples.contains(&line) {
+            reply_denied_examples.push(line);
+        }
     }
     if let Some(path) = &opts.verdicts_out {
-        verdicts.sort_unstable_by_key(|v| v.0);
         let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
         for (i, v) in verdicts {
             let line = match v {
@@ -171,7 +222,31 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         skipped_non_ethernet: cap.skipped_non_ethernet,
         capture_error: cap.error,
         bytes_per_entry,
+        classes_at_end,
+        min_adaptive_scale,
+        reply_denied_examples,
     })
+}
+
+/// A denied packet as a firewall log line: `src:port -> dst:port denied (reason)`.
+pub fn describe_denied(frame: &[u8], v: Verdict) -> String {
+    let reason = match v {
+        Verdict::Drop(r) => r.name(),
+        Verdict::Pass(_) => "pass",
+    };
+    match holdfast_pipeline::parse::parse(frame) {
+        Ok(holdfast_pipeline::parse::Frame::Ip(m)) => {
+            let (s, sp) = m.key.src(m.side);
+            let (d, dp) = m.key.dst(m.side);
+            let proto = match m.key.proto {
+                6 => "tcp",
+                17 => "udp",
+                _ => "ip",
+            };
+            format!("{proto} {s}:{sp} -> {d}:{dp} denied ({reason})")
+        }
+        _ => format!("frame denied ({reason})"),
+    }
 }
 
 pub fn proto_name(p: u8) -> Value {
@@ -200,6 +275,7 @@ pub fn flow_json(f: &FlowInfo) -> Value {
         "state": f.state,
         "expires_in_s": f.expires_in.as_secs_f64().round() as u64,
         "assured": f.assured,
+        "class": f.class.name(),
         "packets": [f.packets[0], f.packets[1]],
         "bytes": [f.bytes[0], f.bytes[1]],
     });

@@ -47,6 +47,12 @@ pub struct WebFarm {
     pub response: (u32, u32),
     /// Epoch of the first packet, ns since 1970.
     pub start_ns: u64,
+    /// Spoofed SYNs per second to the servers' port 80, over the whole capture.
+    pub syn_flood: f64,
+    /// One outside host probing the servers' closed ports 1-1024.
+    pub scan: bool,
+    /// Stray ACKs to port 80 from addresses that never opened a connection.
+    pub midstream: u32,
 }
 
 impl Default for WebFarm {
@@ -61,6 +67,9 @@ impl Default for WebFarm {
             requests: (1, 4),
             response: (200, 6000),
             start_ns: 1_764_000_000_000_000_000,
+            syn_flood: 0.0,
+            scan: false,
+            midstream: 0,
         }
     }
 }
@@ -192,7 +201,46 @@ pub fn webfarm(p: &WebFarm) -> Vec<Event> {
         }
     }
     ev.sort_by_key(|e| e.0);
+    hostile(p, &mut rng, &mut ev);
+    ev.sort_by_key(|e| e.0);
     ev
+}
+
+/// A spoofed source in 100.64.0.0/10 (shared address space: never a real client here).
+fn spoofed(rng: &mut Rng) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff)))
+}
+
+/// The hostile traffic, spread over the span of the legitimate traffic.
+fn hostile(p: &WebFarm, rng: &mut Rng, ev: &mut Vec<Event>) {
+    let (first, last) = match (ev.first(), ev.last()) {
+        (Some(f), Some(l)) => (f.0, l.0),
+        _ => (p.start_ns, p.start_ns + p.duration.as_nanos()),
+    };
+    let span = (last - first).max(1);
+    let tcp = |src, sport, dst, dport, flags, seq, ack| {
+        FrameSpec::new(src, dst, L4::Tcp { sport, dport, seq, ack, flags, window: 1024, options: vec![], payload: vec![] }).build()
+    };
+    let floods = (p.syn_flood * span as f64 / 1e9) as u64;
+    for k in 0..floods {
+        let t = first + k * span / floods.max(1);
+        let f = tcp(spoofed(rng), rng.range(1024, 65535) as u16, server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32), 80, SYN, rng.next_u64() as u32, 0);
+        ev.push((t, f));
+    }
+    if p.scan {
+        let scanner = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66));
+        let ports: Vec<u16> = (1..=1024).filter(|&x| x != 80).collect();
+        let n = ports.len() as u64 * u64::from(p.servers);
+        for (k, (s, port)) in (0..p.servers).flat_map(|s| ports.iter().map(move |&x| (s, x))).enumerate() {
+            let t = first + k as u64 * span / n.max(1);
+            ev.push((t, tcp(scanner, 61_000, server_ip(s), port, SYN, rng.next_u64() as u32, 0)));
+        }
+    }
+    for k in 0..u64::from(p.midstream) {
+        let t = first + k * span / u64::from(p.midstream).max(1);
+        let f = tcp(client_ip(10_000 + rng.range(0, 999) as u32), rng.range(32768, 60999) as u16, server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32), 80, ACK, rng.next_u64() as u32, rng.next_u64() as u32);
+        ev.push((t, f));
+    }
 }
 
 /// Writes events as a pcap file's bytes.

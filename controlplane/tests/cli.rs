@@ -109,3 +109,33 @@ fn replay_runs_on_its_embedded_defaults() {
     let out = holdfast().args(["replay", "--pcap", "x.pcap"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "live replay is not offered yet and says so");
 }
+
+#[test]
+fn the_shipped_capture_under_lru_and_by_class() {
+    let run = |pressure: &str| -> serde_json::Value {
+        let cfg = tmp(&format!("{}.yaml", pressure.len()));
+        std::fs::write(
+            &cfg,
+            format!(
+                "zones: {{ inside: {{ networks: [10.0.2.0/24] }} }}\nconntrack:\n  capacity: 512\n  pressure: {pressure}\npolicy:\n  rules:\n    - {{ from: outside, to: inside, proto: tcp, dst: 10.0.2.0/24, dst_port: 80, action: allow }}\n"
+            ),
+        )
+        .unwrap();
+        let out = holdfast()
+            .args(["replay", "--offline", "--json", "--config"])
+            .arg(&cfg)
+            .arg("--pcap")
+            .arg(repo("tests/data/webfarm-small.pcap"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let lru = run("{ evict: lru }");
+    let held = run("{ evict: by-class }");
+    assert!(lru["reply_denied"].as_u64().unwrap() > 0, "{lru}");
+    assert!(lru["evictions"]["assured"].as_u64().unwrap() > 0);
+    assert_eq!(held["reply_denied"], 0, "{held}");
+    assert_eq!(held["evictions"]["assured"], 0);
+    assert!(held["evictions"]["embryonic"].as_u64().unwrap() > 1000);
+}

@@ -38,6 +38,10 @@ pub struct WorkerOutput {
     /// Wall time spent processing (not waiting for batches).
     pub busy_s: f64,
     pub table_bytes_per_entry: usize,
+    /// Live entries per admission class at the end.
+    pub class_counts: [u32; 4],
+    /// Lowest adaptive-timeout factor seen after a batch (1.0 = never under pressure).
+    pub min_adaptive_scale: f64,
 }
 
 /// Runs `frames` through `engines` (one thread each). `end` is the time at which the
@@ -55,6 +59,7 @@ pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: 
                 let mut pkts: Vec<Packet> = Vec::with_capacity(BATCH);
                 let mut out = vec![Verdict::Pass(holdfast_pipeline::PassKind::New); BATCH];
                 let mut busy = 0.0;
+                let mut min_scale: f64 = 1.0;
                 for batch in rx {
                     let t = WallClock::now();
                     pkts.clear();
@@ -66,6 +71,7 @@ pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: 
                     if let Some(last) = pkts.last() {
                         engine.expire(last.now, DEFAULT_EXPIRE_BUDGET);
                     }
+                    min_scale = min_scale.min(engine.adaptive_scale());
                     if keep_verdicts {
                         verdicts.extend(batch.iter().zip(&out).map(|(&i, &v)| (i, v)));
                     }
@@ -78,7 +84,9 @@ pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: 
                     flows: if list_flows { engine.flows(end).collect() } else { Vec::new() },
                     verdicts,
                     busy_s: busy,
-                    table_bytes_per_entry: engine.table().bytes_per_entry(),
+                    table_bytes_per_entry: engine.bytes_per_entry(),
+                    class_counts: engine.class_counts(),
+                    min_adaptive_scale: min_scale,
                 }
             }));
         }

@@ -110,6 +110,8 @@ pub struct FlowInfo {
     pub state: &'static str,
     pub expires_in: Duration,
     pub assured: bool,
+    /// Admission class (what eviction order applies to it).
+    pub class: Admission,
     /// `[original, reply]`.
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
@@ -751,6 +753,7 @@ impl Engine {
                 state,
                 expires_in: Duration::from_ticks(left),
                 assured: c.has(cflag::ASSURED),
+                class: c.admission(),
                 packets: st.packets,
                 bytes: st.bytes,
             }

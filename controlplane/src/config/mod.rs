@@ -18,7 +18,8 @@ use holdfast_pipeline::time::MAX_TIMEOUT;
 use holdfast_pipeline::{Duration, Zone};
 use serde_saphyr::{Location, Spanned};
 
-use model::{ActionCfg, File, PickupCfg};
+use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
+use model::{ActionCfg, EvictCfg, File, PickupCfg};
 
 /// Everything a run needs, compiled and checked.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ impl Config {
         let rules = self.classifier.rules();
         let allow = rules.iter().filter(|r| r.action == Action::Allow).count();
         format!(
-            "{} rules ({} allow, {} deny, default {}), {} inside networks, capacity {} entries per worker, pickup {}",
+            "{} rules ({} allow, {} deny, default {}), {} inside networks, capacity {} entries per worker, pickup {}, evict {}",
             rules.len(),
             allow,
             rules.len() - allow,
@@ -54,6 +55,11 @@ impl Config {
                 Pickup::Strict => "strict",
                 Pickup::ReverseOfAllowed => "reverse-of-allowed",
                 Pickup::Loose => "loose",
+            },
+            match self.engine.pressure.evict {
+                Evict::ByClass => "by-class",
+                Evict::Lru => "lru",
+                Evict::None => "none",
             }
         )
     }
@@ -186,6 +192,15 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     if let Some(d) = &t.fragment {
         engine.fragment_timeout = timeout(cx, d, "fragment")?;
     }
+    if ct.per_source_limit.value > u64::from(u32::MAX) {
+        return Err(cx.at(ct.per_source_limit.referenced, "conntrack.per_source_limit must be at most 4294967295 (0 = no limit)"));
+    }
+    engine.per_source_limit = ct.per_source_limit.value as u32;
+    if ct.tombstones.value > (1 << 26) {
+        return Err(cx.at(ct.tombstones.referenced, "conntrack.tombstones must be at most 67108864 (0 = none)"));
+    }
+    engine.tombstones = ct.tombstones.value as usize;
+    engine.pressure = pressure(cx, &ct.pressure)?;
 
     let mut rules = Vec::with_capacity(f.policy.rules.len());
     for (i, sr) in f.policy.rules.iter().enumerate() {
@@ -226,6 +241,48 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
         outside_interface: f.zones.outside.interface.clone(),
         inside_interface: f.zones.inside.interface.clone(),
     })
+}
+
+fn pressure(cx: &Ctx, p: &model::PressureCfg) -> Result<Pressure, ConfigError> {
+    let mut out = Pressure::default();
+    if let Some(e) = &p.evict {
+        out.evict = match e.value {
+            EvictCfg::ByClass => Evict::ByClass,
+            EvictCfg::Lru => Evict::Lru,
+            EvictCfg::None => Evict::None,
+        };
+    }
+    if let Some(s) = &p.embryonic_share {
+        if !(s.value > 0.0 && s.value <= 1.0) {
+            return Err(cx.at(s.referenced, "conntrack.pressure.embryonic_share must be in (0, 1]"));
+        }
+        if out.evict != Evict::ByClass && s.value < 1.0 {
+            return Err(cx.at(
+                s.referenced,
+                "embryonic_share applies to evict: by-class only; the lru and none models imitate systems without a quota (use 1.0)",
+            ));
+        }
+        out.embryonic_share = s.value;
+    }
+    if out.evict != Evict::ByClass {
+        out.embryonic_share = 1.0;
+    }
+    let start = p.adaptive_start.as_ref();
+    let end = p.adaptive_end.as_ref();
+    if let Some(s) = start {
+        out.adaptive_start = s.value;
+    }
+    if let Some(e) = end {
+        out.adaptive_end = e.value;
+    }
+    if !(0.0..2.0).contains(&out.adaptive_start) || out.adaptive_end <= out.adaptive_start || out.adaptive_end > 2.0 {
+        let loc = end.or(start).map(|s| s.referenced).unwrap_or(Location::UNKNOWN);
+        return Err(cx.at(loc, "conntrack.pressure needs 0 <= adaptive_start < adaptive_end <= 2 (fill fractions; pf uses 0.6 and 1.2)"));
+    }
+    if let Some(f) = &p.timeout_floor {
+        out.timeout_floor_ticks = timeout(cx, f, "pressure.timeout_floor")?.ticks();
+    }
+    Ok(out)
 }
 
 fn action(a: ActionCfg) -> Action {

@@ -38,17 +38,46 @@ pub struct Conntrack {
     pub pickup: PickupCfg,
     pub fragments: Spanned<u64>,
     pub timeouts: TimeoutsCfg,
+    pub per_source_limit: Spanned<u64>,
+    pub tombstones: Spanned<u64>,
+    pub pressure: PressureCfg,
+}
+
+fn unknown<T>(v: T) -> Spanned<T> {
+    Spanned::new(v, Location::UNKNOWN, Location::UNKNOWN)
 }
 
 impl Default for Conntrack {
     fn default() -> Self {
         Conntrack {
-            capacity: Spanned::new(1 << 20, Location::UNKNOWN, Location::UNKNOWN),
+            capacity: unknown(1 << 20),
             pickup: PickupCfg::Strict,
-            fragments: Spanned::new(4096, Location::UNKNOWN, Location::UNKNOWN),
+            fragments: unknown(4096),
             timeouts: TimeoutsCfg::default(),
+            per_source_limit: unknown(0),
+            tombstones: unknown(65_536),
+            pressure: PressureCfg::default(),
         }
     }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictCfg {
+    #[default]
+    ByClass,
+    Lru,
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PressureCfg {
+    pub evict: Option<Spanned<EvictCfg>>,
+    pub embryonic_share: Option<Spanned<f64>>,
+    pub adaptive_start: Option<Spanned<f64>>,
+    pub adaptive_end: Option<Spanned<f64>>,
+    pub timeout_floor: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,4 +1,5 @@
 use super::*;
+use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_pipeline::policy::Query;
 
 const ISSUE_EXAMPLE: &str = r#"
@@ -94,6 +95,28 @@ fn semantic_errors_have_positions_too() {
     assert!(e.message.contains("between 1s and 365d"));
     let e = err("policy:\n  rules:\n    - { proto: icmp, dst_port: 80, action: allow }\n");
     assert!(e.message.contains("ports need proto"));
+}
+
+#[test]
+fn pressure_keys() {
+    let c = parse(
+        "conntrack:\n  per_source_limit: 10000\n  tombstones: 65536\n  pressure:\n    evict: by-class\n    embryonic_share: 0.25\n    adaptive_start: 0.60\n    adaptive_end: 1.00\n    timeout_floor: 2s\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.engine.per_source_limit, 10_000);
+    assert_eq!(c.engine.tombstones, 65_536);
+    assert_eq!(c.engine.pressure, Pressure::default());
+    let c = parse("conntrack:\n  pressure: { evict: lru }\n", "p.yaml").unwrap();
+    assert_eq!((c.engine.pressure.evict, c.engine.pressure.embryonic_share), (Evict::Lru, 1.0));
+    let e = err("conntrack:\n  pressure: { evict: lru, embryonic_share: 0.25 }\n");
+    assert!(e.message.contains("by-class only"), "{}", e.message);
+    let e = err("conntrack:\n  pressure:\n    adaptive_start: 0.9\n    adaptive_end: 0.5\n");
+    assert_eq!(e.line, 4);
+    let e = err("conntrack:\n  pressure: { evict: fifo }\n");
+    assert_eq!(e.line, 2);
+    let e = err("conntrack:\n  pressure: { embryonic_share: 1.5 }\n");
+    assert!(e.message.contains("(0, 1]"));
 }
 
 #[test]

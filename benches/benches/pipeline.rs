@@ -16,7 +16,7 @@ fn bench(c: &mut Criterion) {
         eprintln!(
             "{flows} flows: entry {} bytes, {} bytes per entry of capacity ({} entries), {} live",
             core::mem::size_of::<holdfast_pipeline::conntrack::Conn>(),
-            l.engine.table().bytes_per_entry(),
+            l.engine.bytes_per_entry(),
             l.engine.table().capacity(),
             l.engine.table().len()
         );

@@ -101,8 +101,8 @@ impl Loaded {
     }
 
     /// `flows` established connections in a table sized so that they fill the assured
-    /// three quarters and half-open SYNs fill the non-assured quarter: a full table,
-    /// ready for a flood.
+    /// three quarters and half-open SYNs fill the non-assured quarter (the quota): a
+    /// full table, ready for a flood.
     pub fn full_for_flood(flows: u32) -> Loaded {
         let capacity = (flows as usize * 4).div_ceil(3);
         let now = Instant::from_secs(1_000_000);
@@ -120,7 +120,9 @@ impl Loaded {
             one(&mut engine, &buf, Zone::Outside);
         }
         let mut l = Loaded { engine, flows, now, rng: 0x2545_f491_4f6c_dd1d, bufs: vec![[0u8; 60]; 64], zones: vec![Zone::Outside; 64] };
-        while !l.engine.table().is_full() {
+        // Until the flood holds its whole quota: from then on each SYN evicts one.
+        let quota = (capacity as f64 * holdfast_pipeline::conntrack::pressure::Pressure::default().embryonic_share) as u32;
+        while l.engine.class_counts()[0] < quota {
             l.fill_flood_burst();
             let mut out = [holdfast_pipeline::Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
             l.run_burst(&mut out);

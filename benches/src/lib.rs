@@ -60,6 +60,20 @@ pub fn write_tcp(buf: &mut [u8; 60], src: u32, sport: u16, dst: u32, dport: u16,
     t[14..16].copy_from_slice(&502u16.to_be_bytes());
 }
 
+/// An ACK of a random established flow among `flows`, in a random direction (both
+/// from the random word `r`); returns the zone it enters from.
+#[inline]
+fn established_ack(b: &mut [u8; 60], r: u32, flows: u32) -> Zone {
+    let (c, cp, s, ci, si) = flow((r >> 7) % flows);
+    if r & 0x40 == 0 {
+        write_tcp(b, c, cp, s, 80, ACK, ci.wrapping_add(1), si.wrapping_add(1));
+        Zone::Outside
+    } else {
+        write_tcp(b, s, 80, c, cp, ACK, si.wrapping_add(1), ci.wrapping_add(1));
+        Zone::Inside
+    }
+}
+
 /// An engine holding `flows` established connections (handshake done), plus what the
 /// burst generator needs.
 pub struct Loaded {
@@ -140,15 +154,7 @@ impl Loaded {
             let x = self.rnd();
             let b = &mut self.bufs[k];
             if kind < 88 {
-                let i = (r >> 7) % self.flows;
-                let (c, cp, s, ci, si) = flow(i);
-                if r & 0x40 == 0 {
-                    write_tcp(b, c, cp, s, 80, ACK, ci.wrapping_add(1), si.wrapping_add(1));
-                    self.zones[k] = Zone::Outside;
-                } else {
-                    write_tcp(b, s, 80, c, cp, ACK, si.wrapping_add(1), ci.wrapping_add(1));
-                    self.zones[k] = Zone::Inside;
-                }
+                self.zones[k] = established_ack(b, r, self.flows);
             } else {
                 let src = 0x6440_0000 | (x & 0x003f_ffff);
                 let flags = if kind < 96 { SYN } else { ACK };
@@ -174,15 +180,7 @@ impl Loaded {
             let kind = r % 100;
             let b = &mut self.bufs[k];
             if kind < 88 {
-                let i = (r >> 7) % self.flows;
-                let (c, cp, s, ci, si) = flow(i);
-                if r & 0x40 == 0 {
-                    write_tcp(b, c, cp, s, 80, ACK, ci.wrapping_add(1), si.wrapping_add(1));
-                    self.zones[k] = Zone::Outside;
-                } else {
-                    write_tcp(b, s, 80, c, cp, ACK, si.wrapping_add(1), ci.wrapping_add(1));
-                    self.zones[k] = Zone::Inside;
-                }
+                self.zones[k] = established_ack(b, r, self.flows);
             } else if kind < 92 {
                 let (c, cp, s, ci, _) = flow(self.flows + (r >> 7) % SIDE_POOL);
                 write_tcp(b, c, cp, s, 80, SYN, ci, 0);

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use holdfast_pipeline::policy::{Action, Cidr, Classifier, IcmpMatch, PortRange, ProtoMatch, Rule, Zone};
+use holdfast_pipeline::policy::{Classifier, Zone};
 use holdfast_pipeline::wire::build::{syn_options, FrameSpec, L4};
 use holdfast_pipeline::wire::tcp::flags::*;
 
@@ -11,23 +11,10 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// The web-farm policy: outside to 10.0.2.0/24:80, ping, DNS out.
+/// The web-farm policy of the embedded default config (`configs/webfarm.yaml`):
+/// outside to 10.0.2.0/24 port 80, and ping.
 pub fn webfarm_policy() -> Arc<Classifier> {
-    Arc::new(Classifier::new(
-        vec![
-            Rule {
-                from: Some(Zone::Outside),
-                to: Some(Zone::Inside),
-                proto: ProtoMatch::Number(6),
-                dst: vec![Cidr { v6: false, addr: 0x0a00_0200, len: 24 }],
-                dst_ports: vec![PortRange { lo: 80, hi: 80 }],
-                ..Rule::any("web", Action::Allow)
-            },
-            Rule { proto: ProtoMatch::Icmp, icmp_types: vec![IcmpMatch { v4: Some(8), v6: Some(128) }], ..Rule::any("ping", Action::Allow) },
-            Rule { from: Some(Zone::Inside), proto: ProtoMatch::Number(17), dst_ports: vec![PortRange { lo: 53, hi: 53 }], ..Rule::any("dns", Action::Allow) },
-        ],
-        Action::Deny,
-    ))
+    holdfast_controlplane::config::parse(holdfast_controlplane::DEFAULT_CONFIG, "webfarm.yaml").expect("the embedded config is valid").classifier
 }
 
 /// A varied set of frames: handshakes, data, closes, UDP, ICMP, fragments, IPv6,

@@ -1,9 +1,11 @@
 //! Holdfast's control plane: YAML configuration, captures, offline replay, traffic
 //! generation. The `holdfast` binary (`main.rs`) is a thin command line over these.
 
+pub mod appliance;
 pub mod capture;
 pub mod config;
 pub mod demo;
+pub mod lab;
 pub mod replay;
 pub mod traffic;
 

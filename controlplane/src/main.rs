@@ -30,6 +30,42 @@ enum Cmd {
     Gen(GenCmd),
     /// The origin story: a SYN flood against an LRU table and against Holdfast.
     Demo(DemoArgs),
+    /// Run inline between the configured interfaces (AF_XDP; needs root).
+    Run(RunArgs),
+    /// The appliance in network namespaces with real traffic (needs root).
+    Lab(LabArgs),
+}
+
+#[derive(Args)]
+struct LabArgs {
+    /// `down`: remove leftovers of a lab; `up`: only create namespaces and veths.
+    action: Option<String>,
+    /// Worker threads (one queue per interface each).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// HTTP requests per server.
+    #[arg(long, default_value_t = 1)]
+    requests: usize,
+    /// Leave the lab running to poke at (`holdfast lab down` removes it).
+    #[arg(long)]
+    keep: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the final counters as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this long (e.g. 30s) instead of waiting for a signal.
+    #[arg(long, value_parser = parse_dur)]
+    duration: Option<holdfast_pipeline::Duration>,
+    /// No status line every second.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -137,6 +173,36 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Replay(a) => replay_cmd(a),
+        Cmd::Lab(a) => lab_cmd(a),
+        Cmd::Run(a) => {
+            let cfg = match config::load(&a.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = holdfast_controlplane::appliance::Options {
+                json: a.json,
+                duration: a.duration.map(|d| std::time::Duration::from_nanos(d.as_nanos())),
+                quiet: a.quiet,
+                seed: holdfast_dataplane::sys::random_seed(),
+            };
+            match holdfast_controlplane::appliance::run(&cfg, &opts) {
+                Ok(v) if a.json => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    println!("{}", holdfast_controlplane::appliance::human(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("holdfast run: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Demo(a) => {
             let mut d = holdfast_controlplane::demo::Demo { capacity: a.capacity, seed: a.seed, ..Default::default() };
             d.farm.syn_flood = a.syn_flood;
@@ -183,6 +249,58 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn lab_cmd(a: LabArgs) -> ExitCode {
+    use holdfast_controlplane::lab;
+    match a.action.as_deref() {
+        Some("down") => {
+            let left = lab::down();
+            if left.is_empty() {
+                println!("holdfast lab: nothing left");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("holdfast lab: could not remove {left:?}");
+            return ExitCode::FAILURE;
+        }
+        Some("up") => {
+            return match lab::up(a.workers.max(1)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("holdfast lab up: {e}");
+                    lab::down();
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(other) => {
+            eprintln!("holdfast lab: unknown action {other:?} (use `down` or `up`, or nothing to run the lab)");
+            return ExitCode::from(2);
+        }
+        None => {}
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("holdfast"));
+    let opts = lab::Options { workers: a.workers.max(1), requests: a.requests, keep: a.keep };
+    match lab::run(&exe, &opts) {
+        Ok(v) => {
+            if a.json {
+                println!("{v}");
+            } else if a.keep {
+                println!("holdfast lab: running; try `ip netns exec hf-out curl http://10.0.2.1/`; remove with `holdfast lab down`");
+            } else {
+                println!("{}", lab::human(&v));
+            }
+            let good = v["requests_failed"] == 0 && v["pings_failed"] == 0 && v["leftovers"] == false;
+            if good || a.keep { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("holdfast lab: {e}");
+            if !a.keep {
+                lab::down();
+            }
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,5 +1,13 @@
-//! Holdfast's I/O layer: worker threads, the clock, and (next) AF_XDP sockets and the
-//! XDP redirect program. The only crate that touches the OS for packets and time.
+//! Holdfast's I/O layer: AF_XDP sockets and the XDP redirect program, pinned per-core
+//! workers, handoff between cores, offline replay workers, the clock. The only crate
+//! that touches NICs and the OS clock; its `unsafe` lives in `bpf.rs`, `xsk.rs` and
+//! `sys.rs`.
 
+pub mod bpf;
+pub mod handoff;
 pub mod offline;
+pub mod run;
+pub mod stats;
 pub mod sys;
+pub mod worker;
+pub mod xsk;

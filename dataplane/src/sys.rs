@@ -36,3 +36,49 @@ pub fn advise_huge_pages(regions: &[(usize, usize)]) {
         }
     }
 }
+
+/// Sleeps in poll(2) until one of `fds` is readable or `timeout_ms` passes.
+pub fn poll_in(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
+    let mut p = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, &fd) in p.iter_mut().zip(fds) {
+        *slot = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    }
+    // SAFETY: `p` holds `n` initialised pollfd entries and lives across the call.
+    unsafe {
+        libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms);
+    }
+}
+
+/// True when the process runs with effective user id 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Routes SIGINT and SIGTERM to [`stop_requested`] instead of killing the process, so
+/// that the appliance can drain and detach.
+pub fn catch_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only performs an atomic store (async-signal
+        // safe); the sigaction struct is fully initialised (zeroed, then set).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// True once SIGINT or SIGTERM arrived (after [`catch_stop_signals`]).
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}

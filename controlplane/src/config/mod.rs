@@ -19,7 +19,9 @@ use holdfast_pipeline::{Duration, Zone};
 use serde_saphyr::{Location, Spanned};
 
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
-use model::{ActionCfg, EvictCfg, File, PickupCfg};
+use holdfast_dataplane::bpf::XdpMode;
+use holdfast_dataplane::worker::Idle;
+use model::{ActionCfg, EvictCfg, File, IdleCfg, PickupCfg, XdpModeCfg};
 
 /// Everything a run needs, compiled and checked.
 #[derive(Debug, Clone)]
@@ -30,6 +32,19 @@ pub struct Config {
     pub inside: Vec<Cidr>,
     pub outside_interface: Option<String>,
     pub inside_interface: Option<String>,
+    pub dataplane: Dataplane,
+}
+
+/// What `holdfast run` needs beyond the pipeline's settings.
+#[derive(Debug, Clone)]
+pub struct Dataplane {
+    pub xdp_mode: [XdpMode; 2],
+    pub queues: [u32; 2],
+    pub cores: Vec<usize>,
+    pub burst: usize,
+    pub idle: Idle,
+    pub umem_frames: u32,
+    pub ring_size: u32,
 }
 
 impl Config {
@@ -234,12 +249,54 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
             action: action(r.action),
         });
     }
+    let dataplane = dataplane(cx, &f)?;
     Ok(Config {
         engine,
         classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
         inside: f.zones.inside.networks.iter().map(|c| c.0).collect(),
         outside_interface: f.zones.outside.interface.clone(),
         inside_interface: f.zones.inside.interface.clone(),
+        dataplane,
+    })
+}
+
+fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
+    let w = &f.workers;
+    let mode = |m: XdpModeCfg| match m {
+        XdpModeCfg::Native => XdpMode::Native,
+        XdpModeCfg::Generic => XdpMode::Generic,
+    };
+    let mut queues = [0u32; 2];
+    for (k, z) in [&f.zones.outside, &f.zones.inside].into_iter().enumerate() {
+        if z.queues.value == 0 || z.queues.value > 256 {
+            return Err(cx.at(z.queues.referenced, "zones.*.queues must be between 1 and 256"));
+        }
+        queues[k] = z.queues.value as u32;
+    }
+    if w.cores.value.is_empty() || w.cores.value.len() > 256 {
+        return Err(cx.at(w.cores.referenced, "workers.cores lists between 1 and 256 cores"));
+    }
+    if !(1..=1024).contains(&w.burst.value) {
+        return Err(cx.at(w.burst.referenced, "workers.burst must be between 1 and 1024"));
+    }
+    if !(64..=(1 << 20)).contains(&w.umem_frames.value) {
+        return Err(cx.at(w.umem_frames.referenced, "workers.umem_frames must be between 64 and 1048576 (4 KiB each)"));
+    }
+    if !w.ring_size.value.is_power_of_two() || !(64..=(1 << 16)).contains(&w.ring_size.value) {
+        return Err(cx.at(w.ring_size.referenced, "workers.ring_size must be a power of two between 64 and 65536"));
+    }
+    Ok(Dataplane {
+        xdp_mode: [mode(f.zones.outside.xdp_mode), mode(f.zones.inside.xdp_mode)],
+        queues,
+        cores: w.cores.value.iter().map(|&c| c as usize).collect(),
+        burst: w.burst.value as usize,
+        idle: match w.idle {
+            IdleCfg::Spin => Idle::Spin,
+            IdleCfg::Adaptive => Idle::Adaptive,
+            IdleCfg::Sleep => Idle::Sleep,
+        },
+        umem_frames: w.umem_frames.value as u32,
+        ring_size: w.ring_size.value as u32,
     })
 }
 

@@ -12,6 +12,40 @@ pub struct File {
     pub zones: Zones,
     pub conntrack: Conntrack,
     pub policy: Policy,
+    pub workers: WorkersCfg,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeCfg {
+    #[default]
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleCfg {
+    Spin,
+    #[default]
+    Adaptive,
+    Sleep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersCfg {
+    pub cores: Spanned<Vec<u64>>,
+    pub burst: Spanned<u64>,
+    pub idle: IdleCfg,
+    pub umem_frames: Spanned<u64>,
+    pub ring_size: Spanned<u64>,
+}
+
+impl Default for WorkersCfg {
+    fn default() -> Self {
+        WorkersCfg { cores: unknown(vec![1]), burst: unknown(64), idle: IdleCfg::Adaptive, umem_frames: unknown(8192), ring_size: unknown(2048) }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,7 +55,7 @@ pub struct Zones {
     pub inside: ZoneCfg,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZoneCfg {
     /// Network interface of this side (used by the dataplane; replay ignores it).
@@ -29,6 +63,14 @@ pub struct ZoneCfg {
     /// Address ranges that live on this side. Replay calls a frame's ingress zone
     /// `inside` when its source address is in `zones.inside.networks`.
     pub networks: Vec<CidrVal>,
+    pub xdp_mode: XdpModeCfg,
+    pub queues: Spanned<u64>,
+}
+
+impl Default for ZoneCfg {
+    fn default() -> Self {
+        ZoneCfg { interface: None, networks: vec![], xdp_mode: XdpModeCfg::Native, queues: unknown(1) }
+    }
 }
 
 #[derive(Debug, Deserialize)]

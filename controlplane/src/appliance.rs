@@ -1,0 +1,204 @@
+//! `holdfast run`: the appliance on real interfaces, a status line every second, a clean
+//! stop on SIGINT/SIGTERM (drain, detach, final counters).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use holdfast_dataplane::run::{self, Interface, Running};
+use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
+use holdfast_dataplane::sys;
+use holdfast_pipeline::conntrack::pressure::Admission;
+use holdfast_pipeline::{Counters, DropReason};
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+
+pub struct Options {
+    pub json: bool,
+    /// Stop after this long (tests, benchmarks); otherwise run until a signal.
+    pub duration: Option<Duration>,
+    /// No status lines.
+    pub quiet: bool,
+    pub seed: u64,
+}
+
+/// Translates the YAML config into the dataplane's.
+pub fn dataplane_config(cfg: &Config) -> Result<run::Config, String> {
+    let names = [cfg.outside_interface.clone(), cfg.inside_interface.clone()];
+    let mut ifs = Vec::new();
+    for (k, n) in names.into_iter().enumerate() {
+        let zone = ["outside", "inside"][k];
+        let name = n.ok_or_else(|| format!("zones.{zone}.interface is not set: holdfast run needs both interfaces"))?;
+        ifs.push(Interface { name, mode: cfg.dataplane.xdp_mode[k], queues: cfg.dataplane.queues[k] });
+    }
+    let available = core_ids();
+    for &c in &cfg.dataplane.cores {
+        if !available.contains(&c) {
+            return Err(format!("workers.cores lists core {c}, but this machine has cores {available:?}"));
+        }
+    }
+    let inside = ifs.pop().expect("two interfaces");
+    let outside = ifs.pop().expect("two interfaces");
+    Ok(run::Config {
+        interfaces: [outside, inside],
+        cores: cfg.dataplane.cores.iter().map(|&c| Some(c)).collect(),
+        burst: cfg.dataplane.burst,
+        idle: cfg.dataplane.idle,
+        umem_frames: cfg.dataplane.umem_frames,
+        ring_size: cfg.dataplane.ring_size,
+        engine: cfg.engine,
+        policy: cfg.classifier.clone(),
+    })
+}
+
+fn core_ids() -> Vec<usize> {
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
+}
+
+/// Totals over workers.
+pub fn totals(snaps: &[Snapshot]) -> Snapshot {
+    let mut t = Snapshot::default();
+    let mut c = Counters::default();
+    for s in snaps {
+        c.merge(&s.counters);
+        for k in 0..2 {
+            t.rx[k] += s.rx[k];
+            t.tx[k] += s.tx[k];
+            t.rx_bytes[k] += s.rx_bytes[k];
+            t.tx_bytes[k] += s.tx_bytes[k];
+            t.xdp[k].rx_dropped += s.xdp[k].rx_dropped;
+            t.xdp[k].rx_ring_full += s.xdp[k].rx_ring_full;
+            t.xdp[k].rx_fill_ring_empty_descs += s.xdp[k].rx_fill_ring_empty_descs;
+            t.xdp[k].rx_invalid_descs += s.xdp[k].rx_invalid_descs;
+            t.xdp[k].tx_invalid_descs += s.xdp[k].tx_invalid_descs;
+            t.xdp[k].tx_ring_empty_descs += s.xdp[k].tx_ring_empty_descs;
+        }
+        for k in 0..ForwardDrop::COUNT {
+            t.forward_drops[k] += s.forward_drops[k];
+        }
+        t.handoff_out += s.handoff_out;
+        t.handoff_in += s.handoff_in;
+        t.table_len += s.table_len;
+        t.table_capacity += s.table_capacity;
+        for k in 0..4 {
+            t.classes[k] += s.classes[k];
+        }
+        t.busy_polls += s.busy_polls;
+        t.polls += s.polls;
+        t.busy_ns += s.busy_ns;
+        t.foreign_flows += s.foreign_flows;
+    }
+    t.counters = c;
+    t
+}
+
+fn drops_map(c: &Counters) -> Map<String, Value> {
+    DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect()
+}
+
+pub fn snapshot_json(s: &Snapshot) -> Value {
+    let xdp = |k: usize| {
+        let x = &s.xdp[k];
+        json!({"rx_dropped": x.rx_dropped, "rx_ring_full": x.rx_ring_full, "rx_fill_ring_empty_descs": x.rx_fill_ring_empty_descs,
+               "rx_invalid_descs": x.rx_invalid_descs, "tx_invalid_descs": x.tx_invalid_descs, "tx_ring_empty_descs": x.tx_ring_empty_descs})
+    };
+    json!({
+        "worker": s.worker,
+        "core": s.core,
+        "queue": s.queue,
+        "rx": {"outside": s.rx[0], "inside": s.rx[1]},
+        "tx": {"outside": s.tx[0], "inside": s.tx[1]},
+        "rx_bytes": {"outside": s.rx_bytes[0], "inside": s.rx_bytes[1]},
+        "tx_bytes": {"outside": s.tx_bytes[0], "inside": s.tx_bytes[1]},
+        "passed": s.counters.passed_total(),
+        "dropped": s.counters.dropped_total(),
+        "drops": drops_map(&s.counters),
+        "reply_denied": s.counters.reply_denied(),
+        "forward_drops": ForwardDrop::ALL.iter().map(|f| (f.name().to_string(), json!(s.forward_drops[*f as usize]))).collect::<Map<String, Value>>(),
+        "handoff_out": s.handoff_out,
+        "handoff_in": s.handoff_in,
+        "flows_created": s.counters.flows_created,
+        "table": {"entries": s.table_len, "capacity": s.table_capacity,
+                  "classes": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.classes[*a as usize]))).collect::<Map<String, Value>>()},
+        "xdp": {"outside": xdp(0), "inside": xdp(1)},
+        "busy_ratio": if s.polls > 0 { s.busy_polls as f64 / s.polls as f64 } else { 0.0 },
+        "foreign_flows": s.foreign_flows,
+    })
+}
+
+pub fn final_json(snaps: &[Snapshot], uptime: Duration) -> Value {
+    let t = totals(snaps);
+    let mut total = snapshot_json(&t);
+    total.as_object_mut().expect("object").remove("worker");
+    json!({"uptime_s": uptime.as_secs_f64(), "totals": total, "workers": snaps.iter().map(snapshot_json).collect::<Vec<_>>()})
+}
+
+fn status_line(t: &Snapshot, prev: &Snapshot, dt: f64, uptime: Duration) -> String {
+    let rate = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / dt.max(1e-9);
+    let rx = rate(t.rx[0] + t.rx[1], prev.rx[0] + prev.rx[1]);
+    let tx = rate(t.tx[0] + t.tx[1], prev.tx[0] + prev.tx[1]);
+    let mut s = format!("[{:>5.0}s] in {:>9.0} pps  out {:>9.0} pps  | drops", uptime.as_secs_f64(), rx, tx);
+    let d = drops_map(&t.counters);
+    if d.is_empty() {
+        s.push_str(" none");
+    }
+    for (k, v) in d {
+        let _ = write!(s, " {k} {v}");
+    }
+    for f in ForwardDrop::ALL {
+        let n = t.forward_drops[f as usize];
+        if n > 0 {
+            let _ = write!(s, " {} {n}", f.name());
+        }
+    }
+    let fill = if t.table_capacity > 0 { 100.0 * t.table_len as f64 / t.table_capacity as f64 } else { 0.0 };
+    let _ = write!(s, "  | table {}/{} ({fill:.1} %)", t.table_len, t.table_capacity);
+    s
+}
+
+/// Runs until a signal (or `duration`); returns the final snapshots.
+pub fn run(cfg: &Config, opts: &Options) -> Result<Value, String> {
+    let dp = dataplane_config(cfg)?;
+    sys::catch_stop_signals();
+    let running: Running = run::start(&dp, opts.seed).map_err(|e| e.to_string())?;
+    eprintln!(
+        "holdfast: inline between {} (outside) and {} (inside), {} worker(s) on core(s) {:?}; SIGINT or SIGTERM stops",
+        dp.interfaces[0].name,
+        dp.interfaces[1].name,
+        dp.cores.len(),
+        cfg.dataplane.cores
+    );
+    let start = Instant::now();
+    let mut prev = Snapshot::default();
+    let mut last = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if sys::stop_requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            let t = totals(&running.snapshots());
+            if !opts.quiet {
+                eprintln!("{}", status_line(&t, &prev, last.elapsed().as_secs_f64(), start.elapsed()));
+            }
+            prev = t;
+            last = Instant::now();
+        }
+    }
+    let uptime = start.elapsed();
+    let snaps = running.stop();
+    Ok(final_json(&snaps, uptime))
+}
+
+/// The final counters for people.
+pub fn human(v: &Value) -> String {
+    let t = &v["totals"];
+    let mut s = String::new();
+    let _ = writeln!(s, "holdfast: stopped after {:.1} s; XDP detached", v["uptime_s"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(s, "  received   outside {} / inside {} frames", t["rx"]["outside"], t["rx"]["inside"]);
+    let _ = writeln!(s, "  forwarded  to inside {} / to outside {} frames", t["tx"]["inside"], t["tx"]["outside"]);
+    let _ = writeln!(s, "  passed {}  dropped {}  drops {}", t["passed"], t["dropped"], t["drops"]);
+    let _ = writeln!(s, "  forward drops {}  handoff out {} in {}", t["forward_drops"], t["handoff_out"], t["handoff_in"]);
+    let _ = write!(s, "  table {}  xdp {}", t["table"], t["xdp"]);
+    s
+}

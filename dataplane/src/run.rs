@@ -1,0 +1,191 @@
+//! Starting and stopping the appliance: the XDP program on both interfaces, one pinned
+//! worker per configured core, the handoff rings between them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant as WallClock;
+
+use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
+
+use crate::bpf::{self, Link, Program, XdpMode, XskMap};
+use crate::handoff;
+use crate::stats::{Shared, Snapshot};
+use crate::worker::{self, Idle, Spec, HANDOFF_RING};
+use crate::xsk::Binding;
+
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub name: String,
+    pub mode: XdpMode,
+    pub queues: u32,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// Outside, inside.
+    pub interfaces: [Interface; 2],
+    /// One worker per entry; `None` = not pinned.
+    pub cores: Vec<Option<usize>>,
+    pub burst: usize,
+    pub idle: Idle,
+    pub umem_frames: u32,
+    pub ring_size: u32,
+    pub engine: EngineConfig,
+    pub policy: Arc<Classifier>,
+}
+
+/// A running appliance. Dropping it without `stop` still detaches the programs (the
+/// links close), but workers are only joined by `stop`.
+pub struct Running {
+    workers: Vec<JoinHandle<Option<worker::Final>>>,
+    shared: Vec<Arc<Shared>>,
+    stop: Arc<AtomicBool>,
+    _links: Vec<Link>,
+    _maps: [Arc<XskMap>; 2],
+    pub started: WallClock,
+}
+
+/// Why the appliance did not start, in words an operator can act on.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn explain(what: &str, e: std::io::Error) -> StartError {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => ": permission denied — run as root, or grant CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK",
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if what.starts_with("attaching") => {
+            ": the driver refused native XDP — set zones.*.xdp_mode: generic"
+        }
+        Some(libc::EBUSY) if what.starts_with("attaching") => ": another XDP program is attached to this interface",
+        _ => "",
+    };
+    StartError(format!("{what}: {e}{hint}"))
+}
+
+pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
+    if !crate::sys::is_root() {
+        return Err(StartError(
+            "holdfast run needs root (or CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK): it loads an XDP program and opens AF_XDP sockets".into(),
+        ));
+    }
+    let n = cfg.cores.len().max(1);
+    for i in &cfg.interfaces {
+        if i.queues as usize != n {
+            return Err(StartError(format!(
+                "interface {} has queues: {} but workers.cores lists {n} workers: each worker serves one queue of each interface, so they must match",
+                i.name, i.queues
+            )));
+        }
+    }
+    let mut ifindex = [0u32; 2];
+    for (k, i) in cfg.interfaces.iter().enumerate() {
+        ifindex[k] = bpf::ifindex(&i.name).map_err(|e| StartError(format!("interface {}: {e}", i.name)))?;
+    }
+    let maps = [
+        Arc::new(XskMap::new(cfg.interfaces[0].queues).map_err(|e| explain("creating the XSKMAP", e))?),
+        Arc::new(XskMap::new(cfg.interfaces[1].queues).map_err(|e| explain("creating the XSKMAP", e))?),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = WallClock::now();
+    let (mut producers, mut consumers) = handoff::mesh(n, HANDOFF_RING);
+    let mut workers = Vec::with_capacity(n);
+    let mut shared = Vec::with_capacity(n);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut engine_cfg = cfg.engine;
+    engine_cfg.seed = seed;
+    for w in 0..n {
+        let s = Arc::new(Shared::default());
+        shared.push(Arc::clone(&s));
+        let spec = Spec {
+            index: w,
+            workers: n,
+            core: cfg.cores.get(w).copied().flatten(),
+            binding: Binding { ifindex, queue: w as u32, frames: cfg.umem_frames, ring_size: cfg.ring_size },
+            burst: cfg.burst,
+            idle: cfg.idle,
+            engine: Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0)),
+            hasher: FlowHasher::new(seed),
+            maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
+            to: std::mem::take(&mut producers[w]),
+            from: std::mem::take(&mut consumers[w]),
+            shared: s,
+            stop: Arc::clone(&stop),
+            epoch,
+        };
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("holdfast-w{w}"))
+            .spawn(move || worker::run(spec, ready))
+            .map_err(|e| StartError(format!("starting worker {w}: {e}")))?;
+        workers.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some("a worker stopped while starting".to_string())),
+        }
+    }
+    let stop_all = |workers: Vec<JoinHandle<Option<worker::Final>>>| {
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            let _ = w.join();
+        }
+    };
+    if let Some(e) = failure {
+        stop_all(workers);
+        return Err(StartError(e));
+    }
+    // Sockets are registered: now attach the programs, so no frame is redirected to a
+    // queue without a socket.
+    let mut links = Vec::with_capacity(2);
+    for (k, i) in cfg.interfaces.iter().enumerate() {
+        let prog = match Program::load_redirect(&maps[k]) {
+            Ok(p) => p,
+            Err(e) => {
+                stop_all(workers);
+                return Err(explain("loading the XDP program", e));
+            }
+        };
+        match Link::attach(&prog, ifindex[k], i.mode) {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                stop_all(workers);
+                return Err(explain(&format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e));
+            }
+        }
+    }
+    Ok(Running { workers, shared, stop, _links: links, _maps: maps, started: epoch })
+}
+
+impl Running {
+    /// The latest snapshot of every worker (never waits for a worker).
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.shared.iter().map(|s| s.read()).collect()
+    }
+
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.shared.iter().map(|s| s.heartbeat.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Stops the workers (they drain what arrived), joins them, detaches the programs.
+    pub fn stop(self) -> Vec<Snapshot> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (w, h) in self.workers.into_iter().enumerate() {
+            match h.join() {
+                Ok(Some(f)) => out.push(f.snapshot),
+                _ => out.push(self.shared[w].read()),
+            }
+        }
+        out
+    }
+}

@@ -21,12 +21,14 @@ pub struct Item {
 
 pub type Producer = rtrb::Producer<Item>;
 pub type Consumer = rtrb::Consumer<Item>;
+/// `ends[i][j]`: the end of the ring between workers i and j held by worker i.
+pub type Mesh<T> = Vec<Vec<Option<T>>>;
 
 /// The rings of `n` workers: `producers[i][j]` sends from worker i to worker j,
 /// `consumers[j][i]` receives it (`None` on the diagonal).
-pub fn mesh(n: usize, capacity: usize) -> (Vec<Vec<Option<Producer>>>, Vec<Vec<Option<Consumer>>>) {
-    let mut producers: Vec<Vec<Option<Producer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<Option<Consumer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+pub fn mesh(n: usize, capacity: usize) -> (Mesh<Producer>, Mesh<Consumer>) {
+    let mut producers: Mesh<Producer> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut consumers: Mesh<Consumer> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for (i, row) in producers.iter_mut().enumerate() {
         for (j, slot) in row.iter_mut().enumerate() {
             if i != j {

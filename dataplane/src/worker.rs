@@ -192,7 +192,7 @@ impl Worker {
         for side in 0..2 {
             did += self.ports.complete(side, &mut self.free, 4 * self.burst as u32) as usize;
         }
-        did += self.from_others(epoch);
+        did += self.handed_in(epoch);
         for side in 0..2 {
             did += self.receive(side, epoch);
         }
@@ -249,7 +249,7 @@ impl Worker {
     }
 
     /// Frames other workers handed to this one.
-    fn from_others(&mut self, epoch: WallClock) -> usize {
+    fn handed_in(&mut self, epoch: WallClock) -> usize {
         let mut total = 0;
         for peer in 0..self.from.len() {
             for side in 0..2 {

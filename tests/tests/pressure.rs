@@ -14,6 +14,7 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 
+#[allow(clippy::too_many_arguments)]
 fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8, seq: u32, ack: u32, len: usize) -> Vec<u8> {
     FrameSpec::new(src, dst, L4::Tcp { sport, dport, seq, ack, flags, window: 502, options: vec![], payload: vec![0x41; len] }).build()
 }

@@ -136,7 +136,7 @@ mod tests {
             x ^= x << 17;
             let a = u128::from(x % 40);
             let live: u32 = model.values().sum();
-            if x % 3 != 0 && live < 64 {
+            if !x.is_multiple_of(3) && live < 64 {
                 s.add(a, false);
                 *model.entry(a).or_insert(0u32) += 1;
             } else if let Some((&k, _)) = model.iter().find(|(_, c)| **c > 0) {

@@ -122,6 +122,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
                   "classes": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.classes[*a as usize]))).collect::<Map<String, Value>>()},
         "xdp": {"outside": xdp(0), "inside": xdp(1)},
         "busy_ratio": if s.polls > 0 { s.busy_polls as f64 / s.polls as f64 } else { 0.0 },
+        "busy_ns": s.busy_ns,
         "foreign_flows": s.foreign_flows,
     })
 }

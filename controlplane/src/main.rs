@@ -34,6 +34,26 @@ enum Cmd {
     Run(RunArgs),
     /// The appliance in network namespaces with real traffic (needs root).
     Lab(LabArgs),
+    /// Send 64-byte UDP frames as fast as possible (the lab benchmark's generator).
+    Blast(BlastArgs),
+}
+
+#[derive(Args)]
+struct BlastArgs {
+    #[arg(long)]
+    interface: String,
+    /// Destination MAC (the next hop: the receiver across a bump in the wire, or a router).
+    #[arg(long)]
+    dst_mac: String,
+    #[arg(long, default_value = "10.0.2.1")]
+    dst: std::net::Ipv4Addr,
+    #[arg(long, default_value_t = 9)]
+    dport: u16,
+    /// Distinct flows (source address and port pairs from 10.0.1.0/24, at most 1,000,000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    flows: u32,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
 }
 
 #[derive(Args)]
@@ -174,6 +194,7 @@ fn main() -> ExitCode {
         },
         Cmd::Replay(a) => replay_cmd(a),
         Cmd::Lab(a) => lab_cmd(a),
+        Cmd::Blast(a) => blast_cmd(a),
         Cmd::Run(a) => {
             let cfg = match config::load(&a.config) {
                 Ok(c) => c,
@@ -249,6 +270,48 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn blast_cmd(a: BlastArgs) -> ExitCode {
+    let mac: Vec<u8> = a.dst_mac.split(':').filter_map(|x| u8::from_str_radix(x, 16).ok()).collect();
+    let Ok(dst_mac) = <[u8; 6]>::try_from(mac) else {
+        eprintln!("holdfast blast: --dst-mac wants six hex bytes like 02:00:00:00:00:01");
+        return ExitCode::from(2);
+    };
+    let ifindex = match holdfast_dataplane::bpf::ifindex(&a.interface) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("holdfast blast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.interface))
+        .ok()
+        .and_then(|s| s.trim().split(':').map(|x| u8::from_str_radix(x, 16).ok()).collect::<Option<Vec<u8>>>())
+        .and_then(|v| <[u8; 6]>::try_from(v).ok())
+        .unwrap_or([2, 0, 0, 0, 0, 1]);
+    let frames: Vec<Vec<u8>> = (0..a.flows.max(1))
+        .map(|i| {
+            let src = std::net::Ipv4Addr::from(0x0a00_0100 | (1 + i / 60_000));
+            let mut f = holdfast_pipeline::wire::build::FrameSpec::udp(src.into(), 1024 + (i % 60_000) as u16, a.dst.into(), a.dport, &[0u8; 18]);
+            f.src_mac = src_mac;
+            f.dst_mac = dst_mac;
+            f.build()
+        })
+        .collect();
+    match holdfast_dataplane::blast::blast(ifindex, &frames, a.seconds) {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({"sent": r.sent, "seconds": r.elapsed.as_secs_f64(), "cpu_s": r.cpu.as_secs_f64(), "frame_bytes": frames[0].len(), "flows": frames.len()})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("holdfast blast: {e}");
+            ExitCode::FAILURE
         }
     }
 }

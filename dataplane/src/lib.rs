@@ -1,8 +1,9 @@
 //! Holdfast's I/O layer: AF_XDP sockets and the XDP redirect program, pinned per-core
 //! workers, handoff between cores, offline replay workers, the clock. The only crate
-//! that touches NICs and the OS clock; its `unsafe` lives in `bpf.rs`, `xsk.rs` and
-//! `sys.rs`.
+//! that touches NICs and the OS clock; its `unsafe` lives in `bpf.rs`, `xsk.rs`,
+//! `blast.rs` (the benchmark's generator) and `sys.rs`.
 
+pub mod blast;
 pub mod bpf;
 pub mod handoff;
 pub mod offline;

@@ -63,8 +63,8 @@ pub struct Final {
     pub snapshot: Snapshot,
 }
 
-fn now(epoch: WallClock) -> Instant {
-    Instant::from_nanos(epoch.elapsed().as_nanos() as u64)
+fn since(epoch: WallClock, t: WallClock) -> Instant {
+    Instant::from_nanos(t.duration_since(epoch).as_nanos() as u64)
 }
 
 struct Worker {
@@ -130,8 +130,10 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
     let mut empty = 0u32;
     let mut last_house = WallClock::now();
     while !spec.stop.load(Ordering::Relaxed) {
+        // One clock read per poll (two when it found work): the pipeline's time is in
+        // 1/64 s ticks, far coarser than a poll.
         let t = WallClock::now();
-        let did = w.poll_once(spec.epoch, per_side);
+        let did = w.poll_once(since(spec.epoch, t), per_side);
         w.snap.polls += 1;
         if did > 0 {
             w.snap.busy_polls += 1;
@@ -140,9 +142,9 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         } else {
             empty += 1;
         }
-        if last_house.elapsed() >= HOUSEKEEPING {
-            last_house = WallClock::now();
-            w.engine.expire(now(spec.epoch), DEFAULT_EXPIRE_BUDGET);
+        if t.duration_since(last_house) >= HOUSEKEEPING {
+            last_house = t;
+            w.engine.expire(since(spec.epoch, t), DEFAULT_EXPIRE_BUDGET);
             w.publish(&spec.shared);
         }
         if did == 0 {
@@ -158,15 +160,19 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
     }
     // Drain: what already arrived is judged and sent; give the kernel a moment to send.
     let until = WallClock::now() + StdDuration::from_millis(50);
-    while WallClock::now() < until {
-        if w.poll_once(spec.epoch, per_side) == 0 {
+    loop {
+        let t = WallClock::now();
+        if t >= until {
+            break;
+        }
+        if w.poll_once(since(spec.epoch, t), per_side) == 0 {
             std::thread::sleep(StdDuration::from_millis(1));
         }
     }
     for side in 0..2 {
         let _ = spec.maps[side].clear(spec.binding.queue);
     }
-    let end = now(spec.epoch);
+    let end = since(spec.epoch, WallClock::now());
     w.snap.foreign_flows = w
         .engine
         .flows(end)
@@ -187,14 +193,14 @@ impl Worker {
     }
 
     /// One pass over everything; returns how many frames it moved.
-    fn poll_once(&mut self, epoch: WallClock, per_side: u32) -> usize {
+    fn poll_once(&mut self, now: Instant, per_side: u32) -> usize {
         let mut did = 0;
         for side in 0..2 {
             did += self.ports.complete(side, &mut self.free, 4 * self.burst as u32) as usize;
         }
-        did += self.handed_in(epoch);
+        did += self.handed_in(now);
         for side in 0..2 {
-            did += self.receive(side, epoch);
+            did += self.receive(side, now);
         }
         for side in 0..2 {
             self.ports.fill(side, &mut self.free, per_side);
@@ -204,7 +210,7 @@ impl Worker {
     }
 
     /// Receives a burst on `side`, never more than the other side can transmit.
-    fn receive(&mut self, side: usize, epoch: WallClock) -> usize {
+    fn receive(&mut self, side: usize, now: Instant) -> usize {
         let other = 1 - side;
         let room = self.ports.tx_room(other, self.burst as u32);
         if room == 0 {
@@ -243,13 +249,13 @@ impl Worker {
             self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
         }
         let mine = std::mem::take(&mut self.mine);
-        self.judge_and_send(side, &mine, epoch);
+        self.judge_and_send(side, &mine, now);
         self.mine = mine;
         n
     }
 
     /// Frames other workers handed to this one.
-    fn handed_in(&mut self, epoch: WallClock) -> usize {
+    fn handed_in(&mut self, now: Instant) -> usize {
         let mut total = 0;
         for peer in 0..self.from.len() {
             for side in 0..2 {
@@ -278,7 +284,7 @@ impl Worker {
                 self.snap.handoff_in += self.mine.len() as u64;
                 total += self.mine.len();
                 let mine = std::mem::take(&mut self.mine);
-                self.judge_and_send(side, &mine, epoch);
+                self.judge_and_send(side, &mine, now);
                 self.mine = mine;
             }
         }
@@ -287,12 +293,12 @@ impl Worker {
 
     /// Runs frames received on `side` through the pipeline and transmits the passed
     /// ones on the other side; dropped frames return to the free pool.
-    fn judge_and_send(&mut self, side: usize, descs: &[Desc], epoch: WallClock) {
+    fn judge_and_send(&mut self, side: usize, descs: &[Desc], now: Instant) {
         if descs.is_empty() {
             return;
         }
         let zone = if side == 0 { Zone::Outside } else { Zone::Inside };
-        let t = now(epoch);
+        let t = now;
         let n = descs.len();
         {
             let ports = &self.ports;

@@ -54,7 +54,6 @@ fn http_reaches_every_server_ping_passes_and_an_outbound_syn_is_denied() {
     assert!(v["denied"]["policy"].as_u64().unwrap_or(0) >= 1, "the server's SYN is denied as policy: {}", v["denied"]);
     assert_eq!(v["xdp_detached_after_sigterm"], true);
     assert_eq!(v["leftovers"], false);
-    assert!(v["elapsed_s"].as_f64().unwrap() < 60.0);
     let t = &v["appliance"]["totals"];
     assert!(t["tx"]["inside"].as_u64().unwrap() > 40 && t["tx"]["outside"].as_u64().unwrap() > 40);
 }

@@ -276,6 +276,18 @@ fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
     if w.cores.value.is_empty() || w.cores.value.len() > 256 {
         return Err(cx.at(w.cores.referenced, "workers.cores lists between 1 and 256 cores"));
     }
+    for z in [&f.zones.outside, &f.zones.inside] {
+        if z.queues.value as usize != w.cores.value.len() {
+            return Err(cx.at(
+                z.queues.referenced,
+                format!(
+                    "zones.*.queues is {} but workers.cores lists {} worker(s): worker i serves queue i of both interfaces, so they must be equal",
+                    z.queues.value,
+                    w.cores.value.len()
+                ),
+            ));
+        }
+    }
     if !(1..=1024).contains(&w.burst.value) {
         return Err(cx.at(w.burst.referenced, "workers.burst must be between 1 and 1024"));
     }

@@ -127,3 +127,20 @@ fn broken_yaml_is_reported() {
     assert_eq!(e.line, 0);
     assert!(e.to_string().contains("cannot read"));
 }
+
+#[test]
+fn dataplane_keys_are_validated_where_they_are_written() {
+    let c = parse("zones:\n  outside: { interface: a, queues: 2, xdp_mode: generic }\n  inside: { interface: b, queues: 2 }\nworkers: { cores: [0, 1], idle: sleep }\n", "t.yaml").unwrap();
+    assert_eq!(c.dataplane.queues, [2, 2]);
+    assert_eq!(c.dataplane.cores, vec![0, 1]);
+    let e = err("zones:\n  outside: { interface: a, queues: 1 }\n  inside: { interface: b, queues: 2 }\nworkers: { cores: [0, 1] }\n");
+    assert_eq!((e.line, e.col), (2, 36));
+    assert!(e.message.contains("lists 2 worker(s)"), "{}", e.message);
+    let e = err("workers:\n  ring_size: 1000\n");
+    assert_eq!((e.line, e.col), (2, 14));
+    assert!(e.message.contains("power of two"), "{}", e.message);
+    let e = err("workers:\n  idle: lazy\n");
+    assert_eq!(e.line, 2);
+    let e = err("workers:\n  umem_frames: 10\n");
+    assert!(e.message.contains("umem_frames"), "{}", e.message);
+}

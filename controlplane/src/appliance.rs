@@ -58,37 +58,9 @@ fn core_ids() -> Vec<usize> {
 /// Totals over workers.
 pub fn totals(snaps: &[Snapshot]) -> Snapshot {
     let mut t = Snapshot::default();
-    let mut c = Counters::default();
     for s in snaps {
-        c.merge(&s.counters);
-        for k in 0..2 {
-            t.rx[k] += s.rx[k];
-            t.tx[k] += s.tx[k];
-            t.rx_bytes[k] += s.rx_bytes[k];
-            t.tx_bytes[k] += s.tx_bytes[k];
-            t.xdp[k].rx_dropped += s.xdp[k].rx_dropped;
-            t.xdp[k].rx_ring_full += s.xdp[k].rx_ring_full;
-            t.xdp[k].rx_fill_ring_empty_descs += s.xdp[k].rx_fill_ring_empty_descs;
-            t.xdp[k].rx_invalid_descs += s.xdp[k].rx_invalid_descs;
-            t.xdp[k].tx_invalid_descs += s.xdp[k].tx_invalid_descs;
-            t.xdp[k].tx_ring_empty_descs += s.xdp[k].tx_ring_empty_descs;
-        }
-        for k in 0..ForwardDrop::COUNT {
-            t.forward_drops[k] += s.forward_drops[k];
-        }
-        t.handoff_out += s.handoff_out;
-        t.handoff_in += s.handoff_in;
-        t.table_len += s.table_len;
-        t.table_capacity += s.table_capacity;
-        for k in 0..4 {
-            t.classes[k] += s.classes[k];
-        }
-        t.busy_polls += s.busy_polls;
-        t.polls += s.polls;
-        t.busy_ns += s.busy_ns;
-        t.foreign_flows += s.foreign_flows;
+        t.merge(s);
     }
-    t.counters = c;
     t
 }
 

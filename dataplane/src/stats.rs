@@ -65,6 +65,34 @@ pub struct Snapshot {
     pub foreign_flows: u64,
 }
 
+impl Snapshot {
+    /// Adds another worker's counts: the totals over workers (identity fields stay).
+    pub fn merge(&mut self, o: &Snapshot) {
+        self.counters.merge(&o.counters);
+        for k in 0..2 {
+            self.rx[k] += o.rx[k];
+            self.tx[k] += o.tx[k];
+            self.rx_bytes[k] += o.rx_bytes[k];
+            self.tx_bytes[k] += o.tx_bytes[k];
+            self.xdp[k].merge(&o.xdp[k]);
+        }
+        for (a, b) in self.forward_drops.iter_mut().zip(o.forward_drops) {
+            *a += b;
+        }
+        for (a, b) in self.classes.iter_mut().zip(o.classes) {
+            *a += b;
+        }
+        self.handoff_out += o.handoff_out;
+        self.handoff_in += o.handoff_in;
+        self.table_len += o.table_len;
+        self.table_capacity += o.table_capacity;
+        self.busy_polls += o.busy_polls;
+        self.polls += o.polls;
+        self.busy_ns += o.busy_ns;
+        self.foreign_flows += o.foreign_flows;
+    }
+}
+
 /// Shared between a worker and the control thread.
 #[derive(Debug, Default)]
 pub struct Shared {

@@ -36,6 +36,18 @@ pub struct XdpStats {
     pub tx_ring_empty_descs: u64,
 }
 
+impl XdpStats {
+    /// Adds another socket's counters (totals over workers).
+    pub fn merge(&mut self, o: &XdpStats) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+    }
+}
+
 impl From<XdpStatisticsV2> for XdpStats {
     fn from(s: XdpStatisticsV2) -> Self {
         XdpStats {

@@ -14,6 +14,8 @@ pub struct Counters {
     /// Entries removed by TCP (an RST answering an unreplied flow, a SYN reopening a
     /// closed connection).
     pub flows_closed: u64,
+    /// Entries a reload removed because the new rules deny them.
+    pub flows_revoked: u64,
     /// Times the index could not place a key although entries were free (cuckoo moves
     /// and stash exhausted): counted inside `table_full` drops as well.
     pub index_full: u64,
@@ -38,6 +40,7 @@ impl Default for Counters {
             flows_created: 0,
             flows_expired: 0,
             flows_closed: 0,
+            flows_revoked: 0,
             index_full: 0,
             fragment_evictions: 0,
             evictions: [0; 4],
@@ -85,6 +88,7 @@ impl Counters {
         self.flows_created += o.flows_created;
         self.flows_expired += o.flows_expired;
         self.flows_closed += o.flows_closed;
+        self.flows_revoked += o.flows_revoked;
         self.index_full += o.index_full;
         self.fragment_evictions += o.fragment_evictions;
         for i in 0..4 {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::conntrack::conn::{cflag, Conn, ORIGINAL, REPLY};
+use crate::conntrack::conn::{aux_flag, cflag, Conn, ConnAux, ORIGINAL, REPLY};
 use crate::conntrack::frag::{Datagram, FragTable};
 use crate::conntrack::pressure::{Admission, ClassLists, Evict, Pressure};
 use crate::conntrack::sources::Sources;
@@ -106,6 +106,8 @@ pub struct FlowInfo {
     pub key: FlowKey,
     /// The side that opened the flow (original direction).
     pub orig: Side,
+    /// The zone the original direction entered from.
+    pub from: Zone,
     /// Linux state name for TCP, `UNREPLIED` / `REPLIED` otherwise.
     pub state: &'static str,
     pub expires_in: Duration,
@@ -340,6 +342,7 @@ impl Engine {
                 self.counters.expirations[adm as usize] += 1;
             }
             Some(Why::Evicted) => self.counters.evictions[adm as usize] += 1,
+            Some(Why::Revoked) => self.counters.flows_revoked += 1,
             Some(Why::Closed) | None => self.counters.flows_closed += 1,
         }
         if let Some(w) = why {
@@ -361,6 +364,7 @@ impl Engine {
             Some((Why::Evicted, _)) => DropReason::ReplyToEvicted,
             Some((Why::Expired, _)) => DropReason::ReplyToExpired,
             Some((Why::Closed, _)) => DropReason::ReplyToClosed,
+            Some((Why::Revoked, _)) => DropReason::Revoked,
             None => otherwise,
         })
     }
@@ -586,7 +590,7 @@ impl Engine {
                     return self.lost(h, DropReason::Policy);
                 }
                 let created = now.ticks();
-                self.create(now, m, h, m.side, TimerClass::UdpUnreplied, |c| c.peer[0].end = created)
+                self.create(now, zone, 0, m, h, TimerClass::UdpUnreplied, |c| c.peer[0].end = created)
             }
             L4::IcmpQuery { ty, request, .. } => {
                 if !request {
@@ -595,13 +599,13 @@ impl Engine {
                 if !self.allowed(&self.query(zone, m, false, Some(ty))) {
                     return self.lost(h, DropReason::Policy);
                 }
-                self.create(now, m, h, m.side, TimerClass::Icmp, |_| {})
+                self.create(now, zone, ty, m, h, TimerClass::Icmp, |_| {})
             }
             _ => {
                 if !self.allowed(&self.query(zone, m, false, None)) {
                     return self.lost(h, DropReason::Policy);
                 }
-                self.create(now, m, h, m.side, TimerClass::Generic, |_| {})
+                self.create(now, zone, 0, m, h, TimerClass::Generic, |_| {})
             }
         }
     }
@@ -623,7 +627,7 @@ impl Engine {
             return self.lost(h, otherwise);
         }
         // Created with the packet's side as original; a reverse pickup swaps below.
-        let v = self.create(now, m, h, m.side, TimerClass::TcpSynSent, |c| {
+        let v = self.create(now, zone, 0, m, h, TimerClass::TcpSynSent, |c| {
             tcp::init_new(c, t, opts, loose);
         });
         let Verdict::Pass(_) = v else { return v };
@@ -637,6 +641,7 @@ impl Engine {
             Outcome::Accept(class) => {
                 if reverse {
                     swap_directions(c);
+                    aux.last_flags ^= aux_flag::ORIG_INSIDE;
                 }
                 let dir = if reverse { REPLY } else { ORIGINAL };
                 self.refresh(slot, now, class);
@@ -652,8 +657,11 @@ impl Engine {
         }
     }
 
-    /// Allocates and initialises an entry whose original direction is `orig`.
-    fn create(&mut self, now: Instant, m: &PacketMeta, h: u64, orig: Side, class: TimerClass, init: impl FnOnce(&mut Conn)) -> Verdict {
+    /// Allocates and initialises an entry whose original direction is the packet's side,
+    /// entered from `zone`; `icmp_type` is the request type of an ICMP query flow.
+    #[allow(clippy::too_many_arguments)]
+    fn create(&mut self, now: Instant, zone: Zone, icmp_type: u8, m: &PacketMeta, h: u64, class: TimerClass, init: impl FnOnce(&mut Conn)) -> Verdict {
+        let orig = m.side;
         let src = m.key.addr[orig as usize];
         if let Err(r) = self.make_room(now, src, m.key.v6) {
             return Verdict::Drop(r);
@@ -678,7 +686,12 @@ impl Engine {
         c.set_admission(adm);
         self.lists.push(slot, adm);
         self.sources.add(src, m.key.v6);
-        self.table.aux[slot as usize].created = now.ticks();
+        self.table.aux[slot as usize] = ConnAux {
+            created: now.ticks(),
+            last_wscale: icmp_type,
+            last_flags: if zone == Zone::Inside { aux_flag::ORIG_INSIDE } else { 0 },
+            ..ConnAux::default()
+        };
         let c = self.table.conns[slot as usize];
         self.table.wheel.insert(slot, abs_ticks(now) + u64::from(self.arm_ticks(&c)));
         self.counters.flows_created += 1;
@@ -735,30 +748,182 @@ impl Engine {
 
     /// Every live flow, in slot order.
     pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
-        let now32 = now.ticks();
-        (0..self.table.capacity() as u32).filter(|&s| self.table.is_live(s)).map(move |s| {
-            let c = &self.table.conns[s as usize];
-            let st = &self.table.stats[s as usize];
-            let left = self.timeout_of(c).saturating_sub(idle_ticks(now32, c.last_seen));
-            let state = if c.proto() == parse::proto::TCP {
-                tcp::state::NAMES[usize::from(tcp::state_of(c)).min(9)]
-            } else if c.has(cflag::SEEN_REPLY) {
-                "REPLIED"
-            } else {
-                "UNREPLIED"
-            };
-            FlowInfo {
-                key: self.table.key_of(s),
-                orig: if c.has(cflag::ORIG_IS_HI) { Side::FromHi } else { Side::FromLo },
-                state,
-                expires_in: Duration::from_ticks(left),
-                assured: c.has(cflag::ASSURED),
-                class: c.admission(),
-                packets: st.packets,
-                bytes: st.bytes,
+        self.flows_in(0..self.table.capacity() as u32, now)
+    }
+
+    /// The live flows among slots `range` (clamped to the capacity): a listing taken a
+    /// slice at a time between bursts, so that a worker never stops for a whole table.
+    pub fn flows_in(&self, range: std::ops::Range<u32>, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+        let end = range.end.min(self.table.capacity() as u32);
+        (range.start.min(end)..end).filter(|&s| self.table.is_live(s)).map(move |s| self.flow_info(s, now))
+    }
+
+    fn flow_info(&self, s: u32, now: Instant) -> FlowInfo {
+        let c = &self.table.conns[s as usize];
+        let st = &self.table.stats[s as usize];
+        let left = self.timeout_of(c).saturating_sub(idle_ticks(now.ticks(), c.last_seen));
+        let state = if c.proto() == parse::proto::TCP {
+            tcp::state::NAMES[usize::from(tcp::state_of(c)).min(9)]
+        } else if c.has(cflag::SEEN_REPLY) {
+            "REPLIED"
+        } else {
+            "UNREPLIED"
+        };
+        FlowInfo {
+            key: self.table.key_of(s),
+            orig: if c.has(cflag::ORIG_IS_HI) { Side::FromHi } else { Side::FromLo },
+            from: self.origin_zone(s),
+            state,
+            expires_in: Duration::from_ticks(left),
+            assured: c.has(cflag::ASSURED),
+            class: c.admission(),
+            packets: st.packets,
+            bytes: st.bytes,
+        }
+    }
+
+    fn origin_zone(&self, slot: u32) -> Zone {
+        if self.table.aux[slot as usize].last_flags & aux_flag::ORIG_INSIDE != 0 { Zone::Inside } else { Zone::Outside }
+    }
+
+    /// Applies a reloaded configuration between bursts. What can change on a running
+    /// table changes: rules, timeouts, pickup, ARP/NDP/non-IP actions, the fragment
+    /// timeout, the pressure settings other than the eviction mode, and the per-source
+    /// limit's value (when it was enabled at start). What sizes memory or the hash —
+    /// capacity, fragment and tombstone records, the seed, the eviction mode, turning
+    /// the per-source limit on or off — stays as it was; the control plane reports those
+    /// as needing a restart. Existing entries use the new timeouts from their next
+    /// packet; [`Engine::maintain`] brings their timers forward where the new timeouts
+    /// are shorter, and, for `recheck`, removes flows the new rules deny.
+    pub fn reconfigure(&mut self, cfg: &EngineConfig, policy: Arc<Classifier>) {
+        let old = self.cfg;
+        self.cfg = EngineConfig {
+            capacity: old.capacity,
+            fragments: old.fragments,
+            tombstones: old.tombstones,
+            seed: old.seed,
+            pressure: Pressure { evict: old.pressure.evict, ..cfg.pressure },
+            per_source_limit: if old.per_source_limit == 0 || cfg.per_source_limit == 0 { old.per_source_limit } else { cfg.per_source_limit },
+            ..*cfg
+        };
+        self.sources.limit = self.cfg.per_source_limit;
+        self.frags.set_timeout(self.cfg.fragment_timeout.ticks());
+        self.quota = ((self.cfg.pressure.embryonic_share * self.cfg.capacity.max(1) as f64) as u32).max(1);
+        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+        self.policy = policy;
+    }
+
+    /// After a reload, over slots `range`: brings each live entry's timer forward to
+    /// what the current timeouts allow, and with `recheck`, asks the current rules about
+    /// each flow's original direction and removes the flows they deny (their later
+    /// packets drop as `revoked`). Call it a slice of the table at a time.
+    pub fn maintain(&mut self, range: std::ops::Range<u32>, now: Instant, recheck: bool) -> Maintained {
+        let end = range.end.min(self.table.capacity() as u32);
+        let mut done = Maintained::default();
+        for s in range.start.min(end)..end {
+            if !self.table.is_live(s) {
+                continue;
             }
+            done.examined += 1;
+            if recheck && !self.allowed(&self.entry_query(s)) {
+                let h = self.table.hash(&self.table.key_of(s));
+                self.retire(s, h, Some(Why::Revoked), now);
+                done.revoked += 1;
+                continue;
+            }
+            let c = self.table.conns[s as usize];
+            let deadline = abs_ticks(now) + u64::from(self.arm_ticks(&c));
+            if self.table.wheel.when(s) > deadline {
+                self.table.wheel.rearm(s, deadline);
+                done.rearmed += 1;
+            }
+        }
+        done
+    }
+
+    /// The question the rules were asked when the flow in `slot` started.
+    fn entry_query(&self, slot: u32) -> Query {
+        let c = &self.table.conns[slot as usize];
+        let k = self.table.key_of(slot);
+        let o = usize::from(c.has(cflag::ORIG_IS_HI));
+        let from = self.origin_zone(slot);
+        let icmp = matches!(k.proto, parse::proto::ICMP | parse::proto::ICMPV6);
+        let ports = matches!(k.proto, parse::proto::TCP | parse::proto::UDP);
+        Query {
+            from,
+            to: from.other(),
+            v6: k.v6,
+            proto: k.proto,
+            src: k.addr[o],
+            dst: k.addr[1 - o],
+            sport: if ports { k.port[o] } else { 0 },
+            dport: if ports { k.port[1 - o] } else { 0 },
+            icmp_type: icmp.then_some(self.table.aux[slot as usize].last_wscale),
+        }
+    }
+
+    /// What a dropped frame was, and — for a packet whose state is gone — why, when and
+    /// of which class its entry was removed, from the tombstone (without counting a
+    /// hit). For the deny log: called after the fact, for the drops it records.
+    pub fn explain(&self, frame: &[u8], now: Instant) -> Option<Explained> {
+        let Ok(Frame::Ip(m)) = parse::parse(frame) else { return None };
+        let (tcp_flags, icmp) = match m.l4 {
+            L4::Tcp(t) => (t.flags, None),
+            L4::IcmpQuery { ty, code, .. } | L4::IcmpError { ty, code, .. } | L4::IcmpOther { ty, code, .. } => (0, Some((ty, code))),
+            _ => (0, None),
+        };
+        let ports = matches!(m.l4, L4::Tcp(_) | L4::Udp);
+        let removed = self.tombs.peek(self.table.hash(&m.key)).map(|(why, when, class)| Removed {
+            why,
+            ago: Duration::from_ticks(idle_ticks(now.ticks(), when)),
+            class: Admission::ALL[usize::from(class).min(Admission::COUNT - 1)],
+        });
+        Some(Explained {
+            v6: m.key.v6,
+            proto: m.key.proto,
+            src: m.src_addr(),
+            dst: m.dst_addr(),
+            sport: if ports { m.src_port() } else { 0 },
+            dport: if ports { m.dst_port() } else { 0 },
+            tcp_flags,
+            icmp,
+            vlan: m.key.vlan,
+            removed,
         })
     }
+}
+
+/// What [`Engine::maintain`] did to one slice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintained {
+    pub examined: u32,
+    pub revoked: u32,
+    pub rearmed: u32,
+}
+
+/// A dropped frame, described for the deny log ([`Engine::explain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Explained {
+    pub v6: bool,
+    pub proto: u8,
+    /// Addresses as the packet carries them (IPv4 in the low 32 bits).
+    pub src: u128,
+    pub dst: u128,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// ICMP type and code.
+    pub icmp: Option<(u8, u8)>,
+    pub vlan: u32,
+    /// The flow's entry went away: why, how long ago, and its class then.
+    pub removed: Option<Removed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub why: Why,
+    pub ago: Duration,
+    pub class: Admission,
 }
 
 /// Swaps original and reply in an entry (reverse-of-allowed pickup).

@@ -79,10 +79,13 @@ pub enum DropReason {
     /// A packet of a flow whose entry was removed by TCP (an RST answering a flow
     /// without replies).
     ReplyToClosed,
+    /// A packet of a flow whose entry a reload removed because the new rules deny it
+    /// (`policy.on_reload: recheck`).
+    Revoked,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::NonIp,
@@ -102,6 +105,7 @@ impl DropReason {
         DropReason::ReplyToEvicted,
         DropReason::ReplyToExpired,
         DropReason::ReplyToClosed,
+        DropReason::Revoked,
     ];
 
     /// The name used in JSON output, logs and metrics labels.
@@ -125,6 +129,7 @@ impl DropReason {
             DropReason::ReplyToEvicted => "reply_to_evicted",
             DropReason::ReplyToExpired => "reply_to_expired",
             DropReason::ReplyToClosed => "reply_to_closed",
+            DropReason::Revoked => "revoked",
         }
     }
 }

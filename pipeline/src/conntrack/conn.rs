@@ -96,8 +96,9 @@ pub struct ConnStats {
 
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 
-/// Rarely touched bookkeeping: the flow's age and the annotations Linux keeps to
-/// resync after an ignored SYN. Read and written on state changes only.
+/// Rarely touched bookkeeping: the flow's age, where it came from, and the annotations
+/// Linux keeps to resync after an ignored SYN. Written when the entry is created (all of
+/// it: a reused slot keeps nothing of its previous flow) and on state changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct ConnAux {
@@ -105,7 +106,8 @@ pub struct ConnAux {
     pub created: u32,
     /// Window of the last ignored SYN (Linux `last_win`).
     pub last_win: u16,
-    /// Window scale of the last ignored SYN (Linux `last_wscale`).
+    /// Window scale of the last ignored SYN (Linux `last_wscale`); for an ICMP query
+    /// flow, the request's ICMP type (what a reload's recheck asks the rules about).
     pub last_wscale: u8,
     /// Linux `last_flags`: WINDOW_SCALE and SACK_PERM of the ignored SYN, plus
     /// [`aux_flag`] bits.
@@ -118,6 +120,9 @@ const _: () = assert!(core::mem::size_of::<ConnAux>() == 8);
 pub mod aux_flag {
     pub const SIMULTANEOUS_OPEN: u8 = 0x04;
     pub const EXP_CHALLENGE_ACK: u8 = 0x40;
+    /// Not Linux's: the flow's original direction entered from the inside zone (what a
+    /// reload's recheck asks the rules about). Survives the TCP annotations' resets.
+    pub const ORIG_INSIDE: u8 = 0x80;
 }
 
 /// Direction of a packet relative to the flow: who opened it.

@@ -58,6 +58,11 @@ pub struct Datagram {
 }
 
 impl FragTable {
+    /// Records made from now on live `timeout_ticks` (a reload).
+    pub fn set_timeout(&mut self, timeout_ticks: u32) {
+        self.timeout_ticks = timeout_ticks;
+    }
+
     pub fn new(capacity: usize, timeout_ticks: u32, seed: u64) -> FragTable {
         let nsets = capacity.div_ceil(WAYS).next_power_of_two().max(1);
         FragTable {

@@ -19,6 +19,9 @@ pub enum Why {
     Evicted = 1,
     Expired = 2,
     Closed = 3,
+    /// Removed by a reload whose rules no longer allow the flow (`policy.on_reload:
+    /// recheck`).
+    Revoked = 4,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,13 +93,39 @@ impl Tombstones {
         }
         let (s, fp) = self.split(h);
         let r = self.sets[s].iter_mut().find(|r| r.fp == fp)?;
-        let why = match r.why {
-            1 => Why::Evicted,
-            2 => Why::Expired,
-            _ => Why::Closed,
-        };
         self.hits += 1;
-        Some((why, r.when))
+        Some((why_of(r.why), r.when))
+    }
+
+    /// What `exhume` would answer, with the removed entry's admission class, without
+    /// counting a hit: for explaining a drop after the fact (the deny log).
+    pub fn peek(&self, h: u64) -> Option<(Why, u32, u8)> {
+        if self.sets.is_empty() {
+            return None;
+        }
+        let (s, fp) = self.split(h);
+        let r = self.sets[s].iter().find(|r| r.fp == fp)?;
+        Some((why_of(r.why), r.when, r.class))
+    }
+}
+
+fn why_of(b: u8) -> Why {
+    match b {
+        1 => Why::Evicted,
+        2 => Why::Expired,
+        4 => Why::Revoked,
+        _ => Why::Closed,
+    }
+}
+
+impl Why {
+    pub fn name(self) -> &'static str {
+        match self {
+            Why::Evicted => "evicted",
+            Why::Expired => "expired",
+            Why::Closed => "closed",
+            Why::Revoked => "revoked",
+        }
     }
 }
 

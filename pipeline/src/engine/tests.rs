@@ -210,3 +210,86 @@ fn batches_give_the_same_verdicts_as_single_packets() {
     assert_eq!(one, out);
     assert_eq!(single.e.counters(), batched.e.counters());
 }
+
+/// The example policy without its web rule: what a reload might install.
+fn policy_without_web() -> crate::policy::Classifier {
+    let rules = crate::testutil::policy().rules().iter().filter(|r| r.name != "web").cloned().collect();
+    crate::policy::Classifier::new(rules, Action::Deny)
+}
+
+#[test]
+fn a_reused_slot_keeps_nothing_of_its_previous_flow() {
+    let mut l = Lab::with(EngineConfig { capacity: 1, ..EngineConfig::default() });
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    assert_eq!(l.e.flows(l.now).next().unwrap().from, Zone::Inside);
+    l.advance(Duration::from_secs(31));
+    assert_eq!(l.e.expire(l.now, 100), 1);
+    // The same slot now holds a flow from outside: its origin must not be inherited.
+    assert_eq!(l.send(&echo(CLIENT, SERVER, 8, 1), Zone::Outside), NEW);
+    assert_eq!(l.e.flows(l.now).next().unwrap().from, Zone::Outside);
+}
+
+#[test]
+fn recheck_revokes_exactly_the_flows_the_new_rules_deny() {
+    let mut l = Lab::new();
+    l.handshake();
+    assert_eq!(l.send(&echo(CLIENT, SERVER, 8, 7), Zone::Outside), NEW);
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    assert_eq!(l.e.flows(l.now).count(), 3);
+    let cfg = *l.e.config();
+    // keep: the new rules apply to new flows only.
+    l.e.reconfigure(&cfg, std::sync::Arc::new(policy_without_web()));
+    let m = l.e.maintain(0..1024, l.now, false);
+    assert_eq!((m.examined, m.revoked), (3, 0));
+    assert_eq!(l.c(ACK, 10), EST, "an established web flow survives a keep reload");
+    // recheck: the web flow goes, the ping (ICMP type 8 from outside) and the DNS query
+    // (UDP 53 from inside) stay: the rules were asked with each flow's own zone and type.
+    let m = l.e.maintain(0..1024, l.now, true);
+    assert_eq!((m.examined, m.revoked), (3, 1));
+    assert_eq!(l.e.counters().flows_revoked, 1);
+    let left: Vec<u8> = l.e.flows(l.now).map(|f| f.key.proto).collect();
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&6));
+    assert_eq!(l.c(ACK, 10), Verdict::Drop(DropReason::Revoked), "its next packet says why");
+    assert_eq!(l.s(ACK, 10), Verdict::Drop(DropReason::Revoked));
+    assert_eq!(l.send(&echo(SERVER, CLIENT, 0, 7), Zone::Inside), EST);
+}
+
+#[test]
+fn shorter_timeouts_reach_idle_entries_without_waiting_for_old_timers() {
+    let mut l = Lab::new();
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), EST);
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), EST); // assured: 120 s
+    let mut cfg = *l.e.config();
+    cfg.timeouts.set(crate::conntrack::TimerClass::UdpReplied, Duration::from_secs(10));
+    cfg.capacity = 5; // not applied to a running table
+    l.e.reconfigure(&cfg, std::sync::Arc::new(crate::testutil::policy()));
+    assert_eq!(l.e.table().capacity(), 1024);
+    assert_eq!(l.e.maintain(0..1024, l.now, false).rearmed, 1);
+    l.advance(Duration::from_secs(10));
+    assert_eq!(l.e.expire(l.now, 100), 1, "expired on the new timeout, not 120 s later");
+}
+
+#[test]
+fn explain_describes_a_drop_and_when_its_state_went() {
+    let mut l = Lab::new();
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    l.advance(Duration::from_secs(30));
+    assert_eq!(l.e.expire(l.now, 100), 1);
+    l.advance(Duration::from_secs(5));
+    let late = udp("192.0.2.53", 53, SERVER, 5353);
+    assert_eq!(l.send(&late, Zone::Outside), Verdict::Drop(DropReason::ReplyToExpired));
+    let x = l.e.explain(&late, l.now).unwrap();
+    assert_eq!((x.proto, x.sport, x.dport, x.v6), (17, 53, 5353, false));
+    assert_eq!(x.src, u128::from(u32::from(std::net::Ipv4Addr::new(192, 0, 2, 53))));
+    let r = x.removed.unwrap();
+    assert_eq!(r.why.name(), "expired");
+    assert_eq!(r.ago, Duration::from_secs(5));
+    assert_eq!(r.class, crate::conntrack::pressure::Admission::Unreplied);
+    let hits = l.e.counters().tombstone_hits;
+    let _ = l.e.explain(&late, l.now);
+    assert_eq!(l.e.counters().tombstone_hits, hits, "explaining is not a hit");
+    assert_eq!(l.e.explain(b"garbage", l.now), None);
+}

@@ -21,7 +21,7 @@ use serde_saphyr::{Location, Spanned};
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_dataplane::bpf::XdpMode;
 use holdfast_dataplane::worker::Idle;
-use model::{ActionCfg, EvictCfg, File, IdleCfg, PickupCfg, XdpModeCfg};
+use model::{ActionCfg, EvictCfg, File, IdleCfg, OnReloadCfg, PickupCfg, XdpModeCfg};
 
 /// Everything a run needs, compiled and checked.
 #[derive(Debug, Clone)]
@@ -33,6 +33,52 @@ pub struct Config {
     pub outside_interface: Option<String>,
     pub inside_interface: Option<String>,
     pub dataplane: Dataplane,
+    pub control: Control,
+    pub log: Log,
+    /// `policy.on_reload`: re-judge existing flows by new rules (`Recheck`) or not.
+    pub on_reload: OnReload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReload {
+    Keep,
+    Recheck,
+}
+
+/// `control.*`: the HTTP endpoint and saturation reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    /// `None`: no endpoint (`listen: off`).
+    pub listen: Option<std::net::SocketAddr>,
+    pub report_interval: std::time::Duration,
+    pub saturation: Thresholds,
+}
+
+/// `control.saturation`: where a saturation event is raised (and, below 90 % of it,
+/// cleared).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub table_fill: f64,
+    pub embryonic_share: f64,
+    pub busy: f64,
+    pub rx_ring_full_per_s: f64,
+    pub handoff_drops_per_s: f64,
+}
+
+/// Where denials are logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyOutput {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// `log.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub denials: DenyOutput,
+    /// Events per second over all workers; more are counted as suppressed.
+    pub rate_limit: u32,
 }
 
 /// What `holdfast run` needs beyond the pipeline's settings.
@@ -55,6 +101,39 @@ impl Config {
     }
 
     /// One line describing the configuration, for `check-config`.
+    /// What differs between a running configuration and `new` that only a restart can
+    /// change (memory sizes, the hash, interfaces, cores, the endpoint). A reload
+    /// applies everything else and reports these as not applied.
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |what: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{what}: {a} -> {b}"));
+            }
+        };
+        let (e, n) = (&self.engine, &new.engine);
+        cmp("conntrack.capacity", e.capacity.to_string(), n.capacity.to_string());
+        cmp("conntrack.fragments", e.fragments.to_string(), n.fragments.to_string());
+        cmp("conntrack.tombstones", e.tombstones.to_string(), n.tombstones.to_string());
+        cmp("conntrack.pressure.evict", format!("{:?}", e.pressure.evict), format!("{:?}", n.pressure.evict));
+        if (e.per_source_limit == 0) != (n.per_source_limit == 0) {
+            cmp("conntrack.per_source_limit", e.per_source_limit.to_string(), n.per_source_limit.to_string());
+        }
+        cmp("zones.outside.interface", format!("{:?}", self.outside_interface), format!("{:?}", new.outside_interface));
+        cmp("zones.inside.interface", format!("{:?}", self.inside_interface), format!("{:?}", new.inside_interface));
+        let (d, m) = (&self.dataplane, &new.dataplane);
+        cmp("zones.*.xdp_mode", format!("{:?}", d.xdp_mode), format!("{:?}", m.xdp_mode));
+        cmp("zones.*.queues", format!("{:?}", d.queues), format!("{:?}", m.queues));
+        cmp("workers.cores", format!("{:?}", d.cores), format!("{:?}", m.cores));
+        cmp("workers.burst", d.burst.to_string(), m.burst.to_string());
+        cmp("workers.idle", format!("{:?}", d.idle), format!("{:?}", m.idle));
+        cmp("workers.umem_frames", d.umem_frames.to_string(), m.umem_frames.to_string());
+        cmp("workers.ring_size", d.ring_size.to_string(), m.ring_size.to_string());
+        let show = |l: Option<std::net::SocketAddr>| l.map_or("off".to_string(), |a| a.to_string());
+        cmp("control.listen", show(self.control.listen), show(new.control.listen));
+        out
+    }
+
     pub fn summary(&self) -> String {
         let rules = self.classifier.rules();
         let allow = rules.iter().filter(|r| r.action == Action::Allow).count();
@@ -114,7 +193,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError { file: name.clone(), line: 0, col: 0, message: format!("cannot read: {e}"), source_line: None })?;
-    parse(&text, &name)
+    let mut c = parse(&text, &name)?;
+    // A relative deny log path is relative to the config file, not to wherever the
+    // daemon was started.
+    if let DenyOutput::File(p) = &c.log.denials
+        && p.is_relative()
+    {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        c.log.denials = DenyOutput::File(dir.join(p));
+    }
+    Ok(c)
 }
 
 struct Ctx<'a> {
@@ -250,6 +338,8 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
         });
     }
     let dataplane = dataplane(cx, &f)?;
+    let control = control(cx, &f.control)?;
+    let log = log(cx, &f.log)?;
     Ok(Config {
         engine,
         classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
@@ -257,7 +347,70 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
         outside_interface: f.zones.outside.interface.clone(),
         inside_interface: f.zones.inside.interface.clone(),
         dataplane,
+        control,
+        log,
+        on_reload: match f.policy.on_reload {
+            OnReloadCfg::Keep => OnReload::Keep,
+            OnReloadCfg::Recheck => OnReload::Recheck,
+        },
     })
+}
+
+fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, ConfigError> {
+    let l = c.listen.value.trim();
+    let listen = if l == "off" || l.is_empty() {
+        None
+    } else {
+        Some(l.parse::<std::net::SocketAddr>().map_err(|_| {
+            cx.at(c.listen.referenced, format!("control.listen: {l:?} is not an address:port such as 127.0.0.1:9477 (or off)"))
+        })?)
+    };
+    let report_interval = match &c.report_interval {
+        None => std::time::Duration::from_secs(1),
+        Some(d) => {
+            let ns = d.value.0.as_nanos();
+            if !(100_000_000..=3_600_000_000_000).contains(&ns) {
+                return Err(cx.at(d.referenced, "control.report_interval must be between 100ms and 1h"));
+            }
+            std::time::Duration::from_nanos(ns)
+        }
+    };
+    let s = &c.saturation;
+    for (name, v) in [("table_fill", &s.table_fill), ("embryonic_share", &s.embryonic_share), ("busy", &s.busy)] {
+        if !(v.value > 0.0 && v.value <= 1.0) {
+            return Err(cx.at(v.referenced, format!("control.saturation.{name} is a fraction in (0, 1]")));
+        }
+    }
+    for (name, v) in [("rx_ring_full_per_s", &s.rx_ring_full_per_s), ("handoff_drops_per_s", &s.handoff_drops_per_s)] {
+        if !(v.value > 0.0 && v.value.is_finite()) {
+            return Err(cx.at(v.referenced, format!("control.saturation.{name} is a rate above 0 (events per second)")));
+        }
+    }
+    Ok(Control {
+        listen,
+        report_interval,
+        saturation: Thresholds {
+            table_fill: s.table_fill.value,
+            embryonic_share: s.embryonic_share.value,
+            busy: s.busy.value,
+            rx_ring_full_per_s: s.rx_ring_full_per_s.value,
+            handoff_drops_per_s: s.handoff_drops_per_s.value,
+        },
+    })
+}
+
+fn log(cx: &Ctx, l: &model::LogCfg) -> Result<Log, ConfigError> {
+    let d = l.denials.value.trim();
+    let denials = match d {
+        "-" => DenyOutput::Stdout,
+        "off" | "none" => DenyOutput::Off,
+        "" => return Err(cx.at(l.denials.referenced, "log.denials is a path, \"-\" for standard output, or off")),
+        p => DenyOutput::File(p.into()),
+    };
+    if l.rate_limit.value > 10_000_000 {
+        return Err(cx.at(l.rate_limit.referenced, "log.rate_limit must be at most 10000000 events per second (0 = log none)"));
+    }
+    Ok(Log { denials, rate_limit: l.rate_limit.value as u32 })
 }
 
 fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {

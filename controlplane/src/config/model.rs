@@ -13,6 +13,65 @@ pub struct File {
     pub conntrack: Conntrack,
     pub policy: Policy,
     pub workers: WorkersCfg,
+    pub control: ControlCfg,
+    pub log: LogCfg,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlCfg {
+    pub listen: Spanned<String>,
+    pub report_interval: Option<Spanned<Dur>>,
+    pub saturation: SaturationCfg,
+}
+
+impl Default for ControlCfg {
+    fn default() -> Self {
+        ControlCfg { listen: unknown("127.0.0.1:9477".into()), report_interval: None, saturation: SaturationCfg::default() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaturationCfg {
+    pub table_fill: Spanned<f64>,
+    pub embryonic_share: Spanned<f64>,
+    pub busy: Spanned<f64>,
+    pub rx_ring_full_per_s: Spanned<f64>,
+    pub handoff_drops_per_s: Spanned<f64>,
+}
+
+impl Default for SaturationCfg {
+    fn default() -> Self {
+        SaturationCfg {
+            table_fill: unknown(0.80),
+            embryonic_share: unknown(0.20),
+            busy: unknown(0.90),
+            rx_ring_full_per_s: unknown(1000.0),
+            handoff_drops_per_s: unknown(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogCfg {
+    pub denials: Spanned<String>,
+    pub rate_limit: Spanned<u64>,
+}
+
+impl Default for LogCfg {
+    fn default() -> Self {
+        LogCfg { denials: unknown("-".into()), rate_limit: unknown(1000) }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReloadCfg {
+    #[default]
+    Keep,
+    Recheck,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -168,12 +227,13 @@ pub struct Policy {
     pub arp: ActionCfg,
     pub ndp: ActionCfg,
     pub non_ip: ActionCfg,
+    pub on_reload: OnReloadCfg,
     pub rules: Vec<Spanned<RuleCfg>>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { default: ActionCfg::Deny, arp: ActionCfg::Allow, ndp: ActionCfg::Allow, non_ip: ActionCfg::Deny, rules: vec![] }
+        Policy { default: ActionCfg::Deny, arp: ActionCfg::Allow, ndp: ActionCfg::Allow, non_ip: ActionCfg::Deny, on_reload: OnReloadCfg::Keep, rules: vec![] }
     }
 }
 

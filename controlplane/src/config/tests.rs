@@ -144,3 +144,57 @@ fn dataplane_keys_are_validated_where_they_are_written() {
     let e = err("workers:\n  umem_frames: 10\n");
     assert!(e.message.contains("umem_frames"), "{}", e.message);
 }
+
+#[test]
+fn control_and_log_keys_have_defaults_and_are_checked() {
+    let c = parse("", "t.yaml").unwrap();
+    assert_eq!(c.control.listen, Some("127.0.0.1:9477".parse().unwrap()));
+    assert_eq!(c.control.report_interval, std::time::Duration::from_secs(1));
+    assert_eq!(c.control.saturation.table_fill, 0.80);
+    assert_eq!(c.log.denials, DenyOutput::Stdout);
+    assert_eq!(c.log.rate_limit, 1000);
+    assert_eq!(c.on_reload, OnReload::Keep);
+    let c = parse(
+        "control:\n  listen: off\n  report_interval: 250ms\n  saturation: { table_fill: 0.5, handoff_drops_per_s: 10 }\nlog: { denials: deny.log, rate_limit: 0 }\npolicy: { on_reload: recheck }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.control.listen, None);
+    assert_eq!(c.control.report_interval, std::time::Duration::from_millis(250));
+    assert_eq!((c.control.saturation.table_fill, c.control.saturation.busy), (0.5, 0.90));
+    assert_eq!(c.log.denials, DenyOutput::File("deny.log".into()));
+    assert_eq!(c.on_reload, OnReload::Recheck);
+    let e = err("control:\n  listen: localhost\n");
+    assert_eq!((e.line, e.col), (2, 11));
+    assert!(e.message.contains("address:port"), "{}", e.message);
+    let e = err("control:\n  saturation:\n    busy: 1.5\n");
+    assert_eq!((e.line, e.col), (3, 11));
+    let e = err("control:\n  report_interval: 10ms\n");
+    assert_eq!(e.line, 2);
+    let e = err("policy:\n  on_reload: sometimes\n");
+    assert_eq!(e.line, 2);
+    let e = err("log:\n  rate: 5\n");
+    assert!(e.message.contains("unknown field `rate`"), "{}", e.message);
+}
+
+#[test]
+fn a_relative_deny_log_is_next_to_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("hf-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("x.yaml");
+    std::fs::write(&f, "log: { denials: deny.log }\n").unwrap();
+    assert_eq!(load(&f).unwrap().log.denials, DenyOutput::File(dir.join("deny.log")));
+    std::fs::write(&f, "log: { denials: /var/log/holdfast.log }\n").unwrap();
+    assert_eq!(load(&f).unwrap().log.denials, DenyOutput::File("/var/log/holdfast.log".into()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_reload_names_what_only_a_restart_can_change() {
+    let a = parse("conntrack: { capacity: 1000 }\n", "a.yaml").unwrap();
+    let same = parse("conntrack: { capacity: 1000, timeouts: { tcp_established: 1h } }\npolicy: { default: allow }\n", "b.yaml").unwrap();
+    assert!(a.restart_needed(&same).is_empty());
+    let b = parse("conntrack: { capacity: 2000 }\nworkers: { cores: [0] }\ncontrol: { listen: off }\n", "b.yaml").unwrap();
+    let r = a.restart_needed(&b);
+    assert_eq!(r, vec!["conntrack.capacity: 1000 -> 2000", "workers.cores: [1] -> [0]", "control.listen: 127.0.0.1:9477 -> off"]);
+}

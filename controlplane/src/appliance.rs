@@ -2,16 +2,17 @@
 //! stop on SIGINT/SIGTERM (drain, detach, final counters).
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use holdfast_dataplane::run::{self, Interface, Running};
+use holdfast_dataplane::run::{self, Interface};
 use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
-use holdfast_dataplane::sys;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{Counters, DropReason};
 use serde_json::{json, Map, Value};
 
-use crate::config::Config;
+use crate::config::{Config, DenyOutput};
+use crate::control::saturation::{Active, Report};
 
 pub struct Options {
     pub json: bool,
@@ -48,6 +49,8 @@ pub fn dataplane_config(cfg: &Config) -> Result<run::Config, String> {
         ring_size: cfg.dataplane.ring_size,
         engine: cfg.engine,
         policy: cfg.classifier.clone(),
+        deny_log: cfg.log.denials != DenyOutput::Off,
+        log_rate: cfg.log.rate_limit,
     })
 }
 
@@ -61,6 +64,8 @@ pub fn totals(snaps: &[Snapshot]) -> Snapshot {
     for s in snaps {
         t.merge(s);
     }
+    // The generation every worker runs.
+    t.generation = snaps.iter().map(|s| s.generation).min().unwrap_or(0);
     t
 }
 
@@ -96,6 +101,17 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "busy_ratio": if s.polls > 0 { s.busy_polls as f64 / s.polls as f64 } else { 0.0 },
         "busy_ns": s.busy_ns,
         "foreign_flows": s.foreign_flows,
+        "flows_revoked": s.counters.flows_revoked,
+        "evictions": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.evictions[*a as usize]))).collect::<Map<String, Value>>(),
+        "expirations": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.expirations[*a as usize]))).collect::<Map<String, Value>>(),
+        "tombstone_hits": s.counters.tombstone_hits,
+        "table_full": s.counters.dropped[DropReason::TableFull as usize],
+        "log_events": s.log_events,
+        "log_suppressed": s.log_suppressed,
+        "publish_ns": s.publish_ns,
+        "publications": s.publications,
+        "handoff_depth": s.handoff_depth,
+        "generation": s.generation,
     })
 }
 
@@ -106,61 +122,27 @@ pub fn final_json(snaps: &[Snapshot], uptime: Duration) -> Value {
     json!({"uptime_s": uptime.as_secs_f64(), "totals": total, "workers": snaps.iter().map(snapshot_json).collect::<Vec<_>>()})
 }
 
-fn status_line(t: &Snapshot, prev: &Snapshot, dt: f64, uptime: Duration) -> String {
-    let rate = |now: u64, before: u64| (now.saturating_sub(before)) as f64 / dt.max(1e-9);
-    let rx = rate(t.rx[0] + t.rx[1], prev.rx[0] + prev.rx[1]);
-    let tx = rate(t.tx[0] + t.tx[1], prev.tx[0] + prev.tx[1]);
-    let mut s = format!("[{:>5.0}s] in {:>9.0} pps  out {:>9.0} pps  | drops", uptime.as_secs_f64(), rx, tx);
-    let d = drops_map(&t.counters);
-    if d.is_empty() {
+/// The line printed every report interval.
+pub fn status_line(r: &Report, active: &[Active], uptime: Duration) -> String {
+    let t = &r.total;
+    let mut s = format!("[{:>5.0}s] in {:>9.0} pps  out {:>9.0} pps  | drops/s", uptime.as_secs_f64(), t.rx_pps, t.tx_pps);
+    if t.drops_per_s.is_empty() {
         s.push_str(" none");
     }
-    for (k, v) in d {
-        let _ = write!(s, " {k} {v}");
+    for (k, v) in &t.drops_per_s {
+        let _ = write!(s, " {k} {v:.0}");
     }
-    for f in ForwardDrop::ALL {
-        let n = t.forward_drops[f as usize];
-        if n > 0 {
-            let _ = write!(s, " {} {n}", f.name());
-        }
+    let _ = write!(s, "  | table {}/{} ({:.1} %)  busy {:.0} %", t.entries, t.capacity, 100.0 * t.table_fill, 100.0 * t.busy);
+    for a in active {
+        let _ = write!(s, "  | SATURATED {} w{}", a.name, a.worker);
     }
-    let fill = if t.table_capacity > 0 { 100.0 * t.table_len as f64 / t.table_capacity as f64 } else { 0.0 };
-    let _ = write!(s, "  | table {}/{} ({fill:.1} %)", t.table_len, t.table_capacity);
     s
 }
 
-/// Runs until a signal (or `duration`); returns the final snapshots.
-pub fn run(cfg: &Config, opts: &Options) -> Result<Value, String> {
-    let dp = dataplane_config(cfg)?;
-    sys::catch_stop_signals();
-    let running: Running = run::start(&dp, opts.seed).map_err(|e| e.to_string())?;
-    eprintln!(
-        "holdfast: inline between {} (outside) and {} (inside), {} worker(s) on core(s) {:?}; SIGINT or SIGTERM stops",
-        dp.interfaces[0].name,
-        dp.interfaces[1].name,
-        dp.cores.len(),
-        cfg.dataplane.cores
-    );
-    let start = Instant::now();
-    let mut prev = Snapshot::default();
-    let mut last = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if sys::stop_requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        if last.elapsed() >= Duration::from_secs(1) {
-            let t = totals(&running.snapshots());
-            if !opts.quiet {
-                eprintln!("{}", status_line(&t, &prev, last.elapsed().as_secs_f64(), start.elapsed()));
-            }
-            prev = t;
-            last = Instant::now();
-        }
-    }
-    let uptime = start.elapsed();
-    let snaps = running.stop();
-    Ok(final_json(&snaps, uptime))
+/// Runs until a signal (or `duration`); returns the final counters. `path` is the
+/// config file, re-read on reload.
+pub fn run(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> {
+    crate::control::serve(path, cfg, opts)
 }
 
 /// The final counters for people.

@@ -82,6 +82,9 @@ pub fn up(queues: usize) -> Result<(), String> {
     for ns in NAMESPACES {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        // IPv4 only: no router solicitations or MLD reports from the veths to show up
+        // as policy denials.
+        run_in(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
     }
     let q = queues.to_string();
     for (host, fw, ns) in [("hf-out1", "hf-out0", "hf-out"), ("hf-in1", "hf-in0", "hf-in")] {
@@ -244,10 +247,15 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
     let out = app.wait_with_output().map_err(|e| e.to_string())?;
     let appliance: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}));
     let detached = !xdp_attached("hf-out0") && !xdp_attached("hf-in0");
+    // configs/lab.yaml logs denials next to the config, in the lab's directory.
+    let log = std::fs::read_to_string(dir.join("denials.log")).unwrap_or_default();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let server_syn = lines.iter().find(|e| e["src_ip"] == json!(server(0)) && e["dest_port"] == json!(80)).cloned();
     drop(g);
     let left = down();
     let mut v = report(appliance, !left.is_empty());
     v["xdp_detached_after_sigterm"] = json!(detached);
+    v["deny_log"] = json!({"lines": lines.len(), "server_syn": server_syn});
     Ok(v)
 }
 
@@ -262,6 +270,7 @@ pub fn human(v: &Value) -> String {
          \x20 ping       {} of {n} servers answered\n\
          \x20 outbound   a server's connection to the client: {}\n\
          \x20 denied     {}\n\
+         \x20 deny log   {} line(s); the server's SYN: {}\n\
          \x20 forwarded  {} frames to inside, {} to outside; handoffs {} / {}\n\
          \x20 detached   {}\n\
          \x20 teardown   {} ({:.1} s in all)",
@@ -270,6 +279,8 @@ pub fn human(v: &Value) -> String {
         v["pings_ok"],
         v["outbound_connection_from_server"].as_str().unwrap_or("?"),
         v["denied"],
+        v["deny_log"]["lines"],
+        v["deny_log"]["server_syn"],
         t["tx"]["inside"],
         t["tx"]["outside"],
         t["handoff_out"],

@@ -4,6 +4,7 @@
 pub mod appliance;
 pub mod capture;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod lab;
 pub mod replay;

@@ -36,6 +36,171 @@ enum Cmd {
     Lab(LabArgs),
     /// Send 64-byte UDP frames as fast as possible (the lab benchmark's generator).
     Blast(BlastArgs),
+    /// A running appliance: generation, per-core rates, table fill, saturation.
+    Status(ClientArgs),
+    /// A running appliance's tracked flows, like `conntrack -L`.
+    Flows(FlowsArgs),
+    /// A live per-core view of a running appliance, refreshed every second.
+    Top(TopArgs),
+    /// Make a running appliance re-read its config file (as SIGHUP does).
+    Reload(ReloadArgs),
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The appliance's control.listen address.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    connect: String,
+    /// Take the address from this config file's control.listen instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the data as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct FlowsArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Address that opened the flow.
+    #[arg(long)]
+    src: Option<std::net::IpAddr>,
+    /// Address the flow was opened to.
+    #[arg(long)]
+    dst: Option<std::net::IpAddr>,
+    /// Either port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// State (ESTABLISHED, TIME_WAIT, UNREPLIED, ...).
+    #[arg(long)]
+    state: Option<String>,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    proto: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Print one frame and exit.
+    #[arg(long)]
+    once: bool,
+    /// Refresh interval.
+    #[arg(long, default_value = "1s", value_parser = parse_dur)]
+    interval: holdfast_pipeline::Duration,
+}
+
+#[derive(Args)]
+struct ReloadArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Return as soon as the appliance accepted the file, without waiting for every
+    /// worker to run it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// The address of the running appliance a client command talks to.
+fn target(c: &ClientArgs) -> Result<String, String> {
+    let Some(p) = &c.config else { return Ok(c.connect.clone()) };
+    let cfg = config::load(p).map_err(|e| e.to_string())?;
+    cfg.control.listen.map(|a| a.to_string()).ok_or_else(|| format!("{}: control.listen is off", p.display()))
+}
+
+fn client_cmd(cmd: Cmd) -> ExitCode {
+    use holdfast_controlplane::control::client;
+    let fail = |e: String| {
+        eprintln!("holdfast: {e}");
+        ExitCode::FAILURE
+    };
+    match cmd {
+        Cmd::Status(c) => {
+            let addr = match target(&c) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            match client::status(&addr) {
+                Ok(v) if c.json => println!("{v}"),
+                Ok(v) => print!("{}", client::render(&v)),
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Flows(f) => {
+            let addr = match target(&f.c) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let mut q = format!("limit={}", f.limit);
+            for (k, v) in [
+                ("src", f.src.map(|a| a.to_string())),
+                ("dst", f.dst.map(|a| a.to_string())),
+                ("port", f.port.map(|p| p.to_string())),
+                ("state", f.state.clone()),
+                ("proto", f.proto.clone()),
+            ] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", v.replace(':', "%3A")));
+                }
+            }
+            match client::flows(&addr, &q) {
+                Ok(list) => {
+                    for x in &list {
+                        if f.c.json { println!("{x}") } else { println!("{}", client::flow_line(x)) }
+                    }
+                    if !f.c.json {
+                        eprintln!("holdfast: {} flow(s) listed", list.len());
+                    }
+                }
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Top(t) => {
+            let addr = match target(&t.c) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            loop {
+                match client::status(&addr) {
+                    Ok(v) if t.c.json => println!("{v}"),
+                    Ok(v) if t.once => print!("{}", client::render(&v)),
+                    // Home, clear, frame.
+                    Ok(v) => println!("\x1b[H\x1b[2J{}(Ctrl-C quits)", client::render(&v)),
+                    Err(e) => return fail(e),
+                }
+                if t.once {
+                    break;
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(std::time::Duration::from_nanos(t.interval.as_nanos().max(100_000_000)));
+            }
+        }
+        Cmd::Reload(r) => {
+            let addr = match target(&r.c) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            match client::reload(&addr, !r.no_wait) {
+                Ok(v) if r.c.json => println!("{v}"),
+                Ok(v) => {
+                    println!("holdfast: reloaded: generation {}{}", v["generation"], if r.no_wait { " accepted" } else { " running on every worker" });
+                    if let Some(list) = v["restart_needed"].as_array().filter(|a| !a.is_empty()) {
+                        println!("  not applied until a restart: {}", list.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("holdfast: reload rejected, the running configuration stays:\n{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => unreachable!("not a client command"),
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(Args)]
@@ -195,6 +360,7 @@ fn main() -> ExitCode {
         Cmd::Replay(a) => replay_cmd(a),
         Cmd::Lab(a) => lab_cmd(a),
         Cmd::Blast(a) => blast_cmd(a),
+        c @ (Cmd::Status(_) | Cmd::Flows(_) | Cmd::Top(_) | Cmd::Reload(_)) => client_cmd(c),
         Cmd::Run(a) => {
             let cfg = match config::load(&a.config) {
                 Ok(c) => c,
@@ -209,7 +375,7 @@ fn main() -> ExitCode {
                 quiet: a.quiet,
                 seed: holdfast_dataplane::sys::random_seed(),
             };
-            match holdfast_controlplane::appliance::run(&cfg, &opts) {
+            match holdfast_controlplane::appliance::run(&a.config, cfg, &opts) {
                 Ok(v) if a.json => {
                     println!("{v}");
                     ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 
 pub mod blast;
 pub mod bpf;
+pub mod control;
 pub mod handoff;
 pub mod offline;
 pub mod run;

@@ -9,9 +9,10 @@ use std::time::Instant as WallClock;
 use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
 use crate::bpf::{self, Link, Program, XdpMode, XskMap};
+use crate::control::{Command, DenyEvent};
 use crate::handoff;
-use crate::stats::{Shared, Snapshot};
-use crate::worker::{self, Idle, Spec, HANDOFF_RING};
+use crate::stats::{self, Reader, Snapshot};
+use crate::worker::{self, Idle, Spec, DENY_RING, HANDOFF_RING};
 use crate::xsk::Binding;
 
 #[derive(Debug, Clone)]
@@ -33,17 +34,48 @@ pub struct Config {
     pub ring_size: u32,
     pub engine: EngineConfig,
     pub policy: Arc<Classifier>,
+    /// Keep a deny log queue per worker (the caller drains it with `take_denials`).
+    pub deny_log: bool,
+    /// `log.rate_limit`: denials per second over all workers.
+    pub log_rate: u32,
+}
+
+/// Each worker's share of a rate over all workers (rounded up: never zero for a
+/// non-zero rate).
+pub fn share(rate: u32, workers: usize) -> u32 {
+    rate.div_ceil(workers.max(1) as u32)
 }
 
 /// A running appliance. Dropping it without `stop` still detaches the programs (the
 /// links close), but workers are only joined by `stop`.
 pub struct Running {
     workers: Vec<JoinHandle<Option<worker::Final>>>,
-    shared: Vec<Arc<Shared>>,
+    readers: Vec<Reader>,
+    commands: Vec<crossbeam_channel::Sender<Command>>,
+    denials: Vec<rtrb::Consumer<DenyEvent>>,
     stop: Arc<AtomicBool>,
     _links: Vec<Link>,
     _maps: [Arc<XskMap>; 2],
+    /// The pipeline clock's epoch (its time 0), and the wall-clock time it stands for.
     pub started: WallClock,
+    pub started_at: std::time::SystemTime,
+}
+
+/// Sends commands to every worker; cheap to clone into other threads.
+#[derive(Clone)]
+pub struct Commander {
+    to: Vec<crossbeam_channel::Sender<Command>>,
+}
+
+impl Commander {
+    pub fn workers(&self) -> usize {
+        self.to.len()
+    }
+
+    /// Sends to worker `w`; `false` when its queue is full or it has stopped.
+    pub fn send(&self, w: usize, c: Command) -> bool {
+        self.to.get(w).is_some_and(|t| t.try_send(c).is_ok())
+    }
 }
 
 /// Why the appliance did not start, in words an operator can act on.
@@ -93,15 +125,27 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = WallClock::now();
+    let started_at = std::time::SystemTime::now();
     let (mut producers, mut consumers) = handoff::mesh(n, HANDOFF_RING);
     let mut workers = Vec::with_capacity(n);
-    let mut shared = Vec::with_capacity(n);
+    let mut readers = Vec::with_capacity(n);
+    let mut commands = Vec::with_capacity(n);
+    let mut denials = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut engine_cfg = cfg.engine;
     engine_cfg.seed = seed;
     for w in 0..n {
-        let s = Arc::new(Shared::default());
-        shared.push(Arc::clone(&s));
+        let (publisher, reader) = stats::channel();
+        readers.push(reader);
+        let (ctx, crx) = crossbeam_channel::bounded(64);
+        commands.push(ctx);
+        let deny = if cfg.deny_log {
+            let (p, c) = rtrb::RingBuffer::new(DENY_RING);
+            denials.push(c);
+            Some(p)
+        } else {
+            None
+        };
         let spec = Spec {
             index: w,
             workers: n,
@@ -114,7 +158,10 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
             to: std::mem::take(&mut producers[w]),
             from: std::mem::take(&mut consumers[w]),
-            shared: s,
+            publisher,
+            commands: crx,
+            deny,
+            log_rate: share(cfg.log_rate, n),
             stop: Arc::clone(&stop),
             epoch,
         };
@@ -163,27 +210,36 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             }
         }
     }
-    Ok(Running { workers, shared, stop, _links: links, _maps: maps, started: epoch })
+    Ok(Running { workers, readers, commands, denials, stop, _links: links, _maps: maps, started: epoch, started_at })
 }
 
 impl Running {
     /// The latest snapshot of every worker (never waits for a worker).
-    pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.shared.iter().map(|s| s.read()).collect()
+    pub fn snapshots(&mut self) -> Vec<Snapshot> {
+        self.readers.iter_mut().map(|r| r.read()).collect()
     }
 
     pub fn heartbeats(&self) -> Vec<u64> {
-        self.shared.iter().map(|s| s.heartbeat.load(Ordering::Relaxed)).collect()
+        self.readers.iter().map(|r| r.heartbeat()).collect()
+    }
+
+    pub fn commander(&self) -> Commander {
+        Commander { to: self.commands.clone() }
+    }
+
+    /// The workers' deny log queues (once; empty without `deny_log`).
+    pub fn take_denials(&mut self) -> Vec<rtrb::Consumer<DenyEvent>> {
+        std::mem::take(&mut self.denials)
     }
 
     /// Stops the workers (they drain what arrived), joins them, detaches the programs.
-    pub fn stop(self) -> Vec<Snapshot> {
+    pub fn stop(mut self) -> Vec<Snapshot> {
         self.stop.store(true, Ordering::Relaxed);
         let mut out = Vec::new();
         for (w, h) in self.workers.into_iter().enumerate() {
             match h.join() {
                 Ok(Some(f)) => out.push(f.snapshot),
-                _ => out.push(self.shared[w].read()),
+                _ => out.push(self.readers[w].read()),
             }
         }
         out

@@ -1,9 +1,10 @@
-//! What workers publish for the control thread. Workers update plain atomics (relaxed)
-//! and, every few milliseconds, a full snapshot behind a mutex they only `try_lock`: a
-//! worker never waits for a reader (a busy lock skips one publication).
+//! What workers publish for the control thread: every few milliseconds a worker copies
+//! its counters into a snapshot and publishes it through a triple buffer (one per
+//! worker). Both sides are wait-free: the worker never waits for, or locks against, a
+//! reader; the reader always gets the latest whole snapshot, never a mix of two.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use holdfast_pipeline::Counters;
 
@@ -63,6 +64,20 @@ pub struct Snapshot {
     pub busy_ns: u64,
     /// Flows in this worker's table that another worker owns (must stay 0).
     pub foreign_flows: u64,
+    /// The configuration generation this worker runs (0 = the one it started with).
+    pub generation: u64,
+    /// A reload's pass over the table (timers, recheck) is still under way.
+    pub maintaining: bool,
+    /// The adaptive-timeout factor for non-assured entries (1.0 = none).
+    pub adaptive_scale: f64,
+    /// Frames waiting in this worker's incoming handoff rings.
+    pub handoff_depth: u64,
+    /// Denials queued for the deny log / not logged (rate limit or full queue).
+    pub log_events: u64,
+    pub log_suppressed: u64,
+    /// Time spent publishing snapshots (counters, XDP statistics), ns.
+    pub publish_ns: u64,
+    pub publications: u64,
 }
 
 impl Snapshot {
@@ -90,29 +105,116 @@ impl Snapshot {
         self.polls += o.polls;
         self.busy_ns += o.busy_ns;
         self.foreign_flows += o.foreign_flows;
+        self.handoff_depth += o.handoff_depth;
+        self.log_events += o.log_events;
+        self.log_suppressed += o.log_suppressed;
+        self.publish_ns += o.publish_ns;
+        self.publications += o.publications;
+        self.maintaining |= o.maintaining;
+        self.adaptive_scale = if self.adaptive_scale == 0.0 { o.adaptive_scale } else { self.adaptive_scale.min(o.adaptive_scale) };
+    }
+
+    /// Frames this worker took in (from its queues and from other workers) that are
+    /// accounted for: judged, handed to their owner, or dropped on the way to it.
+    /// Between polls every frame is one of those, so a consistent snapshot has
+    /// `frames_in() == frames_accounted()`.
+    pub fn frames_in(&self) -> u64 {
+        self.rx[0] + self.rx[1] + self.handoff_in
+    }
+
+    pub fn frames_accounted(&self) -> u64 {
+        self.counters.packets
+            + self.handoff_out
+            + self.forward_drops[ForwardDrop::HandoffFull as usize]
+            + self.forward_drops[ForwardDrop::HandoffTooLarge as usize]
+    }
+
+    /// Frames the pipeline passed that are accounted for: transmitted, or dropped for
+    /// a full TX ring. A consistent snapshot has `counters.passed_total() ==
+    /// frames_out()`.
+    pub fn frames_out(&self) -> u64 {
+        self.tx[0] + self.tx[1] + self.forward_drops[ForwardDrop::TxRingFull as usize]
     }
 }
 
-/// Shared between a worker and the control thread.
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub heartbeat: AtomicU64,
-    snapshot: Mutex<Snapshot>,
+/// The worker's end of its publication channel.
+pub struct Publisher {
+    input: triple_buffer::Input<Snapshot>,
+    heartbeat: Arc<AtomicU64>,
 }
 
-impl Shared {
-    pub fn publish(&self, s: &Snapshot) {
+/// The control thread's end: the latest snapshot of one worker.
+pub struct Reader {
+    output: triple_buffer::Output<Snapshot>,
+    heartbeat: Arc<AtomicU64>,
+}
+
+/// A publication channel for one worker.
+pub fn channel() -> (Publisher, Reader) {
+    let (input, output) = triple_buffer::triple_buffer(&Snapshot::default());
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    (Publisher { input, heartbeat: Arc::clone(&heartbeat) }, Reader { output, heartbeat })
+}
+
+impl Publisher {
+    /// Publishes a copy of `s` and counts a heartbeat. Never waits.
+    pub fn publish(&mut self, s: &Snapshot) {
+        self.input.write(*s);
         self.heartbeat.fetch_add(1, Relaxed);
-        if let Ok(mut g) = self.snapshot.try_lock() {
-            *g = *s;
-        }
+    }
+}
+
+impl Reader {
+    /// The latest published snapshot (a consistent copy). Never makes the worker wait.
+    pub fn read(&mut self) -> Snapshot {
+        *self.output.read()
     }
 
-    /// The latest published snapshot.
-    pub fn read(&self) -> Snapshot {
-        match self.snapshot.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
+    /// Publications so far: advances while the worker's loop runs.
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot at step `i` whose counters satisfy the invariants a worker keeps.
+    fn step(i: u64) -> Snapshot {
+        let mut s = Snapshot { rx: [i, 2 * i], handoff_in: i, handoff_out: i, tx: [i, i], ..Snapshot::default() };
+        s.forward_drops[ForwardDrop::HandoffFull as usize] = i;
+        s.counters.packets = 2 * i;
+        s.counters.passed[0] = 2 * i;
+        s
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_snapshot() {
+        let (mut p, mut r) = channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let writer = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop2.load(Relaxed) {
+                i += 1;
+                p.publish(&step(i));
+            }
+            i
+        });
+        let (mut last, mut reads) = (0u64, 0u64);
+        while reads < 2_000_000 {
+            let s = r.read();
+            assert_eq!(s.frames_in(), s.frames_accounted(), "torn: {s:?}");
+            assert_eq!(s.counters.passed_total(), s.frames_out(), "torn: {s:?}");
+            assert_eq!(s.counters.packets, s.counters.passed_total() + s.counters.dropped_total());
+            assert!(s.rx[0] >= last, "went backwards");
+            last = s.rx[0];
+            reads += 1;
         }
+        stop.store(true, Relaxed);
+        let published = writer.join().unwrap();
+        assert!(last > 0 && last <= published);
+        assert_eq!(r.heartbeat(), published);
     }
 }

@@ -82,3 +82,35 @@ pub fn catch_stop_signals() {
 pub fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_reload_signal(_: libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    RELOAD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Routes SIGHUP to [`take_reload_request`] (reload the configuration, reopen logs)
+/// instead of ending the process.
+pub fn catch_reload_signal() {
+    // SAFETY: as in `catch_stop_signals`: the handler only stores to an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_reload_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut());
+    }
+}
+
+/// True once per SIGHUP received since the last call.
+pub fn take_reload_request() -> bool {
+    RELOAD.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what systemd's reload protocol compares with).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -12,8 +12,9 @@ use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
+use crate::control::{Bucket, Command, DenyEvent, FlowFilter};
 use crate::handoff::{self, Consumer, Producer, Refused};
-use crate::stats::{ForwardDrop, Shared, Snapshot};
+use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
 use crate::xsk::{Binding, Desc, Ports, FRAME_SIZE};
 
@@ -39,6 +40,11 @@ const POLL_MS: i32 = 1;
 const HOUSEKEEPING: StdDuration = StdDuration::from_millis(2);
 /// Slots per handoff ring.
 pub const HANDOFF_RING: usize = 1024;
+/// Denials a worker can queue for the logger before it counts them as suppressed.
+pub const DENY_RING: usize = 4096;
+/// Table slots a listing or a reload's pass examines per housekeeping round (every
+/// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
+const SCAN_SLOTS: u32 = 16_384;
 
 pub struct Spec {
     pub index: usize,
@@ -52,7 +58,12 @@ pub struct Spec {
     pub maps: [Arc<XskMap>; 2],
     pub to: Vec<Option<Producer>>,
     pub from: Vec<Option<Consumer>>,
-    pub shared: Arc<Shared>,
+    pub publisher: Publisher,
+    pub commands: crossbeam_channel::Receiver<Command>,
+    /// Where denials go (`None`: no deny log).
+    pub deny: Option<rtrb::Producer<DenyEvent>>,
+    /// This worker's share of `log.rate_limit`, events per second.
+    pub log_rate: u32,
     pub stop: Arc<AtomicBool>,
     /// The clock's epoch, common to all workers.
     pub epoch: WallClock,
@@ -82,6 +93,20 @@ struct Worker {
     mine: Vec<Desc>,
     txq: Vec<Desc>,
     verdicts: Vec<Verdict>,
+    deny: Option<rtrb::Producer<DenyEvent>>,
+    bucket: Bucket,
+    /// Table walks under way (listings, a reload's pass), served a slice per round.
+    scans: std::collections::VecDeque<Scan>,
+}
+
+enum Job {
+    Flows { filter: FlowFilter, limit: usize, out: Vec<holdfast_pipeline::FlowInfo>, reply: crossbeam_channel::Sender<Vec<holdfast_pipeline::FlowInfo>> },
+    Maintain { recheck: bool },
+}
+
+struct Scan {
+    job: Job,
+    cursor: u32,
 }
 
 /// Opens the sockets (reporting success or the error through `ready`), then runs until
@@ -119,7 +144,11 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         mine: Vec::with_capacity(1024),
         txq: Vec::with_capacity(1024),
         verdicts: vec![Verdict::Drop(DropReason::Malformed); 1024],
+        deny: spec.deny,
+        bucket: Bucket::new(spec.log_rate),
+        scans: std::collections::VecDeque::new(),
     };
+    let mut publisher = spec.publisher;
     // Half the frames wait in the two fill rings; the rest cover TX and handoffs.
     let per_side = (frames / 4).min(spec.binding.ring_size);
     for side in 0..2 {
@@ -144,8 +173,13 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         }
         if t.duration_since(last_house) >= HOUSEKEEPING {
             last_house = t;
-            w.engine.expire(since(spec.epoch, t), DEFAULT_EXPIRE_BUDGET);
-            w.publish(&spec.shared);
+            let now = since(spec.epoch, t);
+            w.engine.expire(now, DEFAULT_EXPIRE_BUDGET);
+            while let Ok(c) = spec.commands.try_recv() {
+                w.command(c);
+            }
+            w.scan(now);
+            w.publish(&mut publisher);
         }
         if did == 0 {
             let sleep = match spec.idle {
@@ -178,18 +212,65 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         .flows(end)
         .filter(|f| owner_of(w.hasher.owner_hash(&f.key), w.workers) != w.index)
         .count() as u64;
-    w.publish(&spec.shared);
+    w.publish(&mut publisher);
     Some(Final { snapshot: w.snap })
 }
 
 impl Worker {
-    fn publish(&mut self, shared: &Shared) {
+    fn publish(&mut self, publisher: &mut Publisher) {
+        let t = WallClock::now();
         self.snap.counters = self.engine.counters();
         self.snap.table_len = self.engine.table().len();
         self.snap.table_capacity = self.engine.table().capacity();
         self.snap.classes = self.engine.class_counts();
+        self.snap.adaptive_scale = self.engine.adaptive_scale();
         self.snap.xdp = [self.ports.stats(0), self.ports.stats(1)];
-        shared.publish(&self.snap);
+        self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();
+        self.snap.maintaining = self.scans.iter().any(|s| matches!(s.job, Job::Maintain { .. }));
+        self.snap.publications += 1;
+        publisher.publish(&self.snap);
+        self.snap.publish_ns += t.elapsed().as_nanos() as u64;
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Reconfigure { generation, engine, policy, recheck, log_rate } => {
+                self.engine.reconfigure(&engine, policy);
+                self.bucket.set_rate(log_rate);
+                self.snap.generation = generation;
+                // One pass over the table serves every reload since it started: a
+                // recheck asked for by any of them is kept.
+                let recheck = recheck
+                    || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
+                self.scans.retain(|s| !matches!(s.job, Job::Maintain { .. }));
+                self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
+            }
+            Command::Flows { filter, limit, reply } => {
+                self.scans.push_back(Scan { job: Job::Flows { filter, limit, out: Vec::new(), reply }, cursor: 0 });
+            }
+        }
+    }
+
+    /// Serves one slice of the oldest table walk.
+    fn scan(&mut self, now: Instant) {
+        let Some(s) = self.scans.front_mut() else { return };
+        let cap = self.engine.table().capacity() as u32;
+        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
+        s.cursor = range.end;
+        let finished = match &mut s.job {
+            Job::Flows { filter, limit, out, .. } => {
+                out.extend(self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(limit.saturating_sub(out.len())));
+                out.len() >= *limit || s.cursor >= cap
+            }
+            Job::Maintain { recheck } => {
+                self.engine.maintain(range, now, *recheck);
+                s.cursor >= cap
+            }
+        };
+        if finished && let Some(Scan { job: Job::Flows { out, reply, .. }, .. }) = self.scans.pop_front() {
+            // The asker may have given up; nothing to do then.
+            let _ = reply.send(out);
+        }
     }
 
     /// One pass over everything; returns how many frames it moved.
@@ -299,7 +380,6 @@ impl Worker {
         }
         let zone = if side == 0 { Zone::Outside } else { Zone::Inside };
         let t = now;
-        let n = descs.len();
         {
             let ports = &self.ports;
             let mut pkts: [Packet; 64] = [Packet { data: &[], zone, now: t }; 64];
@@ -312,11 +392,15 @@ impl Worker {
             }
         }
         self.txq.clear();
-        for (d, v) in descs.iter().zip(&self.verdicts[..n]) {
-            if v.is_pass() {
-                self.txq.push(*d);
-            } else {
-                self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+        for (i, d) in descs.iter().enumerate() {
+            match self.verdicts[i] {
+                Verdict::Pass(_) => self.txq.push(*d),
+                Verdict::Drop(reason) => {
+                    if self.deny.is_some() {
+                        self.log_denial(side, *d, reason, now);
+                    }
+                    self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+                }
             }
         }
         let other = 1 - side;
@@ -328,6 +412,23 @@ impl Worker {
         for d in &self.txq[sent..] {
             self.snap.forward_drops[ForwardDrop::TxRingFull as usize] += 1;
             self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+        }
+    }
+
+    /// Queues a denial for the deny log if the rate limit and the queue allow; counts
+    /// it as suppressed otherwise. Never waits.
+    #[cold]
+    fn log_denial(&mut self, side: usize, d: Desc, reason: DropReason, now: Instant) {
+        let Some(q) = self.deny.as_mut() else { return };
+        if q.is_full() || !self.bucket.take(now.as_nanos()) {
+            self.snap.log_suppressed += 1;
+            return;
+        }
+        let what = self.engine.explain(self.ports.data(d.addr, d.len), now);
+        let ev = DenyEvent { at_ns: now.as_nanos(), worker: self.index as u16, side: side as u8, reason, what };
+        match q.push(ev) {
+            Ok(()) => self.snap.log_events += 1,
+            Err(_) => self.snap.log_suppressed += 1,
         }
     }
 }

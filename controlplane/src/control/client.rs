@@ -1,0 +1,216 @@
+//! `holdfast status | flows | top | reload`: the command line against a running
+//! appliance, over its HTTP endpoint (plain HTTP/1.0 on a local socket).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One request; returns the status code and the body.
+pub fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))
+        .map_err(|e| format!("cannot reach holdfast at {addr}: {e} (is it running, with control.listen: {addr}?)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").map_err(|e| format!("{addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{addr}: bad status line"))?;
+    Ok((code, body.to_string()))
+}
+
+fn get_json(addr: &str, path: &str) -> Result<Value, String> {
+    let (code, body) = request(addr, "GET", path)?;
+    if code != 200 {
+        return Err(format!("{path}: HTTP {code}: {}", body.trim()));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{path}: {e}"))
+}
+
+pub fn status(addr: &str) -> Result<Value, String> {
+    get_json(addr, "/status")
+}
+
+fn pct(x: &Value) -> String {
+    format!("{:.1}%", 100.0 * x.as_f64().unwrap_or(0.0))
+}
+
+fn num(x: &Value) -> f64 {
+    x.as_f64().unwrap_or(0.0)
+}
+
+fn human_duration(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// `/status` for people: what `holdfast status` prints, and each frame of `top`.
+pub fn render(v: &Value) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "holdfast  generation {}{}  up {}  config {}",
+        v["generation"],
+        if v["applied_by_all_workers"] == Value::Bool(true) { " (applied by all workers)" } else { " (being applied)" },
+        human_duration(num(&v["uptime_s"])),
+        v["config"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        s,
+        "          outside {}  inside {}  report every {:.1} s",
+        v["interfaces"]["outside"].as_str().unwrap_or("?"),
+        v["interfaces"]["inside"].as_str().unwrap_or("?"),
+        num(&v["report_interval_s"])
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<6} {:>4} {:>10} {:>10} {:>9} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>9}",
+        "worker", "core", "rx pps", "tx pps", "drops/s", "busy", "entries", "fill", "embry", "unrepl", "closng", "assurd", "full in"
+    );
+    let row = |s: &mut String, name: String, core: String, c: &Value| {
+        let cl = &c["classes"];
+        let _ = writeln!(
+            s,
+            "{:<6} {:>4} {:>10.0} {:>10.0} {:>9.0} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>9}",
+            name,
+            core,
+            num(&c["rx_pps"]),
+            num(&c["tx_pps"]),
+            num(&c["drop_pps"]),
+            pct(&c["busy"]),
+            format!("{}/{}", c["entries"], c["capacity"]),
+            pct(&c["table_fill"]),
+            pct(&cl["embryonic"]),
+            pct(&cl["unreplied"]),
+            pct(&cl["closing"]),
+            pct(&cl["assured"]),
+            c["time_to_full_s"].as_f64().map_or("-".to_string(), human_duration),
+        );
+    };
+    for w in v["workers"].as_array().into_iter().flatten() {
+        row(&mut s, w["worker"].to_string(), w["core"].as_u64().map_or("-".into(), |c| c.to_string()), w);
+    }
+    row(&mut s, "total".into(), String::new(), &v["total"]);
+    let drops = &v["total"]["drops_per_s"];
+    let _ = write!(s, "\ndrops/s   ");
+    match drops.as_object() {
+        Some(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let _ = write!(s, "{k} {:.0}  ", num(x));
+            }
+        }
+        _ => s.push_str("none"),
+    }
+    let t = &v["total"]["counters"];
+    let _ = writeln!(
+        s,
+        "\ntotals    passed {}  dropped {}  reply_denied {}  handoff {} / {}  deny log {} written, {} suppressed",
+        t["passed"], t["dropped"], t["reply_denied"], t["handoff_out"], t["handoff_in"], v["deny_log"]["written"], t["log_suppressed"]
+    );
+    let sat = v["saturation"].as_array().cloned().unwrap_or_default();
+    if sat.is_empty() {
+        let _ = writeln!(s, "saturation none");
+    }
+    for e in sat {
+        let _ = writeln!(
+            s,
+            "SATURATED {} on worker {} since {}: {:.3} (threshold {})",
+            e["event"].as_str().unwrap_or("?"),
+            e["worker"],
+            e["since"].as_str().unwrap_or("?"),
+            num(&e["value"]),
+            e["threshold"]
+        );
+    }
+    if let Some(r) = v["last_reload"].as_object() {
+        let _ = writeln!(
+            s,
+            "last reload {} {}",
+            if r.get("ok") == Some(&Value::Bool(true)) { "ok" } else { "REJECTED" },
+            r.get("at").and_then(|x| x.as_str()).unwrap_or("")
+        );
+    }
+    if let Some(r) = v["restart_needed"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(s, "restart needed for: {}", r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    s
+}
+
+/// One flow like a line of `conntrack -L`.
+pub fn flow_line(f: &Value) -> String {
+    let proto = f["proto"].as_str().map(String::from).unwrap_or_else(|| f["proto"].to_string());
+    let mut s = format!("{:<8} {:>7} ", proto, f["expires_in_s"]);
+    if proto == "tcp" {
+        let _ = write!(s, "{} ", f["state"].as_str().unwrap_or("?"));
+    }
+    let _ = write!(
+        s,
+        "src={} dst={} sport={} dport={} packets={} bytes={} ",
+        f["src"].as_str().unwrap_or("?"),
+        f["dst"].as_str().unwrap_or("?"),
+        f["sport"],
+        f["dport"],
+        f["packets"][0],
+        f["bytes"][0]
+    );
+    if f["state"] == "UNREPLIED" || (f["packets"][1] == 0 && proto != "tcp") {
+        s.push_str("[UNREPLIED] ");
+    }
+    let _ = write!(
+        s,
+        "src={} dst={} sport={} dport={} packets={} bytes={} ",
+        f["dst"].as_str().unwrap_or("?"),
+        f["src"].as_str().unwrap_or("?"),
+        f["dport"],
+        f["sport"],
+        f["packets"][1],
+        f["bytes"][1]
+    );
+    if f["assured"] == Value::Bool(true) {
+        s.push_str("[ASSURED] ");
+    }
+    let _ = write!(s, "class={} worker={}", f["class"].as_str().unwrap_or("?"), f["worker"]);
+    s
+}
+
+pub fn flows(addr: &str, query: &str) -> Result<Vec<Value>, String> {
+    let (code, body) = request(addr, "GET", &format!("/flows?{query}"))?;
+    if code != 200 {
+        return Err(format!("/flows: HTTP {code}: {}", body.trim()));
+    }
+    body.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("/flows: {e}"))).collect()
+}
+
+/// Asks for a reload; with `wait`, also waits until every worker runs the new
+/// generation (and has finished its pass over the table).
+pub fn reload(addr: &str, wait: bool) -> Result<Value, String> {
+    let (code, body) = request(addr, "POST", "/reload")?;
+    let v: Value = serde_json::from_str(&body).map_err(|_| format!("/reload: HTTP {code}: {}", body.trim()))?;
+    if code != 200 {
+        return Err(v["error"].as_str().map(String::from).unwrap_or_else(|| body.trim().to_string()));
+    }
+    if wait {
+        let want = v["generation"].as_u64().unwrap_or(0);
+        for _ in 0..300 {
+            let s = status(addr)?;
+            if s["generation"].as_u64() == Some(want) && s["applied_by_all_workers"] == Value::Bool(true) {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Err(format!("reload accepted as generation {want}, but not every worker reports it after 6 s"));
+    }
+    Ok(v)
+}

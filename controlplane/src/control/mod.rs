@@ -1,0 +1,365 @@
+//! The control plane of a running appliance: one thread that reads the workers'
+//! snapshots, computes saturation reports, raises and clears saturation events,
+//! reloads the configuration, and keeps the view that the HTTP endpoint serves; plus
+//! the deny logger and the endpoint itself, each on its own thread. Nothing here ever
+//! makes a worker wait.
+
+pub mod client;
+pub mod denylog;
+pub mod http;
+pub mod metrics;
+pub mod saturation;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use holdfast_dataplane::control::Command;
+use holdfast_dataplane::run::{self, Running};
+use holdfast_dataplane::stats::Snapshot;
+use holdfast_dataplane::sys;
+use holdfast_pipeline::conntrack::pressure::Admission;
+use serde_json::{json, Value};
+
+use crate::appliance::{self, Options};
+use crate::config::{self, Config, DenyOutput, OnReload};
+use saturation::{Active, Report, Saturation};
+
+/// What the endpoint serves: the latest snapshots and report, refreshed by the control
+/// thread (every 100 ms and every report interval).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub generation: u64,
+    pub started_at: Option<SystemTime>,
+    pub uptime_s: f64,
+    pub interfaces: [String; 2],
+    pub config_path: String,
+    pub snaps: Vec<Snapshot>,
+    pub report: Report,
+    pub active: Vec<Active>,
+    pub raised_total: BTreeMap<&'static str, u64>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload: Option<Value>,
+    /// Settings changed in the file that only a restart applies.
+    pub restart_needed: Vec<String>,
+    pub log_written: u64,
+    pub log_write_errors: u64,
+}
+
+/// A reload asked for over HTTP; the answer goes back on `reply`.
+pub struct ReloadRequest {
+    pub reply: crossbeam_channel::Sender<Result<Value, String>>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `/status`: generation, uptime, per-core summary, active saturation events.
+pub fn status_json(v: &View) -> Value {
+    let core = |r: &saturation::CoreReport, s: Option<&Snapshot>| {
+        let mut o = json!({
+            "rx_pps": r.rx_pps.round(),
+            "tx_pps": r.tx_pps.round(),
+            "drop_pps": r.drop_pps.round(),
+            "drops_per_s": r.drops_per_s,
+            "entries": r.entries,
+            "capacity": r.capacity,
+            "table_fill": r.table_fill,
+            "classes": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(r.class_fill[*a as usize]))).collect::<serde_json::Map<String, Value>>(),
+            "insert_rate": r.insert_rate,
+            "removal_rate": r.removal_rate,
+            "insert_failure_rate": r.insert_failure_rate,
+            "time_to_full_s": r.time_to_full_s,
+            "busy": r.busy,
+            "rx_ring_full_per_s": r.rx_ring_full_per_s,
+            "fill_ring_empty_per_s": r.fill_ring_empty_per_s,
+            "handoff_drops_per_s": r.handoff_drops_per_s,
+            "adaptive_scale": r.adaptive_scale,
+        });
+        if let Some(s) = s {
+            o["worker"] = json!(r.worker);
+            o["core"] = json!(s.core);
+            o["generation"] = json!(s.generation);
+            o["maintaining"] = json!(s.maintaining);
+            o["counters"] = appliance::snapshot_json(s);
+        }
+        o
+    };
+    let workers: Vec<Value> = v.report.workers.iter().zip(&v.snaps).map(|(r, s)| core(r, Some(s))).collect();
+    let mut total = core(&v.report.total, None);
+    total["counters"] = appliance::snapshot_json(&appliance::totals(&v.snaps));
+    json!({
+        "generation": v.generation,
+        "applied_by_all_workers": v.snaps.iter().all(|s| s.generation == v.generation && !s.maintaining),
+        "started": v.started_at.map(rfc3339),
+        "uptime_s": v.uptime_s,
+        "config": v.config_path,
+        "interfaces": {"outside": v.interfaces[0], "inside": v.interfaces[1]},
+        "report_interval_s": v.report.interval_s,
+        "workers": workers,
+        "total": total,
+        "saturation": v.active.iter().map(|a| json!({
+            "event": a.name, "worker": a.worker, "since": rfc3339(a.since),
+            "value": a.value, "raised_at": a.raised_at, "threshold": a.threshold,
+        })).collect::<Vec<_>>(),
+        "saturation_events_total": v.raised_total,
+        "reloads": v.reloads,
+        "reload_failures": v.reload_failures,
+        "last_reload": v.last_reload,
+        "restart_needed": v.restart_needed,
+        "deny_log": {"written": v.log_written, "write_errors": v.log_write_errors},
+    })
+}
+
+/// systemd's notification socket (Type=notify): READY once the workers run, STATUS
+/// with each report, WATCHDOG only while every worker's heartbeat advances.
+mod notify {
+    use sd_notify::NotifyState;
+
+    pub fn ready(status: &str) {
+        let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    pub fn status(status: &str) {
+        let _ = sd_notify::notify(&[NotifyState::Status(status)]);
+    }
+
+    pub fn reloading(done: bool) {
+        if done {
+            let _ = sd_notify::notify(&[NotifyState::Ready]);
+        } else {
+            let now = nix_monotonic_usec();
+            let _ = sd_notify::notify(&[NotifyState::Reloading, NotifyState::MonotonicUsec(now)]);
+        }
+    }
+
+    pub fn stopping() {
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    }
+
+    pub fn watchdog() {
+        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+    }
+
+    pub fn watchdog_interval() -> Option<std::time::Duration> {
+        sd_notify::watchdog_enabled()
+    }
+
+    /// CLOCK_MONOTONIC in µs, as systemd's reload protocol wants it.
+    fn nix_monotonic_usec() -> i128 {
+        holdfast_dataplane::sys::monotonic_ns() as i128 / 1000
+    }
+}
+
+struct Controller {
+    path: PathBuf,
+    /// What the workers started with: a reload is compared with it for what needs a
+    /// restart.
+    started_cfg: Config,
+    cfg: Config,
+    generation: u64,
+    view: Arc<RwLock<View>>,
+    sat: Saturation,
+    logger: Option<denylog::Logger>,
+    workers: usize,
+    commander: run::Commander,
+}
+
+impl Controller {
+    /// Re-reads the file; applies it or leaves everything as it was.
+    fn reload(&mut self) -> Result<Value, String> {
+        notify::reloading(false);
+        let result = self.try_reload();
+        notify::reloading(true);
+        let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(r) => {
+                v.reloads += 1;
+                v.generation = self.generation;
+                v.restart_needed = r["restart_needed"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+                v.last_reload = Some(r.clone());
+                eprintln!("holdfast: reload: generation {} applied{}", self.generation, restart_note(&v.restart_needed));
+            }
+            Err(e) => {
+                v.reload_failures += 1;
+                v.last_reload = Some(json!({"ok": false, "error": e, "at": rfc3339(SystemTime::now())}));
+                eprintln!("holdfast: reload rejected, the running configuration stays:\n{e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<Value, String> {
+        let new = config::load(&self.path).map_err(|e| e.to_string())?;
+        let mut restart = self.started_cfg.restart_needed(&new);
+        let log_was = self.started_cfg.log.denials != DenyOutput::Off;
+        let log_now = new.log.denials != DenyOutput::Off;
+        if !log_was && log_now {
+            restart.push(format!("log.denials: off -> {:?} (the deny log queues are made at start)", new.log.denials));
+        }
+        let generation = self.generation + 1;
+        let rate = if log_now { new.log.rate_limit } else { 0 };
+        for w in 0..self.workers {
+            let cmd = || Command::Reconfigure {
+                generation,
+                engine: new.engine,
+                policy: Arc::clone(&new.classifier),
+                recheck: new.on_reload == OnReload::Recheck,
+                log_rate: run::share(rate, self.workers),
+            };
+            // The queue holds 64 commands; a worker takes them every 2 ms.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !self.commander.send(w, cmd()) {
+                if Instant::now() > deadline {
+                    return Err(format!("worker {w} did not take the new configuration (stopped or stuck); generations now differ between workers"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.generation = generation;
+        if let Some(l) = &self.logger {
+            l.reopen(new.log.denials.clone());
+        }
+        let recheck = new.on_reload == OnReload::Recheck;
+        self.cfg = new;
+        Ok(json!({
+            "ok": true,
+            "generation": generation,
+            "recheck": recheck,
+            "restart_needed": restart,
+            "at": rfc3339(SystemTime::now()),
+        }))
+    }
+}
+
+fn restart_note(r: &[String]) -> String {
+    if r.is_empty() { String::new() } else { format!("; NOT applied until a restart: {}", r.join(", ")) }
+}
+
+/// Runs the appliance until SIGINT/SIGTERM (or `opts.duration`): workers, deny
+/// logger, HTTP endpoint, reports, reloads on SIGHUP or `POST /reload`. Returns the
+/// final counters.
+pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> {
+    let dp = appliance::dataplane_config(&cfg)?;
+    sys::catch_stop_signals();
+    sys::catch_reload_signal();
+    let mut running: Running = run::start(&dp, opts.seed).map_err(|e| e.to_string())?;
+    let interfaces = [dp.interfaces[0].name.clone(), dp.interfaces[1].name.clone()];
+    let logger = match cfg.log.denials {
+        DenyOutput::Off => None,
+        ref out => Some(denylog::Logger::start(running.take_denials(), out, running.started_at, interfaces.clone())?),
+    };
+    let view = Arc::new(RwLock::new(View {
+        started_at: Some(running.started_at),
+        interfaces: interfaces.clone(),
+        config_path: path.display().to_string(),
+        snaps: running.snapshots(),
+        ..View::default()
+    }));
+    let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
+    let endpoint = match cfg.control.listen {
+        Some(addr) => Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx.clone())?),
+        None => None,
+    };
+    eprintln!(
+        "holdfast: inline between {} (outside) and {} (inside), {} worker(s) on core(s) {:?}; {}; SIGHUP reloads, SIGINT or SIGTERM stops",
+        interfaces[0],
+        interfaces[1],
+        dp.cores.len(),
+        cfg.dataplane.cores,
+        endpoint.as_ref().map_or("no control endpoint".to_string(), |e| format!("control on http://{}", e.addr)),
+    );
+    notify::ready("workers running");
+    let workers = dp.cores.len().max(1);
+    let mut c = Controller {
+        path: path.to_path_buf(),
+        started_cfg: cfg.clone(),
+        cfg,
+        generation: 0,
+        view: Arc::clone(&view),
+        sat: Saturation::default(),
+        logger,
+        workers,
+        commander: running.commander(),
+    };
+    let start = Instant::now();
+    let mut prev = running.snapshots();
+    let mut last_report = Instant::now();
+    let watchdog = notify::watchdog_interval().map(|d| d / 2);
+    let mut last_beats = running.heartbeats();
+    let mut last_watchdog = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if sys::stop_requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        if sys::take_reload_request() {
+            let _ = c.reload();
+        }
+        while let Ok(r) = reload_rx.try_recv() {
+            let _ = r.reply.send(c.reload());
+        }
+        let snaps = running.snapshots();
+        if let Some(every) = watchdog
+            && last_watchdog.elapsed() >= every
+        {
+            // Only while every worker's loop is alive: a stuck worker lets systemd
+            // restart the service.
+            let beats = running.heartbeats();
+            if beats.iter().zip(&last_beats).all(|(now, before)| now > before) {
+                notify::watchdog();
+            }
+            last_beats = beats;
+            last_watchdog = Instant::now();
+        }
+        let report_due = last_report.elapsed() >= c.cfg.control.report_interval;
+        let mut v = view.write().unwrap_or_else(|p| p.into_inner());
+        v.uptime_s = start.elapsed().as_secs_f64();
+        if let Some(l) = &c.logger {
+            v.log_written = l.stats.written.load(std::sync::atomic::Ordering::Relaxed);
+            v.log_write_errors = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if report_due {
+            let r = saturation::report(&prev, &snaps, last_report.elapsed().as_secs_f64());
+            for t in c.sat.update(&r, &c.cfg.control.saturation, SystemTime::now()) {
+                eprintln!("holdfast: {}", t.describe(&r));
+            }
+            v.active = c.sat.active().cloned().collect();
+            v.raised_total = c.sat.raised_total.clone();
+            if !opts.quiet {
+                eprintln!("{}", appliance::status_line(&r, &v.active, start.elapsed()));
+            }
+            notify::status(&format!(
+                "{:.0} pps in, table {:.1} % full, {} saturation event(s), generation {}",
+                r.total.rx_pps,
+                100.0 * r.total.table_fill,
+                v.active.len(),
+                c.generation
+            ));
+            v.report = r;
+            prev = snaps.clone();
+            last_report = Instant::now();
+        }
+        v.snaps = snaps;
+    }
+    notify::stopping();
+    if let Some(e) = endpoint {
+        e.stop();
+    }
+    let uptime = start.elapsed();
+    let snaps = running.stop();
+    if let Some(l) = c.logger.take() {
+        l.stop();
+    }
+    let mut out = appliance::final_json(&snaps, uptime);
+    let v = view.read().unwrap_or_else(|p| p.into_inner());
+    out["generation"] = json!(c.generation);
+    out["reloads"] = json!(v.reloads);
+    out["reload_failures"] = json!(v.reload_failures);
+    out["saturation_events_total"] = json!(v.raised_total);
+    out["deny_log"] = json!({"written": v.log_written, "write_errors": v.log_write_errors});
+    Ok(out)
+}

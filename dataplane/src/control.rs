@@ -1,0 +1,171 @@
+//! What the control plane asks of running workers, and what workers report besides
+//! counters: reloads, flow listings, denials for the deny log.
+//!
+//! Every path here is non-blocking for the worker. Commands arrive on a bounded channel
+//! the worker polls between bursts (`try_recv`); answers that need a walk over the
+//! table are produced a slice at a time, so a worker never stops for a whole table;
+//! denials go into a bounded ring, behind a token bucket, and what does not fit is
+//! counted as suppressed.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use holdfast_pipeline::engine::Explained;
+use holdfast_pipeline::{Classifier, DropReason, EngineConfig, FlowInfo};
+
+/// A request to one worker.
+pub enum Command {
+    /// Run a new configuration from the next burst on (`generation` counts reloads).
+    /// With `recheck`, existing flows are re-judged by the new rules.
+    Reconfigure { generation: u64, engine: EngineConfig, policy: Arc<Classifier>, recheck: bool, log_rate: u32 },
+    /// List up to `limit` flows matching `filter`; the answer goes to `reply`.
+    Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<Vec<FlowInfo>> },
+}
+
+/// Which flows a listing wants (`/flows?src=…&dst=…&port=…&state=…`). Empty fields
+/// match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// The address that opened the flow.
+    pub src: Option<IpAddr>,
+    /// The address it was opened to.
+    pub dst: Option<IpAddr>,
+    /// Either port.
+    pub port: Option<u16>,
+    /// State name as listed (`ESTABLISHED`, `UNREPLIED`, …), any case.
+    pub state: Option<String>,
+    pub proto: Option<u8>,
+}
+
+fn addr_of(a: u128, v6: bool) -> IpAddr {
+    if v6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }
+}
+
+/// The original direction's (source, destination) of a flow.
+pub fn endpoints(f: &FlowInfo) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let o = f.orig as usize;
+    let k = &f.key;
+    ((addr_of(k.addr[o], k.v6), k.port[o]), (addr_of(k.addr[1 - o], k.v6), k.port[1 - o]))
+}
+
+impl FlowFilter {
+    pub fn matches(&self, f: &FlowInfo) -> bool {
+        let ((sa, sp), (da, dp)) = endpoints(f);
+        self.src.is_none_or(|a| a == sa)
+            && self.dst.is_none_or(|a| a == da)
+            && self.port.is_none_or(|p| p == sp || p == dp)
+            && self.state.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(f.state))
+            && self.proto.is_none_or(|p| p == f.key.proto)
+    }
+}
+
+/// One denial, as a worker reports it. `at` is the pipeline's clock (ns since the
+/// appliance started); the logger turns it into wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct DenyEvent {
+    pub at_ns: u64,
+    pub worker: u16,
+    /// 0 outside, 1 inside: the interface the frame came in on.
+    pub side: u8,
+    pub reason: DropReason,
+    /// The frame's addresses and ports, and why its state went (`None` for frames that
+    /// are not IP, or too malformed to say).
+    pub what: Option<Explained>,
+}
+
+/// Denials a worker may log per second, with a burst of one second's worth.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    per_s: u64,
+    /// Tokens in billionths of an event.
+    tokens: u64,
+    last_ns: u64,
+}
+
+const UNIT: u64 = 1_000_000_000;
+
+impl Bucket {
+    pub fn new(per_s: u32) -> Bucket {
+        Bucket { per_s: u64::from(per_s), tokens: u64::from(per_s) * UNIT, last_ns: 0 }
+    }
+
+    pub fn set_rate(&mut self, per_s: u32) {
+        self.per_s = u64::from(per_s);
+        self.tokens = self.tokens.min(self.per_s * UNIT);
+    }
+
+    /// Takes one event's token at time `now_ns`, if there is one.
+    #[inline]
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        // At most a second of refill at once: no overflow, and a burst of one second.
+        let dt = now_ns.saturating_sub(self.last_ns).min(UNIT);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + dt * self.per_s).min(self.per_s * UNIT);
+        if self.tokens >= UNIT {
+            self.tokens -= UNIT;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_its_rate_with_a_one_second_burst() {
+        let mut b = Bucket::new(100);
+        // A flood at 1 µs intervals for 3 s: a burst of 100, then 100 a second.
+        let mut allowed = 0;
+        let mut t = 0u64;
+        while t < 3 * UNIT {
+            allowed += u64::from(b.take(t));
+            t += 1000;
+        }
+        assert!((399..=401).contains(&allowed), "{allowed}");
+        let mut off = Bucket::new(0);
+        assert!(!off.take(5 * UNIT));
+        // A long quiet period does not store more than a second's worth.
+        let mut b = Bucket::new(10);
+        let n = (0..100).filter(|i| b.take(100 * UNIT + i)).count();
+        assert_eq!(n, 10);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use holdfast_pipeline::conntrack::pressure::Admission;
+    use holdfast_pipeline::{Duration, FlowKey, Side, Zone};
+
+    #[test]
+    fn filters_match_the_original_direction() {
+        let c: IpAddr = "198.51.100.7".parse().unwrap();
+        let s: IpAddr = "10.0.2.1".parse().unwrap();
+        let v4 = |a: IpAddr| match a {
+            IpAddr::V4(x) => u128::from(u32::from(x)),
+            IpAddr::V6(_) => unreachable!(),
+        };
+        let (key, orig): (FlowKey, Side) = FlowKey::new(v4(c), 40000, v4(s), 80, 6, false, 0);
+        let f = FlowInfo {
+            key,
+            orig,
+            from: Zone::Outside,
+            state: "ESTABLISHED",
+            expires_in: Duration::from_secs(10),
+            assured: true,
+            class: Admission::Assured,
+            packets: [1, 1],
+            bytes: [60, 60],
+        };
+        assert_eq!(endpoints(&f), ((c, 40000), (s, 80)));
+        assert!(FlowFilter::default().matches(&f));
+        assert!(FlowFilter { src: Some(c), dst: Some(s), port: Some(80), state: Some("established".into()), proto: Some(6) }.matches(&f));
+        assert!(FlowFilter { port: Some(40000), ..FlowFilter::default() }.matches(&f));
+        assert!(!FlowFilter { src: Some(s), ..FlowFilter::default() }.matches(&f), "src is who opened the flow");
+        assert!(!FlowFilter { state: Some("TIME_WAIT".into()), ..FlowFilter::default() }.matches(&f));
+        assert!(!FlowFilter { proto: Some(17), ..FlowFilter::default() }.matches(&f));
+    }
+}

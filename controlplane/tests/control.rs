@@ -1,0 +1,444 @@
+//! The control plane of a running appliance, in the lab (root only; CI runs as root):
+//! reloads during a download, recheck, counters read while workers run, `/metrics`
+//! through a Prometheus parser, a table-fill saturation event that rises and clears,
+//! and a flood of denials that the deny log suppresses instead of queueing. Each test
+//! builds its own lab and removes it, also when it fails.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The lab's namespace names are fixed: one lab at a time.
+static LAB: Mutex<()> = Mutex::new(());
+const PY: &str = "/usr/bin/python3";
+const HF: &str = env!("CARGO_BIN_EXE_holdfast");
+
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+macro_rules! need_root {
+    () => {
+        if !root() {
+            eprintln!("SKIPPED: the lab needs root for network namespaces and XDP (CI runs it as root)");
+            return;
+        }
+    };
+}
+
+const BASE: &str = "zones:
+  outside: { interface: hf-out0, queues: QUEUES }
+  inside:  { interface: hf-in0, queues: QUEUES, networks: [10.0.2.0/24] }
+workers: { cores: CORES }
+control: { listen: 127.0.0.1:9477, report_interval: 250ms }
+log: { denials: denials.log, rate_limit: 1000 }
+";
+
+const WEB: &str = "    - { name: web, from: outside, to: inside, proto: tcp, dst: 10.0.2.0/24, dst_port: 80, action: allow }\n";
+const PING: &str = "    - { name: ping, proto: icmp, icmp_type: echo-request, action: allow }\n";
+const DISCARD: &str = "    - { name: discard, from: outside, to: inside, proto: udp, dst_port: 9, action: allow }\n";
+
+struct Lab {
+    dir: PathBuf,
+    workers: usize,
+    kids: Vec<Child>,
+    app: Option<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.kids.iter_mut().chain(self.app.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(HF).args(["lab", "down"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Lab {
+    fn up(name: &str, workers: usize) -> Lab {
+        let dir = std::env::temp_dir().join(format!("hf-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        let lab = Lab { dir, workers, kids: vec![], app: None };
+        ok(&Command::new(HF).args(["lab", "up", "--workers", &workers.to_string()]).output().unwrap());
+        lab
+    }
+
+    fn ns(&self, ns: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(cmd);
+        c
+    }
+
+    /// A config from the base, the given rules and extra top-level text.
+    fn config(&self, rules: &str, extra: &str) -> String {
+        let cores: Vec<String> = (0..self.workers).map(|c| (c + 2 - self.workers).to_string()).collect();
+        BASE.replace("QUEUES", &self.workers.to_string()).replace("CORES", &format!("[{}]", cores.join(", ")))
+            + extra
+            + "policy:\n  rules:\n"
+            + rules
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.join("hf.yaml"), text).unwrap();
+    }
+
+    fn web_server(&mut self, addr: &str) {
+        let c = self
+            .ns("hf-in", &[PY, "-m", "http.server", "80", "--bind", addr, "--directory", &self.dir.join("www").to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.kids.push(c);
+        let t = Instant::now();
+        while !self.ns("hf-in", &["ss", "-ltn"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{addr}:80"))) {
+            assert!(t.elapsed() < Duration::from_secs(10), "web server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the appliance on `hf.yaml` and waits for its endpoint.
+    fn start(&mut self, env: &[(&str, &str)]) {
+        let err = std::fs::File::create(self.dir.join("stderr.txt")).unwrap();
+        let mut c = self.ns("hf-fw", &[HF, "run", "--json", "--quiet", "--config", &self.dir.join("hf.yaml").to_string_lossy()]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        self.app = Some(c.stdout(Stdio::piped()).stderr(err).spawn().unwrap());
+        let t = Instant::now();
+        while !self.hf(&["status", "--json"]).status.success() {
+            if let Ok(Some(st)) = self.app.as_mut().unwrap().try_wait() {
+                panic!("the appliance stopped ({st}): {}", self.stderr());
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no control endpoint: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+
+    /// `holdfast ARGS` inside the firewall's namespace (where the endpoint listens).
+    fn hf(&self, args: &[&str]) -> Output {
+        self.ns("hf-fw", &[HF]).args(args).output().unwrap()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&ok(&self.hf(&["status", "--json"]))).unwrap()
+    }
+
+    /// SIGTERM; the final counters.
+    fn stop(&mut self) -> Value {
+        let app = self.app.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
+        let out = app.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("final JSON: {}\n{}", String::from_utf8_lossy(&out.stdout), self.stderr()))
+    }
+
+    fn blast(&self, flows: u32, dport: u16, seconds: f64) -> Child {
+        let out = ok(&self.ns("hf-in", &["cat", "/sys/class/net/hf-in1/address"]).output().unwrap());
+        self.ns(
+            "hf-out",
+            &[HF, "blast", "--interface", "hf-out1", "--dst-mac", out.trim(), "--flows", &flows.to_string(), "--dport", &dport.to_string(), "--seconds", &seconds.to_string()],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+    }
+}
+
+/// Every worker's snapshot accounts for every frame it took in and every frame the
+/// pipeline passed: a torn snapshot (counters from two moments) would not.
+fn assert_consistent(status: &Value) {
+    for w in status["workers"].as_array().unwrap() {
+        let c = &w["counters"];
+        let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a number: {v} in {c}"));
+        let frames_in = n(&c["rx"]["outside"]) + n(&c["rx"]["inside"]) + n(&c["handoff_in"]);
+        let judged = n(&c["passed"]) + n(&c["dropped"]);
+        let accounted = judged + n(&c["handoff_out"]) + n(&c["forward_drops"]["handoff_full"]) + n(&c["forward_drops"]["handoff_too_large"]);
+        assert_eq!(frames_in, accounted, "frames in = judged + handed off + handoff drops: {c}");
+        let out = n(&c["tx"]["outside"]) + n(&c["tx"]["inside"]) + n(&c["forward_drops"]["tx_ring_full"]);
+        assert_eq!(n(&c["passed"]), out, "passed = transmitted + tx_ring_full: {c}");
+    }
+}
+
+fn flows(lab: &Lab, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["flows", "--json"];
+    a.extend_from_slice(args);
+    ok(&lab.hf(&a)).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn ten_reloads_during_a_download_lose_nothing_and_a_bad_one_changes_nothing() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("reload", 1);
+    // 24 MiB at 6 MB/s: the download lasts about 4 s.
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(lab.dir.join("www/big.bin"), &body).unwrap();
+    lab.web_server("10.0.2.1");
+    let a = lab.config(&(WEB.to_string() + PING), "");
+    let b = lab.config(&(WEB.to_string() + PING + "    - { name: dns, from: inside, proto: udp, dst_port: 53, action: allow }\n"), "conntrack: { timeouts: { tcp_established: 2h } }\n");
+    lab.write_config(&a);
+    // systemd's side of Type=notify, played by the test.
+    let sock_path = lab.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let said = std::sync::Arc::new(Mutex::new(String::new()));
+    let heard = std::sync::Arc::clone(&said);
+    let listening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let go_on = std::sync::Arc::clone(&listening);
+    let listener = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while go_on.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let mut h = heard.lock().unwrap();
+                h.push_str(&String::from_utf8_lossy(&buf[..n]));
+                h.push('\n');
+            }
+        }
+    });
+    lab.start(&[("NOTIFY_SOCKET", &sock_path.to_string_lossy()), ("WATCHDOG_USEC", "400000")]);
+
+    let got = lab.dir.join("got.bin");
+    let mut curl = lab
+        .ns("hf-out", &["curl", "-s", "-S", "--limit-rate", "6M", "-o", &got.to_string_lossy(), "http://10.0.2.1/big.bin"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let listed = loop {
+        let f = flows(&lab, &["--port", "80", "--state", "established", "--src", "10.0.1.1"]);
+        if !f.is_empty() {
+            break f;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the download never showed up in /flows");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0]["dst"].as_str(), listed[0]["dport"].as_u64()), (Some("10.0.2.1"), Some(80)));
+
+    for i in 1..=10u64 {
+        lab.write_config(if i % 2 == 1 { &b } else { &a });
+        let out = lab.hf(&["reload"]);
+        assert!(ok(&out).contains(&format!("generation {i} running on every worker")));
+        if i == 5 {
+            // A broken file: rejected with its position; nothing changes.
+            lab.write_config(&a.replace("report_interval: 250ms", "report_interval: 250ms, colour: blue"));
+            let bad = lab.hf(&["reload"]);
+            assert_eq!(bad.status.code(), Some(2));
+            let err = String::from_utf8_lossy(&bad.stderr);
+            assert!(err.contains("hf.yaml:5:") && err.contains("unknown field `colour`"), "{err}");
+            assert_eq!(lab.status()["generation"], 5);
+        }
+    }
+    let st = curl.wait().unwrap();
+    let mut e = String::new();
+    curl.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    assert!(st.success(), "the download failed across the reloads: {e}");
+    assert!(std::fs::read(&got).unwrap() == body, "the download arrived whole");
+    let s = lab.status();
+    assert_eq!((s["reloads"].as_u64(), s["reload_failures"].as_u64()), (Some(10), Some(1)));
+    assert_eq!(s["last_reload"]["ok"], true);
+    assert_consistent(&s);
+    let fin = lab.stop();
+    assert_eq!(fin["generation"], 10);
+    let drops = &fin["totals"]["drops"];
+    for r in ["reply_to_evicted", "reply_to_expired", "revoked", "out_of_window", "midstream_no_state"] {
+        assert!(drops.get(r).is_none(), "{r} drops: {drops}");
+    }
+    // What systemd was told.
+    std::thread::sleep(Duration::from_millis(300));
+    listening.store(false, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
+    let said = said.lock().unwrap().clone();
+    for m in ["READY=1", "STATUS=", "WATCHDOG=1", "RELOADING=1", "MONOTONIC_USEC=", "STOPPING=1"] {
+        assert!(said.contains(m), "no {m} in {said}");
+    }
+}
+
+#[test]
+fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("recheck", 1);
+    std::fs::write(lab.dir.join("www/big.bin"), vec![7u8; 32 << 20]).unwrap();
+    lab.web_server("10.0.2.1");
+    lab.web_server("10.0.2.2");
+    lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
+    lab.start(&[]);
+    let got = lab.dir.join("got.bin");
+    let mut curl = lab
+        .ns("hf-out", &["curl", "-s", "--limit-rate", "2M", "-m", "30", "-o", &got.to_string_lossy(), "http://10.0.2.1/big.bin"])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while flows(&lab, &["--port", "80", "--state", "established"]).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the download never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bytes the appliance forwarded to the client (curl's file lags: the client's
+    // socket buffer holds megabytes that curl reads at its limited rate).
+    let forwarded = || lab.status()["total"]["counters"]["tx_bytes"]["outside"].as_u64().unwrap();
+
+    // keep: the web rule goes, the download goes on; a new connection is refused.
+    lab.write_config(&lab.config(PING, ""));
+    ok(&lab.hf(&["reload"]));
+    let before = forwarded();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(forwarded() > before + 100_000, "keep: the download stalled");
+    let refused = lab.ns("hf-out", &["curl", "-s", "-m", "2", "--connect-timeout", "1", "http://10.0.2.2/"]).output().unwrap();
+    assert!(!refused.status.success(), "keep: new flows follow the new rules");
+
+    // recheck: the same rules, now asked of existing flows too: the download is revoked.
+    let cfg = lab.config(PING, "").replace("policy:\n", "policy:\n  on_reload: recheck\n");
+    lab.write_config(&cfg);
+    ok(&lab.hf(&["reload"]));
+    let stalled = forwarded();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(forwarded(), stalled, "recheck: nothing more of the download crosses");
+    assert!(flows(&lab, &["--port", "80"]).is_empty());
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let fin = lab.stop();
+    let t = &fin["totals"];
+    assert_eq!(t["flows_revoked"], 1, "{t}");
+    assert!(t["drops"]["revoked"].as_u64().unwrap_or(0) > 0, "the server's next segments drop as revoked: {t}");
+    let log = std::fs::read_to_string(lab.dir.join("denials.log")).unwrap();
+    let revoked: Vec<Value> = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|e| e["reason"] == "revoked").collect();
+    assert!(!revoked.is_empty(), "{log}");
+    assert_eq!(revoked[0]["state_removed"]["why"], "revoked");
+    assert!(revoked[0]["state_removed"]["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn counters_read_while_two_workers_run_are_consistent_and_metrics_parse() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("metrics", 2);
+    lab.write_config(&lab.config(&(DISCARD.to_string() + PING), ""));
+    lab.start(&[]);
+    let mut flood = lab.blast(5000, 9, 3.0);
+    let mut grew = 0;
+    let mut last = 0;
+    for _ in 0..40 {
+        let s = lab.status();
+        assert_consistent(&s);
+        let rx = s["total"]["counters"]["rx"]["outside"].as_u64().unwrap();
+        if rx > last {
+            grew += 1;
+        }
+        last = rx;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    flood.wait().unwrap();
+    assert!(grew >= 10, "the counters moved while read ({grew} of 40 reads)");
+    let page = lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap();
+    let page = ok(&page);
+    let script = "import sys
+from prometheus_client.parser import text_string_to_metric_families as parse
+fams = list(parse(sys.stdin.read()))
+labels = set()
+for f in fams:
+    assert f.name.startswith('holdfast_'), f.name
+    for s in f.samples:
+        labels |= set(s.labels)
+print(len(fams), ' '.join(sorted(labels)), ' '.join(sorted(f.name for f in fams)))
+";
+    let mut py = Command::new(PY).args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), page.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "/metrics did not parse (is python3-prometheus-client installed? see .ci/run): {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let mut parts = said.splitn(2, ' ');
+    assert!(parts.next().unwrap().parse::<u32>().unwrap() > 30, "{said}");
+    let rest = parts.next().unwrap();
+    for l in rest.split_whitespace().take_while(|x| !x.starts_with("holdfast_")) {
+        assert!(["class", "interface", "reason", "worker"].contains(&l), "label {l} is not one of worker, interface, reason, class");
+    }
+    for f in ["holdfast_rx_packets", "holdfast_dropped_packets", "holdfast_table_entries", "holdfast_busy_ratio", "holdfast_saturation_active"] {
+        assert!(rest.split_whitespace().any(|x| x == f), "no {f} in {rest}");
+    }
+    assert!(page.contains("holdfast_rx_packets_total{worker=\"1\",interface=\"outside\"}"), "counters end in _total, per worker");
+    let fin = lab.stop();
+    assert!(fin["totals"]["handoff_out"].as_u64().unwrap() > 0 || fin["workers"][1]["rx"]["outside"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_filling_table_raises_table_fill_and_it_clears_when_the_flood_stops() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("fill", 1);
+    let extra = "conntrack:\n  capacity: 1024\n  timeouts: { udp_unreplied: 2s }\n  pressure: { embryonic_share: 1.0 }\n";
+    lab.write_config(&lab.config(&(DISCARD.to_string() + PING), extra));
+    lab.start(&[]);
+    let mut flood = lab.blast(4000, 9, 1.5);
+    let t = Instant::now();
+    let mut raised = None;
+    while raised.is_none() && t.elapsed() < Duration::from_secs(4) {
+        let s = lab.status();
+        raised = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "table_fill").cloned();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let raised = raised.expect("table_fill was never raised while 4000 flows hit a 1024-entry table");
+    assert!(raised["value"].as_f64().unwrap() >= 0.8);
+    flood.wait().unwrap();
+    let t = Instant::now();
+    loop {
+        let s = lab.status();
+        if s["saturation"].as_array().unwrap().is_empty() {
+            assert!(s["total"]["entries"].as_u64().unwrap() < 700);
+            assert!(s["saturation_events_total"]["table_fill"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "table_fill never cleared: {}", s["saturation"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fin = lab.stop();
+    // At the limit, by-class eviction recycles the oldest unreplied entries: counted.
+    assert!(fin["totals"]["evictions"]["unreplied"].as_u64().unwrap() > 0, "the limit was hit and counted: {}", fin["totals"]);
+    let log = lab.stderr();
+    assert!(log.contains("saturation RAISED table_fill on worker 0") && log.contains("saturation cleared table_fill on worker 0"), "{log}");
+}
+
+#[test]
+fn a_flood_of_denials_is_counted_as_suppressed_not_queued() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("deny", 1);
+    lab.write_config(&lab.config(PING, "").replace("rate_limit: 1000", "rate_limit: 100"));
+    lab.start(&[]);
+    let started = Instant::now();
+    let mut flood = lab.blast(1000, 7, 2.0);
+    flood.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let fin = lab.stop();
+    let up = started.elapsed().as_secs_f64() + 1.0;
+    let t = &fin["totals"];
+    let denied = t["dropped"].as_u64().unwrap();
+    let (logged, suppressed) = (t["log_events"].as_u64().unwrap(), t["log_suppressed"].as_u64().unwrap());
+    assert!(denied > 10_000, "a flood: {t}");
+    assert_eq!(logged + suppressed, denied, "every denial is logged or counted as suppressed");
+    assert!(logged as f64 <= 100.0 * up + 100.0, "rate limit: {logged} logged in {up:.1} s");
+    assert!(suppressed > denied / 2);
+    assert_eq!(fin["deny_log"]["written"].as_u64(), Some(logged), "everything queued was written");
+    let lines = std::fs::read_to_string(lab.dir.join("denials.log")).unwrap().lines().count() as u64;
+    assert_eq!(lines, logged);
+}

@@ -101,10 +101,12 @@ fn explain(what: &str, e: std::io::Error) -> StartError {
 }
 
 pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
-    if !crate::sys::is_root() {
-        return Err(StartError(
-            "holdfast run needs root (or CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK): it loads an XDP program and opens AF_XDP sockets".into(),
-        ));
+    let missing = crate::sys::missing_capabilities();
+    if !missing.is_empty() {
+        return Err(StartError(format!(
+            "holdfast run needs root or the capabilities CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF (and CAP_IPC_LOCK or LimitMEMLOCK=infinity): it loads an XDP program and opens AF_XDP sockets; missing {}",
+            missing.join(", ")
+        )));
     }
     let n = cfg.cores.len().max(1);
     for i in &cfg.interfaces {

@@ -56,6 +56,25 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Capabilities the dataplane needs without root: CAP_NET_ADMIN (attach XDP),
+/// CAP_NET_RAW (AF_XDP sockets), CAP_BPF (load the program and map). CAP_IPC_LOCK is
+/// needed too unless RLIMIT_MEMLOCK covers the UMEM; its absence is explained when the
+/// UMEM is refused.
+pub const DATAPLANE_CAPS: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW"), (39, "CAP_BPF")];
+
+/// The capabilities of `DATAPLANE_CAPS` this process lacks (effective set, from
+/// /proc/self/status); empty for root.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    if is_root() {
+        return vec![];
+    }
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("CapEff:")).and_then(|l| u64::from_str_radix(l[7..].trim(), 16).ok()))
+        .unwrap_or(0);
+    DATAPLANE_CAPS.iter().filter(|(bit, _)| eff & (1 << bit) == 0).map(|(_, n)| *n).collect()
+}
+
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {

@@ -57,8 +57,10 @@ pub struct Snapshot {
     pub table_len: usize,
     pub table_capacity: usize,
     pub classes: [u32; 4],
-    /// Polls that found work / all polls.
+    /// Polls that found work (or frames waiting for TX room) / all polls.
     pub busy_polls: u64,
+    /// Polls that found frames waiting but no room on the other side's TX ring.
+    pub tx_blocked_polls: u64,
     pub polls: u64,
     /// Time spent on polls that found work, ns.
     pub busy_ns: u64,
@@ -102,6 +104,7 @@ impl Snapshot {
         self.table_len += o.table_len;
         self.table_capacity += o.table_capacity;
         self.busy_polls += o.busy_polls;
+        self.tx_blocked_polls += o.tx_blocked_polls;
         self.polls += o.polls;
         self.busy_ns += o.busy_ns;
         self.foreign_flows += o.foreign_flows;

@@ -162,8 +162,14 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         // One clock read per poll (two when it found work): the pipeline's time is in
         // 1/64 s ticks, far coarser than a poll.
         let t = WallClock::now();
-        let did = w.poll_once(since(spec.epoch, t), per_side);
+        let mut did = w.poll_once(since(spec.epoch, t), per_side);
         w.snap.polls += 1;
+        if did == 0 && (w.ports.rx_waiting(0) || w.ports.rx_waiting(1)) {
+            // Frames wait but the other side's TX ring has no room: busy, not idle
+            // (the kernel's transmit is the bottleneck).
+            w.snap.tx_blocked_polls += 1;
+            did = 1;
+        }
         if did > 0 {
             w.snap.busy_polls += 1;
             w.snap.busy_ns += t.elapsed().as_nanos() as u64;

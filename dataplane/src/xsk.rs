@@ -272,6 +272,11 @@ impl Ports {
         w.capacity()
     }
 
+    /// Whether side's RX ring holds frames (an advisory, relaxed read).
+    pub fn rx_waiting(&self, side: usize) -> bool {
+        self.ports[side].rx.available() > 0
+    }
+
     /// Takes up to `max` received descriptors from side's RX ring.
     pub fn receive(&mut self, side: usize, max: u32, out: &mut Vec<XdpDesc>) -> u32 {
         let mut r = self.ports[side].rx.receive(max);

@@ -132,7 +132,8 @@ impl Collector for Metrics {
         write(&mut e, "handoff_in", "Frames received from other workers.", Counter, per(&|i| s[i].handoff_in))?;
         write(&mut e, "handoff_ring_depth", "Frames waiting in a worker's incoming handoff rings.", Gauge, per(&|i| s[i].handoff_depth))?;
         write(&mut e, "polls", "Worker polls.", Counter, per(&|i| s[i].polls))?;
-        write(&mut e, "busy_polls", "Worker polls that found work.", Counter, per(&|i| s[i].busy_polls))?;
+        write(&mut e, "busy_polls", "Worker polls that found work (or frames waiting for TX room).", Counter, per(&|i| s[i].busy_polls))?;
+        write(&mut e, "tx_blocked_polls", "Worker polls that found frames waiting but no TX room on the other side.", Counter, per(&|i| s[i].tx_blocked_polls))?;
         let busy = v.report.workers.iter().enumerate().map(|(i, r)| (w(i), r.busy)).collect();
         write(&mut e, "busy_ratio", "Polls that found work / all polls, over the last report interval.", Gauge, busy)?;
         let pubs = s.iter().enumerate().map(|(i, x)| (w(i), x.publish_ns as f64 / 1e9)).collect();

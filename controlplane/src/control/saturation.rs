@@ -28,6 +28,7 @@ pub struct CoreReport {
     pub table_fill: f64,
     /// Entries of each admission class / capacity.
     pub class_fill: [f64; Admission::COUNT],
+    /// Entries without a reply yet (embryonic and unreplied classes) / capacity.
     pub embryonic_share: f64,
     /// New entries per second, and entries leaving (expired, evicted, closed, revoked).
     pub insert_rate: f64,
@@ -88,7 +89,9 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
         capacity: now.table_capacity,
         table_fill: now.table_len as f64 / cap,
         class_fill,
-        embryonic_share: class_fill[Admission::Embryonic as usize],
+        // Entries that never saw a reply — half-open TCP and unreplied UDP/ICMP alike —
+        // are what a flood fills; the by-class quota holds them to a share.
+        embryonic_share: class_fill[Admission::Embryonic as usize] + class_fill[Admission::Unreplied as usize],
         insert_rate,
         removal_rate,
         insert_failure_rate: rate(refused(now), refused(prev), dt),
@@ -280,5 +283,22 @@ mod tests {
         assert!(!down[0].raised);
         assert_eq!(s.active().count(), 0);
         assert_eq!(s.raised_total["table_fill"], 1);
+    }
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_flood_counts_toward_embryonic_share_like_a_syn_flood() {
+        let mut s = Snapshot { table_len: 250, table_capacity: 1000, ..Snapshot::default() };
+        s.classes[Admission::Unreplied as usize] = 250;
+        let r = report(&[s], &[s], 1.0);
+        assert_eq!(r.workers[0].embryonic_share, 0.25);
+        let th = Thresholds { table_fill: 0.8, embryonic_share: 0.2, busy: 0.9, rx_ring_full_per_s: 1000.0, handoff_drops_per_s: 1.0 };
+        let t = Saturation::default().update(&r, &th, SystemTime::UNIX_EPOCH);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].event.name, "embryonic_share");
     }
 }

@@ -210,11 +210,6 @@ impl Engine {
         self.table.bytes_per_entry() + extra / self.table.capacity()
     }
 
-    /// Swaps in a new rule set (between bursts). Existing flows keep their state.
-    pub fn set_policy(&mut self, p: Arc<Classifier>) {
-        self.policy = p;
-    }
-
     /// Judges one frame.
     pub fn process(&mut self, p: &Packet) -> Verdict {
         let mut v = [Verdict::Drop(DropReason::Malformed)];

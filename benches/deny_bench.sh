@@ -10,22 +10,9 @@
 #   sudo benches/deny_bench.sh        # RUNS=3 SECONDS_PER_RUN=4
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HF=${HOLDFAST:-$PWD/target/release/holdfast}
-RUNS=${RUNS:-3}
+NAME=deny_bench
+. benches/lab_common.sh
 SECS=${SECONDS_PER_RUN:-4}
-WORK=$(mktemp -d /tmp/hf-deny.XXXXXX)
-APP_PID=""
-cleanup() {
-    [ -n "$APP_PID" ] && kill -TERM "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null || true
-    "$HF" lab down >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-[ "$(id -u)" = 0 ] || { echo "deny_bench: needs root (network namespaces, XDP)"; exit 1; }
-[ -x "$HF" ] || { echo "deny_bench: build first: cargo build --release"; exit 1; }
-
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])); t=v['totals']; print(eval(sys.argv[2]))" "$1" "$2"; }
 
 declare -A PPS NS LOGGED

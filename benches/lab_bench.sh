@@ -15,26 +15,13 @@
 # cycles/pkt" is the worker's own count of busy time (polls that found work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HF=${HOLDFAST:-$PWD/target/release/holdfast}
-RUNS=${RUNS:-3}
+NAME=lab_bench
+. benches/lab_common.sh
 SECS=${SECONDS_PER_RUN:-5}
 FLOWS=${FLOWS:-"1 10000 100000"}
 SYSTEMS=${SYSTEMS:-"holdfast kernel"}
 GEN_CORE=${GEN_CORE:-0}
 APP_CORE=${APP_CORE:-1}
-WORK=$(mktemp -d /tmp/hf-bench.XXXXXX)
-APP_PID=""
-
-cleanup() {
-    [ -n "$APP_PID" ] && kill -TERM "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null || true
-    "$HF" lab down >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-[ "$(id -u)" = 0 ] || { echo "lab_bench: needs root (network namespaces, XDP)"; exit 1; }
-[ -x "$HF" ] || { echo "lab_bench: build first: cargo build --release"; exit 1; }
 
 HZ=$(getconf CLK_TCK)
 MHZ=$(awk -F: '/cpu MHz/ {gsub(/ /, "", $2); print $2; exit}' /proc/cpuinfo)
@@ -67,7 +54,6 @@ table netdev hfsink {
 NFT
 }
 
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 # --- Holdfast -------------------------------------------------------------------------
 setup_holdfast() {

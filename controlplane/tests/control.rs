@@ -4,6 +4,9 @@
 //! and a flood of denials that the deny log suppresses instead of queueing. Each test
 //! builds its own lab and removes it, also when it fails.
 
+#[macro_use]
+mod common;
+
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -18,21 +21,6 @@ static LAB: Mutex<()> = Mutex::new(());
 const PY: &str = "/usr/bin/python3";
 const HF: &str = env!("CARGO_BIN_EXE_holdfast");
 
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-macro_rules! need_root {
-    () => {
-        if !root() {
-            eprintln!("SKIPPED: the lab needs root for network namespaces and XDP (CI runs it as root)");
-            return;
-        }
-    };
-}
 
 const BASE: &str = "zones:
   outside: { interface: hf-out0, queues: QUEUES }

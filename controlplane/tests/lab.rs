@@ -1,6 +1,9 @@
 //! The appliance on veth pairs in network namespaces, with real traffic (root only;
 //! CI runs as root). Each test builds its own lab and removes it, also on failure.
 
+#[macro_use]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -8,21 +11,6 @@ use std::time::{Duration, Instant};
 /// The lab's namespace names are fixed: one lab at a time.
 static LAB: Mutex<()> = Mutex::new(());
 
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-macro_rules! need_root {
-    () => {
-        if !root() {
-            eprintln!("SKIPPED: the lab needs root for network namespaces and XDP (CI runs it as root)");
-            return;
-        }
-    };
-}
 
 fn holdfast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_holdfast"))

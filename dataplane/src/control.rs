@@ -37,20 +37,9 @@ pub struct FlowFilter {
     pub proto: Option<u8>,
 }
 
-fn addr_of(a: u128, v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }
-}
-
-/// The original direction's (source, destination) of a flow.
-pub fn endpoints(f: &FlowInfo) -> ((IpAddr, u16), (IpAddr, u16)) {
-    let o = f.orig as usize;
-    let k = &f.key;
-    ((addr_of(k.addr[o], k.v6), k.port[o]), (addr_of(k.addr[1 - o], k.v6), k.port[1 - o]))
-}
-
 impl FlowFilter {
     pub fn matches(&self, f: &FlowInfo) -> bool {
-        let ((sa, sp), (da, dp)) = endpoints(f);
+        let ((sa, sp), (da, dp)) = (f.key.src(f.orig), f.key.dst(f.orig));
         self.src.is_none_or(|a| a == sa)
             && self.dst.is_none_or(|a| a == da)
             && self.port.is_none_or(|p| p == sp || p == dp)
@@ -160,7 +149,7 @@ mod filter_tests {
             packets: [1, 1],
             bytes: [60, 60],
         };
-        assert_eq!(endpoints(&f), ((c, 40000), (s, 80)));
+        assert_eq!((f.key.src(f.orig), f.key.dst(f.orig)), ((c, 40000), (s, 80)));
         assert!(FlowFilter::default().matches(&f));
         assert!(FlowFilter { src: Some(c), dst: Some(s), port: Some(80), state: Some("established".into()), proto: Some(6) }.matches(&f));
         assert!(FlowFilter { port: Some(40000), ..FlowFilter::default() }.matches(&f));

@@ -7,12 +7,12 @@
 //! possibly under a new name.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use holdfast_dataplane::control::DenyEvent;
+use holdfast_pipeline::flow::to_ip;
 use serde_json::{json, Value};
 
 use crate::config::DenyOutput;
@@ -26,10 +26,6 @@ pub struct Stats {
 
 /// Tells the logger to reopen its output, possibly a new one.
 pub type Reopen = crossbeam_channel::Sender<DenyOutput>;
-
-fn addr(a: u128, v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(a.into()) } else { IpAddr::V4((a as u32).into()) }
-}
 
 fn proto_name(p: u8) -> Value {
     match p {
@@ -54,8 +50,8 @@ pub fn event_json(e: &DenyEvent, started_at: SystemTime, interfaces: &[String; 2
         "worker": e.worker,
     });
     let Some(w) = &e.what else { return v };
-    v["src_ip"] = json!(addr(w.src, w.v6).to_string());
-    v["dest_ip"] = json!(addr(w.dst, w.v6).to_string());
+    v["src_ip"] = json!(to_ip(w.src, w.v6).to_string());
+    v["dest_ip"] = json!(to_ip(w.dst, w.v6).to_string());
     v["proto"] = proto_name(w.proto);
     if matches!(w.proto, 6 | 17 | 132) {
         v["src_port"] = json!(w.sport);

@@ -58,17 +58,6 @@ fn core_ids() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
 }
 
-/// Totals over workers.
-pub fn totals(snaps: &[Snapshot]) -> Snapshot {
-    let mut t = Snapshot::default();
-    for s in snaps {
-        t.merge(s);
-    }
-    // The generation every worker runs.
-    t.generation = snaps.iter().map(|s| s.generation).min().unwrap_or(0);
-    t
-}
-
 fn drops_map(c: &Counters) -> Map<String, Value> {
     DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect()
 }
@@ -116,7 +105,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
 }
 
 pub fn final_json(snaps: &[Snapshot], uptime: Duration) -> Value {
-    let t = totals(snaps);
+    let t = Snapshot::total(snaps);
     let mut total = snapshot_json(&t);
     total.as_object_mut().expect("object").remove("worker");
     json!({"uptime_s": uptime.as_secs_f64(), "totals": total, "workers": snaps.iter().map(snapshot_json).collect::<Vec<_>>()})

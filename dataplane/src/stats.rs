@@ -117,6 +117,16 @@ impl Snapshot {
         self.adaptive_scale = if self.adaptive_scale == 0.0 { o.adaptive_scale } else { self.adaptive_scale.min(o.adaptive_scale) };
     }
 
+    /// The totals over workers; `generation` is the one every worker runs.
+    pub fn total(snaps: &[Snapshot]) -> Snapshot {
+        let mut t = Snapshot::default();
+        for s in snaps {
+            t.merge(s);
+        }
+        t.generation = snaps.iter().map(|s| s.generation).min().unwrap_or(0);
+        t
+    }
+
     /// Frames this worker took in (from its queues and from other workers) that are
     /// accounted for: judged, handed to their owner, or dropped on the way to it.
     /// Between polls every frame is one of those, so a consistent snapshot has

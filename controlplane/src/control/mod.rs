@@ -90,7 +90,7 @@ pub fn status_json(v: &View) -> Value {
     };
     let workers: Vec<Value> = v.report.workers.iter().zip(&v.snaps).map(|(r, s)| core(r, Some(s))).collect();
     let mut total = core(&v.report.total, None);
-    total["counters"] = appliance::snapshot_json(&appliance::totals(&v.snaps));
+    total["counters"] = appliance::snapshot_json(&Snapshot::total(&v.snaps));
     json!({
         "generation": v.generation,
         "applied_by_all_workers": v.snaps.iter().all(|s| s.generation == v.generation && !s.maintaining),

@@ -116,14 +116,7 @@ pub fn report(prev: &[Snapshot], now: &[Snapshot], dt: f64) -> Report {
         .enumerate()
         .map(|(w, s)| core_report(Some(w), s, prev.get(w).unwrap_or(&Snapshot::default()), dt))
         .collect();
-    let sum = |v: &[Snapshot]| {
-        let mut t = Snapshot::default();
-        for s in v {
-            t.merge(s);
-        }
-        t
-    };
-    let mut total = core_report(None, &sum(now), &sum(prev), dt);
+    let mut total = core_report(None, &Snapshot::total(now), &Snapshot::total(prev), dt);
     // Busy and time to full are per core: the total shows the worst core.
     total.busy = workers.iter().map(|w| w.busy).fold(0.0, f64::max);
     total.time_to_full_s = workers.iter().filter_map(|w| w.time_to_full_s).reduce(f64::min);

@@ -194,24 +194,33 @@ impl Controller {
         let result = self.try_reload();
         notify::reloading(true);
         let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
-        match &result {
-            Ok(r) => {
+        match result {
+            Ok(restart) => {
+                let r = json!({
+                    "ok": true,
+                    "generation": self.generation,
+                    "recheck": self.cfg.on_reload == OnReload::Recheck,
+                    "restart_needed": restart,
+                    "at": rfc3339(SystemTime::now()),
+                });
+                eprintln!("holdfast: reload: generation {} applied{}", self.generation, restart_note(&restart));
                 v.reloads += 1;
                 v.generation = self.generation;
-                v.restart_needed = r["restart_needed"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+                v.restart_needed = restart;
                 v.last_reload = Some(r.clone());
-                eprintln!("holdfast: reload: generation {} applied{}", self.generation, restart_note(&v.restart_needed));
+                Ok(r)
             }
             Err(e) => {
                 v.reload_failures += 1;
                 v.last_reload = Some(json!({"ok": false, "error": e, "at": rfc3339(SystemTime::now())}));
                 eprintln!("holdfast: reload rejected, the running configuration stays:\n{e}");
+                Err(e)
             }
         }
-        result
     }
 
-    fn try_reload(&mut self) -> Result<Value, String> {
+    /// Applies the file; returns what changed that only a restart applies.
+    fn try_reload(&mut self) -> Result<Vec<String>, String> {
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
         let mut restart = self.started_cfg.restart_needed(&new);
         let log_was = self.started_cfg.log.denials != DenyOutput::Off;
@@ -242,15 +251,8 @@ impl Controller {
         if let Some(l) = &self.logger {
             l.reopen(new.log.denials.clone());
         }
-        let recheck = new.on_reload == OnReload::Recheck;
         self.cfg = new;
-        Ok(json!({
-            "ok": true,
-            "generation": generation,
-            "recheck": recheck,
-            "restart_needed": restart,
-            "at": rfc3339(SystemTime::now()),
-        }))
+        Ok(restart)
     }
 }
 

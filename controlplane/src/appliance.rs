@@ -1,8 +1,7 @@
-//! `holdfast run`: the appliance on real interfaces, a status line every second, a clean
-//! stop on SIGINT/SIGTERM (drain, detach, final counters).
+//! `holdfast run`'s pieces around the control loop (`control::serve`): the dataplane's
+//! config from the YAML one, the status line, the final counters as JSON and for people.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use holdfast_dataplane::run::{self, Interface};
@@ -126,12 +125,6 @@ pub fn status_line(r: &Report, active: &[Active], uptime: Duration) -> String {
         let _ = write!(s, "  | SATURATED {} w{}", a.name, a.worker);
     }
     s
-}
-
-/// Runs until a signal (or `duration`); returns the final counters. `path` is the
-/// config file, re-read on reload.
-pub fn run(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> {
-    crate::control::serve(path, cfg, opts)
 }
 
 /// The final counters for people.

@@ -375,7 +375,7 @@ fn main() -> ExitCode {
                 quiet: a.quiet,
                 seed: holdfast_dataplane::sys::random_seed(),
             };
-            match holdfast_controlplane::appliance::run(&a.config, cfg, &opts) {
+            match holdfast_controlplane::control::serve(&a.config, cfg, &opts) {
                 Ok(v) if a.json => {
                     println!("{v}");
                     ExitCode::SUCCESS

@@ -155,29 +155,26 @@ pub fn flow_line(f: &Value) -> String {
     if proto == "tcp" {
         let _ = write!(s, "{} ", f["state"].as_str().unwrap_or("?"));
     }
-    let _ = write!(
-        s,
-        "src={} dst={} sport={} dport={} packets={} bytes={} ",
-        f["src"].as_str().unwrap_or("?"),
-        f["dst"].as_str().unwrap_or("?"),
-        f["sport"],
-        f["dport"],
-        f["packets"][0],
-        f["bytes"][0]
-    );
+    // One direction: `dir` 0 is the original (src -> dst), 1 the reply.
+    let tuple = |s: &mut String, dir: usize| {
+        let (a, b) = if dir == 0 { ("src", "dst") } else { ("dst", "src") };
+        let (pa, pb) = if dir == 0 { ("sport", "dport") } else { ("dport", "sport") };
+        let _ = write!(
+            s,
+            "src={} dst={} sport={} dport={} packets={} bytes={} ",
+            f[a].as_str().unwrap_or("?"),
+            f[b].as_str().unwrap_or("?"),
+            f[pa],
+            f[pb],
+            f["packets"][dir],
+            f["bytes"][dir]
+        );
+    };
+    tuple(&mut s, 0);
     if f["state"] == "UNREPLIED" || (f["packets"][1] == 0 && proto != "tcp") {
         s.push_str("[UNREPLIED] ");
     }
-    let _ = write!(
-        s,
-        "src={} dst={} sport={} dport={} packets={} bytes={} ",
-        f["dst"].as_str().unwrap_or("?"),
-        f["src"].as_str().unwrap_or("?"),
-        f["dport"],
-        f["sport"],
-        f["packets"][1],
-        f["bytes"][1]
-    );
+    tuple(&mut s, 1);
     if f["assured"] == Value::Bool(true) {
         s.push_str("[ASSURED] ");
     }
@@ -213,4 +210,33 @@ pub fn reload(addr: &str, wait: bool) -> Result<Value, String> {
         return Err(format!("reload accepted as generation {want}, but not every worker reports it after 6 s"));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_reads_like_conntrack_l() {
+        let f: Value = serde_json::from_str(
+            r#"{"proto":"tcp","src":"10.0.1.1","sport":58940,"dst":"10.0.2.3","dport":80,"state":"TIME_WAIT","expires_in_s":119,
+                "assured":true,"class":"closing","packets":[6,5],"bytes":[400,1666],"worker":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            flow_line(&f),
+            "tcp      119 TIME_WAIT src=10.0.1.1 dst=10.0.2.3 sport=58940 dport=80 packets=6 bytes=400 \
+             src=10.0.2.3 dst=10.0.1.1 sport=80 dport=58940 packets=5 bytes=1666 [ASSURED] class=closing worker=0"
+        );
+        let u: Value = serde_json::from_str(
+            r#"{"proto":"udp","src":"10.0.1.1","sport":1188,"dst":"10.0.2.1","dport":9,"state":"UNREPLIED","expires_in_s":5,
+                "assured":false,"class":"unreplied","packets":[1,0],"bytes":[46,0],"worker":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            flow_line(&u),
+            "udp      5 src=10.0.1.1 dst=10.0.2.1 sport=1188 dport=9 packets=1 bytes=46 [UNREPLIED] \
+             src=10.0.2.1 dst=10.0.1.1 sport=9 dport=1188 packets=0 bytes=0 class=unreplied worker=1"
+        );
+    }
 }

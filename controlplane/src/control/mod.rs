@@ -336,33 +336,38 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
             last_beats = beats;
             last_watchdog = Instant::now();
         }
-        let report_due = last_report.elapsed() >= c.cfg.control.report_interval;
+        // The report, its log lines and systemd's status first; the view's lock only
+        // for the assignments, so that the endpoint never waits on stderr.
+        let report = (last_report.elapsed() >= c.cfg.control.report_interval).then(|| {
+            let r = saturation::report(&prev, &snaps, last_report.elapsed().as_secs_f64());
+            for t in c.sat.update(&r, &c.cfg.control.saturation, SystemTime::now()) {
+                eprintln!("holdfast: {}", t.describe(&r));
+            }
+            let active: Vec<Active> = c.sat.active().cloned().collect();
+            if !opts.quiet {
+                eprintln!("{}", appliance::status_line(&r, &active, start.elapsed()));
+            }
+            notify::status(&format!(
+                "{:.0} pps in, table {:.1} % full, {} saturation event(s), generation {}",
+                r.total.rx_pps,
+                100.0 * r.total.table_fill,
+                active.len(),
+                c.generation
+            ));
+            prev = snaps.clone();
+            last_report = Instant::now();
+            (r, active)
+        });
         let mut v = view.write().unwrap_or_else(|p| p.into_inner());
         v.uptime_s = start.elapsed().as_secs_f64();
         if let Some(l) = &c.logger {
             v.log_written = l.stats.written.load(std::sync::atomic::Ordering::Relaxed);
             v.log_write_errors = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
         }
-        if report_due {
-            let r = saturation::report(&prev, &snaps, last_report.elapsed().as_secs_f64());
-            for t in c.sat.update(&r, &c.cfg.control.saturation, SystemTime::now()) {
-                eprintln!("holdfast: {}", t.describe(&r));
-            }
-            v.active = c.sat.active().cloned().collect();
-            v.raised_total = c.sat.raised_total.clone();
-            if !opts.quiet {
-                eprintln!("{}", appliance::status_line(&r, &v.active, start.elapsed()));
-            }
-            notify::status(&format!(
-                "{:.0} pps in, table {:.1} % full, {} saturation event(s), generation {}",
-                r.total.rx_pps,
-                100.0 * r.total.table_fill,
-                v.active.len(),
-                c.generation
-            ));
+        if let Some((r, active)) = report {
             v.report = r;
-            prev = snaps.clone();
-            last_report = Instant::now();
+            v.active = active;
+            v.raised_total = c.sat.raised_total.clone();
         }
         v.snaps = snaps;
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::conntrack::conn::{aux_flag, cflag, Conn, ConnAux, ORIGINAL, REPLY};
 use crate::conntrack::frag::{Datagram, FragTable};
 use crate::conntrack::pressure::{Admission, ClassLists, Evict, Pressure};
-use crate::conntrack::sources::Sources;
+use crate::conntrack::sources::{Refusal, Sources};
 use crate::conntrack::table::Table;
 use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::conntrack::tcp::{self, Outcome};
@@ -345,8 +345,7 @@ impl Engine {
         }
         if self.sources.enabled() {
             let key = self.table.key_of(slot);
-            let orig = usize::from(c.has(cflag::ORIG_IS_HI));
-            self.sources.sub(key.addr[orig], key.v6);
+            self.sources.sub(key.addr[c.charged()], key.v6);
         }
         self.lists.remove(slot, adm);
         self.table.remove_hashed(slot, h);
@@ -367,8 +366,10 @@ impl Engine {
     /// Makes room for one new entry whose original source is `src`: applies the
     /// per-source limit, the non-assured quota, and the eviction policy when full.
     fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
-        if !self.sources.admits(src, v6) {
-            return Err(DropReason::SourceLimit);
+        match self.sources.check(src, v6) {
+            Ok(()) => {}
+            Err(Refusal::Limit) => return Err(DropReason::SourceLimit),
+            Err(Refusal::TableFull) => return Err(DropReason::SourceTableFull),
         }
         match self.cfg.pressure.evict {
             Evict::ByClass => {
@@ -674,13 +675,17 @@ impl Engine {
         if orig == Side::FromHi {
             c.flags |= cflag::ORIG_IS_HI;
         }
+        // The sender of the creating packet pays for the entry, whatever direction
+        // tracking later calls original.
+        c.set_charged(orig == Side::FromHi);
         c.set_timer_class(class);
         c.last_seen = now.ticks();
         init(c);
         let adm = c.derive_admission();
         c.set_admission(adm);
         self.lists.push(slot, adm);
-        self.sources.add(src, m.key.v6);
+        let charged = self.sources.add(src, m.key.v6);
+        debug_assert!(charged, "make_room checked the source");
         self.table.aux[slot as usize] = ConnAux {
             created: now.ticks(),
             last_wscale: icmp_type,
@@ -739,6 +744,46 @@ impl Engine {
             }
         }
         removed
+    }
+
+    /// Checks the table's bookkeeping against itself, the way the tests' invariants
+    /// state it: every live entry is indexed under its own key and armed, no later than
+    /// its deadline; the class lists hold exactly the live entries; the per-source
+    /// counts add up to the live entries, each charged to a source that holds it.
+    /// O(capacity): for tests, fuzzing and audits, never the packet path.
+    pub fn audit(&self) -> Result<(), String> {
+        let t = &self.table;
+        let (mut live, mut per_class) = (0usize, [0u32; Admission::COUNT]);
+        for s in 0..t.capacity() as u32 {
+            if !t.is_live(s) {
+                continue;
+            }
+            live += 1;
+            let c = &t.conns[s as usize];
+            let k = t.key_of(s);
+            if t.lookup(t.hash(&k), &k) != Some(s) {
+                return Err(format!("entry {s} ({k:?}) is not found under its own key"));
+            }
+            per_class[c.admission() as usize] += 1;
+            let deadline = t.wheel.abs(c.last_seen) + u64::from(self.cfg.timeouts.ticks(c.timer_class()));
+            if t.wheel.when(s) > deadline {
+                return Err(format!("entry {s}: armed at tick {} after its deadline {deadline}", t.wheel.when(s)));
+            }
+            if self.sources.enabled() && self.sources.count(k.addr[c.charged()], k.v6) == 0 {
+                return Err(format!("entry {s} is charged to a source that holds no entry"));
+            }
+        }
+        if live != t.len() || live != t.wheel.armed_count() {
+            return Err(format!("{live} live entries, table length {}, {} timers armed", t.len(), t.wheel.armed_count()));
+        }
+        if per_class != self.lists.counts() {
+            return Err(format!("entries per class {per_class:?}, class counts {:?}", self.lists.counts()));
+        }
+        self.lists.audit()?;
+        if self.sources.enabled() && self.sources.total() != live as u64 {
+            return Err(format!("per-source counts add up to {}, {live} entries live", self.sources.total()));
+        }
+        Ok(())
     }
 
     /// Every live flow, in slot order.

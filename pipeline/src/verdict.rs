@@ -71,6 +71,9 @@ pub enum DropReason {
     IcmpInvalid,
     /// The source address already holds `conntrack.per_source_limit` entries.
     SourceLimit,
+    /// The per-source counts found no room for another source address (a bounded
+    /// search came up empty): refused rather than searched for longer.
+    SourceTableFull,
     /// A packet of a flow whose entry was evicted to make room (tombstone found): the
     /// origin story's "denied outbound" reply.
     ReplyToEvicted,
@@ -85,7 +88,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::NonIp,
@@ -102,6 +105,7 @@ impl DropReason {
         DropReason::IcmpUnrelated,
         DropReason::IcmpInvalid,
         DropReason::SourceLimit,
+        DropReason::SourceTableFull,
         DropReason::ReplyToEvicted,
         DropReason::ReplyToExpired,
         DropReason::ReplyToClosed,
@@ -126,6 +130,7 @@ impl DropReason {
             DropReason::IcmpUnrelated => "icmp_unrelated",
             DropReason::IcmpInvalid => "icmp_invalid",
             DropReason::SourceLimit => "source_limit",
+            DropReason::SourceTableFull => "source_table_full",
             DropReason::ReplyToEvicted => "reply_to_evicted",
             DropReason::ReplyToExpired => "reply_to_expired",
             DropReason::ReplyToClosed => "reply_to_closed",

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
-use holdfast_pipeline::engine::{EngineConfig, Packet};
+use holdfast_pipeline::engine::{EngineConfig, Packet, Pickup};
 use holdfast_pipeline::parse::{parse, Frame, L4};
 use holdfast_pipeline::DropReason;
 use holdfast_pipeline::{Duration, Engine, Instant, Verdict};
@@ -43,14 +43,21 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn the_packet_path_never_allocates() {
+    for pickup in [Pickup::Strict, Pickup::ReverseOfAllowed, Pickup::Loose] {
+        the_packet_path_never_allocates_with(pickup);
+    }
+}
+
+fn the_packet_path_never_allocates_with(pickup: Pickup) {
+    ALLOCS.store(0, Ordering::Relaxed);
     let frames = mixed_frames(3000);
     // A table smaller than the flows offered, so eviction, tombstones and the
     // per-source limit are exercised; and a second one that refuses when full.
-    let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 1, ..EngineConfig::default() };
+    let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 1, pickup, ..EngineConfig::default() };
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
     let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
-    let mut full = Engine::new(EngineConfig { capacity: 500, pressure: refusing, ..EngineConfig::default() }, webfarm_policy(), t0);
+    let mut full = Engine::new(EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, ..EngineConfig::default() }, webfarm_policy(), t0);
     let mut out = [Verdict::Drop(DropReason::Malformed); 64];
     let mut bursts: Vec<Vec<Packet>> = Vec::new();
     for (i, chunk) in frames.chunks(64).enumerate() {
@@ -83,11 +90,16 @@ fn the_packet_path_never_allocates() {
     let removed = e.expire(t0 + Duration::from_secs(10 * 86_400), usize::MAX);
     WATCH.with(|w| w.set(false));
 
-    assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "allocations on the packet path");
+    assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "allocations on the packet path ({pickup:?})");
     let c = e.counters();
     assert_eq!(c.packets, (frames.len() + rest.len()) as u64);
     assert!(c.evictions.iter().sum::<u64>() > 0, "entries were evicted");
-    assert!(c.tombstone_hits > 0, "tombstones were consulted");
+    if pickup == Pickup::Loose {
+        // Loose pickup adopts the evicted flows' packets instead of asking tombstones.
+        assert!(c.passed[holdfast_pipeline::PassKind::New as usize] > frames.len() as u64 / 8, "mid-stream packets were picked up");
+    } else {
+        assert!(c.tombstone_hits > 0, "tombstones were consulted");
+    }
     assert!(c.dropped[DropReason::SourceLimit as usize] > 0, "the per-source limit was hit");
     assert!(full.counters().dropped[DropReason::TableFull as usize] > 0, "the refusing table filled up");
     assert!(removed > 0 && e.table().is_empty());

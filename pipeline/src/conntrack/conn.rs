@@ -64,7 +64,8 @@ pub struct Conn {
     /// [`cflag`] bits.
     pub flags: u8,
     /// Bits 0..4: the [`super::timeouts::TimerClass`] whose timeout applies; bits 4..6:
-    /// the [`super::pressure::Admission`] class.
+    /// the [`super::pressure::Admission`] class; bit 6 ([`CHARGED_HI`]): the entry is
+    /// charged to the key's `hi` address in the per-source counts.
     pub timer: u8,
     /// Window scale shift of the original (bits 0..4) and reply (bits 4..8) peers.
     pub scales: u8,
@@ -125,6 +126,12 @@ pub mod aux_flag {
     pub const ORIG_INSIDE: u8 = 0x80;
 }
 
+/// Bit of [`Conn::timer`]: the per-source count charged for this entry is the key's
+/// `hi` address's (else `lo`'s). Set at creation to the side that sent the creating
+/// packet and never changed — a reverse pickup swaps the directions afterwards, so the
+/// original direction cannot say whom to release.
+pub const CHARGED_HI: u8 = 0x40;
+
 /// Direction of a packet relative to the flow: who opened it.
 pub const ORIGINAL: usize = 0;
 pub const REPLY: usize = 1;
@@ -183,7 +190,17 @@ impl Conn {
 
     #[inline]
     pub fn set_admission(&mut self, a: super::pressure::Admission) {
-        self.timer = (self.timer & 0x0f) | (a as u8) << 4;
+        self.timer = (self.timer & !0x30) | (a as u8) << 4;
+    }
+
+    /// Which address of the key (0 `lo`, 1 `hi`) the per-source count was charged to.
+    #[inline]
+    pub fn charged(&self) -> usize {
+        usize::from(self.timer & CHARGED_HI != 0)
+    }
+
+    pub fn set_charged(&mut self, hi: bool) {
+        self.timer = (self.timer & !CHARGED_HI) | if hi { CHARGED_HI } else { 0 };
     }
 
     /// The admission class this entry's state puts it in.

@@ -213,6 +213,36 @@ impl ClassLists {
         (self.head[0] != NIL).then_some(self.head[0])
     }
 
+    /// Checks the lists against the counts: each list walked from its head (at most
+    /// `capacity` steps, so a cycle is an error, not a hang) has the length its
+    /// classes count, and every link points back. For tests and audits: O(capacity).
+    pub fn audit(&self) -> Result<(), String> {
+        let lists = if self.per_class { Admission::COUNT } else { 1 };
+        for l in 0..lists {
+            let expect: u32 = if self.per_class { self.counts[l] } else { self.counts.iter().sum() };
+            let (mut n, mut prev, mut at) = (0u32, NIL, self.head[l]);
+            while at != NIL {
+                if n as usize >= self.links.len() {
+                    return Err(format!("class list {l} is longer than the table (a cycle)"));
+                }
+                let link = self.links[at as usize];
+                if link.prev != prev {
+                    return Err(format!("class list {l}: entry {at} links back to {} instead of {prev}", link.prev));
+                }
+                n += 1;
+                prev = at;
+                at = link.next;
+            }
+            if self.tail[l] != prev {
+                return Err(format!("class list {l}: tail {} but the walk ended at {prev}", self.tail[l]));
+            }
+            if n != expect {
+                return Err(format!("class list {l} holds {n} entries, its counts say {expect}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Moves the head of the single list to its tail (a second chance).
     pub fn rotate(&mut self, slot: u32, a: Admission) {
         self.remove(slot, a);

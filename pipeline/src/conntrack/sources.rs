@@ -1,14 +1,25 @@
 //! Per-source accounting for `conntrack.per_source_limit`: how many live entries each
 //! source address created, exactly.
 //!
-//! Every live entry has one source, so there are never more distinct sources than
-//! entries: an open-addressing table with 1.5x capacity slots (rounded up to a power of
-//! two) never fills, and linear probing with backward-shift deletion keeps lookups short
-//! without tombstones. Sources are identified by a 64-bit seeded hash of the address:
-//! two addresses share a count only if their hashes collide (about n^2 / 2^65 for n
-//! sources — never, in practice), and the seed is secret, so nobody can aim for it.
+//! Every live entry is charged to one source, so there are never more distinct
+//! sources than entries: an open-addressing table of at least twice the capacity
+//! (rounded up to a power of two) is at most half full, and linear probing with
+//! backward-shift deletion keeps lookups short without tombstones. Sources are
+//! identified by a 64-bit seeded hash of the address: two addresses share a count only
+//! if their hashes collide (about n^2 / 2^65 for n sources — never, in practice), and
+//! the seed is secret, so nobody can aim for it.
+//!
+//! Every loop here is bounded by construction, not by what the table holds: a search
+//! examines at most [`MAX_PROBE`] slots, a deletion at most the table's size. A
+//! source that finds no free slot within its probe window is refused
+//! ([`Refusal::TableFull`], counted by the engine) instead of searched for forever —
+//! at the sizing above that takes a run of 64 occupied slots, which linear probing at
+//! half load produces about once per 10^5 tables of a million slots.
 
 use crate::flow::FlowHasher;
+
+/// Most slots one search examines.
+pub const MAX_PROBE: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
@@ -19,6 +30,15 @@ struct Slot {
     _pad: u32,
 }
 
+/// Why a source may not create another entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It already holds `limit` entries.
+    Limit,
+    /// It holds none and no slot within its probe window is free.
+    TableFull,
+}
+
 pub struct Sources {
     slots: Box<[Slot]>,
     mask: usize,
@@ -26,10 +46,16 @@ pub struct Sources {
     pub limit: u32,
 }
 
+enum Probe {
+    Found(usize),
+    Free(usize),
+    Exhausted,
+}
+
 impl Sources {
     /// `limit` 0 disables accounting (and allocates nothing).
     pub fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
-        let n = if limit == 0 { 0 } else { (capacity + capacity / 2).next_power_of_two().max(2) };
+        let n = if limit == 0 { 0 } else { capacity.saturating_mul(2).next_power_of_two().max(MAX_PROBE) };
         Sources { slots: vec![Slot::default(); n].into_boxed_slice(), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
     }
 
@@ -47,66 +73,81 @@ impl Sources {
         self.hasher.hash(&k) | 1
     }
 
-    fn find(&self, key: u64) -> (usize, bool) {
+    /// The slot holding `key`, or the first free slot of its probe window.
+    fn find(&self, key: u64) -> Probe {
         let mut i = key as usize & self.mask;
-        loop {
+        for _ in 0..MAX_PROBE.min(self.slots.len()) {
             let k = self.slots[i].key;
             if k == key {
-                return (i, true);
+                return Probe::Found(i);
             }
             if k == 0 {
-                return (i, false);
+                return Probe::Free(i);
             }
             i = (i + 1) & self.mask;
         }
+        Probe::Exhausted
     }
 
-    /// Live entries created by this source.
+    /// Live entries charged to this source.
     pub fn count(&self, addr: u128, v6: bool) -> u32 {
         if !self.enabled() {
             return 0;
         }
-        let (i, found) = self.find(self.key(addr, v6));
-        if found { self.slots[i].count } else { 0 }
+        match self.find(self.key(addr, v6)) {
+            Probe::Found(i) => self.slots[i].count,
+            _ => 0,
+        }
     }
 
-    /// True when the source may create one more entry.
-    pub fn admits(&self, addr: u128, v6: bool) -> bool {
-        !self.enabled() || self.count(addr, v6) < self.limit
-    }
-
-    pub fn add(&mut self, addr: u128, v6: bool) {
+    /// Whether the source may create one more entry.
+    pub fn check(&self, addr: u128, v6: bool) -> Result<(), Refusal> {
         if !self.enabled() {
-            return;
+            return Ok(());
+        }
+        match self.find(self.key(addr, v6)) {
+            Probe::Found(i) if self.slots[i].count >= self.limit => Err(Refusal::Limit),
+            Probe::Found(_) | Probe::Free(_) => Ok(()),
+            Probe::Exhausted => Err(Refusal::TableFull),
+        }
+    }
+
+    /// Charges one entry to the source. Succeeds whenever [`Sources::check`] did
+    /// (removals in between only free slots); `false` otherwise, with nothing charged.
+    pub fn add(&mut self, addr: u128, v6: bool) -> bool {
+        if !self.enabled() {
+            return true;
         }
         let key = self.key(addr, v6);
-        let (i, found) = self.find(key);
-        if found {
-            self.slots[i].count += 1;
-        } else {
-            self.slots[i] = Slot { key, count: 1, _pad: 0 };
+        match self.find(key) {
+            Probe::Found(i) => self.slots[i].count += 1,
+            Probe::Free(i) => self.slots[i] = Slot { key, count: 1, _pad: 0 },
+            Probe::Exhausted => return false,
         }
+        true
     }
 
+    /// Releases one entry charged to the source.
     pub fn sub(&mut self, addr: u128, v6: bool) {
         if !self.enabled() {
             return;
         }
-        let (mut i, found) = self.find(self.key(addr, v6));
-        if !found {
-            debug_assert!(false, "removing an entry of an unknown source");
+        let Probe::Found(mut i) = self.find(self.key(addr, v6)) else {
+            debug_assert!(false, "releasing an entry of a source that holds none");
             return;
-        }
+        };
         self.slots[i].count -= 1;
         if self.slots[i].count > 0 {
             return;
         }
         // Backward-shift deletion: pull later members of the cluster into the hole.
+        // Keys sit at most MAX_PROBE - 1 slots past their home, so none further than
+        // that from the hole can move into it; and the scan never passes the table.
         let mut j = i;
-        loop {
+        for _ in 0..self.slots.len() {
             j = (j + 1) & self.mask;
             let k = self.slots[j].key;
-            if k == 0 {
+            if k == 0 || (j.wrapping_sub(i) & self.mask) >= MAX_PROBE {
                 break;
             }
             let home = k as usize & self.mask;
@@ -118,6 +159,20 @@ impl Sources {
             }
         }
         self.slots[i] = Slot::default();
+    }
+
+    /// Entries charged over all sources (a walk over the table, for audits).
+    pub fn total(&self) -> u64 {
+        self.slots.iter().map(|s| u64::from(s.count)).sum()
+    }
+
+    /// Distinct sources holding entries (a walk over the table, for audits).
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.key != 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -137,7 +192,7 @@ mod tests {
             let a = u128::from(x % 40);
             let live: u32 = model.values().sum();
             if !x.is_multiple_of(3) && live < 64 {
-                s.add(a, false);
+                assert!(s.add(a, false));
                 *model.entry(a).or_insert(0u32) += 1;
             } else if let Some((&k, _)) = model.iter().find(|(_, c)| **c > 0) {
                 s.sub(k, false);
@@ -146,7 +201,51 @@ mod tests {
             for (k, c) in &model {
                 assert_eq!(s.count(*k, false), *c);
             }
+            assert_eq!(s.len(), model.values().filter(|c| **c > 0).count());
         }
-        assert!(Sources::new(10, 0, 1).admits(1, false));
+        assert!(Sources::new(10, 0, 1).check(1, false).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_refuses_instead_of_searching_forever() {
+        // Charge far more distinct sources than the table was sized for (what leaked
+        // accounting once did): every call returns, and the overflow is a refusal.
+        let mut s = Sources::new(16, 1000, 7);
+        let slots = s.slots.len();
+        let (mut added, mut refused) = (0, 0);
+        for a in 0..(4 * slots) as u128 {
+            match s.check(a, false) {
+                Ok(()) => {
+                    assert!(s.add(a, false));
+                    added += 1;
+                }
+                Err(r) => {
+                    assert_eq!(r, Refusal::TableFull);
+                    assert!(!s.add(a, false), "add agrees with check");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(added, slots, "every slot was used");
+        assert_eq!(refused, 3 * slots);
+        // Lookups of absent sources in a full table also return.
+        assert_eq!(s.count(u128::MAX, false), 0);
+        // And the table drains back to empty.
+        for a in 0..(4 * slots) as u128 {
+            if s.count(a, false) > 0 {
+                s.sub(a, false);
+            }
+        }
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn the_limit_is_a_refusal_of_its_own() {
+        let mut s = Sources::new(64, 2, 1);
+        assert!(s.add(9, false) && s.add(9, false));
+        assert_eq!(s.check(9, false), Err(Refusal::Limit));
+        assert_eq!(s.check(10, false), Ok(()));
+        s.sub(9, false);
+        assert_eq!(s.check(9, false), Ok(()));
     }
 }

@@ -122,7 +122,11 @@ pub fn status_line(r: &Report, active: &[Active], uptime: Duration) -> String {
     }
     let _ = write!(s, "  | table {}/{} ({:.1} %)  busy {:.0} %", t.entries, t.capacity, 100.0 * t.table_fill, 100.0 * t.busy);
     for a in active {
-        let _ = write!(s, "  | SATURATED {} w{}", a.name, a.worker);
+        if a.is_fault() {
+            let _ = write!(s, "  | FAULT {}", a.detail);
+        } else {
+            let _ = write!(s, "  | SATURATED {} w{}", a.name, a.worker);
+        }
     }
     s
 }
@@ -132,6 +136,9 @@ pub fn human(v: &Value) -> String {
     let t = &v["totals"];
     let mut s = String::new();
     let _ = writeln!(s, "holdfast: stopped after {:.1} s; XDP detached", v["uptime_s"].as_f64().unwrap_or(0.0));
+    if let Some(stuck) = v["stuck_workers"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(s, "  STUCK      worker(s) {stuck:?} did not stop: their counters are the last they published");
+    }
     let _ = writeln!(s, "  received   outside {} / inside {} frames", t["rx"]["outside"], t["rx"]["inside"]);
     let _ = writeln!(s, "  forwarded  to inside {} / to outside {} frames", t["tx"]["inside"], t["tx"]["outside"]);
     let _ = writeln!(s, "  passed {}  dropped {}  drops {}", t["passed"], t["dropped"], t["drops"]);

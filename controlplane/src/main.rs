@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use holdfast_controlplane::control::client;
 use holdfast_controlplane::{capture, config, replay, traffic, DEFAULT_CONFIG};
 
 #[global_allocator]
@@ -51,9 +52,13 @@ struct ClientArgs {
     /// The appliance's control.listen address.
     #[arg(long, default_value = "127.0.0.1:9477")]
     connect: String,
-    /// Take the address from this config file's control.listen instead.
+    /// Take the address (and token) from this config file's control.listen (and
+    /// control.token_file) instead.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A file holding the appliance's control token (control.token_file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Print the data as JSON.
     #[arg(long)]
     json: bool,
@@ -104,15 +109,22 @@ struct ReloadArgs {
     no_wait: bool,
 }
 
-/// The address of the running appliance a client command talks to.
-fn target(c: &ClientArgs) -> Result<String, String> {
-    let Some(p) = &c.config else { return Ok(c.connect.clone()) };
-    let cfg = config::load(p).map_err(|e| e.to_string())?;
-    cfg.control.listen.map(|a| a.to_string()).ok_or_else(|| format!("{}: control.listen is off", p.display()))
+/// The running appliance a client command talks to, and its token.
+fn target(c: &ClientArgs) -> Result<client::Target, String> {
+    let mut t = client::Target::new(c.connect.clone());
+    let mut token_file = c.token_file.clone();
+    if let Some(p) = &c.config {
+        let cfg = config::load(p).map_err(|e| e.to_string())?;
+        t.addr = cfg.control.listen.map(|a| a.to_string()).ok_or_else(|| format!("{}: control.listen is off", p.display()))?;
+        token_file = token_file.or(cfg.control.token_file);
+    }
+    if let Some(f) = token_file {
+        t.token = Some(config::read_token(&f)?);
+    }
+    Ok(t)
 }
 
 fn client_cmd(cmd: Cmd) -> ExitCode {
-    use holdfast_controlplane::control::client;
     let fail = |e: String| {
         eprintln!("holdfast: {e}");
         ExitCode::FAILURE

@@ -430,3 +430,114 @@ fn a_flood_of_denials_is_counted_as_suppressed_not_queued() {
     let lines = std::fs::read_to_string(lab.dir.join("denials.log")).unwrap().lines().count() as u64;
     assert_eq!(lines, logged);
 }
+
+/// systemd's side of Type=notify, played by the test: every message with the time it
+/// arrived.
+struct FakeSystemd {
+    heard: std::sync::Arc<Mutex<Vec<(Instant, String)>>>,
+    go_on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl FakeSystemd {
+    fn new(dir: &std::path::Path) -> FakeSystemd {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let heard = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let go_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (h, g) = (std::sync::Arc::clone(&heard), std::sync::Arc::clone(&go_on));
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while g.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    h.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+                }
+            }
+        });
+        FakeSystemd { heard, go_on, thread: Some(thread), path }
+    }
+
+    /// Watchdog pings since `t`.
+    fn pings_since(&self, t: Instant) -> usize {
+        self.heard.lock().unwrap().iter().filter(|(at, m)| *at >= t && m.contains("WATCHDOG=1")).count()
+    }
+}
+
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        self.go_on.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A worker caught in an endless loop (injected: `HOLDFAST_TEST_STALL_WORKER`, debug
+/// builds only) is an operator-visible fault within seconds: a `worker_stalled` event in
+/// the log, `/status` and `/metrics`; systemd's watchdog stops being fed; a listing
+/// refuses at once instead of waiting; and SIGTERM still ends the process within
+/// seconds, naming the stuck worker, with no XDP program left behind.
+#[test]
+fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("stall", 2);
+    lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
+    let systemd = FakeSystemd::new(&lab.dir);
+    let started = Instant::now();
+    lab.start(&[("NOTIFY_SOCKET", &systemd.path.to_string_lossy()), ("WATCHDOG_USEC", "400000"), ("HOLDFAST_TEST_STALL_WORKER", "1:1500")]);
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
+    assert!(systemd.pings_since(started) >= 2, "the watchdog was fed while every worker ran");
+
+    // Worker 1 stops at 1.5 s; a fault within STALL_AFTER (1 s) of that.
+    let t = Instant::now();
+    let fault = loop {
+        let s = lab.status();
+        if let Some(e) = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "worker_stalled") {
+            break e.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no worker_stalled event: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(fault["worker"], 1);
+    assert!(fault["fault"].as_str().unwrap().contains("worker 1 has published nothing"), "{fault}");
+    let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
+    assert!(metrics.contains("holdfast_saturation_active{reason=\"worker_stalled\"} 1"), "{metrics}");
+    assert!(lab.stderr().contains("fault RAISED worker_stalled: worker 1 has published nothing"), "{}", lab.stderr());
+    // A listing does not wait for the stuck worker.
+    let t = Instant::now();
+    let out = lab.hf(&["flows"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("worker 1 is stalled"), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // The watchdog is no longer fed (systemd would restart the service).
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(systemd.pings_since(quiet), 0, "the watchdog was fed with a worker stuck");
+
+    // SIGTERM still ends the process, within the stop grace period and a margin.
+    let app = lab.app.take().unwrap();
+    let t = Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
+    let pid = app.id();
+    let out = loop {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() || t.elapsed() > Duration::from_secs(10) {
+            break app.wait_with_output().unwrap();
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.split_whitespace().nth(2) == Some("Z") {
+            break app.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(t.elapsed() < Duration::from_secs(6), "SIGTERM took {:?}", t.elapsed());
+    let fin: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("final JSON: {}", lab.stderr()));
+    assert_eq!(fin["stuck_workers"], serde_json::json!([1]));
+    assert!(lab.stderr().contains("worker 1 did not stop within 3 s (stuck)"), "{}", lab.stderr());
+    for dev in ["hf-out0", "hf-in0"] {
+        let link = ok(&lab.ns("hf-fw", &["ip", "link", "show", dev]).output().unwrap());
+        assert!(!link.contains("xdp"), "XDP left on {dev}: {link}");
+    }
+}

@@ -18,8 +18,19 @@ pub enum Command {
     /// Run a new configuration from the next burst on (`generation` counts reloads).
     /// With `recheck`, existing flows are re-judged by the new rules.
     Reconfigure { generation: u64, engine: EngineConfig, policy: Arc<Classifier>, recheck: bool, log_rate: u32 },
-    /// List up to `limit` flows matching `filter`; the answer goes to `reply`.
-    Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<Vec<FlowInfo>> },
+    /// List up to `limit` flows matching `filter`. The answer goes to `reply` a
+    /// chunk at a time (one slice of the table per housekeeping round), then `Done`.
+    /// The worker never waits on `reply`: while it is full the listing pauses; once
+    /// the receiver is gone the listing is dropped. A bounded channel thus bounds the
+    /// memory a listing holds, whatever the table's size.
+    Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<FlowsReply> },
+}
+
+/// One message of a flow listing.
+#[derive(Debug)]
+pub enum FlowsReply {
+    Chunk(Vec<FlowInfo>),
+    Done,
 }
 
 /// Which flows a listing wants (`/flows?src=…&dst=…&port=…&state=…`). Empty fields

@@ -68,6 +68,12 @@ pub struct Commander {
 }
 
 impl Commander {
+    /// A commander over these queues (the running appliance makes its own; tests make
+    /// one over queues they read themselves).
+    pub fn new(to: Vec<crossbeam_channel::Sender<Command>>) -> Commander {
+        Commander { to }
+    }
+
     pub fn workers(&self) -> usize {
         self.to.len()
     }
@@ -234,16 +240,37 @@ impl Running {
         std::mem::take(&mut self.denials)
     }
 
-    /// Stops the workers (they drain what arrived), joins them, detaches the programs.
-    pub fn stop(mut self) -> Vec<Snapshot> {
+    /// Stops the workers (they drain what arrived) and joins those that stop within
+    /// `grace`; detaches the programs. A worker that does not stop in time (stuck in a
+    /// loop) is left behind — it ends with the process, and its XDP program detaches
+    /// with the process's links — and named in [`Stopped::stuck`], its last published
+    /// snapshot standing in for its final one. Never waits longer than `grace`.
+    pub fn stop(mut self, grace: std::time::Duration) -> Stopped {
         self.stop.store(true, Ordering::Relaxed);
-        let mut out = Vec::new();
+        let deadline = WallClock::now() + grace;
+        while WallClock::now() < deadline && !self.workers.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut out = Stopped::default();
         for (w, h) in self.workers.into_iter().enumerate() {
+            if !h.is_finished() {
+                out.stuck.push(w);
+                out.snapshots.push(self.readers[w].read());
+                continue;
+            }
             match h.join() {
-                Ok(Some(f)) => out.push(f.snapshot),
-                _ => out.push(self.readers[w].read()),
+                Ok(Some(f)) => out.snapshots.push(f.snapshot),
+                _ => out.snapshots.push(self.readers[w].read()),
             }
         }
         out
     }
+}
+
+/// What [`Running::stop`] leaves: each worker's final snapshot, and the workers that
+/// did not stop within the grace period.
+#[derive(Debug, Default)]
+pub struct Stopped {
+    pub snapshots: Vec<Snapshot>,
+    pub stuck: Vec<usize>,
 }

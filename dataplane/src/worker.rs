@@ -12,7 +12,7 @@ use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
-use crate::control::{Bucket, Command, DenyEvent, FlowFilter};
+use crate::control::{Bucket, Command, DenyEvent, FlowFilter, FlowsReply};
 use crate::handoff::{self, Consumer, Producer, Refused};
 use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
@@ -100,7 +100,14 @@ struct Worker {
 }
 
 enum Job {
-    Flows { filter: FlowFilter, limit: usize, out: Vec<holdfast_pipeline::FlowInfo>, reply: crossbeam_channel::Sender<Vec<holdfast_pipeline::FlowInfo>> },
+    Flows {
+        filter: FlowFilter,
+        /// Flows still wanted.
+        left: usize,
+        /// Replies produced but not yet taken (the channel was full).
+        pending: std::collections::VecDeque<FlowsReply>,
+        reply: crossbeam_channel::Sender<FlowsReply>,
+    },
     Maintain { recheck: bool },
 }
 
@@ -158,7 +165,11 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
 
     let mut empty = 0u32;
     let mut last_house = WallClock::now();
+    #[cfg(debug_assertions)]
+    let stall_at = fault::stall_at(spec.index, last_house);
     while !spec.stop.load(Ordering::Relaxed) {
+        #[cfg(debug_assertions)]
+        fault::maybe_stall(stall_at);
         // One clock read per poll (two when it found work): the pipeline's time is in
         // 1/64 s ticks, far coarser than a poll.
         let t = WallClock::now();
@@ -222,6 +233,32 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
     Some(Final { snapshot: w.snap })
 }
 
+/// Fault injection for the tests, in debug builds only (release builds have none):
+/// `HOLDFAST_TEST_STALL_WORKER=W:MS` makes worker `W` spin forever `MS` ms after it
+/// starts — publishing nothing, ignoring stop — the way a worker caught in an endless
+/// loop on the packet path would. What the rest of the appliance must then do (raise a
+/// fault event, starve systemd's watchdog, still exit on SIGTERM) is tested with it.
+#[cfg(debug_assertions)]
+mod fault {
+    use std::time::{Duration, Instant};
+
+    pub fn stall_at(worker: usize, start: Instant) -> Option<Instant> {
+        let v = std::env::var("HOLDFAST_TEST_STALL_WORKER").ok()?;
+        let (w, ms) = v.split_once(':')?;
+        let ms: u64 = ms.parse().ok()?;
+        (w.parse::<usize>().ok()? == worker).then(|| start + Duration::from_millis(ms))
+    }
+
+    #[inline]
+    pub fn maybe_stall(at: Option<Instant>) {
+        if at.is_some_and(|t| Instant::now() >= t) {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 impl Worker {
     fn publish(&mut self, publisher: &mut Publisher) {
         let t = WallClock::now();
@@ -252,30 +289,79 @@ impl Worker {
                 self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
             }
             Command::Flows { filter, limit, reply } => {
-                self.scans.push_back(Scan { job: Job::Flows { filter, limit, out: Vec::new(), reply }, cursor: 0 });
+                let job = Job::Flows { filter, left: limit, pending: std::collections::VecDeque::new(), reply };
+                self.scans.push_back(Scan { job, cursor: 0 });
             }
         }
     }
 
-    /// Serves one slice of the oldest table walk.
+    /// Serves one slice of the oldest table walk that can go on: a listing whose
+    /// reader has not taken its last chunk waits without holding up the walks behind
+    /// it (a reload's pass, other listings).
     fn scan(&mut self, now: Instant) {
-        let Some(s) = self.scans.front_mut() else { return };
         let cap = self.engine.table().capacity() as u32;
-        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
-        s.cursor = range.end;
-        let finished = match &mut s.job {
-            Job::Flows { filter, limit, out, .. } => {
-                out.extend(self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(limit.saturating_sub(out.len())));
-                out.len() >= *limit || s.cursor >= cap
+        let mut i = 0;
+        while i < self.scans.len() {
+            let s = &mut self.scans[i];
+            let finished = match &mut s.job {
+                Job::Maintain { recheck } => {
+                    let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
+                    s.cursor = range.end;
+                    self.engine.maintain(range, now, *recheck);
+                    s.cursor >= cap
+                }
+                Job::Flows { filter, left, pending, reply } => {
+                    // Hand over what is waiting first; a full channel pauses the walk.
+                    let mut gone = false;
+                    while let Some(m) = pending.pop_front() {
+                        match reply.try_send(m) {
+                            Ok(()) => {}
+                            Err(crossbeam_channel::TrySendError::Full(m)) => {
+                                pending.push_front(m);
+                                break;
+                            }
+                            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    if gone {
+                        true
+                    } else if !pending.is_empty() {
+                        i += 1;
+                        continue;
+                    } else if *left == 0 || s.cursor >= cap {
+                        // Everything was handed over, `Done` included.
+                        true
+                    } else {
+                        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
+                        s.cursor = range.end;
+                        let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
+                        *left -= chunk.len();
+                        if !chunk.is_empty() {
+                            pending.push_back(FlowsReply::Chunk(chunk));
+                        }
+                        if *left == 0 || s.cursor >= cap {
+                            pending.push_back(FlowsReply::Done);
+                        }
+                        while let Some(m) = pending.pop_front() {
+                            if let Err(e) = reply.try_send(m) {
+                                if let crossbeam_channel::TrySendError::Full(m) = e {
+                                    pending.push_front(m);
+                                }
+                                break;
+                            }
+                        }
+                        false
+                    }
+                }
+            };
+            if finished {
+                self.scans.remove(i);
             }
-            Job::Maintain { recheck } => {
-                self.engine.maintain(range, now, *recheck);
-                s.cursor >= cap
-            }
-        };
-        if finished && let Some(Scan { job: Job::Flows { out, reply, .. }, .. }) = self.scans.pop_front() {
-            // The asker may have given up; nothing to do then.
-            let _ = reply.send(out);
+            // One slice per round in all.
+            return;
         }
     }
 

@@ -50,6 +50,9 @@ pub enum OnReload {
 pub struct Control {
     /// `None`: no endpoint (`listen: off`).
     pub listen: Option<std::net::SocketAddr>,
+    /// `control.token_file`: a file whose contents `/flows` and `/reload` require as a
+    /// bearer token (relative paths are relative to the config file).
+    pub token_file: Option<std::path::PathBuf>,
     pub report_interval: std::time::Duration,
     pub saturation: Thresholds,
 }
@@ -159,6 +162,40 @@ impl Config {
     }
 }
 
+/// Shortest token `control.token_file` may hold: 16 characters (e.g. from
+/// `head -c 24 /dev/urandom | base64`).
+pub const MIN_TOKEN: usize = 16;
+
+/// Reads `control.token_file`: one line, at least [`MIN_TOKEN`] characters, of
+/// printable ASCII. Says what is wrong with the file otherwise. Warns (on stderr) when
+/// other users may read it.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let what = format!("control.token_file {}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what}: not a regular file"));
+    }
+    if meta.len() > 4096 {
+        return Err(format!("{what}: {} bytes; a token is one line of at most 4096", meta.len()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
+    let t = text.trim();
+    if t.lines().count() > 1 {
+        return Err(format!("{what}: holds several lines; put the token alone on one line"));
+    }
+    if t.len() < MIN_TOKEN {
+        return Err(format!("{what}: the token is {} characters; use at least {MIN_TOKEN} (e.g. head -c 24 /dev/urandom | base64)", t.len()));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{what}: the token must be printable ASCII without spaces (it travels in an HTTP header)"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o004 != 0 {
+        eprintln!("holdfast: WARNING: {what} is readable by every user (chmod 600 it)");
+    }
+    Ok(t.to_string())
+}
+
 /// A configuration error with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -196,11 +233,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut c = parse(&text, &name)?;
     // A relative deny log path is relative to the config file, not to wherever the
     // daemon was started.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let DenyOutput::File(p) = &c.log.denials
         && p.is_relative()
     {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         c.log.denials = DenyOutput::File(dir.join(p));
+    }
+    if let Some(p) = &c.control.token_file
+        && p.is_relative()
+    {
+        c.control.token_file = Some(dir.join(p));
     }
     Ok(c)
 }
@@ -386,8 +428,16 @@ fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, ConfigError> {
             return Err(cx.at(v.referenced, format!("control.saturation.{name} is a rate above 0 (events per second)")));
         }
     }
+    let token_file = match &c.token_file {
+        None => None,
+        Some(t) if t.value.trim().is_empty() => {
+            return Err(cx.at(t.referenced, "control.token_file is empty: name a file holding the token, or remove the key"));
+        }
+        Some(t) => Some(std::path::PathBuf::from(t.value.trim())),
+    };
     Ok(Control {
         listen,
+        token_file,
         report_interval,
         saturation: Thresholds {
             table_fill: s.table_fill.value,

@@ -21,13 +21,14 @@ pub struct File {
 #[serde(deny_unknown_fields, default)]
 pub struct ControlCfg {
     pub listen: Spanned<String>,
+    pub token_file: Option<Spanned<String>>,
     pub report_interval: Option<Spanned<Dur>>,
     pub saturation: SaturationCfg,
 }
 
 impl Default for ControlCfg {
     fn default() -> Self {
-        ControlCfg { listen: unknown("127.0.0.1:9477".into()), report_interval: None, saturation: SaturationCfg::default() }
+        ControlCfg { listen: unknown("127.0.0.1:9477".into()), token_file: None, report_interval: None, saturation: SaturationCfg::default() }
     }
 }
 

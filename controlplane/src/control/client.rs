@@ -8,8 +8,45 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// One request; returns the status code and the body.
-pub fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+/// A running appliance's endpoint, and the token its `/flows` and `/reload` want.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl Target {
+    pub fn new(addr: impl Into<String>) -> Target {
+        Target { addr: addr.into(), token: None }
+    }
+}
+
+/// Largest answer read (a listing of a million flows is about 300 MB).
+const MAX_ANSWER: u64 = 1 << 30;
+
+/// Decodes a chunked body; `None` when it is cut short or malformed.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.len());
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// One request; returns the status code and the body. An answer cut short (the
+/// appliance stopped mid-listing) is an error, not a short list.
+pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), String> {
+    let addr = &t.addr;
     let sa: SocketAddr = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -18,16 +55,31 @@ pub fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), St
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))
         .map_err(|e| format!("cannot reach holdfast at {addr}: {e} (is it running, with control.listen: {addr}?)"))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").map_err(|e| format!("{addr}: {e}"))?;
+    let auth = t.token.as_ref().map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").map_err(|e| format!("{addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("{addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(|e| format!("{addr}: {e}"))?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = &raw[split + 4..];
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{addr}: bad status line"))?;
-    Ok((code, body.to_string()))
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+    };
+    let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        dechunk(body).ok_or_else(|| format!("{addr}: the answer to {path} was cut short (did holdfast stop?)"))?
+    } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if body.len() < n {
+            return Err(format!("{addr}: the answer to {path} was cut short (did holdfast stop?)"));
+        }
+        body[..n].to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn get_json(addr: &str, path: &str) -> Result<Value, String> {
+fn get_json(addr: &Target, path: &str) -> Result<Value, String> {
     let (code, body) = request(addr, "GET", path)?;
     if code != 200 {
         return Err(format!("{path}: HTTP {code}: {}", body.trim()));
@@ -35,7 +87,7 @@ fn get_json(addr: &str, path: &str) -> Result<Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("{path}: {e}"))
 }
 
-pub fn status(addr: &str) -> Result<Value, String> {
+pub fn status(addr: &Target) -> Result<Value, String> {
     get_json(addr, "/status")
 }
 
@@ -124,6 +176,10 @@ pub fn render(v: &Value) -> String {
         let _ = writeln!(s, "saturation none");
     }
     for e in sat {
+        if let Some(d) = e["fault"].as_str() {
+            let _ = writeln!(s, "FAULT {} since {}: {d}", e["event"].as_str().unwrap_or("?"), e["since"].as_str().unwrap_or("?"));
+            continue;
+        }
         let _ = writeln!(
             s,
             "SATURATED {} on worker {} since {}: {:.3} (threshold {})",
@@ -182,18 +238,26 @@ pub fn flow_line(f: &Value) -> String {
     s
 }
 
-pub fn flows(addr: &str, query: &str) -> Result<Vec<Value>, String> {
+pub fn flows(addr: &Target, query: &str) -> Result<Vec<Value>, String> {
     let (code, body) = request(addr, "GET", &format!("/flows?{query}"))?;
     if code != 200 {
         return Err(format!("/flows: HTTP {code}: {}", body.trim()));
     }
-    body.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("/flows: {e}"))).collect()
+    let list: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("/flows: {e}"))).collect::<Result<_, _>>()?;
+    // A listing that could not be completed ends with an error line.
+    if let Some(e) = list.last().and_then(|v| v["error"].as_str()) {
+        return Err(format!("/flows: {e}"));
+    }
+    Ok(list)
 }
 
 /// Asks for a reload; with `wait`, also waits until every worker runs the new
 /// generation (and has finished its pass over the table).
-pub fn reload(addr: &str, wait: bool) -> Result<Value, String> {
+pub fn reload(addr: &Target, wait: bool) -> Result<Value, String> {
     let (code, body) = request(addr, "POST", "/reload")?;
+    if matches!(code, 401 | 403) {
+        return Err(format!("/reload: HTTP {code}: {}", body.trim()));
+    }
     let v: Value = serde_json::from_str(&body).map_err(|_| format!("/reload: HTTP {code}: {}", body.trim()))?;
     if code != 200 {
         return Err(v["error"].as_str().map(String::from).unwrap_or_else(|| body.trim().to_string()));
@@ -215,6 +279,13 @@ pub fn reload(addr: &str, wait: bool) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_answers_decode_and_cut_ones_are_noticed() {
+        assert_eq!(dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(), b"hello world");
+        assert!(dechunk(b"5\r\nhello\r\n6\r\n wor").is_none());
+        assert!(dechunk(b"5\r\nhello\r\n").is_none(), "no last chunk: cut short");
+    }
 
     #[test]
     fn a_flow_reads_like_conntrack_l() {

@@ -1,101 +1,453 @@
 //! The HTTP endpoint on `control.listen`: `/metrics`, `/status`, `/flows`, and
-//! `POST /reload`. A small synchronous server (tiny_http) on its own thread: nothing it
-//! does touches a worker except through the workers' command queues.
+//! `POST /reload`, over HTTP/1.1 (and HTTP/1.0) or HTTP/2 without TLS.
+//!
+//! hyper on a current-thread tokio runtime of its own thread: nothing here touches a
+//! worker except through the workers' bounded command queues, polled without ever
+//! blocking a worker. Every resource a client can hold is bounded:
+//!
+//! - request headers: [`HEADER_LIMIT`] bytes (larger: 431), [`HEADER_TIMEOUT`] to send them;
+//! - request bodies: [`BODY_LIMIT`] bytes (larger: 413), [`BODY_TIMEOUT`] to send them (408);
+//! - connections: at most [`MAX_CONNECTIONS`]; one more evicts the connection that has
+//!   been quiet the longest; a connection quiet for [`IDLE_TIMEOUT`] (nothing read or
+//!   written, a response the client does not read included) is closed;
+//! - a flow listing streams the workers' chunks through bounded channels, so its memory
+//!   does not grow with the table.
+//!
+//! Accept errors (a full descriptor table) are counted and logged, never fatal; a
+//! panic in one request ends that connection only.
+//!
+//! Access: `/metrics` and `/status` are read-only aggregates, open to whoever reaches
+//! the socket. `/flows` (it reveals who talks to whom) and `/reload` need the bearer
+//! token of `control.token_file` when one is set; without one they answer only peers
+//! on the loopback interface.
 
+use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use holdfast_dataplane::control::{Command, FlowFilter};
+use bytes::Bytes;
+use holdfast_dataplane::control::{Command, FlowFilter, FlowsReply};
 use holdfast_dataplane::run::Commander;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Response, Server};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::{status_json, ReloadRequest, View};
 use crate::replay::flow_json;
 
 /// Most flows one `/flows` request returns.
 pub const MAX_FLOWS: usize = 1_000_000;
+/// Most connections open at once; one more evicts the quietest.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Request line and headers, in bytes (hyper's read buffer; larger gets 431).
+pub const HEADER_LIMIT: usize = 16 * 1024;
+/// A request body, in bytes. Only `POST /reload` reads one, and ignores it.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Time to send the whole request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to send the whole body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection with nothing read or written for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a listing waits for a worker's next chunk before giving up on it.
+const WORKER_ANSWER: Duration = Duration::from_secs(10);
+/// How long `POST /reload` waits for the control loop.
+const RELOAD_ANSWER: Duration = Duration::from_secs(30);
+
+/// What the endpoint has had to refuse or cut, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    /// Connections closed to make room for a new one (over [`MAX_CONNECTIONS`]).
+    pub evicted: AtomicU64,
+    /// Connections closed after [`IDLE_TIMEOUT`] without traffic.
+    pub idle_closed: AtomicU64,
+    /// `accept()` failures (descriptor table full, …).
+    pub accept_errors: AtomicU64,
+    /// Requests refused for a missing or wrong token, or from another host.
+    pub unauthorized: AtomicU64,
+    /// Bodies over [`BODY_LIMIT`] or not sent within [`BODY_TIMEOUT`].
+    pub bad_bodies: AtomicU64,
+    pub open: AtomicU64,
+}
+
+/// The bearer token `/flows` and `/reload` require (`control.token_file`), shared
+/// with the control loop, which re-reads the file on reload.
+pub type Token = Arc<RwLock<Option<String>>>;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+struct Shared {
+    view: Arc<RwLock<View>>,
+    commander: Commander,
+    reload: crossbeam_channel::Sender<ReloadRequest>,
+    token: Token,
+    stats: Arc<HttpStats>,
+    epoch: Instant,
+}
 
 pub struct Endpoint {
-    stop: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub addr: SocketAddr,
 }
 
 impl Endpoint {
+    /// Binds `addr` (errors name `control.listen`) and serves on a thread of its own.
     pub fn start(
         addr: SocketAddr,
         view: Arc<RwLock<View>>,
         commander: Commander,
         reload: crossbeam_channel::Sender<ReloadRequest>,
+        token: Token,
+        stats: Arc<HttpStats>,
     ) -> Result<Endpoint, String> {
-        let server = Server::http(addr).map_err(|e| format!("control.listen {addr}: {e}"))?;
-        let addr = server.server_addr().to_ip().unwrap_or(addr);
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = Arc::clone(&stop);
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("control.listen {addr}: cannot listen: {e}{}", bind_hint(&e)))?;
+        listener.set_nonblocking(true).map_err(|e| format!("control.listen {addr}: {e}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared { view, commander, reload, token, stats, epoch: Instant::now() });
         let thread = std::thread::Builder::new()
             .name("holdfast-http".into())
             .spawn(move || {
-                while !s2.load(Relaxed) {
-                    let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
-                    handle(req, &view, &commander, &reload);
-                }
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("holdfast: the control endpoint could not start its runtime: {e}; /metrics and the control commands are unavailable");
+                        return;
+                    }
+                };
+                rt.block_on(serve(listener, shared, stopped));
+                // Dropping the runtime closes every connection still open.
             })
             .map_err(|e| format!("starting the HTTP endpoint: {e}"))?;
         Ok(Endpoint { stop, thread: Some(thread), addr })
     }
 
+    /// Stops accepting, closes every connection, joins the thread (bounded: the
+    /// connections' tasks are dropped, not awaited).
     pub fn stop(mut self) {
-        self.stop.store(true, Relaxed);
+        let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn header(k: &str, v: &str) -> Header {
-    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => " (another process uses this port: is holdfast already running?)",
+        std::io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+        _ => "",
+    }
 }
 
-fn text(code: u16, ctype: &str, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(body).with_status_code(code).with_header(header("Content-Type", ctype))
+/// One open connection, as the eviction policy sees it.
+struct Conn {
+    /// Milliseconds since `Shared::epoch` of the last byte read or written.
+    last: Arc<AtomicU64>,
+    close: Arc<Notify>,
 }
 
-fn handle(mut req: tiny_http::Request, view: &RwLock<View>, commander: &Commander, reload: &crossbeam_channel::Sender<ReloadRequest>) {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let snapshot = || view.read().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone());
-    let resp = match (req.method(), path) {
-        (Method::Get, "/metrics") => text(200, "text/plain; version=0.0.4; charset=utf-8", super::metrics::encode(&snapshot())),
-        (Method::Get, "/status") => text(200, "application/json", status_json(&snapshot()).to_string() + "\n"),
-        (Method::Get, "/flows") => match parse_query(query) {
-            Ok((filter, limit)) => match flows(commander, filter, limit) {
-                Ok(lines) => text(200, "application/x-ndjson", lines),
-                Err(e) => text(503, "text/plain", e + "\n"),
-            },
-            Err(e) => text(400, "text/plain", e + "\n"),
-        },
-        (Method::Post, "/reload") => {
-            let mut body = String::new();
-            let _ = req.as_reader().read_to_string(&mut body);
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if reload.send(ReloadRequest { reply: tx }).is_err() {
-                text(503, "text/plain", "the appliance is stopping\n".into())
-            } else {
-                match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(Ok(v)) => text(200, "application/json", v.to_string() + "\n"),
-                    Ok(Err(e)) => text(422, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
-                    Err(_) => text(504, "text/plain", "no answer from the control loop\n".into()),
+async fn serve(listener: std::net::TcpListener, sh: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("holdfast: the control endpoint could not register its socket: {e}");
+            return;
+        }
+    };
+    let conns: Arc<Mutex<HashMap<u64, Conn>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut next_id = 0u64;
+    let mut last_accept_log: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            a = listener.accept() => a,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: count, say so (at most every 10 s), wait a
+                // moment for descriptors to come back, and go on accepting.
+                sh.stats.accept_errors.fetch_add(1, Relaxed);
+                if last_accept_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    eprintln!("holdfast: control endpoint: accept failed: {e} (open connections: {}); still serving", sh.stats.open.load(Relaxed));
+                    last_accept_log = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let now = sh.epoch.elapsed().as_millis() as u64;
+        let conn = Conn { last: Arc::new(AtomicU64::new(now)), close: Arc::new(Notify::new()) };
+        let (last, close) = (Arc::clone(&conn.last), Arc::clone(&conn.close));
+        {
+            let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_CONNECTIONS
+                && let Some((&victim, _)) = map.iter().min_by_key(|(_, c)| c.last.load(Relaxed))
+                && let Some(v) = map.remove(&victim)
+            {
+                v.close.notify_one();
+                sh.stats.evicted.fetch_add(1, Relaxed);
+            }
+            map.insert(next_id, conn);
+        }
+        let id = next_id;
+        next_id += 1;
+        let (sh2, conns2) = (Arc::clone(&sh), Arc::clone(&conns));
+        sh.stats.open.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            connection(sock, peer, Arc::clone(&sh2), last, close).await;
+            conns2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            sh2.stats.open.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+async fn connection(sock: tokio::net::TcpStream, peer: SocketAddr, sh: Arc<Shared>, last: Arc<AtomicU64>, close: Arc<Notify>) {
+    let io = TokioIo::new(Tracked { inner: sock, last: Arc::clone(&last), epoch: sh.epoch });
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(HEADER_LIMIT)
+        .max_headers(64)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(HEADER_LIMIT as u32)
+        .max_concurrent_streams(16)
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let sh2 = Arc::clone(&sh);
+    let service = hyper::service::service_fn(move |req| {
+        let sh = Arc::clone(&sh2);
+        async move { Ok::<_, Infallible>(handle(req, peer, &sh).await) }
+    });
+    let conn = b.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = close.notified() => {
+                // Evicted: no goodbye, the slot is someone else's now.
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let quiet = sh.epoch.elapsed().as_millis() as u64 - last.load(Relaxed);
+                if let Some(t) = closing {
+                    // A graceful close waits for the response in flight; not forever.
+                    if t.elapsed() >= Duration::from_secs(2) {
+                        return;
+                    }
+                } else if quiet >= IDLE_TIMEOUT.as_millis() as u64 {
+                    sh.stats.idle_closed.fetch_add(1, Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
                 }
             }
         }
-        (_, "/metrics" | "/status" | "/flows") => text(405, "text/plain", "use GET\n".into()),
-        (_, "/reload") => text(405, "text/plain", "use POST\n".into()),
-        _ => text(404, "text/plain", "not found: try /metrics, /status, /flows or POST /reload\n".into()),
-    };
-    let _ = req.respond(resp);
+    }
+}
+
+/// A socket that remembers when it last moved a byte either way.
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body fed by a channel: a flow listing, line by line.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn text(code: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = code;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn plain(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    text(code, "text/plain; charset=utf-8", msg.into() + "\n")
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, format!("use {}", allow.replace(", ", " or ")));
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn read_view(view: &RwLock<View>) -> View {
+    view.read().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// Compares without an early exit, so timing does not tell how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a request for `path` from `peer`, with this `Authorization` header, may see
+/// flows or reload: with a configured `token`, only if it carries it; without one, only
+/// from loopback. The refusal's status and words otherwise.
+pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, path: &str) -> Result<(), (StatusCode, String)> {
+    match token {
+        Some(t) => match authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
+            Some(g) if same(g.as_bytes(), t.as_bytes()) => Ok(()),
+            Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token: send the contents of control.token_file as `Authorization: Bearer <token>`".into())),
+            None => Err((
+                StatusCode::UNAUTHORIZED,
+                "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)".into(),
+            )),
+        },
+        None if peer.to_canonical().is_loopback() => Ok(()),
+        None => Err((StatusCode::FORBIDDEN, format!("{path} from another host ({peer}) needs a token: set control.token_file on the appliance"))),
+    }
+}
+
+fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(), Response<Body>> {
+    let token = sh.token.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
+    decide(token.as_deref(), header, peer.ip(), req.uri().path()).map_err(|(code, msg)| {
+        sh.stats.unauthorized.fetch_add(1, Relaxed);
+        let mut r = plain(code, msg);
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"holdfast\""));
+        }
+        r
+    })
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Response<Body> {
+    sh.stats.requests.fetch_add(1, Relaxed);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path.as_str() {
+        "/metrics" if get => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", super::metrics::encode(&read_view(&sh.view))),
+        "/status" if get => text(StatusCode::OK, "application/json", status_json(&read_view(&sh.view)).to_string() + "\n"),
+        "/flows" if get => {
+            if let Err(r) = authorize(&req, peer, sh) {
+                return r;
+            }
+            match parse_query(&query) {
+                Ok((filter, limit)) => flows(sh, filter, limit),
+                Err(e) => plain(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        "/reload" if *req.method() == Method::POST => {
+            if let Err(r) = authorize(&req, peer, sh) {
+                return r;
+            }
+            // The body is not used; it is read (bounded in size and time) so that a
+            // client cannot hold the request open by promising one.
+            match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), BODY_LIMIT).collect()).await {
+                Err(_) => {
+                    sh.stats.bad_bodies.fetch_add(1, Relaxed);
+                    return plain(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()));
+                }
+                Ok(Err(_)) => {
+                    sh.stats.bad_bodies.fetch_add(1, Relaxed);
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("POST /reload takes no body (at most {BODY_LIMIT} bytes are read)"));
+                }
+                Ok(Ok(_)) => {}
+            }
+            reload(sh).await
+        }
+        "/metrics" | "/status" | "/flows" => method_not_allowed("GET, HEAD"),
+        "/reload" => method_not_allowed("POST"),
+        _ => plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows or POST /reload")),
+    }
+}
+
+/// Waits for a crossbeam reply without blocking the runtime.
+async fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>, timeout: Duration) -> Result<T, &'static str> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err("gone"),
+            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() >= deadline => return Err("timeout"),
+            Err(crossbeam_channel::TryRecvError::Empty) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+async fn reload(sh: &Shared) -> Response<Body> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if sh.reload.send(ReloadRequest { reply: tx }).is_err() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "the appliance is stopping");
+    }
+    match poll_recv(&rx, RELOAD_ANSWER).await {
+        Ok(Ok(v)) => text(StatusCode::OK, "application/json", v.to_string() + "\n"),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the control loop"),
+    }
 }
 
 fn unescape(s: &str) -> String {
@@ -130,10 +482,16 @@ pub fn parse_query(q: &str) -> Result<(FlowFilter, usize), String> {
         let v = unescape(v);
         let addr = |v: &str| v.parse::<IpAddr>().map_err(|_| format!("{k}={v}: not an IP address"));
         match k {
-            "limit" => limit = v.parse::<usize>().map_err(|_| format!("limit={v}: not a number"))?.min(MAX_FLOWS),
+            "limit" => {
+                limit = match v.parse::<u64>() {
+                    Ok(n) => usize::try_from(n).unwrap_or(MAX_FLOWS).min(MAX_FLOWS),
+                    Err(_) if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => MAX_FLOWS,
+                    Err(_) => return Err(format!("limit={v}: a whole number of flows, 1 to {MAX_FLOWS} (larger is cut to {MAX_FLOWS})")),
+                }
+            }
             "src" => f.src = Some(addr(&v)?),
             "dst" => f.dst = Some(addr(&v)?),
-            "port" => f.port = Some(v.parse().map_err(|_| format!("port={v}: not a port"))?),
+            "port" => f.port = Some(v.parse().map_err(|_| format!("port={v}: a port number, 0 to 65535"))?),
             "state" => f.state = Some(v),
             "proto" => {
                 f.proto = Some(match v.to_ascii_lowercase().as_str() {
@@ -141,7 +499,7 @@ pub fn parse_query(q: &str) -> Result<(FlowFilter, usize), String> {
                     "udp" => 17,
                     "icmp" => 1,
                     "icmpv6" => 58,
-                    n => n.parse().map_err(|_| format!("proto={v}: tcp, udp, icmp, icmpv6 or a number"))?,
+                    n => n.parse().map_err(|_| format!("proto={v}: tcp, udp, icmp, icmpv6 or a protocol number, 0 to 255"))?,
                 })
             }
             _ => return Err(format!("unknown parameter {k:?}: limit, src, dst, port, state, proto")),
@@ -151,33 +509,62 @@ pub fn parse_query(q: &str) -> Result<(FlowFilter, usize), String> {
 }
 
 /// Asks every worker for its matching flows (each walks its table a slice at a time,
-/// between bursts) and returns JSON lines, in the shape of `replay --flows-out`.
-fn flows(commander: &Commander, filter: FlowFilter, limit: usize) -> Result<String, String> {
+/// between bursts) and streams them as JSON lines in the shape of `replay
+/// --flows-out`, plus `worker`. A worker that stalls mid-listing ends it with a line
+/// `{"error": …}`.
+fn flows(sh: &Shared, filter: FlowFilter, limit: usize) -> Response<Body> {
+    let stalled = read_view(&sh.view).stalled;
+    if let Some(w) = stalled.first() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("worker {w} is stalled (no heartbeat): a listing would wait for it; see /status"));
+    }
     let mut waits = Vec::new();
-    for w in 0..commander.workers() {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if !commander.send(w, Command::Flows { filter: filter.clone(), limit, reply: tx }) {
-            return Err(format!("worker {w} is busy or stopped; try again"));
+    for w in 0..sh.commander.workers() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        if !sh.commander.send(w, Command::Flows { filter: filter.clone(), limit, reply: tx }) {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, format!("worker {w} is busy or stopped; try again"));
         }
         waits.push(rx);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut out = String::new();
-    let mut n = 0;
-    for (w, rx) in waits.into_iter().enumerate() {
-        let flows = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| format!("worker {w} did not answer"))?;
-        for f in flows {
-            if n >= limit {
-                break;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut n = 0;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for (w, rx) in waits.into_iter().enumerate() {
+            loop {
+                if n >= limit {
+                    break;
+                }
+                match poll_recv(&rx, WORKER_ANSWER).await {
+                    Ok(FlowsReply::Chunk(list)) => {
+                        for f in list.iter().take(limit - n) {
+                            let mut v: Value = flow_json(f);
+                            v["worker"] = json!(w);
+                            let _ = serde_json::to_writer(&mut buf, &v);
+                            buf.push(b'\n');
+                            n += 1;
+                            if buf.len() >= 60 * 1024 && tx.send(Bytes::from(std::mem::take(&mut buf))).await.is_err() {
+                                return; // the client went away; dropping the receivers ends the walks
+                            }
+                        }
+                    }
+                    Ok(FlowsReply::Done) => break,
+                    Err(why) => {
+                        let msg = if why == "gone" { "stopped" } else { "did not answer within 10 s" };
+                        let _ = serde_json::to_writer(&mut buf, &json!({"error": format!("worker {w} {msg}; the listing is incomplete")}));
+                        buf.push(b'\n');
+                        let _ = tx.send(Bytes::from(buf)).await;
+                        return;
+                    }
+                }
             }
-            let mut v: Value = flow_json(&f);
-            v["worker"] = json!(w);
-            out.push_str(&v.to_string());
-            out.push('\n');
-            n += 1;
         }
-    }
-    Ok(out)
+        if !buf.is_empty() {
+            let _ = tx.send(Bytes::from(buf)).await;
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r
 }
 
 #[cfg(test)]
@@ -195,5 +582,33 @@ mod tests {
         assert!(parse_query("src=nope").unwrap_err().contains("not an IP address"));
         assert!(parse_query("colour=red").unwrap_err().contains("unknown parameter"));
         assert_eq!(parse_query("limit=99999999").unwrap().1, MAX_FLOWS);
+        // A number too large for any integer type is still a number: cut to the maximum.
+        assert_eq!(parse_query("limit=99999999999999999999999999").unwrap().1, MAX_FLOWS);
+        assert!(parse_query("limit=-1").unwrap_err().contains("a whole number"));
+        assert!(parse_query("port=70000").unwrap_err().contains("0 to 65535"));
+    }
+
+    #[test]
+    fn flows_and_reload_need_the_token_or_loopback() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let far: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(decide(None, None, lo, "/flows").is_ok());
+        assert!(decide(None, None, lo6, "/flows").is_ok());
+        let (code, msg) = decide(None, None, far, "/reload").unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(msg.contains("control.token_file"), "{msg}");
+        let t = Some("0123456789abcdef");
+        assert_eq!(decide(t, None, lo, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED, "a token binds loopback too");
+        assert_eq!(decide(t, Some("Bearer nope"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(decide(t, Some("Basic 0123456789abcdef"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert!(decide(t, Some("Bearer 0123456789abcdef"), far, "/flows").is_ok());
+    }
+
+    #[test]
+    fn tokens_compare_in_full() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
     }
 }

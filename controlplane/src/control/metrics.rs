@@ -13,7 +13,7 @@ use holdfast_dataplane::stats::ForwardDrop;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{DropReason, PassKind};
 
-use super::saturation::EVENTS;
+use super::saturation::all_events;
 use super::View;
 
 type Labels = Vec<(&'static str, String)>;
@@ -146,18 +146,29 @@ impl Collector for Metrics {
         write(&mut e, "time_to_full_seconds", "At the last interval's net insert rate, seconds until the table is full.", Gauge, ttf)?;
         let fails = v.report.workers.iter().enumerate().map(|(i, r)| (w(i), r.insert_failure_rate)).collect();
         write(&mut e, "insert_failures_per_second", "New flows refused per second (table_full, source_limit).", Gauge, fails)?;
-        let active = EVENTS
-            .iter()
-            .map(|n| (vec![("reason", n.to_string())], v.active.iter().filter(|a| a.name == *n).count() as u64))
+        let active = all_events()
+            .map(|n| (vec![("reason", n.to_string())], v.active.iter().filter(|a| a.name == n).count() as u64))
             .collect();
-        write(&mut e, "saturation_active", "Workers on which a saturation event is raised now.", Gauge, active)?;
-        let raised = EVENTS.iter().map(|n| (vec![("reason", n.to_string())], v.raised_total.get(n).copied().unwrap_or(0))).collect();
-        write(&mut e, "saturation_events", "Saturation events raised.", Counter, raised)?;
+        write(&mut e, "saturation_active", "Workers (or interfaces) on which a saturation or fault event is raised now.", Gauge, active)?;
+        let raised = all_events().map(|n| (vec![("reason", n.to_string())], v.raised_total.get(n).copied().unwrap_or(0))).collect();
+        write(&mut e, "saturation_events", "Saturation and fault events raised.", Counter, raised)?;
         write(&mut e, "config_generation", "Reloads applied since start.", Gauge, vec![(vec![], v.generation)])?;
         write(&mut e, "reloads", "Reloads applied.", Counter, vec![(vec![], v.reloads)])?;
         write(&mut e, "reload_failures", "Reloads rejected (the running configuration stayed).", Counter, vec![(vec![], v.reload_failures)])?;
         write(&mut e, "deny_log_written", "Deny log lines written.", Counter, vec![(vec![], v.log_written)])?;
         write(&mut e, "deny_log_write_errors", "Deny log lines that could not be written.", Counter, vec![(vec![], v.log_write_errors)])?;
+        let h = &v.http;
+        for (name, help, x) in [
+            ("http_requests", "Requests the control endpoint answered.", &h.requests),
+            ("http_connections_evicted", "Connections closed to make room (over the connection limit).", &h.evicted),
+            ("http_connections_idle_closed", "Connections closed after the idle timeout.", &h.idle_closed),
+            ("http_accept_errors", "accept() failures on the control endpoint (descriptors exhausted, ...).", &h.accept_errors),
+            ("http_unauthorized", "Requests refused: missing or wrong token, or from another host without one.", &h.unauthorized),
+            ("http_bad_bodies", "Request bodies over the limit or not sent in time.", &h.bad_bodies),
+        ] {
+            write(&mut e, name, help, Counter, vec![(vec![], x.load(std::sync::atomic::Ordering::Relaxed))])?;
+        }
+        write(&mut e, "http_connections_open", "Connections open on the control endpoint.", Gauge, vec![(vec![], h.open.load(std::sync::atomic::Ordering::Relaxed))])?;
         write(&mut e, "uptime_seconds", "Seconds since the workers started.", Gauge, vec![(vec![], v.uptime_s)])?;
         Ok(())
     }

@@ -46,6 +46,45 @@ pub struct View {
     pub restart_needed: Vec<String>,
     pub log_written: u64,
     pub log_write_errors: u64,
+    /// The endpoint's own counters (refusals, evictions, timeouts).
+    pub http: Arc<http::HttpStats>,
+    /// Workers whose heartbeat stopped (see [`STALL_AFTER`]): requests that need them
+    /// are answered at once instead of waiting.
+    pub stalled: Vec<usize>,
+}
+
+/// A worker publishes every 2 ms while its loop runs (idle or not); one that has not
+/// for this long is stuck — in an endless loop, or blocked — and raises the
+/// `worker_stalled` fault.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+/// How long a stop waits for the workers to finish before leaving a stuck one behind.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Watches each worker's heartbeat; says which have stalled.
+#[derive(Debug)]
+pub struct StallWatch {
+    last: Vec<(u64, Instant)>,
+}
+
+impl StallWatch {
+    pub fn new(beats: &[u64], now: Instant) -> StallWatch {
+        StallWatch { last: beats.iter().map(|&b| (b, now)).collect() }
+    }
+
+    /// Records the heartbeats read at `now`; returns, per worker, how long it has gone
+    /// without one.
+    pub fn update(&mut self, beats: &[u64], now: Instant) -> Vec<Duration> {
+        self.last
+            .iter_mut()
+            .zip(beats)
+            .map(|(last, &b)| {
+                if b != last.0 {
+                    *last = (b, now);
+                }
+                now.saturating_duration_since(last.1)
+            })
+            .collect()
+    }
 }
 
 /// A reload asked for over HTTP; the answer goes back on `reply`.
@@ -101,10 +140,17 @@ pub fn status_json(v: &View) -> Value {
         "report_interval_s": v.report.interval_s,
         "workers": workers,
         "total": total,
-        "saturation": v.active.iter().map(|a| json!({
-            "event": a.name, "worker": a.worker, "since": rfc3339(a.since),
-            "value": a.value, "raised_at": a.raised_at, "threshold": a.threshold,
-        })).collect::<Vec<_>>(),
+        "saturation": v.active.iter().map(|a| {
+            let mut e = json!({
+                "event": a.name, "worker": a.worker, "since": rfc3339(a.since),
+                "value": a.value, "raised_at": a.raised_at, "threshold": a.threshold,
+            });
+            if a.is_fault() {
+                e["fault"] = json!(a.detail);
+            }
+            e
+        }).collect::<Vec<_>>(),
+        "stalled_workers": v.stalled,
         "saturation_events_total": v.raised_total,
         "reloads": v.reloads,
         "reload_failures": v.reload_failures,
@@ -185,6 +231,7 @@ struct Controller {
     logger: Option<denylog::Logger>,
     workers: usize,
     commander: run::Commander,
+    token: http::Token,
 }
 
 impl Controller {
@@ -222,6 +269,11 @@ impl Controller {
     /// Applies the file; returns what changed that only a restart applies.
     fn try_reload(&mut self) -> Result<Vec<String>, String> {
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
+        // The token is re-read (rotation by reload); a bad token file rejects the reload.
+        let token = match &new.control.token_file {
+            Some(p) => Some(config::read_token(p)?),
+            None => None,
+        };
         let mut restart = self.started_cfg.restart_needed(&new);
         let log_was = self.started_cfg.log.denials != DenyOutput::Off;
         let log_now = new.log.denials != DenyOutput::Off;
@@ -248,6 +300,7 @@ impl Controller {
             }
         }
         self.generation = generation;
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
         if let Some(l) = &self.logger {
             l.reopen(new.log.denials.clone());
         }
@@ -265,6 +318,10 @@ fn restart_note(r: &[String]) -> String {
 /// final counters.
 pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> {
     let dp = appliance::dataplane_config(&cfg)?;
+    let token: http::Token = Arc::new(RwLock::new(match &cfg.control.token_file {
+        Some(p) => Some(config::read_token(p)?),
+        None => None,
+    }));
     sys::catch_stop_signals();
     sys::catch_reload_signal();
     let mut running: Running = run::start(&dp, opts.seed).map_err(|e| e.to_string())?;
@@ -281,8 +338,17 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         ..View::default()
     }));
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
+    let http_stats = Arc::clone(&view.read().unwrap_or_else(|p| p.into_inner()).http);
     let endpoint = match cfg.control.listen {
-        Some(addr) => Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx.clone())?),
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                eprintln!(
+                    "holdfast: WARNING: control.listen {addr} is reachable from other hosts: /metrics and /status are open to them; /flows and /reload {}",
+                    if token.read().is_ok_and(|t| t.is_some()) { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
+                );
+            }
+            Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx.clone(), Arc::clone(&token), http_stats)?)
+        }
         None => None,
     };
     eprintln!(
@@ -305,6 +371,7 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         logger,
         workers,
         commander: running.commander(),
+        token: Arc::clone(&token),
     };
     let start = Instant::now();
     let mut prev = running.snapshots();
@@ -312,6 +379,7 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
     let watchdog = notify::watchdog_interval().map(|d| d / 2);
     let mut last_beats = running.heartbeats();
     let mut last_watchdog = Instant::now();
+    let mut stalls = StallWatch::new(&last_beats, Instant::now());
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if sys::stop_requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -324,6 +392,24 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
             let _ = r.reply.send(c.reload());
         }
         let snaps = running.snapshots();
+        // A worker whose heartbeat stopped is a fault, raised at once (not at the next
+        // report): its frames are not being forwarded.
+        let silent = stalls.update(&running.heartbeats(), Instant::now());
+        let mut stalled = Vec::new();
+        for (w, quiet) in silent.iter().enumerate() {
+            let on = *quiet >= STALL_AFTER;
+            if on {
+                stalled.push(w);
+            }
+            let detail = if on {
+                format!("worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed", quiet.as_secs_f64())
+            } else {
+                format!("worker {w} runs again")
+            };
+            if let Some(t) = c.sat.fault("worker_stalled", w, on, quiet.as_secs_f64(), detail, SystemTime::now()) {
+                eprintln!("holdfast: {}", t.describe(&Report::default()));
+            }
+        }
         if let Some(every) = watchdog
             && last_watchdog.elapsed() >= every
         {
@@ -360,6 +446,12 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         });
         let mut v = view.write().unwrap_or_else(|p| p.into_inner());
         v.uptime_s = start.elapsed().as_secs_f64();
+        v.stalled = stalled;
+        if report.is_none() {
+            // Faults change between reports.
+            v.active = c.sat.active().cloned().collect();
+            v.raised_total = c.sat.raised_total.clone();
+        }
         if let Some(l) = &c.logger {
             v.log_written = l.stats.written.load(std::sync::atomic::Ordering::Relaxed);
             v.log_write_errors = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
@@ -376,7 +468,14 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         e.stop();
     }
     let uptime = start.elapsed();
-    let snaps = running.stop();
+    let stopped = running.stop(STOP_GRACE);
+    let snaps = stopped.snapshots;
+    for w in &stopped.stuck {
+        eprintln!(
+            "holdfast: worker {w} did not stop within {} s (stuck); exiting without it — its XDP program detaches with the process",
+            STOP_GRACE.as_secs()
+        );
+    }
     if let Some(l) = c.logger.take() {
         l.stop();
     }
@@ -387,5 +486,6 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
     out["reload_failures"] = json!(v.reload_failures);
     out["saturation_events_total"] = json!(v.raised_total);
     out["deny_log"] = json!({"written": v.log_written, "write_errors": v.log_write_errors});
+    out["stuck_workers"] = json!(stopped.stuck);
     Ok(out)
 }

@@ -65,7 +65,9 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
     let removed = |s: &Snapshot| s.counters.flows_expired + s.counters.evictions.iter().sum::<u64>() + s.counters.flows_closed + s.counters.flows_revoked;
     let insert_rate = rate(c.flows_created, p.flows_created, dt);
     let removal_rate = rate(removed(now), removed(prev), dt);
-    let refused = |s: &Snapshot| s.counters.dropped[DropReason::TableFull as usize] + s.counters.dropped[DropReason::SourceLimit as usize];
+    let refused = |s: &Snapshot| {
+        [DropReason::TableFull, DropReason::SourceLimit, DropReason::SourceTableFull].iter().map(|r| s.counters.dropped[*r as usize]).sum::<u64>()
+    };
     let net = insert_rate - removal_rate;
     let free = now.table_capacity.saturating_sub(now.table_len) as f64;
     let handoff_drops = |s: &Snapshot| s.forward_drops[ForwardDrop::HandoffFull as usize] + s.forward_drops[ForwardDrop::HandoffTooLarge as usize];
@@ -126,6 +128,17 @@ pub fn report(prev: &[Snapshot], now: &[Snapshot], dt: f64) -> Report {
 /// The kinds of saturation event, as named in logs and in the `reason` label.
 pub const EVENTS: [&str; 5] = ["table_fill", "embryonic_share", "busy", "rx_ring_full", "handoff_drops"];
 
+/// Faults: events that are not a rate crossing a configured threshold but something
+/// broken — a worker whose loop stopped, an interface that went away, a log that
+/// cannot be written. Raised and cleared by the control loop ([`Saturation::fault`]);
+/// reported beside the saturation events, under the same metric families.
+pub const FAULTS: [&str; 3] = ["worker_stalled", "interface_down", "deny_log_write"];
+
+/// Every event kind, saturation and fault.
+pub fn all_events() -> impl Iterator<Item = &'static str> {
+    EVENTS.iter().chain(FAULTS.iter()).copied()
+}
+
 fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 5] {
     [
         (r.table_fill, t.table_fill),
@@ -146,6 +159,14 @@ pub struct Active {
     pub raised_at: f64,
     pub value: f64,
     pub threshold: f64,
+    /// For a fault: what is wrong, in words (empty for saturation events).
+    pub detail: String,
+}
+
+impl Active {
+    pub fn is_fault(&self) -> bool {
+        FAULTS.contains(&self.name)
+    }
 }
 
 /// A change: an event raised or cleared.
@@ -159,6 +180,9 @@ impl Transition {
     /// One log line.
     pub fn describe(&self, report: &Report) -> String {
         let e = &self.event;
+        if e.is_fault() {
+            return format!("fault {} {}: {}", if self.raised { "RAISED" } else { "cleared" }, e.name, e.detail);
+        }
         let mut s = format!(
             "saturation {} {} on worker {}: {:.3} {} threshold {}",
             if self.raised { "RAISED" } else { "cleared" },
@@ -202,7 +226,7 @@ impl Saturation {
                 let key = (*name, worker);
                 match self.active.get_mut(&key) {
                     None if value >= threshold => {
-                        let e = Active { name, worker, since: now, raised_at: value, value, threshold };
+                        let e = Active { name, worker, since: now, raised_at: value, value, threshold, detail: String::new() };
                         *self.raised_total.entry(name).or_default() += 1;
                         self.active.insert(key, e.clone());
                         out.push(Transition { raised: true, event: e });
@@ -226,6 +250,35 @@ impl Saturation {
 
     pub fn active(&self) -> impl Iterator<Item = &Active> {
         self.active.values()
+    }
+
+    /// Raises (`on`) or clears the fault `name` of `subject` (a worker, or an
+    /// interface's zone: 0 outside, 1 inside); `value` is how bad it is (seconds
+    /// without a heartbeat, …), `detail` says it in words. Returns the change, if any.
+    pub fn fault(&mut self, name: &'static str, subject: usize, on: bool, value: f64, detail: String, now: SystemTime) -> Option<Transition> {
+        debug_assert!(FAULTS.contains(&name));
+        let key = (name, subject);
+        match self.active.get_mut(&key) {
+            None if on => {
+                let e = Active { name, worker: subject, since: now, raised_at: value, value, threshold: 0.0, detail };
+                *self.raised_total.entry(name).or_default() += 1;
+                self.active.insert(key, e.clone());
+                Some(Transition { raised: true, event: e })
+            }
+            Some(e) if !on => {
+                let mut e = e.clone();
+                e.value = value;
+                e.detail = detail;
+                self.active.remove(&key);
+                Some(Transition { raised: false, event: e })
+            }
+            Some(e) => {
+                e.value = value;
+                e.detail = detail;
+                None
+            }
+            None => None,
+        }
     }
 }
 
@@ -276,6 +329,22 @@ mod tests {
         assert!(!down[0].raised);
         assert_eq!(s.active().count(), 0);
         assert_eq!(s.raised_total["table_fill"], 1);
+    }
+
+    #[test]
+    fn faults_are_raised_once_and_cleared_when_the_cause_goes() {
+        let mut s = Saturation::default();
+        let t0 = SystemTime::UNIX_EPOCH;
+        let up = s.fault("worker_stalled", 1, true, 1.2, "worker 1: no heartbeat for 1.2 s".into(), t0).unwrap();
+        assert!(up.raised && up.event.is_fault());
+        assert_eq!(up.describe(&Report::default()), "fault RAISED worker_stalled: worker 1: no heartbeat for 1.2 s");
+        assert!(s.fault("worker_stalled", 1, true, 5.0, "worker 1: no heartbeat for 5.0 s".into(), t0).is_none(), "still raised");
+        assert_eq!(s.active().next().unwrap().value, 5.0);
+        assert!(s.fault("worker_stalled", 0, false, 0.0, String::new(), t0).is_none(), "another worker was never raised");
+        let down = s.fault("worker_stalled", 1, false, 0.0, "worker 1 runs again".into(), t0).unwrap();
+        assert!(!down.raised);
+        assert_eq!(s.active().count(), 0);
+        assert_eq!(s.raised_total["worker_stalled"], 1);
     }
 }
 

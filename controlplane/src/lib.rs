@@ -3,6 +3,7 @@
 
 pub mod appliance;
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -20,9 +20,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Validate a config file: exit 0 with a summary, or 2 with file:line:col.
+    /// Validate a config file: exit 0 with a summary and the memory it needs when full,
+    /// or 2 with file:line:col (or what does not fit this machine).
     CheckConfig {
         file: PathBuf,
+        /// Also check what `run` needs from this machine: interfaces and their queues,
+        /// cores, the memory available now, the deny log's directory, the token file.
+        #[arg(long)]
+        host: bool,
     },
     /// Push a capture through the pipeline.
     Replay(ReplayArgs),
@@ -359,16 +364,7 @@ fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { file } => match config::load(&file) {
-            Ok(c) => {
-                println!("{}: ok: {}", file.display(), c.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Cmd::CheckConfig { file, host } => check_config(&file, host),
         Cmd::Replay(a) => replay_cmd(a),
         Cmd::Lab(a) => lab_cmd(a),
         Cmd::Blast(a) => blast_cmd(a),
@@ -450,6 +446,43 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn check_config(file: &std::path::Path, host: bool) -> ExitCode {
+    use holdfast_controlplane::check;
+    let c = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let memory = match check::memory_ceiling(&c) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut findings = Vec::new();
+    if host {
+        if let Err(e) = check::memory_now(&c) {
+            findings.push(check::Finding { error: true, text: e });
+        }
+        findings.extend(check::host(&c));
+    }
+    let errors = findings.iter().filter(|f| f.error).count();
+    if errors == 0 {
+        println!("{}: ok: {}", file.display(), c.summary());
+        println!("  {memory}");
+        if host {
+            println!("  this machine: interfaces, queues, cores, memory available now, paths: ok");
+        }
+    }
+    for f in &findings {
+        eprintln!("{}: {}: {}", file.display(), if f.error { "error" } else { "warning" }, f.text);
+    }
+    if errors > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS }
 }
 
 fn blast_cmd(a: BlastArgs) -> ExitCode {

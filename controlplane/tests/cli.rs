@@ -24,9 +24,11 @@ fn check_config_accepts_every_shipped_example() {
         if p.extension().is_some_and(|e| e == "yaml") {
             let out = holdfast().arg("check-config").arg(&p).output().unwrap();
             assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
-            let line = String::from_utf8(out.stdout).unwrap();
-            assert_eq!(line.lines().count(), 1, "a one-line summary");
-            assert!(line.contains(": ok: "), "{line}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "a summary and the memory: {text}");
+            assert!(lines[0].contains(": ok: "), "{text}");
+            assert!(lines[1].trim_start().starts_with("memory when full: "), "{text}");
         }
     }
 }
@@ -138,4 +140,51 @@ fn the_shipped_capture_under_lru_and_by_class() {
     assert_eq!(held["reply_denied"], 0, "{held}");
     assert_eq!(held["evictions"]["assured"], 0);
     assert!(held["evictions"]["embryonic"].as_u64().unwrap() > 1000);
+}
+
+#[test]
+fn check_config_refuses_what_cannot_fit_and_host_names_each_setting() {
+    // Two billion entries: refused with the memory it needs and what to change.
+    let p = tmp("huge.yaml");
+    std::fs::write(&p, "conntrack: { capacity: 2147483648 }\n").unwrap();
+    let out = holdfast().arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs") && err.contains("GiB when the tables are full") && err.contains("lower conntrack.capacity to at most"), "{err}");
+    // What only `run` used to find out, named by setting with --host.
+    let p = tmp("host.yaml");
+    std::fs::write(
+        &p,
+        "zones: { outside: { interface: lo, queues: 2 }, inside: { interface: hf-none9, queues: 2 } }\nworkers: { cores: [0, 4096] }\nlog: { denials: /nonexistent/dir/d.log }\n",
+    )
+    .unwrap();
+    let plain = holdfast().arg("check-config").arg(&p).output().unwrap();
+    assert!(plain.status.success(), "without --host only the file is judged");
+    let out = holdfast().args(["check-config", "--host"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "error: zones.outside.queues is 2, but lo has 1 receive",
+        "error: zones.inside.interface: no interface named \"hf-none9\"",
+        "error: workers.cores lists core 4096",
+        "error: log.denials /nonexistent/dir/d.log: its directory /nonexistent/dir cannot be used",
+    ] {
+        assert!(err.contains(want), "no {want:?} in {err}");
+    }
+    assert!(!err.contains("File(\""), "paths are shown as paths: {err}");
+    // The same interface on both sides is wrong anywhere.
+    std::fs::write(&p, "zones: { outside: { interface: eth0 }, inside: { interface: eth0 } }\n").unwrap();
+    let out = holdfast().arg("check-config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the same as zones.outside.interface"));
+}
+
+#[test]
+fn durations_on_the_command_line_do_not_wrap() {
+    let out = holdfast().args(["run", "--config", "/nonexistent.yaml", "--duration", "18446744075"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too large"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = holdfast().args(["top", "--interval", "99999999999999999999d"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too large"));
 }

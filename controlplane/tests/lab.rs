@@ -106,7 +106,7 @@ fn run_explains_a_missing_interface() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no interface named \"hf-nope0\""), "{err}");
-    let bad_core = "zones:\n  outside: { interface: lo }\n  inside: { interface: lo }\nworkers: { cores: [999] }\n";
+    let bad_core = "zones:\n  outside: { interface: lo }\n  inside: { interface: hf-nope1 }\nworkers: { cores: [999] }\n";
     std::fs::write(&cfg, bad_core).unwrap();
     let out = holdfast().args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("core 999"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -7,6 +7,7 @@ pub mod blast;
 pub mod bpf;
 pub mod control;
 pub mod handoff;
+pub mod host;
 pub mod offline;
 pub mod run;
 pub mod stats;

@@ -161,7 +161,12 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             binding: Binding { ifindex, queue: w as u32, frames: cfg.umem_frames, ring_size: cfg.ring_size },
             burst: cfg.burst,
             idle: cfg.idle,
-            engine: Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0)),
+            engine: {
+                // All of the table's memory now, not page by page under traffic.
+                let mut e = Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0));
+                e.commit();
+                e
+            },
             hasher: FlowHasher::new(seed),
             maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
             to: std::mem::take(&mut producers[w]),

@@ -210,6 +210,35 @@ impl Engine {
         self.table.bytes_per_entry() + extra / self.table.capacity()
     }
 
+    /// Bytes an engine with `cfg` allocates, computed without allocating: the memory
+    /// it commits once its table has been full. What [`Engine::bytes`] reports.
+    pub fn footprint(cfg: &EngineConfig) -> usize {
+        let cap = cfg.capacity.max(1);
+        [
+            Table::footprint(cap),
+            ClassLists::footprint(cap),
+            Tombstones::footprint(cfg.tombstones),
+            Sources::footprint(cap, cfg.per_source_limit),
+            FragTable::footprint(cfg.fragments),
+            core::mem::size_of::<[Stage; MAX_BURST]>(),
+        ]
+        .iter()
+        .fold(0usize, |a, b| a.saturating_add(*b))
+    }
+
+    /// Bytes this engine allocated (tables, lists, tombstones, counts, fragments).
+    pub fn bytes(&self) -> usize {
+        self.table.bytes() + self.lists.bytes() + self.tombs.bytes() + self.sources.bytes() + self.frags.bytes() + core::mem::size_of::<[Stage; MAX_BURST]>()
+    }
+
+    /// Commits all of the engine's memory now (the tables are allocated untouched):
+    /// what [`Engine::footprint`] says it needs when full is resident from here on,
+    /// so running out shows at start, not under traffic. The appliance does this
+    /// before its first frame; offline replays and tests need not.
+    pub fn commit(&mut self) {
+        self.table.commit();
+    }
+
     /// Judges one frame.
     pub fn process(&mut self, p: &Packet) -> Verdict {
         let mut v = [Verdict::Drop(DropReason::Malformed)];

@@ -55,6 +55,17 @@ pub fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
+/// Writes every page of `s` (each element at a page's start is read and written back),
+/// so that the kernel commits the memory now rather than on first use: a table that
+/// cannot be backed fails at start, never in the middle of traffic. Contents are
+/// unchanged. Safe code: `black_box` keeps the compiler from dropping the stores.
+pub fn touch<T: Copy>(s: &mut [T]) {
+    let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    for i in (0..s.len()).step_by(step) {
+        s[i] = std::hint::black_box(s[i]);
+    }
+}
+
 /// Start address and length of a table, for `madvise` by the dataplane.
 pub fn region_of<T>(s: &[T]) -> (usize, usize) {
     (s.as_ptr() as usize, std::mem::size_of_val(s))

@@ -26,14 +26,16 @@ impl Instant {
     pub const fn from_nanos(ns: u64) -> Self {
         Instant(ns)
     }
+    // Conversions saturate: a time from outside (a capture, a config) that does not
+    // fit becomes the far future, never a small wrapped value.
     pub const fn from_micros(us: u64) -> Self {
-        Instant(us * 1_000)
+        Instant(us.saturating_mul(1_000))
     }
     pub const fn from_millis(ms: u64) -> Self {
-        Instant(ms * 1_000_000)
+        Instant(ms.saturating_mul(1_000_000))
     }
     pub const fn from_secs(s: u64) -> Self {
-        Instant(s * 1_000_000_000)
+        Instant(s.saturating_mul(1_000_000_000))
     }
     pub const fn as_nanos(self) -> u64 {
         self.0
@@ -57,10 +59,10 @@ impl Duration {
         Duration(ns)
     }
     pub const fn from_millis(ms: u64) -> Self {
-        Duration(ms * 1_000_000)
+        Duration(ms.saturating_mul(1_000_000))
     }
     pub const fn from_secs(s: u64) -> Self {
-        Duration(s * 1_000_000_000)
+        Duration(s.saturating_mul(1_000_000_000))
     }
     pub const fn as_nanos(self) -> u64 {
         self.0
@@ -68,9 +70,11 @@ impl Duration {
     pub fn as_secs_f64(self) -> f64 {
         self.0 as f64 / 1e9
     }
-    /// Whole ticks, rounded up so that a timeout is never shortened by the conversion.
+    /// Whole ticks, rounded up so that a timeout is never shortened by the conversion;
+    /// saturates at `u32::MAX` (timeouts are validated far below it).
     pub const fn ticks(self) -> u32 {
-        self.0.div_ceil(NANOS_PER_TICK) as u32
+        let t = self.0.div_ceil(NANOS_PER_TICK);
+        if t > u32::MAX as u64 { u32::MAX } else { t as u32 }
     }
     pub const fn from_ticks(t: u32) -> Self {
         Duration(t as u64 * NANOS_PER_TICK)
@@ -80,7 +84,7 @@ impl Duration {
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        Instant(self.0 + d.0)
+        Instant(self.0.saturating_add(d.0))
     }
 }
 
@@ -94,7 +98,7 @@ impl Sub<Duration> for Instant {
 impl Add for Duration {
     type Output = Duration;
     fn add(self, d: Duration) -> Duration {
-        Duration(self.0 + d.0)
+        Duration(self.0.saturating_add(d.0))
     }
 }
 
@@ -109,5 +113,9 @@ mod tests {
         assert_eq!(Duration::from_millis(1).ticks(), 1);
         assert_eq!(Duration::from_ticks(64), Duration::from_secs(1));
         assert!(MAX_TIMEOUT.ticks() < u32::MAX / 2);
+        // Out-of-range values saturate instead of wrapping to something small.
+        assert_eq!(Duration::from_secs(18_446_744_075), Duration::from_nanos(u64::MAX));
+        assert_eq!(Duration::from_nanos(u64::MAX).ticks(), u32::MAX);
+        assert_eq!(Instant::from_secs(u64::MAX) + Duration::from_secs(1), Instant::from_nanos(u64::MAX));
     }
 }

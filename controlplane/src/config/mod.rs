@@ -21,6 +21,7 @@ use serde_saphyr::{Location, Spanned};
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_dataplane::bpf::XdpMode;
 use holdfast_dataplane::worker::Idle;
+use values::OneOrMany;
 use model::{ActionCfg, EvictCfg, File, IdleCfg, OnReloadCfg, PickupCfg, XdpModeCfg};
 
 /// Everything a run needs, compiled and checked.
@@ -74,6 +75,16 @@ pub enum DenyOutput {
     Off,
     Stdout,
     File(std::path::PathBuf),
+}
+
+impl fmt::Display for DenyOutput {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DenyOutput::Off => f.write_str("off"),
+            DenyOutput::Stdout => f.write_str("standard output"),
+            DenyOutput::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// `log.*`.
@@ -197,15 +208,17 @@ pub fn read_token(path: &Path) -> Result<String, String> {
 }
 
 /// A configuration error with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigError {
     pub file: String,
     /// 1-based; 0 when unknown (e.g. the file could not be read).
     pub line: u64,
     pub col: u64,
     pub message: String,
-    /// The text of the offending line.
+    /// The text of the offending line (cut around the column when long).
     pub source_line: Option<String>,
+    /// Where the caret goes in `source_line` when it was cut (else `col`).
+    pub shown_col: Option<u64>,
 }
 
 impl fmt::Display for ConfigError {
@@ -217,7 +230,8 @@ impl fmt::Display for ConfigError {
         if let Some(src) = &self.source_line {
             let n = self.line.to_string();
             writeln!(f, "{n} | {src}")?;
-            write!(f, "{} | {}^", " ".repeat(n.len()), " ".repeat(self.col.saturating_sub(1) as usize))?;
+            let col = self.shown_col.unwrap_or(self.col);
+            write!(f, "{} | {}^", " ".repeat(n.len()), " ".repeat(col.saturating_sub(1) as usize))?;
         }
         Ok(())
     }
@@ -228,12 +242,23 @@ impl std::error::Error for ConfigError {}
 /// Reads and compiles a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { file: name.clone(), line: 0, col: 0, message: format!("cannot read: {e}"), source_line: None })?;
-    let mut c = parse(&text, &name)?;
-    // A relative deny log path is relative to the config file, not to wherever the
-    // daemon was started.
+    let fail = |message: String| ConfigError { file: name.clone(), message, ..ConfigError::default() };
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if meta.is_dir() {
+        return Err(fail("is a directory, not a config file".into()));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(fail(format!(
+            "{} bytes: a config file may have at most {MAX_CONFIG_BYTES}; put long prefix lists in src_file / dst_file",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: byte {} is invalid", e.utf8_error().valid_up_to())))?;
+    // Paths in the file (src_file, the deny log, the token) are relative to the file,
+    // not to wherever the daemon was started.
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut c = parse_in(&text, &name, dir)?;
     if let DenyOutput::File(p) = &c.log.denials
         && p.is_relative()
     {
@@ -250,9 +275,69 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// Where relative paths in the file (`src_file`, …) start.
+    dir: &'a Path,
 }
 
+/// Largest config file read, and the most YAML nodes it may hold: a blocklist of
+/// 300,000 prefixes inline is about 600,000; longer lists belong in `src_file`.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+pub const MAX_YAML_NODES: usize = 4_000_000;
+/// Largest prefix file (`src_file`, `dst_file`).
+pub const MAX_PREFIX_FILE_BYTES: u64 = 256 << 20;
+
 impl Ctx<'_> {
+    /// An empty list where one is not allowed: always an error — a list that came out
+    /// empty from a template would otherwise match everything (or nothing) silently.
+    fn empty_list(&self, loc: Location, key: &str) -> ConfigError {
+        let hint = if key.starts_with("rule ") {
+            "in a rule it would match everything, as if the key were absent; remove the key if you mean any, or list at least one value"
+        } else if key == "policy.rules" {
+            "remove the key if you mean no rules (policy.default then decides every new flow)"
+        } else {
+            "remove the key if you mean none, or list at least one value"
+        };
+        self.at(loc, format!("{key} is an empty list, which is almost always a templating mistake: {hint}"))
+    }
+
+    /// The prefixes of a `src_file` / `dst_file`: one per line, `#` starts a comment,
+    /// blank lines are skipped. Errors name the prefix file, its line and column.
+    fn prefix_file(&self, key: &Spanned<String>, what: &str) -> Result<Vec<Cidr>, ConfigError> {
+        let path = self.dir.join(key.value.trim());
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(&path).map_err(|e| self.at(key.referenced, format!("{what} {shown}: cannot read: {e}")))?;
+        if meta.len() > MAX_PREFIX_FILE_BYTES {
+            return Err(self.at(key.referenced, format!("{what} {shown}: {} bytes, more than the {MAX_PREFIX_FILE_BYTES} a prefix file may have", meta.len())));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| self.at(key.referenced, format!("{what} {shown}: cannot read: {e}")))?;
+        let mut out = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("");
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            let col = line.find(t).unwrap_or(0) as u64 + 1;
+            let c = values::parse_cidr(t).map_err(|e| ConfigError {
+                file: shown.clone(),
+                line: n as u64 + 1,
+                col,
+                message: format!("{what}: {e}"),
+                source_line: Some(raw.to_string()),
+                shown_col: None,
+            }
+            .clipped())?;
+            out.push(c);
+        }
+        if out.is_empty() {
+            return Err(self.at(
+                key.referenced,
+                format!("{what} {shown} holds no prefixes: an empty list is almost always a mistake (the rule would match every address); list at least one"),
+            ));
+        }
+        Ok(out)
+    }
+
     fn at(&self, loc: Location, message: impl Into<String>) -> ConfigError {
         let (line, col) = (loc.line(), loc.column());
         ConfigError {
@@ -261,14 +346,55 @@ impl Ctx<'_> {
             col,
             message: message.into(),
             source_line: (line > 0).then(|| self.text.lines().nth(line as usize - 1).unwrap_or("").to_string()),
+            shown_col: None,
         }
+        .clipped()
+    }
+}
+
+impl ConfigError {
+    /// Keeps the quoted source line short: at most 160 characters around the column
+    /// (a 200 KB line is not echoed whole), the caret still under the spot.
+    fn clipped(mut self) -> ConfigError {
+        const WIDTH: usize = 160;
+        let Some(src) = &self.source_line else { return self };
+        let chars: Vec<char> = src.chars().collect();
+        if chars.len() <= WIDTH {
+            return self;
+        }
+        let col = (self.col.max(1) as usize - 1).min(chars.len());
+        let start = col.saturating_sub(WIDTH / 2).min(chars.len().saturating_sub(WIDTH));
+        let end = (start + WIDTH).min(chars.len());
+        let mut shown = String::new();
+        if start > 0 {
+            shown.push('…');
+        }
+        shown.extend(&chars[start..end]);
+        if end < chars.len() {
+            shown.push('…');
+        }
+        self.source_line = Some(shown);
+        self.shown_col = Some((col - start + usize::from(start > 0) + 1) as u64);
+        self
     }
 }
 
 /// Parses and compiles config text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let cx = Ctx { file, text };
-    let f: File = serde_saphyr::from_str(text).map_err(|e| {
+    parse_in(text, file, Path::new("."))
+}
+
+/// [`parse`], with relative paths in the file taken from `dir`.
+pub fn parse_in(text: &str, file: &str, dir: &Path) -> Result<Config, ConfigError> {
+    let cx = Ctx { file, text, dir };
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = 4 * MAX_YAML_NODES;
+    budget.max_total_scalar_bytes = MAX_CONFIG_BYTES as usize;
+    budget.max_documents = 1;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let f: File = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
         let msg = e.without_snippet().to_string();
         // serde-saphyr prefixes "line L column C: "; the position is printed separately.
@@ -283,18 +409,43 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
             Some(i) if msg[i..].contains(", column ") => &msg[..i],
             _ => msg,
         };
-        cx.at(loc, msg.to_string())
+        cx.at(loc, operator_words(msg))
     })?;
     compile(&cx, f)
 }
 
+/// The YAML library's messages are written for programmers using it ("set
+/// DuplicateKeyPolicy in Options"); these say what is wrong in the file's terms.
+fn operator_words(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("duplicate key `{key}`: each key may appear once in a mapping (remove one of them)");
+    }
+    if msg.contains("from_str_multiple") || msg.contains("multiple documents") || msg.contains("Documents") {
+        return "the file holds several YAML documents (separated by ---): a config is one document".into();
+    }
+    if msg.contains("budget") || msg.contains("Budget") {
+        return format!(
+            "the file is too large to read as a config ({}); at most {MAX_YAML_NODES} YAML nodes — put long prefix lists in src_file / dst_file",
+            msg.split(": ").last().unwrap_or(msg)
+        );
+    }
+    if msg.starts_with("non-finite float") {
+        return "a number too large to read: counts are whole numbers up to 18446744073709551615".into();
+    }
+    if msg == "invalid u64" || msg.starts_with("invalid u64") {
+        return "not a whole number (0 or more)".into();
+    }
+    values::shorten(msg, 300)
+}
+
 fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     let ct = &f.conntrack;
-    let capacity = ct.capacity.value;
+    let capacity = ct.capacity.value.0;
     if capacity == 0 || capacity > (1 << 31) {
         return Err(cx.at(ct.capacity.referenced, format!("conntrack.capacity must be between 1 and {} entries", 1u64 << 31)));
     }
-    let fragments = ct.fragments.value;
+    let fragments = ct.fragments.value.0;
     if fragments == 0 || fragments > (1 << 24) {
         return Err(cx.at(ct.fragments.referenced, "conntrack.fragments must be between 1 and 16777216"));
     }
@@ -337,18 +488,23 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     if let Some(d) = &t.fragment {
         engine.fragment_timeout = timeout(cx, d, "fragment")?;
     }
-    if ct.per_source_limit.value > u64::from(u32::MAX) {
+    if ct.per_source_limit.value.0 > u64::from(u32::MAX) {
         return Err(cx.at(ct.per_source_limit.referenced, "conntrack.per_source_limit must be at most 4294967295 (0 = no limit)"));
     }
-    engine.per_source_limit = ct.per_source_limit.value as u32;
-    if ct.tombstones.value > (1 << 26) {
+    engine.per_source_limit = ct.per_source_limit.value.0 as u32;
+    if ct.tombstones.value.0 > (1 << 26) {
         return Err(cx.at(ct.tombstones.referenced, "conntrack.tombstones must be at most 67108864 (0 = none)"));
     }
-    engine.tombstones = ct.tombstones.value as usize;
+    engine.tombstones = ct.tombstones.value.0 as usize;
     engine.pressure = pressure(cx, &ct.pressure)?;
 
-    let mut rules = Vec::with_capacity(f.policy.rules.len());
-    for (i, sr) in f.policy.rules.iter().enumerate() {
+    let rule_list = match &f.policy.rules {
+        Some(l) if l.value.is_empty() => return Err(cx.empty_list(l.referenced, "policy.rules")),
+        Some(l) => l.value.as_slice(),
+        None => &[],
+    };
+    let mut rules = Vec::with_capacity(rule_list.len());
+    for (i, sr) in rule_list.iter().enumerate() {
         let r = &sr.value;
         let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
         if let Some(prev) = rules.iter().position(|x: &Rule| x.name == name) {
@@ -366,18 +522,70 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
                 return Err(cx.at(p.referenced, format!("rule {name:?}: ports need proto tcp, udp, sctp or any")));
             }
         }
+        // An empty list would match everything (as if the key were absent): refused.
+        let list = |v: &Option<Spanned<OneOrMany<values::CidrVal>>>, key: &str| -> Result<Vec<Cidr>, ConfigError> {
+            match v {
+                None => Ok(vec![]),
+                Some(l) if l.value.is_empty() => Err(cx.empty_list(l.referenced, &format!("rule {name:?}: {key}"))),
+                Some(l) => Ok(l.value.to_vec().into_iter().map(|c| c.0).collect()),
+            }
+        };
+        let mut src = list(&r.src, "src")?;
+        let mut dst = list(&r.dst, "dst")?;
+        if let Some(file) = &r.src_file {
+            src.extend(cx.prefix_file(file, &format!("rule {name:?}: src_file"))?);
+        }
+        if let Some(file) = &r.dst_file {
+            dst.extend(cx.prefix_file(file, &format!("rule {name:?}: dst_file"))?);
+        }
+        let many = |v: &Option<Spanned<OneOrMany<_>>>, key: &str| match v {
+            Some(l) if l.value.is_empty() => Err(cx.empty_list(l.referenced, &format!("rule {name:?}: {key}"))),
+            _ => Ok(()),
+        };
+        many(&r.src_port, "src_port")?;
+        many(&r.dst_port, "dst_port")?;
+        if let Some(l) = &r.icmp_type
+            && l.value.is_empty()
+        {
+            return Err(cx.empty_list(l.referenced, &format!("rule {name:?}: icmp_type")));
+        }
         rules.push(Rule {
             name,
             from: r.from.zone(),
             to: r.to.zone(),
             proto: r.proto.0,
-            src: r.src.to_vec().into_iter().map(|c| c.0).collect(),
-            dst: r.dst.to_vec().into_iter().map(|c| c.0).collect(),
+            src,
+            dst,
             src_ports: r.src_port.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
             dst_ports: r.dst_port.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
             icmp_types: r.icmp_type.as_ref().map(|p| p.value.to_vec().into_iter().map(|x| x.0).collect()).unwrap_or_default(),
             action: action(r.action),
         });
+    }
+    if let (Some(o), Some(i)) = (&f.zones.outside.interface, &f.zones.inside.interface)
+        && o.value == i.value
+    {
+        return Err(cx.at(
+            i.referenced,
+            format!("zones.inside.interface is {:?}, the same as zones.outside.interface: Holdfast sits between two interfaces, one per side", i.value),
+        ));
+    }
+    for z in [&f.zones.outside.interface, &f.zones.inside.interface].into_iter().flatten() {
+        let n = &z.value;
+        if n.is_empty() || n.len() > 15 || n.contains('/') || n.chars().any(char::is_whitespace) {
+            return Err(cx.at(z.referenced, format!("{n:?} is not an interface name (at most 15 characters, no '/' or spaces)")));
+        }
+    }
+    let mut inside = Vec::new();
+    for (zone, z) in [("outside", &f.zones.outside), ("inside", &f.zones.inside)] {
+        if let Some(n) = &z.networks {
+            if n.value.is_empty() {
+                return Err(cx.empty_list(n.referenced, &format!("zones.{zone}.networks")));
+            }
+            if zone == "inside" {
+                inside = n.value.iter().map(|c| c.0).collect();
+            }
+        }
     }
     let dataplane = dataplane(cx, &f)?;
     let control = control(cx, &f.control)?;
@@ -385,9 +593,9 @@ fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     Ok(Config {
         engine,
         classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
-        inside: f.zones.inside.networks.iter().map(|c| c.0).collect(),
-        outside_interface: f.zones.outside.interface.clone(),
-        inside_interface: f.zones.inside.interface.clone(),
+        inside,
+        outside_interface: f.zones.outside.interface.as_ref().map(|i| i.value.clone()),
+        inside_interface: f.zones.inside.interface.as_ref().map(|i| i.value.clone()),
         dataplane,
         control,
         log,
@@ -457,10 +665,10 @@ fn log(cx: &Ctx, l: &model::LogCfg) -> Result<Log, ConfigError> {
         "" => return Err(cx.at(l.denials.referenced, "log.denials is a path, \"-\" for standard output, or off")),
         p => DenyOutput::File(p.into()),
     };
-    if l.rate_limit.value > 10_000_000 {
+    if l.rate_limit.value.0 > 10_000_000 {
         return Err(cx.at(l.rate_limit.referenced, "log.rate_limit must be at most 10000000 events per second (0 = log none)"));
     }
-    Ok(Log { denials, rate_limit: l.rate_limit.value as u32 })
+    Ok(Log { denials, rate_limit: l.rate_limit.value.0 as u32 })
 }
 
 fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
@@ -471,47 +679,47 @@ fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
     };
     let mut queues = [0u32; 2];
     for (k, z) in [&f.zones.outside, &f.zones.inside].into_iter().enumerate() {
-        if z.queues.value == 0 || z.queues.value > 256 {
+        if z.queues.value.0 == 0 || z.queues.value.0 > 256 {
             return Err(cx.at(z.queues.referenced, "zones.*.queues must be between 1 and 256"));
         }
-        queues[k] = z.queues.value as u32;
+        queues[k] = z.queues.value.0 as u32;
     }
     if w.cores.value.is_empty() || w.cores.value.len() > 256 {
         return Err(cx.at(w.cores.referenced, "workers.cores lists between 1 and 256 cores"));
     }
     for z in [&f.zones.outside, &f.zones.inside] {
-        if z.queues.value as usize != w.cores.value.len() {
+        if z.queues.value.0 as usize != w.cores.value.len() {
             return Err(cx.at(
                 z.queues.referenced,
                 format!(
                     "zones.*.queues is {} but workers.cores lists {} worker(s): worker i serves queue i of both interfaces, so they must be equal",
-                    z.queues.value,
+                    z.queues.value.0,
                     w.cores.value.len()
                 ),
             ));
         }
     }
-    if !(1..=1024).contains(&w.burst.value) {
+    if !(1..=1024).contains(&w.burst.value.0) {
         return Err(cx.at(w.burst.referenced, "workers.burst must be between 1 and 1024"));
     }
-    if !(64..=(1 << 20)).contains(&w.umem_frames.value) {
+    if !(64..=(1 << 20)).contains(&w.umem_frames.value.0) {
         return Err(cx.at(w.umem_frames.referenced, "workers.umem_frames must be between 64 and 1048576 (4 KiB each)"));
     }
-    if !w.ring_size.value.is_power_of_two() || !(64..=(1 << 16)).contains(&w.ring_size.value) {
+    if !w.ring_size.value.0.is_power_of_two() || !(64..=(1 << 16)).contains(&w.ring_size.value.0) {
         return Err(cx.at(w.ring_size.referenced, "workers.ring_size must be a power of two between 64 and 65536"));
     }
     Ok(Dataplane {
         xdp_mode: [mode(f.zones.outside.xdp_mode), mode(f.zones.inside.xdp_mode)],
         queues,
-        cores: w.cores.value.iter().map(|&c| c as usize).collect(),
-        burst: w.burst.value as usize,
+        cores: w.cores.value.iter().map(|c| c.0 as usize).collect(),
+        burst: w.burst.value.0 as usize,
         idle: match w.idle {
             IdleCfg::Spin => Idle::Spin,
             IdleCfg::Adaptive => Idle::Adaptive,
             IdleCfg::Sleep => Idle::Sleep,
         },
-        umem_frames: w.umem_frames.value as u32,
-        ring_size: w.ring_size.value as u32,
+        umem_frames: w.umem_frames.value.0 as u32,
+        ring_size: w.ring_size.value.0 as u32,
     })
 }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use super::values::{CidrVal, Dur, IcmpType, OneOrMany, Ports, Proto, ZoneSel};
+use super::values::{CidrVal, Count, Dur, IcmpType, OneOrMany, Ports, Proto, ZoneSel};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,12 +58,12 @@ impl Default for SaturationCfg {
 #[serde(deny_unknown_fields, default)]
 pub struct LogCfg {
     pub denials: Spanned<String>,
-    pub rate_limit: Spanned<u64>,
+    pub rate_limit: Spanned<Count>,
 }
 
 impl Default for LogCfg {
     fn default() -> Self {
-        LogCfg { denials: unknown("-".into()), rate_limit: unknown(1000) }
+        LogCfg { denials: unknown("-".into()), rate_limit: unknown(Count(1000)) }
     }
 }
 
@@ -95,16 +95,16 @@ pub enum IdleCfg {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersCfg {
-    pub cores: Spanned<Vec<u64>>,
-    pub burst: Spanned<u64>,
+    pub cores: Spanned<Vec<Count>>,
+    pub burst: Spanned<Count>,
     pub idle: IdleCfg,
-    pub umem_frames: Spanned<u64>,
-    pub ring_size: Spanned<u64>,
+    pub umem_frames: Spanned<Count>,
+    pub ring_size: Spanned<Count>,
 }
 
 impl Default for WorkersCfg {
     fn default() -> Self {
-        WorkersCfg { cores: unknown(vec![1]), burst: unknown(64), idle: IdleCfg::Adaptive, umem_frames: unknown(8192), ring_size: unknown(2048) }
+        WorkersCfg { cores: unknown(vec![Count(1)]), burst: unknown(Count(64)), idle: IdleCfg::Adaptive, umem_frames: unknown(Count(8192)), ring_size: unknown(Count(2048)) }
     }
 }
 
@@ -119,29 +119,29 @@ pub struct Zones {
 #[serde(deny_unknown_fields, default)]
 pub struct ZoneCfg {
     /// Network interface of this side (used by the dataplane; replay ignores it).
-    pub interface: Option<String>,
+    pub interface: Option<Spanned<String>>,
     /// Address ranges that live on this side. Replay calls a frame's ingress zone
     /// `inside` when its source address is in `zones.inside.networks`.
-    pub networks: Vec<CidrVal>,
+    pub networks: Option<Spanned<Vec<CidrVal>>>,
     pub xdp_mode: XdpModeCfg,
-    pub queues: Spanned<u64>,
+    pub queues: Spanned<Count>,
 }
 
 impl Default for ZoneCfg {
     fn default() -> Self {
-        ZoneCfg { interface: None, networks: vec![], xdp_mode: XdpModeCfg::Native, queues: unknown(1) }
+        ZoneCfg { interface: None, networks: None, xdp_mode: XdpModeCfg::Native, queues: unknown(Count(1)) }
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Conntrack {
-    pub capacity: Spanned<u64>,
+    pub capacity: Spanned<Count>,
     pub pickup: PickupCfg,
-    pub fragments: Spanned<u64>,
+    pub fragments: Spanned<Count>,
     pub timeouts: TimeoutsCfg,
-    pub per_source_limit: Spanned<u64>,
-    pub tombstones: Spanned<u64>,
+    pub per_source_limit: Spanned<Count>,
+    pub tombstones: Spanned<Count>,
     pub pressure: PressureCfg,
 }
 
@@ -152,12 +152,12 @@ fn unknown<T>(v: T) -> Spanned<T> {
 impl Default for Conntrack {
     fn default() -> Self {
         Conntrack {
-            capacity: unknown(1 << 20),
+            capacity: unknown(Count(1 << 20)),
             pickup: PickupCfg::Strict,
-            fragments: unknown(4096),
+            fragments: unknown(Count(4096)),
             timeouts: TimeoutsCfg::default(),
-            per_source_limit: unknown(0),
-            tombstones: unknown(65_536),
+            per_source_limit: unknown(Count(0)),
+            tombstones: unknown(Count(65_536)),
             pressure: PressureCfg::default(),
         }
     }
@@ -229,12 +229,12 @@ pub struct Policy {
     pub ndp: ActionCfg,
     pub non_ip: ActionCfg,
     pub on_reload: OnReloadCfg,
-    pub rules: Vec<Spanned<RuleCfg>>,
+    pub rules: Option<Spanned<Vec<Spanned<RuleCfg>>>>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { default: ActionCfg::Deny, arp: ActionCfg::Allow, ndp: ActionCfg::Allow, non_ip: ActionCfg::Deny, on_reload: OnReloadCfg::Keep, rules: vec![] }
+        Policy { default: ActionCfg::Deny, arp: ActionCfg::Allow, ndp: ActionCfg::Allow, non_ip: ActionCfg::Deny, on_reload: OnReloadCfg::Keep, rules: None }
     }
 }
 
@@ -250,9 +250,15 @@ pub struct RuleCfg {
     #[serde(default)]
     pub proto: Proto,
     #[serde(default)]
-    pub src: OneOrMany<CidrVal>,
+    pub src: Option<Spanned<OneOrMany<CidrVal>>>,
     #[serde(default)]
-    pub dst: OneOrMany<CidrVal>,
+    pub dst: Option<Spanned<OneOrMany<CidrVal>>>,
+    /// Prefixes from a file, one a line (`#` comments): for long lists such as
+    /// blocklists. Adds to `src` / `dst` when both are given.
+    #[serde(default)]
+    pub src_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dst_file: Option<Spanned<String>>,
     #[serde(default)]
     pub src_port: Option<Spanned<OneOrMany<Ports>>>,
     #[serde(default)]

@@ -198,3 +198,122 @@ fn a_reload_names_what_only_a_restart_can_change() {
     let r = a.restart_needed(&b);
     assert_eq!(r, vec!["conntrack.capacity: 1000 -> 2000", "workers.cores: [1] -> [0]", "control.listen: 127.0.0.1:9477 -> off"]);
 }
+
+#[test]
+fn empty_lists_are_refused_everywhere_a_list_goes() {
+    for (yaml, key) in [
+        ("policy:\n  rules:\n    - { src: [], action: allow }\n", "src"),
+        ("policy:\n  rules:\n    - { dst: [], action: allow }\n", "dst"),
+        ("policy:\n  rules:\n    - { proto: tcp, src_port: [], action: allow }\n", "src_port"),
+        ("policy:\n  rules:\n    - { proto: tcp, dst_port: [], action: allow }\n", "dst_port"),
+        ("policy:\n  rules:\n    - { proto: icmp, icmp_type: [], action: allow }\n", "icmp_type"),
+        ("zones:\n  inside: { networks: [] }\n", "zones.inside.networks"),
+        ("zones:\n  outside: { networks: [] }\n", "zones.outside.networks"),
+        ("policy:\n  rules: []\n", "policy.rules"),
+        ("workers:\n  cores: []\n", "workers.cores"),
+    ] {
+        let e = err(yaml);
+        assert!(e.line > 0, "{key}: no position: {e}");
+        assert!(e.message.contains(key), "{key}: {}", e.message);
+        if key != "workers.cores" {
+            assert!(e.message.contains("templating mistake"), "{key}: {}", e.message);
+        }
+    }
+    // The same rules with values are fine, and a missing key still means "any".
+    parse("policy:\n  rules:\n    - { src: [10.0.0.0/8], proto: tcp, dst_port: [80], action: allow }\n", "t.yaml").unwrap();
+    let c = parse("policy:\n  rules:\n    - { proto: tcp, dst_port: 22, action: allow }\n", "t.yaml").unwrap();
+    assert!(c.classifier.rules()[0].src.is_empty(), "absent src: any source");
+}
+
+#[test]
+fn counts_say_what_is_wrong_with_them() {
+    for (v, says) in [
+        ("-1", "negative"),
+        ("18446744073709551616", "too large"),
+        ("1.5e6", "write the whole number, 1500000"),
+        ("2.5", "not a whole number"),
+        ("ten", "not a whole number"),
+    ] {
+        let e = err(&format!("conntrack:\n  capacity: {v}\n"));
+        assert_eq!((e.line, e.col), (2, 13), "{v}");
+        assert!(e.message.contains(says), "{v}: {}", e.message);
+        assert!(!e.message.contains("invalid u64"), "{v}: {}", e.message);
+    }
+    let e = err("conntrack:\n  capacity: 10\n  capacity: 20\n");
+    assert!(e.message.contains("duplicate key `capacity`") && !e.message.contains("Options"), "{}", e.message);
+    let e = err("log: { rate_limit: 10 }\n---\nlog: { rate_limit: 20 }\n");
+    assert!(e.message.contains("several YAML documents") && !e.message.contains("from_str"), "{}", e.message);
+}
+
+#[test]
+fn durations_that_would_wrap_are_refused_everywhere() {
+    // 18446744075 s is 2^64 ns and a bit: it used to wrap to about a second.
+    let e = err("conntrack:\n  timeouts:\n    tcp_established: 18446744075\n");
+    assert_eq!(e.line, 3);
+    assert!(e.message.contains("too large"), "{}", e.message);
+    let e = err("control:\n  report_interval: 18446744075\n");
+    assert!(e.message.contains("too large"), "{}", e.message);
+    let e = err("conntrack:\n  pressure: { timeout_floor: 99999999999999999999 }\n");
+    assert!(e.message.contains("too large"), "{}", e.message);
+    // In range but absurd: refused by the setting's own bounds, not wrapped.
+    let e = err("conntrack:\n  timeouts:\n    tcp_established: 18446744073\n");
+    assert!(e.message.contains("between 1s and 365d"), "{}", e.message);
+}
+
+#[test]
+fn a_long_line_is_quoted_around_the_error_not_whole() {
+    let long = format!("conntrack: {{ capacity: {} }}\n", "9".repeat(200_000));
+    let e = err(&long);
+    let shown = e.to_string();
+    assert!(shown.len() < 1000, "{} bytes of message", shown.len());
+    assert!(shown.contains("…"), "{shown}");
+    // The caret still points under the value.
+    let lines: Vec<&str> = shown.lines().collect();
+    let caret = lines[2].find('^').unwrap() - lines[2].find('|').unwrap();
+    assert_eq!(&lines[1][lines[1].find('|').unwrap() + caret..][..1], "9", "{shown}");
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("hf-cfg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn prefixes_come_from_a_file_with_line_numbers_in_errors() {
+    let d = tmpdir("pfx");
+    std::fs::write(d.join("block.txt"), "# bad hosts\n192.0.2.0/24\n\n  198.51.100.7   # one host\n2001:db8:bad::/48\n").unwrap();
+    let cfg = d.join("hf.yaml");
+    std::fs::write(&cfg, "policy:\n  rules:\n    - { name: block, from: outside, action: deny, src_file: block.txt, src: [203.0.113.0/24] }\n").unwrap();
+    let c = load(&cfg).unwrap();
+    assert_eq!(c.classifier.rules()[0].src.len(), 4, "the file's three and the inline one");
+    let q = |a: u32| Query { from: Zone::Outside, to: Zone::Inside, v6: false, proto: 6, src: u128::from(a), dst: 1, sport: 1, dport: 1, icmp_type: None };
+    assert_eq!(c.classifier.decide(&q(0xc633_6407)).rule, Some(0), "198.51.100.7 is blocked");
+    assert_eq!(c.classifier.decide(&q(0xc633_6408)).rule, None);
+    // A bad line: the prefix file, its line and column.
+    std::fs::write(d.join("block.txt"), "192.0.2.0/24\n10.0.0.300/32\n").unwrap();
+    let e = load(&cfg).unwrap_err();
+    assert!(e.file.ends_with("block.txt") && (e.line, e.col) == (2, 1), "{e}");
+    assert!(e.message.contains("src_file") && e.message.contains("10.0.0.300"), "{e}");
+    // Empty, or missing: an error at the key.
+    std::fs::write(d.join("block.txt"), "# nothing yet\n\n").unwrap();
+    let e = load(&cfg).unwrap_err();
+    assert!(e.file.ends_with("hf.yaml") && e.line == 3 && e.message.contains("holds no prefixes"), "{e}");
+    std::fs::remove_file(d.join("block.txt")).unwrap();
+    let e = load(&cfg).unwrap_err();
+    assert!(e.line == 3 && e.message.contains("cannot read"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_blocklist_of_300k_prefixes_inline_is_accepted() {
+    // More than serde-saphyr's default budget of 250,000 nodes.
+    let mut y = String::from("policy:\n  rules:\n    - name: block\n      action: deny\n      src:\n");
+    for i in 0..300_000u32 {
+        let a = 0x0b00_0000 + i * 256;
+        y.push_str(&format!("        - {}.{}.{}.0/24\n", a >> 24, (a >> 16) & 255, (a >> 8) & 255));
+    }
+    let c = parse(&y, "big.yaml").unwrap();
+    assert_eq!(c.classifier.rules()[0].src.len(), 300_000);
+}

@@ -11,14 +11,23 @@ use holdfast_pipeline::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// Parses `30s`, `500ms`, `2m`, `1h30m`, `5d`, or a bare number of seconds.
+/// Parses `30s`, `500ms`, `2m`, `1h30m`, `5d`, or a bare number of seconds. Every step
+/// is checked: a value that does not fit (about 584 years) is an error, never a wrap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err("empty duration: write e.g. 30s, 5m, 2h or 5d".into());
     }
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
+    if s.starts_with('-') {
+        return Err(format!("bad duration {s:?}: a duration cannot be negative"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1_000_000_000))
+            .map(Duration::from_nanos)
+            .ok_or_else(|| format!("bad duration {s:?}: too large (a bare number counts seconds; at most about 584 years)"));
     }
     let mut total: u64 = 0;
     let mut rest = s;
@@ -27,7 +36,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(format!("bad duration {s:?}: expected a number, e.g. 30s, 5m, 2h, 5d"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("bad duration {s:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("bad duration {s:?}: too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let nanos_per = match &rest[..unit_len] {
@@ -36,7 +45,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             "d" => 86_400_000_000_000,
-            u => return Err(format!("bad duration {s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
+            u => return Err(format!("bad duration {s:?}: unknown unit {u:?} (use ms, s, m, h or d; fractions as 1500ms)")),
         };
         total = n
             .checked_mul(nanos_per)
@@ -75,6 +84,78 @@ impl<'de, T, F: Fn(&str) -> Result<T, String>> Visitor<'de> for TextOrInt<F> {
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
         (self.1)(&v.to_string()).map_err(E::custom)
     }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<T, E> {
+        (self.1)(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        if v.is_finite() && v.fract() == 0.0 && v.abs() >= 1.8e19 {
+            return Err(E::custom(format!("{v:e} is too large: expected {}", self.0)));
+        }
+        Err(E::custom(format!("{v:e} is not valid here (a number with a fraction or an exponent): expected {}", self.0)))
+    }
+}
+
+/// A whole number (a count, a size), with messages that say what was wrong: negative,
+/// not whole, written as a float, or too large — instead of serde's "invalid u64".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Count(pub u64);
+
+struct CountVisitor;
+
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Count;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a whole number such as 65536")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+        u64::try_from(v).map(Count).map_err(|_| E::custom(format!("{v} is negative: a count is 0 or more")))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Count, E> {
+        u64::try_from(v).map(Count).map_err(|_| E::custom(format!("{v} is too large")))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Count, E> {
+        if v < 0 {
+            return Err(E::custom(format!("{v} is negative: a count is 0 or more")));
+        }
+        self.visit_u128(v as u128)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 1.8e19 {
+            Err(E::custom(format!("{v:e} is written as a floating-point number: write the whole number, {}", v as u64)))
+        } else if v < 0.0 {
+            Err(E::custom(format!("{v} is negative: a count is 0 or more")))
+        } else if v.is_finite() && v.fract() != 0.0 {
+            Err(E::custom(format!("{v} is not a whole number")))
+        } else {
+            Err(E::custom(format!("{v:e} is too large (at most {})", u64::MAX)))
+        }
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
+        let t = v.trim().replace('_', "");
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            return t.parse::<u64>().map(Count).map_err(|_| E::custom(format!("{} is too large (at most {})", shorten(v, 40), u64::MAX)));
+        }
+        Err(E::custom(format!("{} is not a whole number", shorten(&format!("{v:?}"), 40))))
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+/// `s` cut to about `max` characters, with an ellipsis in the middle when cut.
+pub fn shorten(s: &str, max: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= max {
+        return s.to_string();
+    }
+    let half = max / 2;
+    format!("{}…{} ({} characters)", chars[..half].iter().collect::<String>(), chars[chars.len() - half..].iter().collect::<String>(), chars.len())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +328,13 @@ impl<T> Default for OneOrMany<T> {
     }
 }
 
+impl<T> OneOrMany<T> {
+    /// `[]`: possible only for the list form.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, OneOrMany::Many(v) if v.is_empty())
+    }
+}
+
 impl<T: Clone> OneOrMany<T> {
     pub fn to_vec(&self) -> Vec<T> {
         match self {
@@ -268,6 +356,13 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("5 days").is_err());
+        // A bare number of seconds that would wrap the nanosecond count is refused.
+        assert!(parse_duration("18446744075").unwrap_err().contains("too large"));
+        assert!(parse_duration("18446744073709551616").unwrap_err().contains("too large"));
+        assert!(parse_duration("99999999999999999999d").unwrap_err().contains("too large"));
+        assert!(parse_duration("300000000000d").unwrap_err().contains("too large"));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert_eq!(parse_duration("18446744073").unwrap(), Duration::from_nanos(18_446_744_073_000_000_000));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
         assert_eq!(format_duration(Duration::from_secs(432_000)), "5d");

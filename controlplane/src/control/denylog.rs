@@ -90,6 +90,14 @@ fn open(out: &DenyOutput) -> std::io::Result<Option<Box<dyn Write + Send>>> {
     })
 }
 
+fn open_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => " (its directory does not exist: create it, or change log.denials)",
+        std::io::ErrorKind::PermissionDenied => " (the service's user may not write there: with the shipped unit use /var/log/holdfast/)",
+        _ => "",
+    }
+}
+
 /// A running logger thread.
 pub struct Logger {
     pub stats: Arc<Stats>,
@@ -106,7 +114,7 @@ impl Logger {
         started_at: SystemTime,
         interfaces: [String; 2],
     ) -> Result<Logger, String> {
-        let mut w = open(output).map_err(|e| format!("log.denials: cannot open {output:?}: {e}"))?;
+        let mut w = open(output).map_err(|e| format!("log.denials: cannot open {output}: {e}{}", open_hint(&e)))?;
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (reopen, requests) = crossbeam_channel::unbounded::<DenyOutput>();
@@ -140,7 +148,7 @@ impl Logger {
                         // Flushed above; reopening drops the old handle (logrotate).
                         match open(&o) {
                             Ok(x) => w = x,
-                            Err(e) => eprintln!("holdfast: log.denials: cannot reopen {o:?}: {e}; keeping the old file"),
+                            Err(e) => eprintln!("holdfast: log.denials: cannot reopen {o}: {e}{}; keeping the old file", open_hint(&e)),
                         }
                     }
                     if stopping {

@@ -278,7 +278,7 @@ impl Controller {
         let log_was = self.started_cfg.log.denials != DenyOutput::Off;
         let log_now = new.log.denials != DenyOutput::Off;
         if !log_was && log_now {
-            restart.push(format!("log.denials: off -> {:?} (the deny log queues are made at start)", new.log.denials));
+            restart.push(format!("log.denials: off -> {} (the deny log queues are made at start)", new.log.denials));
         }
         let generation = self.generation + 1;
         let rate = if log_now { new.log.rate_limit } else { 0 };
@@ -317,6 +317,19 @@ fn restart_note(r: &[String]) -> String {
 /// logger, HTTP endpoint, reports, reloads on SIGHUP or `POST /reload`. Returns the
 /// final counters.
 pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> {
+    // What this machine must offer, checked before anything starts; each refusal
+    // names its setting.
+    let mut refused: Vec<String> = crate::check::memory_now(&cfg).err().into_iter().collect();
+    for f in crate::check::host(&cfg) {
+        if f.error {
+            refused.push(f.text);
+        } else {
+            eprintln!("holdfast: warning: {}", f.text);
+        }
+    }
+    if !refused.is_empty() {
+        return Err(format!("the configuration does not fit this machine:\n  {}", refused.join("\n  ")));
+    }
     let dp = appliance::dataplane_config(&cfg)?;
     let token: http::Token = Arc::new(RwLock::new(match &cfg.control.token_file {
         Some(p) => Some(config::read_token(p)?),

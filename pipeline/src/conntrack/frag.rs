@@ -63,8 +63,21 @@ impl FragTable {
         self.timeout_ticks = timeout_ticks;
     }
 
+    fn sets_for(capacity: usize) -> usize {
+        capacity.div_ceil(WAYS).next_power_of_two().max(1)
+    }
+
+    /// Bytes `new(capacity, …)` allocates.
+    pub fn footprint(capacity: usize) -> usize {
+        Self::sets_for(capacity).saturating_mul(core::mem::size_of::<[Entry; WAYS]>())
+    }
+
+    pub fn bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.sets)
+    }
+
     pub fn new(capacity: usize, timeout_ticks: u32, seed: u64) -> FragTable {
-        let nsets = capacity.div_ceil(WAYS).next_power_of_two().max(1);
+        let nsets = Self::sets_for(capacity);
         FragTable {
             sets: vec![[Entry::default(); WAYS]; nsets].into_boxed_slice(),
             mask: nsets - 1,

@@ -126,6 +126,11 @@ impl ClassLists {
         self.links.len() * core::mem::size_of::<Link>()
     }
 
+    /// Bytes `new(capacity, …)` allocates.
+    pub fn footprint(capacity: usize) -> usize {
+        capacity.saturating_mul(core::mem::size_of::<Link>())
+    }
+
     pub fn counts(&self) -> [u32; Admission::COUNT] {
         self.counts
     }

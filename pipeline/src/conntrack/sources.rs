@@ -53,9 +53,18 @@ enum Probe {
 }
 
 impl Sources {
+    fn slots_for(capacity: usize, limit: u32) -> usize {
+        if limit == 0 { 0 } else { capacity.saturating_mul(2).checked_next_power_of_two().unwrap_or(usize::MAX).max(MAX_PROBE) }
+    }
+
+    /// Bytes `new(capacity, limit, …)` allocates.
+    pub fn footprint(capacity: usize, limit: u32) -> usize {
+        Self::slots_for(capacity, limit).saturating_mul(core::mem::size_of::<Slot>())
+    }
+
     /// `limit` 0 disables accounting (and allocates nothing).
     pub fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
-        let n = if limit == 0 { 0 } else { capacity.saturating_mul(2).next_power_of_two().max(MAX_PROBE) };
+        let n = Self::slots_for(capacity, limit);
         Sources { slots: vec![Slot::default(); n].into_boxed_slice(), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
     }
 

@@ -11,7 +11,8 @@
 use super::conn::{cflag, Conn, ConnAux, ConnStats};
 use super::wheel::Wheel;
 use crate::flow::{FlowHasher, FlowKey};
-use crate::raw::{prefetch, region_of, zeroed_slice};
+use crate::raw::{prefetch, region_of, touch, zeroed_slice};
+use core::mem::size_of;
 
 const WAYS: usize = 7;
 /// Index slots per entry of capacity: 2, i.e. the index is at most half full.
@@ -78,10 +79,30 @@ fn alt(bucket: usize, tag: u32, mask: usize) -> usize {
     (bucket ^ ((tag & !1).wrapping_mul(0x5bd1_e995) as usize | 1)) & mask
 }
 
+fn buckets_for(capacity: usize) -> usize {
+    capacity.saturating_mul(INDEX_OVERPROVISION).div_ceil(WAYS).checked_next_power_of_two().unwrap_or(usize::MAX).max(2)
+}
+
 impl Table {
+    /// Bytes a table of `capacity` entries allocates, computed without allocating:
+    /// what [`Table::bytes`] will report. Everything is committed once the table has
+    /// been full (the IPv6 side array once it held IPv6 flows).
+    pub fn footprint(capacity: usize) -> usize {
+        let c = capacity.max(1);
+        let per_entry = size_of::<Conn>() + size_of::<ConnStats>() + size_of::<ConnAux>() + 2 * size_of::<u128>() + size_of::<u32>();
+        c.saturating_mul(per_entry)
+            .saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>()))
+            .saturating_add(Wheel::footprint(c))
+    }
+
+    /// Bytes allocated, everything included.
+    pub fn bytes(&self) -> usize {
+        self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4
+    }
+
     pub fn new(capacity: usize, seed: u64, now_ticks: u64) -> Table {
         let capacity = capacity.max(1);
-        let nbuckets = (capacity * INDEX_OVERPROVISION).div_ceil(WAYS).next_power_of_two().max(2);
+        let nbuckets = buckets_for(capacity);
         let mut free = Vec::with_capacity(capacity);
         free.extend((0..capacity as u32).rev());
         Table {
@@ -124,8 +145,17 @@ impl Table {
 
     /// Bytes allocated per entry of capacity, everything included.
     pub fn bytes_per_entry(&self) -> usize {
-        let total = self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4;
-        total / self.capacity()
+        self.bytes() / self.capacity()
+    }
+
+    /// Commits every page of the table now (see [`crate::raw::touch`]).
+    pub fn commit(&mut self) {
+        touch(&mut self.conns);
+        touch(&mut self.stats);
+        touch(&mut self.aux);
+        touch(&mut self.v6);
+        touch(&mut self.buckets);
+        self.wheel.commit();
     }
 
     /// The large arrays, as (address, length), so the dataplane can `madvise` them.

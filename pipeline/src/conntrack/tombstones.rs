@@ -45,8 +45,17 @@ pub struct Tombstones {
 
 impl Tombstones {
     /// Room for about `records` removals; 0 disables.
+    fn sets_for(records: usize) -> usize {
+        if records == 0 { 0 } else { records.div_ceil(WAYS).next_power_of_two() }
+    }
+
+    /// Bytes `new(records)` allocates.
+    pub fn footprint(records: usize) -> usize {
+        Self::sets_for(records).saturating_mul(core::mem::size_of::<[Record; WAYS]>())
+    }
+
     pub fn new(records: usize) -> Tombstones {
-        let nsets = if records == 0 { 0 } else { records.div_ceil(WAYS).next_power_of_two() };
+        let nsets = Self::sets_for(records);
         Tombstones { sets: vec![[Record::default(); WAYS]; nsets].into_boxed_slice(), mask: nsets.saturating_sub(1), hits: 0 }
     }
 

@@ -41,6 +41,11 @@ pub struct Wheel {
 }
 
 impl Wheel {
+    /// Bytes a wheel over `cap` entries allocates.
+    pub fn footprint(cap: usize) -> usize {
+        cap.saturating_add(LISTS).saturating_mul(core::mem::size_of::<Node>())
+    }
+
     pub fn new(cap: usize, now_ticks: u64) -> Wheel {
         assert!(cap < (u32::MAX as usize) - LISTS, "capacity too large for 32-bit indices");
         let mut nodes: Box<[Node]> = zeroed_slice(cap + LISTS);
@@ -49,6 +54,11 @@ impl Wheel {
             nodes[cap + l] = Node { prev: s, next: s, when: 0, list: 0 };
         }
         Wheel { nodes, cap: cap as u32, occupied: [0; LEVELS], elapsed: now_ticks, armed: 0 }
+    }
+
+    /// Commits the node array's pages now.
+    pub fn commit(&mut self) {
+        crate::raw::touch(&mut self.nodes);
     }
 
     /// Memory region of the node array (for `madvise`).

@@ -293,3 +293,28 @@ fn explain_describes_a_drop_and_when_its_state_went() {
     assert_eq!(l.e.counters().tombstone_hits, hits, "explaining is not a hit");
     assert_eq!(l.e.explain(b"garbage", l.now), None);
 }
+
+#[test]
+fn the_footprint_is_what_an_engine_allocates() {
+    for cfg in [
+        EngineConfig { capacity: 1, tombstones: 0, fragments: 1, ..EngineConfig::default() },
+        EngineConfig { capacity: 1000, per_source_limit: 5, ..EngineConfig::default() },
+        EngineConfig { capacity: 65_536, tombstones: 100_000, fragments: 4096, per_source_limit: 1, ..EngineConfig::default() },
+    ] {
+        let e = crate::Engine::new(cfg, std::sync::Arc::new(policy()), crate::Instant::from_secs(1));
+        assert_eq!(crate::Engine::footprint(&cfg), e.bytes(), "{cfg:?}");
+    }
+    // Sizes far beyond any machine are computed without overflowing.
+    let huge = EngineConfig { capacity: usize::MAX / 2, per_source_limit: 1, ..EngineConfig::default() };
+    assert!(crate::Engine::footprint(&huge) >= usize::MAX / 2);
+}
+
+#[test]
+fn committing_memory_changes_nothing_a_packet_sees() {
+    let mut l = Lab::new();
+    l.handshake();
+    l.e.commit();
+    assert!(l.c(ACK | PSH, 100).is_pass());
+    assert!(l.s(ACK, 0).is_pass());
+    l.e.audit().unwrap();
+}

@@ -7,6 +7,7 @@
 //! possibly under a new name.
 
 use std::io::Write;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,8 +21,12 @@ use crate::config::DenyOutput;
 /// What the logger has done, for metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Lines written whole.
     pub written: AtomicU64,
+    /// Lines lost to write errors (a full disk, a vanished file system).
     pub write_errors: AtomicU64,
+    /// The last write failed (cleared by the next one that succeeds).
+    pub failing: AtomicBool,
 }
 
 /// Tells the logger to reopen its output, possibly a new one.
@@ -79,15 +84,111 @@ pub fn event_json(e: &DenyEvent, started_at: SystemTime, interfaces: &[String; 2
     v
 }
 
-fn open(out: &DenyOutput) -> std::io::Result<Option<Box<dyn Write + Send>>> {
+/// Where lines go: a file (appended to) or standard output.
+pub trait Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Cuts off the last `n` bytes written (a partial line), where possible.
+    fn unwrite(&mut self, n: u64) -> std::io::Result<()>;
+}
+
+struct FileSink {
+    f: std::fs::File,
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.f.write(buf)
+    }
+    fn unwrite(&mut self, n: u64) -> std::io::Result<()> {
+        // Opened for appending: the end is where the partial line stops. ftruncate
+        // needs no free space.
+        let len = self.f.metadata()?.len();
+        self.f.set_len(len.saturating_sub(n))
+    }
+}
+
+struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut o = std::io::stdout().lock();
+        let n = o.write(buf)?;
+        o.flush()?;
+        Ok(n)
+    }
+    fn unwrite(&mut self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "standard output cannot be cut back"))
+    }
+}
+
+fn open(out: &DenyOutput) -> std::io::Result<Option<Box<dyn Sink + Send>>> {
     Ok(match out {
         DenyOutput::Off => None,
-        DenyOutput::Stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
-        DenyOutput::File(p) => {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-            Some(Box::new(std::io::BufWriter::with_capacity(1 << 16, f)))
-        }
+        DenyOutput::Stdout => Some(Box::new(StdoutSink)),
+        DenyOutput::File(p) => Some(Box::new(FileSink { f: std::fs::OpenOptions::new().create(true).append(true).open(p)? })),
     })
+}
+
+/// Whole lines waiting to be written, and where each ends.
+#[derive(Default)]
+pub struct Batch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    /// A partial line could not be cut back: start the next write on a new line.
+    dangling: bool,
+}
+
+/// What one [`Batch::write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub written: u64,
+    pub lost: u64,
+    pub error: Option<std::io::ErrorKind>,
+}
+
+impl Batch {
+    pub fn push_line(&mut self, line: &[u8]) {
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Writes the batch, whole lines or nothing: if a write fails part-way, the partial
+    /// line is cut back off the file, and only lines that reached it whole count as
+    /// written. Lines that did not are lost (the caller counts them); the batch is
+    /// empty afterwards either way.
+    pub fn write(&mut self, sink: &mut dyn Sink) -> (Outcome, Option<std::io::Error>) {
+        let mut done = 0usize;
+        let mut err = None;
+        if self.dangling && !self.is_empty() {
+            match sink.write(b"\n") {
+                Ok(1) => self.dangling = false,
+                Ok(_) => err = Some(std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing")),
+                Err(e) => err = Some(e),
+            }
+        }
+        while err.is_none() && done < self.buf.len() {
+            match sink.write(&self.buf[done..]) {
+                Ok(0) => err = Some(std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing")),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => err = Some(e),
+            }
+        }
+        let whole = self.ends.iter().take_while(|&&e| e <= done).count();
+        let partial = done - if whole == 0 { 0 } else { self.ends[whole - 1] };
+        if partial > 0 && sink.unwrite(partial as u64).is_err() {
+            self.dangling = true;
+        }
+        let out = Outcome { written: whole as u64, lost: (self.ends.len() - whole) as u64, error: err.as_ref().map(|e| e.kind()) };
+        self.buf.clear();
+        self.ends.clear();
+        (out, err)
+    }
 }
 
 fn open_hint(e: &std::io::Error) -> &'static str {
@@ -95,6 +196,34 @@ fn open_hint(e: &std::io::Error) -> &'static str {
         std::io::ErrorKind::NotFound => " (its directory does not exist: create it, or change log.denials)",
         std::io::ErrorKind::PermissionDenied => " (the service's user may not write there: with the shipped unit use /var/log/holdfast/)",
         _ => "",
+    }
+}
+
+/// Writes what is batched; counts what was written and lost; says so on stderr once
+/// when writing starts to fail and once when it works again.
+fn flush(batch: &mut Batch, w: &mut Option<Box<dyn Sink + Send>>, st: &Stats, name: &str, lost_since_ok: &mut u64) {
+    let Some(out) = w.as_mut() else { return };
+    if batch.is_empty() {
+        return;
+    }
+    let (o, err) = batch.write(out.as_mut());
+    st.written.fetch_add(o.written, Relaxed);
+    st.write_errors.fetch_add(o.lost, Relaxed);
+    match err {
+        Some(e) => {
+            if !st.failing.swap(true, Relaxed) {
+                eprintln!(
+                    "holdfast: log.denials: cannot write {name}: {e}; denials are counted but not logged (holdfast_deny_log_write_errors_total) until it can"
+                );
+            }
+            *lost_since_ok += o.lost;
+        }
+        None => {
+            if st.failing.swap(false, Relaxed) {
+                eprintln!("holdfast: log.denials: writing {name} again; {lost_since_ok} line(s) were lost meanwhile");
+                *lost_since_ok = 0;
+            }
+        }
     }
 }
 
@@ -115,6 +244,7 @@ impl Logger {
         interfaces: [String; 2],
     ) -> Result<Logger, String> {
         let mut w = open(output).map_err(|e| format!("log.denials: cannot open {output}: {e}{}", open_hint(&e)))?;
+        let output_name = output.to_string();
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (reopen, requests) = crossbeam_channel::unbounded::<DenyOutput>();
@@ -123,31 +253,35 @@ impl Logger {
             .name("holdfast-log".into())
             .spawn(move || {
                 let mut line = Vec::with_capacity(512);
+                let mut batch = Batch::default();
+                let mut name = output_name;
+                let mut lost_since_ok = 0u64;
                 loop {
                     let stopping = sp.load(Relaxed);
                     let mut n = 0;
                     for q in &mut queues {
                         while let Ok(e) = q.pop() {
                             n += 1;
-                            let Some(out) = w.as_mut() else { continue };
+                            if w.is_none() {
+                                continue;
+                            }
                             line.clear();
                             let _ = serde_json::to_writer(&mut line, &event_json(&e, started_at, &interfaces));
-                            line.push(b'\n');
-                            match out.write_all(&line) {
-                                Ok(()) => st.written.fetch_add(1, Relaxed),
-                                Err(_) => st.write_errors.fetch_add(1, Relaxed),
-                            };
+                            batch.push_line(&line);
+                            if batch.buf.len() >= 1 << 16 {
+                                flush(&mut batch, &mut w, &st, &name, &mut lost_since_ok);
+                            }
                         }
                     }
-                    if let Some(out) = w.as_mut()
-                        && out.flush().is_err()
-                    {
-                        st.write_errors.fetch_add(1, Relaxed);
-                    }
+                    flush(&mut batch, &mut w, &st, &name, &mut lost_since_ok);
                     while let Ok(o) = requests.try_recv() {
-                        // Flushed above; reopening drops the old handle (logrotate).
+                        // Everything queued was written above; reopening drops the old
+                        // handle (logrotate).
                         match open(&o) {
-                            Ok(x) => w = x,
+                            Ok(x) => {
+                                w = x;
+                                name = o.to_string();
+                            }
                             Err(e) => eprintln!("holdfast: log.denials: cannot reopen {o}: {e}{}; keeping the old file", open_hint(&e)),
                         }
                     }
@@ -221,6 +355,151 @@ mod tests {
         let v = event_json(&bare, start, &["eth0".into(), "eth1".into()]);
         assert_eq!(v["reason"], "malformed");
         assert!(v.get("src_ip").is_none());
+    }
+
+    /// A disk that takes `room` more bytes, then says it is full (after a short write,
+    /// as a real one does), until `room` is raised again.
+    struct Disk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl Sink for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn unwrite(&mut self, n: u64) -> std::io::Result<()> {
+            self.data.truncate(self.data.len() - n as usize);
+            self.room += n as usize;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_gets_whole_lines_or_nothing_and_exact_counts() {
+        let mut d = Disk { data: Vec::new(), room: 25 };
+        let mut b = Batch::default();
+        for l in ["{\"a\":1}", "{\"b\":22}", "{\"c\":333}"] {
+            b.push_line(l.as_bytes());
+        }
+        // 25 bytes of room: the first two lines (8 + 9 bytes) fit, the third is cut and
+        // must be taken back.
+        let (o, e) = b.write(&mut d);
+        assert_eq!((o.written, o.lost), (2, 1));
+        assert_eq!(e.unwrap().raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(d.data, b"{\"a\":1}\n{\"b\":22}\n", "no partial line left behind");
+        // Space returns: the next lines start cleanly on their own line.
+        d.room = 1000;
+        b.push_line(b"{\"d\":4}");
+        let (o, e) = b.write(&mut d);
+        assert!(e.is_none());
+        assert_eq!((o.written, o.lost), (1, 0));
+        let text = String::from_utf8(d.data.clone()).unwrap();
+        for line in text.lines() {
+            serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert_eq!(text.lines().count(), 3);
+    }
+
+    #[test]
+    fn a_partial_line_that_cannot_be_taken_back_is_ended_before_the_next() {
+        struct Pipe(Vec<u8>, usize);
+        impl Sink for Pipe {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.1 == 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::EPIPE));
+                }
+                let n = buf.len().min(self.1);
+                self.0.extend_from_slice(&buf[..n]);
+                self.1 -= n;
+                Ok(n)
+            }
+            fn unwrite(&mut self, _: u64) -> std::io::Result<()> {
+                Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+            }
+        }
+        let mut p = Pipe(Vec::new(), 5);
+        let mut b = Batch::default();
+        b.push_line(b"{\"a\":1}");
+        assert_eq!(b.write(&mut p).0.lost, 1);
+        p.1 = 100;
+        b.push_line(b"{\"b\":2}");
+        assert_eq!(b.write(&mut p).0.written, 1);
+        assert_eq!(p.0, b"{\"a\":\n{\"b\":2}\n", "the cut line is ended; the next is whole on its own line");
+    }
+
+    /// A real file system that fills up: a 64 KiB tmpfs (root only; CI runs as root).
+    #[test]
+    fn a_full_tmpfs_holds_only_whole_lines_and_the_count_is_exact() {
+        if !holdfast_dataplane::sys::is_root() {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("hf-fulldisk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&dir).status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: could not mount a tmpfs (mount from util-linux)");
+            return;
+        }
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _u = Unmount(dir.clone());
+        let path = dir.join("deny.log");
+        let (mut p, c) = rtrb::RingBuffer::new(20_000);
+        let ev = DenyEvent { at_ns: 0, worker: 0, side: 0, reason: DropReason::Policy, what: None };
+        let l = Logger::start(vec![c], &DenyOutput::File(path.clone()), SystemTime::now(), ["a".into(), "b".into()]).unwrap();
+        let mut pushed = 0u64;
+        for _ in 0..3000 {
+            if p.push(ev).is_ok() {
+                pushed += 1;
+            }
+        }
+        let t = std::time::Instant::now();
+        while l.stats.written.load(Relaxed) + l.stats.write_errors.load(Relaxed) < pushed && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(l.stats.failing.load(Relaxed), "the disk filled up");
+        // Space returns (the file is rotated away), the logger goes on.
+        let rotated = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        l.reopen(DenyOutput::File(path.clone()));
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..10 {
+            p.push(ev).unwrap();
+        }
+        pushed += 10;
+        let t = std::time::Instant::now();
+        while l.stats.written.load(Relaxed) + l.stats.write_errors.load(Relaxed) < pushed && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let written = l.stats.written.load(Relaxed);
+        let lost = l.stats.write_errors.load(Relaxed);
+        assert!(!l.stats.failing.load(Relaxed), "writing again");
+        l.stop();
+        let fresh = std::fs::read(&path).unwrap();
+        let mut lines = 0u64;
+        for part in [&rotated, &fresh] {
+            assert!(part.is_empty() || part.ends_with(b"\n"), "the file ends with a whole line");
+            for line in String::from_utf8_lossy(part).lines() {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("a cut line {line:?}: {e}"));
+                lines += 1;
+            }
+        }
+        assert_eq!(written, lines, "written counts the lines in the files");
+        assert_eq!(written + lost, pushed);
+        assert!(lost > 0 && fresh.len() > 0);
     }
 
     #[test]

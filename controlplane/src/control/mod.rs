@@ -423,6 +423,18 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
                 eprintln!("holdfast: {}", t.describe(&Report::default()));
             }
         }
+        if let Some(l) = &c.logger {
+            let failing = l.stats.failing.load(std::sync::atomic::Ordering::Relaxed);
+            let lost = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+            let detail = if failing {
+                format!("the deny log cannot be written ({} line(s) lost so far): the disk may be full", lost)
+            } else {
+                "the deny log is written again".to_string()
+            };
+            if let Some(t) = c.sat.fault("deny_log_write", 0, failing, lost as f64, detail, SystemTime::now()) {
+                eprintln!("holdfast: {}", t.describe(&Report::default()));
+            }
+        }
         if let Some(every) = watchdog
             && last_watchdog.elapsed() >= every
         {

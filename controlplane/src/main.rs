@@ -623,6 +623,10 @@ fn replay_cmd(a: ReplayArgs) -> ExitCode {
         eprintln!("holdfast replay: {source}: capture ends early {e}; the summary covers the {} frames before it", report.counters.packets);
         return ExitCode::FAILURE;
     }
+    if report.counters.packets == 0 && report.skipped > 0 {
+        eprintln!("holdfast replay: {source}: nothing replayed: {}", report.skipped_note.as_deref().unwrap_or("every frame was skipped"));
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

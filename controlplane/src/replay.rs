@@ -35,7 +35,12 @@ pub struct Report {
     pub workers: usize,
     pub elapsed_s: f64,
     pub capture_span_s: f64,
-    pub skipped_non_ethernet: u64,
+    /// Frames skipped (link types Holdfast cannot replay, frames without IP or ARP).
+    pub skipped: u64,
+    /// What was skipped and what to do about it, for people.
+    pub skipped_note: Option<String>,
+    /// Link types read, named.
+    pub link_types: Vec<String>,
     pub capture_error: Option<CaptureError>,
     pub bytes_per_entry: usize,
     /// Live entries per admission class at the end, all workers.
@@ -89,7 +94,9 @@ impl Report {
                 "source": self.source,
                 "format": self.format,
                 "span_s": self.capture_span_s,
-                "skipped_non_ethernet": self.skipped_non_ethernet,
+                "link_types": self.link_types,
+                "skipped": self.skipped,
+                "skipped_note": self.skipped_note,
                 "error": self.capture_error.as_ref().map(|e| json!({"offset": e.offset, "message": e.message})),
             },
         })
@@ -123,8 +130,8 @@ impl Report {
         for e in &self.reply_denied_examples {
             let _ = writeln!(s, "  denied     {e}");
         }
-        if self.skipped_non_ethernet > 0 {
-            let _ = writeln!(s, "  skipped    {} frames of a non-Ethernet link type", self.skipped_non_ethernet);
+        if let Some(n) = &self.skipped_note {
+            let _ = writeln!(s, "  skipped    {n}");
         }
         let _ = write!(s, "  speed      {:.2} Mpps ({} packets in {:.3} s)", self.mpps(), c.packets, self.elapsed_s);
         s
@@ -147,11 +154,20 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         .records
         .iter()
         .map(|r| {
-            let st = steer(r.data, &hasher);
+            let st = steer(&r.data, &hasher);
+            // The zone: the config's inside networks when it has any; otherwise, for a
+            // Linux cooked capture, the packet's direction (taken on a host inside:
+            // what it sent entered the firewall from inside).
+            let zone = match (st.src, r.outgoing) {
+                (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
+                (_, Some(true)) => Zone::Inside,
+                (Some((a, v6)), None) => cfg.zone_of(a, v6),
+                _ => Zone::Outside,
+            };
             Frame {
-                data: r.data,
+                data: &r.data,
                 now: Instant::from_nanos(r.ts_ns),
-                zone: st.src.map_or(Zone::Outside, |(a, v6)| cfg.zone_of(a, v6)),
+                zone,
                 worker: if st.owner_hash == 0 { 0 } else { owner_of(st.owner_hash, workers) as u32 },
             }
         })
@@ -187,7 +203,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         if reply_denied_examples.len() == EXAMPLES {
             break;
         }
-        let line = describe_denied(cap.records[i as usize].data, v);
+        let line = describe_denied(&cap.records[i as usize].data, v);
         if !reply_denied_examples.contains(&line) {
             reply_denied_examples.push(line);
         }
@@ -219,7 +235,9 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         workers,
         elapsed_s,
         capture_span_s: (end.as_nanos().saturating_sub(start.as_nanos())) as f64 / 1e9,
-        skipped_non_ethernet: cap.skipped_non_ethernet,
+        skipped: cap.skipped_total(),
+        skipped_note: cap.skipped_note(),
+        link_types: cap.link_types.iter().map(|t| capture::link::name(*t)).collect(),
         capture_error: cap.error,
         bytes_per_entry,
         classes_at_end,

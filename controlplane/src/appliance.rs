@@ -75,6 +75,8 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "tx": {"outside": s.tx[0], "inside": s.tx[1]},
         "rx_bytes": {"outside": s.rx_bytes[0], "inside": s.rx_bytes[1]},
         "tx_bytes": {"outside": s.tx_bytes[0], "inside": s.tx_bytes[1]},
+        "tx_lost": {"outside": s.tx_lost[0], "inside": s.tx_lost[1]},
+        "rebinds": s.rebinds,
         "passed": s.counters.passed_total(),
         "dropped": s.counters.dropped_total(),
         "drops": drops_map(&s.counters),

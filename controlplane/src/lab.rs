@@ -86,18 +86,28 @@ pub fn up(queues: usize) -> Result<(), String> {
         // as policy denials.
         run_in(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
     }
+    plug(false, queues)?;
+    plug(true, queues)
+}
+
+/// Creates one side's veth pair (`queues` queues each) and its hosts' addresses: the
+/// outside (client) or the inside (servers). Also what a test uses to put back an
+/// interface it deleted under a running appliance.
+pub fn plug(inside: bool, queues: usize) -> Result<(), String> {
     let q = queues.to_string();
-    for (host, fw, ns) in [("hf-out1", "hf-out0", "hf-out"), ("hf-in1", "hf-in0", "hf-in")] {
-        ip(&["link", "add", host, "netns", ns, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", fw, "netns", "hf-fw", "numtxqueues", &q, "numrxqueues", &q])?;
-        ip(&["-n", ns, "link", "set", host, "up"])?;
-        ip(&["-n", "hf-fw", "link", "set", fw, "up"])?;
-        // Checksums in software on the end hosts: veth would otherwise leave them partial
-        // and TCP through the appliance would fail.
-        run_in(ns, &["ethtool", "-K", host, "tx", "off"]).map_err(|e| format!("ethtool: {e} (install ethtool)"))?;
-    }
-    ip(&["-n", "hf-out", "addr", "add", &format!("{CLIENT}/16"), "dev", "hf-out1"])?;
-    for k in 0..SERVERS {
-        ip(&["-n", "hf-in", "addr", "add", &format!("{}/16", server(k)), "dev", "hf-in1"])?;
+    let (host, fw, ns) = if inside { ("hf-in1", "hf-in0", "hf-in") } else { ("hf-out1", "hf-out0", "hf-out") };
+    ip(&["link", "add", host, "netns", ns, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", fw, "netns", "hf-fw", "numtxqueues", &q, "numrxqueues", &q])?;
+    ip(&["-n", ns, "link", "set", host, "up"])?;
+    ip(&["-n", "hf-fw", "link", "set", fw, "up"])?;
+    // Checksums in software on the end hosts: veth would otherwise leave them partial
+    // and TCP through the appliance would fail.
+    run_in(ns, &["ethtool", "-K", host, "tx", "off"]).map_err(|e| format!("ethtool: {e} (install ethtool)"))?;
+    if inside {
+        for k in 0..SERVERS {
+            ip(&["-n", "hf-in", "addr", "add", &format!("{}/16", server(k)), "dev", "hf-in1"])?;
+        }
+    } else {
+        ip(&["-n", "hf-out", "addr", "add", &format!("{CLIENT}/16"), "dev", "hf-out1"])?;
     }
     Ok(())
 }

@@ -162,8 +162,8 @@ fn assert_consistent(status: &Value) {
         let judged = n(&c["passed"]) + n(&c["dropped"]);
         let accounted = judged + n(&c["handoff_out"]) + n(&c["forward_drops"]["handoff_full"]) + n(&c["forward_drops"]["handoff_too_large"]);
         assert_eq!(frames_in, accounted, "frames in = judged + handed off + handoff drops: {c}");
-        let out = n(&c["tx"]["outside"]) + n(&c["tx"]["inside"]) + n(&c["forward_drops"]["tx_ring_full"]);
-        assert_eq!(n(&c["passed"]), out, "passed = transmitted + tx_ring_full: {c}");
+        let out = n(&c["tx"]["outside"]) + n(&c["tx"]["inside"]) + n(&c["forward_drops"]["tx_ring_full"]) + n(&c["forward_drops"]["link_down"]);
+        assert_eq!(n(&c["passed"]), out, "passed = transmitted + tx_ring_full + link_down: {c}");
     }
 }
 
@@ -522,17 +522,17 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
     let t = Instant::now();
     let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
     let pid = app.id();
-    let out = loop {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() || t.elapsed() > Duration::from_secs(10) {
-            break app.wait_with_output().unwrap();
-        }
+    // Until it has exited (a zombie, as nobody has waited yet) or 10 s passed.
+    while t.elapsed() < Duration::from_secs(10) {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.split_whitespace().nth(2) == Some("Z") {
-            break app.wait_with_output().unwrap();
+        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(t.elapsed() < Duration::from_secs(6), "SIGTERM took {:?}", t.elapsed());
+    }
+    let exited_after = t.elapsed();
+    let out = app.wait_with_output().unwrap();
+    assert!(exited_after < Duration::from_secs(6), "SIGTERM took {exited_after:?}");
     let fin: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("final JSON: {}", lab.stderr()));
     assert_eq!(fin["stuck_workers"], serde_json::json!([1]));
     assert!(lab.stderr().contains("worker 1 did not stop within 3 s (stuck)"), "{}", lab.stderr());
@@ -540,4 +540,112 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
         let link = ok(&lab.ns("hf-fw", &["ip", "link", "show", dev]).output().unwrap());
         assert!(!link.contains("xdp"), "XDP left on {dev}: {link}");
     }
+}
+
+/// An interface deleted under the running appliance: a fault in the log, `/status` and
+/// `/metrics`; frames that would leave on it are counted as `link_down`, not as sent;
+/// when it comes back (a new interface of the same name) the sockets are re-bound and
+/// the program re-attached, the table kept, and traffic flows again.
+#[test]
+fn a_deleted_interface_is_a_fault_and_is_reattached_when_it_returns() {
+    need_root!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("ifdel", 1);
+    std::fs::write(lab.dir.join("www/ok.txt"), "ok\n").unwrap();
+    lab.web_server("10.0.2.1");
+    lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
+    lab.start(&[]);
+    let get = |lab: &Lab| lab.ns("hf-out", &["curl", "-s", "-m", "3", "http://10.0.2.1/ok.txt"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&get(&lab).stdout), "ok\n", "traffic flows before");
+    let before = lab.status();
+    assert_eq!(before["links"]["inside"]["state"], "up");
+    let wait_for = |lab: &Lab, state: &str| {
+        let t = Instant::now();
+        loop {
+            let s = lab.status();
+            if s["links"]["inside"]["state"] == state {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(3), "not {state}: {}", s["links"]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Down, then up again: a fault while down; the same sockets carry traffic after.
+    ok(&Command::new("ip").args(["-n", "hf-fw", "link", "set", "hf-in0", "down"]).output().unwrap());
+    let down = wait_for(&lab, "down");
+    assert!(down["saturation"].as_array().unwrap().iter().any(|e| e["event"] == "interface_down"), "{down}");
+    ok(&Command::new("ip").args(["-n", "hf-fw", "link", "set", "hf-in0", "up"]).output().unwrap());
+    let up = wait_for(&lab, "up");
+    assert_eq!(up["links"]["inside"]["reattaches"], 0, "no re-attach for down/up");
+    let t = Instant::now();
+    while String::from_utf8_lossy(&get(&lab).stdout) != "ok\n" {
+        assert!(t.elapsed() < Duration::from_secs(5), "no traffic after up: {}", lab.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    ok(&Command::new("ip").args(["-n", "hf-fw", "link", "del", "hf-in0"]).output().unwrap());
+    let t = Instant::now();
+    let gone = loop {
+        let s = lab.status();
+        if s["links"]["inside"]["state"] == "gone" {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "the deletion went unnoticed: {}", s["links"]);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(gone["links"]["inside"]["up"], false);
+    let fault = gone["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "interface_down").cloned().unwrap_or_else(|| panic!("no fault: {gone}"));
+    assert!(fault["fault"].as_str().unwrap().contains("hf-in0 (inside) is gone"), "{fault}");
+    let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
+    assert!(metrics.contains("holdfast_interface_up{interface=\"inside\"} 0"), "{metrics}");
+    assert!(metrics.contains("holdfast_saturation_active{reason=\"interface_down\"} 1"));
+    // Traffic toward the missing side: dropped as link_down, not counted as sent.
+    let sent = |s: &Value| s["total"]["counters"]["tx"]["inside"].as_u64().unwrap();
+    let link_down = |s: &Value| s["total"]["counters"]["forward_drops"]["link_down"].as_u64().unwrap();
+    let _ = lab.ns("hf-out", &["ping", "-c", "5", "-i", "0.1", "-W", "1", "10.0.2.1"]).output();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = lab.status();
+    assert_eq!(sent(&during), sent(&gone), "nothing counted as sent to a deleted interface");
+    assert!(link_down(&during) >= 5, "{}", during["total"]["counters"]["forward_drops"]);
+    assert!(lab.stderr().contains("interface hf-in0 (inside): up -> gone"), "{}", lab.stderr());
+
+    // It comes back: a new veth of the same name.
+    holdfast_controlplane::lab::plug(true, 1).unwrap();
+    let t = Instant::now();
+    let back = loop {
+        let s = lab.status();
+        if s["links"]["inside"]["up"] == true {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "not re-attached: {}\n{}", s["links"], lab.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(back["links"]["inside"]["reattaches"], 1);
+    assert_ne!(back["links"]["inside"]["ifindex"], before["links"]["inside"]["ifindex"], "a new interface");
+    assert!(!back["saturation"].as_array().unwrap().iter().any(|e| e["event"] == "interface_down"), "the fault cleared");
+    assert!(lab.stderr().contains("re-attached"), "{}", lab.stderr());
+    let link = ok(&lab.ns("hf-fw", &["ip", "link", "show", "hf-in0"]).output().unwrap());
+    assert!(link.contains("xdp"), "the program is attached again: {link}");
+    // Traffic flows again (the web server's socket survived its address going away).
+    // The new interface has a new MAC: the client's ARP entry for the server is stale,
+    // which is the network's business, not the appliance's.
+    let _ = lab.ns("hf-out", &["ip", "neigh", "flush", "all"]).output();
+    let t = Instant::now();
+    loop {
+        let out = get(&lab);
+        if String::from_utf8_lossy(&out.stdout) == "ok\n" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no traffic after re-attaching: {}\n{}", String::from_utf8_lossy(&out.stderr), lab.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fin = lab.stop();
+    assert_eq!(fin["totals"]["rebinds"], 1);
+    assert_consistent(&lab_final_as_status(&fin));
+}
+
+/// The final counters in the shape `assert_consistent` reads.
+fn lab_final_as_status(fin: &Value) -> Value {
+    serde_json::json!({"workers": fin["workers"].as_array().unwrap().iter().map(|w| serde_json::json!({"counters": w})).collect::<Vec<_>>()})
 }

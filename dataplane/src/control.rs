@@ -24,6 +24,34 @@ pub enum Command {
     /// the receiver is gone the listing is dropped. A bounded channel thus bounds the
     /// memory a listing holds, whatever the table's size.
     Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<FlowsReply> },
+    /// Close the sockets and open them again on these interface indexes (outside,
+    /// inside): an interface was deleted and has come back. The table is kept.
+    Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), String>> },
+}
+
+/// Whether each interface (outside, inside) can take frames now, as the control side
+/// sees it; workers read it before transmitting. Wait-free.
+#[derive(Debug, Default)]
+pub struct LinkFlags {
+    up: [std::sync::atomic::AtomicBool; 2],
+}
+
+impl LinkFlags {
+    pub fn all_up() -> LinkFlags {
+        let f = LinkFlags::default();
+        f.set(0, true);
+        f.set(1, true);
+        f
+    }
+
+    pub fn set(&self, side: usize, up: bool) {
+        self.up[side].store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn is_up(&self, side: usize) -> bool {
+        self.up[side].load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// One message of a flow listing.

@@ -9,7 +9,8 @@ use std::time::Instant as WallClock;
 use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
 use crate::bpf::{self, Link, Program, XdpMode, XskMap};
-use crate::control::{Command, DenyEvent};
+use crate::control::{Command, DenyEvent, LinkFlags};
+use crate::sys::{link_state, LinkEvents, LinkState};
 use crate::handoff;
 use crate::stats::{self, Reader, Snapshot};
 use crate::worker::{self, Idle, Spec, DENY_RING, HANDOFF_RING};
@@ -54,8 +55,20 @@ pub struct Running {
     commands: Vec<crossbeam_channel::Sender<Command>>,
     denials: Vec<rtrb::Consumer<DenyEvent>>,
     stop: Arc<AtomicBool>,
-    _links: Vec<Link>,
-    _maps: [Arc<XskMap>; 2],
+    /// The XDP link of each side (`None` while its interface is gone).
+    links: [Option<Link>; 2],
+    maps: [Arc<XskMap>; 2],
+    interfaces: [Interface; 2],
+    /// The interface indexes the workers' sockets are bound to.
+    ifindex: [u32; 2],
+    /// Each side's state as last seen, and whether the workers may send there.
+    states: [LinkState; 2],
+    flags: Arc<LinkFlags>,
+    /// Link change notifications (rtnetlink), if they could be subscribed to.
+    events: Option<LinkEvents>,
+    last_look: WallClock,
+    /// A reattach that failed, retried at the next look.
+    pending: Option<String>,
     /// The pipeline clock's epoch (its time 0), and the wall-clock time it stands for.
     pub started: WallClock,
     pub started_at: std::time::SystemTime,
@@ -140,6 +153,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     let mut commands = Vec::with_capacity(n);
     let mut denials = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let flags = Arc::new(LinkFlags::all_up());
     let mut engine_cfg = cfg.engine;
     engine_cfg.seed = seed;
     for w in 0..n {
@@ -169,6 +183,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             },
             hasher: FlowHasher::new(seed),
             maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
+            links: Arc::clone(&flags),
             to: std::mem::take(&mut producers[w]),
             from: std::mem::take(&mut consumers[w]),
             publisher,
@@ -206,7 +221,8 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     }
     // Sockets are registered: now attach the programs, so no frame is redirected to a
     // queue without a socket.
-    let mut links = Vec::with_capacity(2);
+    let events = LinkEvents::open().ok();
+    let mut links: [Option<Link>; 2] = [None, None];
     for (k, i) in cfg.interfaces.iter().enumerate() {
         let prog = match Program::load_redirect(&maps[k]) {
             Ok(p) => p,
@@ -216,17 +232,143 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             }
         };
         match Link::attach(&prog, ifindex[k], i.mode) {
-            Ok(l) => links.push(l),
+            Ok(l) => links[k] = Some(l),
             Err(e) => {
                 stop_all(workers);
                 return Err(explain(&format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e));
             }
         }
     }
-    Ok(Running { workers, readers, commands, denials, stop, _links: links, _maps: maps, started: epoch, started_at })
+    let states = [link_state(&cfg.interfaces[0].name), link_state(&cfg.interfaces[1].name)];
+    for (k, st) in states.iter().enumerate() {
+        flags.set(k, st.is_up());
+    }
+    Ok(Running {
+        workers,
+        readers,
+        commands,
+        denials,
+        stop,
+        links,
+        maps,
+        interfaces: cfg.interfaces.clone(),
+        ifindex,
+        states,
+        flags,
+        events,
+        last_look: WallClock::now(),
+        pending: None,
+        started: epoch,
+        started_at,
+    })
 }
 
+/// What changed about one interface since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkChange {
+    /// 0 outside, 1 inside.
+    pub side: usize,
+    pub name: String,
+    pub from: LinkState,
+    pub to: LinkState,
+}
+
+/// What one look at the links found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkReport {
+    pub changes: Vec<LinkChange>,
+    /// An interface came back under a new index: the outcome of re-binding every
+    /// worker's sockets and re-attaching the XDP program (`None`: not attempted).
+    pub reattached: Option<Result<(), String>>,
+}
+
+/// How often links are looked at without a netlink notification.
+const LINK_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Running {
+    /// Each interface's state (outside, inside) as last seen.
+    pub fn link_states(&self) -> [LinkState; 2] {
+        self.states
+    }
+
+    /// A reattach that failed and waits for its retry.
+    pub fn reattach_pending(&self) -> Option<&str> {
+        self.pending.as_deref()
+    }
+
+    /// Looks at both interfaces (at once when rtnetlink says a link changed, else every
+    /// second) and acts: a side that is down or gone takes no frames (the workers
+    /// count them as `link_down`); a side that came back under a new index gets every
+    /// worker's sockets re-bound and the XDP program re-attached, tables kept. Call it
+    /// from the control loop; returns the changes, for the log and the metrics.
+    pub fn watch_links(&mut self) -> LinkReport {
+        let notified = self.events.as_ref().is_some_and(LinkEvents::drain);
+        let retry = self.pending.is_some() && self.last_look.elapsed() >= LINK_LOOK;
+        if !notified && !retry && self.last_look.elapsed() < LINK_LOOK {
+            return LinkReport::default();
+        }
+        self.last_look = WallClock::now();
+        let now = [link_state(&self.interfaces[0].name), link_state(&self.interfaces[1].name)];
+        let mut changes = Vec::new();
+        for (side, (&to, &from)) in now.iter().zip(&self.states).enumerate() {
+            if to != from {
+                changes.push(LinkChange { side, name: self.interfaces[side].name.clone(), from, to });
+            }
+        }
+        // Re-created (a new index) on either side, with both present: re-bind all.
+        let moved = (0..2).any(|k| now[k].ifindex().is_some_and(|i| i != self.ifindex[k]));
+        let mut reattached = None;
+        if moved && now.iter().all(|s| s.ifindex().is_some()) {
+            let result = self.reattach([now[0].ifindex().unwrap_or(0), now[1].ifindex().unwrap_or(0)]);
+            self.pending = result.as_ref().err().cloned();
+            reattached = Some(result);
+        }
+        for (side, st) in now.iter().enumerate() {
+            if st.ifindex().is_none() {
+                // Its program went with it; the link's descriptor is defunct.
+                self.links[side] = None;
+            }
+            let bound = st.ifindex() == Some(self.ifindex[side]) && self.links[side].is_some();
+            self.flags.set(side, st.is_up() && bound && self.pending.is_none());
+        }
+        self.states = now;
+        LinkReport { changes, reattached }
+    }
+
+    /// Re-binds every worker to `ifindex` and attaches the program where a link is
+    /// missing or on an old index.
+    fn reattach(&mut self, ifindex: [u32; 2]) -> Result<(), String> {
+        for k in 0..2 {
+            self.flags.set(k, false);
+        }
+        let mut waits = Vec::new();
+        for (w, to) in self.commands.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            to.try_send(Command::Rebind { ifindex, reply: tx }).map_err(|_| format!("worker {w} did not take the rebind (stuck or its queue is full)"))?;
+            waits.push(rx);
+        }
+        let deadline = WallClock::now() + std::time::Duration::from_secs(5);
+        for (w, rx) in waits.into_iter().enumerate() {
+            match rx.recv_timeout(deadline.saturating_duration_since(WallClock::now())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(format!("worker {w} did not answer the rebind within 5 s")),
+            }
+        }
+        self.ifindex = ifindex;
+        for (k, &index) in ifindex.iter().enumerate() {
+            if self.links[k].as_ref().is_some_and(|l| l.ifindex == index) {
+                continue;
+            }
+            self.links[k] = None;
+            let i = &self.interfaces[k];
+            let prog = Program::load_redirect(&self.maps[k]).map_err(|e| explain("loading the XDP program", e).0)?;
+            let link = Link::attach(&prog, index, i.mode).map_err(|e| explain(&format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e).0)?;
+            self.links[k] = Some(link);
+        }
+        Ok(())
+    }
+
     /// The latest snapshot of every worker (never waits for a worker).
     pub fn snapshots(&mut self) -> Vec<Snapshot> {
         self.readers.iter_mut().map(|r| r.read()).collect()

@@ -23,17 +23,21 @@ pub enum ForwardDrop {
     HandoffFull,
     /// A frame too large for a handoff slot.
     HandoffTooLarge,
+    /// The pipeline passed it, but the interface it must leave on is down or gone.
+    LinkDown,
 }
 
 impl ForwardDrop {
-    pub const COUNT: usize = 4;
-    pub const ALL: [ForwardDrop; 4] = [ForwardDrop::TxRingFull, ForwardDrop::NoFreeFrame, ForwardDrop::HandoffFull, ForwardDrop::HandoffTooLarge];
+    pub const COUNT: usize = 5;
+    pub const ALL: [ForwardDrop; 5] =
+        [ForwardDrop::TxRingFull, ForwardDrop::NoFreeFrame, ForwardDrop::HandoffFull, ForwardDrop::HandoffTooLarge, ForwardDrop::LinkDown];
     pub fn name(self) -> &'static str {
         match self {
             ForwardDrop::TxRingFull => "tx_ring_full",
             ForwardDrop::NoFreeFrame => "no_free_frame",
             ForwardDrop::HandoffFull => "handoff_full",
             ForwardDrop::HandoffTooLarge => "handoff_too_large",
+            ForwardDrop::LinkDown => "link_down",
         }
     }
 }
@@ -50,6 +54,11 @@ pub struct Snapshot {
     pub tx: [u64; 2],
     pub rx_bytes: [u64; 2],
     pub tx_bytes: [u64; 2],
+    /// Of `tx`: frames queued for transmission that never left, because the socket
+    /// was closed when its interface went away.
+    pub tx_lost: [u64; 2],
+    /// Times this worker closed and reopened its sockets (an interface came back).
+    pub rebinds: u64,
     pub forward_drops: [u64; ForwardDrop::COUNT],
     pub handoff_out: u64,
     pub handoff_in: u64,
@@ -91,6 +100,7 @@ impl Snapshot {
             self.tx[k] += o.tx[k];
             self.rx_bytes[k] += o.rx_bytes[k];
             self.tx_bytes[k] += o.tx_bytes[k];
+            self.tx_lost[k] += o.tx_lost[k];
             self.xdp[k].merge(&o.xdp[k]);
         }
         for (a, b) in self.forward_drops.iter_mut().zip(o.forward_drops) {
@@ -101,6 +111,7 @@ impl Snapshot {
         }
         self.handoff_out += o.handoff_out;
         self.handoff_in += o.handoff_in;
+        self.rebinds += o.rebinds;
         self.table_len += o.table_len;
         self.table_capacity += o.table_capacity;
         self.busy_polls += o.busy_polls;
@@ -146,7 +157,7 @@ impl Snapshot {
     /// a full TX ring. A consistent snapshot has `counters.passed_total() ==
     /// frames_out()`.
     pub fn frames_out(&self) -> u64 {
-        self.tx[0] + self.tx[1] + self.forward_drops[ForwardDrop::TxRingFull as usize]
+        self.tx[0] + self.tx[1] + self.forward_drops[ForwardDrop::TxRingFull as usize] + self.forward_drops[ForwardDrop::LinkDown as usize]
     }
 }
 

@@ -133,3 +133,119 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// An interface's state, by name, in this process's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// No interface of that name.
+    Gone,
+    /// Present, but administratively down or without carrier.
+    Down { ifindex: u32 },
+    /// Up and running (operationally up).
+    Up { ifindex: u32 },
+}
+
+impl LinkState {
+    pub fn ifindex(self) -> Option<u32> {
+        match self {
+            LinkState::Gone => None,
+            LinkState::Down { ifindex } | LinkState::Up { ifindex } => Some(ifindex),
+        }
+    }
+
+    pub fn is_up(self) -> bool {
+        matches!(self, LinkState::Up { .. })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Gone => "gone",
+            LinkState::Down { .. } => "down",
+            LinkState::Up { .. } => "up",
+        }
+    }
+}
+
+/// The state of interface `name` now: if_nametoindex(3) and SIOCGIFFLAGS (IFF_UP and
+/// IFF_RUNNING: up, with carrier).
+pub fn link_state(name: &str) -> LinkState {
+    let Ok(c) = std::ffi::CString::new(name) else { return LinkState::Gone };
+    if name.len() >= libc::IFNAMSIZ {
+        return LinkState::Gone;
+    }
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return LinkState::Gone;
+    }
+    // SAFETY: a datagram socket only to ask for flags; closed below. The ifreq is fully
+    // initialised (zeroed, then the name copied, NUL-terminated: name < IFNAMSIZ).
+    let flags = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return LinkState::Down { ifindex };
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        libc::close(fd);
+        if r < 0 {
+            return LinkState::Down { ifindex };
+        }
+        req.ifr_ifru.ifru_flags as libc::c_int
+    };
+    if flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0 { LinkState::Up { ifindex } } else { LinkState::Down { ifindex } }
+}
+
+/// A routing netlink socket subscribed to link changes (RTMGRP_LINK): it only says that
+/// *something* changed; [`link_state`] then reads what. Non-blocking.
+pub struct LinkEvents {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkEvents {
+    pub fn open() -> std::io::Result<LinkEvents> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) with constant arguments; the result is checked and owned.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_nl is valid; we set the family and the groups, and
+        // pass its exact size.
+        let r = unsafe {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            sa.nl_groups = libc::RTMGRP_LINK as u32;
+            libc::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32)
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(LinkEvents { fd })
+    }
+
+    /// Reads every pending message; true if there was any (a link changed, or the
+    /// socket overran — either way, look again).
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: recv into a buffer we own, with its length; non-blocking socket.
+            let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                any = true; // overran: states changed, messages lost
+                continue;
+            }
+            return any;
+        }
+    }
+}

@@ -12,7 +12,8 @@ use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
-use crate::control::{Bucket, Command, DenyEvent, FlowFilter, FlowsReply};
+use crate::control::{Bucket, Command, DenyEvent, FlowFilter, FlowsReply, LinkFlags};
+use crate::xsk::XdpStats;
 use crate::handoff::{self, Consumer, Producer, Refused};
 use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
@@ -56,6 +57,8 @@ pub struct Spec {
     pub engine: Engine,
     pub hasher: FlowHasher,
     pub maps: [Arc<XskMap>; 2],
+    /// Which interfaces can take frames (set by the control side's link watch).
+    pub links: Arc<LinkFlags>,
     pub to: Vec<Option<Producer>>,
     pub from: Vec<Option<Consumer>>,
     pub publisher: Publisher,
@@ -97,6 +100,14 @@ struct Worker {
     bucket: Bucket,
     /// Table walks under way (listings, a reload's pass), served a slice per round.
     scans: std::collections::VecDeque<Scan>,
+    links: Arc<LinkFlags>,
+    maps: [Arc<XskMap>; 2],
+    binding: Binding,
+    /// Frames queued on each side's TX ring and not yet completed.
+    in_flight: [u64; 2],
+    /// XDP statistics of sockets closed before (a rebind): added to the current ones
+    /// so that the published counters never go backwards.
+    xdp_base: [XdpStats; 2],
 }
 
 enum Job {
@@ -154,6 +165,11 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         deny: spec.deny,
         bucket: Bucket::new(spec.log_rate),
         scans: std::collections::VecDeque::new(),
+        links: spec.links,
+        maps: [Arc::clone(&spec.maps[0]), Arc::clone(&spec.maps[1])],
+        binding: spec.binding,
+        in_flight: [0; 2],
+        xdp_base: [XdpStats::default(); 2],
     };
     let mut publisher = spec.publisher;
     // Half the frames wait in the two fill rings; the rest cover TX and handoffs.
@@ -267,7 +283,11 @@ impl Worker {
         self.snap.table_capacity = self.engine.table().capacity();
         self.snap.classes = self.engine.class_counts();
         self.snap.adaptive_scale = self.engine.adaptive_scale();
-        self.snap.xdp = [self.ports.stats(0), self.ports.stats(1)];
+        for side in 0..2 {
+            let mut x = self.xdp_base[side];
+            x.merge(&self.ports.stats(side));
+            self.snap.xdp[side] = x;
+        }
         self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();
         self.snap.maintaining = self.scans.iter().any(|s| matches!(s.job, Job::Maintain { .. }));
         self.snap.publications += 1;
@@ -292,7 +312,32 @@ impl Worker {
                 let job = Job::Flows { filter, left: limit, pending: std::collections::VecDeque::new(), reply };
                 self.scans.push_back(Scan { job, cursor: 0 });
             }
+            Command::Rebind { ifindex, reply } => {
+                let _ = reply.send(self.rebind(ifindex));
+            }
         }
+    }
+
+    /// Closes the sockets and opens them on `ifindex` (an interface came back under a
+    /// new index). Frames in flight are gone with the old UMEM: those queued for
+    /// transmission are counted as `tx_lost`. The table and its timers are untouched.
+    fn rebind(&mut self, ifindex: [u32; 2]) -> Result<(), String> {
+        let q = self.binding.queue;
+        for side in 0..2 {
+            let _ = self.maps[side].clear(q);
+            self.xdp_base[side].merge(&self.ports.stats(side));
+            self.snap.tx_lost[side] += self.in_flight[side];
+            self.in_flight[side] = 0;
+        }
+        self.binding.ifindex = ifindex;
+        self.snap.rebinds += 1;
+        self.free.clear();
+        self.ports.reopen(&self.binding).map_err(|e| format!("worker {}: reopening its sockets: {e}", self.index))?;
+        self.free.extend((0..self.ports.frames()).map(Ports::frame_addr));
+        for side in 0..2 {
+            self.maps[side].set(q, self.ports.fd(side)).map_err(|e| format!("worker {}: registering the socket in the XSKMAP: {e}", self.index))?;
+        }
+        Ok(())
     }
 
     /// Serves one slice of the oldest table walk that can go on: a listing whose
@@ -369,7 +414,9 @@ impl Worker {
     fn poll_once(&mut self, now: Instant, per_side: u32) -> usize {
         let mut did = 0;
         for side in 0..2 {
-            did += self.ports.complete(side, &mut self.free, 4 * self.burst as u32) as usize;
+            let n = self.ports.complete(side, &mut self.free, 4 * self.burst as u32);
+            self.in_flight[side] = self.in_flight[side].saturating_sub(u64::from(n));
+            did += n as usize;
         }
         did += self.handed_in(now);
         for side in 0..2 {
@@ -496,7 +543,16 @@ impl Worker {
             }
         }
         let other = 1 - side;
+        if !self.links.is_up(other) {
+            // Its interface is down or gone: nothing can be sent there.
+            self.snap.forward_drops[ForwardDrop::LinkDown as usize] += self.txq.len() as u64;
+            for d in &self.txq {
+                self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+            }
+            return;
+        }
         let sent = self.ports.transmit(other, &self.txq) as usize;
+        self.in_flight[other] += sent as u64;
         for d in &self.txq[..sent] {
             self.snap.tx[other] += 1;
             self.snap.tx_bytes[other] += u64::from(d.len);

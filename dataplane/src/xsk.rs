@@ -103,17 +103,23 @@ struct Port {
     user: User,
 }
 
-/// A worker's UMEM and its two sockets: index 0 outside, 1 inside.
+/// A worker's UMEM and its two sockets: index 0 outside, 1 inside. Can be closed
+/// (an interface went away) and opened again on new interfaces; closed, it behaves as
+/// a device with nothing to receive and no room to transmit.
 pub struct Ports {
-    ports: [Port; 2],
-    _umem: Umem,
-    area: Area,
+    inner: Option<Inner>,
     frames: u32,
 }
 
-// SAFETY: `Ports` owns its mapping and rings exclusively; it is created on one thread and
-// moved to the worker thread that uses it, never shared.
-unsafe impl Send for Ports {}
+struct Inner {
+    ports: [Port; 2],
+    _umem: Umem,
+    area: Area,
+}
+
+// SAFETY: `Inner` owns its mapping and rings exclusively; it is created on one thread
+// and moved to the worker thread that uses it, never shared.
+unsafe impl Send for Inner {}
 
 /// Where a worker's sockets go.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +155,30 @@ fn with_retry<T>(what: &str, mut f: impl FnMut() -> Result<T, xdpilone::Errno>) 
 impl Ports {
     pub fn open(b: &Binding) -> io::Result<Ports> {
         let frames = b.frames.max(64);
+        Ok(Ports { inner: Some(Inner::open(b, frames)?), frames })
+    }
+
+    /// Closes both sockets and the UMEM (every frame in flight is lost); the queues
+    /// are free for a new binding after the kernel's teardown.
+    pub fn close(&mut self) {
+        self.inner = None;
+    }
+
+    /// Closes, then opens on `b` (new interface indexes). On failure stays closed.
+    /// The UMEM is new: every frame is free again.
+    pub fn reopen(&mut self, b: &Binding) -> io::Result<()> {
+        self.close();
+        self.inner = Some(Inner::open(b, self.frames)?);
+        Ok(())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.inner.is_some()
+    }
+}
+
+impl Inner {
+    fn open(b: &Binding, frames: u32) -> io::Result<Inner> {
         let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
         let ring = b.ring_size.next_power_of_two();
         let cfg = UmemConfig { fill_size: ring, complete_size: ring, frame_size: FRAME_SIZE, headroom: 0, flags: 0 };
@@ -192,9 +222,18 @@ impl Ports {
         }
         let inside = ports.pop().expect("two ports");
         let outside = ports.pop().expect("two ports");
-        Ok(Ports { ports: [outside, inside], _umem: umem, area, frames })
+        Ok(Inner { ports: [outside, inside], _umem: umem, area })
     }
+}
 
+fn bounds(area: &Area, addr: u64, len: u32) -> (usize, usize) {
+    let off = (addr as usize).min(area.len);
+    // A frame never spans two chunks.
+    let chunk_end = (off / FRAME_SIZE as usize + 1) * FRAME_SIZE as usize;
+    (off, (len as usize).min(chunk_end.min(area.len) - off))
+}
+
+impl Ports {
     pub fn frames(&self) -> u32 {
         self.frames
     }
@@ -204,37 +243,35 @@ impl Ports {
         u64::from(i) * u64::from(FRAME_SIZE)
     }
 
-    /// The socket of side `side`, for the XSKMAP and `poll`.
+    /// The socket of side `side`, for the XSKMAP and `poll` (-1 when closed: poll(2)
+    /// ignores it).
     pub fn fd(&self, side: usize) -> RawFd {
-        self.ports[side].user.as_raw_fd()
+        self.inner.as_ref().map_or(-1, |i| i.ports[side].user.as_raw_fd())
     }
 
     /// The bytes of a frame owned by user space (received, or taken from the free pool).
+    /// (Empty when closed: no frame is owned by user space then.)
     pub fn data(&self, addr: u64, len: u32) -> &[u8] {
-        let (off, len) = self.bounds(addr, len);
+        let Some(i) = &self.inner else { return &[] };
+        let (off, len) = bounds(&i.area, addr, len);
         // SAFETY: `bounds` keeps [off, off + len) inside the mapping, which lives as long
         // as `self`. The frame belongs to user space (between RX and TX/fill), so the
         // kernel does not write it while borrowed; only this worker's thread uses it.
-        unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(off), len) }
+        unsafe { std::slice::from_raw_parts(i.area.ptr.as_ptr().add(off), len) }
     }
 
-    /// Writable bytes of a frame owned by user space.
+    /// Writable bytes of a frame owned by user space (empty when closed).
     pub fn data_mut(&mut self, addr: u64, len: u32) -> &mut [u8] {
-        let (off, len) = self.bounds(addr, len);
+        let Some(i) = &mut self.inner else { return &mut [] };
+        let (off, len) = bounds(&i.area, addr, len);
         // SAFETY: as in `data`, and `&mut self` makes the borrow exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(off), len) }
-    }
-
-    fn bounds(&self, addr: u64, len: u32) -> (usize, usize) {
-        let off = (addr as usize).min(self.area.len);
-        // A frame never spans two chunks.
-        let chunk_end = (off / FRAME_SIZE as usize + 1) * FRAME_SIZE as usize;
-        (off, (len as usize).min(chunk_end.min(self.area.len) - off))
+        unsafe { std::slice::from_raw_parts_mut(i.area.ptr.as_ptr().add(off), len) }
     }
 
     /// Moves up to `free.len()` frames from the free pool into side's fill ring.
     pub fn fill(&mut self, side: usize, free: &mut Vec<u64>, max: u32) -> u32 {
-        let p = &mut self.ports[side];
+        let Some(i) = &mut self.inner else { return 0 };
+        let p = &mut i.ports[side];
         let want = max.min(free.len() as u32);
         if want == 0 {
             return 0;
@@ -254,7 +291,8 @@ impl Ports {
 
     /// Reaps side's completion ring into the free pool.
     pub fn complete(&mut self, side: usize, free: &mut Vec<u64>, max: u32) -> u32 {
-        let p = &mut self.ports[side];
+        let Some(i) = &mut self.inner else { return 0 };
+        let p = &mut i.ports[side];
         let mut r = p.dq.complete(max);
         let mut n = 0;
         while let Some(addr) = r.read() {
@@ -267,19 +305,21 @@ impl Ports {
 
     /// Free TX slots on side (at most `want`), re-reading the kernel's head as needed.
     pub fn tx_room(&mut self, side: usize, want: u32) -> u32 {
-        let w = self.ports[side].tx.transmit(want);
+        let Some(i) = &mut self.inner else { return 0 };
+        let w = i.ports[side].tx.transmit(want);
         // Dropping the writer without commit releases nothing.
         w.capacity()
     }
 
     /// Whether side's RX ring holds frames (an advisory, relaxed read).
     pub fn rx_waiting(&self, side: usize) -> bool {
-        self.ports[side].rx.available() > 0
+        self.inner.as_ref().is_some_and(|i| i.ports[side].rx.available() > 0)
     }
 
     /// Takes up to `max` received descriptors from side's RX ring.
     pub fn receive(&mut self, side: usize, max: u32, out: &mut Vec<XdpDesc>) -> u32 {
-        let mut r = self.ports[side].rx.receive(max);
+        let Some(i) = &mut self.inner else { return 0 };
+        let mut r = i.ports[side].rx.receive(max);
         let mut n = 0;
         while let Some(d) = r.read() {
             out.push(d);
@@ -292,10 +332,11 @@ impl Ports {
     /// Queues descriptors on side's TX ring and kicks the kernel (copy mode needs a
     /// `sendto` per batch). Returns how many were queued.
     pub fn transmit(&mut self, side: usize, descs: &[XdpDesc]) -> u32 {
+        let Some(i) = &mut self.inner else { return 0 };
         if descs.is_empty() {
             return 0;
         }
-        let p = &mut self.ports[side];
+        let p = &mut i.ports[side];
         let n = {
             let mut w = p.tx.transmit(descs.len() as u32);
             let n = w.insert(descs.iter().copied());
@@ -310,13 +351,14 @@ impl Ports {
 
     /// Kicks side's TX ring if descriptors are still waiting for the kernel.
     pub fn kick(&mut self, side: usize) {
-        let p = &mut self.ports[side];
+        let Some(i) = &mut self.inner else { return };
+        let p = &mut i.ports[side];
         if p.tx.pending() > 0 && p.tx.needs_wakeup() {
             p.tx.wake();
         }
     }
 
     pub fn stats(&self, side: usize) -> XdpStats {
-        self.ports[side].user.statistics_v2().map(XdpStats::from).unwrap_or_default()
+        self.inner.as_ref().and_then(|i| i.ports[side].user.statistics_v2().ok()).map(XdpStats::from).unwrap_or_default()
     }
 }

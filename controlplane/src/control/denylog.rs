@@ -499,7 +499,7 @@ mod tests {
         }
         assert_eq!(written, lines, "written counts the lines in the files");
         assert_eq!(written + lost, pushed);
-        assert!(lost > 0 && fresh.len() > 0);
+        assert!(lost > 0 && !fresh.is_empty());
     }
 
     #[test]

@@ -370,7 +370,7 @@ pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, pa
     }
 }
 
-fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(), Response<Body>> {
+fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(), Box<Response<Body>>> {
     let token = sh.token.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone());
     let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
     decide(token.as_deref(), header, peer.ip(), req.uri().path()).map_err(|(code, msg)| {
@@ -379,7 +379,7 @@ fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(
         if code == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"holdfast\""));
         }
-        r
+        Box::new(r)
     })
 }
 
@@ -393,7 +393,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Respon
         "/status" if get => text(StatusCode::OK, "application/json", status_json(&read_view(&sh.view)).to_string() + "\n"),
         "/flows" if get => {
             if let Err(r) = authorize(&req, peer, sh) {
-                return r;
+                return *r;
             }
             match parse_query(&query) {
                 Ok((filter, limit)) => flows(sh, filter, limit),
@@ -402,7 +402,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Respon
         }
         "/reload" if *req.method() == Method::POST => {
             if let Err(r) = authorize(&req, peer, sh) {
-                return r;
+                return *r;
             }
             // The body is not used; it is read (bounded in size and time) so that a
             // client cannot hold the request open by promising one.

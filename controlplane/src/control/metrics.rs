@@ -68,6 +68,10 @@ impl Collector for Metrics {
         write(&mut e, "rx_bytes", "Bytes received per worker and interface.", Counter, per_side(&|i, k| s[i].rx_bytes[k]))?;
         write(&mut e, "tx_packets", "Frames transmitted per worker and interface.", Counter, per_side(&|i, k| s[i].tx[k]))?;
         write(&mut e, "tx_bytes", "Bytes transmitted per worker and interface.", Counter, per_side(&|i, k| s[i].tx_bytes[k]))?;
+        write(&mut e, "tx_lost", "Frames queued for transmission that never left: their socket closed when the interface went away.", Counter, per_side(&|i, k| s[i].tx_lost[k]))?;
+        write(&mut e, "rebinds", "Times a worker re-opened its sockets (an interface came back).", Counter, per(&|i| s[i].rebinds))?;
+        let up = SIDES.iter().enumerate().map(|(k, side)| (vec![("interface", side.to_string())], u64::from(v.links[k].up))).collect();
+        write(&mut e, "interface_up", "1 while the interface is up and Holdfast is attached to it.", Gauge, up)?;
         let mut rows = Vec::new();
         for (i, x) in s.iter().enumerate() {
             for k in PassKind::ALL {

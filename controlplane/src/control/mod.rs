@@ -48,9 +48,23 @@ pub struct View {
     pub log_write_errors: u64,
     /// The endpoint's own counters (refusals, evictions, timeouts).
     pub http: Arc<http::HttpStats>,
+    /// Each interface (outside, inside) as last seen.
+    pub links: [LinkView; 2],
     /// Workers whose heartbeat stopped (see [`STALL_AFTER`]): requests that need them
     /// are answered at once instead of waiting.
     pub stalled: Vec<usize>,
+}
+
+/// An interface as the link watch last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkView {
+    /// up, down or gone.
+    pub state: String,
+    pub ifindex: Option<u32>,
+    /// Up, and Holdfast attached to it: frames can leave there.
+    pub up: bool,
+    /// Times Holdfast re-attached to it after it came back.
+    pub reattaches: u64,
 }
 
 /// A worker publishes every 2 ms while its loop runs (idle or not); one that has not
@@ -151,6 +165,10 @@ pub fn status_json(v: &View) -> Value {
             e
         }).collect::<Vec<_>>(),
         "stalled_workers": v.stalled,
+        "links": {
+            "outside": {"state": v.links[0].state, "ifindex": v.links[0].ifindex, "up": v.links[0].up, "reattaches": v.links[0].reattaches},
+            "inside": {"state": v.links[1].state, "ifindex": v.links[1].ifindex, "up": v.links[1].up, "reattaches": v.links[1].reattaches},
+        },
         "saturation_events_total": v.raised_total,
         "reloads": v.reloads,
         "reload_failures": v.reload_failures,
@@ -393,6 +411,17 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
     let mut last_beats = running.heartbeats();
     let mut last_watchdog = Instant::now();
     let mut stalls = StallWatch::new(&last_beats, Instant::now());
+    let mut links: [LinkView; 2] = Default::default();
+    let show = |st: holdfast_dataplane::sys::LinkState| st.name().to_string();
+    for (k, st) in running.link_states().iter().enumerate() {
+        links[k] = LinkView { state: show(*st), ifindex: st.ifindex(), up: st.is_up(), reattaches: 0 };
+        if !st.is_up() {
+            let t = c.sat.fault("interface_down", k, true, 0.0, format!("{} ({}) is {} at start: nothing is forwarded to it", interfaces[k], ["outside", "inside"][k], st.name()), SystemTime::now());
+            if let Some(t) = t {
+                eprintln!("holdfast: {}", t.describe(&Report::default()));
+            }
+        }
+    }
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if sys::stop_requested() || opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -423,6 +452,39 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
                 eprintln!("holdfast: {}", t.describe(&Report::default()));
             }
         }
+        // Interfaces: a side that is down or gone is a fault; one that came back under a
+        // new index is re-attached (sockets and program), tables kept.
+        let look = running.watch_links();
+        for ch in &look.changes {
+            let zone = ["outside", "inside"][ch.side];
+            links[ch.side].state = show(ch.to);
+            links[ch.side].ifindex = ch.to.ifindex();
+            let detail = match ch.to {
+                holdfast_dataplane::sys::LinkState::Gone => format!("{} ({zone}) is gone: frames to it are dropped as link_down; Holdfast re-attaches when it returns", ch.name),
+                holdfast_dataplane::sys::LinkState::Down { .. } => format!("{} ({zone}) is down: frames to it are dropped as link_down", ch.name),
+                holdfast_dataplane::sys::LinkState::Up { .. } => format!("{} ({zone}) is up", ch.name),
+            };
+            eprintln!("holdfast: interface {} ({zone}): {} -> {}", ch.name, ch.from.name(), ch.to.name());
+            if let Some(t) = c.sat.fault("interface_down", ch.side, !ch.to.is_up(), 0.0, detail, SystemTime::now()) {
+                eprintln!("holdfast: {}", t.describe(&Report::default()));
+            }
+        }
+        match &look.reattached {
+            Some(Ok(())) => {
+                for (k, st) in running.link_states().iter().enumerate() {
+                    if links[k].ifindex != st.ifindex() || !links[k].up {
+                        links[k].reattaches += 1;
+                    }
+                }
+                eprintln!("holdfast: re-attached: every worker's sockets re-bound, the XDP program attached; tables kept");
+            }
+            Some(Err(e)) => eprintln!("holdfast: re-attaching failed: {e}; retrying every second (systemd's watchdog is not fed meanwhile)"),
+            None => {}
+        }
+        for (k, st) in running.link_states().iter().enumerate() {
+            links[k].up = st.is_up() && running.reattach_pending().is_none();
+            links[k].ifindex = st.ifindex();
+        }
         if let Some(l) = &c.logger {
             let failing = l.stats.failing.load(std::sync::atomic::Ordering::Relaxed);
             let lost = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
@@ -441,7 +503,7 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
             // Only while every worker's loop is alive: a stuck worker lets systemd
             // restart the service.
             let beats = running.heartbeats();
-            if beats.iter().zip(&last_beats).all(|(now, before)| now > before) {
+            if beats.iter().zip(&last_beats).all(|(now, before)| now > before) && running.reattach_pending().is_none() {
                 notify::watchdog();
             }
             last_beats = beats;
@@ -472,6 +534,7 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         let mut v = view.write().unwrap_or_else(|p| p.into_inner());
         v.uptime_s = start.elapsed().as_secs_f64();
         v.stalled = stalled;
+        v.links = links.clone();
         if report.is_none() {
             // Faults change between reports.
             v.active = c.sat.active().cloned().collect();

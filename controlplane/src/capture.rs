@@ -189,8 +189,9 @@ fn describe<I>(e: &nom::Err<pcap_parser::PcapError<I>>) -> String {
             pcap_parser::PcapError::Incomplete(_) | pcap_parser::PcapError::UnexpectedEof => {
                 "truncated: the file ends inside a record".into()
             }
-            pcap_parser::PcapError::NomError(_, k) => format!("corrupt record ({k:?})"),
-            pcap_parser::PcapError::OwnedNomError(_, k) => format!("corrupt record ({k:?})"),
+            pcap_parser::PcapError::NomError(..) | pcap_parser::PcapError::OwnedNomError(..) => {
+                "corrupt record: its header's lengths or type do not make sense (a damaged file, or not a capture past this point)".into()
+            }
             other => format!("unreadable ({})", kind_name(other)),
         },
     }

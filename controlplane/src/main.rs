@@ -614,6 +614,13 @@ fn replay_cmd(a: ReplayArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(e) = &report.capture_error
+        && report.counters.packets == 0
+        && report.skipped == 0
+    {
+        eprintln!("holdfast replay: cannot replay {source}: {}", e.message);
+        return ExitCode::FAILURE;
+    }
     if opts.json {
         println!("{}", report.to_json());
     } else {

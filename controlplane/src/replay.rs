@@ -139,6 +139,13 @@ impl Report {
 }
 
 /// Replays `buf` (a pcap or pcapng file's bytes) under `cfg`.
+/// Creates an output file, naming it (and its option) in the error.
+fn create(path: &std::path::Path, option: &str) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    std::fs::File::create(path)
+        .map(std::io::BufWriter::new)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{option} {}: cannot create: {e}", path.display())))
+}
+
 pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) -> std::io::Result<Report> {
     let cap = capture::parse(buf);
     let workers = opts.workers.max(1);
@@ -209,7 +216,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         }
     }
     if let Some(path) = &opts.verdicts_out {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut w = create(path, "--verdicts-out")?;
         for (i, v) in verdicts {
             let line = match v {
                 Verdict::Pass(k) => json!({"i": i, "verdict": "pass", "as": k.name()}),
@@ -220,7 +227,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         w.flush()?;
     }
     if let Some(path) = &opts.flows_out {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut w = create(path, "--flows-out")?;
         for f in &flows {
             writeln!(w, "{}", flow_json(f))?;
         }

@@ -188,3 +188,26 @@ fn durations_on_the_command_line_do_not_wrap() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("too large"));
 }
+
+#[test]
+fn replay_errors_say_what_is_wrong_in_the_users_terms() {
+    let empty = tmp("empty.pcap");
+    std::fs::write(&empty, b"").unwrap();
+    let out = holdfast().args(["replay", "--offline", "--pcap"]).arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the file is empty") && !err.contains("truncated"), "{err}");
+    assert!(out.stdout.is_empty(), "no summary of nothing");
+    let out = holdfast().args(["replay", "--offline", "--flows-out", "/nonexistent/dir/f.jsonl"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--flows-out /nonexistent/dir/f.jsonl: cannot create"), "{err}");
+    // A link type Holdfast cannot replay is named, and the run fails.
+    let wifi = tmp("wifi.pcap");
+    let mut w = holdfast_controlplane::capture::Writer::with_link_type(Vec::new(), false, 105).unwrap();
+    w.write(1, &[0u8; 60]).unwrap();
+    std::fs::write(&wifi, w.finish().unwrap()).unwrap();
+    let out = holdfast().args(["replay", "--offline", "--pcap"]).arg(&wifi).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("105 IEEE802_11") && err.contains("tcpdump -i any"), "{err}");
+}

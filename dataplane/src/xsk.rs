@@ -62,7 +62,15 @@ impl From<XdpStatisticsV2> for XdpStats {
 }
 
 fn err(what: &str, e: xdpilone::Errno) -> io::Error {
-    io::Error::new(io::Error::from_raw_os_error(e.get_raw()).kind(), format!("{what}: {e}"))
+    let hint = match e.get_raw() {
+        libc::EAFNOSUPPORT => " (this kernel has no AF_XDP sockets: it needs CONFIG_XDP_SOCKETS)",
+        libc::ENOMEM | libc::ENOBUFS if !what.starts_with("UMEM") => " (locked memory: raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity), or lower workers.ring_size / workers.umem_frames)",
+        libc::EINVAL if what.starts_with("binding") => " (the queue does not exist on the interface: zones.*.queues and workers.cores must not exceed its queues, see check-config --host)",
+        libc::EOPNOTSUPP if what.starts_with("binding") => " (the driver has no AF_XDP support in this mode: set zones.*.xdp_mode: generic)",
+        libc::ENODEV | libc::ENXIO => " (the interface went away)",
+        _ => "",
+    };
+    io::Error::new(io::Error::from_raw_os_error(e.get_raw()).kind(), format!("{what}: {e}{hint}"))
 }
 
 /// An anonymous mapping holding the frames.

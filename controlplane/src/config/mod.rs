@@ -430,6 +430,15 @@ fn operator_words(msg: &str) -> String {
             msg.split(": ").last().unwrap_or(msg)
         );
     }
+    if msg == "invalid floating point" || msg.starts_with("invalid floating point") {
+        return "not a number (write e.g. 0.8)".into();
+    }
+    if msg.starts_with("expected sequence start") {
+        return "expected a list here, e.g. [10.0.2.0/24] or one item per line starting with -".into();
+    }
+    if msg.starts_with("expected mapping start") {
+        return "expected a mapping here (key: value pairs, or { key: value })".into();
+    }
     if msg.starts_with("non-finite float") {
         return "a number too large to read: counts are whole numbers up to 18446744073709551615".into();
     }

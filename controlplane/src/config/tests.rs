@@ -317,3 +317,22 @@ fn a_blocklist_of_300k_prefixes_inline_is_accepted() {
     let c = parse(&y, "big.yaml").unwrap();
     assert_eq!(c.classifier.rules()[0].src.len(), 300_000);
 }
+
+#[test]
+fn library_words_are_turned_into_the_files_terms() {
+    let e = err("policy:\n  rules:\n    - { action: allow, src: 10.0.0.1/8 }\n");
+    assert!(e.message.contains("has host bits set; did you mean 10.0.0.0/8?"), "the value's own message, not the enum's: {}", e.message);
+    let e = err("policy:\n  rules:\n    - { action: allow, src: [10.0.0.0/8, 10.0.0.1/8] }\n");
+    assert_eq!(e.col, 42, "the bad element itself");
+    let e = err("zones:\n  inside: { networks: 10.0.2.0/24 }\n");
+    assert!(e.message.contains("expected a list"), "{}", e.message);
+    let e = err("conntrack: 5\n");
+    assert!(e.message.contains("expected a mapping"), "{}", e.message);
+    let e = err("control:\n  saturation: { busy: abc }\n");
+    assert!(e.message.contains("not a number"), "{}", e.message);
+    for m in [e.message] {
+        for library in ["untagged", "DuplicateKeyPolicy", "from_str", "invalid u64", "sequence start"] {
+            assert!(!m.contains(library), "{m}");
+        }
+    }
+}

@@ -314,12 +314,47 @@ impl ZoneSel {
     }
 }
 
-/// One value or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// One value or a list of them. Deserialized by hand rather than as an untagged enum,
+/// so that a bad value keeps its own message ("has host bits set; did you mean …")
+/// instead of "data did not match any variant".
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+struct OneOrManyVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+    type Value = OneOrMany<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a value or a list of values")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element::<T>()? {
+            v.push(x);
+        }
+        Ok(OneOrMany::Many(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        T::deserialize(de::value::StrDeserializer::<E>::new(v)).map(OneOrMany::One)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        T::deserialize(de::value::U64Deserializer::<E>::new(v)).map(OneOrMany::One)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        T::deserialize(de::value::I64Deserializer::<E>::new(v)).map(OneOrMany::One)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        T::deserialize(de::value::F64Deserializer::<E>::new(v)).map(OneOrMany::One)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(OneOrManyVisitor(std::marker::PhantomData))
+    }
 }
 
 impl<T> Default for OneOrMany<T> {

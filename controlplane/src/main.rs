@@ -234,7 +234,7 @@ struct BlastArgs {
     /// Distinct flows (source address and port pairs from 10.0.1.0/24, at most 1,000,000).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     flows: u32,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     seconds: f64,
 }
 
@@ -273,13 +273,13 @@ struct RunArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Table capacity, the same for both runs.
-    #[arg(long, default_value_t = 4096)]
-    capacity: usize,
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    capacity: u32,
     /// Spoofed SYNs per second.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = syn_rate)]
     syn_flood: f64,
     /// Keep-alive connections.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     connections: u32,
     #[arg(long, default_value_t = 2026)]
     seed: u64,
@@ -328,11 +328,11 @@ struct WebfarmArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=254))]
     servers: u32,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     clients: u32,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     connections: u32,
     /// Span over which connections start.
     #[arg(long, default_value = "60s", value_parser = parse_dur)]
@@ -347,18 +347,32 @@ struct WebfarmArgs {
     #[arg(long, default_value = "200..6000", value_parser = traffic::parse_int_range)]
     response: (u32, u32),
     /// Spoofed SYNs per second to port 80 over the whole capture (0: none).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = syn_rate)]
     syn_flood: f64,
     /// Add a port scan of the servers' closed ports.
     #[arg(long)]
     scan: bool,
     /// Stray ACKs from addresses that never connected.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     midstream: u32,
 }
 
 fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
     config::values::parse_duration(s)
+}
+
+/// A number in `lo..=hi` (rejects NaN and infinities, which a float parser accepts).
+fn float_in(s: &str, lo: f64, hi: f64) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() && (lo..=hi).contains(&v) { Ok(v) } else { Err(format!("{s} is outside {lo} ..= {hi}")) }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    float_in(s, 0.001, 86_400.0)
+}
+
+fn syn_rate(s: &str) -> Result<f64, String> {
+    float_in(s, 0.0, 1_000_000.0)
 }
 
 fn main() -> ExitCode {
@@ -399,7 +413,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo(a) => {
-            let mut d = holdfast_controlplane::demo::Demo { capacity: a.capacity, seed: a.seed, ..Default::default() };
+            let mut d = holdfast_controlplane::demo::Demo { capacity: a.capacity as usize, seed: a.seed, ..Default::default() };
             d.farm.syn_flood = a.syn_flood;
             d.farm.connections = a.connections;
             d.farm.seed = a.seed;
@@ -419,6 +433,12 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Gen(GenCmd::Webfarm(a)) => {
+            // Everything is built in memory: refuse what would not fit.
+            let floods = a.syn_flood * a.duration.as_secs_f64();
+            if floods > 50e6 {
+                eprintln!("holdfast gen: --syn-flood {} over --duration {} makes {floods:.0} SYNs; at most 50,000,000 (lower either)", a.syn_flood, config::values::format_duration(a.duration));
+                return ExitCode::from(2);
+            }
             let p = traffic::WebFarm {
                 seed: a.seed,
                 servers: a.servers,

@@ -1,7 +1,9 @@
 //! The pipeline's only `unsafe`: zeroed allocation of plain-data tables, and cache
 //! prefetch. Everything else in the crate is `#![deny(unsafe_code)]`.
 
-use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
 
 /// Types whose all-zero bit pattern is a valid value: structs and arrays of integers.
 ///
@@ -20,24 +22,75 @@ unsafe impl Zeroable for crate::conntrack::table::Bucket {}
 // Zero means "not armed" for a timer node.
 unsafe impl Zeroable for crate::conntrack::wheel::Node {}
 
-/// Allocates `n` zeroed elements without touching them: for large tables the memory
-/// comes straight from `mmap` and is committed page by page on first write, so the
-/// dataplane can ask for huge pages (`madvise`) before anything is written, and parts
-/// of a table that are never used (the IPv6 side array under IPv4 traffic) cost no RAM.
-pub fn zeroed_slice<T: Zeroable>(n: usize) -> Box<[T]> {
+/// A table of `n` zeroed elements allocated without touching them: for large tables
+/// the memory comes straight from `mmap` and is committed page by page on first write,
+/// so the dataplane can ask for huge pages (`madvise`) before anything is written, the
+/// appliance commits it deliberately at start ([`touch`]), and parts never used (the
+/// IPv6 side array under IPv4 traffic, offline) cost no RAM.
+///
+/// Not a `Box<[T]>`: the global allocator zeroes over-aligned allocations by writing
+/// them (std's `System` does, for alignment above 16), which would commit every page
+/// of a 64-byte-aligned table at once. So the block is requested with 16-byte alignment
+/// (`calloc`, lazily zero) and `align_of::<T>()` spare bytes, and the elements start at
+/// the first aligned address in it.
+pub struct Zeroed<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    base: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: `Zeroed<T>` owns its block exclusively, like `Box<[T]>`.
+unsafe impl<T: Send> Send for Zeroed<T> {}
+// SAFETY: shared access only hands out `&[T]`.
+unsafe impl<T: Sync> Sync for Zeroed<T> {}
+
+pub fn zeroed_slice<T: Zeroable>(n: usize) -> Zeroed<T> {
+    let align = align_of::<T>();
     if n == 0 || size_of::<T>() == 0 {
-        return Vec::new().into_boxed_slice();
+        return Zeroed { ptr: NonNull::dangling(), len: 0, base: std::ptr::null_mut(), layout: Layout::new::<()>() };
     }
-    let layout = Layout::array::<T>(n).expect("table size overflows the address space");
-    // SAFETY: `layout` has non-zero size (checked above). The pointer comes from the
-    // global allocator with `T`'s layout for `n` elements, every zero bit pattern is a
-    // valid `T` (`Zeroable`), and `Box<[T]>` frees it with the same layout.
+    let bytes = size_of::<T>().checked_mul(n).and_then(|b| b.checked_add(align)).expect("table size overflows the address space");
+    let layout = Layout::from_size_align(bytes, 16).expect("table size overflows the address space");
+    // SAFETY: `layout` has non-zero size. The block is zeroed, holds `n` elements from
+    // the first `align`-aligned address in it (at most `align - 1` bytes in, and
+    // `align` spare bytes were asked for), and every zero bit pattern is a valid `T`
+    // (`Zeroable`). `Drop` frees `base` with the same layout.
     unsafe {
-        let p = alloc_zeroed(layout) as *mut T;
-        if p.is_null() {
+        let base = alloc_zeroed(layout);
+        if base.is_null() {
             handle_alloc_error(layout);
         }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+        let start = base.add(base.align_offset(align)) as *mut T;
+        Zeroed { ptr: NonNull::new_unchecked(start), len: n, base, layout }
+    }
+}
+
+impl<T> std::ops::Deref for Zeroed<T> {
+    type Target = [T];
+    #[inline(always)]
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points at `len` initialised (zeroed or written) elements owned
+        // by `self` (or is dangling with `len` 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> std::ops::DerefMut for Zeroed<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for Zeroed<T> {
+    fn drop(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: `base` came from `alloc_zeroed(self.layout)`; elements are plain
+            // data (`Zeroable`), nothing to drop in them.
+            unsafe { dealloc(self.base, self.layout) }
+        }
     }
 }
 
@@ -77,7 +130,7 @@ mod tests {
 
     #[test]
     fn zeroed_slices_are_zero_and_sized() {
-        let s: Box<[u128]> = zeroed_slice(1000);
+        let s: Zeroed<u128> = zeroed_slice(1000);
         assert_eq!(s.len(), 1000);
         assert!(s.iter().all(|&x| x == 0));
         assert!(zeroed_slice::<u32>(0).is_empty());

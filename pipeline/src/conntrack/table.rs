@@ -11,7 +11,7 @@
 use super::conn::{cflag, Conn, ConnAux, ConnStats};
 use super::wheel::Wheel;
 use crate::flow::{FlowHasher, FlowKey};
-use crate::raw::{prefetch, region_of, touch, zeroed_slice};
+use crate::raw::{prefetch, region_of, touch, zeroed_slice, Zeroed};
 use core::mem::size_of;
 
 const WAYS: usize = 7;
@@ -51,13 +51,13 @@ impl Bucket {
 pub struct IndexFull;
 
 pub struct Table {
-    pub(crate) conns: Box<[Conn]>,
-    pub(crate) stats: Box<[ConnStats]>,
-    pub(crate) aux: Box<[ConnAux]>,
+    pub(crate) conns: Zeroed<Conn>,
+    pub(crate) stats: Zeroed<ConnStats>,
+    pub(crate) aux: Zeroed<ConnAux>,
     /// IPv6 addresses `[lo, hi]` at `2*slot`. Zeroed lazily by the OS: costs RAM only
     /// for slots that ever held an IPv6 flow.
-    v6: Box<[u128]>,
-    buckets: Box<[Bucket]>,
+    v6: Zeroed<u128>,
+    buckets: Zeroed<Bucket>,
     mask: usize,
     stash: [(u32, u32); STASH],
     stash_len: usize,

@@ -10,7 +10,7 @@
 //! deadline and either removes the entry or re-arms it later. Only a change to a
 //! *shorter* timeout (FIN, RST, …) re-arms at once.
 
-use crate::raw::zeroed_slice;
+use crate::raw::{zeroed_slice, Zeroed};
 
 pub const LEVELS: usize = 6;
 pub const SLOTS: usize = 64;
@@ -32,7 +32,7 @@ pub struct Node {
 
 
 pub struct Wheel {
-    nodes: Box<[Node]>,
+    nodes: Zeroed<Node>,
     cap: u32,
     occupied: [u64; LEVELS],
     /// Ticks processed so far (absolute, non-wrapping).
@@ -48,7 +48,7 @@ impl Wheel {
 
     pub fn new(cap: usize, now_ticks: u64) -> Wheel {
         assert!(cap < (u32::MAX as usize) - LISTS, "capacity too large for 32-bit indices");
-        let mut nodes: Box<[Node]> = zeroed_slice(cap + LISTS);
+        let mut nodes: Zeroed<Node> = zeroed_slice(cap + LISTS);
         for l in 0..LISTS {
             let s = (cap + l) as u32;
             nodes[cap + l] = Node { prev: s, next: s, when: 0, list: 0 };

@@ -173,8 +173,10 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
                         i.rx_queues, i.tx_queues
                     )));
                 }
-                if i.operstate == "down" {
-                    out.push(warning(format!("zones.{zone}.interface {name} is down: nothing will pass until it is up (ip link set {name} up)")));
+                if !i.state.is_up() {
+                    out.push(warning(format!(
+                        "zones.{zone}.interface {name} is down (not up, or no carrier): nothing will pass to it until it is up (ip link set {name} up; check the cable)"
+                    )));
                 }
                 if workers > 1 && i.mtu as usize > handoff::MAX_FRAME - 18 {
                     out.push(warning(format!(

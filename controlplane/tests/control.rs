@@ -291,7 +291,8 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
     ok(&lab.hf(&["reload"]));
     let before = forwarded();
     std::thread::sleep(Duration::from_millis(600));
-    assert!(forwarded() > before + 100_000, "keep: the download stalled");
+    let after = forwarded();
+    assert!(after > before + 100_000, "keep: the download stalled: {before} -> {after}\n{}\n{}", lab.stderr(), lab.status());
     let refused = lab.ns("hf-out", &["curl", "-s", "-m", "2", "--connect-timeout", "1", "http://10.0.2.2/"]).output().unwrap();
     assert!(!refused.status.success(), "keep: new flows follow the new rules");
 

@@ -69,8 +69,8 @@ pub struct Interface {
     /// Receive and transmit queues configured now (`/sys/class/net/*/queues`).
     pub rx_queues: u32,
     pub tx_queues: u32,
-    /// `operstate`: up, down, lowerlayerdown, unknown, …
-    pub operstate: String,
+    /// Up with carrier (what the appliance calls up), down, or gone.
+    pub state: crate::sys::LinkState,
     pub mtu: u32,
 }
 
@@ -91,7 +91,7 @@ pub fn interface(name: &str) -> Result<Interface, String> {
         std::fs::read_dir(dir.join("queues")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32).unwrap_or(0)
     };
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
-    Ok(Interface { name: name.to_string(), rx_queues: count("rx-"), tx_queues: count("tx-"), operstate: read("operstate"), mtu: read("mtu").parse().unwrap_or(0) })
+    Ok(Interface { name: name.to_string(), rx_queues: count("rx-"), tx_queues: count("tx-"), state: crate::sys::link_state(name), mtu: read("mtu").parse().unwrap_or(0) })
 }
 
 /// The cores this process may run on.

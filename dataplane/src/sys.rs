@@ -166,8 +166,11 @@ impl LinkState {
     }
 }
 
-/// The state of interface `name` now: if_nametoindex(3) and SIOCGIFFLAGS (IFF_UP and
-/// IFF_RUNNING: up, with carrier).
+/// The state of interface `name` now: if_nametoindex(3), SIOCGIFFLAGS (IFF_UP) and the
+/// carrier as the driver reports it (ETHTOOL_GLINK; IFF_RUNNING where the driver has no
+/// such answer). Not IFF_RUNNING first: it follows the operational state, which the
+/// kernel updates up to a second after the carrier comes up (linkwatch), and frames
+/// would be dropped as `link_down` meanwhile.
 pub fn link_state(name: &str) -> LinkState {
     let Ok(c) = std::ffi::CString::new(name) else { return LinkState::Gone };
     if name.len() >= libc::IFNAMSIZ {
@@ -178,8 +181,10 @@ pub fn link_state(name: &str) -> LinkState {
     if ifindex == 0 {
         return LinkState::Gone;
     }
-    // SAFETY: a datagram socket only to ask for flags; closed below. The ifreq is fully
-    // initialised (zeroed, then the name copied, NUL-terminated: name < IFNAMSIZ).
+    // SAFETY: a datagram socket only to ask questions; closed on every path below. The
+    // ifreq is fully initialised (zeroed, then the name copied, NUL-terminated: name <
+    // IFNAMSIZ); for SIOCETHTOOL its data pointer points at `link`, which outlives the
+    // call and has the size ETHTOOL_GLINK writes (two u32).
     let flags = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
@@ -190,13 +195,20 @@ pub fn link_state(name: &str) -> LinkState {
             *d = s as libc::c_char;
         }
         let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        libc::close(fd);
         if r < 0 {
+            libc::close(fd);
             return LinkState::Down { ifindex };
         }
-        req.ifr_ifru.ifru_flags as libc::c_int
+        let flags = req.ifr_ifru.ifru_flags as libc::c_int;
+        // struct ethtool_value { cmd, data } for ETHTOOL_GLINK (0x0a).
+        let mut link: [u32; 2] = [0x0a, 0];
+        req.ifr_ifru.ifru_data = link.as_mut_ptr() as *mut libc::c_char;
+        let carrier = if libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) == 0 { link[1] != 0 } else { flags & libc::IFF_RUNNING != 0 };
+        libc::close(fd);
+        (flags, carrier)
     };
-    if flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0 { LinkState::Up { ifindex } } else { LinkState::Down { ifindex } }
+    let (flags, carrier) = flags;
+    if flags & libc::IFF_UP != 0 && carrier { LinkState::Up { ifindex } } else { LinkState::Down { ifindex } }
 }
 
 /// A routing netlink socket subscribed to link changes (RTMGRP_LINK): it only says that

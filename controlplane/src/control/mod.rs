@@ -67,6 +67,12 @@ pub struct LinkView {
     pub reattaches: u64,
 }
 
+impl LinkView {
+    fn of(st: holdfast_dataplane::sys::LinkState) -> LinkView {
+        LinkView { state: st.name().to_string(), ifindex: st.ifindex(), up: st.is_up(), reattaches: 0 }
+    }
+}
+
 /// A worker publishes every 2 ms while its loop runs (idle or not); one that has not
 /// for this long is stuck — in an endless loop, or blocked — and raises the
 /// `worker_stalled` fault.
@@ -366,6 +372,7 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
         interfaces: interfaces.clone(),
         config_path: path.display().to_string(),
         snaps: running.snapshots(),
+        links: running.link_states().map(LinkView::of),
         ..View::default()
     }));
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
@@ -411,10 +418,9 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
     let mut last_beats = running.heartbeats();
     let mut last_watchdog = Instant::now();
     let mut stalls = StallWatch::new(&last_beats, Instant::now());
-    let mut links: [LinkView; 2] = Default::default();
+    let mut links = running.link_states().map(LinkView::of);
     let show = |st: holdfast_dataplane::sys::LinkState| st.name().to_string();
     for (k, st) in running.link_states().iter().enumerate() {
-        links[k] = LinkView { state: show(*st), ifindex: st.ifindex(), up: st.is_up(), reattaches: 0 };
         if !st.is_up() {
             let t = c.sat.fault("interface_down", k, true, 0.0, format!("{} ({}) is {} at start: nothing is forwarded to it", interfaces[k], ["outside", "inside"][k], st.name()), SystemTime::now());
             if let Some(t) = t {

@@ -156,54 +156,39 @@ fn five_hundred_idle_connections_do_not_stop_metrics() {
     drop((idle, more));
 }
 
+/// Sends `head`, then `piece` again and again up to `total` bytes or until the server
+/// stops reading; returns the server's first answer and how much was sent.
+fn flood(addr: SocketAddr, head: &[u8], piece: &[u8], total: usize) -> (String, usize) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = c.try_clone().unwrap();
+    let answer = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let n = reader.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    c.write_all(head).unwrap();
+    let mut sent = 0usize;
+    while sent < total && c.write_all(piece).is_ok() {
+        sent += piece.len();
+    }
+    (answer.join().unwrap(), sent)
+}
+
 #[test]
 fn a_huge_header_gets_431_and_memory_stays_bounded() {
     let s = start(0);
     let before = rss_kib();
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let reader = c.try_clone().unwrap();
-    let answer = std::thread::spawn(move || {
-        let mut r = reader;
-        let mut buf = [0u8; 256];
-        let n = r.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ").unwrap();
-    // Up to 300 MiB of one header line, until the server stops reading.
+    // Up to 300 MiB of one header line.
     let chunk = vec![b'a'; 1 << 20];
-    let mut sent = 0usize;
-    while sent < 300 << 20 {
-        if c.write_all(&chunk).is_err() {
-            break;
-        }
-        sent += chunk.len();
-    }
-    let a = answer.join().unwrap();
+    let (a, sent) = flood(s.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ", &chunk, 300 << 20);
     assert!(a.starts_with("HTTP/1.1 431"), "answer: {a:?} after {sent} bytes");
     assert!(sent < 64 << 20, "the server kept reading: {sent} bytes");
     // A chunked POST of 400 MiB is cut at the body limit.
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let reader = c.try_clone().unwrap();
-    let answer = std::thread::spawn(move || {
-        let mut r = reader;
-        let mut buf = [0u8; 256];
-        let n = r.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
-    c.write_all(b"POST /reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
-    let mut body = format!("{:x}\r\n", chunk.len()).into_bytes();
-    body.extend_from_slice(&chunk);
-    body.extend_from_slice(b"\r\n");
-    let mut sent = 0usize;
-    while sent < 400 << 20 {
-        if c.write_all(&body).is_err() {
-            break;
-        }
-        sent += chunk.len();
-    }
-    let a = answer.join().unwrap();
+    let mut piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+    piece.extend_from_slice(&chunk);
+    piece.extend_from_slice(b"\r\n");
+    let (a, sent) = flood(s.addr, b"POST /reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", &piece, 400 << 20);
     assert!(a.starts_with("HTTP/1.1 413"), "answer: {a:?} after {sent} bytes");
     let grew = rss_kib().saturating_sub(before);
     assert!(grew < 64 * 1024, "the process grew by {grew} KiB");

@@ -1,7 +1,7 @@
 //! The classifier with 10 and 10,000 rules: a lookup must not scan every rule.
 //! `linear` is the reference first-match scan over the same rules.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use holdfast_pipeline::policy::{Action, Cidr, Classifier, PortRange, ProtoMatch, Query, Rule, Zone};
 
 /// A rule set shaped like a hosting provider's: per-customer /32 and /28 services on

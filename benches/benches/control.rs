@@ -8,8 +8,8 @@
 //! - `deny_suppressed`: a denial over the rate limit (a token-bucket check).
 //! - `deny_explained`: a denial that is logged: the frame described for the log.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use holdfast_benches::{write_tcp, Loaded};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use holdfast_benches::{Loaded, write_tcp};
 use holdfast_dataplane::control::Bucket;
 use holdfast_dataplane::stats::{self, Snapshot};
 use holdfast_pipeline::{DropReason, Verdict};

@@ -3,13 +3,11 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use holdfast_pipeline::{FlowHasher, FlowKey};
 
 fn keys() -> Vec<FlowKey> {
-    (0..4096u32)
-        .map(|i| FlowKey::new(u128::from(0x6400_0000 + i * 7), 30_000 + i as u16, 0x0a00_0201, 80, 6, false, 0).0)
-        .collect()
+    (0..4096u32).map(|i| FlowKey::new(u128::from(0x6400_0000 + i * 7), 30_000 + i as u16, 0x0a00_0201, 80, 6, false, 0).0).collect()
 }
 
 /// The same words `FlowHasher::hash` feeds, into any hasher.

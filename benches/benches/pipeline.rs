@@ -4,7 +4,7 @@
 //! `generate_only` measures the burst generator alone (patching 64 header templates),
 //! so the pipeline's own cost is `mixed_burst - generate_only`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use holdfast_benches::Loaded;
 use holdfast_pipeline::{DropReason, Verdict};
 

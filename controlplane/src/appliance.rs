@@ -8,7 +8,7 @@ use holdfast_dataplane::run::{self, Interface};
 use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{Counters, DropReason};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::config::{Config, DenyOutput};
 use crate::control::saturation::{Active, Report};

@@ -186,9 +186,7 @@ fn describe<I>(e: &nom::Err<pcap_parser::PcapError<I>>) -> String {
         nom::Err::Incomplete(_) => "truncated: the file ends inside a record".into(),
         nom::Err::Error(pe) | nom::Err::Failure(pe) => match pe {
             pcap_parser::PcapError::HeaderNotRecognized => "not a pcap or pcapng file".into(),
-            pcap_parser::PcapError::Incomplete(_) | pcap_parser::PcapError::UnexpectedEof => {
-                "truncated: the file ends inside a record".into()
-            }
+            pcap_parser::PcapError::Incomplete(_) | pcap_parser::PcapError::UnexpectedEof => "truncated: the file ends inside a record".into(),
             pcap_parser::PcapError::NomError(..) | pcap_parser::PcapError::OwnedNomError(..) => {
                 "corrupt record: its header's lengths or type do not make sense (a damaged file, or not a capture past this point)".into()
             }
@@ -245,7 +243,10 @@ fn kind_name<I>(e: &pcap_parser::PcapError<I>) -> &'static str {
 /// Parses a whole capture held in memory.
 pub fn parse(buf: &[u8]) -> Capture<'_> {
     if buf.is_empty() {
-        return Capture { error: Some(CaptureError { offset: 0, message: "the file is empty (0 bytes): not a pcap or pcapng capture".into() }), ..Capture::default() };
+        return Capture {
+            error: Some(CaptureError { offset: 0, message: "the file is empty (0 bytes): not a pcap or pcapng capture".into() }),
+            ..Capture::default()
+        };
     }
     if buf.len() < 24 && buf[..4.min(buf.len())] != [0x0a, 0x0d, 0x0d, 0x0a][..4.min(buf.len())] && !is_pcap_magic(buf) {
         return Capture { error: Some(CaptureError { offset: 0, message: "not a pcap or pcapng file (too short for a header)".into() }), ..Capture::default() };
@@ -335,18 +336,18 @@ fn parse_pcapng(buf: &[u8]) -> Capture<'_> {
         consumed += block_len(&block);
         match block {
             Block::SectionHeader(_) => ifaces.clear(),
-            Block::InterfaceDescription(idb) => ifaces.push(Iface {
-                linktype: idb.linktype.0,
-                resol: idb.ts_resolution().unwrap_or(1_000_000),
-                offset_s: idb.if_tsoffset,
-            }),
+            Block::InterfaceDescription(idb) => {
+                ifaces.push(Iface { linktype: idb.linktype.0, resol: idb.ts_resolution().unwrap_or(1_000_000), offset_s: idb.if_tsoffset })
+            }
             Block::EnhancedPacket(epb) => {
                 let Some(ifc) = ifaces.get(epb.if_id as usize) else {
-                    cap.error = Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: format!("packet on undeclared interface {}", epb.if_id) });
+                    cap.error =
+                        Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: format!("packet on undeclared interface {}", epb.if_id) });
                     return cap;
                 };
                 if epb.caplen as usize > epb.data.len() {
-                    cap.error = Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: "corrupt block: captured length beyond the block".into() });
+                    cap.error =
+                        Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: "corrupt block: captured length beyond the block".into() });
                     return cap;
                 }
                 let raw = u128::from(epb.ts_high) << 32 | u128::from(epb.ts_low);
@@ -365,7 +366,10 @@ fn parse_pcapng(buf: &[u8]) -> Capture<'_> {
                         cap.add(lt, ts, &spb.data[..n]);
                     }
                     None => {
-                        cap.error = Some(CaptureError { offset: consumed - spb.block_len1 as usize, message: "simple packet block before any interface description".into() });
+                        cap.error = Some(CaptureError {
+                            offset: consumed - spb.block_len1 as usize,
+                            message: "simple packet block before any interface description".into(),
+                        });
                         return cap;
                     }
                 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use holdfast_dataplane::control::DenyEvent;
 use holdfast_dataplane::handoff;
-use holdfast_dataplane::host::{self, bytes, Memory};
+use holdfast_dataplane::host::{self, Memory, bytes};
 use holdfast_dataplane::worker::{DENY_RING, HANDOFF_RING};
 use holdfast_dataplane::xsk::FRAME_SIZE;
 use holdfast_pipeline::{Engine, EngineConfig};
@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn the_plan_adds_up_and_names_what_to_change() {
-        let c = cfg("conntrack: { capacity: 65536 }\nworkers: { cores: [0, 1], umem_frames: 4096 }\nzones: { outside: { queues: 2 }, inside: { queues: 2 } }\n");
+        let c =
+            cfg("conntrack: { capacity: 65536 }\nworkers: { cores: [0, 1], umem_frames: 4096 }\nzones: { outside: { queues: 2 }, inside: { queues: 2 } }\n");
         let p = MemoryPlan::of(&c);
         assert_eq!(p.workers, 2);
         assert_eq!(p.umem, 4096 * 4096);

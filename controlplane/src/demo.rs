@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
-use holdfast_pipeline::conntrack::pressure::{Admission, Evict, Pressure};
 use holdfast_pipeline::Duration;
+use holdfast_pipeline::conntrack::pressure::{Admission, Evict, Pressure};
 use serde_json::json;
 
 use crate::config::{self, Config};
@@ -118,7 +118,12 @@ impl Outcome {
         row(&mut s, "established flows evicted", l.evictions[Admission::Assured as usize], h.evictions[Admission::Assured as usize]);
         row(&mut s, "half-open (flood) entries evicted", l.evictions[Admission::Embryonic as usize], h.evictions[Admission::Embryonic as usize]);
         row(&mut s, "closing entries evicted", l.evictions[Admission::Closing as usize], h.evictions[Admission::Closing as usize]);
-        row(&mut s, "new flows refused (table_full)", l.dropped[holdfast_pipeline::DropReason::TableFull as usize], h.dropped[holdfast_pipeline::DropReason::TableFull as usize]);
+        row(
+            &mut s,
+            "new flows refused (table_full)",
+            l.dropped[holdfast_pipeline::DropReason::TableFull as usize],
+            h.dropped[holdfast_pipeline::DropReason::TableFull as usize],
+        );
         row(&mut s, "scan and stray packets dropped", l.dropped_total() - l.reply_denied(), h.dropped_total() - h.reply_denied());
         row(&mut s, "packets passed", l.passed_total(), h.passed_total());
         let _ = writeln!(s);

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use holdfast_dataplane::sys;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub const NAMESPACES: [&str; 3] = ["hf-out", "hf-in", "hf-fw"];
 pub const CLIENT: &str = "10.0.1.1";
@@ -96,7 +96,28 @@ pub fn up(queues: usize) -> Result<(), String> {
 pub fn plug(inside: bool, queues: usize) -> Result<(), String> {
     let q = queues.to_string();
     let (host, fw, ns) = if inside { ("hf-in1", "hf-in0", "hf-in") } else { ("hf-out1", "hf-out0", "hf-out") };
-    ip(&["link", "add", host, "netns", ns, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", fw, "netns", "hf-fw", "numtxqueues", &q, "numrxqueues", &q])?;
+    ip(&[
+        "link",
+        "add",
+        host,
+        "netns",
+        ns,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        fw,
+        "netns",
+        "hf-fw",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ])?;
     ip(&["-n", ns, "link", "set", host, "up"])?;
     ip(&["-n", "hf-fw", "link", "set", fw, "up"])?;
     // Checksums in software on the end hosts: veth would otherwise leave them partial

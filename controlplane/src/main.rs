@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use holdfast_controlplane::control::client;
-use holdfast_controlplane::{capture, config, replay, traffic, DEFAULT_CONFIG};
+use holdfast_controlplane::{DEFAULT_CONFIG, capture, config, replay, traffic};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 
 #[derive(Parser)]
 #[command(name = "holdfast", version, about = "A stateful firewall that never forgets a reply", long_about = None)]
@@ -436,7 +435,11 @@ fn main() -> ExitCode {
             // Everything is built in memory: refuse what would not fit.
             let floods = a.syn_flood * a.duration.as_secs_f64();
             if floods > 50e6 {
-                eprintln!("holdfast gen: --syn-flood {} over --duration {} makes {floods:.0} SYNs; at most 50,000,000 (lower either)", a.syn_flood, config::values::format_duration(a.duration));
+                eprintln!(
+                    "holdfast gen: --syn-flood {} over --duration {} makes {floods:.0} SYNs; at most 50,000,000 (lower either)",
+                    a.syn_flood,
+                    config::values::format_duration(a.duration)
+                );
                 return ExitCode::from(2);
             }
             let p = traffic::WebFarm {
@@ -656,4 +659,3 @@ fn replay_cmd(a: ReplayArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-

@@ -13,7 +13,7 @@ use holdfast_pipeline::engine::FlowInfo;
 use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{Counters, DropReason, Engine, FlowHasher, Instant, PassKind, Verdict, Zone};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::capture::{self, CaptureError};
 use crate::config::Config;
@@ -64,9 +64,8 @@ impl Report {
             DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect();
         let passes: Map<String, Value> =
             PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| (k.name().to_string(), json!(c.passed[*k as usize]))).collect();
-        let by_class = |a: &[u64; 4]| -> Value {
-            Admission::ALL.iter().map(|k| (k.name().to_string(), json!(a[*k as usize]))).collect::<Map<String, Value>>().into()
-        };
+        let by_class =
+            |a: &[u64; 4]| -> Value { Admission::ALL.iter().map(|k| (k.name().to_string(), json!(a[*k as usize]))).collect::<Map<String, Value>>().into() };
         json!({
             "packets": c.packets,
             "reply_denied": c.reply_denied(),
@@ -108,7 +107,8 @@ impl Report {
         let _ = writeln!(s, "holdfast replay: {} ({}, {} frames over {:.1} s of traffic)", self.source, self.format, c.packets, self.capture_span_s);
         let _ = writeln!(s, "  workers    {}", self.workers);
         let _ = writeln!(s, "  packets    {} passed, {} dropped", c.passed_total(), c.dropped_total());
-        let passes: Vec<String> = PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| format!("{} {}", k.name(), c.passed[*k as usize])).collect();
+        let passes: Vec<String> =
+            PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| format!("{} {}", k.name(), c.passed[*k as usize])).collect();
         let _ = writeln!(s, "  passed as  {}", if passes.is_empty() { "-".into() } else { passes.join(", ") });
         let mut drops: Vec<(u64, &str)> = DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (c.dropped[*r as usize], r.name())).collect();
         drops.sort_by_key(|d| std::cmp::Reverse(d.0));

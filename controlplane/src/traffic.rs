@@ -4,9 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use holdfast_pipeline::wire::build::{syn_options, FrameSpec, L4};
-use holdfast_pipeline::wire::tcp::flags::*;
 use holdfast_pipeline::Duration;
+use holdfast_pipeline::wire::build::{FrameSpec, L4, syn_options};
+use holdfast_pipeline::wire::tcp::flags::*;
 
 /// SplitMix64: small, fast, reproducible across platforms.
 pub struct Rng(u64);
@@ -104,10 +104,20 @@ struct Conn {
 impl Conn {
     fn c2s(&self, flags: u8, payload: usize, options: Vec<u8>) -> Vec<u8> {
         let ack = if flags & ACK != 0 { self.sseq } else { 0 };
-        FrameSpec::new(self.c, self.s, L4::Tcp { sport: self.cport, dport: 80, seq: self.cseq, ack, flags, window: 502, options, payload: http_bytes(payload, true) }).build()
+        FrameSpec::new(
+            self.c,
+            self.s,
+            L4::Tcp { sport: self.cport, dport: 80, seq: self.cseq, ack, flags, window: 502, options, payload: http_bytes(payload, true) },
+        )
+        .build()
     }
     fn s2c(&self, flags: u8, payload: usize, options: Vec<u8>) -> Vec<u8> {
-        FrameSpec::new(self.s, self.c, L4::Tcp { sport: 80, dport: self.cport, seq: self.sseq, ack: self.cseq, flags, window: 509, options, payload: http_bytes(payload, false) }).build()
+        FrameSpec::new(
+            self.s,
+            self.c,
+            L4::Tcp { sport: 80, dport: self.cport, seq: self.sseq, ack: self.cseq, flags, window: 509, options, payload: http_bytes(payload, false) },
+        )
+        .build()
     }
 }
 
@@ -224,7 +234,15 @@ fn hostile(p: &WebFarm, rng: &mut Rng, ev: &mut Vec<Event>) {
     let floods = (p.syn_flood * span as f64 / 1e9) as u64;
     for k in 0..floods {
         let t = first + k * span / floods.max(1);
-        let f = tcp(spoofed(rng), rng.range(1024, 65535) as u16, server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32), 80, SYN, rng.next_u64() as u32, 0);
+        let f = tcp(
+            spoofed(rng),
+            rng.range(1024, 65535) as u16,
+            server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32),
+            80,
+            SYN,
+            rng.next_u64() as u32,
+            0,
+        );
         ev.push((t, f));
     }
     if p.scan {
@@ -238,7 +256,15 @@ fn hostile(p: &WebFarm, rng: &mut Rng, ev: &mut Vec<Event>) {
     }
     for k in 0..u64::from(p.midstream) {
         let t = first + k * span / u64::from(p.midstream).max(1);
-        let f = tcp(client_ip(10_000 + rng.range(0, 999) as u32), rng.range(32768, 60999) as u16, server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32), 80, ACK, rng.next_u64() as u32, rng.next_u64() as u32);
+        let f = tcp(
+            client_ip(10_000 + rng.range(0, 999) as u32),
+            rng.range(32768, 60999) as u16,
+            server_ip(rng.range(0, u64::from(p.servers.max(1) - 1)) as u32),
+            80,
+            ACK,
+            rng.next_u64() as u32,
+            rng.next_u64() as u32,
+        );
         ev.push((t, f));
     }
 }

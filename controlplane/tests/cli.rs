@@ -72,8 +72,7 @@ fn gen_then_replay_with_json_flows_and_verdicts() {
     assert_eq!(j["flows_created"], 40);
     assert_eq!(j["dropped"], 0, "legitimate web traffic passes: {j}");
     let n = j["packets"].as_u64().unwrap();
-    let vlines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&verdicts).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let vlines: Vec<serde_json::Value> = std::fs::read_to_string(&verdicts).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(vlines.len() as u64, n);
     assert!(vlines.iter().enumerate().all(|(i, v)| v["i"] == i as u64 && v["verdict"] == "pass"));
     let flines = std::fs::read_to_string(&flows).unwrap();
@@ -123,13 +122,8 @@ fn the_shipped_capture_under_lru_and_by_class() {
             ),
         )
         .unwrap();
-        let out = holdfast()
-            .args(["replay", "--offline", "--json", "--config"])
-            .arg(&cfg)
-            .arg("--pcap")
-            .arg(repo("tests/data/webfarm-small.pcap"))
-            .output()
-            .unwrap();
+        let out =
+            holdfast().args(["replay", "--offline", "--json", "--config"]).arg(&cfg).arg("--pcap").arg(repo("tests/data/webfarm-small.pcap")).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };

@@ -21,7 +21,6 @@ static LAB: Mutex<()> = Mutex::new(());
 const PY: &str = "/usr/bin/python3";
 const HF: &str = env!("CARGO_BIN_EXE_holdfast");
 
-
 const BASE: &str = "zones:
   outside: { interface: hf-out0, queues: QUEUES }
   inside:  { interface: hf-in0, queues: QUEUES, networks: [10.0.2.0/24] }
@@ -76,10 +75,7 @@ impl Lab {
     /// A config from the base, the given rules and extra top-level text.
     fn config(&self, rules: &str, extra: &str) -> String {
         let cores: Vec<String> = (0..self.workers).map(|c| (c + 2 - self.workers).to_string()).collect();
-        BASE.replace("QUEUES", &self.workers.to_string()).replace("CORES", &format!("[{}]", cores.join(", ")))
-            + extra
-            + "policy:\n  rules:\n"
-            + rules
+        BASE.replace("QUEUES", &self.workers.to_string()).replace("CORES", &format!("[{}]", cores.join(", "))) + extra + "policy:\n  rules:\n" + rules
     }
 
     fn write_config(&self, text: &str) {
@@ -144,7 +140,20 @@ impl Lab {
         let out = ok(&self.ns("hf-in", &["cat", "/sys/class/net/hf-in1/address"]).output().unwrap());
         self.ns(
             "hf-out",
-            &[HF, "blast", "--interface", "hf-out1", "--dst-mac", out.trim(), "--flows", &flows.to_string(), "--dport", &dport.to_string(), "--seconds", &seconds.to_string()],
+            &[
+                HF,
+                "blast",
+                "--interface",
+                "hf-out1",
+                "--dst-mac",
+                out.trim(),
+                "--flows",
+                &flows.to_string(),
+                "--dport",
+                &dport.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ],
         )
         .stdout(Stdio::piped())
         .spawn()
@@ -183,7 +192,10 @@ fn ten_reloads_during_a_download_lose_nothing_and_a_bad_one_changes_nothing() {
     std::fs::write(lab.dir.join("www/big.bin"), &body).unwrap();
     lab.web_server("10.0.2.1");
     let a = lab.config(&(WEB.to_string() + PING), "");
-    let b = lab.config(&(WEB.to_string() + PING + "    - { name: dns, from: inside, proto: udp, dst_port: 53, action: allow }\n"), "conntrack: { timeouts: { tcp_established: 2h } }\n");
+    let b = lab.config(
+        &(WEB.to_string() + PING + "    - { name: dns, from: inside, proto: udp, dst_port: 53, action: allow }\n"),
+        "conntrack: { timeouts: { tcp_established: 2h } }\n",
+    );
     lab.write_config(&a);
     // systemd's side of Type=notify, played by the test.
     let sock_path = lab.dir.join("notify.sock");
@@ -273,10 +285,8 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
     lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
     lab.start(&[]);
     let got = lab.dir.join("got.bin");
-    let mut curl = lab
-        .ns("hf-out", &["curl", "-s", "--limit-rate", "2M", "-m", "30", "-o", &got.to_string_lossy(), "http://10.0.2.1/big.bin"])
-        .spawn()
-        .unwrap();
+    let mut curl =
+        lab.ns("hf-out", &["curl", "-s", "--limit-rate", "2M", "-m", "30", "-o", &got.to_string_lossy(), "http://10.0.2.1/big.bin"]).spawn().unwrap();
     let t = Instant::now();
     while flows(&lab, &["--port", "80", "--state", "established"]).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(5), "the download never started");

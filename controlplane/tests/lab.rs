@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 /// The lab's namespace names are fixed: one lab at a time.
 static LAB: Mutex<()> = Mutex::new(());
 
-
 fn holdfast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_holdfast"))
 }

@@ -90,10 +90,7 @@ impl XskMap {
         let key = queue;
         let value = sock as u32;
         let mut a = Attr::new();
-        a.u32(0, self.fd.as_raw_fd() as u32)
-            .u64(8, &key as *const u32 as u64)
-            .u64(16, &value as *const u32 as u64)
-            .u64(24, 0);
+        a.u32(0, self.fd.as_raw_fd() as u32).u64(8, &key as *const u32 as u64).u64(16, &value as *const u32 as u64).u64(24, 0);
         bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
     }
 
@@ -122,12 +119,12 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// The six instruction slots of the redirect program for the map `map_fd`.
 pub fn redirect_program(map_fd: RawFd) -> [[u8; 8]; 6] {
     [
-        insn(0x61, 2, 1, 16, 0),          // r2 = *(u32 *)(r1 + 16): ctx->rx_queue_index
-        insn(0x18, 1, 1, 0, map_fd),      // r1 = map (ld_imm64, src 1 = BPF_PSEUDO_MAP_FD)
-        insn(0, 0, 0, 0, 0),              //      (second half of ld_imm64)
-        insn(0xb7, 3, 0, 0, 2),           // r3 = XDP_PASS: no socket on this queue
-        insn(0x85, 0, 0, 0, 51),          // call bpf_redirect_map
-        insn(0x95, 0, 0, 0, 0),           // exit
+        insn(0x61, 2, 1, 16, 0),     // r2 = *(u32 *)(r1 + 16): ctx->rx_queue_index
+        insn(0x18, 1, 1, 0, map_fd), // r1 = map (ld_imm64, src 1 = BPF_PSEUDO_MAP_FD)
+        insn(0, 0, 0, 0, 0),         //      (second half of ld_imm64)
+        insn(0xb7, 3, 0, 0, 2),      // r3 = XDP_PASS: no socket on this queue
+        insn(0x85, 0, 0, 0, 51),     // call bpf_redirect_map
+        insn(0x95, 0, 0, 0, 0),      // exit
     ]
 }
 

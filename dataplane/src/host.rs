@@ -81,9 +81,8 @@ pub fn interface(name: &str) -> Result<Interface, String> {
     }
     let dir = Path::new("/sys/class/net").join(name);
     if !dir.exists() {
-        let mut known: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+        let mut known: Vec<String> =
+            std::fs::read_dir("/sys/class/net").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
         known.sort();
         return Err(format!("no interface named {name:?} on this machine (it has: {})", known.join(", ")));
     }
@@ -91,7 +90,13 @@ pub fn interface(name: &str) -> Result<Interface, String> {
         std::fs::read_dir(dir.join("queues")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32).unwrap_or(0)
     };
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
-    Ok(Interface { name: name.to_string(), rx_queues: count("rx-"), tx_queues: count("tx-"), state: crate::sys::link_state(name), mtu: read("mtu").parse().unwrap_or(0) })
+    Ok(Interface {
+        name: name.to_string(),
+        rx_queues: count("rx-"),
+        tx_queues: count("tx-"),
+        state: crate::sys::link_state(name),
+        mtu: read("mtu").parse().unwrap_or(0),
+    })
 }
 
 /// The cores this process may run on.

@@ -8,7 +8,7 @@
 use std::time::Instant as WallClock;
 
 use crossbeam_channel::bounded;
-use holdfast_pipeline::engine::{FlowInfo, Packet, DEFAULT_EXPIRE_BUDGET};
+use holdfast_pipeline::engine::{DEFAULT_EXPIRE_BUDGET, FlowInfo, Packet};
 use holdfast_pipeline::{Counters, Engine, Instant, Verdict, Zone};
 
 /// Frames per batch sent to a worker.

@@ -1,8 +1,8 @@
 //! Starting and stopping the appliance: the XDP program on both interfaces, one pinned
 //! worker per configured core, the handoff rings between them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant as WallClock;
 
@@ -10,10 +10,10 @@ use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
 use crate::bpf::{self, Link, Program, XdpMode, XskMap};
 use crate::control::{Command, DenyEvent, LinkFlags};
-use crate::sys::{link_state, LinkEvents, LinkState};
 use crate::handoff;
 use crate::stats::{self, Reader, Snapshot};
-use crate::worker::{self, Idle, Spec, DENY_RING, HANDOFF_RING};
+use crate::sys::{LinkEvents, LinkState, link_state};
+use crate::worker::{self, DENY_RING, HANDOFF_RING, Idle, Spec};
 use crate::xsk::Binding;
 
 #[derive(Debug, Clone)]
@@ -110,9 +110,7 @@ impl std::fmt::Display for StartError {
 fn explain(what: &str, e: std::io::Error) -> StartError {
     let hint = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => ": permission denied — run as root, or grant CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK",
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if what.starts_with("attaching") => {
-            ": the driver refused native XDP — set zones.*.xdp_mode: generic"
-        }
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if what.starts_with("attaching") => ": the driver refused native XDP — set zones.*.xdp_mode: generic",
         Some(libc::EBUSY) if what.starts_with("attaching") => ": another XDP program is attached to this interface",
         _ => "",
     };

@@ -3,8 +3,8 @@
 //! worker). Both sides are wait-free: the worker never waits for, or locks against, a
 //! reader; the reader always gets the latest whole snapshot, never a mix of two.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use holdfast_pipeline::Counters;
 

@@ -2,22 +2,22 @@
 //! other side -> recycle completions -> refill. Frames of flows another worker owns go
 //! to it through the handoff rings.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration as StdDuration, Instant as WallClock};
 
-use holdfast_pipeline::engine::{Packet, DEFAULT_EXPIRE_BUDGET};
+use holdfast_pipeline::engine::{DEFAULT_EXPIRE_BUDGET, Packet};
 use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
 use crate::control::{Bucket, Command, DenyEvent, FlowFilter, FlowsReply, LinkFlags};
-use crate::xsk::XdpStats;
 use crate::handoff::{self, Consumer, Producer, Refused};
 use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
-use crate::xsk::{Binding, Desc, Ports, FRAME_SIZE};
+use crate::xsk::XdpStats;
+use crate::xsk::{Binding, Desc, FRAME_SIZE, Ports};
 
 /// How a worker waits when there is nothing to do (`workers.idle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,9 @@ enum Job {
         pending: std::collections::VecDeque<FlowsReply>,
         reply: crossbeam_channel::Sender<FlowsReply>,
     },
-    Maintain { recheck: bool },
+    Maintain {
+        recheck: bool,
+    },
 }
 
 struct Scan {
@@ -240,11 +242,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
         let _ = spec.maps[side].clear(spec.binding.queue);
     }
     let end = since(spec.epoch, WallClock::now());
-    w.snap.foreign_flows = w
-        .engine
-        .flows(end)
-        .filter(|f| owner_of(w.hasher.owner_hash(&f.key), w.workers) != w.index)
-        .count() as u64;
+    w.snap.foreign_flows = w.engine.flows(end).filter(|f| owner_of(w.hasher.owner_hash(&f.key), w.workers) != w.index).count() as u64;
     w.publish(&mut publisher);
     Some(Final { snapshot: w.snap })
 }
@@ -303,8 +301,7 @@ impl Worker {
                 self.snap.generation = generation;
                 // One pass over the table serves every reload since it started: a
                 // recheck asked for by any of them is kept.
-                let recheck = recheck
-                    || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
+                let recheck = recheck || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
                 self.scans.retain(|s| !matches!(s.job, Job::Maintain { .. }));
                 self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
             }

@@ -64,8 +64,12 @@ impl From<XdpStatisticsV2> for XdpStats {
 fn err(what: &str, e: xdpilone::Errno) -> io::Error {
     let hint = match e.get_raw() {
         libc::EAFNOSUPPORT => " (this kernel has no AF_XDP sockets: it needs CONFIG_XDP_SOCKETS)",
-        libc::ENOMEM | libc::ENOBUFS if !what.starts_with("UMEM") => " (locked memory: raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity), or lower workers.ring_size / workers.umem_frames)",
-        libc::EINVAL if what.starts_with("binding") => " (the queue does not exist on the interface: zones.*.queues and workers.cores must not exceed its queues, see check-config --host)",
+        libc::ENOMEM | libc::ENOBUFS if !what.starts_with("UMEM") => {
+            " (locked memory: raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity), or lower workers.ring_size / workers.umem_frames)"
+        }
+        libc::EINVAL if what.starts_with("binding") => {
+            " (the queue does not exist on the interface: zones.*.queues and workers.cores must not exceed its queues, see check-config --host)"
+        }
         libc::EOPNOTSUPP if what.starts_with("binding") => " (the driver has no AF_XDP support in this mode: set zones.*.xdp_mode: generic)",
         libc::ENODEV | libc::ENXIO => " (the interface went away)",
         _ => "",
@@ -154,7 +158,9 @@ fn with_retry<T>(what: &str, mut f: impl FnMut() -> Result<T, xdpilone::Errno>) 
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(e) if e.get_raw() == libc::EBUSY => return Err(err(&format!("{what} (queue busy after {BIND_RETRIES} tries: another AF_XDP socket holds it)"), e)),
+            Err(e) if e.get_raw() == libc::EBUSY => {
+                return Err(err(&format!("{what} (queue busy after {BIND_RETRIES} tries: another AF_XDP socket holds it)"), e));
+            }
             Err(e) => return Err(err(what, e)),
         }
     }

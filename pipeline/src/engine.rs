@@ -8,17 +8,17 @@
 
 use std::sync::Arc;
 
-use crate::conntrack::conn::{aux_flag, cflag, Conn, ConnAux, ORIGINAL, REPLY};
+use crate::conntrack::conn::{Conn, ConnAux, ORIGINAL, REPLY, aux_flag, cflag};
 use crate::conntrack::frag::{Datagram, FragTable};
 use crate::conntrack::pressure::{Admission, ClassLists, Evict, Pressure};
 use crate::conntrack::sources::{Refusal, Sources};
 use crate::conntrack::table::Table;
-use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::conntrack::tcp::{self, Outcome};
-use crate::conntrack::timeouts::{TimerClass, Timeouts};
+use crate::conntrack::timeouts::{Timeouts, TimerClass};
+use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::counters::Counters;
 use crate::flow::{FlowKey, Side};
-use crate::parse::{self, Frame, PacketMeta, TcpMeta, L4};
+use crate::parse::{self, Frame, L4, PacketMeta, TcpMeta};
 use crate::policy::{Action, Classifier, Query, Zone};
 use crate::time::{Duration, Instant, NANOS_PER_TICK};
 use crate::verdict::{DropReason, PassKind, Verdict};
@@ -456,22 +456,8 @@ impl Engine {
     fn query(&self, zone: Zone, m: &PacketMeta, reverse: bool, icmp_type: Option<u8>) -> Query {
         let ports = matches!(m.l4, L4::Tcp(_) | L4::Udp);
         let (sport, dport) = if ports { (m.src_port(), m.dst_port()) } else { (0, 0) };
-        let q = Query {
-            from: zone,
-            to: zone.other(),
-            v6: m.key.v6,
-            proto: m.key.proto,
-            src: m.src_addr(),
-            dst: m.dst_addr(),
-            sport,
-            dport,
-            icmp_type,
-        };
-        if reverse {
-            Query { from: q.to, to: q.from, src: q.dst, dst: q.src, sport: q.dport, dport: q.sport, ..q }
-        } else {
-            q
-        }
+        let q = Query { from: zone, to: zone.other(), v6: m.key.v6, proto: m.key.proto, src: m.src_addr(), dst: m.dst_addr(), sport, dport, icmp_type };
+        if reverse { Query { from: q.to, to: q.from, src: q.dst, dst: q.src, sport: q.dport, dport: q.sport, ..q } } else { q }
     }
 
     fn allowed(&self, q: &Query) -> bool {

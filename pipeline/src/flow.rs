@@ -76,11 +76,7 @@ impl FlowKey {
 
 /// An address as stored in keys: IPv4 in the low 32 bits.
 pub fn to_ip(a: u128, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(a))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(a as u32))
-    }
+    if v6 { IpAddr::V6(Ipv6Addr::from(a)) } else { IpAddr::V4(Ipv4Addr::from(a as u32)) }
 }
 
 pub fn from_ip(ip: IpAddr) -> (u128, bool) {
@@ -114,9 +110,7 @@ impl FlowHasher {
         }
         h.write_u64(a1);
         h.write_u64(b1);
-        h.write_u64(
-            u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan),
-        );
+        h.write_u64(u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan));
         h.finish()
     }
 

@@ -16,10 +16,10 @@ pub mod policy;
 #[allow(unsafe_code)]
 pub mod raw;
 pub mod steer;
-pub mod time;
-pub mod verdict;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod time;
+pub mod verdict;
 pub mod wire;
 
 pub use counters::Counters;

@@ -3,9 +3,9 @@
 
 use crate::flow::{FlowKey, Side};
 use crate::verdict::DropReason;
-use crate::wire::{arp, ethernet, icmp, ipv4, ipv6, tcp, udp, vlan, WireError};
 #[cfg(test)]
 use crate::wire::tcp::Options;
+use crate::wire::{WireError, arp, ethernet, icmp, ipv4, ipv6, tcp, udp, vlan};
 
 pub mod proto {
     pub const ICMP: u8 = 1;
@@ -64,14 +64,27 @@ pub enum L4 {
     Tcp(TcpMeta),
     Udp,
     /// An ICMP query or its reply (echo, timestamp); the key holds the identifier.
-    IcmpQuery { ty: u8, code: u8, request: bool },
+    IcmpQuery {
+        ty: u8,
+        code: u8,
+        request: bool,
+    },
     /// An ICMP error quoting a packet of the flow in `PacketMeta::key` (the quoted
     /// packet's flow, not the error's own addresses) sent from `inner_side`. The
     /// error's own source address is `outer_src` (IPv4 in the last word).
-    IcmpError { ty: u8, code: u8, inner_side: Side, outer_src: [u32; 4] },
+    IcmpError {
+        ty: u8,
+        code: u8,
+        inner_side: Side,
+        outer_src: [u32; 4],
+    },
     /// An ICMP message that neither starts nor belongs to a flow (router advertisement,
     /// MLD, ...). `nd` marks IPv6 neighbor discovery.
-    IcmpOther { ty: u8, code: u8, nd: bool },
+    IcmpOther {
+        ty: u8,
+        code: u8,
+        nd: bool,
+    },
     /// Any other IP protocol, tracked by addresses only (Linux's "generic" tracker).
     Other,
     /// A fragment after the first: no transport header, follows the first's verdict.
@@ -216,11 +229,7 @@ fn parse_ipv4(frame: &[u8], b: &[u8], vlan: u32) -> Result<PacketMeta, DropReaso
     let src = u128::from(u32::from_be_bytes(ip.src()));
     let dst = u128::from(u32::from_be_bytes(ip.dst()));
     let proto = ip.protocol();
-    let frag = ip.is_fragment().then(|| FragInfo {
-        ident: u32::from(ip.ident()),
-        offset: ip.frag_offset(),
-        more: ip.more_frags(),
-    });
+    let frag = ip.is_fragment().then(|| FragInfo { ident: u32::from(ip.ident()), offset: ip.frag_offset(), more: ip.more_frags() });
     let payload = &b[ip.header_len()..ip.total_len()];
     let ip_len = ip.total_len() as u32;
     l4(frame, src, dst, proto, false, vlan, payload, frag, ip_len)
@@ -392,14 +401,15 @@ fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropRea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::build::{syn_options, FrameSpec, L4 as B};
+    use crate::wire::build::{FrameSpec, L4 as B, syn_options};
     use proptest::prelude::*;
 
     fn frames() -> Vec<Vec<u8>> {
         let a = "10.0.1.1".parse().unwrap();
         let b = "10.0.2.1".parse().unwrap();
         vec![
-            FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 0, flags: 2, window: 5, options: syn_options(1460, 7, 1), payload: vec![] }).build(),
+            FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 0, flags: 2, window: 5, options: syn_options(1460, 7, 1), payload: vec![] })
+                .build(),
             FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 7, flags: 0x18, window: 5, options: vec![], payload: vec![1; 100] }).build(),
             FrameSpec::udp(a, 53, b, 9, b"hello").build(),
             FrameSpec::icmp(a, b, 8, 0, 1, b"x").build(),

@@ -1,7 +1,7 @@
 //! The pipeline's only `unsafe`: zeroed allocation of plain-data tables, and cache
 //! prefetch. Everything else in the crate is `#![deny(unsafe_code)]`.
 
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 

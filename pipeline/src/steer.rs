@@ -2,7 +2,7 @@
 //! Used by the offline replay's dispatcher and by cross-core handoff.
 
 use crate::flow::FlowHasher;
-use crate::parse::{parse, Frame};
+use crate::parse::{Frame, parse};
 
 /// What a dispatcher needs to know about a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,12 +34,7 @@ pub fn policy() -> Classifier {
                 ..Rule::any("web", Action::Allow)
             },
             Rule { proto: ProtoMatch::Icmp, icmp_types: vec![IcmpMatch { v4: Some(8), v6: Some(128) }], ..Rule::any("ping", Action::Allow) },
-            Rule {
-                from: Some(Zone::Inside),
-                proto: ProtoMatch::Number(17),
-                dst_ports: vec![PortRange { lo: 53, hi: 53 }],
-                ..Rule::any("dns", Action::Allow)
-            },
+            Rule { from: Some(Zone::Inside), proto: ProtoMatch::Number(17), dst_ports: vec![PortRange { lo: 53, hi: 53 }], ..Rule::any("dns", Action::Allow) },
         ],
         Action::Deny,
     )

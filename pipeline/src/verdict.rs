@@ -20,8 +20,7 @@ pub enum PassKind {
 
 impl PassKind {
     pub const COUNT: usize = 5;
-    pub const ALL: [PassKind; Self::COUNT] =
-        [PassKind::New, PassKind::Established, PassKind::Related, PassKind::Ignored, PassKind::Untracked];
+    pub const ALL: [PassKind; Self::COUNT] = [PassKind::New, PassKind::Established, PassKind::Related, PassKind::Ignored, PassKind::Untracked];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use holdfast_pipeline::policy::{Classifier, Zone};
-use holdfast_pipeline::wire::build::{syn_options, FrameSpec, L4};
+use holdfast_pipeline::wire::build::{FrameSpec, L4, syn_options};
 use holdfast_pipeline::wire::tcp::flags::*;
 
 pub fn ip(s: &str) -> IpAddr {

@@ -22,8 +22,8 @@ use std::time::Duration;
 use holdfast_controlplane::capture;
 use holdfast_controlplane::config;
 use holdfast_controlplane::replay::{self, Options};
-use holdfast_pipeline::parse::{parse, Frame, L4};
 use holdfast_pipeline::DropReason;
+use holdfast_pipeline::parse::{Frame, L4, parse};
 use serde_json::Value;
 
 const NS: [&str; 3] = ["hfd-c", "hfd-f", "hfd-s"];
@@ -128,9 +128,18 @@ impl Lab {
         }
         host("ip link add hfd-c0 netns hfd-c numtxqueues 1 numrxqueues 1 type veth peer name hfd-f0 netns hfd-f numtxqueues 1 numrxqueues 1");
         host("ip link add hfd-s0 netns hfd-s numtxqueues 1 numrxqueues 1 type veth peer name hfd-f1 netns hfd-f numtxqueues 1 numrxqueues 1");
-        must("hfd-c", "ip addr add 198.51.100.2/24 dev hfd-c0 && ip addr add 2001:db8:1::2/64 dev hfd-c0 nodad && ip link set hfd-c0 up && ip route add default via 198.51.100.1 && ip -6 route add default via 2001:db8:1::1");
-        must("hfd-s", "ip addr add 10.0.2.1/24 dev hfd-s0 && ip addr add 2001:db8:2::1/64 dev hfd-s0 nodad && ip link set hfd-s0 up && ip route add default via 10.0.2.254 && ip -6 route add default via 2001:db8:2::fe");
-        must("hfd-f", "ip addr add 198.51.100.1/24 dev hfd-f0 && ip addr add 2001:db8:1::1/64 dev hfd-f0 nodad && ip addr add 10.0.2.254/24 dev hfd-f1 && ip addr add 2001:db8:2::fe/64 dev hfd-f1 nodad && ip link set hfd-f0 up && ip link set hfd-f1 up");
+        must(
+            "hfd-c",
+            "ip addr add 198.51.100.2/24 dev hfd-c0 && ip addr add 2001:db8:1::2/64 dev hfd-c0 nodad && ip link set hfd-c0 up && ip route add default via 198.51.100.1 && ip -6 route add default via 2001:db8:1::1",
+        );
+        must(
+            "hfd-s",
+            "ip addr add 10.0.2.1/24 dev hfd-s0 && ip addr add 2001:db8:2::1/64 dev hfd-s0 nodad && ip link set hfd-s0 up && ip route add default via 10.0.2.254 && ip -6 route add default via 2001:db8:2::fe",
+        );
+        must(
+            "hfd-f",
+            "ip addr add 198.51.100.1/24 dev hfd-f0 && ip addr add 2001:db8:1::1/64 dev hfd-f0 nodad && ip addr add 10.0.2.254/24 dev hfd-f1 && ip addr add 2001:db8:2::fe/64 dev hfd-f1 nodad && ip link set hfd-f0 up && ip link set hfd-f1 up",
+        );
         must("hfd-f", "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
         // Checksums in software on the end hosts (veth offload leaves them partial in
         // captures), and no segmentation offload, so the wire carries real segments.
@@ -327,7 +336,10 @@ fn holdfast_agrees_with_linux_conntrack() {
     sh("hfd-c", &udp(9)); // closed port: the server's ICMP port unreachable is RELATED
     sh("hfd-c", &udp(53)); // no rule
     // Crafted sequences, with the client kernel's own RSTs silenced.
-    must("hfd-c", "nft add table inet hfdc && nft add chain inet hfdc out '{ type filter hook output priority 0; }' && nft add rule inet hfdc out ip ttl 64 tcp flags rst drop");
+    must(
+        "hfd-c",
+        "nft add table inet hfdc && nft add chain inet hfdc out '{ type filter hook output priority 0; }' && nft add rule inet hfdc out ip ttl 64 tcp flags rst drop",
+    );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("differential/scapy_cases.py");
     let out = must("hfd-c", &format!("{PY} {} 198.51.100.2 10.0.2.1 hfd-c0", script.display()));
     eprintln!("{out}");
@@ -410,7 +422,14 @@ fn holdfast_agrees_with_linux_conntrack() {
     }
 
     assert!(compared > 100 && both_pass > 50 && both_drop >= 8, "the traffic did not exercise enough: {compared} {both_pass} {both_drop}");
-    for r in [DropReason::Policy, DropReason::OutOfWindow, DropReason::InvalidRst, DropReason::InvalidTcpFlags, DropReason::MidstreamNoState, DropReason::IcmpUnrelated] {
+    for r in [
+        DropReason::Policy,
+        DropReason::OutOfWindow,
+        DropReason::InvalidRst,
+        DropReason::InvalidTcpFlags,
+        DropReason::MidstreamNoState,
+        DropReason::IcmpUnrelated,
+    ] {
         assert!(report.counters.dropped[r as usize] > 0, "no {} drop: a crafted case did not run", r.name());
     }
     assert!(report.counters.passed[holdfast_pipeline::PassKind::Related as usize] > 0, "no RELATED packet");

@@ -3,7 +3,7 @@
 //! the same verdict for every frame. A cooked capture also says which way a packet
 //! went, which gives the zone when the config names no inside networks.
 
-use holdfast_controlplane::capture::{self, link, Writer};
+use holdfast_controlplane::capture::{self, Writer, link};
 use holdfast_controlplane::config;
 use holdfast_controlplane::replay::{self, Options};
 use holdfast_controlplane::traffic::{self, WebFarm};

@@ -6,10 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use holdfast_pipeline::DropReason;
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_pipeline::engine::{EngineConfig, Packet, Pickup};
-use holdfast_pipeline::parse::{parse, Frame, L4};
-use holdfast_pipeline::DropReason;
+use holdfast_pipeline::parse::{Frame, L4, parse};
 use holdfast_pipeline::{Duration, Engine, Instant, Verdict};
 use holdfast_tests::{mixed_frames, webfarm_policy};
 
@@ -57,7 +57,8 @@ fn the_packet_path_never_allocates_with(pickup: Pickup) {
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
     let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
-    let mut full = Engine::new(EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, ..EngineConfig::default() }, webfarm_policy(), t0);
+    let mut full =
+        Engine::new(EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, ..EngineConfig::default() }, webfarm_policy(), t0);
     let mut out = [Verdict::Drop(DropReason::Malformed); 64];
     let mut bursts: Vec<Vec<Packet>> = Vec::new();
     for (i, chunk) in frames.chunks(64).enumerate() {

@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration as StdDuration;
 
 use holdfast_pipeline::engine::{EngineConfig, Packet, Pickup};
+use holdfast_pipeline::parse::{Frame, L4 as ParsedL4, parse};
 use holdfast_pipeline::wire::build::{FrameSpec, L4};
-use holdfast_pipeline::parse::{parse, Frame, L4 as ParsedL4};
 use holdfast_pipeline::{DropReason, Duration, Engine, Instant, PassKind, Verdict, Zone};
 use holdfast_tests::{mixed_frames, webfarm_policy};
 

@@ -18,11 +18,11 @@ use holdfast_pipeline::time::MAX_TIMEOUT;
 use holdfast_pipeline::{Duration, Zone};
 use serde_saphyr::{Location, Spanned};
 
-use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use holdfast_dataplane::bpf::XdpMode;
 use holdfast_dataplane::worker::Idle;
-use values::OneOrMany;
+use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
 use model::{ActionCfg, EvictCfg, File, IdleCfg, OnReloadCfg, PickupCfg, XdpModeCfg};
+use values::OneOrMany;
 
 /// Everything a run needs, compiled and checked.
 #[derive(Debug, Clone)]
@@ -248,10 +248,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         return Err(fail("is a directory, not a config file".into()));
     }
     if meta.len() > MAX_CONFIG_BYTES {
-        return Err(fail(format!(
-            "{} bytes: a config file may have at most {MAX_CONFIG_BYTES}; put long prefix lists in src_file / dst_file",
-            meta.len()
-        )));
+        return Err(fail(format!("{} bytes: a config file may have at most {MAX_CONFIG_BYTES}; put long prefix lists in src_file / dst_file", meta.len())));
     }
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: byte {} is invalid", e.utf8_error().valid_up_to())))?;
@@ -318,15 +315,17 @@ impl Ctx<'_> {
                 continue;
             }
             let col = line.find(t).unwrap_or(0) as u64 + 1;
-            let c = values::parse_cidr(t).map_err(|e| ConfigError {
-                file: shown.clone(),
-                line: n as u64 + 1,
-                col,
-                message: format!("{what}: {e}"),
-                source_line: Some(raw.to_string()),
-                shown_col: None,
-            }
-            .clipped())?;
+            let c = values::parse_cidr(t).map_err(|e| {
+                ConfigError {
+                    file: shown.clone(),
+                    line: n as u64 + 1,
+                    col,
+                    message: format!("{what}: {e}"),
+                    source_line: Some(raw.to_string()),
+                    shown_col: None,
+                }
+                .clipped()
+            })?;
             out.push(c);
         }
         if out.is_empty() {
@@ -620,9 +619,10 @@ fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, ConfigError> {
     let listen = if l == "off" || l.is_empty() {
         None
     } else {
-        Some(l.parse::<std::net::SocketAddr>().map_err(|_| {
-            cx.at(c.listen.referenced, format!("control.listen: {l:?} is not an address:port such as 127.0.0.1:9477 (or off)"))
-        })?)
+        Some(
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| cx.at(c.listen.referenced, format!("control.listen: {l:?} is not an address:port such as 127.0.0.1:9477 (or off)")))?,
+        )
     };
     let report_interval = match &c.report_interval {
         None => std::time::Duration::from_secs(1),
@@ -746,10 +746,9 @@ fn pressure(cx: &Ctx, p: &model::PressureCfg) -> Result<Pressure, ConfigError> {
             return Err(cx.at(s.referenced, "conntrack.pressure.embryonic_share must be in (0, 1]"));
         }
         if out.evict != Evict::ByClass && s.value < 1.0 {
-            return Err(cx.at(
-                s.referenced,
-                "embryonic_share applies to evict: by-class only; the lru and none models imitate systems without a quota (use 1.0)",
-            ));
+            return Err(
+                cx.at(s.referenced, "embryonic_share applies to evict: by-class only; the lru and none models imitate systems without a quota (use 1.0)")
+            );
         }
         out.embryonic_share = s.value;
     }

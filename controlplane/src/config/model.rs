@@ -104,7 +104,13 @@ pub struct WorkersCfg {
 
 impl Default for WorkersCfg {
     fn default() -> Self {
-        WorkersCfg { cores: unknown(vec![Count(1)]), burst: unknown(Count(64)), idle: IdleCfg::Adaptive, umem_frames: unknown(Count(8192)), ring_size: unknown(Count(2048)) }
+        WorkersCfg {
+            cores: unknown(vec![Count(1)]),
+            burst: unknown(Count(64)),
+            idle: IdleCfg::Adaptive,
+            umem_frames: unknown(Count(8192)),
+            ring_size: unknown(Count(2048)),
+        }
     }
 }
 

@@ -130,7 +130,11 @@ fn broken_yaml_is_reported() {
 
 #[test]
 fn dataplane_keys_are_validated_where_they_are_written() {
-    let c = parse("zones:\n  outside: { interface: a, queues: 2, xdp_mode: generic }\n  inside: { interface: b, queues: 2 }\nworkers: { cores: [0, 1], idle: sleep }\n", "t.yaml").unwrap();
+    let c = parse(
+        "zones:\n  outside: { interface: a, queues: 2, xdp_mode: generic }\n  inside: { interface: b, queues: 2 }\nworkers: { cores: [0, 1], idle: sleep }\n",
+        "t.yaml",
+    )
+    .unwrap();
     assert_eq!(c.dataplane.queues, [2, 2]);
     assert_eq!(c.dataplane.cores, vec![0, 1]);
     let e = err("zones:\n  outside: { interface: a, queues: 1 }\n  inside: { interface: b, queues: 2 }\nworkers: { cores: [0, 1] }\n");

@@ -6,10 +6,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use holdfast_pipeline::policy::{Cidr, IcmpMatch, PortRange, ProtoMatch, Zone};
 use holdfast_pipeline::Duration;
-use serde::de::{self, Deserializer, Visitor};
+use holdfast_pipeline::policy::{Cidr, IcmpMatch, PortRange, ProtoMatch, Zone};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// Parses `30s`, `500ms`, `2m`, `1h30m`, `5d`, or a bare number of seconds. Every step
 /// is checked: a value that does not fit (about 584 years) is an error, never a wrap.
@@ -47,10 +47,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => 86_400_000_000_000,
             u => return Err(format!("bad duration {s:?}: unknown unit {u:?} (use ms, s, m, h or d; fractions as 1500ms)")),
         };
-        total = n
-            .checked_mul(nanos_per)
-            .and_then(|x| total.checked_add(x))
-            .ok_or_else(|| format!("bad duration {s:?}: too large"))?;
+        total = n.checked_mul(nanos_per).and_then(|x| total.checked_add(x)).ok_or_else(|| format!("bad duration {s:?}: too large"))?;
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_nanos(total))
@@ -242,14 +239,10 @@ pub fn parse_icmp_type(s: &str) -> Result<IcmpMatch, String> {
     if let Ok(n) = s.trim().parse::<u8>() {
         return Ok(IcmpMatch { v4: Some(n), v6: Some(n) });
     }
-    ICMP_NAMES
-        .iter()
-        .find(|(n, _, _)| *n == s.trim())
-        .map(|&(_, v4, v6)| IcmpMatch { v4, v6 })
-        .ok_or_else(|| {
-            let names: Vec<&str> = ICMP_NAMES.iter().map(|n| n.0).collect();
-            format!("unknown ICMP type {s:?}; use a number or one of: {}", names.join(", "))
-        })
+    ICMP_NAMES.iter().find(|(n, _, _)| *n == s.trim()).map(|&(_, v4, v6)| IcmpMatch { v4, v6 }).ok_or_else(|| {
+        let names: Vec<&str> = ICMP_NAMES.iter().map(|n| n.0).collect();
+        format!("unknown ICMP type {s:?}; use a number or one of: {}", names.join(", "))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,9 +266,9 @@ pub fn parse_proto(s: &str) -> Result<ProtoMatch, String> {
         "esp" => ProtoMatch::Number(50),
         "ah" => ProtoMatch::Number(51),
         "sctp" => ProtoMatch::Number(132),
-        n => ProtoMatch::Number(n.parse().map_err(|_| {
-            format!("unknown protocol {n:?}; use any, tcp, udp, icmp, icmpv4, icmpv6, gre, esp, ah, sctp or a number")
-        })?),
+        n => ProtoMatch::Number(
+            n.parse().map_err(|_| format!("unknown protocol {n:?}; use any, tcp, udp, icmp, icmpv4, icmpv6, gre, esp, ah, sctp or a number"))?,
+        ),
     })
 }
 

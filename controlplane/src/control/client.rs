@@ -47,11 +47,7 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 /// appliance stopped mid-listing) is an error, not a short list.
 pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), String> {
     let addr = &t.addr;
-    let sa: SocketAddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
+    let sa: SocketAddr = addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))?.next().ok_or_else(|| format!("{addr}: no address"))?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))
         .map_err(|e| format!("cannot reach holdfast at {addr}: {e} (is it running, with control.listen: {addr}?)"))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;

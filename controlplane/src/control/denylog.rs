@@ -8,13 +8,13 @@
 
 use std::io::Write;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 use holdfast_dataplane::control::DenyEvent;
 use holdfast_pipeline::flow::to_ip;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::DenyOutput;
 
@@ -237,12 +237,7 @@ pub struct Logger {
 
 impl Logger {
     /// Starts the thread. Fails only if the output cannot be opened.
-    pub fn start(
-        mut queues: Vec<rtrb::Consumer<DenyEvent>>,
-        output: &DenyOutput,
-        started_at: SystemTime,
-        interfaces: [String; 2],
-    ) -> Result<Logger, String> {
+    pub fn start(mut queues: Vec<rtrb::Consumer<DenyEvent>>, output: &DenyOutput, started_at: SystemTime, interfaces: [String; 2]) -> Result<Logger, String> {
         let mut w = open(output).map_err(|e| format!("log.denials: cannot open {output}: {e}{}", open_hint(&e)))?;
         let output_name = output.to_string();
         let stats = Arc::new(Stats::default());

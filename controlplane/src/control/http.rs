@@ -21,8 +21,8 @@
 //! token of `control.token_file` when one is set; without one they answer only peers
 //! on the loopback interface.
 
-use std::convert::Infallible;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,16 +33,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use holdfast_dataplane::control::{Command, FlowFilter, FlowsReply};
 use holdfast_dataplane::run::Commander;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{Notify, mpsc, watch};
 
-use super::{status_json, ReloadRequest, View};
+use super::{ReloadRequest, View, status_json};
 use crate::replay::flow_json;
 
 /// Most flows one `/flows` request returns.
@@ -220,12 +220,7 @@ async fn serve(listener: std::net::TcpListener, sh: Arc<Shared>, mut stopped: wa
 async fn connection(sock: tokio::net::TcpStream, peer: SocketAddr, sh: Arc<Shared>, last: Arc<AtomicU64>, close: Arc<Notify>) {
     let io = TokioIo::new(Tracked { inner: sock, last: Arc::clone(&last), epoch: sh.epoch });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(HEADER_LIMIT)
-        .max_headers(64)
-        .keep_alive(true);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(HEADER_LIMIT).max_headers(64).keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(HEADER_LIMIT as u32)
@@ -362,7 +357,8 @@ pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, pa
             Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token: send the contents of control.token_file as `Authorization: Bearer <token>`".into())),
             None => Err((
                 StatusCode::UNAUTHORIZED,
-                "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)".into(),
+                "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)"
+                    .into(),
             )),
         },
         None if peer.to_canonical().is_loopback() => Ok(()),
@@ -457,15 +453,13 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(x) => {
-                        out.push(x);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                Ok(x) => {
+                    out.push(x);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;

@@ -13,8 +13,8 @@ use holdfast_dataplane::stats::ForwardDrop;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{DropReason, PassKind};
 
-use super::saturation::all_events;
 use super::View;
+use super::saturation::all_events;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -68,7 +68,13 @@ impl Collector for Metrics {
         write(&mut e, "rx_bytes", "Bytes received per worker and interface.", Counter, per_side(&|i, k| s[i].rx_bytes[k]))?;
         write(&mut e, "tx_packets", "Frames transmitted per worker and interface.", Counter, per_side(&|i, k| s[i].tx[k]))?;
         write(&mut e, "tx_bytes", "Bytes transmitted per worker and interface.", Counter, per_side(&|i, k| s[i].tx_bytes[k]))?;
-        write(&mut e, "tx_lost", "Frames queued for transmission that never left: their socket closed when the interface went away.", Counter, per_side(&|i, k| s[i].tx_lost[k]))?;
+        write(
+            &mut e,
+            "tx_lost",
+            "Frames queued for transmission that never left: their socket closed when the interface went away.",
+            Counter,
+            per_side(&|i, k| s[i].tx_lost[k]),
+        )?;
         write(&mut e, "rebinds", "Times a worker re-opened its sockets (an interface came back).", Counter, per(&|i| s[i].rebinds))?;
         let up = SIDES.iter().enumerate().map(|(k, side)| (vec![("interface", side.to_string())], u64::from(v.links[k].up))).collect();
         write(&mut e, "interface_up", "1 while the interface is up and Holdfast is attached to it.", Gauge, up)?;
@@ -115,7 +121,11 @@ impl Collector for Metrics {
         write(&mut e, "table_capacity", "Entries each worker's table holds.", Gauge, per(&|i| s[i].table_capacity as u64))?;
         write(&mut e, "flows_created", "Entries inserted.", Counter, per(&|i| s[i].counters.flows_created))?;
         for (name, help, f) in [
-            ("evictions", "Entries evicted to make room, by the class they had.", (|x: &holdfast_dataplane::stats::Snapshot, a: usize| x.counters.evictions[a]) as fn(&_, usize) -> u64),
+            (
+                "evictions",
+                "Entries evicted to make room, by the class they had.",
+                (|x: &holdfast_dataplane::stats::Snapshot, a: usize| x.counters.evictions[a]) as fn(&_, usize) -> u64,
+            ),
             ("expirations", "Entries whose timeout ran out, by the class they had.", |x, a| x.counters.expirations[a]),
         ] {
             let mut rows = Vec::new();
@@ -137,7 +147,13 @@ impl Collector for Metrics {
         write(&mut e, "handoff_ring_depth", "Frames waiting in a worker's incoming handoff rings.", Gauge, per(&|i| s[i].handoff_depth))?;
         write(&mut e, "polls", "Worker polls.", Counter, per(&|i| s[i].polls))?;
         write(&mut e, "busy_polls", "Worker polls that found work (or frames waiting for TX room).", Counter, per(&|i| s[i].busy_polls))?;
-        write(&mut e, "tx_blocked_polls", "Worker polls that found frames waiting but no TX room on the other side.", Counter, per(&|i| s[i].tx_blocked_polls))?;
+        write(
+            &mut e,
+            "tx_blocked_polls",
+            "Worker polls that found frames waiting but no TX room on the other side.",
+            Counter,
+            per(&|i| s[i].tx_blocked_polls),
+        )?;
         let busy = v.report.workers.iter().enumerate().map(|(i, r)| (w(i), r.busy)).collect();
         write(&mut e, "busy_ratio", "Polls that found work / all polls, over the last report interval.", Gauge, busy)?;
         let pubs = s.iter().enumerate().map(|(i, x)| (w(i), x.publish_ns as f64 / 1e9)).collect();
@@ -150,9 +166,7 @@ impl Collector for Metrics {
         write(&mut e, "time_to_full_seconds", "At the last interval's net insert rate, seconds until the table is full.", Gauge, ttf)?;
         let fails = v.report.workers.iter().enumerate().map(|(i, r)| (w(i), r.insert_failure_rate)).collect();
         write(&mut e, "insert_failures_per_second", "New flows refused per second (table_full, source_limit).", Gauge, fails)?;
-        let active = all_events()
-            .map(|n| (vec![("reason", n.to_string())], v.active.iter().filter(|a| a.name == n).count() as u64))
-            .collect();
+        let active = all_events().map(|n| (vec![("reason", n.to_string())], v.active.iter().filter(|a| a.name == n).count() as u64)).collect();
         write(&mut e, "saturation_active", "Workers (or interfaces) on which a saturation or fault event is raised now.", Gauge, active)?;
         let raised = all_events().map(|n| (vec![("reason", n.to_string())], v.raised_total.get(n).copied().unwrap_or(0))).collect();
         write(&mut e, "saturation_events", "Saturation and fault events raised.", Counter, raised)?;
@@ -172,7 +186,13 @@ impl Collector for Metrics {
         ] {
             write(&mut e, name, help, Counter, vec![(vec![], x.load(std::sync::atomic::Ordering::Relaxed))])?;
         }
-        write(&mut e, "http_connections_open", "Connections open on the control endpoint.", Gauge, vec![(vec![], h.open.load(std::sync::atomic::Ordering::Relaxed))])?;
+        write(
+            &mut e,
+            "http_connections_open",
+            "Connections open on the control endpoint.",
+            Gauge,
+            vec![(vec![], h.open.load(std::sync::atomic::Ordering::Relaxed))],
+        )?;
         write(&mut e, "uptime_seconds", "Seconds since the workers started.", Gauge, vec![(vec![], v.uptime_s)])?;
         Ok(())
     }

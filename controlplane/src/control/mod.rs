@@ -20,7 +20,7 @@ use holdfast_dataplane::run::{self, Running};
 use holdfast_dataplane::stats::Snapshot;
 use holdfast_dataplane::sys;
 use holdfast_pipeline::conntrack::pressure::Admission;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::appliance::{self, Options};
 use crate::config::{self, Config, DenyOutput, OnReload};
@@ -382,7 +382,11 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
             if !addr.ip().is_loopback() {
                 eprintln!(
                     "holdfast: WARNING: control.listen {addr} is reachable from other hosts: /metrics and /status are open to them; /flows and /reload {}",
-                    if token.read().is_ok_and(|t| t.is_some()) { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
+                    if token.read().is_ok_and(|t| t.is_some()) {
+                        "need the token of control.token_file"
+                    } else {
+                        "are refused to them (no control.token_file)"
+                    }
                 );
             }
             Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx.clone(), Arc::clone(&token), http_stats)?)
@@ -422,7 +426,14 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
     let show = |st: holdfast_dataplane::sys::LinkState| st.name().to_string();
     for (k, st) in running.link_states().iter().enumerate() {
         if !st.is_up() {
-            let t = c.sat.fault("interface_down", k, true, 0.0, format!("{} ({}) is {} at start: nothing is forwarded to it", interfaces[k], ["outside", "inside"][k], st.name()), SystemTime::now());
+            let t = c.sat.fault(
+                "interface_down",
+                k,
+                true,
+                0.0,
+                format!("{} ({}) is {} at start: nothing is forwarded to it", interfaces[k], ["outside", "inside"][k], st.name()),
+                SystemTime::now(),
+            );
             if let Some(t) = t {
                 eprintln!("holdfast: {}", t.describe(&Report::default()));
             }
@@ -450,7 +461,10 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
                 stalled.push(w);
             }
             let detail = if on {
-                format!("worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed", quiet.as_secs_f64())
+                format!(
+                    "worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
+                    quiet.as_secs_f64()
+                )
             } else {
                 format!("worker {w} runs again")
             };
@@ -466,7 +480,9 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, String> 
             links[ch.side].state = show(ch.to);
             links[ch.side].ifindex = ch.to.ifindex();
             let detail = match ch.to {
-                holdfast_dataplane::sys::LinkState::Gone => format!("{} ({zone}) is gone: frames to it are dropped as link_down; Holdfast re-attaches when it returns", ch.name),
+                holdfast_dataplane::sys::LinkState::Gone => {
+                    format!("{} ({zone}) is gone: frames to it are dropped as link_down; Holdfast re-attaches when it returns", ch.name)
+                }
                 holdfast_dataplane::sys::LinkState::Down { .. } => format!("{} ({zone}) is down: frames to it are dropped as link_down", ch.name),
                 holdfast_dataplane::sys::LinkState::Up { .. } => format!("{} ({zone}) is up", ch.name),
             };

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
-use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::DropReason;
+use holdfast_pipeline::conntrack::pressure::Admission;
 
 use crate::config::Thresholds;
 
@@ -113,11 +113,7 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
 /// The report for snapshots `now` taken `dt` seconds after `prev` (same workers).
 pub fn report(prev: &[Snapshot], now: &[Snapshot], dt: f64) -> Report {
     let dt = dt.max(1e-3);
-    let workers: Vec<CoreReport> = now
-        .iter()
-        .enumerate()
-        .map(|(w, s)| core_report(Some(w), s, prev.get(w).unwrap_or(&Snapshot::default()), dt))
-        .collect();
+    let workers: Vec<CoreReport> = now.iter().enumerate().map(|(w, s)| core_report(Some(w), s, prev.get(w).unwrap_or(&Snapshot::default()), dt)).collect();
     let mut total = core_report(None, &Snapshot::total(now), &Snapshot::total(prev), dt);
     // Busy and time to full are per core: the total shows the worst core.
     total.busy = workers.iter().map(|w| w.busy).fold(0.0, f64::max);

@@ -107,25 +107,18 @@ impl FragTable {
         let expires = now_ticks.wrapping_add(self.timeout_ticks);
         let set = &mut self.sets[s];
         let live = |e: &Entry| e.used && (e.expires.wrapping_sub(now_ticks) as i32) > 0;
-        let way = set
-            .iter()
-            .position(|e| e.used && e.key == k)
-            .or_else(|| set.iter().position(|e| !live(e)))
-            .unwrap_or_else(|| {
-                self.evictions += 1;
-                // Replace the record closest to expiry.
-                (0..WAYS).min_by_key(|&i| set[i].expires.wrapping_sub(now_ticks) as i32).unwrap_or(0)
-            });
+        let way = set.iter().position(|e| e.used && e.key == k).or_else(|| set.iter().position(|e| !live(e))).unwrap_or_else(|| {
+            self.evictions += 1;
+            // Replace the record closest to expiry.
+            (0..WAYS).min_by_key(|&i| set[i].expires.wrapping_sub(now_ticks) as i32).unwrap_or(0)
+        });
         set[way] = Entry { key: k, verdict, expires, used: true };
     }
 
     /// The verdict recorded for the datagram of a later fragment, if still known.
     pub fn lookup(&self, d: &Datagram, now_ticks: u32) -> Option<Verdict> {
         let k = Self::key(d);
-        self.sets[self.set_of(&k)]
-            .iter()
-            .find(|e| e.used && e.key == k && (e.expires.wrapping_sub(now_ticks) as i32) > 0)
-            .map(|e| e.verdict)
+        self.sets[self.set_of(&k)].iter().find(|e| e.used && e.key == k && (e.expires.wrapping_sub(now_ticks) as i32) > 0).map(|e| e.verdict)
     }
 }
 

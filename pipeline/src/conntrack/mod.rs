@@ -5,12 +5,12 @@ pub mod conn;
 pub mod frag;
 pub mod pressure;
 pub mod sources;
-pub mod tombstones;
 pub mod table;
 pub mod tcp;
 pub mod timeouts;
+pub mod tombstones;
 pub mod wheel;
 
 pub use conn::{Conn, ConnAux, ConnStats};
 pub use table::Table;
-pub use timeouts::{TimerClass, Timeouts};
+pub use timeouts::{Timeouts, TimerClass};

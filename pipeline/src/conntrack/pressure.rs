@@ -195,10 +195,7 @@ impl ClassLists {
     /// The oldest entry of the lowest non-empty class below `Assured` (by-class).
     pub fn oldest_non_assured(&self) -> Option<u32> {
         debug_assert!(self.per_class);
-        [Admission::Embryonic, Admission::Unreplied, Admission::Closing]
-            .iter()
-            .map(|&a| self.head[a as usize])
-            .find(|&h| h != NIL)
+        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().map(|&a| self.head[a as usize]).find(|&h| h != NIL)
     }
 
     /// The oldest entry of class `a` (by-class mode).

@@ -8,10 +8,10 @@
 //! overflowed (about 4 % of buckets at the 50 % load the sizing gives). A one-step
 //! cuckoo move and a small stash absorb the rest.
 
-use super::conn::{cflag, Conn, ConnAux, ConnStats};
+use super::conn::{Conn, ConnAux, ConnStats, cflag};
 use super::wheel::Wheel;
 use crate::flow::{FlowHasher, FlowKey};
-use crate::raw::{prefetch, region_of, touch, zeroed_slice, Zeroed};
+use crate::raw::{Zeroed, prefetch, region_of, touch, zeroed_slice};
 use core::mem::size_of;
 
 const WAYS: usize = 7;
@@ -45,7 +45,6 @@ impl Bucket {
         m
     }
 }
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexFull;
@@ -90,9 +89,7 @@ impl Table {
     pub fn footprint(capacity: usize) -> usize {
         let c = capacity.max(1);
         let per_entry = size_of::<Conn>() + size_of::<ConnStats>() + size_of::<ConnAux>() + 2 * size_of::<u128>() + size_of::<u32>();
-        c.saturating_mul(per_entry)
-            .saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>()))
-            .saturating_add(Wheel::footprint(c))
+        c.saturating_mul(per_entry).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
     }
 
     /// Bytes allocated, everything included.
@@ -160,14 +157,7 @@ impl Table {
 
     /// The large arrays, as (address, length), so the dataplane can `madvise` them.
     pub fn regions(&self) -> Vec<(usize, usize)> {
-        vec![
-            region_of(&self.conns),
-            region_of(&self.stats),
-            region_of(&self.aux),
-            region_of(&self.v6),
-            region_of(&self.buckets),
-            region_of(self.wheel.nodes()),
-        ]
+        vec![region_of(&self.conns), region_of(&self.stats), region_of(&self.aux), region_of(&self.v6), region_of(&self.buckets), region_of(self.wheel.nodes())]
     }
 
     #[inline]
@@ -200,11 +190,7 @@ impl Table {
             return c.matches_v4(k);
         }
         let s = slot as usize * 2;
-        c.is_v6()
-            && c.port == k.port
-            && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan)
-            && self.v6[s] == k.addr[0]
-            && self.v6[s + 1] == k.addr[1]
+        c.is_v6() && c.port == k.port && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan) && self.v6[s] == k.addr[0] && self.v6[s + 1] == k.addr[1]
     }
 
     #[inline]
@@ -253,12 +239,7 @@ impl Table {
 
     fn write_key(&mut self, slot: u32, k: &FlowKey) {
         let c = &mut self.conns[slot as usize];
-        *c = Conn {
-            port: k.port,
-            proto_vlan: u32::from(k.proto) << 24 | k.vlan,
-            flags: if k.v6 { cflag::V6 } else { 0 },
-            ..Conn::default()
-        };
+        *c = Conn { port: k.port, proto_vlan: u32::from(k.proto) << 24 | k.vlan, flags: if k.v6 { cflag::V6 } else { 0 }, ..Conn::default() };
         if k.v6 {
             self.v6[slot as usize * 2] = k.addr[0];
             self.v6[slot as usize * 2 + 1] = k.addr[1];
@@ -365,11 +346,7 @@ impl Table {
     pub fn key_of(&self, slot: u32) -> FlowKey {
         let c = &self.conns[slot as usize];
         let v6 = c.is_v6();
-        let addr = if v6 {
-            [self.v6[slot as usize * 2], self.v6[slot as usize * 2 + 1]]
-        } else {
-            [u128::from(c.addr[0]), u128::from(c.addr[1])]
-        };
+        let addr = if v6 { [self.v6[slot as usize * 2], self.v6[slot as usize * 2 + 1]] } else { [u128::from(c.addr[0]), u128::from(c.addr[1])] };
         FlowKey { addr, port: c.port, proto: c.proto(), v6, vlan: c.vlan() }
     }
 

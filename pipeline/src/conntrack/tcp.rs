@@ -7,11 +7,11 @@
 //! Like pf, a connection is two peers indexed by direction (0 original, 1 reply), so
 //! both directions run through one code path.
 
-use super::conn::{aux_flag, cflag, pflag, Conn, ConnAux, Peer, ORIGINAL, REPLY};
-use super::timeouts::{TimerClass, Timeouts};
+use super::conn::{Conn, ConnAux, ORIGINAL, Peer, REPLY, aux_flag, cflag, pflag};
+use super::timeouts::{Timeouts, TimerClass};
 use crate::parse::TcpMeta;
 use crate::verdict::DropReason;
-use crate::wire::tcp::{flags as f, Options};
+use crate::wire::tcp::{Options, flags as f};
 
 /// Linux's `enum tcp_conntrack`, with sIV and sIG as in the state table.
 pub mod state {
@@ -30,18 +30,7 @@ pub mod state {
     /// Ignored: may be valid, the hosts may be in sync while we are not.
     pub const IG: u8 = 11;
 
-    pub const NAMES: [&str; 10] = [
-        "NONE",
-        "SYN_SENT",
-        "SYN_RECV",
-        "ESTABLISHED",
-        "FIN_WAIT",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "TIME_WAIT",
-        "CLOSE",
-        "SYN_SENT2",
-    ];
+    pub const NAMES: [&str; 10] = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"];
 }
 
 /// Linux's `enum tcp_bit_set`: which row of the table a segment selects.
@@ -160,10 +149,7 @@ fn after(a: u32, b: u32) -> bool {
 /// Linux `segment_seq_plus_len`.
 #[inline]
 fn seg_end(t: &TcpMeta) -> u32 {
-    t.seq
-        .wrapping_add(t.payload_len)
-        .wrapping_add(u32::from(t.flags & f::SYN != 0))
-        .wrapping_add(u32::from(t.flags & f::FIN != 0))
+    t.seq.wrapping_add(t.payload_len).wrapping_add(u32::from(t.flags & f::SYN != 0)).wrapping_add(u32::from(t.flags & f::FIN != 0))
 }
 
 #[inline]
@@ -354,8 +340,7 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta, raw_opts: &[u8]) 
     if !before(seq, c.peer[s].maxend.wrapping_add(1)) {
         let overshot = end.wrapping_sub(c.peer[s].maxend).wrapping_add(1);
         let ack_ok = after(sack, c.peer[r].end.wrapping_sub(max_ack_window).wrapping_sub(1));
-        let in_recv = c.peer[r].maxwin != 0
-            && after(end, c.peer[s].end.wrapping_sub(c.peer[r].maxwin).wrapping_sub(1));
+        let in_recv = c.peer[r].maxwin != 0 && after(end, c.peer[s].end.wrapping_sub(c.peer[r].maxwin).wrapping_sub(1));
         if in_recv && ack_ok && overshot <= c.peer[r].maxwin && before(sack, c.peer[r].end.wrapping_add(1)) {
             // Work around stacks that send more than the window allows: record the
             // data so that its ACK does not later fail clause III.
@@ -371,8 +356,7 @@ fn in_window(c: &mut Conn, dir: usize, index: u8, t: &TcpMeta, raw_opts: &[u8]) 
     }
     // II. Lower bound for valid data: seq + len >= sender.td_end - receiver.td_maxwin.
     // Below it is a stale retransmission: let it through, change nothing.
-    let in_recv_win = c.peer[r].maxwin == 0
-        || after(end, c.peer[s].end.wrapping_sub(c.peer[r].maxwin).wrapping_sub(1));
+    let in_recv_win = c.peer[r].maxwin == 0 || after(end, c.peer[s].end.wrapping_sub(c.peer[r].maxwin).wrapping_sub(1));
     if !in_recv_win {
         return complain(c, s, Window::Ignore);
     }

@@ -10,7 +10,7 @@
 //! deadline and either removes the entry or re-arms it later. Only a change to a
 //! *shorter* timeout (FIN, RST, …) re-arms at once.
 
-use crate::raw::{zeroed_slice, Zeroed};
+use crate::raw::{Zeroed, zeroed_slice};
 
 pub const LEVELS: usize = 6;
 pub const SLOTS: usize = 64;
@@ -29,7 +29,6 @@ pub struct Node {
     when: u32,
     list: u32,
 }
-
 
 pub struct Wheel {
     nodes: Zeroed<Node>,
@@ -275,7 +274,11 @@ mod tests {
                 let level = ((n.list - 1) as usize) / SLOTS;
                 let when = w.when(i as u32);
                 let start = when & !((1u64 << (6 * level)) - 1);
-                assert!(start >= w.elapsed || (level == 0 && when >= w.elapsed), "step {step} after {what}: entry {i} level {level} when {when} start {start} elapsed {}", w.elapsed);
+                assert!(
+                    start >= w.elapsed || (level == 0 && when >= w.elapsed),
+                    "step {step} after {what}: entry {i} level {level} when {when} start {start} elapsed {}",
+                    w.elapsed
+                );
             }
         };
         for step in 0..20_000 {
@@ -314,7 +317,14 @@ mod tests {
                     if done < budget {
                         for (i, d) in deadline.iter().enumerate() {
                             if let Some(d) = d {
-                                assert!(*d > now, "step {step}: entry {i} due at {d} missed at {now}: list {} when {} elapsed {} occ {:?}", w.nodes[i].list, w.nodes[i].when, w.elapsed, w.occupied.iter().map(|o| format!("{o:x}")).collect::<Vec<_>>());
+                                assert!(
+                                    *d > now,
+                                    "step {step}: entry {i} due at {d} missed at {now}: list {} when {} elapsed {} occ {:?}",
+                                    w.nodes[i].list,
+                                    w.nodes[i].when,
+                                    w.elapsed,
+                                    w.occupied.iter().map(|o| format!("{o:x}")).collect::<Vec<_>>()
+                                );
                             }
                         }
                     }

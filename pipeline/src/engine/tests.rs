@@ -5,7 +5,7 @@ use crate::policy::{Action, Zone};
 use crate::testutil::*;
 use crate::time::Duration;
 use crate::verdict::{DropReason, PassKind, Verdict};
-use crate::wire::build::{ethernet, FrameSpec, L4};
+use crate::wire::build::{FrameSpec, L4, ethernet};
 use crate::wire::tcp::flags::*;
 
 const NEW: Verdict = Verdict::Pass(PassKind::New);

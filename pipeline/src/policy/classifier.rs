@@ -73,10 +73,8 @@ impl Dim {
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); n];
         let mut wide = Vec::new();
         for (pos, rs) in ranges.iter().enumerate() {
-            let spans: Vec<(usize, usize)> = rs
-                .iter()
-                .map(|&(lo, hi)| (bounds.partition_point(|&b| b <= lo) - 1, bounds.partition_point(|&b| b <= hi) - 1))
-                .collect();
+            let spans: Vec<(usize, usize)> =
+                rs.iter().map(|&(lo, hi)| (bounds.partition_point(|&b| b <= lo) - 1, bounds.partition_point(|&b| b <= hi) - 1)).collect();
             let covered: usize = spans.iter().map(|&(a, b)| b - a + 1).sum();
             if rs.is_empty() || covered > threshold {
                 wide.push(pos as u32);
@@ -133,25 +131,16 @@ impl Classifier {
                             .iter()
                             .enumerate()
                             .filter(|(_, r)| {
-                                r.from.is_none_or(|z| z == from)
-                                    && r.to.is_none_or(|z| z == to)
-                                    && r.applies_to_family(v6)
-                                    && class_admits(r, class, v6)
+                                r.from.is_none_or(|z| z == from) && r.to.is_none_or(|z| z == to) && r.applies_to_family(v6) && class_admits(r, class, v6)
                             })
                             .map(|(i, _)| i as u32)
                             .collect();
                         let addr_max = if v6 { u128::MAX } else { 0xffff_ffff };
                         let addr = |sel: fn(&Rule) -> &Vec<super::Cidr>| -> Vec<Vec<(u128, u128)>> {
-                            members
-                                .iter()
-                                .map(|&i| sel(&rules[i as usize]).iter().filter(|c| c.v6 == v6).map(|c| c.range()).collect())
-                                .collect()
+                            members.iter().map(|&i| sel(&rules[i as usize]).iter().filter(|c| c.v6 == v6).map(|c| c.range()).collect()).collect()
                         };
                         let port = |sel: fn(&Rule) -> &Vec<super::PortRange>| -> Vec<Vec<(u128, u128)>> {
-                            members
-                                .iter()
-                                .map(|&i| sel(&rules[i as usize]).iter().map(|p| (u128::from(p.lo), u128::from(p.hi))).collect())
-                                .collect()
+                            members.iter().map(|&i| sel(&rules[i as usize]).iter().map(|p| (u128::from(p.lo), u128::from(p.hi))).collect()).collect()
                         };
                         let dims = [
                             Dim::build(&addr(|r| &r.src), addr_max),
@@ -251,11 +240,7 @@ mod tests {
                 dst_ports: vec![PortRange { lo: 80, hi: 80 }],
                 ..Rule::any("web", Action::Allow)
             },
-            Rule {
-                proto: ProtoMatch::Icmp,
-                icmp_types: vec![IcmpMatch { v4: Some(8), v6: Some(128) }],
-                ..Rule::any("ping", Action::Allow)
-            },
+            Rule { proto: ProtoMatch::Icmp, icmp_types: vec![IcmpMatch { v4: Some(8), v6: Some(128) }], ..Rule::any("ping", Action::Allow) },
         ]
     }
 

@@ -1,7 +1,7 @@
 //! ARP over Ethernet for IPv4 (RFC 826). Holdfast only recognises it: config decides
 //! whether ARP passes the bump in the wire.
 
-use super::{be16, Result, WireError};
+use super::{Result, WireError, be16};
 
 /// Ethernet + IPv4 ARP is 28 bytes.
 pub const PACKET_LEN: usize = 28;

@@ -8,13 +8,34 @@ use super::{checksum_add, checksum_finish};
 /// Transport layer of a frame to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, window: u16, options: Vec<u8>, payload: Vec<u8> },
-    Udp { sport: u16, dport: u16, payload: Vec<u8> },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        options: Vec<u8>,
+        payload: Vec<u8>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+    },
     /// ICMP or ICMPv6 (chosen by the address family): type, code, the 4-byte rest of
     /// header, payload.
-    Icmp { ty: u8, code: u8, rest: u32, payload: Vec<u8> },
+    Icmp {
+        ty: u8,
+        code: u8,
+        rest: u32,
+        payload: Vec<u8>,
+    },
     /// Any other protocol number with an opaque payload.
-    Raw { proto: u8, payload: Vec<u8> },
+    Raw {
+        proto: u8,
+        payload: Vec<u8>,
+    },
 }
 
 /// A frame to build: Ethernet (with optional VLAN tags), IPv4 or IPv6, transport.
@@ -34,17 +55,7 @@ pub struct FrameSpec {
 
 impl FrameSpec {
     pub fn new(src: IpAddr, dst: IpAddr, l4: L4) -> FrameSpec {
-        FrameSpec {
-            src_mac: [0x02, 0, 0, 0, 0, 0x01],
-            dst_mac: [0x02, 0, 0, 0, 0, 0x02],
-            vlans: vec![],
-            src,
-            dst,
-            ttl: 64,
-            ident: 1,
-            dont_frag: true,
-            l4,
-        }
+        FrameSpec { src_mac: [0x02, 0, 0, 0, 0, 0x01], dst_mac: [0x02, 0, 0, 0, 0, 0x02], vlans: vec![], src, dst, ttl: 64, ident: 1, dont_frag: true, l4 }
     }
 
     pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8, seq: u32, ack: u32) -> FrameSpec {
@@ -176,9 +187,7 @@ impl FrameSpec {
             let end = (off + chunk).min(seg.len());
             let more = end < seg.len();
             let ip = match (self.src, self.dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    ipv4_packet(s.octets(), d.octets(), self.proto(), self.ttl, self.ident, false, off, more, &seg[off..end])
-                }
+                (IpAddr::V4(s), IpAddr::V4(d)) => ipv4_packet(s.octets(), d.octets(), self.proto(), self.ttl, self.ident, false, off, more, &seg[off..end]),
                 (IpAddr::V6(s), IpAddr::V6(d)) => {
                     let mut p = vec![0x60, 0, 0, 0];
                     p.extend_from_slice(&((end - off + 8) as u16).to_be_bytes());

@@ -1,6 +1,6 @@
 //! Ethernet II frames (IEEE 802.3, DIX framing).
 
-use super::{be16, Result, WireError};
+use super::{Result, WireError, be16};
 
 mod field {
     use core::ops::Range;

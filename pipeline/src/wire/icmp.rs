@@ -2,7 +2,7 @@
 //! (type, code, checksum) and a four-byte "rest of header"; error messages then quote the
 //! offending packet's IP header and at least the first 8 bytes of its payload.
 
-use super::{be16, Result, WireError};
+use super::{Result, WireError, be16};
 
 pub const HEADER_LEN: usize = 8;
 

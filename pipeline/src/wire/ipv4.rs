@@ -1,6 +1,6 @@
 //! IPv4 headers (RFC 791), options and fragmentation fields included.
 
-use super::{be16, checksum_add, checksum_finish, Result, WireError};
+use super::{Result, WireError, be16, checksum_add, checksum_finish};
 
 mod field {
     pub const VER_IHL: usize = 0;
@@ -137,8 +137,8 @@ mod tests {
     /// 10.0.1.1 -> 10.0.2.1, TCP, ID 0x1234, DF, TTL 64, with one NOP-padded option
     /// word (IHL 6), 4 bytes of payload, then 2 bytes of Ethernet padding.
     const PACKET: [u8; 30] = [
-        0x46, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 1, 1,
-        10, 0, 2, 1, 0x01, 0x01, 0x01, 0x00, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xee,
+        0x46, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 1, 1, 10, 0, 2, 1, 0x01, 0x01, 0x01, 0x00, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
+        0xee,
     ];
 
     fn with_checksum(mut p: [u8; 30]) -> [u8; 30] {

@@ -1,6 +1,6 @@
 //! IPv6 headers (RFC 8200) and the walk over extension headers to the upper layer.
 
-use super::{be16, be32, checksum_add, Result, WireError};
+use super::{Result, WireError, be16, be32, checksum_add};
 
 pub const HEADER_LEN: usize = 40;
 
@@ -125,12 +125,7 @@ pub fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
     let mut fragment = None;
     for _ in 0..=MAX_EXTENSION_HEADERS {
         match next {
-            next_header::HOP_BY_HOP
-            | next_header::ROUTING
-            | next_header::DEST_OPTS
-            | next_header::MOBILITY
-            | next_header::HIP
-            | next_header::SHIM6 => {
+            next_header::HOP_BY_HOP | next_header::ROUTING | next_header::DEST_OPTS | next_header::MOBILITY | next_header::HIP | next_header::SHIM6 => {
                 // Hop-by-hop is only allowed first (RFC 8200 section 4.3).
                 if next == next_header::HOP_BY_HOP && at != HEADER_LEN {
                     return Err(WireError::Malformed);
@@ -211,10 +206,7 @@ mod tests {
         assert_eq!(p.src()[15], 1);
         assert_eq!(p.dst()[15], 2);
         assert_eq!(p.packet().len(), 48);
-        assert_eq!(
-            p.upper_layer().unwrap(),
-            UpperLayer { protocol: next_header::UDP, offset: 40, fragment: None }
-        );
+        assert_eq!(p.upper_layer().unwrap(), UpperLayer { protocol: next_header::UDP, offset: 40, fragment: None });
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! UDP datagrams (RFC 768).
 
-use super::{be16, Result, WireError};
+use super::{Result, WireError, be16};
 
 pub const HEADER_LEN: usize = 8;
 

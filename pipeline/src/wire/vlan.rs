@@ -1,6 +1,6 @@
 //! IEEE 802.1Q / 802.1ad VLAN tags: the four bytes after an 0x8100 / 0x88a8 EtherType.
 
-use super::{be16, Result, WireError};
+use super::{Result, WireError, be16};
 
 pub const TAG_LEN: usize = 4;
 

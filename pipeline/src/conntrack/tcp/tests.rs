@@ -317,7 +317,16 @@ fn sack_blocks_beyond_the_data_sent_are_refused() {
         crate::wire::build::FrameSpec::new(
             ip(CLIENT),
             ip(SERVER),
-            crate::wire::build::L4::Tcp { sport: CPORT, dport: SPORT, seq: l.cseq, ack: l.sseq.wrapping_sub(1000), flags: ACK, window: 64_000, options: opts, payload: vec![] },
+            crate::wire::build::L4::Tcp {
+                sport: CPORT,
+                dport: SPORT,
+                seq: l.cseq,
+                ack: l.sseq.wrapping_sub(1000),
+                flags: ACK,
+                window: 64_000,
+                options: opts,
+                payload: vec![],
+            },
         )
         .build()
     };
@@ -414,7 +423,7 @@ fn configured_timeouts_apply() {
 #[test]
 fn fast_path_equals_general() {
     use crate::conntrack::conn::{Conn, ConnAux};
-    use crate::conntrack::tcp::{fast_established, init_new, packet, Outcome};
+    use crate::conntrack::tcp::{Outcome, fast_established, init_new, packet};
     use crate::parse::TcpMeta;
     let to = crate::conntrack::Timeouts::default();
     let mut x = 0x2545_f491_4f6c_dd1du64;

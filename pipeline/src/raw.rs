@@ -5,22 +5,9 @@ use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 
-/// Types whose all-zero bit pattern is a valid value: structs and arrays of integers.
-///
-/// # Safety
-/// Implement only for `#[repr(C)]` types made solely of integers (or arrays of them),
-/// without references, `bool`s, enums or padding-sensitive invariants.
-pub unsafe trait Zeroable: Sized {}
-
-// SAFETY (all below): integers, arrays of integers, or `#[repr(C)]` structs of them.
-unsafe impl Zeroable for u32 {}
-unsafe impl Zeroable for u128 {}
-unsafe impl Zeroable for crate::conntrack::Conn {}
-unsafe impl Zeroable for crate::conntrack::ConnStats {}
-unsafe impl Zeroable for crate::conntrack::ConnAux {}
-unsafe impl Zeroable for crate::conntrack::table::Bucket {}
-// Zero means "not armed" for a timer node.
-unsafe impl Zeroable for crate::conntrack::wheel::Node {}
+/// Types whose all-zero bit pattern is a valid value: bytemuck's derive checks each
+/// field (next to each type: `Conn`, `ConnStats`, `ConnAux`, `Bucket`, `Node`).
+pub use bytemuck::Zeroable;
 
 /// A table of `n` zeroed elements allocated without touching them: for large tables
 /// the memory comes straight from `mmap` and is committed page by page on first write,
@@ -45,7 +32,7 @@ unsafe impl<T: Send> Send for Zeroed<T> {}
 // SAFETY: shared access only hands out `&[T]`.
 unsafe impl<T: Sync> Sync for Zeroed<T> {}
 
-pub fn zeroed_slice<T: Zeroable>(n: usize) -> Zeroed<T> {
+pub fn zeroed_slice<T: Zeroable + Copy>(n: usize) -> Zeroed<T> {
     let align = align_of::<T>();
     if n == 0 || size_of::<T>() == 0 {
         return Zeroed { ptr: NonNull::dangling(), len: 0, base: std::ptr::null_mut(), layout: Layout::new::<()>() };
@@ -88,7 +75,7 @@ impl<T> Drop for Zeroed<T> {
     fn drop(&mut self) {
         if !self.base.is_null() {
             // SAFETY: `base` came from `alloc_zeroed(self.layout)`; elements are plain
-            // data (`Zeroable`), nothing to drop in them.
+            // data (`Copy`: nothing to drop in them).
             unsafe { dealloc(self.base, self.layout) }
         }
     }

@@ -6,7 +6,7 @@ use crate::flow::FlowKey;
 /// One direction's view of a TCP connection, after Linux's `ip_ct_tcp_state` and pf's
 /// `pf_state_peer`. `end` is the highest sequence number sent (seq + len), `maxend` the
 /// highest right edge the other side has allowed, `maxwin` the largest window seen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Peer {
     pub end: u32,
@@ -48,7 +48,7 @@ pub mod cflag {
 /// Field groups, after pf's `pf_state`: the key as seen by both directions, the state,
 /// the two peers. Everything a packet of an established flow touches is here; counters
 /// are in [`ConnStats`], rarely used bookkeeping in [`ConnAux`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub struct Conn {
     /// Canonical IPv4 addresses `[lo, hi]`; zero for IPv6 (see the side array).
@@ -88,7 +88,7 @@ const _: () = assert!(core::mem::size_of::<Conn>() == 64);
 const _: () = assert!(core::mem::align_of::<Conn>() == 64);
 
 /// Packet and byte counters per direction, written on every packet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 pub struct ConnStats {
     pub packets: [u64; 2],
@@ -97,33 +97,45 @@ pub struct ConnStats {
 
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 
-/// Rarely touched bookkeeping: the flow's age, where it came from, and the annotations
-/// Linux keeps to resync after an ignored SYN. Written when the entry is created (all of
-/// it: a reused slot keeps nothing of its previous flow) and on state changes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Rarely touched bookkeeping: the flow's age, where it came from, what it asked the
+/// rules, and the annotations Linux keeps to resync after an ignored SYN. Written whole
+/// when the entry is created (a reused slot keeps nothing of its previous flow).
+///
+/// 12 bytes: the ICMP type and the origin zone had been stowed in TCP-only fields
+/// (`last_wscale`, a bit of `last_flags`); named fields cost 4 bytes an entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct ConnAux {
     /// Tick of creation (wrapping): flow age in listings.
     pub created: u32,
     /// Window of the last ignored SYN (Linux `last_win`).
     pub last_win: u16,
-    /// Window scale of the last ignored SYN (Linux `last_wscale`); for an ICMP query
-    /// flow, the request's ICMP type (what a reload's recheck asks the rules about).
+    /// Window scale of the last ignored SYN (Linux `last_wscale`).
     pub last_wscale: u8,
-    /// Linux `last_flags`: WINDOW_SCALE and SACK_PERM of the ignored SYN, plus
+    /// Linux `last_flags`: WINDOW_SCALE and SACK_PERM of the ignored SYN, and the
     /// [`aux_flag`] bits.
     pub last_flags: u8,
+    /// For an ICMP query flow, the request's type (what a reload's recheck asks the
+    /// rules about); 0 otherwise.
+    pub icmp_type: u8,
+    /// The flow's original direction entered from the inside zone.
+    pub origin_inside: bool,
+    _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<ConnAux>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnAux>() == 12);
+
+impl ConnAux {
+    /// A new entry's bookkeeping.
+    pub fn new(created: u32, origin_inside: bool, icmp_type: u8) -> ConnAux {
+        ConnAux { created, origin_inside, icmp_type, ..ConnAux::default() }
+    }
+}
 
 /// Bits of [`ConnAux::last_flags`] beyond the per-peer ones (Linux values).
 pub mod aux_flag {
     pub const SIMULTANEOUS_OPEN: u8 = 0x04;
     pub const EXP_CHALLENGE_ACK: u8 = 0x40;
-    /// Not Linux's: the flow's original direction entered from the inside zone (what a
-    /// reload's recheck asks the rules about). Survives the TCP annotations' resets.
-    pub const ORIG_INSIDE: u8 = 0x80;
 }
 
 /// Bit of [`Conn::timer`]: the per-source count charged for this entry is the key's
@@ -201,25 +213,6 @@ impl Conn {
 
     pub fn set_charged(&mut self, hi: bool) {
         self.timer = (self.timer & !CHARGED_HI) | if hi { CHARGED_HI } else { 0 };
-    }
-
-    /// The admission class this entry's state puts it in.
-    #[inline]
-    pub fn derive_admission(&self) -> super::pressure::Admission {
-        use super::pressure::Admission;
-        if self.proto() == crate::parse::proto::TCP {
-            if super::tcp::is_closing(super::tcp::state_of(self)) {
-                Admission::Closing
-            } else if self.has(cflag::ASSURED) {
-                Admission::Assured
-            } else {
-                Admission::Embryonic
-            }
-        } else if self.has(cflag::SEEN_REPLY) {
-            Admission::Assured
-        } else {
-            Admission::Unreplied
-        }
     }
 
     #[inline]

@@ -20,7 +20,7 @@ const INDEX_OVERPROVISION: usize = 2;
 /// Keys that found no room in either bucket even after a cuckoo move.
 const STASH: usize = 64;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Bucket {
     /// Hash tag with bit 0 = "this key's home is the other bucket"; 0 = empty.
@@ -61,7 +61,7 @@ pub struct Table {
     stash: [(u32, u32); STASH],
     stash_len: usize,
     free: Vec<u32>,
-    pub(crate) wheel: Wheel,
+    wheel: Wheel,
     hasher: FlowHasher,
     len: usize,
     peak: usize,
@@ -224,28 +224,72 @@ impl Table {
         self.stash[..self.stash_len].iter().find(|&&(t, s)| t == tag && self.key_eq(s, k)).map(|&(_, s)| s)
     }
 
-    /// Allocates an entry for `k` (not present) and writes its key. The caller sets the
-    /// state and arms the timer. `None` when no entry is free.
-    pub fn insert(&mut self, h: u64, k: &FlowKey) -> Result<u32, IndexFull> {
+    /// An entry for `k` with nothing but its key: what [`Table::insert`] starts from.
+    /// Tracking may fill in a blank before it is inserted (and drop it instead).
+    pub fn blank(k: &FlowKey) -> Conn {
+        Conn {
+            addr: if k.v6 { [0, 0] } else { [k.addr[0] as u32, k.addr[1] as u32] },
+            port: k.port,
+            proto_vlan: u32::from(k.proto) << 24 | k.vlan,
+            flags: if k.v6 { cflag::V6 } else { 0 },
+            ..Conn::default()
+        }
+    }
+
+    /// Stores `conn` (made from [`Table::blank`] of `k`) and `aux` for `k` (not
+    /// present) in a free slot, indexed under `h`, and arms its timer at `when`
+    /// (absolute ticks). Counters start at zero. `Err` when no slot is free or the index
+    /// has no room.
+    pub fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
+        debug_assert_eq!(Table::blank(k).proto_vlan, conn.proto_vlan, "an entry for another key");
         let Some(&slot) = self.free.last() else { return Err(IndexFull) };
         self.index_insert(h, slot)?;
         self.free.pop();
-        self.write_key(slot, k);
-        self.stats[slot as usize] = ConnStats::default();
+        let s = slot as usize;
+        self.conns[s] = conn;
+        if k.v6 {
+            self.v6[s * 2] = k.addr[0];
+            self.v6[s * 2 + 1] = k.addr[1];
+        }
+        self.stats[s] = ConnStats::default();
+        self.aux[s] = aux;
+        self.wheel.insert(slot, when);
         self.len += 1;
         self.peak = self.peak.max(self.len);
         Ok(slot)
     }
 
-    fn write_key(&mut self, slot: u32, k: &FlowKey) {
-        let c = &mut self.conns[slot as usize];
-        *c = Conn { port: k.port, proto_vlan: u32::from(k.proto) << 24 | k.vlan, flags: if k.v6 { cflag::V6 } else { 0 }, ..Conn::default() };
-        if k.v6 {
-            self.v6[slot as usize * 2] = k.addr[0];
-            self.v6[slot as usize * 2 + 1] = k.addr[1];
-        } else {
-            c.addr = [k.addr[0] as u32, k.addr[1] as u32];
-        }
+    /// Arms `slot`'s timer at `when` (absolute ticks), disarming it first.
+    #[inline]
+    pub fn rearm(&mut self, slot: u32, when: u64) {
+        self.wheel.rearm(slot, when);
+    }
+
+    /// When `slot`'s timer fires (absolute ticks).
+    #[inline]
+    pub fn deadline(&self, slot: u32) -> u64 {
+        self.wheel.when(slot)
+    }
+
+    /// One entry whose timer is due at `now` (absolute ticks), disarmed; the caller
+    /// removes it or arms it again ([`Table::arm`]).
+    pub fn pop_due(&mut self, now: u64) -> Option<u32> {
+        self.wheel.pop_due(now)
+    }
+
+    /// Arms the timer of `slot`, which is live but not armed (just popped).
+    pub fn arm(&mut self, slot: u32, when: u64) {
+        self.wheel.insert(slot, when);
+    }
+
+    /// Timers armed: one per live entry.
+    pub fn armed(&self) -> usize {
+        self.wheel.armed_count()
+    }
+
+    /// A wrapping tick (an entry's `last_seen`) as an absolute tick of the timer wheel.
+    pub fn abs_tick(&self, t: u32) -> u64 {
+        self.wheel.abs(t)
     }
 
     fn index_insert(&mut self, h: u64, slot: u32) -> Result<(), IndexFull> {
@@ -373,14 +417,13 @@ mod tests {
             let k = key(i, i % 3 == 0);
             let h = t.hash(&k);
             assert_eq!(t.lookup(h, &k), None);
-            let s = t.insert(h, &k).unwrap();
-            t.wheel.insert(s, 100);
+            let s = t.insert(h, &k, Table::blank(&k), ConnAux::default(), 100).unwrap();
             assert_eq!(t.lookup(h, &k), Some(s));
             assert_eq!(t.key_of(s), k);
         }
         assert!(t.is_full());
         let k = key(cap as u32, false);
-        assert_eq!(t.insert(t.hash(&k), &k), Err(IndexFull));
+        assert_eq!(t.insert(t.hash(&k), &k, Table::blank(&k), ConnAux::default(), 100), Err(IndexFull));
         for i in 0..cap as u32 {
             let k = key(i, i % 3 == 0);
             let h = t.hash(&k);
@@ -412,7 +455,7 @@ mod tests {
         for i in 0..7u32 {
             let k = key(i, false);
             let h = t.hash(&k);
-            placed.push((k, t.insert(h, &k).unwrap()));
+            placed.push((k, t.insert(h, &k, Table::blank(&k), ConnAux::default(), 100).unwrap()));
         }
         for (k, s) in &placed {
             assert_eq!(t.lookup(t.hash(k), k), Some(*s));

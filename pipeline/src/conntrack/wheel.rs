@@ -20,7 +20,7 @@ const LISTS: usize = LEVELS * SLOTS;
 /// Node of the intrusive doubly linked slot lists. Indices below `cap` are entries;
 /// `cap + list` are the list heads (sentinels). `list` is 1 + the list id, or 0 when
 /// the entry is not armed, so that a zeroed node means "not armed".
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Node {
     prev: u32,

@@ -423,7 +423,7 @@ fn configured_timeouts_apply() {
 #[test]
 fn fast_path_equals_general() {
     use crate::conntrack::conn::{Conn, ConnAux};
-    use crate::conntrack::tcp::{Outcome, fast_established, init_new, packet};
+    use crate::conntrack::tcp::{Outcome, Segment, fast_established, init_new, packet};
     use crate::parse::TcpMeta;
     let to = crate::conntrack::Timeouts::default();
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -439,12 +439,14 @@ fn fast_path_equals_general() {
         let (mut c, mut aux) = (Conn::default(), ConnAux::default());
         let (ci, si) = (rnd() as u32, rnd() as u32);
         let sack_opts = [4u8, 2, 1, 3, 3, 7];
-        assert!(init_new(&mut c, &seg(SYN, ci, 0, 64240, 0), &sack_opts, false));
-        assert!(matches!(packet(&mut c, &mut aux, 0, &seg(SYN, ci, 0, 64240, 0), &sack_opts, &to), Outcome::Accept(_)));
-        assert!(matches!(packet(&mut c, &mut aux, 1, &seg(SYN | ACK, si, ci.wrapping_add(1), 65160, 0), &sack_opts, &to), Outcome::Accept(_)));
+        let syn = seg(SYN, ci, 0, 64240, 0);
+        assert!(init_new(&mut c, &Segment::new(&syn, &sack_opts), false));
+        assert!(matches!(packet(&mut c, &mut aux, 0, &Segment::new(&syn, &sack_opts), &to), Outcome::Accept(_)));
+        let synack = seg(SYN | ACK, si, ci.wrapping_add(1), 65160, 0);
+        assert!(matches!(packet(&mut c, &mut aux, 1, &Segment::new(&synack, &sack_opts), &to), Outcome::Accept(_)));
         c.flags |= crate::conntrack::conn::cflag::SEEN_REPLY;
         let (mut cn, mut sn) = (ci.wrapping_add(1), si.wrapping_add(1));
-        assert!(matches!(packet(&mut c, &mut aux, 0, &seg(ACK, cn, sn, 502, 0), &[], &to), Outcome::Accept(_)));
+        assert!(matches!(packet(&mut c, &mut aux, 0, &Segment::new(&seg(ACK, cn, sn, 502, 0), &[]), &to), Outcome::Accept(_)));
         for _ in 0..60 {
             let dir = (rnd() & 1) as usize;
             let len = [0u32, 0, 1, 100, 1448, 60_000][(rnd() % 6) as usize];
@@ -466,8 +468,8 @@ fn fast_path_equals_general() {
             let opts: &[u8] = if has_opts { &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2] } else { &[] };
             let (mut fc, mut gc) = (c, c);
             let mut ga = aux;
-            let general = packet(&mut gc, &mut ga, dir, &t, opts, &to);
-            if let Some(class) = fast_established(&mut fc, dir, &t, has_opts, &to) {
+            let general = packet(&mut gc, &mut ga, dir, &Segment::new(&t, opts), &to);
+            if let Some(class) = fast_established(&mut fc, dir, &Segment::new(&t, opts), &to) {
                 fast_taken += 1;
                 assert_eq!(general, Outcome::Accept(class), "{t:?}");
                 assert_eq!(fc, gc, "entry after {t:?}");

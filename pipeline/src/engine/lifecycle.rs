@@ -1,0 +1,195 @@
+//! An entry's life: made room for, created (counted once tracking accepted it),
+//! accounted per packet and moved between admission classes, evicted, retired with a
+//! tombstone saying why.
+
+use super::Engine;
+use crate::conntrack::conn::{Conn, ConnAux, REPLY, cflag};
+use crate::conntrack::pressure::{Admission, Evict};
+use crate::conntrack::sources::Refusal;
+use crate::conntrack::table::Table;
+use crate::conntrack::tcp;
+use crate::conntrack::tombstones::Why;
+use crate::flow::Side;
+use crate::parse::{self, PacketMeta};
+use crate::time::Instant;
+use crate::verdict::{DropReason, Verdict};
+
+/// Entries the LRU model's second-chance clock may pass over before it evicts the
+/// head regardless: bounds the work of one insert.
+const SECOND_CHANCE_TRIES: usize = 64;
+
+/// The admission class an entry's state puts it in: a policy of the engine's, not a
+/// property of the entry's layout.
+pub(super) fn admission_of(c: &Conn) -> Admission {
+    if c.proto() == parse::proto::TCP {
+        if tcp::state_of(c).is_closing() {
+            Admission::Closing
+        } else if c.has(cflag::ASSURED) {
+            Admission::Assured
+        } else {
+            Admission::Embryonic
+        }
+    } else if c.has(cflag::SEEN_REPLY) {
+        Admission::Assured
+    } else {
+        Admission::Unreplied
+    }
+}
+
+impl Engine {
+    /// Stores a new entry for the packet's key: `conn` (from [`Table::blank`], with the
+    /// state tracking gave it) and `aux`, after making room; it is charged to the
+    /// packet's sender, put in its admission class, armed, and counted as created.
+    /// Nothing is undone afterwards: the caller creates only what tracking accepted.
+    pub(super) fn create(&mut self, now: Instant, m: &PacketMeta, h: u64, mut conn: Conn, aux: ConnAux) -> Result<u32, DropReason> {
+        let sender = m.side;
+        let src = m.key.addr[sender as usize];
+        self.make_room(now, src, m.key.v6)?;
+        conn.last_seen = now.ticks();
+        // The sender of the creating packet pays for the entry, whatever direction
+        // tracking calls original (a reverse pickup swapped them).
+        conn.set_charged(sender == Side::FromHi);
+        let adm = admission_of(&conn);
+        conn.set_admission(adm);
+        let when = self.arm_at(&conn, now);
+        let slot = match self.table.insert(h, &m.key, conn, aux, when) {
+            Ok(s) => s,
+            Err(_) => {
+                if !self.table.is_full() {
+                    self.counters.index_full += 1;
+                }
+                return Err(DropReason::TableFull);
+            }
+        };
+        self.lists.push(slot, adm);
+        let charged = self.sources.add(src, m.key.v6);
+        debug_assert!(charged, "make_room checked the source");
+        self.counters.flows_created += 1;
+        Ok(slot)
+    }
+
+    /// A blank entry for the packet's key whose original direction is the packet's.
+    pub(super) fn blank_for(m: &PacketMeta) -> Conn {
+        let mut c = Table::blank(&m.key);
+        if m.side == Side::FromHi {
+            c.flags |= cflag::ORIG_IS_HI;
+        }
+        c
+    }
+
+    /// Counts an accepted packet on its flow, and moves the flow to the admission
+    /// class its new state calls for.
+    #[inline]
+    pub(super) fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
+        let s = &mut self.table.stats[slot as usize];
+        s.packets[dir] += 1;
+        s.bytes[dir] += u64::from(m.ip_len);
+        let c = &mut self.table.conns[slot as usize];
+        if dir == REPLY {
+            c.flags |= cflag::SEEN_REPLY;
+        }
+        let (old, new) = (c.admission(), admission_of(c));
+        if old != new {
+            c.set_admission(new);
+            self.lists.change(slot, old, new);
+        }
+    }
+
+    /// Removes an entry and everything that points at it: index, timer, class list,
+    /// per-source count; leaves a tombstone saying why, and counts it.
+    pub(super) fn retire(&mut self, slot: u32, h: u64, why: Option<Why>, now: Instant) {
+        let c = self.table.conns[slot as usize];
+        let adm = c.admission();
+        match why {
+            Some(Why::Expired) => {
+                self.counters.flows_expired += 1;
+                self.counters.expirations[adm as usize] += 1;
+            }
+            Some(Why::Evicted) => self.counters.evictions[adm as usize] += 1,
+            Some(Why::Revoked) => self.counters.flows_revoked += 1,
+            Some(Why::Closed) | None => self.counters.flows_closed += 1,
+        }
+        if let Some(w) = why {
+            self.tombs.bury(h, w, adm as u8, now.ticks());
+        }
+        if self.sources.enabled() {
+            let key = self.table.key_of(slot);
+            self.sources.sub(key.addr[c.charged()], key.v6);
+        }
+        self.lists.remove(slot, adm);
+        self.table.remove_hashed(slot, h);
+    }
+
+    /// The reason for dropping a packet that found no state: what its tombstone says,
+    /// or `otherwise` when the flow was never seen (or long forgotten).
+    pub(super) fn lost(&mut self, h: u64, otherwise: DropReason) -> Verdict {
+        Verdict::Drop(match self.tombs.exhume(h) {
+            Some((Why::Evicted, _)) => DropReason::ReplyToEvicted,
+            Some((Why::Expired, _)) => DropReason::ReplyToExpired,
+            Some((Why::Closed, _)) => DropReason::ReplyToClosed,
+            Some((Why::Revoked, _)) => DropReason::Revoked,
+            None => otherwise,
+        })
+    }
+
+    /// Makes room for one new entry whose original source is `src`: applies the
+    /// per-source limit, the non-assured quota, and the eviction policy when full.
+    fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
+        match self.sources.check(src, v6) {
+            Ok(()) => {}
+            Err(Refusal::Limit) => return Err(DropReason::SourceLimit),
+            Err(Refusal::TableFull) => return Err(DropReason::SourceTableFull),
+        }
+        match self.cfg.pressure.evict {
+            Evict::ByClass => {
+                // New entries are never assured: hold them to their quota by recycling
+                // the oldest of their kind.
+                if self.lists.non_assured() >= self.quota
+                    && let Some(v) = self.lists.oldest_non_assured()
+                {
+                    self.evict(v, now);
+                }
+                if self.table.is_full() {
+                    match self.lists.oldest_non_assured() {
+                        Some(v) => self.evict(v, now),
+                        // Only assured flows left: they are never evicted for a newcomer.
+                        None => return Err(DropReason::TableFull),
+                    }
+                }
+            }
+            Evict::Lru => {
+                if self.table.is_full()
+                    && let Some(v) = self.second_chance()
+                {
+                    self.evict(v, now);
+                }
+            }
+            Evict::None => {
+                if self.table.is_full() {
+                    return Err(DropReason::TableFull);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evict(&mut self, slot: u32, now: Instant) {
+        let h = self.table.hash(&self.table.key_of(slot));
+        self.retire(slot, h, Some(Why::Evicted), now);
+    }
+
+    /// The LRU model's victim: the oldest entry not used since the clock last passed.
+    fn second_chance(&mut self) -> Option<u32> {
+        for _ in 0..SECOND_CHANCE_TRIES {
+            let s = self.lists.head_all()?;
+            let c = &mut self.table.conns[s as usize];
+            if c.flags & cflag::REFERENCED == 0 {
+                return Some(s);
+            }
+            c.flags &= !cflag::REFERENCED;
+            let adm = c.admission();
+            self.lists.rotate(s, adm);
+        }
+        self.lists.head_all()
+    }
+}

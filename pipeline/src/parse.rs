@@ -351,33 +351,18 @@ pub fn request_of(ty: u8, v6: bool) -> Option<u8> {
 fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropReason> {
     let bad = DropReason::IcmpInvalid;
     let (src, dst, proto, l4) = if v6 {
-        if q.len() < ipv6::HEADER_LEN || q[0] >> 4 != 6 {
-            return Err(bad);
-        }
-        let up = ipv6::walk(q[6], q).map_err(|_| bad)?;
+        let ip = ipv6::Packet::new_quoted(q).map_err(|_| bad)?;
+        let up = ipv6::walk(ip.next_header(), q).map_err(|_| bad)?;
         if up.fragment.is_some_and(|f| f.offset != 0) {
             return Err(bad); // a later fragment quotes no ports
         }
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&q[8..24]);
-        let src = u128::from_be_bytes(a);
-        a.copy_from_slice(&q[24..40]);
-        let dst = u128::from_be_bytes(a);
-        (src, dst, up.protocol, &q[up.offset..])
+        (u128::from_be_bytes(ip.src()), u128::from_be_bytes(ip.dst()), up.protocol, &q[up.offset..])
     } else {
-        if q.len() < ipv4::MIN_HEADER_LEN || q[0] >> 4 != 4 {
-            return Err(bad);
-        }
-        let hl = usize::from(q[0] & 0x0f) * 4;
-        if hl < ipv4::MIN_HEADER_LEN || q.len() < hl {
-            return Err(bad);
-        }
-        if u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+        let ip = ipv4::Packet::new_quoted(q).map_err(|_| bad)?;
+        if ip.frag_offset() != 0 {
             return Err(bad); // a later fragment quotes no ports
         }
-        let src = u128::from(u32::from_be_bytes([q[12], q[13], q[14], q[15]]));
-        let dst = u128::from(u32::from_be_bytes([q[16], q[17], q[18], q[19]]));
-        (src, dst, q[9], &q[hl..])
+        (u128::from(u32::from_be_bytes(ip.src())), u128::from(u32::from_be_bytes(ip.dst())), ip.protocol(), &q[ip.header_len()..])
     };
     match proto {
         proto::TCP | proto::UDP => {
@@ -385,14 +370,11 @@ fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropRea
             Ok(FlowKey::new(src, sport, dst, dport, proto, v6, vlan))
         }
         proto::ICMP | proto::ICMPV6 if (proto == proto::ICMP) != v6 => {
-            if l4.len() < 8 {
-                return Err(bad);
-            }
-            let ty = l4[0];
+            let m = icmp::Packet::new_checked(l4).map_err(|_| bad)?;
+            let ty = m.msg_type();
             // An error about an error is never answered (RFC 1122 3.2.2).
             let req = request_of(ty, v6).ok_or(bad)?;
-            let ident = u16::from_be_bytes([l4[4], l4[5]]);
-            Ok(FlowKey::icmp_query(src, dst, ident, req, req == ty, proto, v6, vlan))
+            Ok(FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan))
         }
         _ => Ok(FlowKey::new(src, 0, dst, 0, proto, v6, vlan)),
     }

@@ -3,8 +3,21 @@
 
 use super::{Result, WireError, be16};
 
+mod field {
+    use core::ops::Range;
+    pub const HTYPE: usize = 0;
+    pub const PTYPE: usize = 2;
+    pub const HLEN: usize = 4;
+    pub const PLEN: usize = 5;
+    pub const OPER: usize = 6;
+    pub const SHA: Range<usize> = 8..14;
+    pub const SPA: Range<usize> = 14..18;
+    pub const THA: Range<usize> = 18..24;
+    pub const TPA: Range<usize> = 24..28;
+}
+
 /// Ethernet + IPv4 ARP is 28 bytes.
-pub const PACKET_LEN: usize = 28;
+pub const PACKET_LEN: usize = field::TPA.end;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -18,25 +31,35 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() < PACKET_LEN {
             return Err(WireError::Truncated);
         }
-        if be16(b, 0) != 1 || be16(b, 2) != 0x0800 || b[4] != 6 || b[5] != 4 {
+        if be16(b, field::HTYPE) != 1 || be16(b, field::PTYPE) != 0x0800 || b[field::HLEN] != 6 || b[field::PLEN] != 4 {
             return Err(WireError::Malformed);
         }
         Ok(Packet { buffer })
     }
 
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
     /// 1 = request, 2 = reply.
     pub fn operation(&self) -> u16 {
-        be16(self.buffer.as_ref(), 6)
+        be16(self.b(), field::OPER)
+    }
+
+    pub fn sender_mac(&self) -> [u8; 6] {
+        self.b()[field::SHA].try_into().unwrap_or_default()
     }
 
     pub fn sender_ip(&self) -> [u8; 4] {
-        let b = self.buffer.as_ref();
-        [b[14], b[15], b[16], b[17]]
+        self.b()[field::SPA].try_into().unwrap_or_default()
+    }
+
+    pub fn target_mac(&self) -> [u8; 6] {
+        self.b()[field::THA].try_into().unwrap_or_default()
     }
 
     pub fn target_ip(&self) -> [u8; 4] {
-        let b = self.buffer.as_ref();
-        [b[24], b[25], b[26], b[27]]
+        self.b()[field::TPA].try_into().unwrap_or_default()
     }
 }
 

@@ -4,7 +4,20 @@
 
 use super::{Result, WireError, be16};
 
-pub const HEADER_LEN: usize = 8;
+mod field {
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: usize = 2;
+    /// Echo and timestamp messages: identifier and sequence number.
+    pub const IDENT: usize = 4;
+    pub const SEQ: usize = 6;
+    /// "Fragmentation needed" (RFC 1191): the next-hop MTU's place.
+    pub const MTU: usize = 6;
+    /// The quoted packet of an error message.
+    pub const PAYLOAD: usize = 8;
+}
+
+pub const HEADER_LEN: usize = field::PAYLOAD;
 
 /// ICMPv4 types Holdfast treats specially.
 pub mod v4 {
@@ -80,36 +93,40 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Packet { buffer })
     }
 
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
     pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[0]
+        self.b()[field::TYPE]
     }
 
     pub fn code(&self) -> u8 {
-        self.buffer.as_ref()[1]
+        self.b()[field::CODE]
     }
 
     pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(self.b(), field::CHECKSUM)
     }
 
     /// Identifier of echo / timestamp messages.
     pub fn echo_ident(&self) -> u16 {
-        be16(self.buffer.as_ref(), 4)
+        be16(self.b(), field::IDENT)
     }
 
     pub fn echo_seq(&self) -> u16 {
-        be16(self.buffer.as_ref(), 6)
+        be16(self.b(), field::SEQ)
     }
 
     /// Next-hop MTU of "fragmentation needed" (RFC 1191) or low half of the ICMPv6
     /// Packet Too Big MTU.
     pub fn mtu(&self) -> u16 {
-        be16(self.buffer.as_ref(), 6)
+        be16(self.b(), field::MTU)
     }
 
     /// Data after the 8-byte header: the quoted packet of an error message.
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..]
+        &self.b()[field::PAYLOAD..]
     }
 }
 

@@ -27,6 +27,24 @@ pub struct Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     pub fn new_checked(buffer: T) -> Result<Self> {
+        let quoted = Self::new_quoted(buffer)?;
+        let b = quoted.b();
+        let hlen = quoted.header_len();
+        let total = usize::from(be16(b, field::TOTAL_LEN));
+        if total < hlen {
+            return Err(WireError::Malformed);
+        }
+        if b.len() < total {
+            return Err(WireError::Truncated);
+        }
+        Ok(quoted)
+    }
+
+    /// A view of the packet quoted in an ICMP error: version 4 and the whole header
+    /// with options present, but the total length is not checked — a quote holds only
+    /// the header and the first bytes of the payload (RFC 792). `payload` and
+    /// `total_len` must not be used on it.
+    pub fn new_quoted(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
@@ -38,11 +56,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if hlen < MIN_HEADER_LEN {
             return Err(WireError::Malformed);
         }
-        let total = usize::from(be16(b, field::TOTAL_LEN));
-        if total < hlen {
-            return Err(WireError::Malformed);
-        }
-        if b.len() < total {
+        if b.len() < hlen {
             return Err(WireError::Truncated);
         }
         Ok(Packet { buffer })

@@ -2,7 +2,27 @@
 
 use super::{Result, WireError, be16, be32, checksum_add};
 
-pub const HEADER_LEN: usize = 40;
+mod field {
+    use core::ops::Range;
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub const VERSION: usize = 0;
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SRC: Range<usize> = 8..24;
+    pub const DST: Range<usize> = 24..40;
+    pub const PAYLOAD: usize = 40;
+
+    /// Offsets inside the generic extension header (`next`, `len`, …).
+    pub const EXT_NEXT: usize = 0;
+    pub const EXT_LEN: usize = 1;
+    /// Offsets inside the fragment header.
+    pub const FRAG_OFFSET_M: usize = 2;
+    pub const FRAG_IDENT: usize = 4;
+    pub const FRAG_LEN: usize = 8;
+}
+
+pub const HEADER_LEN: usize = field::PAYLOAD;
 
 /// Extension-header walks stop after this many headers: a chain longer than this is
 /// treated as malformed (RFC 8200 sets no limit; RFC 7112 asks that the whole chain sit
@@ -55,15 +75,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks version 6 and that the payload length fits the buffer (trailing padding is
     /// allowed and ignored).
     pub fn new_checked(buffer: T) -> Result<Self> {
+        let quoted = Self::new_quoted(buffer)?;
+        if quoted.b().len() < HEADER_LEN + quoted.payload_len() {
+            return Err(WireError::Truncated);
+        }
+        Ok(quoted)
+    }
+
+    /// A view of the packet quoted in an ICMPv6 error: version 6 and a whole fixed
+    /// header, the payload length not checked (a quote is cut to fit the minimum MTU,
+    /// RFC 4443 section 2.4(c)). `packet` must not be used on it.
+    pub fn new_quoted(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        if b[0] >> 4 != 6 {
+        if b[field::VERSION] >> 4 != 6 {
             return Err(WireError::Malformed);
-        }
-        if b.len() < HEADER_LEN + usize::from(be16(b, 4)) {
-            return Err(WireError::Truncated);
         }
         Ok(Packet { buffer })
     }
@@ -73,26 +101,26 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn payload_len(&self) -> usize {
-        usize::from(be16(self.b(), 4))
+        usize::from(be16(self.b(), field::PAYLOAD_LEN))
     }
 
     pub fn next_header(&self) -> u8 {
-        self.b()[6]
+        self.b()[field::NEXT_HEADER]
     }
 
     pub fn hop_limit(&self) -> u8 {
-        self.b()[7]
+        self.b()[field::HOP_LIMIT]
     }
 
     pub fn src(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
-        a.copy_from_slice(&self.b()[8..24]);
+        a.copy_from_slice(&self.b()[field::SRC]);
         a
     }
 
     pub fn dst(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
-        a.copy_from_slice(&self.b()[24..40]);
+        a.copy_from_slice(&self.b()[field::DST]);
         a
     }
 
@@ -108,7 +136,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The one's-complement sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
     pub fn pseudo_header_sum(&self, protocol: u8, len: usize) -> u32 {
-        let mut sum = checksum_add(0, &self.b()[8..40]);
+        let mut sum = checksum_add(0, &self.b()[field::SRC.start..field::DST.end]);
         sum += len as u32;
         sum += u32::from(protocol);
         sum
@@ -133,11 +161,11 @@ pub fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
                 if p.len() < at + 2 {
                     return Err(WireError::Truncated);
                 }
-                let len = (usize::from(p[at + 1]) + 1) * 8;
+                let len = (usize::from(p[at + field::EXT_LEN]) + 1) * 8;
                 if p.len() < at + len {
                     return Err(WireError::Truncated);
                 }
-                next = p[at];
+                next = p[at + field::EXT_NEXT];
                 at += len;
             }
             next_header::AH => {
@@ -145,11 +173,11 @@ pub fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
                 if p.len() < at + 2 {
                     return Err(WireError::Truncated);
                 }
-                let len = (usize::from(p[at + 1]) + 2) * 4;
+                let len = (usize::from(p[at + field::EXT_LEN]) + 2) * 4;
                 if p.len() < at + len {
                     return Err(WireError::Truncated);
                 }
-                next = p[at];
+                next = p[at + field::EXT_NEXT];
                 at += len;
             }
             next_header::FRAGMENT => {
@@ -157,14 +185,14 @@ pub fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
                     // Two fragment headers: RFC 8200 forbids it; a classic evasion.
                     return Err(WireError::Malformed);
                 }
-                if p.len() < at + 8 {
+                if p.len() < at + field::FRAG_LEN {
                     return Err(WireError::Truncated);
                 }
-                let off_m = be16(p, at + 2);
-                let frag = Fragment { ident: be32(p, at + 4), offset: off_m & 0xfff8, more: off_m & 1 != 0 };
+                let off_m = be16(p, at + field::FRAG_OFFSET_M);
+                let frag = Fragment { ident: be32(p, at + field::FRAG_IDENT), offset: off_m & 0xfff8, more: off_m & 1 != 0 };
                 fragment = Some(frag);
-                next = p[at];
-                at += 8;
+                next = p[at + field::EXT_NEXT];
+                at += field::FRAG_LEN;
                 if frag.offset != 0 {
                     return Ok(UpperLayer { protocol: next, offset: at, fragment });
                 }

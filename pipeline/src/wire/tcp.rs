@@ -3,7 +3,21 @@
 
 use super::{Result, WireError, be16, be32};
 
-pub const MIN_HEADER_LEN: usize = 20;
+mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const SEQ: usize = 4;
+    pub const ACK: usize = 8;
+    /// Data offset in the high nibble (32-bit words).
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const WINDOW: usize = 14;
+    pub const CHECKSUM: usize = 16;
+    pub const URGENT: usize = 18;
+    pub const OPTIONS: usize = 20;
+}
+
+pub const MIN_HEADER_LEN: usize = field::OPTIONS;
 
 /// Flag bits in byte 13.
 pub mod flags {
@@ -33,7 +47,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        let hlen = usize::from(b[12] >> 4) * 4;
+        let hlen = usize::from(b[field::DATA_OFF] >> 4) * 4;
         if hlen < MIN_HEADER_LEN {
             return Err(WireError::Malformed);
         }
@@ -48,44 +62,44 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn src_port(&self) -> u16 {
-        be16(self.b(), 0)
+        be16(self.b(), field::SRC_PORT)
     }
 
     pub fn dst_port(&self) -> u16 {
-        be16(self.b(), 2)
+        be16(self.b(), field::DST_PORT)
     }
 
     pub fn seq(&self) -> u32 {
-        be32(self.b(), 4)
+        be32(self.b(), field::SEQ)
     }
 
     pub fn ack(&self) -> u32 {
-        be32(self.b(), 8)
+        be32(self.b(), field::ACK)
     }
 
     pub fn header_len(&self) -> usize {
-        usize::from(self.b()[12] >> 4) * 4
+        usize::from(self.b()[field::DATA_OFF] >> 4) * 4
     }
 
     /// The eight flag bits (CWR..FIN).
     pub fn flags(&self) -> u8 {
-        self.b()[13]
+        self.b()[field::FLAGS]
     }
 
     pub fn window(&self) -> u16 {
-        be16(self.b(), 14)
+        be16(self.b(), field::WINDOW)
     }
 
     pub fn checksum(&self) -> u16 {
-        be16(self.b(), 16)
+        be16(self.b(), field::CHECKSUM)
     }
 
     pub fn urgent(&self) -> u16 {
-        be16(self.b(), 18)
+        be16(self.b(), field::URGENT)
     }
 
     pub fn options(&self) -> &[u8] {
-        &self.b()[MIN_HEADER_LEN..self.header_len()]
+        &self.b()[field::OPTIONS..self.header_len()]
     }
 
     pub fn payload(&self) -> &[u8] {

@@ -2,7 +2,15 @@
 
 use super::{Result, WireError, be16};
 
-pub const HEADER_LEN: usize = 8;
+mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const LENGTH: usize = 4;
+    pub const CHECKSUM: usize = 6;
+    pub const PAYLOAD: usize = 8;
+}
+
+pub const HEADER_LEN: usize = field::PAYLOAD;
 
 /// A view of a UDP datagram. `new_checked` guarantees a whole header and a length field
 /// between 8 and the buffer length.
@@ -17,7 +25,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        let len = usize::from(be16(b, 4));
+        let len = usize::from(be16(b, field::LENGTH));
         if len < HEADER_LEN {
             return Err(WireError::Malformed);
         }
@@ -27,16 +35,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Packet { buffer })
     }
 
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
     pub fn src_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0)
+        be16(self.b(), field::SRC_PORT)
     }
 
     pub fn dst_port(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(self.b(), field::DST_PORT)
     }
 
     pub fn len(&self) -> usize {
-        usize::from(be16(self.buffer.as_ref(), 4))
+        usize::from(be16(self.b(), field::LENGTH))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -44,11 +56,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn checksum(&self) -> u16 {
-        be16(self.buffer.as_ref(), 6)
+        be16(self.b(), field::CHECKSUM)
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.len()]
+        &self.b()[field::PAYLOAD..self.len()]
     }
 }
 
@@ -58,7 +70,7 @@ pub fn ports(b: &[u8]) -> Result<(u16, u16)> {
     if b.len() < 4 {
         return Err(WireError::Truncated);
     }
-    Ok((be16(b, 0), be16(b, 2)))
+    Ok((be16(b, field::SRC_PORT), be16(b, field::DST_PORT)))
 }
 
 #[cfg(test)]

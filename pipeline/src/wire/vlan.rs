@@ -2,7 +2,14 @@
 
 use super::{Result, WireError, be16};
 
-pub const TAG_LEN: usize = 4;
+mod field {
+    /// Priority (3 bits), drop eligible (1), VLAN id (12).
+    pub const TCI: usize = 0;
+    pub const ETHERTYPE: usize = 2;
+    pub const PAYLOAD: usize = 4;
+}
+
+pub const TAG_LEN: usize = field::PAYLOAD;
 
 /// A view of one VLAN tag followed by the rest of the frame.
 #[derive(Debug, Clone, Copy)]
@@ -18,23 +25,27 @@ impl<T: AsRef<[u8]>> Tag<T> {
         Ok(Tag { buffer })
     }
 
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
     /// Priority code point (3 bits).
     pub fn pcp(&self) -> u8 {
-        self.buffer.as_ref()[0] >> 5
+        self.b()[field::TCI] >> 5
     }
 
     /// VLAN identifier (12 bits).
     pub fn vid(&self) -> u16 {
-        be16(self.buffer.as_ref(), 0) & 0x0fff
+        be16(self.b(), field::TCI) & 0x0fff
     }
 
     /// The EtherType of what follows the tag.
     pub fn ethertype(&self) -> u16 {
-        be16(self.buffer.as_ref(), 2)
+        be16(self.b(), field::ETHERTYPE)
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[TAG_LEN..]
+        &self.b()[field::PAYLOAD..]
     }
 }
 

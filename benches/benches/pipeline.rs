@@ -15,7 +15,7 @@ fn bench(c: &mut Criterion) {
         let mut l = Loaded::new(flows);
         eprintln!(
             "{flows} flows: entry {} bytes, {} bytes per entry of capacity ({} entries), {} live",
-            core::mem::size_of::<holdfast_pipeline::conntrack::Conn>(),
+            holdfast_pipeline::conntrack::ENTRY_BYTES,
             l.engine.bytes_per_entry(),
             l.engine.table().capacity(),
             l.engine.table().len()

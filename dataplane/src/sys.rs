@@ -17,7 +17,7 @@ pub fn random_seed() -> u64 {
 }
 
 /// Asks the kernel to back large tables with transparent huge pages, before they are
-/// first written (tables are allocated untouched; see `holdfast_pipeline::raw`). With
+/// first written (tables are allocated untouched: the pipeline's `raw::Zeroed`). With
 /// 4 KiB pages a lookup in a large table costs a TLB miss on top of the cache miss.
 /// Best effort: on failure (THP disabled) the tables simply use small pages.
 pub fn advise_huge_pages(regions: &[(usize, usize)]) {

@@ -3,21 +3,27 @@
 //!
 //! Invariants (see ARCHITECTURE.md): no I/O, no threads, no clock reads — time is an
 //! argument; no allocation per packet — every table is sized at start; no panics on
-//! any input; every drop carries a [`DropReason`]. The only `unsafe` is in [`raw`].
+//! any input; every drop carries a [`DropReason`]. The only `unsafe` is in `raw`.
+//!
+//! The API other crates use: [`Engine`] and its configuration, listings and
+//! explanations (`engine`); frame steering (`steer`, `flow::owner_of`); the rule model
+//! (`policy`); parsing for tests and tools (`parse`, `wire`); times; verdicts and
+//! counters. Everything else is the crate's own (`unreachable_pub` keeps it so).
 
 #![deny(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod conntrack;
-pub mod counters;
+mod counters;
 pub mod engine;
 pub mod flow;
 pub mod parse;
 pub mod policy;
 #[allow(unsafe_code)]
-pub mod raw;
+mod raw;
 pub mod steer;
 #[cfg(test)]
-pub(crate) mod testutil;
+mod testutil;
 pub mod time;
 pub mod verdict;
 pub mod wire;

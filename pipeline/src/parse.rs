@@ -213,7 +213,7 @@ pub fn parse_general(frame: &[u8]) -> Result<Frame, DropReason> {
         ethernet::ethertype::IPV4 => parse_ipv4(frame, rest, vlan).map(Frame::Ip),
         ethernet::ethertype::IPV6 => parse_ipv6(frame, rest, vlan).map(Frame::Ip),
         ethernet::ethertype::ARP => {
-            arp::Packet::new_checked(rest).map_err(malformed)?;
+            arp::check(rest).map_err(malformed)?;
             Ok(Frame::Arp)
         }
         other => Ok(Frame::NonIp(other)),

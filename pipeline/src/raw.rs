@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 
 /// Types whose all-zero bit pattern is a valid value: bytemuck's derive checks each
 /// field (next to each type: `Conn`, `ConnStats`, `ConnAux`, `Bucket`, `Node`).
-pub use bytemuck::Zeroable;
+pub(crate) use bytemuck::Zeroable;
 
 /// A table of `n` zeroed elements allocated without touching them: for large tables
 /// the memory comes straight from `mmap` and is committed page by page on first write,
@@ -20,7 +20,7 @@ pub use bytemuck::Zeroable;
 /// of a 64-byte-aligned table at once. So the block is requested with 16-byte alignment
 /// (`calloc`, lazily zero) and `align_of::<T>()` spare bytes, and the elements start at
 /// the first aligned address in it.
-pub struct Zeroed<T> {
+pub(crate) struct Zeroed<T> {
     ptr: NonNull<T>,
     len: usize,
     base: *mut u8,
@@ -32,7 +32,7 @@ unsafe impl<T: Send> Send for Zeroed<T> {}
 // SAFETY: shared access only hands out `&[T]`.
 unsafe impl<T: Sync> Sync for Zeroed<T> {}
 
-pub fn zeroed_slice<T: Zeroable + Copy>(n: usize) -> Zeroed<T> {
+pub(crate) fn zeroed_slice<T: Zeroable + Copy>(n: usize) -> Zeroed<T> {
     let align = align_of::<T>();
     if n == 0 || size_of::<T>() == 0 {
         return Zeroed { ptr: NonNull::dangling(), len: 0, base: std::ptr::null_mut(), layout: Layout::new::<()>() };
@@ -83,7 +83,7 @@ impl<T> Drop for Zeroed<T> {
 
 /// Hints the CPU to bring the cache line holding `r` into all cache levels.
 #[inline(always)]
-pub fn prefetch<T>(r: &T) {
+pub(crate) fn prefetch<T>(r: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -99,7 +99,7 @@ pub fn prefetch<T>(r: &T) {
 /// so that the kernel commits the memory now rather than on first use: a table that
 /// cannot be backed fails at start, never in the middle of traffic. Contents are
 /// unchanged. Safe code: `black_box` keeps the compiler from dropping the stores.
-pub fn touch<T: Copy>(s: &mut [T]) {
+pub(crate) fn touch<T: Copy>(s: &mut [T]) {
     let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
     for i in (0..s.len()).step_by(step) {
         s[i] = std::hint::black_box(s[i]);
@@ -107,7 +107,7 @@ pub fn touch<T: Copy>(s: &mut [T]) {
 }
 
 /// Start address and length of a table, for `madvise` by the dataplane.
-pub fn region_of<T>(s: &[T]) -> (usize, usize) {
+pub(crate) fn region_of<T>(s: &[T]) -> (usize, usize) {
     (s.as_ptr() as usize, std::mem::size_of_val(s))
 }
 

@@ -11,18 +11,18 @@ use crate::verdict::Verdict;
 use crate::wire::build::{FrameSpec, L4};
 use crate::wire::tcp::flags::*;
 
-pub const CLIENT: &str = "198.51.100.7";
-pub const SERVER: &str = "10.0.2.1";
-pub const CPORT: u16 = 40000;
-pub const SPORT: u16 = 80;
+pub(crate) const CLIENT: &str = "198.51.100.7";
+pub(crate) const SERVER: &str = "10.0.2.1";
+pub(crate) const CPORT: u16 = 40000;
+pub(crate) const SPORT: u16 = 80;
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 /// The example policy: web from outside to 10.0.2.0/24:80, ping from anywhere,
 /// DNS from inside.
-pub fn policy() -> Classifier {
+pub(crate) fn policy() -> Classifier {
     Classifier::new(
         vec![
             Rule {
@@ -40,7 +40,7 @@ pub fn policy() -> Classifier {
     )
 }
 
-pub struct Lab {
+pub(crate) struct Lab {
     pub e: Engine,
     pub now: Instant,
     /// Next sequence number of the client and the server.
@@ -50,27 +50,27 @@ pub struct Lab {
     pub swin: u16,
 }
 
-pub const T0: Instant = Instant::from_secs(1_000_000);
+pub(crate) const T0: Instant = Instant::from_secs(1_000_000);
 
 impl Lab {
-    pub fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         Lab::with(EngineConfig { capacity: 1024, ..EngineConfig::default() })
     }
 
-    pub fn with(cfg: EngineConfig) -> Lab {
+    pub(crate) fn with(cfg: EngineConfig) -> Lab {
         Lab { e: Engine::new(cfg, Arc::new(policy()), T0), now: T0, cseq: 1000, sseq: 5000, cwin: 64_000, swin: 64_000 }
     }
 
-    pub fn advance(&mut self, d: Duration) {
+    pub(crate) fn advance(&mut self, d: Duration) {
         self.now = self.now + d;
     }
 
-    pub fn send(&mut self, frame: &[u8], zone: Zone) -> Verdict {
+    pub(crate) fn send(&mut self, frame: &[u8], zone: Zone) -> Verdict {
         self.e.process(&Packet { data: frame, zone, now: self.now })
     }
 
     /// Client (outside) -> server segment.
-    pub fn c(&mut self, flags: u8, payload: usize) -> Verdict {
+    pub(crate) fn c(&mut self, flags: u8, payload: usize) -> Verdict {
         let (seq, ack, win) = (self.cseq, self.sseq, self.cwin);
         let v = self.seg(CLIENT, CPORT, SERVER, SPORT, flags, seq, ack, win, payload, Zone::Outside);
         if v.is_pass() {
@@ -80,7 +80,7 @@ impl Lab {
     }
 
     /// Server (inside) -> client segment.
-    pub fn s(&mut self, flags: u8, payload: usize) -> Verdict {
+    pub(crate) fn s(&mut self, flags: u8, payload: usize) -> Verdict {
         let (seq, ack, win) = (self.sseq, self.cseq, self.swin);
         let v = self.seg(SERVER, SPORT, CLIENT, CPORT, flags, seq, ack, win, payload, Zone::Inside);
         if v.is_pass() {
@@ -90,22 +90,22 @@ impl Lab {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn seg(&mut self, src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32, win: u16, payload: usize, zone: Zone) -> Verdict {
+    pub(crate) fn seg(&mut self, src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32, win: u16, payload: usize, zone: Zone) -> Verdict {
         let f = tcp_frame(src, sport, dst, dport, flags, seq, if flags & ACK != 0 { ack } else { 0 }, win, payload);
         self.send(&f, zone)
     }
 
-    pub fn handshake(&mut self) {
+    pub(crate) fn handshake(&mut self) {
         assert!(self.c(SYN, 0).is_pass());
         assert!(self.s(SYN | ACK, 0).is_pass());
         assert!(self.c(ACK, 0).is_pass());
     }
 
-    pub fn flows(&self) -> Vec<FlowInfo> {
+    pub(crate) fn flows(&self) -> Vec<FlowInfo> {
         self.e.flows(self.now).collect()
     }
 
-    pub fn state(&self) -> Option<&'static str> {
+    pub(crate) fn state(&self) -> Option<&'static str> {
         let f = self.flows();
         assert!(f.len() <= 1, "one flow expected, found {}", f.len());
         f.first().map(|f| f.state)
@@ -113,7 +113,7 @@ impl Lab {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn tcp_frame(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32, win: u16, payload: usize) -> Vec<u8> {
+pub(crate) fn tcp_frame(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32, win: u16, payload: usize) -> Vec<u8> {
     let options = if flags & SYN != 0 { crate::wire::build::syn_options(1460, 7, 1) } else { vec![] };
     FrameSpec::new(ip(src), ip(dst), L4::Tcp { sport, dport, seq, ack, flags, window: win, options, payload: vec![0x61; payload] }).build()
 }

@@ -8,39 +8,39 @@ use crate::flow::FlowKey;
 /// highest right edge the other side has allowed, `maxwin` the largest window seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub end: u32,
     pub maxend: u32,
     pub maxwin: u32,
 }
 
 /// Per-peer TCP flags, with Linux's values (`IP_CT_TCP_FLAG_*`).
-pub mod pflag {
-    pub const WINDOW_SCALE: u8 = 0x01;
-    pub const SACK_PERM: u8 = 0x02;
-    pub const CLOSE_INIT: u8 = 0x04;
-    pub const BE_LIBERAL: u8 = 0x08;
-    pub const DATA_UNACKNOWLEDGED: u8 = 0x10;
-    pub const MAXACK_SET: u8 = 0x20;
+pub(crate) mod pflag {
+    pub(crate) const WINDOW_SCALE: u8 = 0x01;
+    pub(crate) const SACK_PERM: u8 = 0x02;
+    pub(crate) const CLOSE_INIT: u8 = 0x04;
+    pub(crate) const BE_LIBERAL: u8 = 0x08;
+    pub(crate) const DATA_UNACKNOWLEDGED: u8 = 0x10;
+    pub(crate) const MAXACK_SET: u8 = 0x20;
 }
 
 /// Entry-wide flags.
-pub mod cflag {
+pub(crate) mod cflag {
     /// Addresses live in the table's IPv6 side array.
-    pub const V6: u8 = 0x01;
+    pub(crate) const V6: u8 = 0x01;
     /// The original direction (who opened the flow) is the key's `hi` endpoint.
-    pub const ORIG_IS_HI: u8 = 0x02;
+    pub(crate) const ORIG_IS_HI: u8 = 0x02;
     /// A packet in the reply direction was accepted (Linux `IPS_SEEN_REPLY`).
-    pub const SEEN_REPLY: u8 = 0x04;
+    pub(crate) const SEEN_REPLY: u8 = 0x04;
     /// Linux `IPS_ASSURED`: TCP handshake completed, UDP stream older than 2 s.
-    pub const ASSURED: u8 = 0x08;
+    pub(crate) const ASSURED: u8 = 0x08;
     /// Set on every packet, cleared by the eviction clock (second-chance LRU).
-    pub const REFERENCED: u8 = 0x10;
+    pub(crate) const REFERENCED: u8 = 0x10;
     /// The last in-window ACK advertised a zero window (Linux `last_win == 0`).
-    pub const LAST_WIN_ZERO: u8 = 0x20;
+    pub(crate) const LAST_WIN_ZERO: u8 = 0x20;
     /// Two-bit saturating count of identical retransmissions (Linux `retrans`).
-    pub const RETRANS_SHIFT: u8 = 6;
-    pub const RETRANS_MASK: u8 = 0xc0;
+    pub(crate) const RETRANS_SHIFT: u8 = 6;
+    pub(crate) const RETRANS_MASK: u8 = 0xc0;
 }
 
 /// The hot part of an entry: key, state, timer and TCP window tracking.
@@ -50,7 +50,7 @@ pub mod cflag {
 /// are in [`ConnStats`], rarely used bookkeeping in [`ConnAux`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(64))]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Canonical IPv4 addresses `[lo, hi]`; zero for IPv6 (see the side array).
     pub addr: [u32; 2],
     pub port: [u16; 2],
@@ -90,7 +90,7 @@ const _: () = assert!(core::mem::align_of::<Conn>() == 64);
 /// Packet and byte counters per direction, written on every packet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(32))]
-pub struct ConnStats {
+pub(crate) struct ConnStats {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
 }
@@ -105,7 +105,7 @@ const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 /// (`last_wscale`, a bit of `last_flags`); named fields cost 4 bytes an entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct ConnAux {
+pub(crate) struct ConnAux {
     /// Tick of creation (wrapping): flow age in listings.
     pub created: u32,
     /// Window of the last ignored SYN (Linux `last_win`).
@@ -127,57 +127,57 @@ const _: () = assert!(core::mem::size_of::<ConnAux>() == 12);
 
 impl ConnAux {
     /// A new entry's bookkeeping.
-    pub fn new(created: u32, origin_inside: bool, icmp_type: u8) -> ConnAux {
+    pub(crate) fn new(created: u32, origin_inside: bool, icmp_type: u8) -> ConnAux {
         ConnAux { created, origin_inside, icmp_type, ..ConnAux::default() }
     }
 }
 
 /// Bits of [`ConnAux::last_flags`] beyond the per-peer ones (Linux values).
-pub mod aux_flag {
-    pub const SIMULTANEOUS_OPEN: u8 = 0x04;
-    pub const EXP_CHALLENGE_ACK: u8 = 0x40;
+pub(crate) mod aux_flag {
+    pub(crate) const SIMULTANEOUS_OPEN: u8 = 0x04;
+    pub(crate) const EXP_CHALLENGE_ACK: u8 = 0x40;
 }
 
 /// Bit of [`Conn::timer`]: the per-source count charged for this entry is the key's
 /// `hi` address's (else `lo`'s). Set at creation to the side that sent the creating
 /// packet and never changed — a reverse pickup swaps the directions afterwards, so the
 /// original direction cannot say whom to release.
-pub const CHARGED_HI: u8 = 0x40;
+pub(crate) const CHARGED_HI: u8 = 0x40;
 
 /// Direction of a packet relative to the flow: who opened it.
-pub const ORIGINAL: usize = 0;
-pub const REPLY: usize = 1;
+pub(crate) const ORIGINAL: usize = 0;
+pub(crate) const REPLY: usize = 1;
 
 impl Conn {
     #[inline]
-    pub fn proto(&self) -> u8 {
+    pub(crate) fn proto(&self) -> u8 {
         (self.proto_vlan >> 24) as u8
     }
 
     #[inline]
-    pub fn vlan(&self) -> u32 {
+    pub(crate) fn vlan(&self) -> u32 {
         self.proto_vlan & 0x00ff_ffff
     }
 
     #[inline]
-    pub fn is_v6(&self) -> bool {
+    pub(crate) fn is_v6(&self) -> bool {
         self.flags & cflag::V6 != 0
     }
 
     #[inline]
-    pub fn has(&self, f: u8) -> bool {
+    pub(crate) fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
 
     /// The conntrack direction of a packet sent from canonical side `side_is_hi`.
     #[inline]
-    pub fn dir_of(&self, side_is_hi: bool) -> usize {
+    pub(crate) fn dir_of(&self, side_is_hi: bool) -> usize {
         usize::from(side_is_hi != self.has(cflag::ORIG_IS_HI))
     }
 
     /// True when the stored key equals `k` (IPv6 addresses are compared by the table).
     #[inline]
-    pub fn matches_v4(&self, k: &FlowKey) -> bool {
+    pub(crate) fn matches_v4(&self, k: &FlowKey) -> bool {
         self.addr[0] == k.addr[0] as u32
             && self.addr[1] == k.addr[1] as u32
             && self.port == k.port
@@ -186,50 +186,50 @@ impl Conn {
     }
 
     #[inline]
-    pub fn timer_class(&self) -> super::timeouts::TimerClass {
+    pub(crate) fn timer_class(&self) -> super::timeouts::TimerClass {
         super::timeouts::TimerClass::from_u8(self.timer)
     }
 
     #[inline]
-    pub fn set_timer_class(&mut self, c: super::timeouts::TimerClass) {
+    pub(crate) fn set_timer_class(&mut self, c: super::timeouts::TimerClass) {
         self.timer = (self.timer & 0xf0) | c as u8;
     }
 
     #[inline]
-    pub fn admission(&self) -> super::pressure::Admission {
+    pub(crate) fn admission(&self) -> super::pressure::Admission {
         super::pressure::Admission::from_u8(self.timer >> 4)
     }
 
     #[inline]
-    pub fn set_admission(&mut self, a: super::pressure::Admission) {
+    pub(crate) fn set_admission(&mut self, a: super::pressure::Admission) {
         self.timer = (self.timer & !0x30) | (a as u8) << 4;
     }
 
     /// Which address of the key (0 `lo`, 1 `hi`) the per-source count was charged to.
     #[inline]
-    pub fn charged(&self) -> usize {
+    pub(crate) fn charged(&self) -> usize {
         usize::from(self.timer & CHARGED_HI != 0)
     }
 
-    pub fn set_charged(&mut self, hi: bool) {
+    pub(crate) fn set_charged(&mut self, hi: bool) {
         self.timer = (self.timer & !CHARGED_HI) | if hi { CHARGED_HI } else { 0 };
     }
 
     #[inline]
-    pub fn retrans(&self) -> u8 {
+    pub(crate) fn retrans(&self) -> u8 {
         (self.flags & cflag::RETRANS_MASK) >> cflag::RETRANS_SHIFT
     }
 
-    pub fn set_retrans(&mut self, n: u8) {
+    pub(crate) fn set_retrans(&mut self, n: u8) {
         self.flags = (self.flags & !cflag::RETRANS_MASK) | (n.min(3) << cflag::RETRANS_SHIFT);
     }
 
     #[inline]
-    pub fn scale(&self, dir: usize) -> u8 {
+    pub(crate) fn scale(&self, dir: usize) -> u8 {
         (self.scales >> (4 * dir)) & 0x0f
     }
 
-    pub fn set_scale(&mut self, dir: usize, s: u8) {
+    pub(crate) fn set_scale(&mut self, dir: usize, s: u8) {
         let shift = 4 * dir;
         self.scales = (self.scales & !(0x0f << shift)) | ((s & 0x0f) << shift);
     }

@@ -37,7 +37,7 @@ impl Default for Entry {
     }
 }
 
-pub struct FragTable {
+pub(crate) struct FragTable {
     sets: Box<[[Entry; WAYS]]>,
     mask: usize,
     timeout_ticks: u32,
@@ -48,7 +48,7 @@ pub struct FragTable {
 
 /// The identity of a datagram: RFC 791 (src, dst, protocol, identification).
 #[derive(Debug, Clone, Copy)]
-pub struct Datagram {
+pub(crate) struct Datagram {
     pub src: u128,
     pub dst: u128,
     pub ident: u32,
@@ -59,7 +59,7 @@ pub struct Datagram {
 
 impl FragTable {
     /// Records made from now on live `timeout_ticks` (a reload).
-    pub fn set_timeout(&mut self, timeout_ticks: u32) {
+    pub(crate) fn set_timeout(&mut self, timeout_ticks: u32) {
         self.timeout_ticks = timeout_ticks;
     }
 
@@ -68,15 +68,15 @@ impl FragTable {
     }
 
     /// Bytes `new(capacity, …)` allocates.
-    pub fn footprint(capacity: usize) -> usize {
+    pub(crate) fn footprint(capacity: usize) -> usize {
         Self::sets_for(capacity).saturating_mul(core::mem::size_of::<[Entry; WAYS]>())
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         core::mem::size_of_val(&*self.sets)
     }
 
-    pub fn new(capacity: usize, timeout_ticks: u32, seed: u64) -> FragTable {
+    pub(crate) fn new(capacity: usize, timeout_ticks: u32, seed: u64) -> FragTable {
         let nsets = Self::sets_for(capacity);
         FragTable {
             sets: vec![[Entry::default(); WAYS]; nsets].into_boxed_slice(),
@@ -85,10 +85,6 @@ impl FragTable {
             hasher: FlowHasher::new(seed ^ 0x6672_6167),
             evictions: 0,
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.sets.len() * WAYS
     }
 
     fn key(d: &Datagram) -> FragKey {
@@ -101,7 +97,7 @@ impl FragTable {
     }
 
     /// Records the verdict of a first fragment.
-    pub fn record(&mut self, d: &Datagram, verdict: Verdict, now_ticks: u32) {
+    pub(crate) fn record(&mut self, d: &Datagram, verdict: Verdict, now_ticks: u32) {
         let k = Self::key(d);
         let s = self.set_of(&k);
         let expires = now_ticks.wrapping_add(self.timeout_ticks);
@@ -116,7 +112,7 @@ impl FragTable {
     }
 
     /// The verdict recorded for the datagram of a later fragment, if still known.
-    pub fn lookup(&self, d: &Datagram, now_ticks: u32) -> Option<Verdict> {
+    pub(crate) fn lookup(&self, d: &Datagram, now_ticks: u32) -> Option<Verdict> {
         let k = Self::key(d);
         self.sets[self.set_of(&k)].iter().find(|e| e.used && e.key == k && (e.expires.wrapping_sub(now_ticks) as i32) > 0).map(|e| e.verdict)
     }

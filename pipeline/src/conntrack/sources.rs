@@ -19,7 +19,7 @@
 use crate::flow::FlowHasher;
 
 /// Most slots one search examines.
-pub const MAX_PROBE: usize = 64;
+pub(crate) const MAX_PROBE: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
@@ -32,14 +32,14 @@ struct Slot {
 
 /// Why a source may not create another entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// It already holds `limit` entries.
     Limit,
     /// It holds none and no slot within its probe window is free.
     TableFull,
 }
 
-pub struct Sources {
+pub(crate) struct Sources {
     slots: Box<[Slot]>,
     mask: usize,
     hasher: FlowHasher,
@@ -58,21 +58,21 @@ impl Sources {
     }
 
     /// Bytes `new(capacity, limit, …)` allocates.
-    pub fn footprint(capacity: usize, limit: u32) -> usize {
+    pub(crate) fn footprint(capacity: usize, limit: u32) -> usize {
         Self::slots_for(capacity, limit).saturating_mul(core::mem::size_of::<Slot>())
     }
 
     /// `limit` 0 disables accounting (and allocates nothing).
-    pub fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
+    pub(crate) fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
         let n = Self::slots_for(capacity, limit);
         Sources { slots: vec![Slot::default(); n].into_boxed_slice(), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         core::mem::size_of_val(&*self.slots)
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.limit > 0
     }
 
@@ -99,7 +99,7 @@ impl Sources {
     }
 
     /// Live entries charged to this source.
-    pub fn count(&self, addr: u128, v6: bool) -> u32 {
+    pub(crate) fn count(&self, addr: u128, v6: bool) -> u32 {
         if !self.enabled() {
             return 0;
         }
@@ -110,7 +110,7 @@ impl Sources {
     }
 
     /// Whether the source may create one more entry.
-    pub fn check(&self, addr: u128, v6: bool) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, addr: u128, v6: bool) -> Result<(), Refusal> {
         if !self.enabled() {
             return Ok(());
         }
@@ -123,7 +123,7 @@ impl Sources {
 
     /// Charges one entry to the source. Succeeds whenever [`Sources::check`] did
     /// (removals in between only free slots); `false` otherwise, with nothing charged.
-    pub fn add(&mut self, addr: u128, v6: bool) -> bool {
+    pub(crate) fn add(&mut self, addr: u128, v6: bool) -> bool {
         if !self.enabled() {
             return true;
         }
@@ -137,7 +137,7 @@ impl Sources {
     }
 
     /// Releases one entry charged to the source.
-    pub fn sub(&mut self, addr: u128, v6: bool) {
+    pub(crate) fn sub(&mut self, addr: u128, v6: bool) {
         if !self.enabled() {
             return;
         }
@@ -171,16 +171,18 @@ impl Sources {
     }
 
     /// Entries charged over all sources (a walk over the table, for audits).
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.slots.iter().map(|s| u64::from(s.count)).sum()
     }
 
-    /// Distinct sources holding entries (a walk over the table, for audits).
-    pub fn len(&self) -> usize {
+    /// Distinct sources holding entries (a walk over the table, for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.key != 0).count()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

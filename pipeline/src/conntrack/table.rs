@@ -47,7 +47,7 @@ impl Bucket {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexFull;
+pub(crate) struct IndexFull;
 
 pub struct Table {
     pub(crate) conns: Zeroed<Conn>,
@@ -97,7 +97,7 @@ impl Table {
         self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4
     }
 
-    pub fn new(capacity: usize, seed: u64, now_ticks: u64) -> Table {
+    pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64) -> Table {
         let capacity = capacity.max(1);
         let nbuckets = buckets_for(capacity);
         let mut free = Vec::with_capacity(capacity);
@@ -146,7 +146,7 @@ impl Table {
     }
 
     /// Commits every page of the table now (see [`crate::raw::touch`]).
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         touch(&mut self.conns);
         touch(&mut self.stats);
         touch(&mut self.aux);
@@ -161,19 +161,19 @@ impl Table {
     }
 
     #[inline]
-    pub fn hash(&self, k: &FlowKey) -> u64 {
+    pub(crate) fn hash(&self, k: &FlowKey) -> u64 {
         self.hasher.hash(k)
     }
 
     /// Stage 1 of a burst: bring the key's home bucket into cache.
     #[inline]
-    pub fn prefetch_bucket(&self, h: u64) {
+    pub(crate) fn prefetch_bucket(&self, h: u64) {
         prefetch(&self.buckets[h as usize & self.mask]);
     }
 
     /// Stage 2: bring the entry that the first matching tag points at into cache.
     #[inline]
-    pub fn prefetch_entry(&self, h: u64) {
+    pub(crate) fn prefetch_entry(&self, h: u64) {
         let b = &self.buckets[h as usize & self.mask];
         let m = b.matches(tag_of(h));
         if m != 0 {
@@ -209,7 +209,7 @@ impl Table {
 
     /// The slot holding `k`, whose hash is `h`.
     #[inline]
-    pub fn lookup(&self, h: u64, k: &FlowKey) -> Option<u32> {
+    pub(crate) fn lookup(&self, h: u64, k: &FlowKey) -> Option<u32> {
         let tag = tag_of(h);
         let home = h as usize & self.mask;
         if let Some((b, i)) = self.find_in(home, tag, k) {
@@ -226,7 +226,7 @@ impl Table {
 
     /// An entry for `k` with nothing but its key: what [`Table::insert`] starts from.
     /// Tracking may fill in a blank before it is inserted (and drop it instead).
-    pub fn blank(k: &FlowKey) -> Conn {
+    pub(crate) fn blank(k: &FlowKey) -> Conn {
         Conn {
             addr: if k.v6 { [0, 0] } else { [k.addr[0] as u32, k.addr[1] as u32] },
             port: k.port,
@@ -240,7 +240,7 @@ impl Table {
     /// present) in a free slot, indexed under `h`, and arms its timer at `when`
     /// (absolute ticks). Counters start at zero. `Err` when no slot is free or the index
     /// has no room.
-    pub fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
+    pub(crate) fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
         debug_assert_eq!(Table::blank(k).proto_vlan, conn.proto_vlan, "an entry for another key");
         let Some(&slot) = self.free.last() else { return Err(IndexFull) };
         self.index_insert(h, slot)?;
@@ -261,34 +261,34 @@ impl Table {
 
     /// Arms `slot`'s timer at `when` (absolute ticks), disarming it first.
     #[inline]
-    pub fn rearm(&mut self, slot: u32, when: u64) {
+    pub(crate) fn rearm(&mut self, slot: u32, when: u64) {
         self.wheel.rearm(slot, when);
     }
 
     /// When `slot`'s timer fires (absolute ticks).
     #[inline]
-    pub fn deadline(&self, slot: u32) -> u64 {
+    pub(crate) fn deadline(&self, slot: u32) -> u64 {
         self.wheel.when(slot)
     }
 
     /// One entry whose timer is due at `now` (absolute ticks), disarmed; the caller
     /// removes it or arms it again ([`Table::arm`]).
-    pub fn pop_due(&mut self, now: u64) -> Option<u32> {
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<u32> {
         self.wheel.pop_due(now)
     }
 
     /// Arms the timer of `slot`, which is live but not armed (just popped).
-    pub fn arm(&mut self, slot: u32, when: u64) {
+    pub(crate) fn arm(&mut self, slot: u32, when: u64) {
         self.wheel.insert(slot, when);
     }
 
     /// Timers armed: one per live entry.
-    pub fn armed(&self) -> usize {
+    pub(crate) fn armed(&self) -> usize {
         self.wheel.armed_count()
     }
 
     /// A wrapping tick (an entry's `last_seen`) as an absolute tick of the timer wheel.
-    pub fn abs_tick(&self, t: u32) -> u64 {
+    pub(crate) fn abs_tick(&self, t: u32) -> u64 {
         self.wheel.abs(t)
     }
 
@@ -350,13 +350,14 @@ impl Table {
     }
 
     /// Removes the entry in `slot`: unindexes it, disarms its timer, frees the slot.
-    pub fn remove(&mut self, slot: u32) {
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, slot: u32) {
         let h = self.hash(&self.key_of(slot));
         self.remove_hashed(slot, h);
     }
 
     /// [`Table::remove`] when the caller already has the key's hash.
-    pub fn remove_hashed(&mut self, slot: u32, h: u64) {
+    pub(crate) fn remove_hashed(&mut self, slot: u32, h: u64) {
         let tag = tag_of(h);
         let home = h as usize & self.mask;
         let other = alt(home, tag, self.mask);
@@ -387,7 +388,7 @@ impl Table {
     }
 
     /// The canonical key stored in `slot`.
-    pub fn key_of(&self, slot: u32) -> FlowKey {
+    pub(crate) fn key_of(&self, slot: u32) -> FlowKey {
         let c = &self.conns[slot as usize];
         let v6 = c.is_v6();
         let addr = if v6 { [self.v6[slot as usize * 2], self.v6[slot as usize * 2 + 1]] } else { [u128::from(c.addr[0]), u128::from(c.addr[1])] };
@@ -395,7 +396,7 @@ impl Table {
     }
 
     /// True when `slot` holds a live entry (every live entry has an armed timer).
-    pub fn is_live(&self, slot: u32) -> bool {
+    pub(crate) fn is_live(&self, slot: u32) -> bool {
         self.wheel.is_armed(slot)
     }
 }

@@ -20,7 +20,7 @@ use crate::wire::tcp::{Options, flags as f};
 /// bits 0..4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
-pub enum TcpState {
+pub(crate) enum TcpState {
     None = 0,
     SynSent,
     SynRecv,
@@ -34,7 +34,7 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    pub const ALL: [TcpState; 10] = [
+    pub(crate) const ALL: [TcpState; 10] = [
         TcpState::None,
         TcpState::SynSent,
         TcpState::SynRecv,
@@ -48,7 +48,7 @@ impl TcpState {
     ];
 
     /// The name `conntrack -L` prints.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"][self as usize]
     }
 
@@ -57,7 +57,7 @@ impl TcpState {
     }
 
     /// Linux `tcp_can_early_drop`: closing states.
-    pub fn is_closing(self) -> bool {
+    pub(crate) fn is_closing(self) -> bool {
         matches!(self, TcpState::FinWait | TcpState::LastAck | TcpState::TimeWait | TcpState::Close | TcpState::CloseWait)
     }
 }
@@ -75,7 +75,7 @@ enum Next {
 /// `Conn::state`, bits 4..7, as the last one seen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Index {
+pub(crate) enum Index {
     Syn = 0,
     SynAck,
     Fin,
@@ -139,7 +139,7 @@ fn next(dir: usize, idx: Index, from: TcpState) -> Next {
 /// One segment as tracking reads it, built once per packet: what Linux reads from the
 /// skb and its TCP header at each step.
 #[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
+pub(crate) struct Segment<'a> {
     pub seq: u32,
     pub ack: u32,
     /// Linux `segment_seq_plus_len`: seq + payload + SYN + FIN.
@@ -148,17 +148,15 @@ pub struct Segment<'a> {
     pub win: u16,
     pub flags: u8,
     pub index: Index,
-    /// Payload bytes (without SYN/FIN).
-    pub payload_len: u32,
     /// The option bytes, parsed only where needed (SYN, SACK).
     pub opts: &'a [u8],
 }
 
 impl<'a> Segment<'a> {
     #[inline]
-    pub fn new(t: &TcpMeta, opts: &'a [u8]) -> Segment<'a> {
+    pub(crate) fn new(t: &TcpMeta, opts: &'a [u8]) -> Segment<'a> {
         let end = t.seq.wrapping_add(t.payload_len).wrapping_add(u32::from(t.flags & f::SYN != 0)).wrapping_add(u32::from(t.flags & f::FIN != 0));
-        Segment { seq: t.seq, ack: t.ack, end, win: t.window, flags: t.flags, index: index_of(t.flags), payload_len: t.payload_len, opts }
+        Segment { seq: t.seq, ack: t.ack, end, win: t.window, flags: t.flags, index: index_of(t.flags), opts }
     }
 
     #[inline]
@@ -168,13 +166,13 @@ impl<'a> Segment<'a> {
 }
 
 /// Linux `tcp_max_retrans`: identical retransmissions before the RETRANS timeout.
-pub const MAX_RETRANS: u8 = 3;
+pub(crate) const MAX_RETRANS: u8 = 3;
 /// Linux `MAXACKWINCONST`.
 const MAX_ACK_WIN_CONST: u32 = 66_000;
 
 /// What tracking decided for a segment of a known connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// In window: state updated, refresh with this timeout.
     Accept(TimerClass),
     /// Let through without touching state or timeout (Linux returns NF_ACCEPT early).
@@ -190,7 +188,7 @@ pub enum Outcome {
 
 /// Linux `tcp_valid_flags`: PSH, ECE and CWR are always fine; of FIN, SYN, RST, ACK and
 /// URG only these combinations are.
-pub fn valid_flags(flags: u8) -> bool {
+pub(crate) fn valid_flags(flags: u8) -> bool {
     let fl = flags & !(f::ECE | f::CWR | f::PSH);
     matches!(
         fl,
@@ -207,7 +205,7 @@ pub fn valid_flags(flags: u8) -> bool {
 }
 
 /// Linux `get_conntrack_index`.
-pub fn index_of(flags: u8) -> Index {
+pub(crate) fn index_of(flags: u8) -> Index {
     if flags & f::RST != 0 {
         Index::Rst
     } else if flags & f::SYN != 0 {
@@ -261,7 +259,7 @@ fn set_state(c: &mut Conn, s: TcpState) {
 }
 
 /// The TCP state of an entry, for listings and admission classes.
-pub fn state_of(c: &Conn) -> TcpState {
+pub(crate) fn state_of(c: &Conn) -> TcpState {
     tcp_state(c)
 }
 
@@ -274,7 +272,7 @@ fn established(c: &Conn) -> bool {
 /// the ORIGINAL direction: a `reverse-of-allowed` pickup creates as ORIGINAL and swaps
 /// the directions afterwards (see the engine). Returns false when the segment cannot
 /// create a connection (Linux: invalid new; a mid-stream segment without `loose`).
-pub fn init_new(c: &mut Conn, seg: &Segment, loose: bool) -> bool {
+pub(crate) fn init_new(c: &mut Conn, seg: &Segment, loose: bool) -> bool {
     let new_state = match next(ORIGINAL, seg.index, None) {
         Next::To(s) => s,
         Next::Iv | Next::Ig => return false,
@@ -311,7 +309,7 @@ struct Transition {
 
 /// Linux `nf_conntrack_tcp_packet` for a segment of a known connection, `dir` being its
 /// direction. Flags were validated by the caller.
-pub fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, seg: &Segment, timeouts: &Timeouts) -> Outcome {
+pub(crate) fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, seg: &Segment, timeouts: &Timeouts) -> Outcome {
     let old_state = tcp_state(c);
     let idx = seg.index;
     let mut tr = Transition { old: old_state, new: old_state, skip_window: false };
@@ -475,7 +473,7 @@ fn finish(c: &mut Conn, dir: usize, seg: &Segment, tr: Transition, timeouts: &Ti
 }
 
 /// The timeout class of a TCP state.
-pub fn state_class(s: TcpState) -> TimerClass {
+pub(crate) fn state_class(s: TcpState) -> TimerClass {
     match s {
         SynSent => TimerClass::TcpSynSent,
         SynRecv => TimerClass::TcpSynRecv,
@@ -492,7 +490,7 @@ pub fn state_class(s: TcpState) -> TimerClass {
 
 mod window;
 
-pub use window::fast_established;
+pub(crate) use window::fast_established;
 use window::{Window, apply_options, in_window, timer_class};
 
 #[cfg(test)]

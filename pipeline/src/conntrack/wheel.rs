@@ -12,8 +12,8 @@
 
 use crate::raw::{Zeroed, zeroed_slice};
 
-pub const LEVELS: usize = 6;
-pub const SLOTS: usize = 64;
+pub(crate) const LEVELS: usize = 6;
+pub(crate) const SLOTS: usize = 64;
 const SLOT_BITS: u32 = 6;
 const LISTS: usize = LEVELS * SLOTS;
 
@@ -22,7 +22,7 @@ const LISTS: usize = LEVELS * SLOTS;
 /// the entry is not armed, so that a zeroed node means "not armed".
 #[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct Node {
+pub(crate) struct Node {
     prev: u32,
     next: u32,
     /// Deadline in wrapping ticks.
@@ -30,7 +30,7 @@ pub struct Node {
     list: u32,
 }
 
-pub struct Wheel {
+pub(crate) struct Wheel {
     nodes: Zeroed<Node>,
     cap: u32,
     occupied: [u64; LEVELS],
@@ -41,11 +41,11 @@ pub struct Wheel {
 
 impl Wheel {
     /// Bytes a wheel over `cap` entries allocates.
-    pub fn footprint(cap: usize) -> usize {
+    pub(crate) fn footprint(cap: usize) -> usize {
         cap.saturating_add(LISTS).saturating_mul(core::mem::size_of::<Node>())
     }
 
-    pub fn new(cap: usize, now_ticks: u64) -> Wheel {
+    pub(crate) fn new(cap: usize, now_ticks: u64) -> Wheel {
         assert!(cap < (u32::MAX as usize) - LISTS, "capacity too large for 32-bit indices");
         let mut nodes: Zeroed<Node> = zeroed_slice(cap + LISTS);
         for l in 0..LISTS {
@@ -56,41 +56,42 @@ impl Wheel {
     }
 
     /// Commits the node array's pages now.
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         crate::raw::touch(&mut self.nodes);
     }
 
     /// Memory region of the node array (for `madvise`).
-    pub fn nodes(&self) -> &[Node] {
+    pub(crate) fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
-    pub fn elapsed(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn elapsed(&self) -> u64 {
         self.elapsed
     }
 
-    pub fn armed_count(&self) -> usize {
+    pub(crate) fn armed_count(&self) -> usize {
         self.armed
     }
 
-    pub fn is_armed(&self, idx: u32) -> bool {
+    pub(crate) fn is_armed(&self, idx: u32) -> bool {
         self.nodes[idx as usize].list != 0
     }
 
     /// The deadline of an armed entry, as an absolute tick.
-    pub fn when(&self, idx: u32) -> u64 {
+    pub(crate) fn when(&self, idx: u32) -> u64 {
         self.abs(self.nodes[idx as usize].when)
     }
 
     /// Converts a wrapping tick to absolute, relative to `elapsed` (valid within
     /// +-2^31 ticks, i.e. the 365-day timeout limit).
-    pub fn abs(&self, t: u32) -> u64 {
+    pub(crate) fn abs(&self, t: u32) -> u64 {
         let delta = t.wrapping_sub(self.elapsed as u32) as i32;
         self.elapsed.wrapping_add_signed(i64::from(delta))
     }
 
     /// Arms `idx` to fire at absolute tick `when` (a past `when` fires at the next poll).
-    pub fn insert(&mut self, idx: u32, when: u64) {
+    pub(crate) fn insert(&mut self, idx: u32, when: u64) {
         debug_assert!(idx < self.cap && !self.is_armed(idx));
         let when = when.max(self.elapsed);
         let level = level_for(self.elapsed, when);
@@ -106,7 +107,7 @@ impl Wheel {
     }
 
     /// Disarms `idx` if armed.
-    pub fn remove(&mut self, idx: u32) {
+    pub(crate) fn remove(&mut self, idx: u32) {
         let n = self.nodes[idx as usize];
         if n.list == 0 {
             return;
@@ -123,7 +124,7 @@ impl Wheel {
     }
 
     /// Re-arms `idx` at `when` (disarming it first if needed).
-    pub fn rearm(&mut self, idx: u32, when: u64) {
+    pub(crate) fn rearm(&mut self, idx: u32, when: u64) {
         self.remove(idx);
         self.insert(idx, when);
     }
@@ -131,7 +132,7 @@ impl Wheel {
     /// Pops one entry whose slot is due at `now` (absolute ticks) and disarms it; the
     /// caller then removes the entry or re-arms it at its true deadline. Returns `None`
     /// when nothing is due; `elapsed` then advances to `now`.
-    pub fn pop_due(&mut self, now: u64) -> Option<u32> {
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<u32> {
         loop {
             let Some((level, slot, deadline)) = self.next_expiration() else {
                 self.elapsed = self.elapsed.max(now);

@@ -4,57 +4,62 @@ use super::{Result, WireError, be16};
 
 mod field {
     use core::ops::Range;
-    pub const DST: Range<usize> = 0..6;
-    pub const SRC: Range<usize> = 6..12;
-    pub const ETHERTYPE: Range<usize> = 12..14;
-    pub const PAYLOAD: usize = 14;
+    #[cfg(test)]
+    pub(crate) const DST: Range<usize> = 0..6;
+    #[cfg(test)]
+    pub(crate) const SRC: Range<usize> = 6..12;
+    pub(crate) const ETHERTYPE: Range<usize> = 12..14;
+    pub(crate) const PAYLOAD: usize = 14;
 }
 
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 
 /// EtherType values Holdfast recognises.
-pub mod ethertype {
-    pub const IPV4: u16 = 0x0800;
-    pub const ARP: u16 = 0x0806;
+pub(crate) mod ethertype {
+    pub(crate) const IPV4: u16 = 0x0800;
+    pub(crate) const ARP: u16 = 0x0806;
     /// IEEE 802.1Q customer tag.
-    pub const VLAN: u16 = 0x8100;
+    pub(crate) const VLAN: u16 = 0x8100;
     /// IEEE 802.1ad service tag (QinQ outer tag).
-    pub const QINQ: u16 = 0x88a8;
+    pub(crate) const QINQ: u16 = 0x88a8;
     /// Pre-standard QinQ outer tag still emitted by some switches.
-    pub const QINQ_OLD: u16 = 0x9100;
-    pub const IPV6: u16 = 0x86dd;
+    pub(crate) const QINQ_OLD: u16 = 0x9100;
+    pub(crate) const IPV6: u16 = 0x86dd;
 }
 
 /// A read-only view of an Ethernet II frame.
 #[derive(Debug, Clone, Copy)]
-pub struct Frame<T: AsRef<[u8]>> {
+pub(crate) struct Frame<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// Wraps `buffer` after checking that it holds a whole Ethernet header.
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
         Ok(Frame { buffer })
     }
 
-    pub fn dst(&self) -> [u8; 6] {
+    #[cfg(test)]
+    pub(crate) fn dst(&self) -> [u8; 6] {
         let b = &self.buffer.as_ref()[field::DST];
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
-    pub fn src(&self) -> [u8; 6] {
+    #[cfg(test)]
+    pub(crate) fn src(&self) -> [u8; 6] {
         let b = &self.buffer.as_ref()[field::SRC];
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
-    pub fn ethertype(&self) -> u16 {
+    pub(crate) fn ethertype(&self) -> u16 {
         be16(self.buffer.as_ref(), field::ETHERTYPE.start)
     }
 
-    pub fn payload(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD..]
     }
 }

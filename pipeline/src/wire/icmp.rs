@@ -5,41 +5,46 @@
 use super::{Result, WireError, be16};
 
 mod field {
-    pub const TYPE: usize = 0;
-    pub const CODE: usize = 1;
-    pub const CHECKSUM: usize = 2;
+    pub(crate) const TYPE: usize = 0;
+    pub(crate) const CODE: usize = 1;
+    #[cfg(test)]
+    pub(crate) const CHECKSUM: usize = 2;
     /// Echo and timestamp messages: identifier and sequence number.
-    pub const IDENT: usize = 4;
-    pub const SEQ: usize = 6;
+    pub(crate) const IDENT: usize = 4;
+    #[cfg(test)]
+    pub(crate) const SEQ: usize = 6;
+    #[cfg(test)]
     /// "Fragmentation needed" (RFC 1191): the next-hop MTU's place.
-    pub const MTU: usize = 6;
+    pub(crate) const MTU: usize = 6;
     /// The quoted packet of an error message.
-    pub const PAYLOAD: usize = 8;
+    pub(crate) const PAYLOAD: usize = 8;
 }
 
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 
 /// ICMPv4 types Holdfast treats specially.
-pub mod v4 {
-    pub const ECHO_REPLY: u8 = 0;
-    pub const DEST_UNREACHABLE: u8 = 3;
-    pub const SOURCE_QUENCH: u8 = 4;
-    pub const REDIRECT: u8 = 5;
-    pub const ECHO_REQUEST: u8 = 8;
-    pub const TIME_EXCEEDED: u8 = 11;
-    pub const PARAMETER_PROBLEM: u8 = 12;
-    pub const TIMESTAMP: u8 = 13;
-    pub const TIMESTAMP_REPLY: u8 = 14;
+pub(crate) mod v4 {
+    pub(crate) const ECHO_REPLY: u8 = 0;
+    pub(crate) const DEST_UNREACHABLE: u8 = 3;
+    pub(crate) const SOURCE_QUENCH: u8 = 4;
+    pub(crate) const REDIRECT: u8 = 5;
+    pub(crate) const ECHO_REQUEST: u8 = 8;
+    pub(crate) const TIME_EXCEEDED: u8 = 11;
+    pub(crate) const PARAMETER_PROBLEM: u8 = 12;
+    pub(crate) const TIMESTAMP: u8 = 13;
+    pub(crate) const TIMESTAMP_REPLY: u8 = 14;
+    #[cfg(test)]
     /// Code of "fragmentation needed and DF set" under DEST_UNREACHABLE (RFC 1191).
-    pub const CODE_FRAG_NEEDED: u8 = 4;
+    pub(crate) const CODE_FRAG_NEEDED: u8 = 4;
 
     /// Error messages that quote an offending datagram (Linux `icmp_error_message`).
-    pub fn is_error(ty: u8) -> bool {
+    pub(crate) fn is_error(ty: u8) -> bool {
         matches!(ty, DEST_UNREACHABLE | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROBLEM)
     }
 
+    #[cfg(test)]
     /// The reply type of a query type, for query/response tracking.
-    pub fn reply_of(ty: u8) -> Option<u8> {
+    pub(crate) fn reply_of(ty: u8) -> Option<u8> {
         match ty {
             ECHO_REQUEST => Some(ECHO_REPLY),
             TIMESTAMP => Some(TIMESTAMP_REPLY),
@@ -49,44 +54,35 @@ pub mod v4 {
 }
 
 /// ICMPv6 types Holdfast treats specially.
-pub mod v6 {
-    pub const DEST_UNREACHABLE: u8 = 1;
-    pub const PACKET_TOO_BIG: u8 = 2;
-    pub const TIME_EXCEEDED: u8 = 3;
-    pub const PARAMETER_PROBLEM: u8 = 4;
-    pub const ECHO_REQUEST: u8 = 128;
-    pub const ECHO_REPLY: u8 = 129;
-    pub const ROUTER_SOLICIT: u8 = 133;
-    pub const ROUTER_ADVERT: u8 = 134;
-    pub const NEIGHBOR_SOLICIT: u8 = 135;
-    pub const NEIGHBOR_ADVERT: u8 = 136;
+pub(crate) mod v6 {
+    #[cfg(test)]
+    pub(crate) const PACKET_TOO_BIG: u8 = 2;
+    pub(crate) const ECHO_REQUEST: u8 = 128;
+    pub(crate) const ECHO_REPLY: u8 = 129;
+    pub(crate) const ROUTER_SOLICIT: u8 = 133;
+    #[cfg(test)]
+    pub(crate) const NEIGHBOR_SOLICIT: u8 = 135;
+    pub(crate) const NEIGHBOR_ADVERT: u8 = 136;
 
     /// Error messages are types 0-127 (RFC 4443 section 2.1).
-    pub fn is_error(ty: u8) -> bool {
+    pub(crate) fn is_error(ty: u8) -> bool {
         ty < 128
-    }
-
-    pub fn reply_of(ty: u8) -> Option<u8> {
-        match ty {
-            ECHO_REQUEST => Some(ECHO_REPLY),
-            _ => None,
-        }
     }
 
     /// Neighbor discovery (RFC 4861) must cross a bump in the wire for IPv6 to work at
     /// all, like ARP for IPv4.
-    pub fn is_neighbor_discovery(ty: u8) -> bool {
+    pub(crate) fn is_neighbor_discovery(ty: u8) -> bool {
         (ROUTER_SOLICIT..=NEIGHBOR_ADVERT).contains(&ty) || ty == 137
     }
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub(crate) struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
@@ -97,35 +93,38 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    pub fn msg_type(&self) -> u8 {
+    pub(crate) fn msg_type(&self) -> u8 {
         self.b()[field::TYPE]
     }
 
-    pub fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         self.b()[field::CODE]
     }
 
-    pub fn checksum(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn checksum(&self) -> u16 {
         be16(self.b(), field::CHECKSUM)
     }
 
     /// Identifier of echo / timestamp messages.
-    pub fn echo_ident(&self) -> u16 {
+    pub(crate) fn echo_ident(&self) -> u16 {
         be16(self.b(), field::IDENT)
     }
 
-    pub fn echo_seq(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn echo_seq(&self) -> u16 {
         be16(self.b(), field::SEQ)
     }
 
+    #[cfg(test)]
     /// Next-hop MTU of "fragmentation needed" (RFC 1191) or low half of the ICMPv6
     /// Packet Too Big MTU.
-    pub fn mtu(&self) -> u16 {
+    pub(crate) fn mtu(&self) -> u16 {
         be16(self.b(), field::MTU)
     }
 
     /// Data after the 8-byte header: the quoted packet of an error message.
-    pub fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.b()[field::PAYLOAD..]
     }
 }

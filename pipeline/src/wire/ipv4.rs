@@ -3,30 +3,30 @@
 use super::{Result, WireError, be16, checksum_add, checksum_finish};
 
 mod field {
-    pub const VER_IHL: usize = 0;
-    pub const TOTAL_LEN: usize = 2;
-    pub const IDENT: usize = 4;
-    pub const FLAGS_FRAG: usize = 6;
-    pub const TTL: usize = 8;
-    pub const PROTOCOL: usize = 9;
-    pub const CHECKSUM: usize = 10;
-    pub const SRC: usize = 12;
-    pub const DST: usize = 16;
+    pub(crate) const VER_IHL: usize = 0;
+    pub(crate) const TOTAL_LEN: usize = 2;
+    pub(crate) const IDENT: usize = 4;
+    pub(crate) const FLAGS_FRAG: usize = 6;
+    #[cfg(test)]
+    pub(crate) const TTL: usize = 8;
+    pub(crate) const PROTOCOL: usize = 9;
+    pub(crate) const SRC: usize = 12;
+    pub(crate) const DST: usize = 16;
 }
 
 /// The header without options.
-pub const MIN_HEADER_LEN: usize = 20;
+pub(crate) const MIN_HEADER_LEN: usize = 20;
 
 /// A view of an IPv4 packet. `new_checked` guarantees: version 4, IHL >= 5, the whole
 /// header with options present, and total length covering the header and fitting the
 /// buffer (trailing Ethernet padding is allowed and ignored by `payload`).
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub(crate) struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         let quoted = Self::new_quoted(buffer)?;
         let b = quoted.b();
         let hlen = quoted.header_len();
@@ -44,7 +44,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// with options present, but the total length is not checked — a quote holds only
     /// the header and the first bytes of the payload (RFC 792). `payload` and
     /// `total_len` must not be used on it.
-    pub fn new_quoted(buffer: T) -> Result<Self> {
+    pub(crate) fn new_quoted(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
@@ -66,76 +66,77 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    pub fn header_len(&self) -> usize {
+    pub(crate) fn header_len(&self) -> usize {
         usize::from(self.b()[field::VER_IHL] & 0x0f) * 4
     }
 
-    pub fn total_len(&self) -> usize {
+    pub(crate) fn total_len(&self) -> usize {
         usize::from(be16(self.b(), field::TOTAL_LEN))
     }
 
-    pub fn ident(&self) -> u16 {
+    pub(crate) fn ident(&self) -> u16 {
         be16(self.b(), field::IDENT)
     }
 
-    pub fn dont_frag(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn dont_frag(&self) -> bool {
         self.b()[field::FLAGS_FRAG] & 0x40 != 0
     }
 
-    pub fn more_frags(&self) -> bool {
+    pub(crate) fn more_frags(&self) -> bool {
         self.b()[field::FLAGS_FRAG] & 0x20 != 0
     }
 
     /// Fragment offset in bytes.
-    pub fn frag_offset(&self) -> u16 {
+    pub(crate) fn frag_offset(&self) -> u16 {
         (be16(self.b(), field::FLAGS_FRAG) & 0x1fff) << 3
     }
 
     /// True for every fragment of a fragmented datagram, the first one included.
-    pub fn is_fragment(&self) -> bool {
+    pub(crate) fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
     }
 
-    pub fn ttl(&self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn ttl(&self) -> u8 {
         self.b()[field::TTL]
     }
 
-    pub fn protocol(&self) -> u8 {
+    pub(crate) fn protocol(&self) -> u8 {
         self.b()[field::PROTOCOL]
     }
 
-    pub fn checksum(&self) -> u16 {
-        be16(self.b(), field::CHECKSUM)
-    }
-
-    pub fn src(&self) -> [u8; 4] {
+    pub(crate) fn src(&self) -> [u8; 4] {
         let b = self.b();
         [b[field::SRC], b[field::SRC + 1], b[field::SRC + 2], b[field::SRC + 3]]
     }
 
-    pub fn dst(&self) -> [u8; 4] {
+    pub(crate) fn dst(&self) -> [u8; 4] {
         let b = self.b();
         [b[field::DST], b[field::DST + 1], b[field::DST + 2], b[field::DST + 3]]
     }
 
+    #[cfg(test)]
     /// Options bytes (empty when IHL is 5).
-    pub fn options(&self) -> &[u8] {
+    pub(crate) fn options(&self) -> &[u8] {
         &self.b()[MIN_HEADER_LEN..self.header_len()]
     }
 
+    #[cfg(test)]
     /// The payload as the total length field delimits it.
-    pub fn payload(&self) -> &[u8] {
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.b()[self.header_len()..self.total_len()]
     }
 
     /// True when the header checksum verifies (RFC 1071).
-    pub fn verify_checksum(&self) -> bool {
+    pub(crate) fn verify_checksum(&self) -> bool {
         checksum_finish(checksum_add(0, &self.b()[..self.header_len()])) == 0
     }
 
+    #[cfg(test)]
     /// The one's-complement sum of the IPv4 pseudo-header (RFC 793 section 3.1) for an
     /// upper-layer segment of `len` bytes.
-    pub fn pseudo_header_sum(&self, len: usize) -> u32 {
+    pub(crate) fn pseudo_header_sum(&self, len: usize) -> u32 {
         let b = self.b();
         let mut sum = checksum_add(0, &b[field::SRC..field::DST + 4]);
         sum += u32::from(self.protocol());

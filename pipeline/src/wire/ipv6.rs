@@ -1,54 +1,54 @@
 //! IPv6 headers (RFC 8200) and the walk over extension headers to the upper layer.
 
-use super::{Result, WireError, be16, be32, checksum_add};
+use super::{Result, WireError, be16, be32};
 
 mod field {
     use core::ops::Range;
     /// Version (4 bits), traffic class (8), flow label (20).
-    pub const VERSION: usize = 0;
-    pub const PAYLOAD_LEN: usize = 4;
-    pub const NEXT_HEADER: usize = 6;
-    pub const HOP_LIMIT: usize = 7;
-    pub const SRC: Range<usize> = 8..24;
-    pub const DST: Range<usize> = 24..40;
-    pub const PAYLOAD: usize = 40;
+    pub(crate) const VERSION: usize = 0;
+    pub(crate) const PAYLOAD_LEN: usize = 4;
+    pub(crate) const NEXT_HEADER: usize = 6;
+    #[cfg(test)]
+    pub(crate) const HOP_LIMIT: usize = 7;
+    pub(crate) const SRC: Range<usize> = 8..24;
+    pub(crate) const DST: Range<usize> = 24..40;
+    pub(crate) const PAYLOAD: usize = 40;
 
     /// Offsets inside the generic extension header (`next`, `len`, …).
-    pub const EXT_NEXT: usize = 0;
-    pub const EXT_LEN: usize = 1;
+    pub(crate) const EXT_NEXT: usize = 0;
+    pub(crate) const EXT_LEN: usize = 1;
     /// Offsets inside the fragment header.
-    pub const FRAG_OFFSET_M: usize = 2;
-    pub const FRAG_IDENT: usize = 4;
-    pub const FRAG_LEN: usize = 8;
+    pub(crate) const FRAG_OFFSET_M: usize = 2;
+    pub(crate) const FRAG_IDENT: usize = 4;
+    pub(crate) const FRAG_LEN: usize = 8;
 }
 
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 
 /// Extension-header walks stop after this many headers: a chain longer than this is
 /// treated as malformed (RFC 8200 sets no limit; RFC 7112 asks that the whole chain sit
 /// in the first fragment, and real traffic uses one or two).
-pub const MAX_EXTENSION_HEADERS: usize = 8;
+pub(crate) const MAX_EXTENSION_HEADERS: usize = 8;
 
 /// Next-header values with the generic `(next, len)` extension layout or special meaning.
-pub mod next_header {
-    pub const HOP_BY_HOP: u8 = 0;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ROUTING: u8 = 43;
-    pub const FRAGMENT: u8 = 44;
-    pub const ESP: u8 = 50;
-    pub const AH: u8 = 51;
-    pub const ICMPV6: u8 = 58;
-    pub const NO_NEXT: u8 = 59;
-    pub const DEST_OPTS: u8 = 60;
-    pub const MOBILITY: u8 = 135;
-    pub const HIP: u8 = 139;
-    pub const SHIM6: u8 = 140;
+pub(crate) mod next_header {
+    pub(crate) const HOP_BY_HOP: u8 = 0;
+    #[cfg(test)]
+    pub(crate) const TCP: u8 = 6;
+    #[cfg(test)]
+    pub(crate) const UDP: u8 = 17;
+    pub(crate) const ROUTING: u8 = 43;
+    pub(crate) const FRAGMENT: u8 = 44;
+    pub(crate) const AH: u8 = 51;
+    pub(crate) const DEST_OPTS: u8 = 60;
+    pub(crate) const MOBILITY: u8 = 135;
+    pub(crate) const HIP: u8 = 139;
+    pub(crate) const SHIM6: u8 = 140;
 }
 
 /// The IPv6 fragment header's fields (RFC 8200 section 4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fragment {
+pub(crate) struct Fragment {
     pub ident: u32,
     /// Offset in bytes.
     pub offset: u16,
@@ -57,7 +57,7 @@ pub struct Fragment {
 
 /// Where the upper-layer header starts, after the extension headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpperLayer {
+pub(crate) struct UpperLayer {
     /// The protocol of what follows the last extension header.
     pub protocol: u8,
     /// Offset from the start of the IPv6 header.
@@ -67,14 +67,14 @@ pub struct UpperLayer {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub(crate) struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks version 6 and that the payload length fits the buffer (trailing padding is
     /// allowed and ignored).
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         let quoted = Self::new_quoted(buffer)?;
         if quoted.b().len() < HEADER_LEN + quoted.payload_len() {
             return Err(WireError::Truncated);
@@ -85,7 +85,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// A view of the packet quoted in an ICMPv6 error: version 6 and a whole fixed
     /// header, the payload length not checked (a quote is cut to fit the minimum MTU,
     /// RFC 4443 section 2.4(c)). `packet` must not be used on it.
-    pub fn new_quoted(buffer: T) -> Result<Self> {
+    pub(crate) fn new_quoted(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -100,46 +100,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    pub fn payload_len(&self) -> usize {
+    pub(crate) fn payload_len(&self) -> usize {
         usize::from(be16(self.b(), field::PAYLOAD_LEN))
     }
 
-    pub fn next_header(&self) -> u8 {
+    pub(crate) fn next_header(&self) -> u8 {
         self.b()[field::NEXT_HEADER]
     }
 
-    pub fn hop_limit(&self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn hop_limit(&self) -> u8 {
         self.b()[field::HOP_LIMIT]
     }
 
-    pub fn src(&self) -> [u8; 16] {
+    pub(crate) fn src(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.b()[field::SRC]);
         a
     }
 
-    pub fn dst(&self) -> [u8; 16] {
+    pub(crate) fn dst(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.b()[field::DST]);
         a
     }
 
     /// Header plus payload, without link-layer padding.
-    pub fn packet(&self) -> &[u8] {
+    pub(crate) fn packet(&self) -> &[u8] {
         &self.b()[..HEADER_LEN + self.payload_len()]
     }
 
     /// Walks the extension headers of this packet; see [`walk`].
-    pub fn upper_layer(&self) -> Result<UpperLayer> {
+    pub(crate) fn upper_layer(&self) -> Result<UpperLayer> {
         walk(self.next_header(), self.packet())
-    }
-
-    /// The one's-complement sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
-    pub fn pseudo_header_sum(&self, protocol: u8, len: usize) -> u32 {
-        let mut sum = checksum_add(0, &self.b()[field::SRC.start..field::DST.end]);
-        sum += len as u32;
-        sum += u32::from(protocol);
-        sum
     }
 }
 
@@ -148,7 +141,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// at the first header that is not an extension header, at ESP (its payload is opaque),
 /// at No Next Header, or at a fragment header with a non-zero offset (the upper-layer
 /// header is only in the first fragment).
-pub fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
+pub(crate) fn walk(mut next: u8, p: &[u8]) -> Result<UpperLayer> {
     let mut at = HEADER_LEN;
     let mut fragment = None;
     for _ in 0..=MAX_EXTENSION_HEADERS {

@@ -4,15 +4,15 @@
 //! wraps a byte buffer, `new_checked` validates every length once, and after it returns
 //! `Ok` no accessor can panic, whatever the bytes. Nothing here allocates.
 
-pub mod arp;
+pub(crate) mod arp;
 pub mod build;
-pub mod ethernet;
-pub mod icmp;
-pub mod ipv4;
-pub mod ipv6;
+pub(crate) mod ethernet;
+pub(crate) mod icmp;
+pub(crate) mod ipv4;
+pub(crate) mod ipv6;
 pub mod tcp;
-pub mod udp;
-pub mod vlan;
+pub(crate) mod udp;
+pub(crate) mod vlan;
 
 /// Why a header could not be viewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

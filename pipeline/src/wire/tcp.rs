@@ -4,20 +4,18 @@
 use super::{Result, WireError, be16, be32};
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
-    pub const SEQ: usize = 4;
-    pub const ACK: usize = 8;
+    pub(crate) const SRC_PORT: usize = 0;
+    pub(crate) const DST_PORT: usize = 2;
+    pub(crate) const SEQ: usize = 4;
+    pub(crate) const ACK: usize = 8;
     /// Data offset in the high nibble (32-bit words).
-    pub const DATA_OFF: usize = 12;
-    pub const FLAGS: usize = 13;
-    pub const WINDOW: usize = 14;
-    pub const CHECKSUM: usize = 16;
-    pub const URGENT: usize = 18;
-    pub const OPTIONS: usize = 20;
+    pub(crate) const DATA_OFF: usize = 12;
+    pub(crate) const FLAGS: usize = 13;
+    pub(crate) const WINDOW: usize = 14;
+    pub(crate) const OPTIONS: usize = 20;
 }
 
-pub const MIN_HEADER_LEN: usize = field::OPTIONS;
+pub(crate) const MIN_HEADER_LEN: usize = field::OPTIONS;
 
 /// Flag bits in byte 13.
 pub mod flags {
@@ -32,17 +30,17 @@ pub mod flags {
 }
 
 /// Linux clamps advertised window scale to 14 (RFC 7323 section 2.3).
-pub const MAX_WSCALE: u8 = 14;
+pub(crate) const MAX_WSCALE: u8 = 14;
 
 /// A view of a TCP segment. `new_checked` guarantees the data offset is at least 5 and
 /// the whole header (with options) is in the buffer.
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub(crate) struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
@@ -61,48 +59,42 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    pub fn src_port(&self) -> u16 {
+    pub(crate) fn src_port(&self) -> u16 {
         be16(self.b(), field::SRC_PORT)
     }
 
-    pub fn dst_port(&self) -> u16 {
+    pub(crate) fn dst_port(&self) -> u16 {
         be16(self.b(), field::DST_PORT)
     }
 
-    pub fn seq(&self) -> u32 {
+    pub(crate) fn seq(&self) -> u32 {
         be32(self.b(), field::SEQ)
     }
 
-    pub fn ack(&self) -> u32 {
+    pub(crate) fn ack(&self) -> u32 {
         be32(self.b(), field::ACK)
     }
 
-    pub fn header_len(&self) -> usize {
+    pub(crate) fn header_len(&self) -> usize {
         usize::from(self.b()[field::DATA_OFF] >> 4) * 4
     }
 
     /// The eight flag bits (CWR..FIN).
-    pub fn flags(&self) -> u8 {
+    pub(crate) fn flags(&self) -> u8 {
         self.b()[field::FLAGS]
     }
 
-    pub fn window(&self) -> u16 {
+    pub(crate) fn window(&self) -> u16 {
         be16(self.b(), field::WINDOW)
     }
 
-    pub fn checksum(&self) -> u16 {
-        be16(self.b(), field::CHECKSUM)
-    }
-
-    pub fn urgent(&self) -> u16 {
-        be16(self.b(), field::URGENT)
-    }
-
-    pub fn options(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn options(&self) -> &[u8] {
         &self.b()[field::OPTIONS..self.header_len()]
     }
 
-    pub fn payload(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.b()[self.header_len()..]
     }
 }
@@ -111,7 +103,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// (`net/netfilter/nf_conntrack_proto_tcp.c`): EOL ends the list, a length below 2 or
 /// beyond the end stops parsing, and only the first SACK option counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     pub mss: Option<u16>,
     /// Window scale shift, clamped to 14.
     pub wscale: Option<u8>,
@@ -123,18 +115,18 @@ pub struct Options {
     pub sack_blocks: u8,
 }
 
-pub mod kind {
-    pub const EOL: u8 = 0;
-    pub const NOP: u8 = 1;
-    pub const MSS: u8 = 2;
-    pub const WSCALE: u8 = 3;
-    pub const SACK_PERM: u8 = 4;
-    pub const SACK: u8 = 5;
-    pub const TIMESTAMP: u8 = 8;
+pub(crate) mod kind {
+    pub(crate) const EOL: u8 = 0;
+    pub(crate) const NOP: u8 = 1;
+    pub(crate) const MSS: u8 = 2;
+    pub(crate) const WSCALE: u8 = 3;
+    pub(crate) const SACK_PERM: u8 = 4;
+    pub(crate) const SACK: u8 = 5;
+    pub(crate) const TIMESTAMP: u8 = 8;
 }
 
 impl Options {
-    pub fn parse(mut opts: &[u8]) -> Options {
+    pub(crate) fn parse(mut opts: &[u8]) -> Options {
         let mut o = Options::default();
         let mut sack_seen = false;
         while let Some((&kind, rest)) = opts.split_first() {

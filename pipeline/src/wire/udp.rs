@@ -3,24 +3,25 @@
 use super::{Result, WireError, be16};
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
-    pub const LENGTH: usize = 4;
-    pub const CHECKSUM: usize = 6;
-    pub const PAYLOAD: usize = 8;
+    pub(crate) const SRC_PORT: usize = 0;
+    pub(crate) const DST_PORT: usize = 2;
+    pub(crate) const LENGTH: usize = 4;
+    #[cfg(test)]
+    pub(crate) const CHECKSUM: usize = 6;
+    pub(crate) const PAYLOAD: usize = 8;
 }
 
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 
 /// A view of a UDP datagram. `new_checked` guarantees a whole header and a length field
 /// between 8 and the buffer length.
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub(crate) struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -39,34 +40,33 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()
     }
 
-    pub fn src_port(&self) -> u16 {
+    pub(crate) fn src_port(&self) -> u16 {
         be16(self.b(), field::SRC_PORT)
     }
 
-    pub fn dst_port(&self) -> u16 {
+    pub(crate) fn dst_port(&self) -> u16 {
         be16(self.b(), field::DST_PORT)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         usize::from(be16(self.b(), field::LENGTH))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == HEADER_LEN
-    }
-
-    pub fn checksum(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn checksum(&self) -> u16 {
         be16(self.b(), field::CHECKSUM)
     }
 
-    pub fn payload(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.b()[field::PAYLOAD..self.len()]
     }
 }
 
 /// Reads only the two ports of a UDP or TCP header, as quoted inside ICMP errors: RFC 792
 /// guarantees just the first 8 bytes of the offending datagram.
-pub fn ports(b: &[u8]) -> Result<(u16, u16)> {
+pub(crate) fn ports(b: &[u8]) -> Result<(u16, u16)> {
     if b.len() < 4 {
         return Err(WireError::Truncated);
     }

@@ -4,21 +4,21 @@ use super::{Result, WireError, be16};
 
 mod field {
     /// Priority (3 bits), drop eligible (1), VLAN id (12).
-    pub const TCI: usize = 0;
-    pub const ETHERTYPE: usize = 2;
-    pub const PAYLOAD: usize = 4;
+    pub(crate) const TCI: usize = 0;
+    pub(crate) const ETHERTYPE: usize = 2;
+    pub(crate) const PAYLOAD: usize = 4;
 }
 
-pub const TAG_LEN: usize = field::PAYLOAD;
+pub(crate) const TAG_LEN: usize = field::PAYLOAD;
 
 /// A view of one VLAN tag followed by the rest of the frame.
 #[derive(Debug, Clone, Copy)]
-pub struct Tag<T: AsRef<[u8]>> {
+pub(crate) struct Tag<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Tag<T> {
-    pub fn new_checked(buffer: T) -> Result<Self> {
+    pub(crate) fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < TAG_LEN {
             return Err(WireError::Truncated);
         }
@@ -29,22 +29,24 @@ impl<T: AsRef<[u8]>> Tag<T> {
         self.buffer.as_ref()
     }
 
+    #[cfg(test)]
     /// Priority code point (3 bits).
-    pub fn pcp(&self) -> u8 {
+    pub(crate) fn pcp(&self) -> u8 {
         self.b()[field::TCI] >> 5
     }
 
     /// VLAN identifier (12 bits).
-    pub fn vid(&self) -> u16 {
+    pub(crate) fn vid(&self) -> u16 {
         be16(self.b(), field::TCI) & 0x0fff
     }
 
     /// The EtherType of what follows the tag.
-    pub fn ethertype(&self) -> u16 {
+    pub(crate) fn ethertype(&self) -> u16 {
         be16(self.b(), field::ETHERTYPE)
     }
 
-    pub fn payload(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &[u8] {
         &self.b()[field::PAYLOAD..]
     }
 }

@@ -1,7 +1,6 @@
 //! Holdfast's control plane: YAML configuration, captures, offline replay, traffic
 //! generation. The `holdfast` binary (`main.rs`) is a thin command line over these.
 
-pub mod appliance;
 pub mod capture;
 pub mod check;
 pub mod config;

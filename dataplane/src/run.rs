@@ -107,6 +107,8 @@ impl std::fmt::Display for StartError {
     }
 }
 
+impl std::error::Error for StartError {}
+
 fn explain(what: &str, e: std::io::Error) -> StartError {
     let hint = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => ": permission denied — run as root, or grant CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK",

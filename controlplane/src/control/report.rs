@@ -1,61 +1,15 @@
-//! `holdfast run`'s pieces around the control loop (`control::serve`): the dataplane's
-//! config from the YAML one, the status line, the final counters as JSON and for people.
+//! The appliance's counters for people and programs: each worker's snapshot as JSON,
+//! the final counters when it stops, the status line printed every report interval.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use holdfast_dataplane::run::{self, Interface};
 use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{Counters, DropReason};
 use serde_json::{Map, Value, json};
 
-use crate::config::{Config, DenyOutput};
-use crate::control::saturation::{Active, Report};
-
-pub struct Options {
-    pub json: bool,
-    /// Stop after this long (tests, benchmarks); otherwise run until a signal.
-    pub duration: Option<Duration>,
-    /// No status lines.
-    pub quiet: bool,
-    pub seed: u64,
-}
-
-/// Translates the YAML config into the dataplane's.
-pub fn dataplane_config(cfg: &Config) -> Result<run::Config, String> {
-    let names = [cfg.outside_interface.clone(), cfg.inside_interface.clone()];
-    let mut ifs = Vec::new();
-    for (k, n) in names.into_iter().enumerate() {
-        let zone = ["outside", "inside"][k];
-        let name = n.ok_or_else(|| format!("zones.{zone}.interface is not set: holdfast run needs both interfaces"))?;
-        ifs.push(Interface { name, mode: cfg.dataplane.xdp_mode[k], queues: cfg.dataplane.queues[k] });
-    }
-    let available = core_ids();
-    for &c in &cfg.dataplane.cores {
-        if !available.contains(&c) {
-            return Err(format!("workers.cores lists core {c}, but this machine has cores {available:?}"));
-        }
-    }
-    let inside = ifs.pop().expect("two interfaces");
-    let outside = ifs.pop().expect("two interfaces");
-    Ok(run::Config {
-        interfaces: [outside, inside],
-        cores: cfg.dataplane.cores.iter().map(|&c| Some(c)).collect(),
-        burst: cfg.dataplane.burst,
-        idle: cfg.dataplane.idle,
-        umem_frames: cfg.dataplane.umem_frames,
-        ring_size: cfg.dataplane.ring_size,
-        engine: cfg.engine,
-        policy: cfg.classifier.clone(),
-        deny_log: cfg.log.denials != DenyOutput::Off,
-        log_rate: cfg.log.rate_limit,
-    })
-}
-
-fn core_ids() -> Vec<usize> {
-    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
-}
+use super::saturation::{Active, Report};
 
 fn drops_map(c: &Counters) -> Map<String, Value> {
     DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect()

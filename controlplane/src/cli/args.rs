@@ -1,0 +1,278 @@
+//! The command line's arguments: every subcommand and its options, as clap derives
+//! them. What each command does is in its own file beside this one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use holdfast_controlplane::{config, traffic};
+
+#[derive(Parser)]
+#[command(name = "holdfast", version, about = "A stateful firewall that never forgets a reply", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Validate a config file: exit 0 with a summary and the memory it needs when full,
+    /// or 2 with file:line:col (or what does not fit this machine).
+    CheckConfig(CheckArgs),
+    /// Push a capture through the pipeline.
+    Replay(ReplayArgs),
+    /// Generate traffic captures.
+    #[command(subcommand)]
+    Gen(GenCmd),
+    /// The origin story: a SYN flood against an LRU table and against Holdfast.
+    Demo(DemoArgs),
+    /// Run inline between the configured interfaces (AF_XDP; needs root).
+    Run(RunArgs),
+    /// The appliance in network namespaces with real traffic (needs root).
+    Lab(LabArgs),
+    /// Send 64-byte UDP frames as fast as possible (the lab benchmark's generator).
+    Blast(BlastArgs),
+    /// Commands against a running appliance's control endpoint.
+    #[command(flatten)]
+    Client(ClientCmd),
+}
+
+/// The commands that talk to a running appliance.
+#[derive(Subcommand)]
+pub enum ClientCmd {
+    /// A running appliance: generation, per-core rates, table fill, saturation.
+    Status(ClientArgs),
+    /// A running appliance's tracked flows, like `conntrack -L`.
+    Flows(FlowsArgs),
+    /// A live per-core view of a running appliance, refreshed every second.
+    Top(TopArgs),
+    /// Make a running appliance re-read its config file (as SIGHUP does).
+    Reload(ReloadArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    pub file: PathBuf,
+    /// Also check what `run` needs from this machine: interfaces and their queues,
+    /// cores, the memory available now, the deny log's directory, the token file.
+    #[arg(long)]
+    pub host: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The appliance's control.listen address.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub connect: String,
+    /// Take the address (and token) from this config file's control.listen (and
+    /// control.token_file) instead.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A file holding the appliance's control token (control.token_file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print the data as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub c: ClientArgs,
+    /// Address that opened the flow.
+    #[arg(long)]
+    pub src: Option<std::net::IpAddr>,
+    /// Address the flow was opened to.
+    #[arg(long)]
+    pub dst: Option<std::net::IpAddr>,
+    /// Either port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// State (ESTABLISHED, TIME_WAIT, UNREPLIED, ...).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    pub proto: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub c: ClientArgs,
+    /// Print one frame and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Refresh interval.
+    #[arg(long, default_value = "1s", value_parser = parse_dur)]
+    pub interval: holdfast_pipeline::Duration,
+}
+
+#[derive(Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub c: ClientArgs,
+    /// Return as soon as the appliance accepted the file, without waiting for every
+    /// worker to run it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// The running appliance a client command talks to, and its token.
+
+#[derive(Args)]
+pub struct BlastArgs {
+    #[arg(long)]
+    pub interface: String,
+    /// Destination MAC (the next hop: the receiver across a bump in the wire, or a router).
+    #[arg(long)]
+    pub dst_mac: String,
+    #[arg(long, default_value = "10.0.2.1")]
+    pub dst: std::net::Ipv4Addr,
+    #[arg(long, default_value_t = 9)]
+    pub dport: u16,
+    /// Distinct flows (source address and port pairs from 10.0.1.0/24, at most 1,000,000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub flows: u32,
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    pub seconds: f64,
+}
+
+#[derive(Args)]
+pub struct LabArgs {
+    /// `down`: remove leftovers of a lab; `up`: only create namespaces and veths.
+    pub action: Option<String>,
+    /// Worker threads (one queue per interface each).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// HTTP requests per server.
+    #[arg(long, default_value_t = 1)]
+    pub requests: usize,
+    /// Leave the lab running to poke at (`holdfast lab down` removes it).
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print the final counters as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (e.g. 30s) instead of waiting for a signal.
+    #[arg(long, value_parser = parse_dur)]
+    pub duration: Option<holdfast_pipeline::Duration>,
+    /// No status line every second.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Table capacity, the same for both runs.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    pub capacity: u32,
+    /// Spoofed SYNs per second.
+    #[arg(long, default_value_t = 100.0, value_parser = syn_rate)]
+    pub syn_flood: f64,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Print one JSON object with both reports.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Config file (default: the embedded configs/webfarm.yaml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// pcap or pcapng file (default: a web-farm capture generated in memory).
+    #[arg(long)]
+    pub pcap: Option<PathBuf>,
+    /// Replay without interfaces, with capture timestamps as the clock.
+    #[arg(long)]
+    pub offline: bool,
+    /// Worker threads; frames go to the worker that owns their flow.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the final table as JSON lines.
+    #[arg(long)]
+    pub flows_out: Option<PathBuf>,
+    /// Write one JSON line per frame: i, verdict, reason.
+    #[arg(long)]
+    pub verdicts_out: Option<PathBuf>,
+    /// Hash seed (default: random per process).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+pub enum GenCmd {
+    /// Web servers on port 80 inside, keep-alive clients outside.
+    Webfarm(WebfarmArgs),
+}
+
+#[derive(Args)]
+pub struct WebfarmArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=254))]
+    pub servers: u32,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub clients: u32,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub connections: u32,
+    /// Span over which connections start.
+    #[arg(long, default_value = "60s", value_parser = parse_dur)]
+    pub duration: holdfast_pipeline::Duration,
+    /// Idle gap between requests of a connection, `lo..hi`.
+    #[arg(long, default_value = "0s..5s", value_parser = traffic::parse_range)]
+    pub idle: (holdfast_pipeline::Duration, holdfast_pipeline::Duration),
+    /// Requests per connection, `lo..hi`.
+    #[arg(long, default_value = "1..4", value_parser = traffic::parse_int_range)]
+    pub requests: (u32, u32),
+    /// Response size in bytes, `lo..hi`.
+    #[arg(long, default_value = "200..6000", value_parser = traffic::parse_int_range)]
+    pub response: (u32, u32),
+    /// Spoofed SYNs per second to port 80 over the whole capture (0: none).
+    #[arg(long, default_value_t = 0.0, value_parser = syn_rate)]
+    pub syn_flood: f64,
+    /// Add a port scan of the servers' closed ports.
+    #[arg(long)]
+    pub scan: bool,
+    /// Stray ACKs from addresses that never connected.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub midstream: u32,
+}
+
+fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
+    config::values::parse_duration(s)
+}
+
+/// A number in `lo..=hi` (rejects NaN and infinities, which a float parser accepts).
+fn float_in(s: &str, lo: f64, hi: f64) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() && (lo..=hi).contains(&v) { Ok(v) } else { Err(format!("{s} is outside {lo} ..= {hi}")) }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    float_in(s, 0.001, 86_400.0)
+}
+
+fn syn_rate(s: &str) -> Result<f64, String> {
+    float_in(s, 0.0, 1_000_000.0)
+}

@@ -1,0 +1,94 @@
+//! `holdfast status | flows | top | reload`: against a running appliance's endpoint.
+
+use holdfast_controlplane::config;
+use holdfast_controlplane::control::client::{self, Target};
+
+use super::Error;
+use super::args::{ClientArgs, ClientCmd};
+
+/// The running appliance a client command talks to, and its token.
+fn target(c: &ClientArgs) -> Result<Target, Error> {
+    let mut t = Target::new(c.connect.clone());
+    let mut token_file = c.token_file.clone();
+    if let Some(p) = &c.config {
+        let cfg = config::load(p)?;
+        t.addr =
+            cfg.control.listen.map(|a| a.to_string()).ok_or_else(|| Error::Usage { cmd: "client", msg: format!("{}: control.listen is off", p.display()) })?;
+        token_file = token_file.or(cfg.control.token_file);
+    }
+    if let Some(f) = token_file {
+        t.token = Some(config::read_token(&f).map_err(|e| Error::Usage { cmd: "client", msg: e })?);
+    }
+    Ok(t)
+}
+
+impl ClientCmd {
+    pub fn run(self) -> Result<(), Error> {
+        match self {
+            ClientCmd::Status(c) => {
+                let v = client::status(&target(&c)?).map_err(|e| Error::failed("status", e))?;
+                if c.json {
+                    println!("{v}");
+                } else {
+                    print!("{}", client::render(&v));
+                }
+            }
+            ClientCmd::Flows(f) => {
+                let t = target(&f.c)?;
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("limit", &f.limit.to_string());
+                for (k, v) in [
+                    ("src", f.src.map(|a| a.to_string())),
+                    ("dst", f.dst.map(|a| a.to_string())),
+                    ("port", f.port.map(|p| p.to_string())),
+                    ("state", f.state.clone()),
+                    ("proto", f.proto.clone()),
+                ] {
+                    if let Some(v) = v {
+                        q.append_pair(k, &v);
+                    }
+                }
+                let list = client::flows(&t, &q.finish()).map_err(|e| Error::failed("flows", e))?;
+                for x in &list {
+                    if f.c.json { println!("{x}") } else { println!("{}", client::flow_line(x)) }
+                }
+                if !f.c.json {
+                    eprintln!("holdfast: {} flow(s) listed", list.len());
+                }
+            }
+            ClientCmd::Top(a) => {
+                let t = target(&a.c)?;
+                loop {
+                    let v = client::status(&t).map_err(|e| Error::failed("top", e))?;
+                    if a.c.json {
+                        println!("{v}");
+                    } else if a.once {
+                        print!("{}", client::render(&v));
+                    } else {
+                        // Home, clear, frame.
+                        println!("\x1b[H\x1b[2J{}(Ctrl-C quits)", client::render(&v));
+                    }
+                    if a.once {
+                        break;
+                    }
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::thread::sleep(std::time::Duration::from_nanos(a.interval.as_nanos().max(100_000_000)));
+                }
+            }
+            ClientCmd::Reload(r) => {
+                let v = client::reload(&target(&r.c)?, !r.no_wait)
+                    .map_err(|e| Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{e}")))?;
+                if r.c.json {
+                    println!("{v}");
+                } else {
+                    println!("holdfast: reloaded: generation {}{}", v["generation"], if r.no_wait { " accepted" } else { " running on every worker" });
+                    if let Some(list) = v["restart_needed"].as_array().filter(|a| !a.is_empty()) {
+                        println!("  not applied until a restart: {}", list.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! The `holdfast` command line, in the shape rust-analyzer's `xtask` and cargo's own
+//! commands take: the arguments in one file ([`args`]), one file per command group,
+//! each with `run(self)`, and one error type that `main` turns into an exit code.
+
+pub mod args;
+mod check;
+mod client;
+mod demo;
+mod error;
+mod lab;
+mod replay;
+mod run;
+
+pub use error::Error;
+
+use args::Cmd;
+
+impl Cmd {
+    pub fn run(self) -> Result<(), Error> {
+        match self {
+            Cmd::CheckConfig(a) => a.run(),
+            Cmd::Replay(a) => a.run(),
+            Cmd::Gen(g) => g.run(),
+            Cmd::Demo(a) => a.run(),
+            Cmd::Run(a) => a.run(),
+            Cmd::Lab(a) => a.run(),
+            Cmd::Blast(a) => a.run(),
+            Cmd::Client(c) => c.run(),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What the endpoint answers: the routes (`/metrics`, `/status`, `/flows`, `POST
+//! /reload`), who may ask for what (a bearer token, or loopback), the flow query, and
+//! the listing streamed from the workers' chunks. The connections, limits and timeouts
+//! that carry it are in `http`.
+//!
+//! Access: `/metrics` and `/status` are read-only aggregates, open to whoever reaches
+//! the socket. `/flows` (it reveals who talks to whom) and `/reload` need the bearer
+//! token of `control.token_file` when one is set; without one they answer only peers
+//! on the loopback interface.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::RwLock;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use holdfast_dataplane::control::{Command, FlowFilter, FlowsReply};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::http::{BODY_LIMIT, BODY_TIMEOUT, Body, MAX_FLOWS, Shared};
+use super::{ReloadRequest, View, status_json};
+use crate::replay::flow_json;
+
+/// How long a listing waits for a worker's next chunk before giving up on it.
+const WORKER_ANSWER: Duration = Duration::from_secs(10);
+/// How long `POST /reload` waits for the control loop.
+const RELOAD_ANSWER: Duration = Duration::from_secs(30);
+
+/// A response body fed by a channel: a flow listing, line by line.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn text(code: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = code;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn plain(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    text(code, "text/plain; charset=utf-8", msg.into() + "\n")
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, format!("use {}", allow.replace(", ", " or ")));
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn read_view(view: &RwLock<View>) -> View {
+    view.read().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// Compares without an early exit, so timing does not tell how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a request for `path` from `peer`, with this `Authorization` header, may see
+/// flows or reload: with a configured `token`, only if it carries it; without one, only
+/// from loopback. The refusal's status and words otherwise.
+pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, path: &str) -> Result<(), (StatusCode, String)> {
+    match token {
+        Some(t) => match authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
+            Some(g) if same(g.as_bytes(), t.as_bytes()) => Ok(()),
+            Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token: send the contents of control.token_file as `Authorization: Bearer <token>`".into())),
+            None => Err((
+                StatusCode::UNAUTHORIZED,
+                "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)"
+                    .into(),
+            )),
+        },
+        None if peer.to_canonical().is_loopback() => Ok(()),
+        None => Err((StatusCode::FORBIDDEN, format!("{path} from another host ({peer}) needs a token: set control.token_file on the appliance"))),
+    }
+}
+
+fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(), Box<Response<Body>>> {
+    let token = sh.token.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
+    decide(token.as_deref(), header, peer.ip(), req.uri().path()).map_err(|(code, msg)| {
+        sh.stats.unauthorized.fetch_add(1, Relaxed);
+        let mut r = plain(code, msg);
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"holdfast\""));
+        }
+        Box::new(r)
+    })
+}
+
+pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Response<Body> {
+    sh.stats.requests.fetch_add(1, Relaxed);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path.as_str() {
+        "/metrics" if get => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", super::metrics::encode(&read_view(&sh.view))),
+        "/status" if get => text(StatusCode::OK, "application/json", status_json(&read_view(&sh.view)).to_string() + "\n"),
+        "/flows" if get => {
+            if let Err(r) = authorize(&req, peer, sh) {
+                return *r;
+            }
+            match parse_query(&query) {
+                Ok((filter, limit)) => flows(sh, filter, limit),
+                Err(e) => plain(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        "/reload" if *req.method() == Method::POST => {
+            if let Err(r) = authorize(&req, peer, sh) {
+                return *r;
+            }
+            // The body is not used; it is read (bounded in size and time) so that a
+            // client cannot hold the request open by promising one.
+            match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), BODY_LIMIT).collect()).await {
+                Err(_) => {
+                    sh.stats.bad_bodies.fetch_add(1, Relaxed);
+                    return plain(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()));
+                }
+                Ok(Err(_)) => {
+                    sh.stats.bad_bodies.fetch_add(1, Relaxed);
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("POST /reload takes no body (at most {BODY_LIMIT} bytes are read)"));
+                }
+                Ok(Ok(_)) => {}
+            }
+            reload(sh).await
+        }
+        "/metrics" | "/status" | "/flows" => method_not_allowed("GET, HEAD"),
+        "/reload" => method_not_allowed("POST"),
+        _ => plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows or POST /reload")),
+    }
+}
+
+/// Waits for a crossbeam reply without blocking the runtime.
+async fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>, timeout: Duration) -> Result<T, &'static str> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err("gone"),
+            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() >= deadline => return Err("timeout"),
+            Err(crossbeam_channel::TryRecvError::Empty) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+async fn reload(sh: &Shared) -> Response<Body> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if sh.reload.send(ReloadRequest { reply: tx }).is_err() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "the appliance is stopping");
+    }
+    match poll_recv(&rx, RELOAD_ANSWER).await {
+        Ok(Ok(v)) => text(StatusCode::OK, "application/json", v.to_string() + "\n"),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the control loop"),
+    }
+}
+
+/// `limit=N&src=…&dst=…&port=…&state=…&proto=…`.
+pub fn parse_query(q: &str) -> Result<(FlowFilter, usize), String> {
+    let mut f = FlowFilter::default();
+    let mut limit = 1000;
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        let (k, v) = (k.as_ref(), v.into_owned());
+        let addr = |v: &str| v.parse::<IpAddr>().map_err(|_| format!("{k}={v}: not an IP address"));
+        match k {
+            "limit" => {
+                limit = match v.parse::<u64>() {
+                    Ok(n) => usize::try_from(n).unwrap_or(MAX_FLOWS).min(MAX_FLOWS),
+                    Err(_) if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => MAX_FLOWS,
+                    Err(_) => return Err(format!("limit={v}: a whole number of flows, 1 to {MAX_FLOWS} (larger is cut to {MAX_FLOWS})")),
+                }
+            }
+            "src" => f.src = Some(addr(&v)?),
+            "dst" => f.dst = Some(addr(&v)?),
+            "port" => f.port = Some(v.parse().map_err(|_| format!("port={v}: a port number, 0 to 65535"))?),
+            "state" => f.state = Some(v),
+            "proto" => {
+                f.proto = Some(match v.to_ascii_lowercase().as_str() {
+                    "tcp" => 6,
+                    "udp" => 17,
+                    "icmp" => 1,
+                    "icmpv6" => 58,
+                    n => n.parse().map_err(|_| format!("proto={v}: tcp, udp, icmp, icmpv6 or a protocol number, 0 to 255"))?,
+                })
+            }
+            _ => return Err(format!("unknown parameter {k:?}: limit, src, dst, port, state, proto")),
+        }
+    }
+    Ok((f, limit))
+}
+
+/// Asks every worker for its matching flows (each walks its table a slice at a time,
+/// between bursts) and streams them as JSON lines in the shape of `replay
+/// --flows-out`, plus `worker`. A worker that stalls mid-listing ends it with a line
+/// `{"error": …}`.
+fn flows(sh: &Shared, filter: FlowFilter, limit: usize) -> Response<Body> {
+    let stalled = read_view(&sh.view).stalled;
+    if let Some(w) = stalled.first() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("worker {w} is stalled (no heartbeat): a listing would wait for it; see /status"));
+    }
+    let mut waits = Vec::new();
+    for w in 0..sh.commander.workers() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        if !sh.commander.send(w, Command::Flows { filter: filter.clone(), limit, reply: tx }) {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, format!("worker {w} is busy or stopped; try again"));
+        }
+        waits.push(rx);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut n = 0;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for (w, rx) in waits.into_iter().enumerate() {
+            loop {
+                if n >= limit {
+                    break;
+                }
+                match poll_recv(&rx, WORKER_ANSWER).await {
+                    Ok(FlowsReply::Chunk(list)) => {
+                        for f in list.iter().take(limit - n) {
+                            let mut v: Value = flow_json(f);
+                            v["worker"] = json!(w);
+                            let _ = serde_json::to_writer(&mut buf, &v);
+                            buf.push(b'\n');
+                            n += 1;
+                            if buf.len() >= 60 * 1024 && tx.send(Bytes::from(std::mem::take(&mut buf))).await.is_err() {
+                                return; // the client went away; dropping the receivers ends the walks
+                            }
+                        }
+                    }
+                    Ok(FlowsReply::Done) => break,
+                    Err(why) => {
+                        let msg = if why == "gone" { "stopped" } else { "did not answer within 10 s" };
+                        let _ = serde_json::to_writer(&mut buf, &json!({"error": format!("worker {w} {msg}; the listing is incomplete")}));
+                        buf.push(b'\n');
+                        let _ = tx.send(Bytes::from(buf)).await;
+                        return;
+                    }
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(Bytes::from(buf)).await;
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_queries_parse_and_bad_ones_say_why() {
+        let (f, n) = parse_query("limit=5&src=10.0.1.1&dst=10.0.2.3&port=80&state=established&proto=tcp").unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(f.src, Some("10.0.1.1".parse().unwrap()));
+        assert_eq!((f.port, f.proto, f.state.as_deref()), (Some(80), Some(6), Some("established")));
+        let (f, n) = parse_query("src=2001%3Adb8%3A%3A1").unwrap();
+        assert_eq!((f.src, n), (Some("2001:db8::1".parse().unwrap()), 1000));
+        assert!(parse_query("src=nope").unwrap_err().contains("not an IP address"));
+        assert!(parse_query("colour=red").unwrap_err().contains("unknown parameter"));
+        assert_eq!(parse_query("limit=99999999").unwrap().1, MAX_FLOWS);
+        // A number too large for any integer type is still a number: cut to the maximum.
+        assert_eq!(parse_query("limit=99999999999999999999999999").unwrap().1, MAX_FLOWS);
+        assert!(parse_query("limit=-1").unwrap_err().contains("a whole number"));
+        assert!(parse_query("port=70000").unwrap_err().contains("0 to 65535"));
+    }
+
+    #[test]
+    fn flows_and_reload_need_the_token_or_loopback() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let far: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(decide(None, None, lo, "/flows").is_ok());
+        assert!(decide(None, None, lo6, "/flows").is_ok());
+        let (code, msg) = decide(None, None, far, "/reload").unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(msg.contains("control.token_file"), "{msg}");
+        let t = Some("0123456789abcdef");
+        assert_eq!(decide(t, None, lo, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED, "a token binds loopback too");
+        assert_eq!(decide(t, Some("Bearer nope"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(decide(t, Some("Basic 0123456789abcdef"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert!(decide(t, Some("Bearer 0123456789abcdef"), far, "/flows").is_ok());
+    }
+
+    #[test]
+    fn tokens_compare_in_full() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

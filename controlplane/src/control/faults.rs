@@ -1,0 +1,131 @@
+//! Faults the control loop watches for and raises as events: a worker whose heartbeat
+//! stopped, an interface down or gone (and re-attached when it returns), a deny log
+//! that cannot be written.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use holdfast_dataplane::run::{LinkReport, Running};
+use holdfast_dataplane::sys::LinkState;
+
+use super::denylog::Logger;
+use super::saturation::{Report, Saturation};
+use super::view::LinkView;
+
+/// A worker publishes every 2 ms while its loop runs (idle or not); one that has not
+/// for this long is stuck — in an endless loop, or blocked — and raises the
+/// `worker_stalled` fault.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+/// How long a stop waits for the workers to finish before leaving a stuck one behind.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Watches each worker's heartbeat; says which have stalled.
+#[derive(Debug)]
+pub struct StallWatch {
+    last: Vec<(u64, Instant)>,
+}
+
+impl StallWatch {
+    pub fn new(beats: &[u64], now: Instant) -> StallWatch {
+        StallWatch { last: beats.iter().map(|&b| (b, now)).collect() }
+    }
+
+    /// Records the heartbeats read at `now`; returns, per worker, how long it has gone
+    /// without one.
+    pub fn update(&mut self, beats: &[u64], now: Instant) -> Vec<Duration> {
+        self.last
+            .iter_mut()
+            .zip(beats)
+            .map(|(last, &b)| {
+                if b != last.0 {
+                    *last = (b, now);
+                }
+                now.saturating_duration_since(last.1)
+            })
+            .collect()
+    }
+}
+
+fn say(t: Option<super::saturation::Transition>) {
+    if let Some(t) = t {
+        eprintln!("holdfast: {}", t.describe(&Report::default()));
+    }
+}
+
+/// Raises and clears `worker_stalled` from the heartbeats; returns the stalled workers.
+pub(super) fn stalls(sat: &mut Saturation, watch: &mut StallWatch, beats: &[u64]) -> Vec<usize> {
+    let silent = watch.update(beats, Instant::now());
+    let mut stalled = Vec::new();
+    for (w, quiet) in silent.iter().enumerate() {
+        let on = *quiet >= STALL_AFTER;
+        if on {
+            stalled.push(w);
+        }
+        let detail = if on {
+            format!(
+                "worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
+                quiet.as_secs_f64()
+            )
+        } else {
+            format!("worker {w} runs again")
+        };
+        say(sat.fault("worker_stalled", w, on, quiet.as_secs_f64(), detail, SystemTime::now()));
+    }
+    stalled
+}
+
+const ZONES: [&str; 2] = ["outside", "inside"];
+
+/// `interface_down` for each side not up at start.
+pub(super) fn links_at_start(sat: &mut Saturation, running: &Running, names: &[String; 2]) {
+    for (k, st) in running.link_states().iter().enumerate() {
+        if !st.is_up() {
+            let detail = format!("{} ({}) is {} at start: nothing is forwarded to it", names[k], ZONES[k], st.name());
+            say(sat.fault("interface_down", k, true, 0.0, detail, SystemTime::now()));
+        }
+    }
+}
+
+/// Looks at the links (the dataplane re-attaches what came back); a side that is down
+/// or gone is a fault. Updates `links`, the view's copy.
+pub(super) fn links(sat: &mut Saturation, running: &mut Running, links: &mut [LinkView; 2]) {
+    let LinkReport { changes, reattached } = running.watch_links();
+    for ch in &changes {
+        let zone = ZONES[ch.side];
+        let detail = match ch.to {
+            LinkState::Gone => format!("{} ({zone}) is gone: frames to it are dropped as link_down; Holdfast re-attaches when it returns", ch.name),
+            LinkState::Down { .. } => format!("{} ({zone}) is down: frames to it are dropped as link_down", ch.name),
+            LinkState::Up { .. } => format!("{} ({zone}) is up", ch.name),
+        };
+        eprintln!("holdfast: interface {} ({zone}): {} -> {}", ch.name, ch.from.name(), ch.to.name());
+        say(sat.fault("interface_down", ch.side, !ch.to.is_up(), 0.0, detail, SystemTime::now()));
+    }
+    match &reattached {
+        Some(Ok(())) => {
+            for (k, st) in running.link_states().iter().enumerate() {
+                if links[k].ifindex != st.ifindex() || !links[k].up {
+                    links[k].reattaches += 1;
+                }
+            }
+            eprintln!("holdfast: re-attached: every worker's sockets re-bound, the XDP program attached; tables kept");
+        }
+        Some(Err(e)) => eprintln!("holdfast: re-attaching failed: {e}; retrying every second (systemd's watchdog is not fed meanwhile)"),
+        None => {}
+    }
+    for (k, st) in running.link_states().iter().enumerate() {
+        links[k].state = st.name().to_string();
+        links[k].up = st.is_up() && running.reattach_pending().is_none();
+        links[k].ifindex = st.ifindex();
+    }
+}
+
+/// `deny_log_write` while the deny log cannot be written.
+pub(super) fn deny_log(sat: &mut Saturation, logger: &Logger) {
+    let failing = logger.stats.failing.load(std::sync::atomic::Ordering::Relaxed);
+    let lost = logger.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+    let detail = if failing {
+        format!("the deny log cannot be written ({lost} line(s) lost so far): the disk may be full")
+    } else {
+        "the deny log is written again".to_string()
+    };
+    say(sat.fault("deny_log_write", 0, failing, lost as f64, detail, SystemTime::now()));
+}

@@ -11,21 +11,23 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::RwLock;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holdfast_dataplane::control::{Command, FlowFilter, FlowsReply};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::http::{BODY_LIMIT, BODY_TIMEOUT, Body, MAX_FLOWS, Shared};
+use holdfast_dataplane::run::Commander;
+
+use super::view::HttpStats;
 use super::{ReloadRequest, View, status_json};
 use crate::replay::flow_json;
 
@@ -33,6 +35,30 @@ use crate::replay::flow_json;
 const WORKER_ANSWER: Duration = Duration::from_secs(10);
 /// How long `POST /reload` waits for the control loop.
 const RELOAD_ANSWER: Duration = Duration::from_secs(30);
+
+/// Most flows one `/flows` request returns.
+pub const MAX_FLOWS: usize = 1_000_000;
+
+/// A request body, in bytes. Only `POST /reload` reads one, and ignores it.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Time to send the whole body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bearer token `/flows` and `/reload` require (`control.token_file`), shared
+/// with the control loop, which re-reads the file on reload.
+pub type Token = Arc<RwLock<Option<String>>>;
+
+pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub(super) struct Shared {
+    pub(super) view: Arc<RwLock<View>>,
+    pub(super) commander: Commander,
+    pub(super) reload: crossbeam_channel::Sender<ReloadRequest>,
+    pub(super) token: Token,
+    pub(super) stats: Arc<HttpStats>,
+    pub(super) epoch: Instant,
+}
 
 /// A response body fed by a channel: a flow listing, line by line.
 struct ChannelBody(mpsc::Receiver<Bytes>);

@@ -27,61 +27,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use holdfast_dataplane::run::Commander;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
+use super::api::Shared;
+pub use super::api::{BODY_LIMIT, BODY_TIMEOUT, MAX_FLOWS, Token};
+pub use super::view::HttpStats;
 use super::{ReloadRequest, View};
 
-/// Most flows one `/flows` request returns.
-pub const MAX_FLOWS: usize = 1_000_000;
 /// Most connections open at once; one more evicts the quietest.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Request line and headers, in bytes (hyper's read buffer; larger gets 431).
 pub const HEADER_LIMIT: usize = 16 * 1024;
-/// A request body, in bytes. Only `POST /reload` reads one, and ignores it.
-pub const BODY_LIMIT: usize = 64 * 1024;
 /// Time to send the whole request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time to send the whole body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection with nothing read or written for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the endpoint has had to refuse or cut, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    pub requests: AtomicU64,
-    /// Connections closed to make room for a new one (over [`MAX_CONNECTIONS`]).
-    pub evicted: AtomicU64,
-    /// Connections closed after [`IDLE_TIMEOUT`] without traffic.
-    pub idle_closed: AtomicU64,
-    /// `accept()` failures (descriptor table full, …).
-    pub accept_errors: AtomicU64,
-    /// Requests refused for a missing or wrong token, or from another host.
-    pub unauthorized: AtomicU64,
-    /// Bodies over [`BODY_LIMIT`] or not sent within [`BODY_TIMEOUT`].
-    pub bad_bodies: AtomicU64,
-    pub open: AtomicU64,
-}
-
-/// The bearer token `/flows` and `/reload` require (`control.token_file`), shared
-/// with the control loop, which re-reads the file on reload.
-pub type Token = Arc<RwLock<Option<String>>>;
-
-pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-pub(super) struct Shared {
-    pub(super) view: Arc<RwLock<View>>,
-    pub(super) commander: Commander,
-    pub(super) reload: crossbeam_channel::Sender<ReloadRequest>,
-    pub(super) token: Token,
-    pub(super) stats: Arc<HttpStats>,
-    pub(super) epoch: Instant,
-}
 
 pub struct Endpoint {
     stop: watch::Sender<bool>,

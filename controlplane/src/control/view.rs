@@ -9,7 +9,8 @@ use holdfast_dataplane::stats::Snapshot;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use serde_json::{Value, json};
 
-use super::http;
+use std::sync::atomic::AtomicU64;
+
 use super::report::snapshot_json;
 use super::saturation::{self, Active, Report};
 
@@ -34,7 +35,7 @@ pub struct View {
     pub log_written: u64,
     pub log_write_errors: u64,
     /// The endpoint's own counters (refusals, evictions, timeouts).
-    pub http: Arc<http::HttpStats>,
+    pub http: Arc<HttpStats>,
     /// Each interface (outside, inside) as last seen.
     pub links: [LinkView; 2],
     /// Workers whose heartbeat stopped (see [`STALL_AFTER`]): requests that need them
@@ -135,4 +136,21 @@ pub fn status_json(v: &View) -> Value {
         "restart_needed": v.restart_needed,
         "deny_log": {"written": v.log_written, "write_errors": v.log_write_errors},
     })
+}
+
+/// What the endpoint has had to refuse or cut, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    /// Connections closed to make room for a new one (over [`MAX_CONNECTIONS`]).
+    pub evicted: AtomicU64,
+    /// Connections closed after [`IDLE_TIMEOUT`] without traffic.
+    pub idle_closed: AtomicU64,
+    /// `accept()` failures (descriptor table full, …).
+    pub accept_errors: AtomicU64,
+    /// Requests refused for a missing or wrong token, or from another host.
+    pub unauthorized: AtomicU64,
+    /// Bodies over [`BODY_LIMIT`] or not sent within [`BODY_TIMEOUT`].
+    pub bad_bodies: AtomicU64,
+    pub open: AtomicU64,
 }

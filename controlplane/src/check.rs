@@ -77,24 +77,42 @@ impl MemoryPlan {
 
     /// Whether the plan fits in `limit` bytes (`what` names the limit); if not, what
     /// to change.
-    pub fn fits(&self, cfg: &Config, limit: u64, what: &str) -> Result<(), String> {
+    pub fn fits(&self, cfg: &Config, limit: u64, what: &str) -> Result<(), DoesNotFit> {
         if self.total <= limit {
             return Ok(());
         }
-        let most = Self::largest_capacity(cfg, limit);
-        Err(format!(
-            "conntrack.capacity {} x {} worker(s) needs {} when the tables are full, more than {what} ({}): {}",
-            cfg.engine.capacity,
-            self.workers,
-            bytes(self.total),
-            bytes(limit),
-            if most > 0 {
-                format!("lower conntrack.capacity to at most {most}, or use fewer workers")
-            } else {
-                "even one entry per worker does not fit: lower workers.umem_frames or use fewer workers".to_string()
-            }
-        ))
+        Err(DoesNotFit {
+            capacity: cfg.engine.capacity,
+            workers: self.workers,
+            needs: self.total,
+            limit,
+            limit_name: what.to_string(),
+            largest_capacity: Self::largest_capacity(cfg, limit),
+        })
     }
+}
+
+/// A configuration whose tables, when full, would not fit in memory; says what to lower.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "conntrack.capacity {capacity} x {workers} worker(s) needs {} when the tables are full, more than {limit_name} ({}): {}",
+    bytes(*.needs),
+    bytes(*.limit),
+    if *.largest_capacity > 0 {
+        format!("lower conntrack.capacity to at most {}, or use fewer workers", .largest_capacity)
+    } else {
+        "even one entry per worker does not fit: lower workers.umem_frames or use fewer workers".to_string()
+    }
+)]
+pub struct DoesNotFit {
+    pub capacity: usize,
+    pub workers: u64,
+    pub needs: u64,
+    pub limit: u64,
+    /// What the limit is (the machine's RAM, the cgroup's limit, MemAvailable).
+    pub limit_name: String,
+    /// The largest capacity that fits (0: none).
+    pub largest_capacity: usize,
 }
 
 fn self_workers(cfg: &Config) -> u64 {
@@ -103,7 +121,7 @@ fn self_workers(cfg: &Config) -> u64 {
 
 /// The memory check `check-config` makes on any machine: the plan must fit in the RAM
 /// (or the cgroup's limit) this machine has at all.
-pub fn memory_ceiling(cfg: &Config) -> Result<String, String> {
+pub fn memory_ceiling(cfg: &Config) -> Result<String, DoesNotFit> {
     let plan = MemoryPlan::of(cfg);
     let line = plan.describe(cfg);
     match host::memory() {
@@ -124,7 +142,7 @@ fn ceiling_name(m: &Memory) -> String {
 
 /// The memory check `run` makes before it starts: the plan must fit in what can be
 /// committed now (MemAvailable, and the cgroup's headroom).
-pub fn memory_now(cfg: &Config) -> Result<MemoryPlan, String> {
+pub fn memory_now(cfg: &Config) -> Result<MemoryPlan, DoesNotFit> {
     let plan = MemoryPlan::of(cfg);
     if let Some(m) = host::memory() {
         let what = if m.cgroup_limit.is_some_and(|l| l.saturating_sub(m.cgroup_used) < m.available) {
@@ -206,7 +224,7 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
     if let Some(t) = &cfg.control.token_file
         && let Err(e) = crate::config::read_token(t)
     {
-        out.push(error(e));
+        out.push(error(e.to_string()));
     }
     if let Some(addr) = cfg.control.listen
         && let Err(e) = std::net::TcpListener::bind(addr)
@@ -244,10 +262,12 @@ mod tests {
         assert_eq!(p.engine, Engine::footprint(&c.engine) as u64);
         assert_eq!(p.total, 2 * (p.engine + p.umem + p.rings));
         assert!(p.fits(&c, p.total, "x").is_ok());
-        let e = p.fits(&c, p.total * 3 / 4, "this machine's RAM").unwrap_err();
+        let err = p.fits(&c, p.total * 3 / 4, "this machine's RAM").unwrap_err();
+        let e = err.to_string();
         assert!(e.contains("conntrack.capacity 65536 x 2 worker(s)") && e.contains("lower conntrack.capacity to at most"), "{e}");
         // The suggested capacity does fit, and one more entry's worth would not.
         let most: usize = e.split("at most ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        assert_eq!(most, err.largest_capacity);
         let fit = |n: usize| MemoryPlan::with(&EngineConfig { capacity: n, ..c.engine }, 2, 4096).total <= p.total * 3 / 4;
         assert!(fit(most) && !fit(most + 64), "{most}");
     }
@@ -255,7 +275,7 @@ mod tests {
     #[test]
     fn two_billion_entries_do_not_fit_on_this_machine() {
         let c = cfg("conntrack: { capacity: 2147483648 }\n");
-        let e = memory_ceiling(&c).unwrap_err();
+        let e = memory_ceiling(&c).unwrap_err().to_string();
         assert!(e.contains("needs") && e.contains("GiB") && e.contains("lower conntrack.capacity"), "{e}");
         assert!(memory_now(&c).is_err());
         // The embedded default fits.

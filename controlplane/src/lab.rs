@@ -37,9 +37,60 @@ pub struct Options {
     pub keep: bool,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e} (install iproute2)"))?;
-    if out.status.success() { Ok(()) } else { Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())) }
+/// Why the lab could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("holdfast lab needs root: it creates network namespaces and attaches XDP")]
+    NotRoot,
+    /// A tool could not be started at all.
+    #[error("{tool}: {source}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command ran and failed; its standard error.
+    #[error("{command}: {stderr}")]
+    Command { command: String, stderr: String },
+    /// What failed needs a package that may be missing.
+    #[error("{source} (install {package})")]
+    Needs {
+        package: &'static str,
+        #[source]
+        source: Box<LabError>,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the appliance stopped ({status}): {stderr}")]
+    ApplianceStopped { status: std::process::ExitStatus, stderr: String },
+    #[error("{0}")]
+    Timeout(&'static str),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl LabError {
+    fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> LabError {
+        let what = what.to_string();
+        move |source| LabError::Io { what, source }
+    }
+
+    fn needs(self, package: &'static str) -> LabError {
+        LabError::Needs { package, source: Box::new(self) }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), LabError> {
+    let out = Command::new("ip").args(args).output().map_err(|source| LabError::Spawn { tool: "ip".into(), source }.needs("iproute2"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command { command: format!("ip {}", args.join(" ")), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
 }
 
 fn in_ns(ns: &str, cmd: &[&str]) -> Command {
@@ -48,9 +99,13 @@ fn in_ns(ns: &str, cmd: &[&str]) -> Command {
     c
 }
 
-fn run_in(ns: &str, cmd: &[&str]) -> Result<String, String> {
-    let out = in_ns(ns, cmd).output().map_err(|e| format!("{}: {e}", cmd[0]))?;
-    if out.status.success() { Ok(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+fn run_in(ns: &str, cmd: &[&str]) -> Result<String, LabError> {
+    let out = in_ns(ns, cmd).output().map_err(|source| LabError::Spawn { tool: cmd[0].to_string(), source })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command { command: cmd[0].to_string(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
 }
 
 /// Removes every lab namespace and the processes in it. Returns what could not be
@@ -77,7 +132,7 @@ pub fn down() -> Vec<String> {
 }
 
 /// Creates the namespaces and veth pairs (`queues` queues each) and the addresses.
-pub fn up(queues: usize) -> Result<(), String> {
+pub fn up(queues: usize) -> Result<(), LabError> {
     down();
     for ns in NAMESPACES {
         ip(&["netns", "add", ns])?;
@@ -93,7 +148,7 @@ pub fn up(queues: usize) -> Result<(), String> {
 /// Creates one side's veth pair (`queues` queues each) and its hosts' addresses: the
 /// outside (client) or the inside (servers). Also what a test uses to put back an
 /// interface it deleted under a running appliance.
-pub fn plug(inside: bool, queues: usize) -> Result<(), String> {
+pub fn plug(inside: bool, queues: usize) -> Result<(), LabError> {
     let q = queues.to_string();
     let (host, fw, ns) = if inside { ("hf-in1", "hf-in0", "hf-in") } else { ("hf-out1", "hf-out0", "hf-out") };
     ip(&[
@@ -122,7 +177,7 @@ pub fn plug(inside: bool, queues: usize) -> Result<(), String> {
     ip(&["-n", "hf-fw", "link", "set", fw, "up"])?;
     // Checksums in software on the end hosts: veth would otherwise leave them partial
     // and TCP through the appliance would fail.
-    run_in(ns, &["ethtool", "-K", host, "tx", "off"]).map_err(|e| format!("ethtool: {e} (install ethtool)"))?;
+    run_in(ns, &["ethtool", "-K", host, "tx", "off"]).map_err(|e| e.needs("ethtool"))?;
     if inside {
         for k in 0..SERVERS {
             ip(&["-n", "hf-in", "addr", "add", &format!("{}/16", server(k)), "dev", "hf-in1"])?;
@@ -157,8 +212,8 @@ fn xdp_attached(ifc: &str) -> bool {
     Command::new("ip").args(["-n", "hf-fw", "link", "show", ifc]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" xdp"))
 }
 
-fn interrupted() -> Result<(), String> {
-    if sys::stop_requested() { Err("interrupted".into()) } else { Ok(()) }
+fn interrupted() -> Result<(), LabError> {
+    if sys::stop_requested() { Err(LabError::Interrupted) } else { Ok(()) }
 }
 
 /// The appliance's config for `workers` workers.
@@ -171,15 +226,15 @@ pub fn config_text(workers: usize) -> String {
 }
 
 /// Runs the lab end to end with the `holdfast` executable `exe`.
-pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
+pub fn run(exe: &Path, opts: &Options) -> Result<Value, LabError> {
     if !sys::is_root() {
-        return Err("holdfast lab needs root: it creates network namespaces and attaches XDP".into());
+        return Err(LabError::NotRoot);
     }
     sys::catch_stop_signals();
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("holdfast-lab-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
     let mut g = Guard { children: vec![], keep: opts.keep, dir: dir.clone() };
     up(opts.workers.max(1))?;
     interrupted()?;
@@ -187,22 +242,22 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
     // The web servers: one per address, each with its own page.
     for k in 0..SERVERS {
         let root = dir.join(format!("www{k}"));
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        std::fs::write(root.join("index.html"), format!("hello from {}\n", server(k))).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&root).map_err(LabError::io(root.display()))?;
+        std::fs::write(root.join("index.html"), format!("hello from {}\n", server(k))).map_err(LabError::io(root.display()))?;
         let child = in_ns("hf-in", &["python3", "-m", "http.server", "80", "--bind", &server(k), "--directory", &root.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("python3: {e}"))?;
+            .map_err(|source| LabError::Spawn { tool: "python3".into(), source }.needs("python3"))?;
         g.children.push(child);
     }
     let cfg = dir.join("lab.yaml");
-    std::fs::write(&cfg, config_text(opts.workers)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, config_text(opts.workers)).map_err(LabError::io(cfg.display()))?;
     let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting the appliance: {e}"))?;
+        .map_err(LabError::io("starting the appliance"))?;
     g.children.push(appliance);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
@@ -213,10 +268,10 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
-            return Err(format!("the appliance stopped ({st}): {}", err.trim()));
+            return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
         }
         if Instant::now() > deadline {
-            return Err("the appliance did not attach XDP within 10 s".into());
+            return Err(LabError::Timeout("the appliance did not attach XDP within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -225,7 +280,7 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
     while !run_in("hf-in", &["ss", "-ltn"]).is_ok_and(|o| o.matches(":80 ").count() >= SERVERS) {
         interrupted()?;
         if Instant::now() > deadline {
-            return Err("the web servers did not start".into());
+            return Err(LabError::Timeout("the web servers did not start"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -273,9 +328,9 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, String> {
     }
     // Stop the appliance the way an operator does: SIGTERM; it drains and detaches.
     let app = g.children.pop().expect("appliance");
-    // SAFETY-free: `kill` the process by pid through the kill(1) command.
+    // Through kill(1): the pid is all it needs.
     let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
-    let out = app.wait_with_output().map_err(|e| e.to_string())?;
+    let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
     let appliance: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}));
     let detached = !xdp_attached("hf-out0") && !xdp_attached("hf-in0");
     // configs/lab.yaml logs denials next to the config, in the lab's directory.

@@ -26,7 +26,7 @@ pub enum Command {
     Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<FlowsReply> },
     /// Close the sockets and open them again on these interface indexes (outside,
     /// inside): an interface was deleted and has come back. The table is kept.
-    Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), String>> },
+    Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), crate::error::WorkerError>> },
 }
 
 /// Whether each interface (outside, inside) can take frames now, as the control side

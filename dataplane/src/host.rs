@@ -74,17 +74,26 @@ pub struct Interface {
     pub mtu: u32,
 }
 
+/// Why an interface named in the configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceError {
+    #[error("{0:?} is not a valid interface name (at most 15 characters, no '/' or spaces)")]
+    BadName(String),
+    #[error("no interface named {name:?} on this machine (it has: {})", .known.join(", "))]
+    Missing { name: String, known: Vec<String> },
+}
+
 /// The interface named `name`, or why it cannot be used.
-pub fn interface(name: &str) -> Result<Interface, String> {
+pub fn interface(name: &str) -> Result<Interface, InterfaceError> {
     if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
-        return Err(format!("{name:?} is not a valid interface name (at most 15 characters, no '/' or spaces)"));
+        return Err(InterfaceError::BadName(name.to_string()));
     }
     let dir = Path::new("/sys/class/net").join(name);
     if !dir.exists() {
         let mut known: Vec<String> =
             std::fs::read_dir("/sys/class/net").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
         known.sort();
-        return Err(format!("no interface named {name:?} on this machine (it has: {})", known.join(", ")));
+        return Err(InterfaceError::Missing { name: name.to_string(), known });
     }
     let count = |prefix: &str| {
         std::fs::read_dir(dir.join("queues")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32).unwrap_or(0)
@@ -127,7 +136,9 @@ mod tests {
         assert!(!cores().is_empty());
         let lo = interface("lo").unwrap();
         assert!(lo.rx_queues >= 1, "{lo:?}");
-        assert!(interface("hf-nope0").unwrap_err().contains("lo"), "the error lists what exists");
+        let e = interface("hf-nope0").unwrap_err();
+        assert!(matches!(&e, InterfaceError::Missing { known, .. } if known.iter().any(|k| k == "lo")), "the error lists what exists: {e}");
+        assert!(e.to_string().contains("\"lo\"") || e.to_string().contains(" lo"), "{e}");
         assert!(interface("a/b").is_err());
         assert_eq!(bytes(1536 << 20), "1.5 GiB");
         assert_eq!(bytes(12), "12 B");

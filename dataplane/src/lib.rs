@@ -6,6 +6,7 @@
 pub mod blast;
 pub mod bpf;
 pub mod control;
+pub mod error;
 pub mod handoff;
 pub mod host;
 pub mod offline;

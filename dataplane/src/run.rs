@@ -10,6 +10,7 @@ use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
 use crate::bpf::{self, Link, Program, XdpMode, XskMap};
 use crate::control::{Command, DenyEvent, LinkFlags};
+pub use crate::error::{AttachError, OsError, StartError, WorkerError};
 use crate::handoff;
 use crate::stats::{self, Reader, Snapshot};
 use crate::sys::{LinkEvents, LinkState, link_state};
@@ -97,52 +98,24 @@ impl Commander {
     }
 }
 
-/// Why the appliance did not start, in words an operator can act on.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-fn explain(what: &str, e: std::io::Error) -> StartError {
-    let hint = match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => ": permission denied — run as root, or grant CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW and CAP_IPC_LOCK",
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if what.starts_with("attaching") => ": the driver refused native XDP — set zones.*.xdp_mode: generic",
-        Some(libc::EBUSY) if what.starts_with("attaching") => ": another XDP program is attached to this interface",
-        _ => "",
-    };
-    StartError(format!("{what}: {e}{hint}"))
-}
-
 pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     let missing = crate::sys::missing_capabilities();
     if !missing.is_empty() {
-        return Err(StartError(format!(
-            "holdfast run needs root or the capabilities CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF (and CAP_IPC_LOCK or LimitMEMLOCK=infinity): it loads an XDP program and opens AF_XDP sockets; missing {}",
-            missing.join(", ")
-        )));
+        return Err(StartError::Capabilities(missing));
     }
     let n = cfg.cores.len().max(1);
     for i in &cfg.interfaces {
         if i.queues as usize != n {
-            return Err(StartError(format!(
-                "interface {} has queues: {} but workers.cores lists {n} workers: each worker serves one queue of each interface, so they must match",
-                i.name, i.queues
-            )));
+            return Err(StartError::Queues { name: i.name.clone(), queues: i.queues, workers: n });
         }
     }
     let mut ifindex = [0u32; 2];
     for (k, i) in cfg.interfaces.iter().enumerate() {
-        ifindex[k] = bpf::ifindex(&i.name).map_err(|e| StartError(format!("interface {}: {e}", i.name)))?;
+        ifindex[k] = bpf::ifindex(&i.name).map_err(|source| StartError::Interface { name: i.name.clone(), source })?;
     }
     let maps = [
-        Arc::new(XskMap::new(cfg.interfaces[0].queues).map_err(|e| explain("creating the XSKMAP", e))?),
-        Arc::new(XskMap::new(cfg.interfaces[1].queues).map_err(|e| explain("creating the XSKMAP", e))?),
+        Arc::new(XskMap::new(cfg.interfaces[0].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),
+        Arc::new(XskMap::new(cfg.interfaces[1].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = WallClock::now();
@@ -197,7 +170,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
         let handle = std::thread::Builder::new()
             .name(format!("holdfast-w{w}"))
             .spawn(move || worker::run(spec, ready))
-            .map_err(|e| StartError(format!("starting worker {w}: {e}")))?;
+            .map_err(|source| StartError::Thread { worker: w, source })?;
         workers.push(handle);
     }
     drop(ready_tx);
@@ -205,8 +178,8 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     for _ in 0..n {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(_) => failure = failure.or(Some("a worker stopped while starting".to_string())),
+            Ok(Err(e)) => failure = failure.or(Some(StartError::Worker(e))),
+            Err(_) => failure = failure.or(Some(StartError::WorkerVanished)),
         }
     }
     let stop_all = |workers: Vec<JoinHandle<Option<worker::Final>>>| {
@@ -217,7 +190,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     };
     if let Some(e) = failure {
         stop_all(workers);
-        return Err(StartError(e));
+        return Err(e);
     }
     // Sockets are registered: now attach the programs, so no frame is redirected to a
     // queue without a socket.
@@ -228,14 +201,14 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             Ok(p) => p,
             Err(e) => {
                 stop_all(workers);
-                return Err(explain("loading the XDP program", e));
+                return Err(OsError::new("loading the XDP program", e).into());
             }
         };
         match Link::attach(&prog, ifindex[k], i.mode) {
             Ok(l) => links[k] = Some(l),
             Err(e) => {
                 stop_all(workers);
-                return Err(explain(&format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e));
+                return Err(OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e).into());
             }
         }
     }
@@ -278,7 +251,8 @@ pub struct LinkChange {
 pub struct LinkReport {
     pub changes: Vec<LinkChange>,
     /// An interface came back under a new index: the outcome of re-binding every
-    /// worker's sockets and re-attaching the XDP program (`None`: not attempted).
+    /// worker's sockets and re-attaching the XDP program (`None`: not attempted), the
+    /// failure rendered for the log (it is kept until the retry works).
     pub reattached: Option<Result<(), String>>,
 }
 
@@ -319,7 +293,7 @@ impl Running {
         let moved = (0..2).any(|k| now[k].ifindex().is_some_and(|i| i != self.ifindex[k]));
         let mut reattached = None;
         if moved && now.iter().all(|s| s.ifindex().is_some()) {
-            let result = self.reattach([now[0].ifindex().unwrap_or(0), now[1].ifindex().unwrap_or(0)]);
+            let result = self.reattach([now[0].ifindex().unwrap_or(0), now[1].ifindex().unwrap_or(0)]).map_err(|e| e.to_string());
             self.pending = result.as_ref().err().cloned();
             reattached = Some(result);
         }
@@ -337,22 +311,22 @@ impl Running {
 
     /// Re-binds every worker to `ifindex` and attaches the program where a link is
     /// missing or on an old index.
-    fn reattach(&mut self, ifindex: [u32; 2]) -> Result<(), String> {
+    fn reattach(&mut self, ifindex: [u32; 2]) -> Result<(), AttachError> {
         for k in 0..2 {
             self.flags.set(k, false);
         }
         let mut waits = Vec::new();
         for (w, to) in self.commands.iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            to.try_send(Command::Rebind { ifindex, reply: tx }).map_err(|_| format!("worker {w} did not take the rebind (stuck or its queue is full)"))?;
+            to.try_send(Command::Rebind { ifindex, reply: tx }).map_err(|_| WorkerError::NotTaken { worker: w })?;
             waits.push(rx);
         }
         let deadline = WallClock::now() + std::time::Duration::from_secs(5);
         for (w, rx) in waits.into_iter().enumerate() {
             match rx.recv_timeout(deadline.saturating_duration_since(WallClock::now())) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(format!("worker {w} did not answer the rebind within 5 s")),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(WorkerError::NoAnswer { worker: w }.into()),
             }
         }
         self.ifindex = ifindex;
@@ -362,8 +336,8 @@ impl Running {
             }
             self.links[k] = None;
             let i = &self.interfaces[k];
-            let prog = Program::load_redirect(&self.maps[k]).map_err(|e| explain("loading the XDP program", e).0)?;
-            let link = Link::attach(&prog, index, i.mode).map_err(|e| explain(&format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e).0)?;
+            let prog = Program::load_redirect(&self.maps[k]).map_err(|e| OsError::new("loading the XDP program", e))?;
+            let link = Link::attach(&prog, index, i.mode).map_err(|e| OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e))?;
             self.links[k] = Some(link);
         }
         Ok(())

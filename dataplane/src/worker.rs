@@ -2,6 +2,10 @@
 //! other side -> recycle completions -> refill. Frames of flows another worker owns go
 //! to it through the handoff rings.
 
+#[cfg(debug_assertions)]
+mod fault;
+mod housekeeping;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration as StdDuration, Instant as WallClock};
@@ -12,12 +16,14 @@ use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
-use crate::control::{Bucket, Command, DenyEvent, FlowFilter, FlowsReply, LinkFlags};
+use crate::control::{Bucket, Command, DenyEvent, LinkFlags};
+use crate::error::WorkerError;
 use crate::handoff::{self, Consumer, Producer, Refused};
 use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
 use crate::xsk::XdpStats;
 use crate::xsk::{Binding, Desc, FRAME_SIZE, Ports};
+use housekeeping::Scan;
 
 /// How a worker waits when there is nothing to do (`workers.idle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +49,6 @@ const HOUSEKEEPING: StdDuration = StdDuration::from_millis(2);
 pub const HANDOFF_RING: usize = 1024;
 /// Denials a worker can queue for the logger before it counts them as suppressed.
 pub const DENY_RING: usize = 4096;
-/// Table slots a listing or a reload's pass examines per housekeeping round (every
-/// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
-const SCAN_SLOTS: u32 = 16_384;
-
 pub struct Spec {
     pub index: usize,
     pub workers: usize,
@@ -110,41 +112,22 @@ struct Worker {
     xdp_base: [XdpStats; 2],
 }
 
-enum Job {
-    Flows {
-        filter: FlowFilter,
-        /// Flows still wanted.
-        left: usize,
-        /// Replies produced but not yet taken (the channel was full).
-        pending: std::collections::VecDeque<FlowsReply>,
-        reply: crossbeam_channel::Sender<FlowsReply>,
-    },
-    Maintain {
-        recheck: bool,
-    },
-}
-
-struct Scan {
-    job: Job,
-    cursor: u32,
-}
-
 /// Opens the sockets (reporting success or the error through `ready`), then runs until
 /// `stop`.
-pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Option<Final> {
+pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) -> Option<Final> {
     if let Some(core) = spec.core {
         core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
     let ports = match Ports::open(&spec.binding) {
         Ok(p) => p,
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {}: {e}", spec.index)));
+            let _ = ready.send(Err(WorkerError::Sockets { worker: spec.index, source: e }));
             return None;
         }
     };
     for side in 0..2 {
         if let Err(e) = spec.maps[side].set(spec.binding.queue, ports.fd(side)) {
-            let _ = ready.send(Err(format!("worker {}: registering the socket in the XSKMAP: {e}", spec.index)));
+            let _ = ready.send(Err(WorkerError::Register { worker: spec.index, source: e }));
             return None;
         }
     }
@@ -247,166 +230,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), String>>) -> Op
     Some(Final { snapshot: w.snap })
 }
 
-/// Fault injection for the tests, in debug builds only (release builds have none):
-/// `HOLDFAST_TEST_STALL_WORKER=W:MS` makes worker `W` spin forever `MS` ms after it
-/// starts — publishing nothing, ignoring stop — the way a worker caught in an endless
-/// loop on the packet path would. What the rest of the appliance must then do (raise a
-/// fault event, starve systemd's watchdog, still exit on SIGTERM) is tested with it.
-#[cfg(debug_assertions)]
-mod fault {
-    use std::time::{Duration, Instant};
-
-    pub fn stall_at(worker: usize, start: Instant) -> Option<Instant> {
-        let v = std::env::var("HOLDFAST_TEST_STALL_WORKER").ok()?;
-        let (w, ms) = v.split_once(':')?;
-        let ms: u64 = ms.parse().ok()?;
-        (w.parse::<usize>().ok()? == worker).then(|| start + Duration::from_millis(ms))
-    }
-
-    #[inline]
-    pub fn maybe_stall(at: Option<Instant>) {
-        if at.is_some_and(|t| Instant::now() >= t) {
-            loop {
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
-
 impl Worker {
-    fn publish(&mut self, publisher: &mut Publisher) {
-        let t = WallClock::now();
-        self.snap.counters = self.engine.counters();
-        self.snap.table_len = self.engine.table().len();
-        self.snap.table_capacity = self.engine.table().capacity();
-        self.snap.classes = self.engine.class_counts();
-        self.snap.adaptive_scale = self.engine.adaptive_scale();
-        for side in 0..2 {
-            let mut x = self.xdp_base[side];
-            x.merge(&self.ports.stats(side));
-            self.snap.xdp[side] = x;
-        }
-        self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();
-        self.snap.maintaining = self.scans.iter().any(|s| matches!(s.job, Job::Maintain { .. }));
-        self.snap.publications += 1;
-        publisher.publish(&self.snap);
-        self.snap.publish_ns += t.elapsed().as_nanos() as u64;
-    }
-
-    fn command(&mut self, c: Command) {
-        match c {
-            Command::Reconfigure { generation, engine, policy, recheck, log_rate } => {
-                self.engine.reconfigure(&engine, policy);
-                self.bucket.set_rate(log_rate);
-                self.snap.generation = generation;
-                // One pass over the table serves every reload since it started: a
-                // recheck asked for by any of them is kept.
-                let recheck = recheck || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
-                self.scans.retain(|s| !matches!(s.job, Job::Maintain { .. }));
-                self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
-            }
-            Command::Flows { filter, limit, reply } => {
-                let job = Job::Flows { filter, left: limit, pending: std::collections::VecDeque::new(), reply };
-                self.scans.push_back(Scan { job, cursor: 0 });
-            }
-            Command::Rebind { ifindex, reply } => {
-                let _ = reply.send(self.rebind(ifindex));
-            }
-        }
-    }
-
-    /// Closes the sockets and opens them on `ifindex` (an interface came back under a
-    /// new index). Frames in flight are gone with the old UMEM: those queued for
-    /// transmission are counted as `tx_lost`. The table and its timers are untouched.
-    fn rebind(&mut self, ifindex: [u32; 2]) -> Result<(), String> {
-        let q = self.binding.queue;
-        for side in 0..2 {
-            let _ = self.maps[side].clear(q);
-            self.xdp_base[side].merge(&self.ports.stats(side));
-            self.snap.tx_lost[side] += self.in_flight[side];
-            self.in_flight[side] = 0;
-        }
-        self.binding.ifindex = ifindex;
-        self.snap.rebinds += 1;
-        self.free.clear();
-        self.ports.reopen(&self.binding).map_err(|e| format!("worker {}: reopening its sockets: {e}", self.index))?;
-        self.free.extend((0..self.ports.frames()).map(Ports::frame_addr));
-        for side in 0..2 {
-            self.maps[side].set(q, self.ports.fd(side)).map_err(|e| format!("worker {}: registering the socket in the XSKMAP: {e}", self.index))?;
-        }
-        Ok(())
-    }
-
-    /// Serves one slice of the oldest table walk that can go on: a listing whose
-    /// reader has not taken its last chunk waits without holding up the walks behind
-    /// it (a reload's pass, other listings).
-    fn scan(&mut self, now: Instant) {
-        let cap = self.engine.table().capacity() as u32;
-        let mut i = 0;
-        while i < self.scans.len() {
-            let s = &mut self.scans[i];
-            let finished = match &mut s.job {
-                Job::Maintain { recheck } => {
-                    let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
-                    s.cursor = range.end;
-                    self.engine.maintain(range, now, *recheck);
-                    s.cursor >= cap
-                }
-                Job::Flows { filter, left, pending, reply } => {
-                    // Hand over what is waiting first; a full channel pauses the walk.
-                    let mut gone = false;
-                    while let Some(m) = pending.pop_front() {
-                        match reply.try_send(m) {
-                            Ok(()) => {}
-                            Err(crossbeam_channel::TrySendError::Full(m)) => {
-                                pending.push_front(m);
-                                break;
-                            }
-                            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                                gone = true;
-                                break;
-                            }
-                        }
-                    }
-                    if gone {
-                        true
-                    } else if !pending.is_empty() {
-                        i += 1;
-                        continue;
-                    } else if *left == 0 || s.cursor >= cap {
-                        // Everything was handed over, `Done` included.
-                        true
-                    } else {
-                        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
-                        s.cursor = range.end;
-                        let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
-                        *left -= chunk.len();
-                        if !chunk.is_empty() {
-                            pending.push_back(FlowsReply::Chunk(chunk));
-                        }
-                        if *left == 0 || s.cursor >= cap {
-                            pending.push_back(FlowsReply::Done);
-                        }
-                        while let Some(m) = pending.pop_front() {
-                            if let Err(e) = reply.try_send(m) {
-                                if let crossbeam_channel::TrySendError::Full(m) = e {
-                                    pending.push_front(m);
-                                }
-                                break;
-                            }
-                        }
-                        false
-                    }
-                }
-            };
-            if finished {
-                self.scans.remove(i);
-            }
-            // One slice per round in all.
-            return;
-        }
-    }
-
     /// One pass over everything; returns how many frames it moved.
     fn poll_once(&mut self, now: Instant, per_side: u32) -> usize {
         let mut did = 0;

@@ -13,7 +13,7 @@ impl CheckArgs {
         let mut findings = Vec::new();
         if self.host {
             if let Err(e) = check::memory_now(&c) {
-                findings.push(check::Finding { error: true, text: e });
+                findings.push(check::Finding { error: true, text: e.to_string() });
             }
             findings.extend(check::host(&c));
         }

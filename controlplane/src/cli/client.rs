@@ -1,7 +1,7 @@
 //! `holdfast status | flows | top | reload`: against a running appliance's endpoint.
 
 use holdfast_controlplane::config;
-use holdfast_controlplane::control::client::{self, Target};
+use holdfast_controlplane::control::client::{self, ClientError, Target};
 
 use super::Error;
 use super::args::{ClientArgs, ClientCmd};
@@ -17,7 +17,7 @@ fn target(c: &ClientArgs) -> Result<Target, Error> {
         token_file = token_file.or(cfg.control.token_file);
     }
     if let Some(f) = token_file {
-        t.token = Some(config::read_token(&f).map_err(|e| Error::Usage { cmd: "client", msg: e })?);
+        t.token = Some(config::read_token(&f).map_err(|e| Error::Usage { cmd: "client", msg: e.to_string() })?);
     }
     Ok(t)
 }
@@ -77,8 +77,12 @@ impl ClientCmd {
                 }
             }
             ClientCmd::Reload(r) => {
-                let v = client::reload(&target(&r.c)?, !r.no_wait)
-                    .map_err(|e| Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{e}")))?;
+                let v = client::reload(&target(&r.c)?, !r.no_wait).map_err(|e| match e {
+                    // The appliance said no: the running configuration stays.
+                    ClientError::Refused { message, .. } => Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{message}")),
+                    ClientError::Status { code: 401 | 403, .. } => Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{e}")),
+                    e => Error::failed("reload", e),
+                })?;
                 if r.c.json {
                     println!("{v}");
                 } else {

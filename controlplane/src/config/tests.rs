@@ -1,6 +1,9 @@
 use super::*;
+use holdfast_pipeline::conntrack::TimerClass;
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
-use holdfast_pipeline::policy::Query;
+use holdfast_pipeline::engine::Pickup;
+use holdfast_pipeline::policy::{Action, Query};
+use holdfast_pipeline::{Duration, Zone};
 
 const ISSUE_EXAMPLE: &str = r#"
 zones:

@@ -21,6 +21,49 @@ impl Target {
     }
 }
 
+/// Why a request to the endpoint did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: no address")]
+    NoAddress { addr: String },
+    #[error("cannot reach holdfast at {addr}: {source} (is it running, with control.listen: {addr}?)")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: {what}")]
+    NotHttp { addr: String, what: &'static str },
+    #[error("{addr}: the answer to {path} was cut short (did holdfast stop?)")]
+    CutShort { addr: String, path: String },
+    #[error("{path}: HTTP {code}: {body}")]
+    Status { path: String, code: u16, body: String },
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The appliance answered, and said why it could not (a listing cut short, a
+    /// reload rejected).
+    #[error("{path}: {message}")]
+    Refused { path: String, message: String },
+    #[error("reload accepted as generation {0}, but not every worker reports it after 6 s")]
+    NotApplied(u64),
+}
+
 /// Largest answer read (a listing of a million flows is about 300 MB).
 const MAX_ANSWER: u64 = 1 << 30;
 
@@ -45,28 +88,33 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 
 /// One request; returns the status code and the body. An answer cut short (the
 /// appliance stopped mid-listing) is an error, not a short list.
-pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), String> {
+pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), ClientError> {
     let addr = &t.addr;
-    let sa: SocketAddr = addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))?.next().ok_or_else(|| format!("{addr}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))
-        .map_err(|e| format!("cannot reach holdfast at {addr}: {e} (is it running, with control.listen: {addr}?)"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let io = |source| ClientError::Io { addr: addr.clone(), source };
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|source| ClientError::Resolve { addr: addr.clone(), source })?
+        .next()
+        .ok_or_else(|| ClientError::NoAddress { addr: addr.clone() })?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
     let auth = t.token.as_ref().map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").map_err(|e| format!("{addr}: {e}"))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").map_err(io)?;
     let mut raw = Vec::new();
-    s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(|e| format!("{addr}: {e}"))?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "not an HTTP answer" })?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let body = &raw[split + 4..];
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{addr}: bad status line"))?;
+    let code =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "bad status line" })?;
     let header = |name: &str| {
         head.lines().skip(1).find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
     };
     let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(body).ok_or_else(|| format!("{addr}: the answer to {path} was cut short (did holdfast stop?)"))?
+        dechunk(body).ok_or_else(|| ClientError::CutShort { addr: addr.clone(), path: path.to_string() })?
     } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         if body.len() < n {
-            return Err(format!("{addr}: the answer to {path} was cut short (did holdfast stop?)"));
+            return Err(ClientError::CutShort { addr: addr.clone(), path: path.to_string() });
         }
         body[..n].to_vec()
     } else {
@@ -75,15 +123,15 @@ pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), St
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn get_json(addr: &Target, path: &str) -> Result<Value, String> {
+fn get_json(addr: &Target, path: &str) -> Result<Value, ClientError> {
     let (code, body) = request(addr, "GET", path)?;
     if code != 200 {
-        return Err(format!("{path}: HTTP {code}: {}", body.trim()));
+        return Err(ClientError::Status { path: path.to_string(), code, body: body.trim().to_string() });
     }
-    serde_json::from_str(&body).map_err(|e| format!("{path}: {e}"))
+    serde_json::from_str(&body).map_err(|source| ClientError::Json { path: path.to_string(), source })
 }
 
-pub fn status(addr: &Target) -> Result<Value, String> {
+pub fn status(addr: &Target) -> Result<Value, ClientError> {
     get_json(addr, "/status")
 }
 
@@ -234,29 +282,33 @@ pub fn flow_line(f: &Value) -> String {
     s
 }
 
-pub fn flows(addr: &Target, query: &str) -> Result<Vec<Value>, String> {
+pub fn flows(addr: &Target, query: &str) -> Result<Vec<Value>, ClientError> {
+    let path = || "/flows".to_string();
     let (code, body) = request(addr, "GET", &format!("/flows?{query}"))?;
     if code != 200 {
-        return Err(format!("/flows: HTTP {code}: {}", body.trim()));
+        return Err(ClientError::Status { path: path(), code, body: body.trim().to_string() });
     }
-    let list: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("/flows: {e}"))).collect::<Result<_, _>>()?;
+    let list: Vec<Value> =
+        body.lines().map(|l| serde_json::from_str(l).map_err(|source| ClientError::Json { path: path(), source })).collect::<Result<_, _>>()?;
     // A listing that could not be completed ends with an error line.
     if let Some(e) = list.last().and_then(|v| v["error"].as_str()) {
-        return Err(format!("/flows: {e}"));
+        return Err(ClientError::Refused { path: path(), message: e.to_string() });
     }
     Ok(list)
 }
 
 /// Asks for a reload; with `wait`, also waits until every worker runs the new
 /// generation (and has finished its pass over the table).
-pub fn reload(addr: &Target, wait: bool) -> Result<Value, String> {
+pub fn reload(addr: &Target, wait: bool) -> Result<Value, ClientError> {
+    let path = || "/reload".to_string();
     let (code, body) = request(addr, "POST", "/reload")?;
+    let http_error = || ClientError::Status { path: path(), code, body: body.trim().to_string() };
     if matches!(code, 401 | 403) {
-        return Err(format!("/reload: HTTP {code}: {}", body.trim()));
+        return Err(http_error());
     }
-    let v: Value = serde_json::from_str(&body).map_err(|_| format!("/reload: HTTP {code}: {}", body.trim()))?;
+    let v: Value = serde_json::from_str(&body).map_err(|_| http_error())?;
     if code != 200 {
-        return Err(v["error"].as_str().map(String::from).unwrap_or_else(|| body.trim().to_string()));
+        return Err(ClientError::Refused { path: path(), message: v["error"].as_str().map(String::from).unwrap_or_else(|| body.trim().to_string()) });
     }
     if wait {
         let want = v["generation"].as_u64().unwrap_or(0);
@@ -267,7 +319,7 @@ pub fn reload(addr: &Target, wait: bool) -> Result<Value, String> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        return Err(format!("reload accepted as generation {want}, but not every worker reports it after 6 s"));
+        return Err(ClientError::NotApplied(want));
     }
     Ok(v)
 }

@@ -191,6 +191,19 @@ impl Batch {
     }
 }
 
+/// Why the deny log did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DenyLogError {
+    #[error("log.denials: cannot open {output}: {source}{}", open_hint(.source))]
+    Open {
+        output: DenyOutput,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the deny log's thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 fn open_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::NotFound => " (its directory does not exist: create it, or change log.denials)",
@@ -237,8 +250,13 @@ pub struct Logger {
 
 impl Logger {
     /// Starts the thread. Fails only if the output cannot be opened.
-    pub fn start(mut queues: Vec<rtrb::Consumer<DenyEvent>>, output: &DenyOutput, started_at: SystemTime, interfaces: [String; 2]) -> Result<Logger, String> {
-        let mut w = open(output).map_err(|e| format!("log.denials: cannot open {output}: {e}{}", open_hint(&e)))?;
+    pub fn start(
+        mut queues: Vec<rtrb::Consumer<DenyEvent>>,
+        output: &DenyOutput,
+        started_at: SystemTime,
+        interfaces: [String; 2],
+    ) -> Result<Logger, DenyLogError> {
+        let mut w = open(output).map_err(|source| DenyLogError::Open { output: output.clone(), source })?;
         let output_name = output.to_string();
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -288,7 +306,7 @@ impl Logger {
                     }
                 }
             })
-            .map_err(|e| format!("starting the deny logger: {e}"))?;
+            .map_err(DenyLogError::Thread)?;
         Ok(Logger { stats, reopen, stop, thread: Some(thread) })
     }
 

@@ -61,9 +61,10 @@ impl Endpoint {
         reload: crossbeam_channel::Sender<ReloadRequest>,
         token: Token,
         stats: Arc<HttpStats>,
-    ) -> Result<Endpoint, String> {
-        let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("control.listen {addr}: cannot listen: {e}{}", bind_hint(&e)))?;
-        listener.set_nonblocking(true).map_err(|e| format!("control.listen {addr}: {e}"))?;
+    ) -> Result<Endpoint, EndpointError> {
+        let fail = |source| EndpointError::Listen { addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+        listener.set_nonblocking(true).map_err(fail)?;
         let addr = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared { view, commander, reload, token, stats, epoch: Instant::now() });
@@ -80,7 +81,7 @@ impl Endpoint {
                 rt.block_on(serve(listener, shared, stopped));
                 // Dropping the runtime closes every connection still open.
             })
-            .map_err(|e| format!("starting the HTTP endpoint: {e}"))?;
+            .map_err(EndpointError::Thread)?;
         Ok(Endpoint { stop, thread: Some(thread), addr })
     }
 
@@ -92,6 +93,19 @@ impl Endpoint {
             let _ = t.join();
         }
     }
+}
+
+/// Why the endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("control.listen {addr}: cannot listen: {source}{}", bind_hint(.source))]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the HTTP endpoint: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 fn bind_hint(e: &std::io::Error) -> &'static str {

@@ -55,10 +55,12 @@ pub enum ServeError {
     Setting(String),
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error("{0}")]
-    Endpoint(String),
-    #[error("{0}")]
-    DenyLog(String),
+    #[error(transparent)]
+    Token(#[from] config::TokenError),
+    #[error(transparent)]
+    Endpoint(#[from] http::EndpointError),
+    #[error(transparent)]
+    DenyLog(#[from] denylog::DenyLogError),
 }
 
 /// Translates the YAML config into the dataplane's.
@@ -122,7 +124,7 @@ impl Appliance {
     fn start(path: &Path, cfg: Config, opts: &Options) -> Result<Appliance, ServeError> {
         // What this machine must offer, checked before anything starts; each refusal
         // names its setting.
-        let mut refused: Vec<String> = crate::check::memory_now(&cfg).err().into_iter().collect();
+        let mut refused: Vec<String> = crate::check::memory_now(&cfg).err().map(|e| e.to_string()).into_iter().collect();
         for f in crate::check::host(&cfg) {
             if f.error {
                 refused.push(f.text);
@@ -135,7 +137,7 @@ impl Appliance {
         }
         let dp = dataplane_config(&cfg)?;
         let token: http::Token = Arc::new(RwLock::new(match &cfg.control.token_file {
-            Some(p) => Some(config::read_token(p).map_err(ServeError::Setting)?),
+            Some(p) => Some(config::read_token(p)?),
             None => None,
         }));
         sys::catch_stop_signals();
@@ -144,7 +146,7 @@ impl Appliance {
         let interfaces = [dp.interfaces[0].name.clone(), dp.interfaces[1].name.clone()];
         let logger = match cfg.log.denials {
             DenyOutput::Off => None,
-            ref out => Some(denylog::Logger::start(running.take_denials(), out, running.started_at, interfaces.clone()).map_err(ServeError::DenyLog)?),
+            ref out => Some(denylog::Logger::start(running.take_denials(), out, running.started_at, interfaces.clone())?),
         };
         let view = Arc::new(RwLock::new(View {
             started_at: Some(running.started_at),
@@ -165,10 +167,7 @@ impl Appliance {
                         if guarded { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
                     );
                 }
-                Some(
-                    http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx, Arc::clone(&token), http_stats)
-                        .map_err(ServeError::Endpoint)?,
-                )
+                Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx, Arc::clone(&token), http_stats)?)
             }
             None => None,
         };

@@ -34,8 +34,8 @@ impl Workers for Commander {
 pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] config::TokenError),
     #[error("worker {worker} did not take the new configuration within {} s (stopped or stuck); generations now differ between workers", .waited.as_secs_f64())]
     Stuck { worker: usize, waited: Duration },
 }
@@ -84,7 +84,7 @@ impl Reloader {
         let new = config::load(&self.path)?;
         // The token is re-read; a bad token file rejects the reload.
         let token = match &new.control.token_file {
-            Some(p) => Some(config::read_token(p).map_err(ReloadError::Token)?),
+            Some(p) => Some(config::read_token(p)?),
             None => None,
         };
         let mut restart = self.started.restart_needed(&new);
@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(r.generation(), 0);
         // A token file that does not read rejects the reload too.
         std::fs::write(&path, BASE.to_string() + "control: { token_file: missing.token }\n").unwrap();
-        assert!(matches!(r.reload(&w), Err(ReloadError::Token(t)) if t.contains("missing.token")));
+        assert!(matches!(r.reload(&w), Err(ReloadError::Token(t)) if t.path.ends_with("missing.token")));
         assert_eq!(r.generation(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -1,0 +1,23 @@
+//! Fault injection for the tests, in debug builds only (release builds have none):
+//! `HOLDFAST_TEST_STALL_WORKER=W:MS` makes worker `W` spin forever `MS` ms after it
+//! starts — publishing nothing, ignoring stop — the way a worker caught in an endless
+//! loop on the packet path would. What the rest of the appliance must then do (raise a
+//! fault event, starve systemd's watchdog, still exit on SIGTERM) is tested with it.
+
+use std::time::{Duration, Instant};
+
+pub fn stall_at(worker: usize, start: Instant) -> Option<Instant> {
+    let v = std::env::var("HOLDFAST_TEST_STALL_WORKER").ok()?;
+    let (w, ms) = v.split_once(':')?;
+    let ms: u64 = ms.parse().ok()?;
+    (w.parse::<usize>().ok()? == worker).then(|| start + Duration::from_millis(ms))
+}
+
+#[inline]
+pub fn maybe_stall(at: Option<Instant>) {
+    if at.is_some_and(|t| Instant::now() >= t) {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! What a worker does between bursts, every `HOUSEKEEPING`: take commands (a reload,
+//! a listing, a re-bind), serve one slice of a table walk, publish its snapshot.
+
+use std::collections::VecDeque;
+use std::time::Instant as WallClock;
+
+use holdfast_pipeline::Instant;
+
+use super::Worker;
+use crate::control::{Command, FlowFilter, FlowsReply};
+use crate::error::WorkerError;
+use crate::stats::Publisher;
+use crate::xsk::Ports;
+
+/// Table slots a listing or a reload's pass examines per housekeeping round (every
+/// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
+const SCAN_SLOTS: u32 = 16_384;
+
+/// A walk over the table, served a slice per round.
+pub(super) enum Job {
+    /// A `/flows` listing, streamed in chunks.
+    Flows {
+        filter: FlowFilter,
+        /// Flows still wanted.
+        left: usize,
+        /// Replies produced but not yet taken (the channel was full).
+        pending: VecDeque<FlowsReply>,
+        reply: crossbeam_channel::Sender<FlowsReply>,
+    },
+    /// A reload's pass: maintain (and, with `recheck`, re-judge) every entry.
+    Maintain { recheck: bool },
+}
+
+/// A walk and the next slot it examines.
+pub(super) struct Scan {
+    job: Job,
+    cursor: u32,
+}
+
+impl Worker {
+    pub(super) fn publish(&mut self, publisher: &mut Publisher) {
+        let t = WallClock::now();
+        self.snap.counters = self.engine.counters();
+        self.snap.table_len = self.engine.table().len();
+        self.snap.table_capacity = self.engine.table().capacity();
+        self.snap.classes = self.engine.class_counts();
+        self.snap.adaptive_scale = self.engine.adaptive_scale();
+        for side in 0..2 {
+            let mut x = self.xdp_base[side];
+            x.merge(&self.ports.stats(side));
+            self.snap.xdp[side] = x;
+        }
+        self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();
+        self.snap.maintaining = self.scans.iter().any(|s| matches!(s.job, Job::Maintain { .. }));
+        self.snap.publications += 1;
+        publisher.publish(&self.snap);
+        self.snap.publish_ns += t.elapsed().as_nanos() as u64;
+    }
+
+    pub(super) fn command(&mut self, c: Command) {
+        match c {
+            Command::Reconfigure { generation, engine, policy, recheck, log_rate } => {
+                self.engine.reconfigure(&engine, policy);
+                self.bucket.set_rate(log_rate);
+                self.snap.generation = generation;
+                // One pass over the table serves every reload since it started: a
+                // recheck asked for by any of them is kept.
+                let recheck = recheck || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
+                self.scans.retain(|s| !matches!(s.job, Job::Maintain { .. }));
+                self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
+            }
+            Command::Flows { filter, limit, reply } => {
+                let job = Job::Flows { filter, left: limit, pending: VecDeque::new(), reply };
+                self.scans.push_back(Scan { job, cursor: 0 });
+            }
+            Command::Rebind { ifindex, reply } => {
+                let _ = reply.send(self.rebind(ifindex));
+            }
+        }
+    }
+
+    /// Closes the sockets and opens them on `ifindex` (an interface came back under a
+    /// new index). Frames in flight are gone with the old UMEM: those queued for
+    /// transmission are counted as `tx_lost`. The table and its timers are untouched.
+    fn rebind(&mut self, ifindex: [u32; 2]) -> Result<(), WorkerError> {
+        let q = self.binding.queue;
+        for side in 0..2 {
+            let _ = self.maps[side].clear(q);
+            self.xdp_base[side].merge(&self.ports.stats(side));
+            self.snap.tx_lost[side] += self.in_flight[side];
+            self.in_flight[side] = 0;
+        }
+        self.binding.ifindex = ifindex;
+        self.snap.rebinds += 1;
+        self.free.clear();
+        self.ports.reopen(&self.binding).map_err(|source| WorkerError::Reopen { worker: self.index, source })?;
+        self.free.extend((0..self.ports.frames()).map(Ports::frame_addr));
+        for side in 0..2 {
+            self.maps[side].set(q, self.ports.fd(side)).map_err(|source| WorkerError::Register { worker: self.index, source })?;
+        }
+        Ok(())
+    }
+
+    /// Serves one slice of the oldest table walk that can go on: a listing whose
+    /// reader has not taken its last chunk waits without holding up the walks behind
+    /// it (a reload's pass, other listings).
+    pub(super) fn scan(&mut self, now: Instant) {
+        let cap = self.engine.table().capacity() as u32;
+        let mut i = 0;
+        while i < self.scans.len() {
+            let s = &mut self.scans[i];
+            let finished = match &mut s.job {
+                Job::Maintain { recheck } => {
+                    let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
+                    s.cursor = range.end;
+                    self.engine.maintain(range, now, *recheck);
+                    s.cursor >= cap
+                }
+                Job::Flows { filter, left, pending, reply } => {
+                    // Hand over what is waiting first; a full channel pauses the walk.
+                    let mut gone = false;
+                    while let Some(m) = pending.pop_front() {
+                        match reply.try_send(m) {
+                            Ok(()) => {}
+                            Err(crossbeam_channel::TrySendError::Full(m)) => {
+                                pending.push_front(m);
+                                break;
+                            }
+                            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    if gone {
+                        true
+                    } else if !pending.is_empty() {
+                        i += 1;
+                        continue;
+                    } else if *left == 0 || s.cursor >= cap {
+                        // Everything was handed over, `Done` included.
+                        true
+                    } else {
+                        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
+                        s.cursor = range.end;
+                        let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
+                        *left -= chunk.len();
+                        if !chunk.is_empty() {
+                            pending.push_back(FlowsReply::Chunk(chunk));
+                        }
+                        if *left == 0 || s.cursor >= cap {
+                            pending.push_back(FlowsReply::Done);
+                        }
+                        while let Some(m) = pending.pop_front() {
+                            if let Err(e) = reply.try_send(m) {
+                                if let crossbeam_channel::TrySendError::Full(m) = e {
+                                    pending.push_front(m);
+                                }
+                                break;
+                            }
+                        }
+                        false
+                    }
+                }
+            };
+            if finished {
+                self.scans.remove(i);
+            }
+            // One slice per round in all.
+            return;
+        }
+    }
+}

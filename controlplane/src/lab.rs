@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use holdfast_dataplane::host::{self, Tool};
 use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
@@ -22,6 +23,18 @@ pub const CLIENT: &str = "10.0.1.1";
 pub const SERVERS: usize = 8;
 /// The lab's configuration (`configs/lab.yaml`).
 pub const LAB_CONFIG: &str = include_str!("../../configs/lab.yaml");
+
+/// What the lab runs besides Holdfast: namespaces and veths, checksum offload off,
+/// the web servers, the client, the checks.
+pub const TOOLS: [Tool; 7] = [
+    Tool { command: "ip", package: "iproute2" },
+    Tool { command: "ss", package: "iproute2" },
+    Tool { command: "ethtool", package: "ethtool" },
+    Tool { command: "curl", package: "curl" },
+    Tool { command: "ping", package: "iputils-ping" },
+    Tool { command: "python3", package: "python3" },
+    Tool { command: "sysctl", package: "procps" },
+];
 
 pub fn server(k: usize) -> String {
     format!("10.0.2.{}", k + 1)
@@ -42,6 +55,8 @@ pub struct Options {
 pub enum LabError {
     #[error("holdfast lab needs root: it creates network namespaces and attaches XDP")]
     NotRoot,
+    #[error("holdfast lab needs {}", .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "))]
+    MissingTools(Vec<Tool>),
     /// A tool could not be started at all.
     #[error("{tool}: {source}")]
     Spawn {
@@ -133,6 +148,10 @@ pub fn down() -> Vec<String> {
 
 /// Creates the namespaces and veth pairs (`queues` queues each) and the addresses.
 pub fn up(queues: usize) -> Result<(), LabError> {
+    let missing = host::missing(&TOOLS);
+    if !missing.is_empty() {
+        return Err(LabError::MissingTools(missing));
+    }
     down();
     for ns in NAMESPACES {
         ip(&["netns", "add", ns])?;

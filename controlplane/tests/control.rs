@@ -184,7 +184,7 @@ fn flows(lab: &Lab, args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn ten_reloads_during_a_download_lose_nothing_and_a_bad_one_changes_nothing() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("reload", 1);
     // 24 MiB at 6 MB/s: the download lasts about 4 s.
@@ -276,7 +276,7 @@ fn ten_reloads_during_a_download_lose_nothing_and_a_bad_one_changes_nothing() {
 
 #[test]
 fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("recheck", 1);
     std::fs::write(lab.dir.join("www/big.bin"), vec![7u8; 32 << 20]).unwrap();
@@ -329,7 +329,10 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
 
 #[test]
 fn counters_read_while_two_workers_run_are_consistent_and_metrics_parse() {
-    need_root!();
+    need_lab!();
+    if !common::python_module(PY, "prometheus_client", "python3-prometheus-client") {
+        return;
+    }
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("metrics", 2);
     lab.write_config(&lab.config(&(DISCARD.to_string() + PING), ""));
@@ -382,7 +385,7 @@ print(len(fams), ' '.join(sorted(labels)), ' '.join(sorted(f.name for f in fams)
 
 #[test]
 fn a_filling_table_raises_table_fill_and_it_clears_when_the_flood_stops() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("fill", 1);
     let extra = "conntrack:\n  capacity: 1024\n  timeouts: { udp_unreplied: 2s }\n  pressure: { embryonic_share: 1.0 }\n";
@@ -419,7 +422,7 @@ fn a_filling_table_raises_table_fill_and_it_clears_when_the_flood_stops() {
 
 #[test]
 fn a_flood_of_denials_is_counted_as_suppressed_not_queued() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("deny", 1);
     lab.write_config(&lab.config(PING, "").replace("rate_limit: 1000", "rate_limit: 100"));
@@ -492,7 +495,7 @@ impl Drop for FakeSystemd {
 /// seconds, naming the stuck worker, with no XDP program left behind.
 #[test]
 fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("stall", 2);
     lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
@@ -559,7 +562,7 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
 /// the program re-attached, the table kept, and traffic flows again.
 #[test]
 fn a_deleted_interface_is_a_fault_and_is_reattached_when_it_returns() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::up("ifdel", 1);
     std::fs::write(lab.dir.join("www/ok.txt"), "ok\n").unwrap();

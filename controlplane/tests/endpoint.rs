@@ -210,13 +210,13 @@ fn head_http2_unknown_methods_and_paths_get_real_answers() {
     let (code, _) = ask(s.addr, "GET /metrics HTTP/1.0\r\n\r\n");
     assert_eq!(code, 200, "HTTP/1.0 still works");
     // HTTP/2 with prior knowledge (what `curl --http2-prior-knowledge` sends).
-    match std::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
-        .arg(format!("http://{}/status", s.addr))
-        .output()
-    {
-        Ok(o) if o.status.success() => assert_eq!(String::from_utf8_lossy(&o.stdout), "2 200"),
-        _ => eprintln!("SKIPPED the HTTP/2 check: curl with HTTP/2 is not installed (Debian package curl)"),
+    if holdfast_dataplane::host::have_or_report(&[holdfast_dataplane::host::Tool { command: "curl", package: "curl" }]) {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .arg(format!("http://{}/status", s.addr))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "2 200", "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
 

@@ -30,7 +30,7 @@ impl Drop for Down {
 
 #[test]
 fn http_reaches_every_server_ping_passes_and_an_outbound_syn_is_denied() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let _d = Down;
     let v = lab(&[]);
@@ -47,7 +47,7 @@ fn http_reaches_every_server_ping_passes_and_an_outbound_syn_is_denied() {
 
 #[test]
 fn two_workers_hand_frames_to_the_owner_and_judge_only_their_own_flows() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let _d = Down;
     let v = lab(&["--workers", "2", "--requests", "5"]);
@@ -69,7 +69,7 @@ fn xdp_on(ifc: &str) -> bool {
 
 #[test]
 fn a_crash_leaves_no_xdp_program_attached() {
-    need_root!();
+    need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let _d = Down;
     assert!(holdfast().args(["lab", "up"]).status().unwrap().success());

@@ -108,6 +108,50 @@ pub fn interface(name: &str) -> Result<Interface, InterfaceError> {
     })
 }
 
+/// A program a command needs, and the Debian package that has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tool {
+    pub command: &'static str,
+    pub package: &'static str,
+}
+
+impl std::fmt::Display for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} (apt-get install {})", self.command, self.package)
+    }
+}
+
+/// The tools not found as executables on `PATH`.
+pub fn missing(tools: &[Tool]) -> Vec<Tool> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found =
+        |cmd: &str| std::env::split_paths(&path).any(|d| std::fs::metadata(d.join(cmd)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
+    tools.iter().copied().filter(|t| !found(t.command)).collect()
+}
+
+/// For tests that cannot run on this machine: writes `SKIPPED: <why> [<test>]` to
+/// standard error directly, past the test harness's capture, so that `cargo test`
+/// shows it even for a test that passes, and `.ci/run` (which must run everything)
+/// can fail on it. The test is named by its thread, which the harness names after it.
+pub fn report_skip(why: impl std::fmt::Display) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    // One write, so that the line is not torn by the harness's own output.
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {why} [{test}]\n").as_bytes());
+}
+
+/// For tests: whether every tool is present; if not, one `SKIPPED: needs ...` line
+/// names each missing one and its package (see [`report_skip`]).
+pub fn have_or_report(tools: &[Tool]) -> bool {
+    let missing = missing(tools);
+    if !missing.is_empty() {
+        report_skip(format_args!("needs {}", missing.iter().map(Tool::to_string).collect::<Vec<_>>().join(", ")));
+    }
+    missing.is_empty()
+}
+
 /// The cores this process may run on.
 pub fn cores() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
@@ -139,6 +183,14 @@ mod tests {
         let e = interface("hf-nope0").unwrap_err();
         assert!(matches!(&e, InterfaceError::Missing { known, .. } if known.iter().any(|k| k == "lo")), "the error lists what exists: {e}");
         assert!(e.to_string().contains("\"lo\"") || e.to_string().contains(" lo"), "{e}");
+    }
+
+    #[test]
+    fn missing_tools_are_named_with_their_package() {
+        let sh = Tool { command: "sh", package: "dash" };
+        let nope = Tool { command: "hf-no-such-tool", package: "hf-nothing" };
+        assert_eq!(missing(&[sh, nope]), vec![nope]);
+        assert_eq!(nope.to_string(), "hf-no-such-tool (apt-get install hf-nothing)");
         assert!(interface("a/b").is_err());
         assert_eq!(bytes(1536 << 20), "1.5 GiB");
         assert_eq!(bytes(12), "12 B");

@@ -22,6 +22,8 @@ use std::time::Duration;
 use holdfast_controlplane::capture;
 use holdfast_controlplane::config;
 use holdfast_controlplane::replay::{self, Options};
+use holdfast_dataplane::host::{self, Tool};
+use holdfast_dataplane::sys;
 use holdfast_pipeline::DropReason;
 use holdfast_pipeline::parse::{Frame, L4, parse};
 use serde_json::Value;
@@ -160,15 +162,35 @@ impl Lab {
     }
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("bash").args(["-c", &format!("command -v {cmd} >/dev/null")]).status().is_ok_and(|s| s.success())
-}
+/// What the comparison runs: namespaces, nftables and its conntrack listing, captures,
+/// offload control, real clients and servers, scapy for crafted segments.
+const TOOLS: [Tool; 10] = [
+    Tool { command: "ip", package: "iproute2" },
+    Tool { command: "ss", package: "iproute2" },
+    Tool { command: "nft", package: "nftables" },
+    Tool { command: "conntrack", package: "conntrack" },
+    Tool { command: "tcpdump", package: "tcpdump" },
+    Tool { command: "ethtool", package: "ethtool" },
+    Tool { command: "curl", package: "curl" },
+    Tool { command: "ping", package: "iputils-ping" },
+    Tool { command: "sysctl", package: "procps" },
+    Tool { command: "python3", package: "python3" },
+];
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
+/// Whether the comparison can run here; each reason it cannot is a `SKIPPED:` line.
+fn can_run() -> bool {
+    if !sys::is_root() {
+        host::report_skip("needs root for network namespaces and nftables (CI runs it as root)");
+        return false;
+    }
+    if !host::have_or_report(&TOOLS) {
+        return false;
+    }
+    if !Command::new(PY).args(["-c", "import scapy"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        host::report_skip("needs scapy (apt-get install python3-scapy)");
+        return false;
+    }
+    true
 }
 
 /// The forwarding-invariant bytes of an IP packet: the whole packet with TTL / hop
@@ -293,14 +315,9 @@ fn holdfast_table(path: &Path) -> BTreeMap<String, (String, bool, u64)> {
 
 #[test]
 fn holdfast_agrees_with_linux_conntrack() {
-    if !is_root() {
-        eprintln!("SKIPPED differential_linux: needs root for network namespaces and nftables (CI runs it as root)");
+    if !can_run() {
         return;
     }
-    for tool in ["ip", "nft", "conntrack", "tcpdump", "ethtool", "curl", "ping", PY] {
-        assert!(have(tool), "{tool} is missing: install nftables conntrack tcpdump ethtool curl iputils-ping python3-scapy (see .ci/run)");
-    }
-    assert!(Command::new(PY).args(["-c", "import scapy"]).status().is_ok_and(|s| s.success()), "python3-scapy is missing");
 
     let mut lab = Lab::up();
     let dir = lab.dir.clone();

@@ -53,9 +53,12 @@ fn every_link_type_that_carries_ip_replays_like_ethernet() {
 /// A real `tcpdump -i any` capture (root, tcpdump installed): ping over loopback.
 #[test]
 fn a_tcpdump_any_capture_replays() {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
-    if !root || std::process::Command::new("tcpdump").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: capturing needs root and tcpdump (Debian package tcpdump)");
+    use holdfast_dataplane::host::{self, Tool};
+    if !holdfast_dataplane::sys::is_root() {
+        host::report_skip("needs root to capture on every interface (CI runs it as root)");
+        return;
+    }
+    if !host::have_or_report(&[Tool { command: "tcpdump", package: "tcpdump" }, Tool { command: "ping", package: "iputils-ping" }]) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("hf-tcpdump-{}", std::process::id()));

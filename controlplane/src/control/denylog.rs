@@ -327,6 +327,7 @@ impl Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use holdfast_dataplane::host::Tool;
     use holdfast_pipeline::conntrack::pressure::Admission;
     use holdfast_pipeline::conntrack::tombstones::Why;
     use holdfast_pipeline::engine::{Explained, Removed};
@@ -451,14 +452,18 @@ mod tests {
     #[test]
     fn a_full_tmpfs_holds_only_whole_lines_and_the_count_is_exact() {
         if !holdfast_dataplane::sys::is_root() {
-            eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+            holdfast_dataplane::host::report_skip("needs root to mount a small tmpfs (CI runs as root)");
+            return;
+        }
+        let mount = [Tool { command: "mount", package: "mount" }, Tool { command: "umount", package: "mount" }];
+        if !holdfast_dataplane::host::have_or_report(&mount) {
             return;
         }
         let dir = std::env::temp_dir().join(format!("hf-fulldisk-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&dir).status();
         if !mounted.is_ok_and(|s| s.success()) {
-            eprintln!("SKIPPED: could not mount a tmpfs (mount from util-linux)");
+            holdfast_dataplane::host::report_skip("could not mount a tmpfs here (a container without CAP_SYS_ADMIN?)");
             return;
         }
         struct Unmount(std::path::PathBuf);

@@ -1,4 +1,4 @@
-//! Test harness: an engine with the example policy, a fake clock, and helpers
+//! Test harness: an engine with the web-farm example policy, a fake clock, and helpers
 //! that build frames for a client and a server.
 
 use std::net::IpAddr;
@@ -20,7 +20,7 @@ pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// The example policy: web from outside to 10.0.2.0/24:80, ping from anywhere,
+/// The example policy: web from outside to 10.0.2.0/24:80, ping from anywhere,
 /// DNS from inside.
 pub(crate) fn policy() -> Classifier {
     Classifier::new(

@@ -5,7 +5,7 @@ use holdfast_pipeline::engine::Pickup;
 use holdfast_pipeline::policy::{Action, Query};
 use holdfast_pipeline::{Duration, Zone};
 
-const ISSUE_EXAMPLE: &str = r#"
+const WEBFARM_EXAMPLE: &str = r#"
 zones:
   outside: { interface: eth0 }
   inside:  { interface: eth1, networks: [10.0.2.0/24, "2001:db8:2::/64"] }
@@ -29,7 +29,7 @@ fn err(text: &str) -> ConfigError {
 
 #[test]
 fn the_issue_example_parses() {
-    let c = parse(ISSUE_EXAMPLE, "x.yaml").unwrap();
+    let c = parse(WEBFARM_EXAMPLE, "x.yaml").unwrap();
     assert_eq!(c.engine.capacity, 1 << 20);
     assert_eq!(c.engine.timeouts.get(TimerClass::TcpEstablished), Duration::from_secs(432_000));
     assert_eq!(c.inside.len(), 2);

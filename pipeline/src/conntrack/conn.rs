@@ -83,7 +83,7 @@ pub(crate) struct Conn {
     pub last_end: u32,
 }
 
-// The size budget the issue sets and the layout promises: one cache line.
+// The layout's size budget: one cache line per entry, so a lookup touches one line.
 const _: () = assert!(core::mem::size_of::<Conn>() == 64);
 const _: () = assert!(core::mem::align_of::<Conn>() == 64);
 

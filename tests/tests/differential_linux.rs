@@ -162,20 +162,10 @@ impl Lab {
     }
 }
 
-/// What the comparison runs: namespaces, nftables and its conntrack listing, captures,
-/// offload control, real clients and servers, scapy for crafted segments.
-const TOOLS: [Tool; 10] = [
-    Tool { command: "ip", package: "iproute2" },
-    Tool { command: "ss", package: "iproute2" },
-    Tool { command: "nft", package: "nftables" },
-    Tool { command: "conntrack", package: "conntrack" },
-    Tool { command: "tcpdump", package: "tcpdump" },
-    Tool { command: "ethtool", package: "ethtool" },
-    Tool { command: "curl", package: "curl" },
-    Tool { command: "ping", package: "iputils-ping" },
-    Tool { command: "sysctl", package: "procps" },
-    Tool { command: "python3", package: "python3" },
-];
+/// What the comparison runs besides the lab's tools (namespaces, offload control,
+/// real clients and servers): nftables and its conntrack listing, captures.
+const MORE_TOOLS: [Tool; 3] =
+    [Tool { command: "nft", package: "nftables" }, Tool { command: "conntrack", package: "conntrack" }, Tool { command: "tcpdump", package: "tcpdump" }];
 
 /// Whether the comparison can run here; each reason it cannot is a `SKIPPED:` line.
 fn can_run() -> bool {
@@ -183,7 +173,8 @@ fn can_run() -> bool {
         host::report_skip("needs root for network namespaces and nftables (CI runs it as root)");
         return false;
     }
-    if !host::have_or_report(&TOOLS) {
+    let tools: Vec<Tool> = holdfast_controlplane::lab::TOOLS.iter().chain(&MORE_TOOLS).copied().collect();
+    if !host::have_or_report(&tools) {
         return false;
     }
     if !Command::new(PY).args(["-c", "import scapy"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {

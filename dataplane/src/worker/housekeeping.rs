@@ -37,6 +37,38 @@ pub(super) struct Scan {
     cursor: u32,
 }
 
+/// The next [`SCAN_SLOTS`] slots of a table of `cap` from `cursor`, which moves past them.
+fn next_slice(cursor: &mut u32, cap: u32) -> std::ops::Range<u32> {
+    let range = *cursor..cursor.saturating_add(SCAN_SLOTS).min(cap);
+    *cursor = range.end;
+    range
+}
+
+/// What [`hand_over`] managed.
+enum Handed {
+    /// Nothing waits any more.
+    All,
+    /// The channel is full; the rest waits for the next round.
+    Blocked,
+    /// The reader went away.
+    Gone,
+}
+
+/// Sends the replies that wait, in order, until the channel is full; never blocks.
+fn hand_over(pending: &mut VecDeque<FlowsReply>, reply: &crossbeam_channel::Sender<FlowsReply>) -> Handed {
+    while let Some(m) = pending.pop_front() {
+        match reply.try_send(m) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(m)) => {
+                pending.push_front(m);
+                return Handed::Blocked;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Handed::Gone,
+        }
+    }
+    Handed::All
+}
+
 impl Worker {
     pub(super) fn publish(&mut self, publisher: &mut Publisher) {
         let t = WallClock::now();
@@ -108,60 +140,37 @@ impl Worker {
         let cap = self.engine.table().capacity() as u32;
         let mut i = 0;
         while i < self.scans.len() {
-            let s = &mut self.scans[i];
-            let finished = match &mut s.job {
+            let Scan { job, cursor } = &mut self.scans[i];
+            let finished = match job {
                 Job::Maintain { recheck } => {
-                    let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
-                    s.cursor = range.end;
+                    let range = next_slice(cursor, cap);
                     self.engine.maintain(range, now, *recheck);
-                    s.cursor >= cap
+                    *cursor >= cap
                 }
-                Job::Flows { filter, left, pending, reply } => {
-                    // Hand over what is waiting first; a full channel pauses the walk.
-                    let mut gone = false;
-                    while let Some(m) = pending.pop_front() {
-                        match reply.try_send(m) {
-                            Ok(()) => {}
-                            Err(crossbeam_channel::TrySendError::Full(m)) => {
-                                pending.push_front(m);
-                                break;
-                            }
-                            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                                gone = true;
-                                break;
-                            }
-                        }
-                    }
-                    if gone {
-                        true
-                    } else if !pending.is_empty() {
+                Job::Flows { filter, left, pending, reply } => match hand_over(pending, reply) {
+                    Handed::Gone => true,
+                    // The reader has not taken what waits: the walk pauses.
+                    Handed::Blocked => {
                         i += 1;
                         continue;
-                    } else if *left == 0 || s.cursor >= cap {
-                        // Everything was handed over, `Done` included.
-                        true
-                    } else {
-                        let range = s.cursor..s.cursor.saturating_add(SCAN_SLOTS).min(cap);
-                        s.cursor = range.end;
+                    }
+                    // Everything was handed over, `Done` included.
+                    Handed::All if *left == 0 || *cursor >= cap => true,
+                    Handed::All => {
+                        let range = next_slice(cursor, cap);
                         let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
                         *left -= chunk.len();
                         if !chunk.is_empty() {
                             pending.push_back(FlowsReply::Chunk(chunk));
                         }
-                        if *left == 0 || s.cursor >= cap {
+                        if *left == 0 || *cursor >= cap {
                             pending.push_back(FlowsReply::Done);
                         }
-                        while let Some(m) = pending.pop_front() {
-                            if let Err(e) = reply.try_send(m) {
-                                if let crossbeam_channel::TrySendError::Full(m) = e {
-                                    pending.push_front(m);
-                                }
-                                break;
-                            }
-                        }
+                        // A reader that went away is noticed at the next round.
+                        hand_over(pending, reply);
                         false
                     }
-                }
+                },
             };
             if finished {
                 self.scans.remove(i);

@@ -171,14 +171,21 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
     }
 }
 
+/// Why no reply came.
+enum NoReply {
+    /// The other side dropped its sender (stopped).
+    Gone,
+    TimedOut,
+}
+
 /// Waits for a crossbeam reply without blocking the runtime.
-async fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>, timeout: Duration) -> Result<T, &'static str> {
+async fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>, timeout: Duration) -> Result<T, NoReply> {
     let deadline = Instant::now() + timeout;
     loop {
         match rx.try_recv() {
             Ok(v) => return Ok(v),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err("gone"),
-            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() >= deadline => return Err("timeout"),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(NoReply::Gone),
+            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() >= deadline => return Err(NoReply::TimedOut),
             Err(crossbeam_channel::TryRecvError::Empty) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
@@ -271,7 +278,10 @@ fn flows(sh: &Shared, filter: FlowFilter, limit: usize) -> Response<Body> {
                     }
                     Ok(FlowsReply::Done) => break,
                     Err(why) => {
-                        let msg = if why == "gone" { "stopped" } else { "did not answer within 10 s" };
+                        let msg = match why {
+                            NoReply::Gone => "stopped".to_string(),
+                            NoReply::TimedOut => format!("did not answer within {} s", WORKER_ANSWER.as_secs()),
+                        };
                         let _ = serde_json::to_writer(&mut buf, &json!({"error": format!("worker {w} {msg}; the listing is incomplete")}));
                         buf.push(b'\n');
                         let _ = tx.send(Bytes::from(buf)).await;

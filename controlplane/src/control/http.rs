@@ -208,7 +208,7 @@ async fn connection(sock: tokio::net::TcpStream, peer: SocketAddr, sh: Arc<Share
                 return;
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                let quiet = sh.epoch.elapsed().as_millis() as u64 - last.load(Relaxed);
+                let quiet = (sh.epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Relaxed));
                 if let Some(t) = closing {
                     // A graceful close waits for the response in flight; not forever.
                     if t.elapsed() >= Duration::from_secs(2) {

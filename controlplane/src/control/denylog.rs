@@ -143,7 +143,6 @@ pub struct Batch {
 pub struct Outcome {
     pub written: u64,
     pub lost: u64,
-    pub error: Option<std::io::ErrorKind>,
 }
 
 impl Batch {
@@ -184,7 +183,7 @@ impl Batch {
         if partial > 0 && sink.unwrite(partial as u64).is_err() {
             self.dangling = true;
         }
-        let out = Outcome { written: whole as u64, lost: (self.ends.len() - whole) as u64, error: err.as_ref().map(|e| e.kind()) };
+        let out = Outcome { written: whole as u64, lost: (self.ends.len() - whole) as u64 };
         self.buf.clear();
         self.ends.clear();
         (out, err)

@@ -181,33 +181,34 @@ pub fn link_state(name: &str) -> LinkState {
     if ifindex == 0 {
         return LinkState::Gone;
     }
-    // SAFETY: a datagram socket only to ask questions; closed on every path below. The
-    // ifreq is fully initialised (zeroed, then the name copied, NUL-terminated: name <
-    // IFNAMSIZ); for SIOCETHTOOL its data pointer points at `link`, which outlives the
-    // call and has the size ETHTOOL_GLINK writes (two u32).
-    let flags = unsafe {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked, then owned
+    // (closed when `sock` drops).
+    let sock = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return LinkState::Down { ifindex };
         }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        if r < 0 {
-            libc::close(fd);
-            return LinkState::Down { ifindex };
-        }
-        let flags = req.ifr_ifru.ifru_flags as libc::c_int;
-        // struct ethtool_value { cmd, data } for ETHTOOL_GLINK (0x0a).
-        let mut link: [u32; 2] = [0x0a, 0];
-        req.ifr_ifru.ifru_data = link.as_mut_ptr() as *mut libc::c_char;
-        let carrier = if libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) == 0 { link[1] != 0 } else { flags & libc::IFF_RUNNING != 0 };
-        libc::close(fd);
-        (flags, carrier)
+        OwnedFd::from_raw_fd(fd)
     };
-    let (flags, carrier) = flags;
+    // SAFETY: a zeroed ifreq is valid; the name is copied NUL-terminated (name <
+    // IFNAMSIZ, checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return LinkState::Down { ifindex };
+    }
+    // SAFETY: the ioctl above wrote the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+    // struct ethtool_value { cmd, data } for ETHTOOL_GLINK (0x0a).
+    let mut link: [u32; 2] = [0x0a, 0];
+    req.ifr_ifru.ifru_data = link.as_mut_ptr() as *mut libc::c_char;
+    // SAFETY: for SIOCETHTOOL the ifreq's data pointer points at `link`, which outlives
+    // the call and has the size ETHTOOL_GLINK writes (two u32).
+    let carrier = if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } == 0 { link[1] != 0 } else { flags & libc::IFF_RUNNING != 0 };
     if flags & libc::IFF_UP != 0 && carrier { LinkState::Up { ifindex } } else { LinkState::Down { ifindex } }
 }
 
@@ -241,12 +242,13 @@ impl LinkEvents {
         Ok(LinkEvents { fd })
     }
 
-    /// Reads every pending message; true if there was any (a link changed, or the
-    /// socket overran — either way, look again).
+    /// Reads the pending messages (at most 256 reads a call: what is left is read at
+    /// the next); true if there was any (a link changed, or the socket overran —
+    /// either way, look again).
     pub fn drain(&self) -> bool {
         let mut buf = [0u8; 8192];
         let mut any = false;
-        loop {
+        for _ in 0..256 {
             // SAFETY: recv into a buffer we own, with its length; non-blocking socket.
             let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n > 0 {
@@ -257,7 +259,8 @@ impl LinkEvents {
                 any = true; // overran: states changed, messages lost
                 continue;
             }
-            return any;
+            break;
         }
+        any
     }
 }

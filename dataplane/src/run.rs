@@ -200,18 +200,11 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     let events = LinkEvents::open().ok();
     let mut links: [Option<Link>; 2] = [None, None];
     for (k, i) in cfg.interfaces.iter().enumerate() {
-        let prog = match Program::load_redirect(&maps[k]) {
-            Ok(p) => p,
-            Err(e) => {
-                stop_all(workers);
-                return Err(OsError::new("loading the XDP program", e).into());
-            }
-        };
-        match Link::attach(&prog, ifindex[k], i.mode) {
+        match attach(&maps[k], ifindex[k], i) {
             Ok(l) => links[k] = Some(l),
             Err(e) => {
                 stop_all(workers);
-                return Err(OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e).into());
+                return Err(e.into());
             }
         }
     }
@@ -237,6 +230,13 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
         started: epoch,
         started_at,
     })
+}
+
+/// Loads the redirect program over `map` and attaches it to interface `i`, now at
+/// `ifindex`.
+fn attach(map: &XskMap, ifindex: u32, i: &Interface) -> Result<Link, OsError> {
+    let prog = Program::load_redirect(map).map_err(|e| OsError::new("loading the XDP program", e))?;
+    Link::attach(&prog, ifindex, i.mode).map_err(|e| OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e))
 }
 
 /// What changed about one interface since the last look.
@@ -338,10 +338,7 @@ impl Running {
                 continue;
             }
             self.links[k] = None;
-            let i = &self.interfaces[k];
-            let prog = Program::load_redirect(&self.maps[k]).map_err(|e| OsError::new("loading the XDP program", e))?;
-            let link = Link::attach(&prog, index, i.mode).map_err(|e| OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e))?;
-            self.links[k] = Some(link);
+            self.links[k] = Some(attach(&self.maps[k], index, &self.interfaces[k])?);
         }
         Ok(())
     }

@@ -221,10 +221,11 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
     if let DenyOutput::File(p) = &cfg.log.denials {
         out.extend(writable_dir(p, "log.denials"));
     }
-    if let Some(t) = &cfg.control.token_file
-        && let Err(e) = crate::config::read_token(t)
-    {
-        out.push(error(e.to_string()));
+    if let Some(t) = &cfg.control.token_file {
+        match crate::config::read_token(t) {
+            Err(e) => out.push(error(e.to_string())),
+            Ok(_) => out.extend(crate::config::token_warning(t).map(warning)),
+        }
     }
     if let Some(addr) = cfg.control.listen
         && let Err(e) = std::net::TcpListener::bind(addr)

@@ -18,6 +18,9 @@ fn target(c: &ClientArgs) -> Result<Target, Error> {
     }
     if let Some(f) = token_file {
         t.token = Some(config::read_token(&f).map_err(|e| Error::Usage { cmd: "client", msg: e.to_string() })?);
+        if let Some(w) = config::token_warning(&f) {
+            eprintln!("holdfast: WARNING: {w}");
+        }
     }
     Ok(t)
 }

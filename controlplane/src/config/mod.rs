@@ -26,7 +26,7 @@ use serde_saphyr::Location;
 
 pub use compiled::{Config, Control, Dataplane, DenyOutput, Log, OnReload, Thresholds};
 pub use error::ConfigError;
-pub use token::{MIN_TOKEN, TokenError, TokenProblem, read_token};
+pub use token::{MIN_TOKEN, TokenError, TokenProblem, read_token, token_warning};
 
 use compile::Ctx;
 use model::File;

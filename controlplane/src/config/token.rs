@@ -35,7 +35,7 @@ pub enum TokenProblem {
 }
 
 /// Reads `control.token_file`: one line, at least [`MIN_TOKEN`] characters, of
-/// printable ASCII. Warns (on stderr) when other users may read it.
+/// printable ASCII. Whether others may read it is [`token_warning`]'s business.
 pub fn read_token(path: &Path) -> Result<String, TokenError> {
     let fail = |problem| TokenError { path: path.to_path_buf(), problem };
     let meta = std::fs::metadata(path).map_err(|e| fail(TokenProblem::Read(e)))?;
@@ -56,9 +56,13 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
     if !t.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(fail(TokenProblem::NotPrintable));
     }
-    use std::os::unix::fs::PermissionsExt;
-    if meta.permissions().mode() & 0o004 != 0 {
-        eprintln!("holdfast: WARNING: control.token_file {} is readable by every user (chmod 600 it)", path.display());
-    }
     Ok(t.to_string())
+}
+
+/// What to say about a token file every user of the machine may read; `None` when
+/// they may not (or it cannot be looked at: [`read_token`] says why).
+pub fn token_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| format!("control.token_file {} is readable by every user (chmod 600 it)", path.display()))
 }

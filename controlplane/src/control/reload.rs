@@ -84,7 +84,13 @@ impl Reloader {
         let new = config::load(&self.path)?;
         // The token is re-read; a bad token file rejects the reload.
         let token = match &new.control.token_file {
-            Some(p) => Some(config::read_token(p)?),
+            Some(p) => {
+                let t = config::read_token(p)?;
+                if let Some(w) = config::token_warning(p) {
+                    eprintln!("holdfast: WARNING: {w}");
+                }
+                Some(t)
+            }
             None => None,
         };
         let mut restart = self.started.restart_needed(&new);

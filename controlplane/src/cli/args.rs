@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use holdfast_controlplane::{config, traffic};
+use holdfast_controlplane::config::values::parse_duration;
+use holdfast_controlplane::traffic;
 
 #[derive(Parser)]
 #[command(name = "holdfast", version, about = "A stateful firewall that never forgets a reply", long_about = None)]
@@ -106,7 +107,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub once: bool,
     /// Refresh interval.
-    #[arg(long, default_value = "1s", value_parser = parse_dur)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: holdfast_pipeline::Duration,
 }
 
@@ -165,7 +166,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Stop after this long (e.g. 30s) instead of waiting for a signal.
-    #[arg(long, value_parser = parse_dur)]
+    #[arg(long, value_parser = parse_duration)]
     pub duration: Option<holdfast_pipeline::Duration>,
     /// No status line every second.
     #[arg(long)]
@@ -237,7 +238,7 @@ pub struct WebfarmArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pub connections: u32,
     /// Span over which connections start.
-    #[arg(long, default_value = "60s", value_parser = parse_dur)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: holdfast_pipeline::Duration,
     /// Idle gap between requests of a connection, `lo..hi`.
     #[arg(long, default_value = "0s..5s", value_parser = traffic::parse_range)]
@@ -257,10 +258,6 @@ pub struct WebfarmArgs {
     /// Stray ACKs from addresses that never connected.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pub midstream: u32,
-}
-
-fn parse_dur(s: &str) -> Result<holdfast_pipeline::Duration, String> {
-    config::values::parse_duration(s)
 }
 
 /// A number in `lo..=hi` (rejects NaN and infinities, which a float parser accepts).

@@ -8,6 +8,7 @@ pub mod control;
 pub mod demo;
 pub mod lab;
 pub mod replay;
+pub mod state;
 pub mod traffic;
 
 /// The configuration used when `--config` is not given.

@@ -98,12 +98,54 @@ impl Commander {
     }
 }
 
-pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
+/// The tables of an appliance about to start, built and committed, with the clock
+/// they run on: what a restart restores its state into before [`start`].
+pub struct Prepared {
+    pub engines: Vec<Engine>,
+    pub seed: u64,
+    /// The pipeline clock's epoch (its time 0), and the wall-clock time it stands for.
+    pub epoch: WallClock,
+    pub started_at: std::time::SystemTime,
+}
+
+impl Prepared {
+    /// The pipeline's time now.
+    pub fn now(&self) -> Instant {
+        since(self.epoch)
+    }
+}
+
+fn since(epoch: WallClock) -> Instant {
+    Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Builds one engine per worker with `seed`, on huge pages where the kernel has them
+/// (fewer TLB misses per lookup, as the benches measure it), all of its memory
+/// committed now rather than page by page under traffic.
+pub fn prepare(cfg: &Config, seed: u64) -> Prepared {
+    let n = cfg.cores.len().max(1);
+    let mut engine_cfg = cfg.engine;
+    engine_cfg.seed = seed;
+    let engines = (0..n)
+        .map(|_| {
+            let mut e = Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0));
+            crate::sys::advise_huge_pages(&e.table().regions());
+            e.commit();
+            e
+        })
+        .collect();
+    Prepared { engines, seed, epoch: WallClock::now(), started_at: std::time::SystemTime::now() }
+}
+
+/// Starts the workers on the tables of `prepared` (from [`prepare`], perhaps with
+/// state restored into them), then attaches the XDP programs.
+pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     let missing = crate::sys::missing_capabilities();
     if !missing.is_empty() {
         return Err(StartError::Capabilities(missing));
     }
     let n = cfg.cores.len().max(1);
+    assert_eq!(prepared.engines.len(), n, "one prepared engine per worker");
     for i in &cfg.interfaces {
         if i.queues as usize != n {
             return Err(StartError::Queues { name: i.name.clone(), queues: i.queues, workers: n });
@@ -118,8 +160,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
         Arc::new(XskMap::new(cfg.interfaces[1].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let epoch = WallClock::now();
-    let started_at = std::time::SystemTime::now();
+    let Prepared { engines, seed, epoch, started_at } = prepared;
     let (mut producers, mut consumers) = handoff::mesh(n, HANDOFF_RING);
     let mut workers = Vec::with_capacity(n);
     let mut readers = Vec::with_capacity(n);
@@ -127,9 +168,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
     let mut denials = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let flags = Arc::new(LinkFlags::all_up());
-    let mut engine_cfg = cfg.engine;
-    engine_cfg.seed = seed;
-    for w in 0..n {
+    for (w, engine) in engines.into_iter().enumerate() {
         let (publisher, reader) = stats::channel();
         readers.push(reader);
         let (ctx, crx) = crossbeam_channel::bounded(64);
@@ -148,15 +187,7 @@ pub fn start(cfg: &Config, seed: u64) -> Result<Running, StartError> {
             binding: Binding { ifindex, queue: w as u32, frames: cfg.umem_frames, ring_size: cfg.ring_size },
             burst: cfg.burst,
             idle: cfg.idle,
-            engine: {
-                // Huge pages where the kernel has them (fewer TLB misses per lookup,
-                // as the benches measure it), then all of the table's memory now, not
-                // page by page under traffic.
-                let mut e = Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0));
-                crate::sys::advise_huge_pages(&e.table().regions());
-                e.commit();
-                e
-            },
+            engine,
             hasher: FlowHasher::new(seed),
             maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
             links: Arc::clone(&flags),
@@ -377,21 +408,32 @@ impl Running {
             if !h.is_finished() {
                 out.stuck.push(w);
                 out.snapshots.push(self.readers[w].read());
+                out.engines.push(None);
                 continue;
             }
             match h.join() {
-                Ok(Some(f)) => out.snapshots.push(f.snapshot),
-                _ => out.snapshots.push(self.readers[w].read()),
+                Ok(Some(f)) => {
+                    out.snapshots.push(f.snapshot);
+                    out.engines.push(Some(f.engine));
+                }
+                _ => {
+                    out.snapshots.push(self.readers[w].read());
+                    out.engines.push(None);
+                }
             }
         }
+        out.at = since(self.started);
         out
     }
 }
 
-/// What [`Running::stop`] leaves: each worker's final snapshot, and the workers that
-/// did not stop within the grace period.
-#[derive(Debug, Default)]
+/// What [`Running::stop`] leaves: each worker's final snapshot, its table (`None` for
+/// a worker that is stuck or died), the workers that did not stop within the grace
+/// period, and the pipeline's time when they had all stopped.
+#[derive(Default)]
 pub struct Stopped {
     pub snapshots: Vec<Snapshot>,
+    pub engines: Vec<Option<Engine>>,
     pub stuck: Vec<usize>,
+    pub at: Instant,
 }

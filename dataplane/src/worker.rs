@@ -77,6 +77,8 @@ pub struct Spec {
 /// What a worker leaves when it stops.
 pub struct Final {
     pub snapshot: Snapshot,
+    /// The table, for a state snapshot across a restart.
+    pub engine: Engine,
 }
 
 fn since(epoch: WallClock, t: WallClock) -> Instant {
@@ -227,7 +229,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
     let end = since(spec.epoch, WallClock::now());
     w.snap.foreign_flows = w.engine.flows(end).filter(|f| owner_of(w.hasher.owner_hash(&f.key), w.workers) != w.index).count() as u64;
     w.publish(&mut publisher);
-    Some(Final { snapshot: w.snap })
+    Some(Final { snapshot: w.snap, engine: w.engine })
 }
 
 impl Worker {

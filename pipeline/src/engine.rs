@@ -13,12 +13,14 @@
 //! - [`lifecycle`]: an entry's life: create, account, make room, evict, retire;
 //! - [`timers`]: timeouts as they apply now, arming, refreshing;
 //! - [`between`]: work between bursts: expiry, reconfiguration, a reload's pass;
-//! - [`inspect`]: listings, explanations for the deny log, the audit.
+//! - [`inspect`]: listings, explanations for the deny log, the audit;
+//! - [`restore`]: the table as snapshot records, and back after a restart.
 
 mod between;
 mod config;
 mod inspect;
 mod lifecycle;
+mod restore;
 mod timers;
 mod track;
 
@@ -39,6 +41,7 @@ use crate::verdict::{DropReason, PassKind, Verdict};
 pub use between::Maintained;
 pub use config::{EngineConfig, Packet, Pickup};
 pub use inspect::{Explained, FlowInfo, Removed};
+pub use restore::{RestoreError, Restored};
 use timers::{abs_ticks, idle_ticks};
 
 /// Largest burst processed in one staged pass; longer batches are cut into pieces.

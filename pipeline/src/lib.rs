@@ -21,6 +21,7 @@ pub mod parse;
 pub mod policy;
 #[allow(unsafe_code)]
 mod raw;
+pub mod snapshot;
 pub mod steer;
 #[cfg(test)]
 mod testutil;

@@ -97,6 +97,7 @@ pub(super) fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     let dataplane = zones::dataplane(cx, &f)?;
     let control = control::control(cx, &f.control)?;
     let log = control::log(cx, &f.log)?;
+    let snapshot_dir = control::snapshot_dir(cx, &f.state)?;
     Ok(Config {
         engine,
         classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
@@ -110,6 +111,7 @@ pub(super) fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
             OnReloadCfg::Keep => OnReload::Keep,
             OnReloadCfg::Recheck => OnReload::Recheck,
         },
+        snapshot_dir,
     })
 }
 

@@ -25,6 +25,9 @@ pub struct Config {
     pub log: Log,
     /// `policy.on_reload`: re-judge existing flows by new rules (`Recheck`) or not.
     pub on_reload: OnReload,
+    /// `state.snapshot_dir`: where the tables are written on stop and read on start
+    /// (`None`: a restart forgets every connection).
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,3 +71,18 @@ pub(super) fn log(cx: &Ctx, l: &model::LogCfg) -> Result<Log, ConfigError> {
     }
     Ok(Log { denials, rate_limit: l.rate_limit.value.0 as u32 })
 }
+
+/// `state.snapshot_dir`: an absolute directory (a relative one would depend on where
+/// the service happens to start: systemd starts it in `/`).
+pub(super) fn snapshot_dir(cx: &Ctx, s: &model::StateCfg) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(d) = &s.snapshot_dir else { return Ok(None) };
+    let v = d.value.trim();
+    if v.is_empty() {
+        return Err(cx.at(d.referenced, "state.snapshot_dir is empty: name a directory (e.g. /var/lib/holdfast), or remove the key to keep no state across restarts"));
+    }
+    let p = std::path::PathBuf::from(v);
+    if !p.is_absolute() {
+        return Err(cx.at(d.referenced, format!("state.snapshot_dir {v:?} is relative: give an absolute path such as /var/lib/holdfast")));
+    }
+    Ok(Some(p))
+}

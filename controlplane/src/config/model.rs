@@ -15,6 +15,14 @@ pub struct File {
     pub workers: WorkersCfg,
     pub control: ControlCfg,
     pub log: LogCfg,
+    pub state: StateCfg,
+}
+
+/// `state:`: what survives a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateCfg {
+    pub snapshot_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

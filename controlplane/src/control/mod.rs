@@ -30,6 +30,8 @@ use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
 use crate::config::{self, Config, DenyOutput};
+use crate::state;
+use holdfast_pipeline::FlowHasher;
 pub use faults::{STALL_AFTER, STOP_GRACE};
 use reload::Reloader;
 use saturation::{Active, Saturation};
@@ -100,9 +102,83 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, ServeErr
     Ok(a.finish())
 }
 
+/// The tables to start with: those of `state.snapshot_dir`'s snapshot when there is a
+/// good one (with its hash seed), else empty ones with `seed`. A snapshot that cannot
+/// be restored is refused whole, said loudly, moved aside, and the tables start empty.
+/// Also what to show in `/status`.
+fn tables(cfg: &Config, dp: &run::Config, seed: u64) -> (run::Prepared, Value) {
+    let Some(dir) = &cfg.snapshot_dir else { return (run::prepare(dp, seed), Value::Null) };
+    let refused = |path: &Path, e: state::StateError| {
+        eprintln!("holdfast: state: snapshot REFUSED, starting with empty tables: {e}");
+        let aside = state::set_aside(path, state::REFUSED).map(|p| p.display().to_string()).unwrap_or_else(|e| format!("not moved aside: {e}"));
+        json!({"restored": false, "refused": e.to_string(), "moved_to": aside})
+    };
+    match state::find(dir) {
+        Ok(None) => {
+            eprintln!("holdfast: state: no snapshot in {}: starting with empty tables", dir.display());
+            (run::prepare(dp, seed), json!({"restored": false, "reason": "no snapshot"}))
+        }
+        Err(e) => {
+            let v = refused(&dir.join(state::FILE), e);
+            (run::prepare(dp, seed), v)
+        }
+        Ok(Some(found)) => {
+            let path = found.path.clone();
+            let mut p = run::prepare(dp, found.header.seed);
+            let now = p.now();
+            match state::restore(found, &mut p.engines, &FlowHasher::new(p.seed), now) {
+                Ok(r) => {
+                    eprintln!("holdfast: {}", r.describe());
+                    let mut v = r.json();
+                    v["restored"] = json!(true);
+                    if let Err(e) = state::set_aside(&path, state::RESTORED) {
+                        // Restored once; restored again after a crash would revive flows
+                        // that ended since. Refuse to run on rather than risk that.
+                        eprintln!("holdfast: state: WARNING: {e}: a crash before the next stop would restore this snapshot again");
+                        v["warning"] = json!(e.to_string());
+                    }
+                    (p, v)
+                }
+                Err(e) => {
+                    // Half a table is never used: the engines go, fresh ones come.
+                    drop(p);
+                    let v = refused(&path, e);
+                    (run::prepare(dp, seed), v)
+                }
+            }
+        }
+    }
+}
+
+/// Writes the stopped workers' tables to `dir`; says what happened, also in the final
+/// JSON.
+fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
+    let engines: Vec<_> = stopped.engines.iter().map(Option::as_ref).collect();
+    match state::write(dir, &engines, stopped.at, seed) {
+        Ok(w) => {
+            eprintln!(
+                "holdfast: state: {} flow(s) and {} tombstone(s) written to {} ({} bytes, {:.2} s){}",
+                w.flows,
+                w.tombstones,
+                w.path.display(),
+                w.bytes,
+                w.seconds,
+                if w.missing_workers.is_empty() { String::new() } else { format!("; WITHOUT the flows of stuck worker(s) {:?}", w.missing_workers) }
+            );
+            w.json()
+        }
+        Err(e) => {
+            eprintln!("holdfast: state: snapshot NOT written, the next start will not restore these flows: {e}");
+            json!({"error": e.to_string()})
+        }
+    }
+}
+
 /// A running appliance and what its control loop keeps between rounds.
 struct Appliance {
     running: Running,
+    /// The tables' hash seed (a snapshot carries it to the next start).
+    seed: u64,
     reloader: Reloader,
     view: Arc<RwLock<View>>,
     token: http::Token,
@@ -142,7 +218,9 @@ impl Appliance {
         }));
         sys::catch_stop_signals();
         sys::catch_reload_signal();
-        let mut running: Running = run::start(&dp, opts.seed)?;
+        let (prepared, state) = tables(&cfg, &dp, opts.seed);
+        let seed = prepared.seed;
+        let mut running: Running = run::start(&dp, prepared)?;
         let interfaces = [dp.interfaces[0].name.clone(), dp.interfaces[1].name.clone()];
         let logger = match cfg.log.denials {
             DenyOutput::Off => None,
@@ -154,6 +232,7 @@ impl Appliance {
             config_path: path.display().to_string(),
             snaps: running.snapshots(),
             links: running.link_states().map(LinkView::of),
+            state,
             ..View::default()
         }));
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
@@ -189,6 +268,7 @@ impl Appliance {
             last_beats: beats,
             links: running.link_states().map(LinkView::of),
             running,
+            seed,
             reloader: Reloader::new(path, cfg),
             view,
             token,
@@ -320,7 +400,9 @@ impl Appliance {
         if let Some(l) = self.logger.take() {
             l.stop();
         }
+        let written = self.reloader.current().snapshot_dir.clone().map(|dir| save_state(&dir, &stopped, self.seed));
         let mut out = report::final_json(&stopped.snapshots, uptime);
+        out["state"] = written.unwrap_or(Value::Null);
         let v = self.view.read().unwrap_or_else(|p| p.into_inner());
         out["generation"] = json!(self.reloader.generation());
         out["reloads"] = json!(v.reloads);

@@ -41,6 +41,9 @@ pub struct View {
     /// Workers whose heartbeat stopped (see [`STALL_AFTER`]): requests that need them
     /// are answered at once instead of waiting.
     pub stalled: Vec<usize>,
+    /// What the start made of `state.snapshot_dir` (restored, refused, none); `null`
+    /// without one.
+    pub state: Value,
 }
 
 /// An interface as the link watch last saw it.
@@ -135,6 +138,7 @@ pub fn status_json(v: &View) -> Value {
         "last_reload": v.last_reload,
         "restart_needed": v.restart_needed,
         "deny_log": {"written": v.log_written, "write_errors": v.log_write_errors},
+        "state": v.state,
     })
 }
 

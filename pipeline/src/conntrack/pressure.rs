@@ -215,6 +215,22 @@ impl ClassLists {
         (self.head[0] != NIL).then_some(self.head[0])
     }
 
+    /// Every listed entry, each list from its head (oldest first): the order a
+    /// snapshot keeps, so that eviction picks the same victims after a restart. At
+    /// most `capacity` entries per list, whatever the links say.
+    pub fn in_order(&self) -> impl Iterator<Item = u32> + '_ {
+        let lists = if self.per_class { Admission::COUNT } else { 1 };
+        (0..lists).flat_map(move |l| {
+            let mut at = self.head[l];
+            core::iter::from_fn(move || {
+                let s = (at != NIL).then_some(at)?;
+                at = self.links[s as usize].next;
+                Some(s)
+            })
+            .take(self.links.len())
+        })
+    }
+
     /// Checks the lists against the counts: each list walked from its head (at most
     /// `capacity` steps, so a cycle is an error, not a hang) has the length its
     /// classes count, and every link points back. For tests and audits: O(capacity).

@@ -231,6 +231,12 @@ fn after(a: u32, b: u32) -> bool {
 }
 
 #[inline]
+/// True when `b` is a `Conn::state` byte a TCP entry can hold: a state (bits 0..4)
+/// and a last index (bits 4..7) that exist (the snapshot reader's check).
+pub(crate) fn state_bits_valid(b: u8) -> bool {
+    usize::from(b & 0x0f) < TcpState::ALL.len() && (b >> 4) & 0x07 <= Index::None as u8
+}
+
 fn last_index(c: &Conn) -> Index {
     Index::from_bits(c.state >> 4)
 }

@@ -54,6 +54,16 @@ impl TimerClass {
         Self::ALL[usize::from(v & 0x0f).min(Self::COUNT - 1)]
     }
 
+    /// True when an entry of protocol `p` can be in this class.
+    pub fn fits(self, p: u8) -> bool {
+        match p {
+            crate::parse::proto::TCP => self <= TimerClass::TcpUnack,
+            crate::parse::proto::UDP => matches!(self, TimerClass::UdpUnreplied | TimerClass::UdpReplied),
+            crate::parse::proto::ICMP | crate::parse::proto::ICMPV6 => self == TimerClass::Icmp,
+            _ => self == TimerClass::Generic,
+        }
+    }
+
     /// The config key (`conntrack.timeouts.<name>`).
     pub fn name(self) -> &'static str {
         match self {

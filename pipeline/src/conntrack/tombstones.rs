@@ -94,6 +94,30 @@ impl Tombstones {
         set[way] = Record { fp, when: now_ticks, why: why as u8, class };
     }
 
+    /// Sets in the table (a snapshot's records restore only into as many).
+    pub fn sets(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Every record, as (set, fingerprint, tick of removal, why, class): what a
+    /// snapshot keeps.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32, u32, u8, u8)> + '_ {
+        self.sets.iter().enumerate().flat_map(|(s, set)| set.iter().filter(|r| r.fp != 0).map(move |r| (s as u32, r.fp, r.when, r.why, r.class)))
+    }
+
+    /// Puts back a record taken by [`Tombstones::records`] in a table of as many sets;
+    /// `false` (nothing changed) when its set has no free way or `set` is out of range.
+    pub(crate) fn put_back(&mut self, set: u32, fp: u32, when: u32, why: u8, class: u8) -> bool {
+        let Some(ways) = self.sets.get_mut(set as usize) else { return false };
+        match ways.iter().position(|r| r.fp == fp || r.fp == 0) {
+            Some(i) => {
+                ways[i] = Record { fp, when, why, class };
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Why the flow whose hash is `h` went away, if remembered. The record stays: every
     /// later packet of that flow gets the same answer.
     pub fn exhume(&mut self, h: u64) -> Option<(Why, u32)> {

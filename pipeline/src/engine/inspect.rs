@@ -148,7 +148,9 @@ impl Engine {
             if c.admission() != admission_of(c) {
                 return Err(format!("entry {s} is in class {:?}, its state calls for {:?}", c.admission(), admission_of(c)));
             }
-            let deadline = t.abs_tick(c.last_seen) + u64::from(self.cfg.timeouts.ticks(c.timer_class()));
+            // A flow restored from a snapshot was last seen before this clock's time 0:
+            // its absolute tick is "negative" (wrapped), its deadline is not.
+            let deadline = t.abs_tick(c.last_seen).wrapping_add(u64::from(self.cfg.timeouts.ticks(c.timer_class())));
             if t.deadline(s) > deadline {
                 return Err(format!("entry {s}: armed at tick {} after its deadline {deadline}", t.deadline(s)));
             }

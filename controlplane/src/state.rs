@@ -1,0 +1,376 @@
+//! State across restarts: the workers' tables written to `state.snapshot_dir` when the
+//! appliance stops, and read back into the new workers' tables before the first frame
+//! is judged (the bytes are `holdfast_pipeline::snapshot`'s; docs/snapshots.md).
+//!
+//! Writing never damages a good file: the snapshot goes to a temporary file, is synced,
+//! and renamed over the old one (then the directory is synced). Reading is all or
+//! nothing: a file from another format version, truncated, failing a checksum, or
+//! holding more than the tables can take is an error that names the byte, the tables
+//! are thrown away and the appliance starts clean — never with half a table. A file
+//! that was read (or refused) is renamed aside, so that a later crash does not bring
+//! back flows that have ended since.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use holdfast_pipeline::engine::{RestoreError, Restored};
+use holdfast_pipeline::flow::owner_of;
+use holdfast_pipeline::snapshot::{self, Block, BlockKind, FlowRecord, FormatError, HEADER_LEN, Header, RECORDS_PER_BLOCK, TombRecord};
+use holdfast_pipeline::{Engine, FlowHasher, Instant};
+use serde_json::{Value, json};
+
+/// The snapshot's name in `state.snapshot_dir`.
+pub const FILE: &str = "holdfast.snapshot";
+const TEMP: &str = "holdfast.snapshot.tmp";
+/// Where a snapshot goes once it was restored, and where one that was refused goes.
+pub const RESTORED: &str = "holdfast.snapshot.restored";
+pub const REFUSED: &str = "holdfast.snapshot.refused";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{}: the snapshot holds {flows} flows, more than the {capacity} entries of the configured tables (conntrack.capacity x workers)", .path.display())]
+    TooBig { path: PathBuf, flows: u64, capacity: u64 },
+    #[error("{}: worker {worker}'s table (conntrack.capacity {capacity}) is full: the flows it owns under {workers} worker(s) do not fit", .path.display())]
+    TableFull { path: PathBuf, worker: usize, capacity: usize, workers: usize },
+    #[error("{}: the flow at byte {offset} is listed twice: the file is damaged", .path.display())]
+    Duplicate { path: PathBuf, offset: u64 },
+    #[error("{}: {trailing} bytes after the end block", .path.display())]
+    Trailing { path: PathBuf, trailing: u64 },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { what, path, source }
+}
+
+/// What [`write`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub path: PathBuf,
+    pub flows: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Workers whose tables could not be taken (stuck or gone): their flows are not in
+    /// the snapshot.
+    pub missing_workers: Vec<usize>,
+}
+
+impl Written {
+    pub fn json(&self) -> Value {
+        json!({"path": self.path, "flows": self.flows, "tombstones": self.tombstones, "bytes": self.bytes, "seconds": self.seconds, "missing_workers": self.missing_workers})
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Writes the tables of `engines` (one per worker; `None` for a worker whose table is
+/// lost), taken at pipeline time `at`, to `dir`/[`FILE`], atomically. The previous
+/// snapshot stays in place until the new one is complete and synced.
+pub fn write(dir: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) -> Result<Written, StateError> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
+    let temp = dir.join(TEMP);
+    let path = dir.join(FILE);
+    let result = write_temp(&temp, engines, at, seed);
+    let (flows, tombstones, bytes) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&temp, &path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io("renaming the new snapshot into place", &path)(e));
+    }
+    // The rename itself must reach the disk.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the snapshot directory", dir))?;
+    Ok(Written {
+        path,
+        flows,
+        tombstones,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        missing_workers: engines.iter().enumerate().filter(|(_, e)| e.is_none()).map(|(w, _)| w).collect(),
+    })
+}
+
+fn write_temp(temp: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) -> Result<(u64, u64, u64), StateError> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(temp).map_err(io("creating", temp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let werr = io("writing", temp);
+    let mut header = Header {
+        seed,
+        written_unix_ns: 0,
+        workers: u16::try_from(engines.len().max(1)).unwrap_or(u16::MAX),
+        tomb_sets: engines.iter().flatten().next().map_or(0, |e| e.tombstone_sets()),
+        flows: 0,
+        tombstones: 0,
+        build: Header::this_build(),
+    };
+    // The real header (counts, time) once everything else is written.
+    let mut result = out.write_all(&[0u8; HEADER_LEN]);
+    let mut payload = Vec::with_capacity(RECORDS_PER_BLOCK * snapshot::FLOW_V6);
+    for (w, e) in engines.iter().enumerate() {
+        let Some(e) = e else { continue };
+        let mut n = 0;
+        for r in e.export(at) {
+            r.encode(&mut payload);
+            n += 1;
+            header.flows += 1;
+            if n == RECORDS_PER_BLOCK {
+                result = result.and_then(|()| block(&mut out, BlockKind::Flows, w, n, &mut payload));
+                n = 0;
+            }
+        }
+        result = result.and_then(|()| block(&mut out, BlockKind::Flows, w, n, &mut payload));
+        let mut n = 0;
+        for t in e.export_tombstones(at) {
+            t.encode(&mut payload);
+            n += 1;
+            header.tombstones += 1;
+            if n == RECORDS_PER_BLOCK {
+                result = result.and_then(|()| block(&mut out, BlockKind::Tombstones, w, n, &mut payload));
+                n = 0;
+            }
+        }
+        result = result.and_then(|()| block(&mut out, BlockKind::Tombstones, w, n, &mut payload));
+    }
+    result.map_err(werr)?;
+    out.write_all(&Block::of(BlockKind::End, 0, 0, &[]).encode()).map_err(io("writing", temp))?;
+    header.written_unix_ns = unix_ns(SystemTime::now());
+    let mut file = out.into_inner().map_err(|e| io("writing", temp)(e.into_error()))?;
+    let bytes = file.stream_position().map_err(io("writing", temp))?;
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&header.encode())).map_err(io("writing", temp))?;
+    file.sync_all().map_err(io("syncing", temp))?;
+    Ok((header.flows, header.tombstones, bytes))
+}
+
+/// Writes `count` records of `payload` as one block (nothing when there are none).
+fn block(out: &mut BufWriter<File>, kind: BlockKind, w: usize, count: usize, payload: &mut Vec<u8>) -> std::io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let b = Block::of(kind, w as u16, count as u32, payload);
+    out.write_all(&b.encode())?;
+    out.write_all(payload)?;
+    payload.clear();
+    Ok(())
+}
+
+/// A snapshot found in the directory, its header read and checked.
+pub struct Found {
+    pub path: PathBuf,
+    pub header: Header,
+    file: BufReader<File>,
+    len: u64,
+}
+
+/// The snapshot in `dir`, if there is one. `Err` for a file that is there but cannot be
+/// read or whose header is wrong (another format version, damaged).
+pub fn find(dir: &Path) -> Result<Option<Found>, StateError> {
+    let path = dir.join(FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("opening", &path)(e)),
+    };
+    let len = file.metadata().map_err(io("reading", &path))?.len();
+    let mut file = BufReader::with_capacity(1 << 20, file);
+    let mut h = vec![0u8; HEADER_LEN.min(len as usize)];
+    file.read_exact(&mut h).map_err(io("reading", &path))?;
+    let header = Header::decode(&h).map_err(|source| StateError::Format { path: path.clone(), source })?;
+    Ok(Some(Found { path, header, file, len }))
+}
+
+/// What [`restore`] put back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub path: PathBuf,
+    pub flows: u64,
+    /// Flows whose timeout ran out while the process was down.
+    pub expired: u64,
+    /// Flows over a (lowered) `per_source_limit`.
+    pub over_source_limit: u64,
+    pub tombstones: u64,
+    /// Tombstones with no room (sets merged from more workers, or another
+    /// `conntrack.tombstones` size).
+    pub tombstones_dropped: u64,
+    /// Time between the snapshot and the restore.
+    pub down: Duration,
+    /// The wall clock read earlier than the snapshot's time: taken as no time down.
+    pub clock_went_back: bool,
+    pub workers_before: u16,
+    pub workers_now: usize,
+    pub build: String,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn json(&self) -> Value {
+        json!({
+            "path": self.path, "flows": self.flows, "expired_while_down": self.expired,
+            "over_source_limit": self.over_source_limit, "tombstones": self.tombstones,
+            "tombstones_dropped": self.tombstones_dropped, "down_s": self.down.as_secs_f64(),
+            "clock_went_back": self.clock_went_back, "workers_before": self.workers_before,
+            "workers_now": self.workers_now, "written_by": self.build, "seconds": self.seconds,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "state: restored {} flow(s) and {} tombstone(s) from {} in {:.2} s ({} expired during the {:.1} s down{}{}; {} worker(s) then, {} now)",
+            self.flows,
+            self.tombstones,
+            self.path.display(),
+            self.seconds,
+            self.expired,
+            self.down.as_secs_f64(),
+            if self.over_source_limit > 0 { format!(", {} over per_source_limit", self.over_source_limit) } else { String::new() },
+            if self.clock_went_back { ", the wall clock went back: counted as 0 s" } else { "" },
+            self.workers_before,
+            self.workers_now,
+        )
+    }
+}
+
+/// Reads every block of `found` into `engines` (empty, one per worker, built with the
+/// snapshot's seed) at pipeline time `now`: each flow to the worker that owns it under
+/// `hasher` and the current worker count, its timers moved on by the time down. On
+/// `Err` the engines hold part of the file: the caller must not use them.
+pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, now: Instant) -> Result<Report, StateError> {
+    let started = std::time::Instant::now();
+    let h = found.header;
+    let path = found.path.clone();
+    let capacity: u64 = engines.iter().map(|e| e.table().capacity() as u64).sum();
+    if h.flows > capacity {
+        return Err(StateError::TooBig { path, flows: h.flows, capacity });
+    }
+    let written = UNIX_EPOCH + Duration::from_nanos(h.written_unix_ns);
+    let (down, clock_went_back) = match SystemTime::now().duration_since(written) {
+        Ok(d) => (d, false),
+        Err(_) => (Duration::ZERO, true),
+    };
+    let down_p = holdfast_pipeline::Duration::from_nanos(u64::try_from(down.as_nanos()).unwrap_or(u64::MAX));
+    let n = engines.len();
+    let same_sets = engines.iter().all(|e| e.tombstone_sets() == h.tomb_sets);
+    let mut r = Report { path: path.clone(), down, clock_went_back, workers_before: h.workers, workers_now: n, build: h.build_str(), ..Report::default() };
+    let (mut flows_seen, mut tombs_seen) = (0u64, 0u64);
+    let mut offset = HEADER_LEN as u64;
+    let mut payload = Vec::with_capacity(snapshot::MAX_PAYLOAD);
+    let fmt = |source| StateError::Format { path: path.clone(), source };
+    loop {
+        let mut bh = [0u8; snapshot::BLOCK_HEADER_LEN];
+        if found.len.saturating_sub(offset) < bh.len() as u64 {
+            return Err(fmt(FormatError::Truncated { offset: found.len }));
+        }
+        found.file.read_exact(&mut bh).map_err(io("reading", &path))?;
+        let b = Block::decode(&bh, offset, h.workers).map_err(fmt)?;
+        let body = offset + bh.len() as u64;
+        if found.len.saturating_sub(body) < u64::from(b.len) {
+            return Err(fmt(FormatError::Truncated { offset: found.len }));
+        }
+        payload.resize(b.len as usize, 0);
+        found.file.read_exact(&mut payload).map_err(io("reading", &path))?;
+        b.check(&payload, offset).map_err(fmt)?;
+        match b.kind {
+            BlockKind::End => {
+                offset = body;
+                break;
+            }
+            BlockKind::Flows => {
+                let mut at = 0usize;
+                for _ in 0..b.count {
+                    let (rec, used) = FlowRecord::decode(&payload[at..], body + at as u64).map_err(fmt)?;
+                    flows_seen += 1;
+                    if flows_seen > h.flows {
+                        return Err(fmt(FormatError::Counts { what: "flows", header: h.flows, found: flows_seen }));
+                    }
+                    let w = if n == 1 { 0 } else { owner_of(hasher.owner_hash(&rec.key), n) };
+                    match engines[w].restore(&rec, now, down_p) {
+                        Ok(Restored::Flow) => r.flows += 1,
+                        Ok(Restored::Expired) => r.expired += 1,
+                        Ok(Restored::OverSourceLimit) => r.over_source_limit += 1,
+                        Err(RestoreError::TableFull) => {
+                            return Err(StateError::TableFull { path, worker: w, capacity: engines[w].table().capacity(), workers: n });
+                        }
+                        Err(RestoreError::Duplicate) => return Err(StateError::Duplicate { path, offset: body + at as u64 }),
+                    }
+                    at += used;
+                }
+                if at != payload.len() {
+                    return Err(fmt(FormatError::BadBlock { offset, what: "bytes after the block's last record" }));
+                }
+            }
+            BlockKind::Tombstones => {
+                for i in 0..b.count as usize {
+                    let at = i * snapshot::TOMB;
+                    let t = TombRecord::decode(&payload[at..], body + at as u64, h.tomb_sets).map_err(fmt)?;
+                    tombs_seen += 1;
+                    if tombs_seen > h.tombstones {
+                        return Err(fmt(FormatError::Counts { what: "tombstones", header: h.tombstones, found: tombs_seen }));
+                    }
+                    if !same_sets {
+                        r.tombstones_dropped += 1;
+                        continue;
+                    }
+                    // A tombstone has no key, only its hash: with another worker count
+                    // the owner is unknown, so every worker remembers it (a tombstone
+                    // only names the reason of a drop; it never lets a packet through).
+                    let put = if usize::from(h.workers) == n {
+                        engines[usize::from(b.worker)].restore_tombstone(&t, now, down_p)
+                    } else {
+                        engines.iter_mut().fold(false, |any, e| e.restore_tombstone(&t, now, down_p) | any)
+                    };
+                    if put {
+                        r.tombstones += 1;
+                    } else {
+                        r.tombstones_dropped += 1;
+                    }
+                }
+            }
+        }
+        offset = body + u64::from(b.len);
+    }
+    if flows_seen != h.flows {
+        return Err(fmt(FormatError::Counts { what: "flows", header: h.flows, found: flows_seen }));
+    }
+    if tombs_seen != h.tombstones {
+        return Err(fmt(FormatError::Counts { what: "tombstones", header: h.tombstones, found: tombs_seen }));
+    }
+    if offset != found.len {
+        return Err(StateError::Trailing { path, trailing: found.len.saturating_sub(offset) });
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Renames the snapshot at `path` to `name` beside it (a restored one is never read
+/// twice; a refused one is kept for a look, not retried at every start).
+pub fn set_aside(path: &Path, name: &str) -> Result<PathBuf, StateError> {
+    let to = path.with_file_name(name);
+    std::fs::rename(path, &to).map_err(io("moving aside", path))?;
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests;

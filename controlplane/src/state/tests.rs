@@ -1,0 +1,192 @@
+//! Snapshots through a file: written, restored under the same and another worker
+//! count, and every kind of bad file refused with a clean start.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use holdfast_pipeline::policy::{Action, Classifier};
+use holdfast_pipeline::wire::build::FrameSpec;
+use holdfast_pipeline::wire::tcp::flags::{ACK, SYN};
+use holdfast_pipeline::{EngineConfig, Packet, Zone};
+
+use super::*;
+
+const SEED: u64 = 0x5eed;
+
+fn engines(n: usize, capacity: usize) -> Vec<Engine> {
+    let cfg = EngineConfig { capacity, seed: SEED, tombstones: 4096, ..EngineConfig::default() };
+    (0..n).map(|_| Engine::new(cfg, Arc::new(Classifier::new(vec![], Action::Allow)), Instant::from_secs(0))).collect()
+}
+
+/// `flows` TCP handshakes (every fifth over IPv6), each on the worker that owns it,
+/// at pipeline time 10 s.
+fn loaded(n: usize, flows: u32) -> Vec<Engine> {
+    let mut es = engines(n, 4096);
+    let hasher = FlowHasher::new(SEED);
+    let now = Instant::from_secs(10);
+    for i in 0..flows {
+        let (c, s): (IpAddr, IpAddr) = if i % 5 == 0 {
+            (IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i as u16 + 1)), IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)))
+        } else {
+            (IpAddr::V4(Ipv4Addr::from(0xc633_0000 + i)), IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1 + (i % 8) as u8)))
+        };
+        let frames = [
+            (FrameSpec::tcp(c, 40000, s, 80, SYN, 100, 0).build(), Zone::Outside),
+            (FrameSpec::tcp(s, 80, c, 40000, SYN | ACK, 900, 101).build(), Zone::Inside),
+            (FrameSpec::tcp(c, 40000, s, 80, ACK, 101, 901).build(), Zone::Outside),
+        ];
+        let key = holdfast_pipeline::parse::parse(&frames[0].0).ok().and_then(|f| if let holdfast_pipeline::parse::Frame::Ip(m) = f { Some(m.key) } else { None }).unwrap();
+        let w = owner_of(hasher.owner_hash(&key), n);
+        for (f, z) in &frames {
+            assert!(es[w].process(&Packet { data: f, zone: *z, now }).is_pass());
+        }
+    }
+    es
+}
+
+fn keys(es: &[Engine], now: Instant) -> Vec<(holdfast_pipeline::FlowKey, &'static str)> {
+    let mut k: Vec<_> = es.iter().flat_map(|e| e.flows(now).map(|f| (f.key, f.state))).collect();
+    k.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+    k
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hf-state-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn written(name: &str, es: &[Engine]) -> PathBuf {
+    let d = dir(name);
+    let refs: Vec<Option<&Engine>> = es.iter().map(Some).collect();
+    let w = write(&d, &refs, Instant::from_secs(12), SEED).unwrap();
+    assert_eq!(w.flows, es.iter().map(|e| e.table().len() as u64).sum::<u64>());
+    d
+}
+
+fn restore_into(d: &Path, n: usize, capacity: usize) -> Result<(Report, Vec<Engine>), StateError> {
+    let found = find(d)?.expect("a snapshot");
+    assert_eq!(found.header.seed, SEED);
+    let mut es = engines(n, capacity);
+    let r = restore(found, &mut es, &FlowHasher::new(SEED), Instant::from_secs(0))?;
+    Ok((r, es))
+}
+
+#[test]
+fn every_flow_comes_back_to_its_owner_under_one_two_or_three_workers() {
+    let before = loaded(2, 300);
+    let d = written("owners", &before);
+    let want = keys(&before, Instant::from_secs(12));
+    assert_eq!(want.len(), 300);
+    let meta = std::fs::metadata(d.join(FILE)).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600, "as secret as the hash seed in it");
+    for n in [2, 1, 3] {
+        let (r, es) = restore_into(&d, n, 4096).unwrap();
+        assert_eq!((r.flows, r.expired, r.workers_before, r.workers_now), (300, 0, 2, n), "{r:?}");
+        assert_eq!(keys(&es, Instant::from_secs(0)), want, "{n} workers");
+        let hasher = FlowHasher::new(SEED);
+        for (w, e) in es.iter().enumerate() {
+            e.audit().unwrap();
+            assert!(e.flows(Instant::from_secs(0)).all(|f| owner_of(hasher.owner_hash(&f.key), n) == w), "a flow restored to a worker that does not own it");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The snapshot's bytes with `f` applied, written back; then what a start makes of it.
+fn damaged(name: &str, f: impl FnOnce(&mut Vec<u8>)) -> StateError {
+    let d = written(name, &loaded(1, 50));
+    let p = d.join(FILE);
+    let mut b = std::fs::read(&p).unwrap();
+    f(&mut b);
+    std::fs::write(&p, &b).unwrap();
+    let e = match restore_into(&d, 1, 4096) {
+        Err(e) => e,
+        Ok((r, _)) => panic!("a damaged snapshot was restored: {r:?}"),
+    };
+    let _ = std::fs::remove_dir_all(&d);
+    e
+}
+
+#[test]
+fn another_format_version_is_refused_by_name() {
+    let e = damaged("version", |b| b[8] = 2);
+    assert!(e.to_string().contains("format version 2 (bytes 8..10), this build reads version 1 only"), "{e}");
+    let e = damaged("magic", |b| b[0] = b'X');
+    assert!(e.to_string().contains("not a Holdfast snapshot"), "{e}");
+}
+
+#[test]
+fn a_truncated_file_is_refused_wherever_it_is_cut() {
+    let d = written("cuts", &loaded(1, 50));
+    let full = std::fs::read(d.join(FILE)).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    for cut in [0, 5, 40, HEADER_LEN, HEADER_LEN + 3, HEADER_LEN + 100, full.len() - 16, full.len() - 1] {
+        let e = damaged(&format!("cut{cut}"), |b| b.truncate(cut));
+        let s = e.to_string();
+        assert!(s.contains("truncated") || s.contains("not a Holdfast snapshot") || s.contains("checksum"), "cut at {cut}: {s}");
+    }
+}
+
+#[test]
+fn a_flipped_bit_anywhere_is_caught() {
+    let d = written("flips", &loaded(1, 50));
+    let len = std::fs::read(d.join(FILE)).unwrap().len();
+    let _ = std::fs::remove_dir_all(&d);
+    for at in (0..len).step_by(len / 97 + 1) {
+        let e = damaged(&format!("flip{at}"), |b| b[at] ^= 0x10);
+        let s = e.to_string();
+        assert!(["checksum", "bad block", "bad header", "format version", "not a Holdfast", "truncated", "bytes after"].iter().any(|w| s.contains(w)), "bit flip at {at}: {s}");
+    }
+    let e = damaged("payload", |b| b[HEADER_LEN + 16 + 20] ^= 1);
+    assert!(e.to_string().contains("fails its checksum"), "{e}");
+}
+
+#[test]
+fn a_snapshot_too_big_for_the_table_is_refused_not_cut() {
+    let d = written("big", &loaded(2, 300));
+    let e = restore_into(&d, 1, 200).err().expect("300 flows into 200 entries");
+    assert!(e.to_string().contains("holds 300 flows, more than the 200 entries"), "{e}");
+    // The total fits, one worker's share does not.
+    let e = restore_into(&d, 2, 151).err();
+    assert!(matches!(e, None | Some(StateError::TableFull { .. })), "{e:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_failed_write_leaves_the_good_snapshot_in_place() {
+    let es = loaded(1, 20);
+    let d = written("atomic", &es);
+    let good = std::fs::read(d.join(FILE)).unwrap();
+    // The temporary file's name is taken by a directory: the write fails early.
+    std::fs::create_dir(d.join(TEMP)).unwrap();
+    let more = loaded(1, 40);
+    assert!(write(&d, &[Some(&more[0])], Instant::from_secs(12), SEED).is_err());
+    assert_eq!(std::fs::read(d.join(FILE)).unwrap(), good);
+    std::fs::remove_dir(d.join(TEMP)).unwrap();
+    let (r, _) = restore_into(&d, 1, 4096).unwrap();
+    assert_eq!(r.flows, 20);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn flows_idle_past_their_timeout_while_down_are_counted_not_restored() {
+    let mut es = loaded(1, 10);
+    // One UDP flow: 30 s unreplied.
+    let q = FrameSpec::udp(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), 5353, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)), 53, b"q").build();
+    assert!(es[0].process(&Packet { data: &q, zone: Zone::Inside, now: Instant::from_secs(10) }).is_pass());
+    let d = dir("down");
+    let p = d.join(FILE);
+    write(&d, &[Some(&es[0])], Instant::from_secs(12), SEED).unwrap();
+    // Pretend the snapshot was written a minute ago: rewrite the time, fix the CRC.
+    let mut b = std::fs::read(&p).unwrap();
+    let mut h = Header::decode(&b).unwrap();
+    h.written_unix_ns -= 60_000_000_000;
+    b[..HEADER_LEN].copy_from_slice(&h.encode());
+    std::fs::write(&p, &b).unwrap();
+    let (r, es) = restore_into(&d, 1, 4096).unwrap();
+    assert_eq!((r.flows, r.expired), (10, 1), "{r:?}");
+    assert!(r.down >= Duration::from_secs(60));
+    assert_eq!(es[0].table().len(), 10);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -78,7 +78,9 @@ pub(super) fn snapshot_dir(cx: &Ctx, s: &model::StateCfg) -> Result<Option<std::
     let Some(d) = &s.snapshot_dir else { return Ok(None) };
     let v = d.value.trim();
     if v.is_empty() {
-        return Err(cx.at(d.referenced, "state.snapshot_dir is empty: name a directory (e.g. /var/lib/holdfast), or remove the key to keep no state across restarts"));
+        return Err(
+            cx.at(d.referenced, "state.snapshot_dir is empty: name a directory (e.g. /var/lib/holdfast), or remove the key to keep no state across restarts")
+        );
     }
     let p = std::path::PathBuf::from(v);
     if !p.is_absolute() {

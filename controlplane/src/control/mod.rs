@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 use crate::config::{self, Config, DenyOutput};
 use crate::state;
-use holdfast_pipeline::FlowHasher;
 pub use faults::{STALL_AFTER, STOP_GRACE};
+use holdfast_pipeline::FlowHasher;
 use reload::Reloader;
 use saturation::{Active, Saturation};
 pub use view::{LinkView, ReloadRequest, View, status_json};

@@ -35,7 +35,10 @@ fn loaded(n: usize, flows: u32) -> Vec<Engine> {
             (FrameSpec::tcp(s, 80, c, 40000, SYN | ACK, 900, 101).build(), Zone::Inside),
             (FrameSpec::tcp(c, 40000, s, 80, ACK, 101, 901).build(), Zone::Outside),
         ];
-        let key = holdfast_pipeline::parse::parse(&frames[0].0).ok().and_then(|f| if let holdfast_pipeline::parse::Frame::Ip(m) = f { Some(m.key) } else { None }).unwrap();
+        let key = holdfast_pipeline::parse::parse(&frames[0].0)
+            .ok()
+            .and_then(|f| if let holdfast_pipeline::parse::Frame::Ip(m) = f { Some(m.key) } else { None })
+            .unwrap();
         let w = owner_of(hasher.owner_hash(&key), n);
         for (f, z) in &frames {
             assert!(es[w].process(&Packet { data: f, zone: *z, now }).is_pass());
@@ -136,7 +139,10 @@ fn a_flipped_bit_anywhere_is_caught() {
     for at in (0..len).step_by(len / 97 + 1) {
         let e = damaged(&format!("flip{at}"), |b| b[at] ^= 0x10);
         let s = e.to_string();
-        assert!(["checksum", "bad block", "bad header", "format version", "not a Holdfast", "truncated", "bytes after"].iter().any(|w| s.contains(w)), "bit flip at {at}: {s}");
+        assert!(
+            ["checksum", "bad block", "bad header", "format version", "not a Holdfast", "truncated", "bytes after"].iter().any(|w| s.contains(w)),
+            "bit flip at {at}: {s}"
+        );
     }
     let e = damaged("payload", |b| b[HEADER_LEN + 16 + 20] ^= 1);
     assert!(e.to_string().contains("fails its checksum"), "{e}");

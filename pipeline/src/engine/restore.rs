@@ -61,15 +61,7 @@ impl Engine {
             a
         };
         conn.flags &= !cflag::REFERENCED;
-        FlowRecord {
-            key: self.table.key_of(s),
-            conn,
-            stats: self.table.stats[s as usize],
-            aux,
-            idle,
-            age,
-            stream_age,
-        }
+        FlowRecord { key: self.table.key_of(s), conn, stats: self.table.stats[s as usize], aux, idle, age, stream_age }
     }
 
     /// Tombstone sets of this engine (a snapshot's tombstones restore only into an
@@ -142,12 +134,12 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::engine::EngineConfig;
+    use crate::policy::Zone;
     use crate::snapshot::{FLOW_V4, FLOW_V6, FormatError};
     use crate::testutil::*;
     use crate::verdict::{DropReason, PassKind, Verdict};
     use crate::wire::build::FrameSpec;
     use crate::wire::tcp::flags::*;
-    use crate::policy::Zone;
 
     /// Every record of `l`, through its bytes and back.
     fn through_bytes(l: &Lab) -> Vec<FlowRecord> {

@@ -86,95 +86,141 @@ fn unix_ns(t: SystemTime) -> u64 {
 /// lost), taken at pipeline time `at`, to `dir`/[`FILE`], atomically. The previous
 /// snapshot stays in place until the new one is complete and synced.
 pub fn write(dir: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) -> Result<Written, StateError> {
-    let started = std::time::Instant::now();
-    std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
-    let temp = dir.join(TEMP);
-    let path = dir.join(FILE);
-    let result = write_temp(&temp, engines, at, seed);
-    let (flows, tombstones, bytes) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
-    };
-    if let Err(e) = std::fs::rename(&temp, &path) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(io("renaming the new snapshot into place", &path)(e));
-    }
-    // The rename itself must reach the disk.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the snapshot directory", dir))?;
-    Ok(Written {
-        path,
-        flows,
-        tombstones,
-        bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        missing_workers: engines.iter().enumerate().filter(|(_, e)| e.is_none()).map(|(w, _)| w).collect(),
-    })
-}
-
-fn write_temp(temp: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) -> Result<(u64, u64, u64), StateError> {
-    let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(temp).map_err(io("creating", temp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let werr = io("writing", temp);
-    let mut header = Header {
-        seed,
-        written_unix_ns: 0,
-        workers: u16::try_from(engines.len().max(1)).unwrap_or(u16::MAX),
-        tomb_sets: engines.iter().flatten().next().map_or(0, |e| e.tombstone_sets()),
-        flows: 0,
-        tombstones: 0,
-        build: Header::this_build(),
-    };
-    // The real header (counts, time) once everything else is written.
-    let mut result = out.write_all(&[0u8; HEADER_LEN]);
+    let mut w = Writer::create(dir, engines.len(), seed)?;
     let mut payload = Vec::with_capacity(RECORDS_PER_BLOCK * snapshot::FLOW_V6);
-    for (w, e) in engines.iter().enumerate() {
-        let Some(e) = e else { continue };
+    for (k, e) in engines.iter().enumerate() {
+        let Some(e) = e else {
+            w.missing(k);
+            continue;
+        };
+        w.tomb_sets(e.tombstone_sets());
         let mut n = 0;
         for r in e.export(at) {
             r.encode(&mut payload);
             n += 1;
-            header.flows += 1;
             if n == RECORDS_PER_BLOCK {
-                result = result.and_then(|()| block(&mut out, BlockKind::Flows, w, n, &mut payload));
+                w.block(BlockKind::Flows, k, n, &mut payload)?;
                 n = 0;
             }
         }
-        result = result.and_then(|()| block(&mut out, BlockKind::Flows, w, n, &mut payload));
-        let mut n = 0;
+        w.block(BlockKind::Flows, k, n, &mut payload)?;
+        n = 0;
         for t in e.export_tombstones(at) {
             t.encode(&mut payload);
             n += 1;
-            header.tombstones += 1;
             if n == RECORDS_PER_BLOCK {
-                result = result.and_then(|()| block(&mut out, BlockKind::Tombstones, w, n, &mut payload));
+                w.block(BlockKind::Tombstones, k, n, &mut payload)?;
                 n = 0;
             }
         }
-        result = result.and_then(|()| block(&mut out, BlockKind::Tombstones, w, n, &mut payload));
+        w.block(BlockKind::Tombstones, k, n, &mut payload)?;
     }
-    result.map_err(werr)?;
-    out.write_all(&Block::of(BlockKind::End, 0, 0, &[]).encode()).map_err(io("writing", temp))?;
-    header.written_unix_ns = unix_ns(SystemTime::now());
-    let mut file = out.into_inner().map_err(|e| io("writing", temp)(e.into_error()))?;
-    let bytes = file.stream_position().map_err(io("writing", temp))?;
-    file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&header.encode())).map_err(io("writing", temp))?;
-    file.sync_all().map_err(io("syncing", temp))?;
-    Ok((header.flows, header.tombstones, bytes))
+    w.finish()
 }
 
-/// Writes `count` records of `payload` as one block (nothing when there are none).
-fn block(out: &mut BufWriter<File>, kind: BlockKind, w: usize, count: usize, payload: &mut Vec<u8>) -> std::io::Result<()> {
-    if count == 0 {
-        return Ok(());
+/// A snapshot being written: blocks go to a temporary file (mode 0600) that
+/// [`Writer::finish`] syncs and renames into place. Dropped unfinished, it removes the
+/// temporary file and the previous snapshot stays.
+pub struct Writer {
+    dir: PathBuf,
+    temp: PathBuf,
+    out: Option<BufWriter<File>>,
+    header: Header,
+    missing: Vec<usize>,
+    started: std::time::Instant,
+}
+
+impl Writer {
+    /// Starts a snapshot of `workers` tables hashed with `seed`.
+    pub fn create(dir: &Path, workers: usize, seed: u64) -> Result<Writer, StateError> {
+        std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
+        let temp = dir.join(TEMP);
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(io("creating", &temp))?;
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            temp,
+            header: Header {
+                seed,
+                written_unix_ns: 0,
+                workers: u16::try_from(workers.max(1)).unwrap_or(u16::MAX),
+                tomb_sets: 0,
+                flows: 0,
+                tombstones: 0,
+                build: Header::this_build(),
+            },
+            missing: Vec::new(),
+            started: std::time::Instant::now(),
+        };
+        // The real header (counts, time) once everything else is written.
+        w.write(&[0u8; HEADER_LEN])?;
+        Ok(w)
     }
-    let b = Block::of(kind, w as u16, count as u32, payload);
-    out.write_all(&b.encode())?;
-    out.write_all(payload)?;
-    payload.clear();
-    Ok(())
+
+    fn write(&mut self, b: &[u8]) -> Result<(), StateError> {
+        let out = self.out.as_mut().expect("written before finish");
+        out.write_all(b).map_err(io("writing", &self.temp))
+    }
+
+    /// The tombstone sets per worker of the tables written.
+    pub fn tomb_sets(&mut self, sets: u32) {
+        self.header.tomb_sets = sets;
+    }
+
+    /// Worker `w`'s table could not be taken: its flows are not in the snapshot.
+    pub fn missing(&mut self, w: usize) {
+        self.missing.push(w);
+    }
+
+    /// Writes `count` records of `payload` as one block of worker `w` (nothing when
+    /// there are none), and empties `payload`.
+    pub fn block(&mut self, kind: BlockKind, w: usize, count: usize, payload: &mut Vec<u8>) -> Result<(), StateError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let b = Block::of(kind, w as u16, count as u32, payload);
+        self.write(&b.encode())?;
+        self.write(payload)?;
+        payload.clear();
+        match kind {
+            BlockKind::Flows => self.header.flows += count as u64,
+            BlockKind::Tombstones => self.header.tombstones += count as u64,
+            BlockKind::End => {}
+        }
+        Ok(())
+    }
+
+    /// Ends the file, writes its header, syncs it and renames it over the old snapshot.
+    pub fn finish(mut self) -> Result<Written, StateError> {
+        self.write(&Block::of(BlockKind::End, 0, 0, &[]).encode())?;
+        self.header.written_unix_ns = unix_ns(SystemTime::now());
+        let out = self.out.take().expect("finished once");
+        let mut file = out.into_inner().map_err(|e| io("writing", &self.temp)(e.into_error()))?;
+        let bytes = file.stream_position().map_err(io("writing", &self.temp))?;
+        file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&self.header.encode())).map_err(io("writing", &self.temp))?;
+        file.sync_all().map_err(io("syncing", &self.temp))?;
+        drop(file);
+        let path = self.dir.join(FILE);
+        std::fs::rename(&self.temp, &path).map_err(io("renaming the new snapshot into place", &path))?;
+        // The rename itself must reach the disk.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing the snapshot directory", &self.dir))?;
+        Ok(Written {
+            path,
+            flows: self.header.flows,
+            tombstones: self.header.tombstones,
+            bytes,
+            seconds: self.started.elapsed().as_secs_f64(),
+            missing_workers: std::mem::take(&mut self.missing),
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Unfinished (an error, or abandoned): the partial file goes; a finished one
+        // was renamed away and this finds nothing.
+        let _ = std::fs::remove_file(&self.temp);
+    }
 }
 
 /// A snapshot found in the directory, its header read and checked.

@@ -226,6 +226,12 @@ fn a_restart_keeps_a_download_and_a_thousand_idle_connections() {
     let run3 = appliance(&dir, 2, Some(&state), "run3");
     let r = round(&mut cin, &mut cout, 30);
     assert_eq!(r["ok"], KEEPALIVE, "after a restart with the same config: {r}");
+    // On demand, while it runs: every connection is in it.
+    let out = in_ns("hf-fw", &[env!("CARGO_BIN_EXE_holdfast"), "snapshot", "--json"]).output().unwrap();
+    assert!(out.status.success(), "holdfast snapshot: {}", String::from_utf8_lossy(&out.stderr));
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(w["flows"].as_u64().unwrap() >= KEEPALIVE as u64, "{w}");
+    assert_eq!(w["missing_workers"], serde_json::json!([]));
     let out = download.wait_with_output().unwrap();
     assert!(out.status.success(), "the download failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(&got).unwrap() == std::fs::read(&big).unwrap(), "the download is not byte-identical");

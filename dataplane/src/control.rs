@@ -24,6 +24,10 @@ pub enum Command {
     /// the receiver is gone the listing is dropped. A bounded channel thus bounds the
     /// memory a listing holds, whatever the table's size.
     Flows { filter: FlowFilter, limit: usize, reply: crossbeam_channel::Sender<FlowsReply> },
+    /// Take a snapshot of the table while it runs (`holdfast snapshot`): its flows as
+    /// snapshot records, a slice of the table per housekeeping round, then its
+    /// tombstones, then `Done` — paced by `reply` as a listing is.
+    Export { reply: crossbeam_channel::Sender<ExportReply> },
     /// Close the sockets and open them again on these interface indexes (outside,
     /// inside): an interface was deleted and has come back. The table is kept.
     Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), crate::error::WorkerError>> },
@@ -59,6 +63,24 @@ impl LinkFlags {
 pub enum FlowsReply {
     Chunk(Vec<FlowInfo>),
     Done,
+}
+
+/// One message of a table export: encoded snapshot records
+/// (`holdfast_pipeline::snapshot`), at most `RECORDS_PER_BLOCK` per message.
+#[derive(Debug)]
+pub enum ExportReply {
+    Flows {
+        count: usize,
+        bytes: Vec<u8>,
+    },
+    Tombstones {
+        count: usize,
+        bytes: Vec<u8>,
+    },
+    /// The end, with the table's tombstone sets (the snapshot header needs them).
+    Done {
+        tomb_sets: u32,
+    },
 }
 
 /// Which flows a listing wants (`/flows?src=…&dst=…&port=…&state=…`). Empty fields

@@ -48,6 +48,9 @@ pub enum ClientCmd {
     Top(TopArgs),
     /// Make a running appliance re-read its config file (as SIGHUP does).
     Reload(ReloadArgs),
+    /// Make a running appliance write its tables to state.snapshot_dir now (the next
+    /// start restores them, aged by the time in between; a stop writes one anyway).
+    Snapshot(ClientArgs),
 }
 
 #[derive(Args)]

@@ -1,4 +1,4 @@
-//! `holdfast status | flows | top | reload`: against a running appliance's endpoint.
+//! `holdfast status | flows | top | reload | snapshot`: against a running appliance's endpoint.
 
 use holdfast_controlplane::config;
 use holdfast_controlplane::control::client::{self, ClientError, Target};
@@ -77,6 +77,21 @@ impl ClientCmd {
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                     std::thread::sleep(std::time::Duration::from_nanos(a.interval.as_nanos().max(100_000_000)));
+                }
+            }
+            ClientCmd::Snapshot(a) => {
+                let v = client::snapshot(&target(&a)?).map_err(|e| Error::failed("snapshot", e))?;
+                if a.json {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "holdfast: snapshot: {} flow(s) and {} tombstone(s) written to {} ({} bytes, {:.2} s)",
+                        v["flows"],
+                        v["tombstones"],
+                        v["path"].as_str().unwrap_or("?"),
+                        v["bytes"],
+                        v["seconds"].as_f64().unwrap_or(0.0)
+                    );
                 }
             }
             ClientCmd::Reload(r) => {

@@ -1,5 +1,5 @@
 //! What the endpoint answers: the routes (`/metrics`, `/status`, `/flows`, `POST
-//! /reload`), who may ask for what (a bearer token, or loopback), the flow query, and
+//! /reload`, `POST /snapshot`), who may ask for what (a bearer token, or loopback), the flow query, and
 //! the listing streamed from the workers' chunks. The connections, limits and timeouts
 //! that carry it are in `http`.
 //!
@@ -28,13 +28,15 @@ use tokio::sync::mpsc;
 use holdfast_dataplane::run::Commander;
 
 use super::view::HttpStats;
-use super::{ReloadRequest, View, status_json};
+use super::{ReloadRequest, SnapshotRequest, View, status_json};
 use crate::replay::flow_json;
 
 /// How long a listing waits for a worker's next chunk before giving up on it.
 const WORKER_ANSWER: Duration = Duration::from_secs(10);
 /// How long `POST /reload` waits for the control loop.
 const RELOAD_ANSWER: Duration = Duration::from_secs(30);
+/// How long `POST /snapshot` waits for the snapshot to be written.
+const SNAPSHOT_ANSWER: Duration = Duration::from_secs(50);
 
 /// Most flows one `/flows` request returns.
 pub const MAX_FLOWS: usize = 1_000_000;
@@ -55,6 +57,7 @@ pub(super) struct Shared {
     pub(super) view: Arc<RwLock<View>>,
     pub(super) commander: Commander,
     pub(super) reload: crossbeam_channel::Sender<ReloadRequest>,
+    pub(super) snapshot: crossbeam_channel::Sender<SnapshotRequest>,
     pub(super) token: Token,
     pub(super) stats: Arc<HttpStats>,
     pub(super) epoch: Instant,
@@ -146,7 +149,7 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
                 Err(e) => plain(StatusCode::BAD_REQUEST, e),
             }
         }
-        "/reload" if *req.method() == Method::POST => {
+        "/reload" | "/snapshot" if *req.method() == Method::POST => {
             if let Err(r) = authorize(&req, peer, sh) {
                 return *r;
             }
@@ -159,15 +162,15 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
                 }
                 Ok(Err(_)) => {
                     sh.stats.bad_bodies.fetch_add(1, Relaxed);
-                    return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("POST /reload takes no body (at most {BODY_LIMIT} bytes are read)"));
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("POST {path} takes no body (at most {BODY_LIMIT} bytes are read)"));
                 }
                 Ok(Ok(_)) => {}
             }
-            reload(sh).await
+            if path == "/reload" { reload(sh).await } else { snapshot(sh).await }
         }
         "/metrics" | "/status" | "/flows" => method_not_allowed("GET, HEAD"),
-        "/reload" => method_not_allowed("POST"),
-        _ => plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows or POST /reload")),
+        "/reload" | "/snapshot" => method_not_allowed("POST"),
+        _ => plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows or POST /reload, /snapshot")),
     }
 }
 
@@ -200,6 +203,20 @@ async fn reload(sh: &Shared) -> Response<Body> {
         Ok(Ok(v)) => text(StatusCode::OK, "application/json", v.to_string() + "\n"),
         Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
         Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the control loop"),
+    }
+}
+
+async fn snapshot(sh: &Shared) -> Response<Body> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    match sh.snapshot.try_send(SnapshotRequest { reply: tx }) {
+        Ok(()) => {}
+        Err(crossbeam_channel::TrySendError::Full(_)) => return plain(StatusCode::SERVICE_UNAVAILABLE, "too many snapshot requests waiting"),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the appliance is stopping"),
+    }
+    match poll_recv(&rx, SNAPSHOT_ANSWER).await {
+        Ok(Ok(v)) => text(StatusCode::OK, "application/json", json!({"ok": true, "written": v}).to_string() + "\n"),
+        Ok(Err(e)) => text(StatusCode::CONFLICT, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the snapshot writer"),
     }
 }
 

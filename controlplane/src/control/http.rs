@@ -35,7 +35,7 @@ use tokio::sync::{Notify, watch};
 use super::api::Shared;
 pub use super::api::{BODY_LIMIT, BODY_TIMEOUT, MAX_FLOWS, Token};
 pub use super::view::HttpStats;
-use super::{ReloadRequest, View};
+use super::{ReloadRequest, SnapshotRequest, View};
 
 /// Most connections open at once; one more evicts the quietest.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -59,6 +59,7 @@ impl Endpoint {
         view: Arc<RwLock<View>>,
         commander: Commander,
         reload: crossbeam_channel::Sender<ReloadRequest>,
+        snapshot: crossbeam_channel::Sender<SnapshotRequest>,
         token: Token,
         stats: Arc<HttpStats>,
     ) -> Result<Endpoint, EndpointError> {
@@ -67,7 +68,7 @@ impl Endpoint {
         listener.set_nonblocking(true).map_err(fail)?;
         let addr = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared { view, commander, reload, token, stats, epoch: Instant::now() });
+        let shared = Arc::new(Shared { view, commander, reload, snapshot, token, stats, epoch: Instant::now() });
         let thread = std::thread::Builder::new()
             .name("holdfast-http".into())
             .spawn(move || {

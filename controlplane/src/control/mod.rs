@@ -35,7 +35,7 @@ pub use faults::{STALL_AFTER, STOP_GRACE};
 use holdfast_pipeline::FlowHasher;
 use reload::Reloader;
 use saturation::{Active, Saturation};
-pub use view::{LinkView, ReloadRequest, View, status_json};
+pub use view::{LinkView, ReloadRequest, SnapshotRequest, View, status_json};
 
 /// How `holdfast run` runs.
 pub struct Options {
@@ -150,6 +150,36 @@ fn tables(cfg: &Config, dp: &run::Config, seed: u64) -> (run::Prepared, Value) {
     }
 }
 
+/// How long an on-demand snapshot waits for a worker's next chunk.
+const EXPORT_ANSWER: Duration = Duration::from_secs(10);
+
+/// Asks every running worker for its table, a chunk at a time, and writes it to `dir`.
+/// Fuzzy, as a listing is: each worker's slices are taken a few milliseconds apart.
+fn take_snapshot(commander: &run::Commander, dir: &Path, seed: u64) -> Result<Value, String> {
+    use holdfast_dataplane::control::{Command, ExportReply};
+    use holdfast_pipeline::snapshot::BlockKind;
+    let n = commander.workers();
+    let mut w = state::Writer::create(dir, n, seed).map_err(|e| e.to_string())?;
+    for k in 0..n {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        if !commander.send(k, Command::Export { reply: tx }) {
+            return Err(format!("worker {k} did not take the request (its command queue is full, or it stopped)"));
+        }
+        loop {
+            match rx.recv_timeout(EXPORT_ANSWER) {
+                Ok(ExportReply::Flows { count, mut bytes }) => w.block(BlockKind::Flows, k, count, &mut bytes).map_err(|e| e.to_string())?,
+                Ok(ExportReply::Tombstones { count, mut bytes }) => w.block(BlockKind::Tombstones, k, count, &mut bytes).map_err(|e| e.to_string())?,
+                Ok(ExportReply::Done { tomb_sets }) => {
+                    w.tomb_sets(tomb_sets);
+                    break;
+                }
+                Err(_) => return Err(format!("worker {k} stopped answering for {} s", EXPORT_ANSWER.as_secs())),
+            }
+        }
+    }
+    w.finish().map(|w| w.json()).map_err(|e| e.to_string())
+}
+
 /// Writes the stopped workers' tables to `dir`; says what happened, also in the final
 /// JSON.
 fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
@@ -184,6 +214,9 @@ struct Appliance {
     token: http::Token,
     endpoint: Option<http::Endpoint>,
     reload_rx: crossbeam_channel::Receiver<ReloadRequest>,
+    snapshot_rx: crossbeam_channel::Receiver<SnapshotRequest>,
+    /// An on-demand snapshot being written (`POST /snapshot`), at most one.
+    snapshotting: Option<std::thread::JoinHandle<()>>,
     logger: Option<denylog::Logger>,
     sat: Saturation,
     start: Instant,
@@ -236,6 +269,7 @@ impl Appliance {
             ..View::default()
         }));
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
+        let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded::<SnapshotRequest>(16);
         let http_stats = Arc::clone(&view.read().unwrap_or_else(|p| p.into_inner()).http);
         let endpoint = match cfg.control.listen {
             Some(addr) => {
@@ -246,7 +280,7 @@ impl Appliance {
                         if guarded { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
                     );
                 }
-                Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx, Arc::clone(&token), http_stats)?)
+                Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx, snapshot_tx, Arc::clone(&token), http_stats)?)
             }
             None => None,
         };
@@ -274,6 +308,8 @@ impl Appliance {
             token,
             endpoint,
             reload_rx,
+            snapshot_rx,
+            snapshotting: None,
             logger,
             sat,
             start: Instant::now(),
@@ -290,6 +326,9 @@ impl Appliance {
         }
         while let Ok(r) = self.reload_rx.try_recv() {
             let _ = r.reply.send(self.reload());
+        }
+        while let Ok(r) = self.snapshot_rx.try_recv() {
+            self.snapshot(r);
         }
         let snaps = self.running.snapshots();
         // Faults are raised at once, not at the next report.
@@ -379,6 +418,38 @@ impl Appliance {
                 v.last_reload = Some(json!({"ok": false, "error": e, "at": at}));
                 Err(e)
             }
+        }
+    }
+
+    /// Starts writing the running tables to `state.snapshot_dir` on a thread of its own
+    /// (the loop goes on); one at a time.
+    fn snapshot(&mut self, r: SnapshotRequest) {
+        let Some(dir) = self.reloader.current().snapshot_dir.clone() else {
+            let _ = r.reply.send(Err("state.snapshot_dir is not set in the configuration: there is nowhere to write a snapshot".into()));
+            return;
+        };
+        if self.snapshotting.as_ref().is_some_and(|h| !h.is_finished()) {
+            let _ = r.reply.send(Err("a snapshot is being written; try again when it is done".into()));
+            return;
+        }
+        let commander = self.running.commander();
+        let seed = self.seed;
+        let spawned = std::thread::Builder::new().name("holdfast-snapshot".into()).spawn(move || {
+            let result = take_snapshot(&commander, &dir, seed);
+            match &result {
+                Ok(v) => eprintln!(
+                    "holdfast: state: on-demand snapshot: {} flow(s) written to {} in {:.2} s",
+                    v["flows"],
+                    v["path"].as_str().unwrap_or("?"),
+                    v["seconds"].as_f64().unwrap_or(0.0)
+                ),
+                Err(e) => eprintln!("holdfast: state: on-demand snapshot FAILED, the previous one stays: {e}"),
+            }
+            let _ = r.reply.send(result);
+        });
+        match spawned {
+            Ok(h) => self.snapshotting = Some(h),
+            Err(e) => eprintln!("holdfast: state: cannot start the snapshot thread: {e}"),
         }
     }
 

@@ -69,6 +69,11 @@ pub struct ReloadRequest {
     pub reply: crossbeam_channel::Sender<Result<Value, String>>,
 }
 
+/// `POST /snapshot`: write the running tables to `state.snapshot_dir` now.
+pub struct SnapshotRequest {
+    pub reply: crossbeam_channel::Sender<Result<Value, String>>,
+}
+
 pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }

@@ -7,10 +7,11 @@ use std::time::Instant as WallClock;
 use holdfast_pipeline::Instant;
 
 use super::Worker;
-use crate::control::{Command, FlowFilter, FlowsReply};
+use crate::control::{Command, ExportReply, FlowFilter, FlowsReply};
 use crate::error::WorkerError;
 use crate::stats::Publisher;
 use crate::xsk::Ports;
+use holdfast_pipeline::snapshot::RECORDS_PER_BLOCK;
 
 /// Table slots a listing or a reload's pass examines per housekeeping round (every
 /// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
@@ -29,6 +30,8 @@ pub(super) enum Job {
     },
     /// A reload's pass: maintain (and, with `recheck`, re-judge) every entry.
     Maintain { recheck: bool },
+    /// A snapshot of the running table, streamed in chunks of encoded records.
+    Export { pending: VecDeque<ExportReply>, reply: crossbeam_channel::Sender<ExportReply> },
 }
 
 /// A walk and the next slot it examines.
@@ -55,7 +58,7 @@ enum Handed {
 }
 
 /// Sends the replies that wait, in order, until the channel is full; never blocks.
-fn hand_over(pending: &mut VecDeque<FlowsReply>, reply: &crossbeam_channel::Sender<FlowsReply>) -> Handed {
+fn hand_over<T>(pending: &mut VecDeque<T>, reply: &crossbeam_channel::Sender<T>) -> Handed {
     while let Some(m) = pending.pop_front() {
         match reply.try_send(m) {
             Ok(()) => {}
@@ -105,6 +108,9 @@ impl Worker {
                 let job = Job::Flows { filter, left: limit, pending: VecDeque::new(), reply };
                 self.scans.push_back(Scan { job, cursor: 0 });
             }
+            Command::Export { reply } => {
+                self.scans.push_back(Scan { job: Job::Export { pending: VecDeque::new(), reply }, cursor: 0 });
+            }
             Command::Rebind { ifindex, reply } => {
                 let _ = reply.send(self.rebind(ifindex));
             }
@@ -147,6 +153,49 @@ impl Worker {
                     self.engine.maintain(range, now, *recheck);
                     *cursor >= cap
                 }
+                Job::Export { pending, reply } => match hand_over(pending, reply) {
+                    Handed::Gone => true,
+                    Handed::Blocked => {
+                        i += 1;
+                        continue;
+                    }
+                    Handed::All if *cursor > cap => true,
+                    Handed::All => {
+                        if *cursor == cap {
+                            // The flows are out: the tombstones, then the end.
+                            let mut chunk = (0, Vec::new());
+                            for t in self.engine.export_tombstones(now) {
+                                t.encode(&mut chunk.1);
+                                chunk.0 += 1;
+                                if chunk.0 == RECORDS_PER_BLOCK {
+                                    let (count, bytes) = std::mem::take(&mut chunk);
+                                    pending.push_back(ExportReply::Tombstones { count, bytes });
+                                }
+                            }
+                            if chunk.0 > 0 {
+                                pending.push_back(ExportReply::Tombstones { count: chunk.0, bytes: chunk.1 });
+                            }
+                            pending.push_back(ExportReply::Done { tomb_sets: self.engine.tombstone_sets() });
+                            *cursor = cap + 1;
+                        } else {
+                            let range = next_slice(cursor, cap);
+                            let mut chunk = (0, Vec::new());
+                            for r in self.engine.export_in(range, now) {
+                                r.encode(&mut chunk.1);
+                                chunk.0 += 1;
+                                if chunk.0 == RECORDS_PER_BLOCK {
+                                    let (count, bytes) = std::mem::take(&mut chunk);
+                                    pending.push_back(ExportReply::Flows { count, bytes });
+                                }
+                            }
+                            if chunk.0 > 0 {
+                                pending.push_back(ExportReply::Flows { count: chunk.0, bytes: chunk.1 });
+                            }
+                        }
+                        hand_over(pending, reply);
+                        false
+                    }
+                },
                 Job::Flows { filter, left, pending, reply } => match hand_over(pending, reply) {
                     Handed::Gone => true,
                     // The reader has not taken what waits: the walk pauses.

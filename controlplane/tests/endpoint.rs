@@ -24,6 +24,7 @@ struct Setup {
     stats: Arc<HttpStats>,
     token: http::Token,
     _reload: crossbeam_channel::Receiver<ReloadRequest>,
+    snapshot: crossbeam_channel::Receiver<holdfast_controlplane::control::SnapshotRequest>,
 }
 
 impl Drop for Setup {
@@ -80,18 +81,20 @@ fn start(per_worker: u32) -> Setup {
     let view = View { snaps: vec![Snapshot::default(), Snapshot { worker: 1, ..Snapshot::default() }], ..View::default() };
     let stats = Arc::clone(&view.http);
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
+    let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(16);
     let token: http::Token = Arc::new(RwLock::new(None));
     let ep = Endpoint::start(
         "127.0.0.1:0".parse().unwrap(),
         Arc::new(RwLock::new(view)),
         Commander::new(senders),
         reload_tx,
+        snapshot_tx,
         Arc::clone(&token),
         Arc::clone(&stats),
     )
     .unwrap();
     let addr = ep.addr;
-    Setup { ep: Some(ep), addr, stats, token, _reload: reload_rx }
+    Setup { ep: Some(ep), addr, stats, token, _reload: reload_rx, snapshot: snapshot_rx }
 }
 
 /// Sends `req` and reads the whole answer (the connection is closed after it).
@@ -239,4 +242,23 @@ fn listings_stream_both_workers_and_tokens_guard_them() {
     assert_eq!(get(s.addr, "/metrics").0, 200);
     assert_eq!(get(s.addr, "/status").0, 200);
     assert_eq!(s.stats.unauthorized.load(Relaxed), 2);
+}
+
+#[test]
+fn a_snapshot_request_reaches_the_writer_and_its_refusal_comes_back() {
+    let s = start(0);
+    let rx = s.snapshot.clone();
+    let writer = std::thread::spawn(move || {
+        let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        r.reply.send(Err("state.snapshot_dir is not set".into())).unwrap();
+    });
+    let (code, text) = ask(s.addr, "POST /snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    writer.join().unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("state.snapshot_dir is not set"), "{text}");
+    let (code, _) = get(s.addr, "/snapshot");
+    assert_eq!(code, 405, "a snapshot is written by POST only");
+    *s.token.write().unwrap() = Some("a-token-of-sixteen-chars".into());
+    let (code, _) = ask(s.addr, "POST /snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(code, 401, "with a token set, a snapshot needs it");
 }

@@ -343,3 +343,15 @@ fn library_words_are_turned_into_the_files_terms() {
         }
     }
 }
+
+#[test]
+fn the_snapshot_directory_is_absolute_or_refused_where_written() {
+    assert_eq!(parse("state: { snapshot_dir: /var/lib/holdfast }\n", "t.yaml").unwrap().snapshot_dir, Some("/var/lib/holdfast".into()));
+    assert_eq!(parse("", "t.yaml").unwrap().snapshot_dir, None, "no key: no state across restarts");
+    let e = err("state:\n  snapshot_dir: var/lib/holdfast\n");
+    assert_eq!((e.line, e.col), (2, 17), "{e}");
+    assert!(e.message.contains("is relative"), "{e}");
+    let e = err("state:\n  snapshot_dir: \"  \"\n");
+    assert!(e.message.contains("state.snapshot_dir is empty"), "{e}");
+    assert!(err("state: { snapshot: /x }\n").to_string().contains("snapshot"), "unknown key");
+}

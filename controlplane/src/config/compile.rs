@@ -44,7 +44,11 @@ impl Ctx<'_> {
         if meta.len() > MAX_PREFIX_FILE_BYTES {
             return Err(self.at(key.referenced, format!("{what} {shown}: {} bytes, more than the {MAX_PREFIX_FILE_BYTES} a prefix file may have", meta.len())));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| self.at(key.referenced, format!("{what} {shown}: cannot read: {e}")))?;
+        let bytes = super::read_at_most(&path, MAX_PREFIX_FILE_BYTES)
+            .map_err(|e| self.at(key.referenced, format!("{what} {shown}: cannot read: {e}")))?
+            .ok_or_else(|| self.at(key.referenced, format!("{what} {shown}: more than the {MAX_PREFIX_FILE_BYTES} bytes a prefix file may have")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| self.at(key.referenced, format!("{what} {shown}: not UTF-8 text: byte {} is invalid", e.utf8_error().valid_up_to())))?;
         let mut out = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("");

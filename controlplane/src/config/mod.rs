@@ -38,6 +38,16 @@ pub const MAX_YAML_NODES: usize = 4_000_000;
 /// Largest prefix file (`src_file`, `dst_file`).
 pub const MAX_PREFIX_FILE_BYTES: u64 = 256 << 20;
 
+/// Reads at most `limit` bytes of `path`; `Ok(None)` when it holds more. Bounded even
+/// for what a size check cannot see: a device (`/dev/zero`), a FIFO, a file that grows
+/// after its size was read.
+pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Reads and compiles a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
@@ -49,7 +59,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(fail(format!("{} bytes: a config file may have at most {MAX_CONFIG_BYTES}; put long prefix lists in src_file / dst_file", meta.len())));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let bytes = read_at_most(path, MAX_CONFIG_BYTES).map_err(|e| fail(format!("cannot read: {e}")))?.ok_or_else(|| {
+        fail(format!("more than {MAX_CONFIG_BYTES} bytes: a config file may have at most that; put long prefix lists in src_file / dst_file"))
+    })?;
     let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: byte {} is invalid", e.utf8_error().valid_up_to())))?;
     // Paths in the file (src_file, the deny log, the token) are relative to the file,
     // not to wherever the daemon was started.

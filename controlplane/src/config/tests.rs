@@ -355,3 +355,12 @@ fn the_snapshot_directory_is_absolute_or_refused_where_written() {
     assert!(e.message.contains("state.snapshot_dir is empty"), "{e}");
     assert!(err("state: { snapshot: /x }\n").to_string().contains("snapshot"), "unknown key");
 }
+
+#[test]
+fn an_endless_file_is_read_only_up_to_its_limit() {
+    // /dev/zero has no size to check: the read itself must stop.
+    let e = load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(e.message.contains("more than"), "{e}");
+    let e = err("policy:\n  rules:\n    - { name: x, src_file: /dev/zero, action: deny }\n");
+    assert!(e.message.contains("more than"), "{e}");
+}

@@ -45,7 +45,9 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
     if meta.len() > MAX_TOKEN_FILE {
         return Err(fail(TokenProblem::TooLarge(meta.len())));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| fail(TokenProblem::Read(e)))?;
+    let bytes =
+        super::read_at_most(path, MAX_TOKEN_FILE).map_err(|e| fail(TokenProblem::Read(e)))?.ok_or_else(|| fail(TokenProblem::TooLarge(MAX_TOKEN_FILE + 1)))?;
+    let text = String::from_utf8(bytes).map_err(|e| fail(TokenProblem::Read(std::io::Error::new(std::io::ErrorKind::InvalidData, e))))?;
     let t = text.trim();
     if t.lines().count() > 1 {
         return Err(fail(TokenProblem::SeveralLines));

@@ -227,7 +227,7 @@ impl Drop for Writer {
 pub struct Found {
     pub path: PathBuf,
     pub header: Header,
-    file: BufReader<File>,
+    file: BufReader<Box<dyn Read + Send>>,
     len: u64,
 }
 
@@ -240,12 +240,25 @@ pub fn find(dir: &Path) -> Result<Option<Found>, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("opening", &path)(e)),
     };
-    let len = file.metadata().map_err(io("reading", &path))?.len();
+    let meta = file.metadata().map_err(io("reading", &path))?;
+    if !meta.is_file() {
+        return Err(io("reading", &path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    open(path, Box::new(file), meta.len()).map(Some)
+}
+
+/// A snapshot held in memory (tests, fuzzing), as if read from `name`.
+pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Found, StateError> {
+    let len = bytes.len() as u64;
+    open(PathBuf::from(name), Box::new(std::io::Cursor::new(bytes)), len)
+}
+
+fn open(path: PathBuf, file: Box<dyn Read + Send>, len: u64) -> Result<Found, StateError> {
     let mut file = BufReader::with_capacity(1 << 20, file);
-    let mut h = vec![0u8; HEADER_LEN.min(len as usize)];
+    let mut h = vec![0u8; HEADER_LEN.min(usize::try_from(len).unwrap_or(HEADER_LEN))];
     file.read_exact(&mut h).map_err(io("reading", &path))?;
     let header = Header::decode(&h).map_err(|source| StateError::Format { path: path.clone(), source })?;
-    Ok(Some(Found { path, header, file, len }))
+    Ok(Found { path, header, file, len })
 }
 
 /// What [`restore`] put back.

@@ -1,5 +1,7 @@
 //! Shared helpers for integration and scenario tests.
 
+pub mod fuzz;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::config::{self, Config, DenyOutput};
 use crate::state;
+pub use api::{MAX_FLOWS, decide, parse_query};
 pub use faults::{STALL_AFTER, STOP_GRACE};
 use holdfast_pipeline::FlowHasher;
 use reload::Reloader;

@@ -401,6 +401,20 @@ fn a_filling_table_raises_table_fill_and_it_clears_when_the_flood_stops() {
     }
     let raised = raised.expect("table_fill was never raised while 4000 flows hit a 1024-entry table");
     assert!(raised["value"].as_f64().unwrap() >= 0.8);
+    // Who fills it: the one client, toward the discard port, named by the sweep.
+    let t = Instant::now();
+    let holders = loop {
+        let h = lab.status()["total"]["holders"].clone();
+        if h["swept"].as_u64().unwrap_or(0) > 500 || t.elapsed() > Duration::from_secs(2) {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(holders["sources"][0]["addr"], "10.0.1.1", "{holders}");
+    assert!(holders["sources"][0]["entries"].as_u64().unwrap() > 500, "{holders}");
+    assert_eq!((&holders["ports"][0]["proto"], &holders["ports"][0]["port"]), (&Value::from("udp"), &Value::from(9)), "{holders}");
+    let top = ok(&lab.hf(&["flows", "--top-sources"]));
+    assert!(top.contains("10.0.1.1 ") && top.contains("udp/9 "), "{top}");
     flood.wait().unwrap();
     let t = Instant::now();
     loop {
@@ -418,6 +432,8 @@ fn a_filling_table_raises_table_fill_and_it_clears_when_the_flood_stops() {
     assert!(fin["totals"]["evictions"]["unreplied"].as_u64().unwrap() > 0, "the limit was hit and counted: {}", fin["totals"]);
     let log = lab.stderr();
     assert!(log.contains("saturation RAISED table_fill on worker 0") && log.contains("saturation cleared table_fill on worker 0"), "{log}");
+    let line = log.lines().find(|l| l.contains("saturation RAISED table_fill")).unwrap_or_default();
+    assert!(line.contains("top sources by entries held: 10.0.1.1 (") && line.contains("udp/9 ("), "the event names who fills the table: {line}");
 }
 
 #[test]

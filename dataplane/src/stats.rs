@@ -89,6 +89,8 @@ pub struct Snapshot {
     /// Time spent publishing snapshots (counters, XDP statistics), ns.
     pub publish_ns: u64,
     pub publications: u64,
+    /// Who held the most entries in the last full sweep of the table.
+    pub holders: holdfast_pipeline::holders::Holders,
 }
 
 impl Snapshot {

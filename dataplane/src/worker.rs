@@ -23,7 +23,7 @@ use crate::stats::{ForwardDrop, Publisher, Snapshot};
 use crate::sys;
 use crate::xsk::XdpStats;
 use crate::xsk::{Binding, Desc, FRAME_SIZE, Ports};
-use housekeeping::Scan;
+use housekeeping::{HolderSweep, Scan};
 
 /// How a worker waits when there is nothing to do (`workers.idle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,7 @@ struct Worker {
     bucket: Bucket,
     /// Table walks under way (listings, a reload's pass), served a slice per round.
     scans: std::collections::VecDeque<Scan>,
+    holders: HolderSweep,
     links: Arc<LinkFlags>,
     maps: [Arc<XskMap>; 2],
     binding: Binding,
@@ -152,6 +153,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         deny: spec.deny,
         bucket: Bucket::new(spec.log_rate),
         scans: std::collections::VecDeque::new(),
+        holders: HolderSweep::default(),
         links: spec.links,
         maps: [Arc::clone(&spec.maps[0]), Arc::clone(&spec.maps[1])],
         binding: spec.binding,
@@ -199,6 +201,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
                 w.command(c);
             }
             w.scan(now);
+            w.sweep_holders();
             w.publish(&mut publisher);
         }
         if did == 0 {

@@ -17,6 +17,7 @@ pub mod conntrack;
 mod counters;
 pub mod engine;
 pub mod flow;
+pub mod holders;
 pub mod parse;
 pub mod policy;
 #[allow(unsafe_code)]

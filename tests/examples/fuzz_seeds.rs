@@ -74,7 +74,9 @@ fn main() {
         s.extend_from_slice(&bytes);
         put("snapshot", &format!("table-mode{mode}"), &s);
     }
-    for (i, q) in ["limit=10&src=10.0.2.1&port=80&state=established&proto=tcp", "limit=0", "dst=2001:db8::1&proto=17", "limit=99999999999&x=1"].iter().enumerate() {
+    for (i, q) in
+        ["limit=10&src=10.0.2.1&port=80&state=established&proto=tcp", "limit=0", "dst=2001:db8::1&proto=17", "limit=99999999999&x=1"].iter().enumerate()
+    {
         let mut s = q.as_bytes().to_vec();
         s.extend_from_slice(b"\xffa-token-of-sixteen-chars\xffBearer a-token-of-sixteen-chars\xff/flows");
         put("endpoint", &format!("query-{i}"), &s);

@@ -100,6 +100,10 @@ pub struct FlowsArgs {
     pub proto: Option<String>,
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// Instead of flows: who holds the table — the top sources and destination ports
+    /// by entries held, per worker and in total (from the workers' bounded sweeps).
+    #[arg(long)]
+    pub top_sources: bool,
 }
 
 #[derive(Args)]

@@ -36,6 +36,19 @@ impl ClientCmd {
                     print!("{}", client::render(&v));
                 }
             }
+            ClientCmd::Flows(f) if f.top_sources => {
+                let v = client::status(&target(&f.c)?).map_err(|e| Error::failed("flows --top-sources", e))?;
+                if f.c.json {
+                    let workers: Vec<serde_json::Value> =
+                        v["workers"].as_array().into_iter().flatten().map(|w| serde_json::json!({"worker": w["worker"], "holders": w["holders"]})).collect();
+                    println!("{}", serde_json::json!({"total": v["total"]["holders"], "workers": workers}));
+                } else {
+                    print!("total\n{}", client::holders_lines(&v["total"]["holders"]));
+                    for w in v["workers"].as_array().into_iter().flatten() {
+                        print!("worker {}\n{}", w["worker"], client::holders_lines(&w["holders"]));
+                    }
+                }
+            }
             ClientCmd::Flows(f) => {
                 let t = target(&f.c)?;
                 let mut q = form_urlencoded::Serializer::new(String::new());

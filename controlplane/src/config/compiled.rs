@@ -57,6 +57,8 @@ pub struct Thresholds {
     pub busy: f64,
     pub rx_ring_full_per_s: f64,
     pub handoff_drops_per_s: f64,
+    /// New flows refused per second by `per_source_limit` (or a full per-source table).
+    pub source_limit_per_s: f64,
 }
 
 /// Where denials are logged.

@@ -32,7 +32,9 @@ pub(super) fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, Config
             return Err(cx.at(v.referenced, format!("control.saturation.{name} is a fraction in (0, 1]")));
         }
     }
-    for (name, v) in [("rx_ring_full_per_s", &s.rx_ring_full_per_s), ("handoff_drops_per_s", &s.handoff_drops_per_s)] {
+    for (name, v) in
+        [("rx_ring_full_per_s", &s.rx_ring_full_per_s), ("handoff_drops_per_s", &s.handoff_drops_per_s), ("source_limit_per_s", &s.source_limit_per_s)]
+    {
         if !(v.value > 0.0 && v.value.is_finite()) {
             return Err(cx.at(v.referenced, format!("control.saturation.{name} is a rate above 0 (events per second)")));
         }
@@ -54,6 +56,7 @@ pub(super) fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, Config
             busy: s.busy.value,
             rx_ring_full_per_s: s.rx_ring_full_per_s.value,
             handoff_drops_per_s: s.handoff_drops_per_s.value,
+            source_limit_per_s: s.source_limit_per_s.value,
         },
     })
 }

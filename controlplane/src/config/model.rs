@@ -48,6 +48,7 @@ pub struct SaturationCfg {
     pub busy: Spanned<f64>,
     pub rx_ring_full_per_s: Spanned<f64>,
     pub handoff_drops_per_s: Spanned<f64>,
+    pub source_limit_per_s: Spanned<f64>,
 }
 
 impl Default for SaturationCfg {
@@ -58,6 +59,7 @@ impl Default for SaturationCfg {
             busy: unknown(0.90),
             rx_ring_full_per_s: unknown(1000.0),
             handoff_drops_per_s: unknown(1.0),
+            source_limit_per_s: unknown(1.0),
         }
     }
 }

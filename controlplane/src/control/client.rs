@@ -153,6 +153,23 @@ fn human_duration(s: f64) -> String {
 }
 
 /// `/status` for people: what `holdfast status` prints, and each frame of `top`.
+/// Who holds the table (`/status`'s `holders`), two lines.
+pub fn holders_lines(h: &Value) -> String {
+    if h["swept"].as_u64().unwrap_or(0) == 0 {
+        return "holders   no sweep of the table finished yet\n".into();
+    }
+    let list = |k: &str, f: &dyn Fn(&Value) -> String| -> String {
+        let v: Vec<String> = h[k].as_array().into_iter().flatten().map(|x| format!("{} {}", f(x), x["entries"])).collect();
+        if v.is_empty() { "none".into() } else { v.join("  ") }
+    };
+    format!(
+        "sources   {}\nports     {}\n          (entries held, of {} swept; each at most `error` over)\n",
+        list("sources", &|x| x["addr"].as_str().unwrap_or("?").to_string()),
+        list("ports", &|x| format!("{}/{}", x["proto"].as_str().unwrap_or("?"), x["port"])),
+        h["swept"]
+    )
+}
+
 pub fn render(v: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -215,6 +232,7 @@ pub fn render(v: &Value) -> String {
         "\ntotals    passed {}  dropped {}  reply_denied {}  handoff {} / {}  deny log {} written, {} suppressed",
         t["passed"], t["dropped"], t["reply_denied"], t["handoff_out"], t["handoff_in"], v["deny_log"]["written"], t["log_suppressed"]
     );
+    let _ = write!(s, "{}", holders_lines(&v["total"]["holders"]));
     let sat = v["saturation"].as_array().cloned().unwrap_or_default();
     if sat.is_empty() {
         let _ = writeln!(s, "saturation none");

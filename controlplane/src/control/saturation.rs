@@ -13,6 +13,7 @@ use holdfast_pipeline::DropReason;
 use holdfast_pipeline::conntrack::pressure::Admission;
 
 use crate::config::Thresholds;
+use holdfast_pipeline::holders::Holders;
 
 /// Rates and fill of one worker (or all: `worker == None`) over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,7 +44,11 @@ pub struct CoreReport {
     pub rx_ring_full_per_s: f64,
     pub fill_ring_empty_per_s: f64,
     pub handoff_drops_per_s: f64,
+    /// New flows refused by the per-source limit (or a full per-source table), per s.
+    pub source_limit_per_s: f64,
     pub adaptive_scale: f64,
+    /// Who held the most entries in the worker's last sweep (merged for the total).
+    pub holders: Holders,
 }
 
 /// One report: each worker, then the total.
@@ -70,6 +75,7 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
     };
     let net = insert_rate - removal_rate;
     let free = now.table_capacity.saturating_sub(now.table_len) as f64;
+    let source_refused = |s: &Snapshot| s.counters.dropped[DropReason::SourceLimit as usize] + s.counters.dropped[DropReason::SourceTableFull as usize];
     let handoff_drops = |s: &Snapshot| s.forward_drops[ForwardDrop::HandoffFull as usize] + s.forward_drops[ForwardDrop::HandoffTooLarge as usize];
     let polls = now.polls.saturating_sub(prev.polls);
     let mut class_fill = [0.0; Admission::COUNT];
@@ -106,7 +112,9 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
             dt,
         ),
         handoff_drops_per_s: rate(handoff_drops(now), handoff_drops(prev), dt),
+        source_limit_per_s: rate(source_refused(now), source_refused(prev), dt),
         adaptive_scale: now.adaptive_scale,
+        holders: now.holders,
     }
 }
 
@@ -118,11 +126,12 @@ pub fn report(prev: &[Snapshot], now: &[Snapshot], dt: f64) -> Report {
     // Busy and time to full are per core: the total shows the worst core.
     total.busy = workers.iter().map(|w| w.busy).fold(0.0, f64::max);
     total.time_to_full_s = workers.iter().filter_map(|w| w.time_to_full_s).reduce(f64::min);
+    total.holders = Holders::merged(now.iter().map(|s| &s.holders));
     Report { interval_s: dt, workers, total }
 }
 
 /// The kinds of saturation event, as named in logs and in the `reason` label.
-pub const EVENTS: [&str; 5] = ["table_fill", "embryonic_share", "busy", "rx_ring_full", "handoff_drops"];
+pub const EVENTS: [&str; 6] = ["table_fill", "embryonic_share", "busy", "rx_ring_full", "handoff_drops", "source_limit"];
 
 /// Faults: events that are not a rate crossing a configured threshold but something
 /// broken — a worker whose loop stopped, an interface that went away, a log that
@@ -135,13 +144,14 @@ pub fn all_events() -> impl Iterator<Item = &'static str> {
     EVENTS.iter().chain(FAULTS.iter()).copied()
 }
 
-fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 5] {
+fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 6] {
     [
         (r.table_fill, t.table_fill),
         (r.embryonic_share, t.embryonic_share),
         (r.busy, t.busy),
         (r.rx_ring_full_per_s, t.rx_ring_full_per_s),
         (r.handoff_drops_per_s, t.handoff_drops_per_s),
+        (r.source_limit_per_s, t.source_limit_per_s),
     ]
 }
 
@@ -201,7 +211,35 @@ impl Transition {
                 w.time_to_full_s.map_or("never at this rate".to_string(), |t| format!("{t:.0} s"))
             ));
         }
+        if self.raised
+            && matches!(e.name, "table_fill" | "embryonic_share" | "source_limit")
+            && let Some(w) = report.workers.get(e.worker)
+        {
+            s.push_str(&format!("; {}", holders_line(&w.holders)));
+        }
         s
+    }
+}
+
+/// Who holds a worker's table, in words: the top sources and destination ports by
+/// entries held in its last sweep (Space-Saving estimates: at most `error` over).
+pub fn holders_line(h: &Holders) -> String {
+    if h.swept == 0 {
+        return "holders: no sweep of the table finished yet".into();
+    }
+    let src: Vec<String> = h.top_sources().take(5).map(|x| format!("{} ({})", holdfast_pipeline::flow::to_ip(x.what, x.v6), x.entries)).collect();
+    let ports: Vec<String> = h.top_ports().take(5).map(|x| format!("{}/{} ({})", proto_name(x.proto), x.what, x.entries)).collect();
+    format!("top sources by entries held: {}; top destination ports: {} (of {} entries swept)", src.join(", "), ports.join(", "), h.swept)
+}
+
+/// A protocol number as `flows` prints it.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
     }
 }
 
@@ -283,7 +321,7 @@ mod tests {
     use super::*;
 
     fn th() -> Thresholds {
-        Thresholds { table_fill: 0.8, embryonic_share: 0.2, busy: 0.9, rx_ring_full_per_s: 1000.0, handoff_drops_per_s: 1.0 }
+        Thresholds { table_fill: 0.8, embryonic_share: 0.2, busy: 0.9, rx_ring_full_per_s: 1000.0, handoff_drops_per_s: 1.0, source_limit_per_s: 1.0 }
     }
 
     fn snap(entries: usize, created: u64, expired: u64) -> Snapshot {

@@ -78,6 +78,16 @@ pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Who holds a table: the top sources and destination ports by entries held, with
+/// how much each count may be over (Space-Saving), and how many entries were swept.
+pub fn holders_json(h: &holdfast_pipeline::holders::Holders) -> Value {
+    json!({
+        "swept": h.swept,
+        "sources": h.top_sources().map(|x| json!({"addr": holdfast_pipeline::flow::to_ip(x.what, x.v6).to_string(), "entries": x.entries, "error": x.error})).collect::<Vec<_>>(),
+        "ports": h.top_ports().map(|x| json!({"proto": saturation::proto_name(x.proto), "port": x.what as u64, "entries": x.entries, "error": x.error})).collect::<Vec<_>>(),
+    })
+}
+
 /// `/status`: generation, uptime, per-core summary, active saturation events.
 pub fn status_json(v: &View) -> Value {
     let core = |r: &saturation::CoreReport, s: Option<&Snapshot>| {
@@ -99,6 +109,8 @@ pub fn status_json(v: &View) -> Value {
             "fill_ring_empty_per_s": r.fill_ring_empty_per_s,
             "handoff_drops_per_s": r.handoff_drops_per_s,
             "adaptive_scale": r.adaptive_scale,
+            "source_limit_per_s": r.source_limit_per_s,
+            "holders": holders_json(&r.holders),
         });
         if let Some(s) = s {
             o["worker"] = json!(r.worker);

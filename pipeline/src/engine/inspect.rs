@@ -71,6 +71,27 @@ impl Engine {
         (range.start.min(end)..end).filter(|&s| self.table.is_live(s)).map(move |s| self.flow_info(s, now))
     }
 
+    /// Counts the live entries among slots `range` (clamped) by who holds them: the
+    /// address that opened each flow, and the port it was opened to (0 for ICMP and
+    /// others). For the sweep that names the top holders between bursts.
+    pub fn count_holders(&self, range: std::ops::Range<u32>, sources: &mut crate::holders::SpaceSaving, ports: &mut crate::holders::SpaceSaving) -> u32 {
+        let end = range.end.min(self.table.capacity() as u32);
+        let mut n = 0;
+        for s in range.start.min(end)..end {
+            if !self.table.is_live(s) {
+                continue;
+            }
+            let c = &self.table.conns[s as usize];
+            let k = self.table.key_of(s);
+            let o = usize::from(c.has(cflag::ORIG_IS_HI));
+            let port = if matches!(k.proto, parse::proto::TCP | parse::proto::UDP) { k.port[1 - o] } else { 0 };
+            sources.add(k.addr[o], k.v6, 0);
+            ports.add(u128::from(port), false, k.proto);
+            n += 1;
+        }
+        n
+    }
+
     fn flow_info(&self, s: u32, now: Instant) -> FlowInfo {
         let c = &self.table.conns[s as usize];
         let st = &self.table.stats[s as usize];

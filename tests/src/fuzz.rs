@@ -137,7 +137,7 @@ pub fn config(data: &[u8]) {
 pub fn capture(data: &[u8]) {
     let c = holdfast_controlplane::capture::parse(data);
     if let Some(e) = &c.error {
-        assert!(e.offset as usize <= data.len(), "an error offset inside the file");
+        assert!(e.offset <= data.len(), "an error offset inside the file");
     }
     for r in &c.records {
         let _ = holdfast_pipeline::parse::parse(&r.data);

@@ -8,7 +8,9 @@ Scapy's packets use TTL 63. Each case prints one line, for the test log.
 import sys
 import time
 
-from scapy.all import IP, TCP, UDP, ICMP, Raw, AsyncSniffer, conf, fragment, send, sr1
+import subprocess
+
+from scapy.all import IP, IPv6, TCP, UDP, ICMP, ICMPv6EchoRequest, IPv6ExtHdrFragment, Raw, AsyncSniffer, conf, fragment, send, sr1
 
 conf.verb = 0
 CLIENT, SERVER = sys.argv[1], sys.argv[2]
@@ -43,18 +45,18 @@ class Conn:
         """Highest seq + len (+1 for SYN/FIN) the server has sent."""
         return self.ack if self.best is None else self.best
 
-    def open(self):
-        syn = ip() / TCP(sport=self.sport, dport=80, flags="S", seq=self.seq, window=64240,
-                         options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])
-        synack = sr1(syn, timeout=2)
+    def open(self, data=b"", options=None):
+        opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)] if options is None else options
+        syn = ip() / TCP(sport=self.sport, dport=80, flags="S", seq=self.seq, window=64240, options=opts)
+        synack = sr1(syn / Raw(data) if data else syn, timeout=2)
         assert synack is not None and synack[TCP].flags == "SA", "no SYN/ACK"
         self.seq += 1
         self.ack = synack[TCP].seq + 1
         self.send("A")
 
-    def send(self, flags, data=b"", seq=None, ack=None):
+    def send(self, flags, data=b"", seq=None, ack=None, window=502):
         t = TCP(sport=self.sport, dport=80, flags=flags, seq=self.seq if seq is None else seq,
-                ack=(self.ack if ack is None else ack) if "A" in flags else 0, window=502)
+                ack=(self.ack if ack is None else ack) if "A" in flags else 0, window=window)
         send(ip() / t / Raw(data) if data else ip() / t)
         if seq is None:
             self.seq += len(data) + (1 if ("F" in flags or "S" in flags) else 0)
@@ -124,5 +126,114 @@ case("fragmented UDP")
 frags = fragment(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4242) / UDP(sport=41010, dport=7) / Raw(b"f" * 2500), fragsize=1000)
 for f in frags:
     send(f)
+time.sleep(0.5)
+
+def close(c):
+    """Acknowledges what the server sent, closes, and acknowledges its FIN."""
+    time.sleep(0.3)
+    c.ack = c.server_next()
+    c.send("FA")
+    time.sleep(0.3)
+    c.ack = c.server_next()
+    c.send("A")
+    time.sleep(0.2)
+    c.stop()
+
+
+REQUEST = b"GET / HTTP/1.0\r\nHost: server\r\n\r\n"
+
+# The cases of Linux's own conntrack tests (packetdrill tcp/conntrack) that can be
+# driven from the client side, and OpenBSD pf's regress cases.
+
+# 6. SYN on an ESTABLISHED connection: the server answers with a challenge ACK.
+case("SYN in ESTABLISHED, challenge ACK")
+c = Conn(41020, 2_000_000)
+c.open()
+c.send("S", seq=(c.seq + 7777) & 0xFFFFFFFF)
+time.sleep(0.3)
+case("keep-alive below the window")
+c.send("A", seq=(c.seq - 1) & 0xFFFFFFFF)
+time.sleep(0.3)
+case("RST before the window (pf)")
+c.send("R", seq=(c.seq - 70000) & 0xFFFFFFFF)
+case("fake ACK with RST (pf)")
+c.send("RA", seq=c.seq, ack=(c.ack + 3_000_000) & 0xFFFFFFFF)
+time.sleep(0.2)
+case("request after the bad RSTs")
+c.send("PA", REQUEST)
+close(c)
+
+# 7. The client closes its window: the server probes it, then sends when it opens.
+case("zero window and window probes")
+c = Conn(41021, 3_000_000)
+c.open()
+c.send("PA", REQUEST, window=0)
+time.sleep(1.6)
+c.ack = c.server_next()
+c.send("A", window=502)
+close(c)
+
+# 8. FIN sent twice (a retransmission), then the server's data and FIN.
+case("retransmitted FIN")
+c = Conn(41022, 4_000_000)
+c.open()
+c.send("PA", REQUEST)
+time.sleep(0.3)
+c.ack = c.server_next()
+c.send("FA")
+c.send("FA", seq=(c.seq - 1) & 0xFFFFFFFF)
+time.sleep(0.3)
+c.ack = c.server_next()
+c.send("A")
+time.sleep(0.2)
+c.stop()
+
+# 9. Half-close: the request and the client's FIN at once; the answer comes after it.
+case("half-close, data after FIN")
+c = Conn(41023, 5_500_000)
+c.open()
+c.send("PA", REQUEST)
+c.send("FA")
+time.sleep(0.4)
+c.ack = c.server_next()
+c.send("A")
+time.sleep(0.2)
+c.stop()
+
+# 10. TCP Fast Open: data on the SYN (with a cookie request); this server does not do
+#     TFO, so it acknowledges the SYN only and the data is sent again.
+case("TCP Fast Open, data on SYN")
+c = Conn(41024, 6_000_000)
+c.open(data=REQUEST, options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7), (34, b"")])
+c.send("PA", REQUEST)
+close(c)
+
+# 11. Window scaling offered by the client only: the server has it turned off.
+case("window scale on one side only")
+subprocess.run(["ip", "netns", "exec", "hfd-s", "sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"], check=True)
+try:
+    c = Conn(41025, 7_000_000)
+    c.open()
+    c.send("PA", REQUEST)
+    close(c)
+finally:
+    subprocess.run(["ip", "netns", "exec", "hfd-s", "sysctl", "-qw", "net.ipv4.tcp_window_scaling=1"], check=True)
+
+# 12. Fragments out of order (the first one last), and overlapping fragments (pf).
+case("fragments out of order")
+frags = fragment(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4343) / UDP(sport=41030, dport=7) / Raw(b"o" * 2500), fragsize=1000)
+for f in reversed(frags):
+    send(f)
+time.sleep(0.5)
+case("overlapping fragments")
+whole = bytes(UDP(sport=41031, dport=7, len=8 + 1600) / Raw(b"v" * 1600))
+send(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4444, flags="MF", frag=0, proto=17) / Raw(whole[:1000]))
+send(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4444, flags="MF", frag=100, proto=17) / Raw(whole[800:1208]))
+send(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4444, flags=0, frag=1200 // 8, proto=17) / Raw(whole[1200:]))
+time.sleep(0.5)
+
+# 13. An IPv6 atomic fragment (offset 0, no more fragments: RFC 6946).
+case("IPv6 atomic fragment")
+send(IPv6(src="2001:db8:1::2", dst="2001:db8:2::1", hlim=TTL) / IPv6ExtHdrFragment(id=77, offset=0, m=0) / ICMPv6EchoRequest(id=5, seq=1, data=b"atomic"))
 time.sleep(0.5)
 print("done", flush=True)

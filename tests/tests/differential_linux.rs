@@ -61,6 +61,29 @@ policy:
     - { name: ping, proto: icmp, icmp_type: echo-request, action: allow }
 "#;
 
+/// Where Holdfast and Linux disagree on purpose or for now, each listed in
+/// ARCHITECTURE.md ("Deliberate differences"): the packets are told by their IP ID.
+/// Each must still show (a fixed difference is removed from here and from the list).
+struct Known {
+    packets: &'static str,
+    /// The flow that only Holdfast's table holds because of it, if any.
+    flow: Option<&'static str>,
+    why: &'static str,
+}
+
+const KNOWN: [Known; 2] = [
+    Known {
+        packets: "ip-id 4343,",
+        flow: None,
+        why: "fragments out of order: Holdfast drops a later fragment that arrives before the first (fragment_unmatched); Linux reassembles first",
+    },
+    Known {
+        packets: "ip-id 4444,",
+        flow: Some("udp 198.51.100.2 41031 10.0.2.1 7"),
+        why: "overlapping fragments: Linux drops the whole datagram when reassembly finds an overlap; Holdfast judged the first fragment before the overlap arrived and passes the rest with it",
+    },
+];
+
 struct Lab {
     dir: PathBuf,
     children: Vec<Child>,
@@ -204,6 +227,15 @@ fn fingerprint(frame: &[u8]) -> Option<Vec<u8>> {
             let total = (40 + usize::from(u16::from_be_bytes([p[4], p[5]]))).min(p.len());
             p.truncate(total);
             p[7] = 0;
+            // Linux forwards an atomic fragment (offset 0, M=0: RFC 6946) without its
+            // fragment header (nf_defrag_ipv6 "reassembles" it): compare without it.
+            if p[6] == 44 && p.len() >= 48 && u16::from_be_bytes([p[42], p[43]]) & 0xfff9 == 0 {
+                let next = p[40];
+                p.drain(40..48);
+                p[6] = next;
+                let len = u16::from_be_bytes([p[4], p[5]]).saturating_sub(8);
+                p[4..6].copy_from_slice(&len.to_be_bytes());
+            }
         }
         _ => return None,
     }
@@ -243,7 +275,8 @@ fn relevant(frame: &[u8]) -> Option<String> {
         L4::LaterFragment => "later fragment".into(),
         L4::Other => format!("proto {}", m.key.proto),
     };
-    Some(format!("{src}:{sp} -> {dst}:{dp} {what}"))
+    let frag = m.frag.map(|f| format!(" (fragment, ip-id {}, offset {})", f.ident, f.offset)).unwrap_or_default();
+    Some(format!("{src}:{sp} -> {dst}:{dp} {what}{frag}"))
 }
 
 fn read_capture(paths: &[PathBuf]) -> Vec<(u64, Vec<u8>)> {
@@ -385,6 +418,7 @@ fn holdfast_agrees_with_linux_conntrack() {
     assert_eq!(verdicts.len(), ingress.len());
     let (mut compared, mut both_pass, mut both_drop) = (0, 0, 0);
     let mut mismatches = Vec::new();
+    let mut known: Vec<Vec<String>> = vec![Vec::new(); KNOWN.len()];
     for (i, (_, f)) in ingress.iter().enumerate() {
         let Some(desc) = relevant(f) else { continue };
         let fp = fingerprint(f).unwrap();
@@ -401,8 +435,22 @@ fn holdfast_agrees_with_linux_conntrack() {
         match (linux_pass, hf_pass) {
             (true, true) => both_pass += 1,
             (false, false) => both_drop += 1,
-            _ => mismatches.push(format!("#{i} {desc}: linux {}, holdfast {}", if linux_pass { "pass" } else { "drop" }, hf)),
+            _ => {
+                let line = format!("#{i} {desc}: linux {}, holdfast {}", if linux_pass { "pass" } else { "drop" }, hf);
+                match KNOWN.iter().position(|k| desc.contains(k.packets)) {
+                    Some(k) => known[k].push(line),
+                    None => mismatches.push(line),
+                }
+            }
         }
+    }
+    for (k, seen) in KNOWN.iter().zip(&known) {
+        eprintln!("known difference ({}), {} packet(s):\n  {}", k.why, seen.len(), seen.join("\n  "));
+        assert!(
+            !seen.is_empty(),
+            "the known difference \"{}\" did not show: it is fixed (remove it from KNOWN and ARCHITECTURE.md) or its case did not run",
+            k.why
+        );
     }
     eprintln!("compared {compared} packets: {both_pass} passed by both, {both_drop} dropped by both, {} differ", mismatches.len());
 
@@ -420,7 +468,7 @@ fn holdfast_agrees_with_linux_conntrack() {
         }
     }
     for (k, h) in &ht {
-        if !lt.contains_key(k) && h.2 > 3 {
+        if !lt.contains_key(k) && h.2 > 3 && !KNOWN.iter().any(|d| d.flow == Some(k.as_str())) {
             table_diffs.push(format!("{k}: holdfast {h:?}, linux has no entry"));
         }
     }

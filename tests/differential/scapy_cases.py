@@ -232,6 +232,102 @@ send(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4444, flags="MF", frag=100, proto=17
 send(IP(src=CLIENT, dst=SERVER, ttl=TTL, id=4444, flags=0, frag=1200 // 8, proto=17) / Raw(whole[1200:]))
 time.sleep(0.5)
 
+# 14. Linux's conntrack_synack_reuse: another SYN on an ESTABLISHED connection draws a
+#     challenge ACK; an exact RST clears the state; the SYN again opens a new one.
+case("SYN-ACK reuse: SYN, challenge ACK, RST, SYN again")
+c = Conn(41026, 8_000_000)
+c.open()
+c.send("PA", b"x" * 100)
+time.sleep(0.3)
+new_isn = (c.seq + 2000) & 0xFFFFFFFF
+c.send("S", seq=new_isn)
+time.sleep(0.3)
+c.ack = c.server_next()
+c.send("RA", seq=c.seq)
+time.sleep(0.3)
+c.send("S", seq=new_isn)
+time.sleep(0.5)
+c.stop()
+
+# 15. Linux's conntrack_ack_loss_stall: data already acknowledged, sent again after
+#     more than the receiver's window has passed, is let through. No window scaling,
+#     so the server's window stays under 64 KiB.
+case("retransmission of data acknowledged long ago")
+c = Conn(41027, 9_000_000)
+c.open(options=[("MSS", 1460), ("SAckOK", b"")])
+first_seq = c.seq
+first = b"GET / HTTP/1.0\r\nX-0: " + b"a" * 1420 + b"\r\n"
+c.send("PA", first)
+for i in range(1, 48):
+    c.send("PA", b"X-%d: " % i + b"b" * (1454 - len(b"X-%d: " % i)) + b"\r\n")
+    time.sleep(0.002)
+time.sleep(0.3)
+c.ack = c.server_next()
+c.send("PA", first, seq=first_seq)
+time.sleep(0.2)
+c.send("PA", b"\r\n")
+close(c)
+
+# Cases that need a crafted server too: the server's kernel is kept away from these
+# client ports (nft in its namespace) and a raw socket there sends what the script
+# builds, so both sides are written here.
+SERVER_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for line in sys.stdin:
+    p = bytes.fromhex(line.strip())
+    s.sendto(p, (sys.argv[1], 0))
+    sys.stdout.write("sent\\n")
+    sys.stdout.flush()
+"""
+subprocess.run(["ip", "netns", "exec", "hfd-s", "nft", "add table inet hfds; add chain inet hfds in { type filter hook input priority 0; }; add rule inet hfds in tcp sport { 42001, 42002 } drop"], check=True)
+peer = subprocess.Popen(["ip", "netns", "exec", "hfd-s", sys.executable, "-c", SERVER_SEND, CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def from_server(sport_client, flags, seq, ack=0, options=None):
+    t = TCP(sport=80, dport=sport_client, flags=flags, seq=seq, ack=ack, window=8192, options=options or [])
+    peer.stdin.write(bytes(IP(src=SERVER, dst=CLIENT, ttl=TTL) / t).hex() + "\n")
+    peer.stdin.flush()
+    peer.stdout.readline()
+    time.sleep(0.1)
+
+
+def from_client(sport, flags, seq, ack=0, data=b"", options=None):
+    t = TCP(sport=sport, dport=80, flags=flags, seq=seq, ack=ack, window=8192, options=options or [])
+    send(ip() / t / Raw(data) if data else ip() / t)
+    time.sleep(0.1)
+
+
+try:
+    # 16. Simultaneous open: both sides send a SYN, then both a SYN-ACK.
+    case("simultaneous open")
+    a, b = 11_000_000, 22_000_000
+    from_client(42001, "S", a, options=[("MSS", 1460)])
+    from_server(42001, "S", b, options=[("MSS", 1460)])
+    from_client(42001, "SA", a, b + 1, options=[("MSS", 1460)])
+    from_server(42001, "SA", b, a + 1, options=[("MSS", 1460)])
+    from_client(42001, "A", a + 1, b + 1)
+    from_client(42001, "PA", a + 1, b + 1, data=b"hello")
+    from_server(42001, "A", b + 1, a + 6)
+    from_client(42001, "R", a + 6)
+
+    # 17. Linux's conntrack_synack_old: a SYN-ACK of an old incarnation (wrong ACK),
+    #     the SYN again, then the right SYN-ACK: accepted.
+    case("old SYN-ACK, then the right one")
+    a = 33_000_000
+    opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 8)]
+    from_client(42002, "S", a, options=opts)
+    from_server(42002, "SA", 145_824_453, 643_160_523, options=[("MSS", 1440), ("WScale", 0)])
+    from_client(42002, "S", a, options=opts)
+    from_server(42002, "SA", 145_758_918, a + 1, options=[("MSS", 1460), ("WScale", 0)])
+    from_client(42002, "PA", a + 1, 145_758_919, data=b"x")
+    from_server(42002, "A", 145_758_919, a + 2)
+    from_client(42002, "R", a + 2)
+finally:
+    peer.stdin.close()
+    peer.wait()
+    subprocess.run(["ip", "netns", "exec", "hfd-s", "nft", "delete table inet hfds"], check=True)
+
 # 13. An IPv6 atomic fragment (offset 0, no more fragments: RFC 6946).
 case("IPv6 atomic fragment")
 send(IPv6(src="2001:db8:1::2", dst="2001:db8:2::1", hlim=TTL) / IPv6ExtHdrFragment(id=77, offset=0, m=0) / ICMPv6EchoRequest(id=5, seq=1, data=b"atomic"))

@@ -89,6 +89,9 @@ for line in sys.stdin:
 
 const KEEPALIVE: usize = 1000;
 
+/// The lab's namespace names are fixed: one lab at a time.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Down(Vec<Child>, PathBuf);
 impl Drop for Down {
     fn drop(&mut self) {
@@ -177,6 +180,7 @@ fn round(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, wait_s: u3
 #[test]
 fn a_restart_keeps_a_download_and_a_thousand_idle_connections() {
     need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("hf-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -249,4 +253,41 @@ fn a_restart_keeps_a_download_and_a_thousand_idle_connections() {
     eprintln!("run4 (no state): {r}; drops {}", v4["totals"]["drops"]);
     assert!(r["ok"].as_u64().unwrap() < KEEPALIVE as u64 / 10, "without a snapshot the connections should break: {r}");
     assert!(v4["totals"]["drops"]["midstream_no_state"].as_u64().unwrap_or(0) > 0, "{}", v4["totals"]["drops"]);
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_whole_and_the_start_is_clean() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("hf-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _g = Down(vec![], dir.clone());
+    lab::up(1).unwrap();
+    // A snapshot of another format version (its header otherwise intact).
+    let mut h = holdfast_pipeline::snapshot::Header {
+        seed: 1,
+        written_unix_ns: 0,
+        workers: 1,
+        tomb_sets: 0,
+        flows: 0,
+        tombstones: 0,
+        build: holdfast_pipeline::snapshot::Header::this_build(),
+    }
+    .encode();
+    h[8] = 9;
+    std::fs::write(state.join("holdfast.snapshot"), h).unwrap();
+    let app = appliance(&dir, 1, Some(&state), "refused");
+    let status = in_ns("hf-fw", &[env!("CARGO_BIN_EXE_holdfast"), "status", "--json"]).output().unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let v = stop(app, &dir, "refused");
+    let err = std::fs::read_to_string(dir.join("refused.err")).unwrap();
+    assert!(err.contains("snapshot REFUSED, starting with empty tables") && err.contains("format version 9"), "{err}");
+    assert_eq!(status["state"]["restored"], false, "{}", status["state"]);
+    assert!(status["state"]["refused"].as_str().unwrap().contains("format version 9"));
+    assert!(state.join("holdfast.snapshot.refused").exists(), "the refused file is kept aside, not retried");
+    // The clean start ran, and its stop wrote a good snapshot in place.
+    assert_eq!(v["state"]["flows"], 0, "{}", v["state"]);
+    assert!(holdfast_controlplane::state::find(&state).unwrap().is_some());
 }

@@ -14,8 +14,10 @@
 //! - [`timers`]: timeouts as they apply now, arming, refreshing;
 //! - [`between`]: work between bursts: expiry, reconfiguration, a reload's pass;
 //! - [`inspect`]: listings, explanations for the deny log, the audit;
-//! - [`restore`]: the table as snapshot records, and back after a restart.
+//! - [`restore`]: the table as snapshot records, and back after a restart;
+//! - [`adopt`]: flows as a sync peer sees them, and adopted on takeover.
 
+mod adopt;
 mod between;
 mod config;
 mod inspect;
@@ -38,6 +40,7 @@ use crate::policy::{Classifier, Zone};
 use crate::time::Instant;
 use crate::verdict::{DropReason, PassKind, Verdict};
 
+pub use adopt::{AdoptError, SyncedFlow, ips};
 pub use between::Maintained;
 pub use config::{EngineConfig, Packet, Pickup};
 pub use inspect::{Explained, FlowInfo, Removed};

@@ -84,6 +84,9 @@ pub(crate) enum Index {
     None,
 }
 
+/// `Index::None` as stored in `Conn::state` bits 4..7: no segment seen yet.
+pub(crate) const INDEX_NONE: u8 = Index::None as u8;
+
 impl Index {
     fn from_bits(b: u8) -> Index {
         [Index::Syn, Index::SynAck, Index::Fin, Index::Ack, Index::Rst, Index::None].get(usize::from(b & 0x07)).copied().unwrap_or(Index::None)

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod lab;
 pub mod replay;
 pub mod state;
+pub mod sync;
 pub mod traffic;
 
 /// The configuration used when `--config` is not given.

@@ -81,5 +81,18 @@ fn main() {
         s.extend_from_slice(b"\xffa-token-of-sixteen-chars\xffBearer a-token-of-sixteen-chars\xff/flows");
         put("endpoint", &format!("query-{i}"), &s);
     }
+    // Sync datagrams: every kind of message, from the table above, back to back.
+    {
+        use holdfast_controlplane::sync::proto::{self, Message, flag};
+        let t = e.config().timeouts;
+        let mut d = Vec::new();
+        for (i, r) in e.export(Instant::from_secs(40)).enumerate() {
+            proto::encode(&Message::Flow { kind: (i % 3) as u8, flags: 0, seq: i as u32, flow: r.synced(&t) }, &mut d);
+        }
+        proto::encode(&Message::Ctl { flags: flag::ACK, seq: 99, range: Some((1, 50)) }, &mut d);
+        proto::encode(&Message::Ctl { flags: flag::ALIVE, seq: 100, range: None }, &mut d);
+        proto::encode(&Message::Ctl { flags: flag::HELLO | flag::RESYNC, seq: 101, range: Some((0, 0)) }, &mut d);
+        put("sync", "table", &d);
+    }
     eprintln!("seeds written to fuzz/seeds/ ({} flows in the snapshot seed)", w.flows);
 }

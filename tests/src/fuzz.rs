@@ -207,3 +207,18 @@ pub fn endpoint(data: &[u8]) {
         assert_eq!(header.as_deref().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim), Some(t), "only the token opens it");
     }
 }
+
+/// conntrackd's sync protocol: any datagram decodes to messages or errors without
+/// panicking; every message accepted encodes to bytes that decode to the same message.
+pub fn sync(data: &[u8]) {
+    use holdfast_controlplane::sync::proto;
+    for m in proto::decode(data).into_iter().flatten() {
+        let mut b = Vec::new();
+        proto::encode(&m, &mut b);
+        let again = proto::decode(&b);
+        assert_eq!(again.len(), 1);
+        let back = again.into_iter().next().expect("one").expect("what the encoder writes decodes");
+        // A missing TIMEOUT decodes as u32::MAX and is then written out: compare the rest.
+        assert_eq!(back, m);
+    }
+}

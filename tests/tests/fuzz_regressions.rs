@@ -49,3 +49,8 @@ fn snapshot() {
 fn endpoint() {
     each("endpoint", holdfast_tests::fuzz::endpoint);
 }
+
+#[test]
+fn sync() {
+    each("sync", holdfast_tests::fuzz::sync);
+}

@@ -1,0 +1,354 @@
+//! FTFW, conntrackd's reliable mode (`src/sync-ftfw.c`), as two pure state machines:
+//! no sockets, no clock reads — the endpoint feeds them messages and the time.
+//!
+//! The sender numbers every data message and keeps it in a bounded resend queue until
+//! the peer acknowledges it; a NACK re-sends the range asked for (as current state,
+//! with new numbers); ALIVE goes out after a second without traffic, carrying the last
+//! number used so that the peer notices a lost tail; HELLO on the first message lets a
+//! restarted peer reset its expectations. The receiver acknowledges every
+//! `ack_window` messages in order and asks at once for a gap.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::proto::{Message, flag};
+
+/// conntrackd's defaults.
+pub const ACK_WINDOW: u32 = 300;
+pub const RESEND_QUEUE: usize = 131_072;
+pub const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Counters of one side, for `/status` and the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sent: u64,
+    pub resent: u64,
+    pub received: u64,
+    pub acks_sent: u64,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Messages the receiver found missing (a gap before a later one).
+    pub lost: u64,
+    /// Messages dropped from a full resend queue before the peer acknowledged them
+    /// (recovered only by a resync).
+    pub resend_overflow: u64,
+    pub resyncs_received: u64,
+}
+
+/// The sending half.
+#[derive(Debug)]
+pub struct Sender {
+    next: u32,
+    /// Data messages sent and not yet acknowledged, oldest first.
+    queue: VecDeque<Message>,
+    limit: usize,
+    hello: bool,
+    last_sent: Option<Instant>,
+    pub stats: Stats,
+}
+
+impl Sender {
+    /// Starts numbering at `first` (conntrackd uses the time of day).
+    pub fn new(first: u32, limit: usize) -> Sender {
+        Sender { next: first, queue: VecDeque::new(), limit: limit.max(1), hello: true, last_sent: None, stats: Stats::default() }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn number(&mut self) -> u32 {
+        let s = self.next;
+        self.next = self.next.wrapping_add(1);
+        s
+    }
+
+    /// Numbers a data message (`Message::Flow`), queues it for resending and returns it
+    /// to send. The first one carries HELLO.
+    pub fn data(&mut self, mut m: Message, now: Instant) -> Message {
+        let seq = self.number();
+        if let Message::Flow { seq: s, flags, .. } = &mut m {
+            *s = seq;
+            if self.hello {
+                *flags |= flag::HELLO;
+                self.hello = false;
+            }
+        }
+        if self.queue.len() == self.limit {
+            self.queue.pop_front();
+            self.stats.resend_overflow += 1;
+        }
+        self.queue.push_back(m.clone());
+        self.stats.sent += 1;
+        self.last_sent = Some(now);
+        m
+    }
+
+    /// What the peer's control message asks of this side: messages to send again (a
+    /// NACK), or `Resync` (send the whole table).
+    pub fn control(&mut self, m: &Message, now: Instant) -> Reply {
+        let Message::Ctl { flags, range, .. } = m else { return Reply::None };
+        if flags & flag::RESYNC != 0 {
+            self.stats.resyncs_received += 1;
+            return Reply::Resync;
+        }
+        let Some((from, to)) = *range else { return Reply::None };
+        if flags & flag::ACK != 0 {
+            // Everything numbered up to `to` arrived.
+            self.queue.retain(|q| before(to, q.seq()));
+        }
+        if flags & flag::NACK != 0 {
+            self.stats.nacks_received += 1;
+            let again: Vec<Message> = self.queue.iter().filter(|q| !before(q.seq(), from) && !before(to, q.seq())).cloned().collect();
+            self.queue.retain(|q| before(q.seq(), from) || before(to, q.seq()));
+            let out: Vec<Message> = again
+                .into_iter()
+                .map(|m| {
+                    self.stats.resent += 1;
+                    self.stats.sent -= 1; // `data` counts it again
+                    self.data(m, now)
+                })
+                .collect();
+            return Reply::Send(out);
+        }
+        Reply::None
+    }
+
+    /// An ALIVE with the last number used, when nothing was sent for `ALIVE_INTERVAL`.
+    pub fn alive(&mut self, now: Instant) -> Option<Message> {
+        if self.last_sent.is_some_and(|t| now.duration_since(t) < ALIVE_INTERVAL) {
+            return None;
+        }
+        self.last_sent = Some(now);
+        Some(Message::Ctl { flags: flag::ALIVE, seq: self.next.wrapping_sub(1), range: None })
+    }
+
+    /// A control message of this side's own (ACK, NACK, RESYNC), numbered.
+    pub fn ctl(&mut self, flags: u8, range: Option<(u32, u32)>) -> Message {
+        Message::Ctl { flags, seq: self.next.wrapping_sub(1), range }
+    }
+}
+
+/// What the sender must do about a control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    None,
+    Send(Vec<Message>),
+    Resync,
+}
+
+/// The receiving half.
+#[derive(Debug)]
+pub struct Receiver {
+    /// The last number received in order (`None` until the first message, or after a
+    /// HELLO).
+    last: Option<u32>,
+    /// First number of the window not yet acknowledged.
+    window_start: Option<u32>,
+    in_window: u32,
+    ack_window: u32,
+    pub last_heard: Option<Instant>,
+    pub stats: Stats,
+}
+
+/// What a received message means for the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Apply it (a data message in order, or after a gap that was asked for again).
+    pub apply: bool,
+    /// Control messages to send back (ACK, NACK).
+    pub send: Vec<(u8, (u32, u32))>,
+}
+
+impl Receiver {
+    pub fn new(ack_window: u32) -> Receiver {
+        Receiver { last: None, window_start: None, in_window: 0, ack_window: ack_window.max(1), last_heard: None, stats: Stats::default() }
+    }
+
+    /// A data message numbered `seq` (with HELLO when `hello`) arrived.
+    pub fn data(&mut self, seq: u32, hello: bool, now: Instant) -> Received {
+        self.last_heard = Some(now);
+        self.stats.received += 1;
+        let mut send = Vec::new();
+        if hello {
+            // A restarted peer: start over from this number.
+            self.last = None;
+            self.window_start = None;
+            self.in_window = 0;
+        }
+        match self.last {
+            Some(l) if before(seq, l.wrapping_add(1)) => {
+                // Old or duplicate: already applied (a resend crossed an ACK).
+                return Received { apply: false, send };
+            }
+            Some(l) if seq != l.wrapping_add(1) => {
+                let (from, to) = (l.wrapping_add(1), seq.wrapping_sub(1));
+                self.stats.lost += u64::from(to.wrapping_sub(from)) + 1;
+                self.stats.nacks_sent += 1;
+                send.push((flag::NACK, (from, to)));
+            }
+            _ => {}
+        }
+        self.last = Some(seq);
+        let start = *self.window_start.get_or_insert(seq);
+        self.in_window += 1;
+        if self.in_window >= self.ack_window {
+            self.stats.acks_sent += 1;
+            send.push((flag::ACK, (start, seq)));
+            self.window_start = Some(seq.wrapping_add(1));
+            self.in_window = 0;
+        }
+        Received { apply: true, send }
+    }
+
+    /// The peer's ALIVE, carrying its last number: a lost tail shows as a gap; an idle
+    /// window is acknowledged.
+    pub fn alive(&mut self, seq: u32, now: Instant) -> Vec<(u8, (u32, u32))> {
+        self.last_heard = Some(now);
+        let mut send = Vec::new();
+        if let Some(l) = self.last {
+            if before(l, seq) {
+                let (from, to) = (l.wrapping_add(1), seq);
+                self.stats.lost += u64::from(to.wrapping_sub(from)) + 1;
+                self.stats.nacks_sent += 1;
+                send.push((flag::NACK, (from, to)));
+            } else if self.in_window > 0
+                && let Some(start) = self.window_start
+            {
+                self.stats.acks_sent += 1;
+                send.push((flag::ACK, (start, l)));
+                self.window_start = Some(l.wrapping_add(1));
+                self.in_window = 0;
+            }
+        }
+        send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_pipeline::engine::{SyncedFlow, ips};
+
+    fn flow(i: u16) -> Message {
+        let f = SyncedFlow {
+            v6: false,
+            src: 1,
+            dst: 2,
+            proto: 17,
+            sport: i,
+            dport: 53,
+            icmp: None,
+            tcp_state: 0,
+            status: ips::CONFIRMED,
+            timeout_s: 30,
+            wscale: [None, None],
+        };
+        Message::Flow { kind: 0, flags: 0, seq: 0, flow: f }
+    }
+
+    /// Sends `n` messages through a link that loses what `lose` says, with ALIVEs and
+    /// the receiver's ACK/NACKs going back (never lost), until quiet; returns the set
+    /// of ports applied.
+    fn run(n: u16, lose: impl Fn(u32) -> bool, window: u32) -> (Vec<u16>, Stats, Stats, usize) {
+        let t0 = Instant::now();
+        let mut s = Sender::new(4_000_000_000, RESEND_QUEUE);
+        let mut r = Receiver::new(window);
+        let mut applied = Vec::new();
+        let mut wire: VecDeque<Message> = (0..n).map(|i| s.data(flow(i), t0)).collect();
+        let mut transmissions = 0u32;
+        for round in 0..100u64 {
+            let now = t0 + Duration::from_secs(2 * round + 2);
+            while let Some(m) = wire.pop_front() {
+                transmissions += 1;
+                if lose(transmissions) {
+                    continue;
+                }
+                let replies = match &m {
+                    Message::Flow { seq, flags, flow, .. } => {
+                        let got = r.data(*seq, flags & flag::HELLO != 0, now);
+                        if got.apply {
+                            applied.push(flow.sport);
+                        }
+                        got.send
+                    }
+                    Message::Ctl { seq, .. } => r.alive(*seq, now),
+                    Message::Expectation { .. } => vec![],
+                };
+                for (f, range) in replies {
+                    if let Reply::Send(again) = s.control(&Message::Ctl { flags: f, seq: 0, range: Some(range) }, now) {
+                        wire.extend(again);
+                    }
+                }
+            }
+            if s.queued() == 0 {
+                break;
+            }
+            if let Some(a) = s.alive(now) {
+                wire.push_back(a);
+            }
+        }
+        applied.sort_unstable();
+        applied.dedup();
+        (applied, s.stats, r.stats, s.queued())
+    }
+
+    #[test]
+    fn everything_arrives_in_order_and_is_acknowledged() {
+        let (got, s, r, queued) = run(1000, |_| false, ACK_WINDOW);
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert_eq!((s.sent, s.resent, r.lost, queued), (1000, 0, 0, 0), "acknowledged by windows and the last ALIVE");
+        assert_eq!(r.acks_sent, 4);
+    }
+
+    #[test]
+    fn five_percent_loss_is_recovered_by_nacks_and_alives() {
+        // Every 20th transmission is lost, data and ALIVEs alike.
+        let (got, s, r, queued) = run(5000, |t| t % 20 == 0, ACK_WINDOW);
+        assert_eq!(got, (0..5000).collect::<Vec<_>>(), "every flow arrives");
+        assert!(s.resent >= 250 && r.lost >= 250, "{s:?} {r:?}");
+        assert_eq!(queued, 0);
+    }
+
+    #[test]
+    fn a_lost_tail_is_noticed_by_the_next_alive() {
+        // The last three messages are lost: only the ALIVE tells.
+        let (got, _, r, _) = run(10, |t| (8..=10).contains(&t), ACK_WINDOW);
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        // The resends carry new numbers, so the old ones read as a gap once more (as
+        // with conntrackd); the sender has nothing left to resend for it.
+        assert!(r.lost >= 3, "{r:?}");
+    }
+
+    #[test]
+    fn a_full_resend_queue_drops_the_oldest_and_counts_it() {
+        let mut s = Sender::new(0, 4);
+        let now = Instant::now();
+        for i in 0..6 {
+            s.data(flow(i), now);
+        }
+        assert_eq!((s.queued(), s.stats.resend_overflow), (4, 2));
+        // A NACK for a dropped range finds nothing to resend: a resync must recover it.
+        assert_eq!(s.control(&Message::Ctl { flags: flag::NACK, seq: 0, range: Some((0, 1)) }, now), Reply::Send(vec![]));
+        assert_eq!(s.control(&Message::Ctl { flags: flag::RESYNC, seq: 0, range: Some((0, 0)) }, now), Reply::Resync);
+    }
+
+    #[test]
+    fn a_restarted_peer_says_hello_and_is_not_taken_for_a_gap() {
+        let now = Instant::now();
+        let mut r = Receiver::new(ACK_WINDOW);
+        assert!(r.data(100, true, now).send.is_empty());
+        assert!(r.data(101, false, now).send.is_empty());
+        // The peer restarts and numbers from elsewhere.
+        let got = r.data(5, true, now);
+        assert!(got.apply && got.send.is_empty(), "{got:?}");
+        assert_eq!(r.stats.lost, 0);
+        let mut s = Sender::new(7, 10);
+        assert!(matches!(s.data(flow(1), now), Message::Flow { flags, seq: 7, .. } if flags & flag::HELLO != 0));
+        assert!(matches!(s.data(flow(2), now), Message::Flow { flags: 0, seq: 8, .. }));
+    }
+}

@@ -102,6 +102,10 @@ pub(super) fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     let control = control::control(cx, &f.control)?;
     let log = control::log(cx, &f.log)?;
     let snapshot_dir = control::snapshot_dir(cx, &f.state)?;
+    let sync = match &f.sync {
+        Some(s) => Some(control::sync(cx, s)?),
+        None => None,
+    };
     Ok(Config {
         engine,
         classifier: Arc::new(Classifier::new(rules, action(f.policy.default))),
@@ -116,6 +120,7 @@ pub(super) fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
             OnReloadCfg::Recheck => OnReload::Recheck,
         },
         snapshot_dir,
+        sync,
     })
 }
 

@@ -28,6 +28,44 @@ pub struct Config {
     /// `state.snapshot_dir`: where the tables are written on stop and read on start
     /// (`None`: a restart forgets every connection).
     pub snapshot_dir: Option<std::path::PathBuf>,
+    /// `sync:` (`None`: no peer).
+    pub sync: Option<Sync>,
+}
+
+/// FTFW (acknowledged, resent), NOTRACK (fire and forget) or ALARM (fire and forget,
+/// everything again every `refresh`), as conntrackd names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Ftfw,
+    Notrack,
+    Alarm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+/// `sync.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sync {
+    pub listen: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+    pub interface: Option<String>,
+    pub mode: SyncMode,
+    pub role: Role,
+    /// How often the tables are swept for changes to send.
+    pub interval: std::time::Duration,
+    /// An unchanged flow is sent again (`CT_UPD`) this often, so that the peer's timer
+    /// for it keeps up.
+    pub refresh: std::time::Duration,
+    /// The peer is taken for dead after this long without a word.
+    pub dead_interval: std::time::Duration,
+    /// Take over by itself when the peer is dead (a standby only).
+    pub auto_takeover: bool,
+    pub ack_window: u32,
+    pub resend_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +174,7 @@ impl Config {
         cmp("workers.ring_size", d.ring_size.to_string(), m.ring_size.to_string());
         let show = |l: Option<std::net::SocketAddr>| l.map_or("off".to_string(), |a| a.to_string());
         cmp("control.listen", show(self.control.listen), show(new.control.listen));
+        cmp("sync", format!("{:?}", self.sync), format!("{:?}", new.sync));
         out
     }
 

@@ -91,3 +91,95 @@ pub(super) fn snapshot_dir(cx: &Ctx, s: &model::StateCfg) -> Result<Option<std::
     }
     Ok(Some(p))
 }
+
+/// `sync:`: unicast UDP to one peer; every setting checked where it is written.
+pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync, ConfigError> {
+    use super::compiled::{Role, Sync, SyncMode};
+    use serde_saphyr::Location;
+    let loc = |v: &Option<serde_saphyr::Spanned<String>>| v.as_ref().map_or(Location::UNKNOWN, |v| v.referenced);
+    if let Some(t) = &s.transport
+        && t.value.trim() != "udp"
+    {
+        let msg = if t.value.trim() == "multicast" {
+            "sync.transport: multicast is not implemented yet; use udp with a unicast peer".to_string()
+        } else {
+            format!("sync.transport: {:?} is not udp", t.value)
+        };
+        return Err(cx.at(t.referenced, msg));
+    }
+    if let Some(g) = &s.group {
+        return Err(cx.at(g.referenced, "sync.group is for multicast, which is not implemented yet; use a unicast peer"));
+    }
+    let addr = |v: &Option<serde_saphyr::Spanned<String>>, key: &str| -> Result<std::net::SocketAddr, ConfigError> {
+        let Some(v) = v else { return Err(cx.at(Location::UNKNOWN, format!("sync.{key} is required (an address:port, e.g. 192.168.77.1:3780)"))) };
+        v.value.trim().parse().map_err(|_| cx.at(v.referenced, format!("sync.{key}: {:?} is not an address:port such as 192.168.77.1:3780", v.value)))
+    };
+    let listen = addr(&s.listen, "listen")?;
+    let peer = addr(&s.peer, "peer")?;
+    if listen == peer {
+        return Err(cx.at(loc(&s.peer), "sync.peer is sync.listen itself"));
+    }
+    let mode = match s.mode.as_ref().map(|m| m.value.trim()) {
+        None | Some("ftfw") => SyncMode::Ftfw,
+        Some("notrack") => SyncMode::Notrack,
+        Some("alarm") => SyncMode::Alarm,
+        Some(other) => return Err(cx.at(loc(&s.mode), format!("sync.mode: {other:?} is not ftfw, notrack or alarm"))),
+    };
+    let role = match s.role.as_ref().map(|m| m.value.trim()) {
+        None | Some("active") => Role::Active,
+        Some("standby") => Role::Standby,
+        Some(other) => return Err(cx.at(loc(&s.role), format!("sync.role: {other:?} is not active or standby"))),
+    };
+    let auto_takeover = match s.takeover.as_ref().map(|m| m.value.trim()) {
+        None | Some("auto") => true,
+        Some("manual") => false,
+        Some(other) => return Err(cx.at(loc(&s.takeover), format!("sync.takeover: {other:?} is not auto or manual"))),
+    };
+    let dur = |v: &Option<serde_saphyr::Spanned<super::values::Dur>>,
+               key: &str,
+               default_ms: u64,
+               lo_ms: u64,
+               hi_ms: u64|
+     -> Result<std::time::Duration, ConfigError> {
+        let Some(v) = v else { return Ok(std::time::Duration::from_millis(default_ms)) };
+        let ms = v.value.0.as_nanos() / 1_000_000;
+        if !(lo_ms..=hi_ms).contains(&ms) {
+            return Err(cx.at(
+                v.referenced,
+                format!(
+                    "sync.{key} must be between {} and {}",
+                    humantime::format_duration(std::time::Duration::from_millis(lo_ms)),
+                    humantime::format_duration(std::time::Duration::from_millis(hi_ms))
+                ),
+            ));
+        }
+        Ok(std::time::Duration::from_millis(ms))
+    };
+    let count = |v: &Option<serde_saphyr::Spanned<super::values::Count>>, key: &str, default: u64, hi: u64| -> Result<u64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        if !(1..=hi).contains(&v.value.0) {
+            return Err(cx.at(v.referenced, format!("sync.{key} must be between 1 and {hi}")));
+        }
+        Ok(v.value.0)
+    };
+    let interface = match &s.interface {
+        Some(i) if i.value.trim().is_empty() => {
+            return Err(cx.at(i.referenced, "sync.interface is empty: name the interface the sync link is on, or remove the key"));
+        }
+        Some(i) => Some(i.value.trim().to_string()),
+        None => None,
+    };
+    Ok(Sync {
+        listen,
+        peer,
+        interface,
+        mode,
+        role,
+        interval: dur(&s.interval, "interval", 1000, 100, 60_000)?,
+        refresh: dur(&s.refresh, "refresh", 60_000, 1000, 3_600_000)?,
+        dead_interval: dur(&s.dead_interval, "dead_interval", 3000, 1000, 3_600_000)?,
+        auto_takeover,
+        ack_window: count(&s.ack_window, "ack_window", 300, 100_000)? as u32,
+        resend_queue: count(&s.resend_queue, "resend_queue", 131_072, 10_000_000)? as usize,
+    })
+}

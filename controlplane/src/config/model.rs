@@ -16,6 +16,26 @@ pub struct File {
     pub control: ControlCfg,
     pub log: LogCfg,
     pub state: StateCfg,
+    pub sync: Option<SyncCfg>,
+}
+
+/// `sync:`: state sync with a peer in conntrackd's protocol.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncCfg {
+    pub transport: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub peer: Option<Spanned<String>>,
+    pub group: Option<Spanned<String>>,
+    pub interface: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub role: Option<Spanned<String>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub refresh: Option<Spanned<Dur>>,
+    pub dead_interval: Option<Spanned<Dur>>,
+    pub takeover: Option<Spanned<String>>,
+    pub ack_window: Option<Spanned<Count>>,
+    pub resend_queue: Option<Spanned<Count>>,
 }
 
 /// `state:`: what survives a restart.

@@ -364,3 +364,23 @@ fn an_endless_file_is_read_only_up_to_its_limit() {
     let e = err("policy:\n  rules:\n    - { name: x, src_file: /dev/zero, action: deny }\n");
     assert!(e.message.contains("more than"), "{e}");
 }
+
+#[test]
+fn sync_keys_are_checked_where_they_are_written() {
+    let c =
+        parse("sync:\n  transport: udp\n  listen: 192.168.77.1:3780\n  peer: 192.168.77.2:3780\n  interface: sync0\n  mode: ftfw\n  role: standby\n", "t.yaml")
+            .unwrap();
+    let s = c.sync.unwrap();
+    assert_eq!((s.listen.to_string(), s.peer.to_string(), s.role), ("192.168.77.1:3780".into(), "192.168.77.2:3780".into(), compiled::Role::Standby));
+    assert_eq!((s.mode, s.ack_window, s.resend_queue, s.dead_interval), (compiled::SyncMode::Ftfw, 300, 131_072, std::time::Duration::from_secs(3)));
+    assert_eq!(parse("", "t.yaml").unwrap().sync, None);
+    let e = err("sync:\n  listen: 192.168.77.1:3780\n  peer: nowhere\n");
+    assert_eq!((e.line, e.col), (3, 9), "{e}");
+    assert!(e.message.contains("sync.peer"), "{e}");
+    assert!(err("sync:\n  peer: 1.2.3.4:1\n").message.contains("sync.listen is required"));
+    let e = err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  mode: tcp\n");
+    assert!(e.message.contains("not ftfw, notrack or alarm") && e.line == 4, "{e}");
+    assert!(err("sync:\n  transport: multicast\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n").message.contains("not implemented yet"));
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  dead_interval: 10ms\n").message.contains("sync.dead_interval must be between"));
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  ack_window: 0\n").message.contains("sync.ack_window"));
+}

@@ -82,13 +82,13 @@ fn start(per_worker: u32) -> Setup {
     let stats = Arc::clone(&view.http);
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded(16);
+    let (takeover_tx, _takeover_rx) = crossbeam_channel::bounded(4);
     let token: http::Token = Arc::new(RwLock::new(None));
     let ep = Endpoint::start(
         "127.0.0.1:0".parse().unwrap(),
         Arc::new(RwLock::new(view)),
         Commander::new(senders),
-        reload_tx,
-        snapshot_tx,
+        http::Requests { reload: reload_tx, snapshot: snapshot_tx, takeover: takeover_tx },
         Arc::clone(&token),
         Arc::clone(&stats),
     )

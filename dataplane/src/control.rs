@@ -28,6 +28,9 @@ pub enum Command {
     /// snapshot records, a slice of the table per housekeeping round, then its
     /// tombstones, then `Done` — paced by `reply` as a listing is.
     Export { reply: crossbeam_channel::Sender<ExportReply> },
+    /// Put these synced flows into the table (a takeover), between bursts; the answer
+    /// is (adopted, refused).
+    Adopt { flows: Vec<holdfast_pipeline::engine::SyncedFlow>, reply: crossbeam_channel::Sender<(u64, u64)> },
     /// Close the sockets and open them again on these interface indexes (outside,
     /// inside): an interface was deleted and has come back. The table is kept.
     Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), crate::error::WorkerError>> },
@@ -38,6 +41,8 @@ pub enum Command {
 #[derive(Debug, Default)]
 pub struct LinkFlags {
     up: [std::sync::atomic::AtomicBool; 2],
+    /// A takeover is committing synced flows: frames are dropped as `syncing`.
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 impl LinkFlags {
@@ -55,6 +60,15 @@ impl LinkFlags {
     #[inline]
     pub fn is_up(&self, side: usize) -> bool {
         self.up[side].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_syncing(&self, on: bool) {
+        self.syncing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub fn syncing(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -383,6 +383,17 @@ impl Running {
         self.readers.iter().map(|r| r.heartbeat()).collect()
     }
 
+    /// While on, every worker drops what it receives as `syncing` (a takeover is
+    /// committing the peer's flows).
+    pub fn set_syncing(&self, on: bool) {
+        self.flags.set_syncing(on);
+    }
+
+    /// The flag itself, for a thread that commits flows while the loop goes on.
+    pub fn link_flags(&self) -> Arc<LinkFlags> {
+        Arc::clone(&self.flags)
+    }
+
     pub fn commander(&self) -> Commander {
         Commander { to: self.commands.clone() }
     }

@@ -25,12 +25,21 @@ pub enum ForwardDrop {
     HandoffTooLarge,
     /// The pipeline passed it, but the interface it must leave on is down or gone.
     LinkDown,
+    /// A takeover is committing the peer's flows: nothing is judged against a table
+    /// that does not hold them yet.
+    Syncing,
 }
 
 impl ForwardDrop {
-    pub const COUNT: usize = 5;
-    pub const ALL: [ForwardDrop; 5] =
-        [ForwardDrop::TxRingFull, ForwardDrop::NoFreeFrame, ForwardDrop::HandoffFull, ForwardDrop::HandoffTooLarge, ForwardDrop::LinkDown];
+    pub const COUNT: usize = 6;
+    pub const ALL: [ForwardDrop; 6] = [
+        ForwardDrop::TxRingFull,
+        ForwardDrop::NoFreeFrame,
+        ForwardDrop::HandoffFull,
+        ForwardDrop::HandoffTooLarge,
+        ForwardDrop::LinkDown,
+        ForwardDrop::Syncing,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             ForwardDrop::TxRingFull => "tx_ring_full",
@@ -38,6 +47,7 @@ impl ForwardDrop {
             ForwardDrop::HandoffFull => "handoff_full",
             ForwardDrop::HandoffTooLarge => "handoff_too_large",
             ForwardDrop::LinkDown => "link_down",
+            ForwardDrop::Syncing => "syncing",
         }
     }
 }

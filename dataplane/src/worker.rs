@@ -198,7 +198,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             let now = since(spec.epoch, t);
             w.engine.expire(now, DEFAULT_EXPIRE_BUDGET);
             while let Ok(c) = spec.commands.try_recv() {
-                w.command(c);
+                w.command(c, now);
             }
             w.scan(now);
             w.sweep_holders();
@@ -341,6 +341,15 @@ impl Worker {
     /// ones on the other side; dropped frames return to the free pool.
     fn judge_and_send(&mut self, side: usize, descs: &[Desc], now: Instant) {
         if descs.is_empty() {
+            return;
+        }
+        if self.links.syncing() {
+            // A takeover is filling the table: judging now would deny the replies of
+            // flows it has not reached yet.
+            self.snap.forward_drops[ForwardDrop::Syncing as usize] += descs.len() as u64;
+            for d in descs {
+                self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+            }
             return;
         }
         let zone = if side == 0 { Zone::Outside } else { Zone::Inside };

@@ -51,6 +51,9 @@ pub enum ClientCmd {
     /// Make a running appliance write its tables to state.snapshot_dir now (the next
     /// start restores them, aged by the time in between; a stop writes one anyway).
     Snapshot(ClientArgs),
+    /// Make a running standby commit what its sync peer sent into its tables now
+    /// (as it does by itself when the peer falls silent for sync.dead_interval).
+    Takeover(ClientArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +107,9 @@ pub struct FlowsArgs {
     /// by entries held, per worker and in total (from the workers' bounded sweeps).
     #[arg(long)]
     pub top_sources: bool,
+    /// Instead of this appliance's flows: the external cache, what its sync peer sent.
+    #[arg(long)]
+    pub external: bool,
 }
 
 #[derive(Args)]

@@ -36,6 +36,27 @@ impl ClientCmd {
                     print!("{}", client::render(&v));
                 }
             }
+            ClientCmd::Flows(f) if f.external => {
+                let t = target(&f.c)?;
+                let (code, body) =
+                    client::request(&t, "GET", &format!("/flows/external?limit={}", f.limit)).map_err(|e| Error::failed("flows --external", e))?;
+                if code != 200 {
+                    return Err(Error::failed("flows --external", body.trim().to_string()));
+                }
+                let mut n = 0;
+                for line in body.lines() {
+                    let x: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::failed("flows --external", e))?;
+                    if f.c.json {
+                        println!("{x}")
+                    } else {
+                        println!("{}", client::flow_line(&x))
+                    }
+                    n += 1;
+                }
+                if !f.c.json {
+                    eprintln!("holdfast: {n} flow(s) in the external cache");
+                }
+            }
             ClientCmd::Flows(f) if f.top_sources => {
                 let v = client::status(&target(&f.c)?).map_err(|e| Error::failed("flows --top-sources", e))?;
                 if f.c.json {
@@ -90,6 +111,20 @@ impl ClientCmd {
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                     std::thread::sleep(std::time::Duration::from_nanos(a.interval.as_nanos().max(100_000_000)));
+                }
+            }
+            ClientCmd::Takeover(a) => {
+                let v = client::takeover(&target(&a)?).map_err(|e| Error::failed("takeover", e))?;
+                if a.json {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "holdfast: takeover: {} of {} flow(s) committed in {:.3} s ({} refused)",
+                        v["adopted"],
+                        v["flows"],
+                        v["seconds"].as_f64().unwrap_or(0.0),
+                        v["refused"]
+                    );
                 }
             }
             ClientCmd::Snapshot(a) => {

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use serde_saphyr::Location;
 
-pub use compiled::{Config, Control, Dataplane, DenyOutput, Log, OnReload, Thresholds};
+pub use compiled::{Config, Control, Dataplane, DenyOutput, Log, OnReload, Role, Sync, SyncMode, Thresholds};
 pub use error::ConfigError;
 pub use token::{MIN_TOKEN, TokenError, TokenProblem, read_token, token_warning};
 

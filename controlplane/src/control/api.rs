@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use holdfast_dataplane::run::Commander;
 
 use super::view::HttpStats;
-use super::{ReloadRequest, SnapshotRequest, View, status_json};
+use super::{ReloadRequest, SnapshotRequest, TakeoverRequest, View, status_json};
 use crate::replay::flow_json;
 
 /// How long a listing waits for a worker's next chunk before giving up on it.
@@ -58,6 +58,7 @@ pub(super) struct Shared {
     pub(super) commander: Commander,
     pub(super) reload: crossbeam_channel::Sender<ReloadRequest>,
     pub(super) snapshot: crossbeam_channel::Sender<SnapshotRequest>,
+    pub(super) takeover: crossbeam_channel::Sender<TakeoverRequest>,
     pub(super) token: Token,
     pub(super) stats: Arc<HttpStats>,
     pub(super) epoch: Instant,
@@ -149,7 +150,13 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
                 Err(e) => plain(StatusCode::BAD_REQUEST, e),
             }
         }
-        "/reload" | "/snapshot" if *req.method() == Method::POST => {
+        "/flows/external" if get => {
+            if let Err(r) = authorize(&req, peer, sh) {
+                return *r;
+            }
+            external(sh, &query)
+        }
+        "/reload" | "/snapshot" | "/takeover" if *req.method() == Method::POST => {
             if let Err(r) = authorize(&req, peer, sh) {
                 return *r;
             }
@@ -166,11 +173,18 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
                 }
                 Ok(Ok(_)) => {}
             }
-            if path == "/reload" { reload(sh).await } else { snapshot(sh).await }
+            match path.as_str() {
+                "/reload" => reload(sh).await,
+                "/snapshot" => snapshot(sh).await,
+                _ => takeover(sh).await,
+            }
         }
         "/metrics" | "/status" | "/flows" => method_not_allowed("GET, HEAD"),
-        "/reload" | "/snapshot" => method_not_allowed("POST"),
-        _ => plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows or POST /reload, /snapshot")),
+        "/reload" | "/snapshot" | "/takeover" => method_not_allowed("POST"),
+        "/flows/external" => method_not_allowed("GET, HEAD"),
+        _ => {
+            plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows, /flows/external or POST /reload, /snapshot, /takeover"))
+        }
     }
 }
 
@@ -204,6 +218,47 @@ async fn reload(sh: &Shared) -> Response<Body> {
         Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
         Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the control loop"),
     }
+}
+
+/// How long `POST /takeover` waits for the commit.
+const TAKEOVER_ANSWER: Duration = Duration::from_secs(50);
+
+async fn takeover(sh: &Shared) -> Response<Body> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if sh.takeover.try_send(TakeoverRequest { reply: tx }).is_err() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "a takeover is already waiting, or the appliance is stopping");
+    }
+    match poll_recv(&rx, TAKEOVER_ANSWER).await {
+        Ok(Ok(v)) => text(StatusCode::OK, "application/json", json!({"ok": true, "takeover": v}).to_string() + "\n"),
+        Ok(Err(e)) => text(StatusCode::CONFLICT, "application/json", json!({"ok": false, "error": e}).to_string() + "\n"),
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "no answer from the control loop"),
+    }
+}
+
+/// `/flows/external?limit=N`: what the sync peer sent, as `holdfast flows` lines.
+fn external(sh: &Shared, query: &str) -> Response<Body> {
+    let mut limit = 1000usize;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match (k.as_ref(), v.parse::<usize>()) {
+            ("limit", Ok(n)) if n <= MAX_FLOWS => limit = n,
+            ("limit", _) => return plain(StatusCode::BAD_REQUEST, format!("limit={v}: a count up to {MAX_FLOWS}")),
+            (k, _) => return plain(StatusCode::BAD_REQUEST, format!("unknown parameter {k:?}: limit")),
+        }
+    }
+    let Some(status) = read_view(&sh.view).external else {
+        return plain(StatusCode::NOT_FOUND, "sync: is not configured: there is no external cache");
+    };
+    let now = Instant::now();
+    let lines: Vec<u8> = {
+        let s = status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = Vec::new();
+        for c in s.cache.values().take(limit) {
+            let _ = serde_json::to_writer(&mut buf, &crate::sync::endpoint::flow_json(&c.flow, c.left(now)));
+            buf.push(b'\n');
+        }
+        buf
+    };
+    text(StatusCode::OK, "application/x-ndjson", lines)
 }
 
 async fn snapshot(sh: &Shared) -> Response<Body> {

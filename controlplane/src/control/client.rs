@@ -342,6 +342,18 @@ pub fn reload(addr: &Target, wait: bool) -> Result<Value, ClientError> {
     Ok(v)
 }
 
+/// Asks a standby to take over; returns what was committed.
+pub fn takeover(addr: &Target) -> Result<Value, ClientError> {
+    let path = || "/takeover".to_string();
+    let (code, body) = request(addr, "POST", "/takeover")?;
+    let http_error = || ClientError::Status { path: path(), code, body: body.trim().to_string() };
+    let v: Value = serde_json::from_str(&body).map_err(|_| http_error())?;
+    if code != 200 {
+        return Err(ClientError::Refused { path: path(), message: v["error"].as_str().map(String::from).unwrap_or_else(|| body.trim().to_string()) });
+    }
+    Ok(v["takeover"].clone())
+}
+
 /// Asks for a snapshot of the running tables; returns what was written.
 pub fn snapshot(addr: &Target) -> Result<Value, ClientError> {
     let path = || "/snapshot".to_string();

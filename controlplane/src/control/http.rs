@@ -35,7 +35,14 @@ use tokio::sync::{Notify, watch};
 use super::api::Shared;
 pub use super::api::{BODY_LIMIT, BODY_TIMEOUT, MAX_FLOWS, Token};
 pub use super::view::HttpStats;
-use super::{ReloadRequest, SnapshotRequest, View};
+use super::{ReloadRequest, SnapshotRequest, TakeoverRequest, View};
+
+/// Where the endpoint sends what the control loop must do.
+pub struct Requests {
+    pub reload: crossbeam_channel::Sender<ReloadRequest>,
+    pub snapshot: crossbeam_channel::Sender<SnapshotRequest>,
+    pub takeover: crossbeam_channel::Sender<TakeoverRequest>,
+}
 
 /// Most connections open at once; one more evicts the quietest.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -58,8 +65,7 @@ impl Endpoint {
         addr: SocketAddr,
         view: Arc<RwLock<View>>,
         commander: Commander,
-        reload: crossbeam_channel::Sender<ReloadRequest>,
-        snapshot: crossbeam_channel::Sender<SnapshotRequest>,
+        requests: Requests,
         token: Token,
         stats: Arc<HttpStats>,
     ) -> Result<Endpoint, EndpointError> {
@@ -68,7 +74,16 @@ impl Endpoint {
         listener.set_nonblocking(true).map_err(fail)?;
         let addr = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared { view, commander, reload, snapshot, token, stats, epoch: Instant::now() });
+        let shared = Arc::new(Shared {
+            view,
+            commander,
+            reload: requests.reload,
+            snapshot: requests.snapshot,
+            takeover: requests.takeover,
+            token,
+            stats,
+            epoch: Instant::now(),
+        });
         let thread = std::thread::Builder::new()
             .name("holdfast-http".into())
             .spawn(move || {

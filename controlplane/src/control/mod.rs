@@ -36,7 +36,7 @@ pub use faults::{STALL_AFTER, STOP_GRACE};
 use holdfast_pipeline::FlowHasher;
 use reload::Reloader;
 use saturation::{Active, Saturation};
-pub use view::{LinkView, ReloadRequest, SnapshotRequest, View, status_json};
+pub use view::{LinkView, ReloadRequest, SnapshotRequest, TakeoverRequest, View, status_json};
 
 /// How `holdfast run` runs.
 pub struct Options {
@@ -216,6 +216,9 @@ struct Appliance {
     endpoint: Option<http::Endpoint>,
     reload_rx: crossbeam_channel::Receiver<ReloadRequest>,
     snapshot_rx: crossbeam_channel::Receiver<SnapshotRequest>,
+    takeover_rx: crossbeam_channel::Receiver<TakeoverRequest>,
+    /// The sync endpoint (`sync:`), if any.
+    sync: Option<crate::sync::endpoint::Endpoint>,
     /// An on-demand snapshot being written (`POST /snapshot`), at most one.
     snapshotting: Option<std::thread::JoinHandle<()>>,
     logger: Option<denylog::Logger>,
@@ -271,6 +274,27 @@ impl Appliance {
         }));
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded::<ReloadRequest>();
         let (snapshot_tx, snapshot_rx) = crossbeam_channel::bounded::<SnapshotRequest>(16);
+        let (takeover_tx, takeover_rx) = crossbeam_channel::bounded::<TakeoverRequest>(4);
+        let sync = match cfg.sync.clone() {
+            None => None,
+            Some(s) => {
+                let tables = crate::sync::appliance::ApplianceTables {
+                    commander: running.commander(),
+                    flags: running.link_flags(),
+                    hasher: FlowHasher::new(seed),
+                    timeouts: cfg.engine.timeouts,
+                };
+                let (listen, peer, role) = (s.listen, s.peer, s.role);
+                let e = crate::sync::endpoint::Endpoint::start(s, Box::new(tables)).map_err(|e| ServeError::Setting(format!("sync.listen {listen}: {e}")))?;
+                eprintln!("holdfast: sync: {role:?} on {}, peer {peer}", e.local);
+                Some(e)
+            }
+        };
+        {
+            let mut v = view.write().unwrap_or_else(|p| p.into_inner());
+            v.external = sync.as_ref().map(|e| Arc::clone(&e.status));
+            v.sync = sync.as_ref().map_or(Value::Null, |e| e.status_json());
+        }
         let http_stats = Arc::clone(&view.read().unwrap_or_else(|p| p.into_inner()).http);
         let endpoint = match cfg.control.listen {
             Some(addr) => {
@@ -281,7 +305,14 @@ impl Appliance {
                         if guarded { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
                     );
                 }
-                Some(http::Endpoint::start(addr, Arc::clone(&view), running.commander(), reload_tx, snapshot_tx, Arc::clone(&token), http_stats)?)
+                Some(http::Endpoint::start(
+                    addr,
+                    Arc::clone(&view),
+                    running.commander(),
+                    http::Requests { reload: reload_tx, snapshot: snapshot_tx, takeover: takeover_tx },
+                    Arc::clone(&token),
+                    http_stats,
+                )?)
             }
             None => None,
         };
@@ -310,6 +341,8 @@ impl Appliance {
             endpoint,
             reload_rx,
             snapshot_rx,
+            takeover_rx,
+            sync,
             snapshotting: None,
             logger,
             sat,
@@ -330,6 +363,17 @@ impl Appliance {
         }
         while let Ok(r) = self.snapshot_rx.try_recv() {
             self.snapshot(r);
+        }
+        while let Ok(r) = self.takeover_rx.try_recv() {
+            let result = match &self.sync {
+                None => Err("sync: is not configured: there is no peer's state to take over".to_string()),
+                Some(e) => e.takeover(Duration::from_secs(60)),
+            };
+            match &result {
+                Ok(v) => eprintln!("holdfast: sync: takeover: {v}"),
+                Err(e) => eprintln!("holdfast: sync: takeover FAILED: {e}"),
+            }
+            let _ = r.reply.send(result);
         }
         let snaps = self.running.snapshots();
         // Faults are raised at once, not at the next report.
@@ -372,8 +416,12 @@ impl Appliance {
             self.last_report = Instant::now();
             r
         });
+        let sync = self.sync.as_ref().map(|e| e.status_json());
         let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
         v.uptime_s = self.start.elapsed().as_secs_f64();
+        if let Some(s) = sync {
+            v.sync = s;
+        }
         v.stalled = stalled;
         v.links = self.links.clone();
         v.active = self.sat.active().cloned().collect();
@@ -462,6 +510,11 @@ impl Appliance {
             e.stop();
         }
         let uptime = self.start.elapsed();
+        let sync = self.sync.take().map(|e| {
+            let v = e.status_json();
+            e.stop();
+            v
+        });
         let stopped = self.running.stop(STOP_GRACE);
         for w in &stopped.stuck {
             eprintln!(
@@ -482,6 +535,7 @@ impl Appliance {
         out["saturation_events_total"] = json!(v.raised_total);
         out["deny_log"] = json!({"written": v.log_written, "write_errors": v.log_write_errors});
         out["stuck_workers"] = json!(stopped.stuck);
+        out["sync"] = sync.unwrap_or(Value::Null);
         out
     }
 }

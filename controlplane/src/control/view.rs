@@ -44,6 +44,14 @@ pub struct View {
     /// What the start made of `state.snapshot_dir` (restored, refused, none); `null`
     /// without one.
     pub state: Value,
+    /// The sync endpoint's counters (`null` without `sync:`), and its external cache.
+    pub sync: Value,
+    pub external: Option<std::sync::Arc<std::sync::Mutex<crate::sync::endpoint::Status>>>,
+}
+
+/// `POST /takeover`: commit the peer's flows into the tables now.
+pub struct TakeoverRequest {
+    pub reply: crossbeam_channel::Sender<Result<Value, String>>,
 }
 
 /// An interface as the link watch last saw it.
@@ -156,6 +164,7 @@ pub fn status_json(v: &View) -> Value {
         "restart_needed": v.restart_needed,
         "deny_log": {"written": v.log_written, "write_errors": v.log_write_errors},
         "state": v.state,
+        "sync": v.sync,
     })
 }
 

@@ -52,9 +52,10 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts numbering at `first` (conntrackd uses the time of day).
+    /// Starts numbering at `first` (conntrackd uses the time of day), keeping at most
+    /// `limit` messages for resending (0: none, NOTRACK and ALARM).
     pub fn new(first: u32, limit: usize) -> Sender {
-        Sender { next: first, queue: VecDeque::new(), limit: limit.max(1), hello: true, last_sent: None, stats: Stats::default() }
+        Sender { next: first, queue: VecDeque::new(), limit, hello: true, last_sent: None, stats: Stats::default() }
     }
 
     pub fn queued(&self) -> usize {
@@ -78,11 +79,13 @@ impl Sender {
                 self.hello = false;
             }
         }
-        if self.queue.len() == self.limit {
-            self.queue.pop_front();
-            self.stats.resend_overflow += 1;
+        if self.limit > 0 {
+            if self.queue.len() == self.limit {
+                self.queue.pop_front();
+                self.stats.resend_overflow += 1;
+            }
+            self.queue.push_back(m.clone());
         }
-        self.queue.push_back(m.clone());
         self.stats.sent += 1;
         self.last_sent = Some(now);
         m

@@ -121,7 +121,7 @@ impl Worker {
         self.snap.publish_ns += t.elapsed().as_nanos() as u64;
     }
 
-    pub(super) fn command(&mut self, c: Command) {
+    pub(super) fn command(&mut self, c: Command, now: Instant) {
         match c {
             Command::Reconfigure { generation, engine, policy, recheck, log_rate } => {
                 self.engine.reconfigure(&engine, policy);
@@ -136,6 +136,16 @@ impl Worker {
             Command::Flows { filter, limit, reply } => {
                 let job = Job::Flows { filter, left: limit, pending: VecDeque::new(), reply };
                 self.scans.push_back(Scan { job, cursor: 0 });
+            }
+            Command::Adopt { flows, reply } => {
+                let mut done = (0u64, 0u64);
+                for f in &flows {
+                    match self.engine.adopt(f, now) {
+                        Ok(()) => done.0 += 1,
+                        Err(_) => done.1 += 1,
+                    }
+                }
+                let _ = reply.send(done);
             }
             Command::Export { reply } => {
                 self.scans.push_back(Scan { job: Job::Export { pending: VecDeque::new(), reply }, cursor: 0 });

@@ -1,0 +1,85 @@
+//! The running appliance's tables for the sync endpoint: a sweep asks every worker for
+//! its table a slice per housekeeping round (`Command::Export`, as `holdfast snapshot`
+//! does), a takeover hands each worker the synced flows it owns (`Command::Adopt`)
+//! while every worker drops what it receives as `syncing`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_dataplane::control::{Command, ExportReply, LinkFlags};
+use holdfast_dataplane::run::Commander;
+use holdfast_pipeline::FlowHasher;
+use holdfast_pipeline::conntrack::Timeouts;
+use holdfast_pipeline::engine::SyncedFlow;
+use holdfast_pipeline::flow::owner_of;
+use holdfast_pipeline::snapshot::FlowRecord;
+
+use super::endpoint::Tables;
+
+/// How long a sweep or a takeover waits for a worker's next answer.
+const WORKER_ANSWER: Duration = Duration::from_secs(10);
+/// Flows handed to a worker per command during a takeover.
+const ADOPT_CHUNK: usize = 16_384;
+
+pub struct ApplianceTables {
+    pub commander: Commander,
+    pub flags: Arc<LinkFlags>,
+    pub hasher: FlowHasher,
+    pub timeouts: Timeouts,
+}
+
+impl Tables for ApplianceTables {
+    fn sweep(&mut self) -> Result<Vec<SyncedFlow>, String> {
+        let mut out = Vec::new();
+        for w in 0..self.commander.workers() {
+            let (tx, rx) = crossbeam_channel::bounded(4);
+            if !self.commander.send(w, Command::Export { reply: tx }) {
+                return Err(format!("worker {w} did not take the request"));
+            }
+            loop {
+                match rx.recv_timeout(WORKER_ANSWER) {
+                    Ok(ExportReply::Flows { bytes, .. }) => {
+                        let mut at = 0;
+                        while at < bytes.len() {
+                            let (r, n) = FlowRecord::decode(&bytes[at..], at as u64).map_err(|e| format!("worker {w}'s export: {e}"))?;
+                            out.push(r.synced(&self.timeouts));
+                            at += n;
+                        }
+                    }
+                    Ok(ExportReply::Tombstones { .. }) => {}
+                    Ok(ExportReply::Done { .. }) => break,
+                    Err(_) => return Err(format!("worker {w} stopped answering for {} s", WORKER_ANSWER.as_secs())),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String> {
+        let n = self.commander.workers();
+        let mut per: Vec<Vec<SyncedFlow>> = vec![Vec::new(); n];
+        for f in flows {
+            let w = if n == 1 { 0 } else { owner_of(self.hasher.owner_hash(&f.key().0), n) };
+            per[w].push(f);
+        }
+        // Nothing is judged against a table that does not hold the flows yet.
+        self.flags.set_syncing(true);
+        let result = (|| {
+            let mut done = (0u64, 0u64);
+            for (w, flows) in per.into_iter().enumerate() {
+                for chunk in flows.chunks(ADOPT_CHUNK) {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    if !self.commander.send(w, Command::Adopt { flows: chunk.to_vec(), reply: tx }) {
+                        return Err(format!("worker {w} did not take its flows"));
+                    }
+                    let (ok, refused) = rx.recv_timeout(WORKER_ANSWER).map_err(|_| format!("worker {w} did not answer for {} s", WORKER_ANSWER.as_secs()))?;
+                    done.0 += ok;
+                    done.1 += refused;
+                }
+            }
+            Ok(done)
+        })();
+        self.flags.set_syncing(false);
+        result
+    }
+}

@@ -177,7 +177,7 @@ pub fn encode(m: &Message, out: &mut Vec<u8>) {
                 (proto::ICMP | proto::ICMPV6, Some((ty, code, id))) => {
                     put_attr(out, attr::ICMP_TYPE, &[ty]);
                     put_attr(out, attr::ICMP_CODE, &[code]);
-                    put_attr(out, attr::ICMP_ID, &id.to_be_bytes());
+                    put_attr(out, attr::ICMP_ID, &icmp_id_bytes(id));
                 }
                 (proto::TCP, _) => {
                     put_attr(out, attr::PORT, &[f.sport.to_be_bytes(), f.dport.to_be_bytes()].concat());
@@ -202,6 +202,18 @@ pub fn encoded_len(m: &Message) -> usize {
     let mut v = Vec::new();
     encode(m, &mut v);
     v.len()
+}
+
+/// ICMP_ID on the wire: conntrackd `htons()`es a value libnetfilter_conntrack already
+/// keeps in network order, so the identifier travels byte-swapped — little-endian, as
+/// x86 and arm64 conntrackd write it (measured against conntrackd 1.4.7 in
+/// `tests/conntrackd.rs`; a big-endian conntrackd would write it big-endian).
+fn icmp_id_bytes(id: u16) -> [u8; 2] {
+    id.to_le_bytes()
+}
+
+fn icmp_id_of(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
 }
 
 fn be16(b: &[u8]) -> u16 {
@@ -271,7 +283,7 @@ fn message(m: &[u8], at: usize) -> Result<Message, DecodeError> {
     let proto_ = get(attr::L4PROTO).ok_or_else(|| bad("no L4PROTO attribute"))?[0];
     let ports = get(attr::PORT).map(|d| (be16(&d[0..2]), be16(&d[2..4])));
     let icmp = match (get(attr::ICMP_TYPE), get(attr::ICMP_CODE), get(attr::ICMP_ID)) {
-        (Some(t), Some(c), Some(i)) => Some((t[0], c[0], be16(i))),
+        (Some(t), Some(c), Some(i)) => Some((t[0], c[0], icmp_id_of(i))),
         _ => None,
     };
     let (sport, dport) = match proto_ {

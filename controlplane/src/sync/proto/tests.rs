@@ -82,7 +82,7 @@ fn udp_icmp_ipv6_and_control_messages_by_hand() {
         &[0x00, 5, 0x00, 2, 1, 0, 0, 0],
         &[0x00, 5, 0x00, 22, 8, 0, 0, 0],                        // ICMP_TYPE echo request
         &[0x00, 5, 0x00, 23, 0, 0, 0, 0],                        // ICMP_CODE
-        &[0x00, 6, 0x00, 24, 0x12, 0x34, 0, 0],                  // ICMP_ID 0x1234
+        &[0x00, 6, 0x00, 24, 0x34, 0x12, 0, 0],                  // ICMP_ID 0x1234, byte-swapped as conntrackd writes it
         &[0x00, 8, 0x00, 6, 0, 0, 0, 25],
     ]
     .concat();

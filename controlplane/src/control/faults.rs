@@ -129,3 +129,27 @@ pub(super) fn deny_log(sat: &mut Saturation, logger: &Logger) {
     };
     say(sat.fault("deny_log_write", 0, failing, lost as f64, detail, SystemTime::now()));
 }
+
+/// The sync peer: `sync_lost` while it is silent (after it was heard once), and
+/// `sync_backlog` while more than half the resend queue waits for its ACKs (a slow or
+/// lossy link; a full queue drops messages that only a resync recovers).
+pub(super) fn sync(sat: &mut Saturation, status: &serde_json::Value, resend_limit: usize) {
+    if !status.is_object() {
+        return;
+    }
+    let heard = status["last_heard_s"].as_f64();
+    let lost = heard.is_some() && status["peer_alive"] == false;
+    let detail = match heard {
+        Some(s) if lost => format!("the sync peer has not been heard for {s:.1} s"),
+        _ => "the sync peer is heard again".to_string(),
+    };
+    say(sat.fault("sync_lost", 0, lost, heard.unwrap_or(0.0), detail, SystemTime::now()));
+    let queued = status["resend_queue"].as_u64().unwrap_or(0);
+    let backlog = resend_limit > 0 && queued as usize > resend_limit / 2;
+    let detail = if backlog {
+        format!("{queued} sync message(s) wait for the peer's ACK (queue of {resend_limit}; {} dropped so far)", status["resend_overflow"])
+    } else {
+        "the sync resend queue drained".to_string()
+    };
+    say(sat.fault("sync_backlog", 0, backlog, queued as f64, detail, SystemTime::now()));
+}

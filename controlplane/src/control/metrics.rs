@@ -194,6 +194,33 @@ impl Collector for Metrics {
             vec![(vec![], h.open.load(std::sync::atomic::Ordering::Relaxed))],
         )?;
         write(&mut e, "uptime_seconds", "Seconds since the workers started.", Gauge, vec![(vec![], v.uptime_s)])?;
+        if v.sync.is_object() {
+            let y = |k: &str| v.sync[k].as_u64().unwrap_or(0);
+            for (name, help, key) in [
+                ("sync_messages_sent", "Sync messages sent (flows, numbered).", "messages_sent"),
+                ("sync_messages_resent", "Sync messages sent again after a NACK.", "messages_resent"),
+                ("sync_messages_received", "Sync flow messages received.", "messages_received"),
+                ("sync_nacks_sent", "NACKs sent for gaps in the peer's numbering.", "nacks_sent"),
+                ("sync_nacks_received", "NACKs the peer sent.", "nacks_received"),
+                ("sync_messages_lost", "Messages the peer numbered that never arrived in order.", "messages_lost"),
+                ("sync_malformed", "Sync messages refused by the decoder.", "malformed"),
+                ("sync_resend_overflow", "Messages dropped from a full resend queue (a resync recovers them).", "resend_overflow"),
+                ("sync_send_errors", "Sync datagrams the socket refused.", "send_errors"),
+            ] {
+                write(&mut e, name, help, Counter, vec![(vec![], y(key))])?;
+            }
+            for (name, help, key) in [
+                ("sync_external_cache", "Flows in the external cache (what the peer sent).", "external_cache"),
+                ("sync_resend_queue", "Sync messages waiting for the peer's ACK.", "resend_queue"),
+            ] {
+                write(&mut e, name, help, Gauge, vec![(vec![], y(key))])?;
+            }
+            write(&mut e, "sync_peer_alive", "1 while the sync peer is heard from.", Gauge, vec![(vec![], u64::from(v.sync["peer_alive"] == true))])?;
+            let last = v.sync["last_heard_s"].as_f64().unwrap_or(-1.0);
+            write(&mut e, "sync_last_heard_seconds", "Seconds since the sync peer was last heard (-1: never).", Gauge, vec![(vec![], last)])?;
+            let took = v.sync["takeover"]["seconds"].as_f64().unwrap_or(0.0);
+            write(&mut e, "sync_takeover_seconds", "How long the last takeover's commit took (0: none).", Gauge, vec![(vec![], took)])?;
+        }
         Ok(())
     }
 }

@@ -417,6 +417,9 @@ impl Appliance {
             r
         });
         let sync = self.sync.as_ref().map(|e| e.status_json());
+        if let (Some(s), Some(cfg)) = (&sync, &self.reloader.current().sync) {
+            faults::sync(&mut self.sat, s, if cfg.mode == crate::config::SyncMode::Ftfw { cfg.resend_queue } else { 0 });
+        }
         let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
         v.uptime_s = self.start.elapsed().as_secs_f64();
         if let Some(s) = sync {

@@ -230,9 +230,8 @@ impl Loop {
             self.next_sweep = now + self.cfg.interval;
             self.sweep(now);
         }
-        if self.cfg.mode == SyncMode::Ftfw
-            && let Some(a) = self.sender.alive(now)
-        {
+        // In every mode: a standby must not take a quiet peer for a dead one.
+        if let Some(a) = self.sender.alive(now) {
             self.queue(&a);
         }
         self.flush();

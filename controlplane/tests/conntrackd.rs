@@ -216,3 +216,149 @@ fn holdfast_and_conntrackd_understand_each_other_both_ways() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+const LAB_CONF: &str = r#"
+Sync {
+	Mode FTFW {
+	}
+	UDP {
+		IPv4_address 192.168.79.1
+		IPv4_Destination_Address 192.168.79.2
+		Port 3780
+		Interface hf-sync1
+		Checksum on
+	}
+}
+General {
+	HashSize 8192
+	HashLimit 65536
+	LogFile DIR/conntrackd.log
+	LockFile DIR/lock
+	UNIX {
+		Path DIR/ctl
+	}
+	NetlinkBufferSize 2097152
+	NetlinkBufferSizeMaxGrowth 8388608
+	Filter From Userspace {
+		Address Ignore {
+			IPv4_address 192.168.79.1
+			IPv4_address 192.168.79.2
+		}
+	}
+}
+"#;
+
+struct LabDown(std::path::PathBuf, Vec<std::process::Child>);
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        for c in &mut self.1 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("pkill").args(["-f", &format!("conntrackd -d -C {}", self.0.join("conntrackd.conf").display())]).status();
+        let _ = Command::new("ip").args(["netns", "del", "hf-sync"]).stderr(Stdio::null()).status();
+        holdfast_controlplane::lab::down();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The running appliance's own sync endpoint with conntrackd as its peer: the lab's
+/// HTTP flows reach conntrackd's external cache; conntrackd's flows reach Holdfast's
+/// (`holdfast flows --external`); a takeover commits them.
+#[test]
+fn the_appliance_syncs_with_conntrackd_in_the_lab() {
+    if !common::lab_can_run() || !host::have_or_report(&TOOLS) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hf-sync-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let mut g = LabDown(dir.clone(), vec![]);
+    holdfast_controlplane::lab::up(1).unwrap();
+    let _ = Command::new("ip").args(["netns", "del", "hf-sync"]).stderr(Stdio::null()).status();
+    assert!(Command::new("ip").args(["netns", "add", "hf-sync"]).status().unwrap().success());
+    assert!(
+        Command::new("ip")
+            .args(["link", "add", "hf-sync0", "netns", "hf-fw", "type", "veth", "peer", "name", "hf-sync1", "netns", "hf-sync"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    sh("hf-fw", "ip addr add 192.168.79.2/24 dev hf-sync0 && ip link set hf-sync0 up");
+    sh("hf-sync", "ip addr add 192.168.79.1/24 dev hf-sync1 && ip link set hf-sync1 up && ip link set lo up && ip addr add 10.9.0.1/32 dev lo");
+    sh("hf-sync", "nft add table inet t && nft add chain inet t c '{ type filter hook output priority 0; }' && nft add rule inet t c ct state new counter");
+    let conf = dir.join("conntrackd.conf");
+    std::fs::write(&conf, LAB_CONF.replace("DIR", &dir.display().to_string())).unwrap();
+    let ctl = format!("conntrackd -C {}", conf.display());
+    sh("hf-sync", &format!("{ctl} -d"));
+
+    std::fs::write(dir.join("www/index.html"), "hello\n").unwrap();
+    let web = Command::new("ip")
+        .args(["netns", "exec", "hf-in", "python3", "-m", "http.server", "80", "--bind", "10.0.2.1", "--directory"])
+        .arg(dir.join("www"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    g.1.push(web);
+    let cfg = dir.join("hf.yaml");
+    let text = holdfast_controlplane::lab::config_text(1)
+        + "\nsync:\n  listen: 192.168.79.2:3780\n  peer: 192.168.79.1:3780\n  interface: hf-sync0\n  mode: ftfw\n  role: standby\n  takeover: manual\n  interval: 200ms\n";
+    std::fs::write(&cfg, text).unwrap();
+    let err = std::fs::File::create(dir.join("hf.err")).unwrap();
+    let app = Command::new("ip")
+        .args(["netns", "exec", "hf-fw", env!("CARGO_BIN_EXE_holdfast"), "run", "--quiet", "--json", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let hf = |args: &[&str]| Command::new("ip").args(["netns", "exec", "hf-fw", env!("CARGO_BIN_EXE_holdfast")]).args(args).output().unwrap();
+    let t = Instant::now();
+    while !hf(&["status", "--json"]).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the appliance did not start: {}", std::fs::read_to_string(dir.join("hf.err")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Holdfast -> conntrackd: HTTP through the appliance.
+    let t = Instant::now();
+    while !Command::new("ip")
+        .args(["netns", "exec", "hf-out", "curl", "-sf", "-o", "/dev/null", "--max-time", "2", "http://10.0.2.1/"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "HTTP through the appliance");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = Instant::now();
+    let mut ext = String::new();
+    while t.elapsed() < Duration::from_secs(10) && !ext.contains("dst=10.0.2.1") {
+        std::thread::sleep(Duration::from_millis(200));
+        ext = sh("hf-sync", &format!("{ctl} -e"));
+    }
+    eprintln!("conntrackd -e:\n{ext}");
+    assert!(ext.lines().any(|l| l.starts_with("tcp") && l.contains("src=10.0.1.1 dst=10.0.2.1") && l.contains("dport=80")), "{ext}");
+    // conntrackd -> Holdfast: a flow in conntrackd's kernel.
+    sh("hf-sync", "python3 -c 'import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b\"q\",(\"10.9.0.1\",5353))'");
+    let t = Instant::now();
+    let mut listed = String::new();
+    while t.elapsed() < Duration::from_secs(10) && !listed.contains("5353") {
+        std::thread::sleep(Duration::from_millis(200));
+        listed = String::from_utf8_lossy(&hf(&["flows", "--external", "--json"]).stdout).into_owned();
+    }
+    eprintln!("holdfast flows --external:\n{listed}");
+    assert!(listed.lines().any(|l| l.contains("\"dport\":5353") && l.contains("\"src\":\"10.9.0.1\"") && l.contains("\"external\":true")), "{listed}");
+    let took = hf(&["takeover", "--json"]);
+    assert!(took.status.success(), "{}", String::from_utf8_lossy(&took.stderr));
+    let took: serde_json::Value = serde_json::from_slice(&took.stdout).unwrap();
+    assert!(took["adopted"].as_u64().unwrap() >= 1, "{took}");
+    let stats = sh("hf-sync", &format!("{ctl} -s"));
+    assert!(stats.contains(" 0 Malformed msgs"), "conntrackd refused none of Holdfast's messages:\n{stats}");
+    assert!(Command::new("kill").args(["-TERM", &app.id().to_string()]).status().unwrap().success());
+    let out = app.wait_with_output().unwrap();
+    let fin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("holdfast's sync at stop: {}", fin["sync"]);
+    assert_eq!(fin["sync"]["malformed"], 0, "Holdfast refused none of conntrackd's messages");
+    assert!(fin["sync"]["messages_sent"].as_u64().unwrap() >= 1);
+    assert_eq!(fin["sync"]["takeover"]["adopted"], took["adopted"]);
+}

@@ -303,7 +303,7 @@ fn the_appliance_syncs_with_conntrackd_in_the_lab() {
     g.1.push(web);
     let cfg = dir.join("hf.yaml");
     let text = holdfast_controlplane::lab::config_text(1)
-        + "\nsync:\n  listen: 192.168.79.2:3780\n  peer: 192.168.79.1:3780\n  interface: hf-sync0\n  mode: ftfw\n  role: standby\n  takeover: manual\n  interval: 200ms\n";
+        + "\nsync:\n  listen: 192.168.79.2:3780\n  peer: 192.168.79.1:3780\n  interface: hf-sync0\n  mode: ftfw\n  role: active\n  takeover: manual\n  interval: 200ms\n";
     std::fs::write(&cfg, text).unwrap();
     let err = std::fs::File::create(dir.join("hf.err")).unwrap();
     let app = Command::new("ip")

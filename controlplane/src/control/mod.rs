@@ -287,6 +287,12 @@ impl Appliance {
                 let (listen, peer, role) = (s.listen, s.peer, s.role);
                 let e = crate::sync::endpoint::Endpoint::start(s, Box::new(tables)).map_err(|e| ServeError::Setting(format!("sync.listen {listen}: {e}")))?;
                 eprintln!("holdfast: sync: {role:?} on {}, peer {peer}", e.local);
+                if role == crate::config::Role::Standby {
+                    // A standby forwards nothing until it has taken over: judged against
+                    // a table without the peer's flows, their replies would be denied.
+                    running.set_syncing(true);
+                    eprintln!("holdfast: sync: standby: frames are dropped as `syncing` until a takeover commits the peer's flows");
+                }
                 Some(e)
             }
         };

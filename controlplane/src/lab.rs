@@ -18,6 +18,8 @@ use holdfast_dataplane::host::{self, Tool};
 use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
+pub mod ha;
+
 pub const NAMESPACES: [&str; 3] = ["hf-out", "hf-in", "hf-fw"];
 pub const CLIENT: &str = "10.0.1.1";
 pub const SERVERS: usize = 8;
@@ -127,7 +129,7 @@ fn run_in(ns: &str, cmd: &[&str]) -> Result<String, LabError> {
 /// removed.
 pub fn down() -> Vec<String> {
     let mut left = Vec::new();
-    for ns in NAMESPACES {
+    for ns in NAMESPACES.iter().chain([&ha::STANDBY_NS]) {
         if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
             for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
@@ -138,7 +140,7 @@ pub fn down() -> Vec<String> {
     if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if NAMESPACES.contains(&name) {
+            if NAMESPACES.contains(&name) || name == ha::STANDBY_NS {
                 left.push(name.to_string());
             }
         }

@@ -167,6 +167,10 @@ pub struct LabArgs {
     /// Leave the lab running to poke at (`holdfast lab down` removes it).
     #[arg(long)]
     pub keep: bool,
+    /// Failover instead: two appliances syncing state, the active killed mid-download,
+    /// the standby taking over (docs/sync.md).
+    #[arg(long)]
+    pub ha: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -27,6 +27,31 @@ impl LabArgs {
             None => {}
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| "holdfast".into());
+        if self.ha {
+            if !holdfast_dataplane::sys::is_root() {
+                return Err(Error::failed("lab --ha", lab::LabError::NotRoot));
+            }
+            let missing = holdfast_dataplane::host::missing(&lab::TOOLS);
+            if !missing.is_empty() {
+                return Err(Error::failed("lab --ha", lab::LabError::MissingTools(missing)));
+            }
+            holdfast_dataplane::sys::catch_stop_signals();
+            let v = lab::ha::run(&exe, self.keep).map_err(|e| {
+                if !self.keep {
+                    lab::down();
+                }
+                Error::failed("lab --ha", e)
+            })?;
+            if self.json {
+                println!("{v}");
+            } else {
+                print!("{}", lab::ha::human(&v));
+            }
+            if v["identical"] != true || v["forbidden_drops"] != 0 {
+                return Err(Error::failed("lab --ha", "the download did not survive the failover intact (see above)"));
+            }
+            return Ok(());
+        }
         let opts = lab::Options { workers: self.workers.max(1), requests: self.requests, keep: self.keep };
         let v = lab::run(&exe, &opts).map_err(|e| {
             if !self.keep {

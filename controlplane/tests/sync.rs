@@ -81,6 +81,7 @@ fn cfg(listen: SocketAddr, peer: SocketAddr, role: Role) -> Sync {
     Sync {
         listen,
         peer,
+        group: None,
         interface: None,
         mode: SyncMode::Ftfw,
         role,
@@ -220,8 +221,21 @@ mod pair {
         c
     }
 
+    /// The lab's namespace names are fixed: one pair at a time.
+    static PAIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn two_appliances_sync_through_five_percent_loss() {
+        pair(false);
+    }
+
+    #[test]
+    fn two_appliances_sync_over_multicast_through_the_same_loss() {
+        pair(true);
+    }
+
+    fn pair(multicast: bool) {
+        let _l = PAIR.lock().unwrap_or_else(|p| p.into_inner());
         if !holdfast_dataplane::sys::is_root() {
             holdfast_dataplane::host::report_skip("needs root for network namespaces and XDP (CI runs it as root)");
             return;
@@ -270,8 +284,9 @@ mod pair {
             .spawn()
             .unwrap();
         g.1.push(web);
+        let transport = if multicast { "  transport: multicast\n  group: 225.0.0.50\n" } else { "  transport: udp\n" };
         let sync = |listen: &str, peer: &str, role: &str| {
-            format!("\nsync:\n  listen: {listen}:3780\n  peer: {peer}:3780\n  mode: ftfw\n  role: {role}\n  takeover: manual\n  interval: 200ms\n")
+            format!("\nsync:\n{transport}  listen: {listen}:3780\n  peer: {peer}:3780\n  mode: ftfw\n  role: {role}\n  takeover: manual\n  interval: 200ms\n")
         };
         let active = start("hf-fw", &dir, "active", &(lab::config_text(1) + &sync("192.168.79.2", "192.168.79.1", "active")));
         let standby_cfg = lab::config_text(1)

@@ -50,8 +50,12 @@ pub enum Role {
 /// `sync.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sync {
+    /// The local address (unicast: bound; multicast: where the group is joined).
     pub listen: std::net::SocketAddr,
+    /// The peer: the only source whose datagrams are read.
     pub peer: std::net::SocketAddr,
+    /// `transport: multicast`: messages go to this group (on `listen`'s port).
+    pub group: Option<std::net::Ipv4Addr>,
     pub interface: Option<String>,
     pub mode: SyncMode,
     pub role: Role,

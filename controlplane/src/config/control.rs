@@ -97,19 +97,20 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
     use super::compiled::{Role, Sync, SyncMode};
     use serde_saphyr::Location;
     let loc = |v: &Option<serde_saphyr::Spanned<String>>| v.as_ref().map_or(Location::UNKNOWN, |v| v.referenced);
-    if let Some(t) = &s.transport
-        && t.value.trim() != "udp"
-    {
-        let msg = if t.value.trim() == "multicast" {
-            "sync.transport: multicast is not implemented yet; use udp with a unicast peer".to_string()
-        } else {
-            format!("sync.transport: {:?} is not udp", t.value)
-        };
-        return Err(cx.at(t.referenced, msg));
-    }
-    if let Some(g) = &s.group {
-        return Err(cx.at(g.referenced, "sync.group is for multicast, which is not implemented yet; use a unicast peer"));
-    }
+    let multicast = match s.transport.as_ref().map(|t| t.value.trim()) {
+        None | Some("udp") => false,
+        Some("multicast") => true,
+        Some(other) => return Err(cx.at(loc(&s.transport), format!("sync.transport: {other:?} is not udp or multicast"))),
+    };
+    let group = match (&s.group, multicast) {
+        (Some(g), true) => match g.value.trim().parse::<std::net::Ipv4Addr>() {
+            Ok(a) if a.is_multicast() => Some(a),
+            _ => return Err(cx.at(g.referenced, format!("sync.group: {:?} is not an IPv4 multicast address such as 225.0.0.50", g.value))),
+        },
+        (Some(g), false) => return Err(cx.at(g.referenced, "sync.group is for transport: multicast")),
+        (None, true) => return Err(cx.at(loc(&s.transport), "sync.transport: multicast needs sync.group (e.g. 225.0.0.50)")),
+        (None, false) => None,
+    };
     let addr = |v: &Option<serde_saphyr::Spanned<String>>, key: &str| -> Result<std::net::SocketAddr, ConfigError> {
         let Some(v) = v else { return Err(cx.at(Location::UNKNOWN, format!("sync.{key} is required (an address:port, e.g. 192.168.77.1:3780)"))) };
         v.value.trim().parse().map_err(|_| cx.at(v.referenced, format!("sync.{key}: {:?} is not an address:port such as 192.168.77.1:3780", v.value)))
@@ -118,6 +119,9 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
     let peer = addr(&s.peer, "peer")?;
     if listen == peer {
         return Err(cx.at(loc(&s.peer), "sync.peer is sync.listen itself"));
+    }
+    if group.is_some() && !listen.is_ipv4() {
+        return Err(cx.at(loc(&s.listen), "sync.listen: multicast joins the group on this IPv4 address: give the sync interface's address"));
     }
     let mode = match s.mode.as_ref().map(|m| m.value.trim()) {
         None | Some("ftfw") => SyncMode::Ftfw,
@@ -172,6 +176,7 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
     Ok(Sync {
         listen,
         peer,
+        group,
         interface,
         mode,
         role,

@@ -380,7 +380,13 @@ fn sync_keys_are_checked_where_they_are_written() {
     assert!(err("sync:\n  peer: 1.2.3.4:1\n").message.contains("sync.listen is required"));
     let e = err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  mode: tcp\n");
     assert!(e.message.contains("not ftfw, notrack or alarm") && e.line == 4, "{e}");
-    assert!(err("sync:\n  transport: multicast\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n").message.contains("not implemented yet"));
+    assert!(err("sync:\n  transport: multicast\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n").message.contains("multicast needs sync.group"));
+    assert!(
+        err("sync:\n  transport: multicast\n  group: 10.0.0.1\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n").message.contains("not an IPv4 multicast address")
+    );
+    assert!(err("sync:\n  group: 225.0.0.50\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n").message.contains("for transport: multicast"));
+    let m = parse("sync:\n  transport: multicast\n  group: 225.0.0.50\n  listen: 1.1.1.1:3780\n  peer: 1.2.3.4:3780\n", "t.yaml").unwrap().sync.unwrap();
+    assert_eq!(m.group, Some(std::net::Ipv4Addr::new(225, 0, 0, 50)));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  dead_interval: 10ms\n").message.contains("sync.dead_interval must be between"));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  ack_window: 0\n").message.contains("sync.ack_window"));
 }

@@ -117,7 +117,22 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds `cfg.listen` and starts the thread.
     pub fn start(cfg: Sync, tables: Box<dyn Tables>) -> std::io::Result<Endpoint> {
-        let sock = UdpSocket::bind(cfg.listen)?;
+        let sock = match (cfg.group, cfg.listen) {
+            (Some(group), SocketAddr::V4(l)) => {
+                // conntrackd's multicast transport: bound to the group's port, joined and
+                // sent on the sync interface's address (its IPv4_interface), never
+                // looped back, one hop.
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+                s.set_reuse_address(true)?;
+                s.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, l.port())).into())?;
+                s.join_multicast_v4(&group, l.ip())?;
+                s.set_multicast_if_v4(l.ip())?;
+                s.set_multicast_loop_v4(false)?;
+                s.set_multicast_ttl_v4(1)?;
+                UdpSocket::from(s)
+            }
+            _ => UdpSocket::bind(cfg.listen)?,
+        };
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let local = sock.local_addr()?;
         let status = Arc::new(Mutex::new(Status { active: cfg.role == Role::Active, ..Status::default() }));
@@ -293,6 +308,9 @@ impl Loop {
                     for (f, range) in got.send {
                         self.ctl(f, range);
                     }
+                    if got.resync {
+                        self.ctl(flag::RESYNC, (0, 0));
+                    }
                     got.apply
                 } else {
                     self.receiver.last_heard = Some(now);
@@ -396,7 +414,11 @@ impl Loop {
         if self.out.is_empty() {
             return;
         }
-        let ok = self.sock.send_to(&self.out, self.cfg.peer).is_ok();
+        let to = match self.cfg.group {
+            Some(g) => SocketAddr::from((g, self.cfg.listen.port())),
+            None => self.cfg.peer,
+        };
+        let ok = self.sock.send_to(&self.out, to).is_ok();
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             s.datagrams_sent += 1;

@@ -97,12 +97,15 @@ impl Sender {
         let Message::Ctl { flags, range, .. } = m else { return Reply::None };
         if flags & flag::RESYNC != 0 {
             self.stats.resyncs_received += 1;
+            // The whole table follows, numbered afresh: nothing queued is needed.
+            self.queue.clear();
             return Reply::Resync;
         }
         let Some((from, to)) = *range else { return Reply::None };
         if flags & flag::ACK != 0 {
-            // Everything numbered up to `to` arrived.
-            self.queue.retain(|q| before(to, q.seq()));
+            // What was numbered `from..=to` arrived (and only that: a message before
+            // `from` may never have).
+            self.queue.retain(|q| before(q.seq(), from) || before(to, q.seq()));
         }
         if flags & flag::NACK != 0 {
             self.stats.nacks_received += 1;
@@ -165,6 +168,9 @@ pub struct Received {
     pub apply: bool,
     /// Control messages to send back (ACK, NACK).
     pub send: Vec<(u8, (u32, u32))>,
+    /// The first message heard was not a HELLO: what came before it (the HELLO
+    /// included) was lost, and no number says how much. Ask for the whole table.
+    pub resync: bool,
 }
 
 impl Receiver {
@@ -177,6 +183,7 @@ impl Receiver {
         self.last_heard = Some(now);
         self.stats.received += 1;
         let mut send = Vec::new();
+        let resync = self.last.is_none() && !hello;
         if hello {
             // A restarted peer: start over from this number.
             self.last = None;
@@ -186,7 +193,7 @@ impl Receiver {
         match self.last {
             Some(l) if before(seq, l.wrapping_add(1)) => {
                 // Old or duplicate: already applied (a resend crossed an ACK).
-                return Received { apply: false, send };
+                return Received { apply: false, send, resync };
             }
             Some(l) if seq != l.wrapping_add(1) => {
                 let (from, to) = (l.wrapping_add(1), seq.wrapping_sub(1));
@@ -205,7 +212,7 @@ impl Receiver {
             self.window_start = Some(seq.wrapping_add(1));
             self.in_window = 0;
         }
-        Received { apply: true, send }
+        Received { apply: true, send, resync }
     }
 
     /// The peer's ALIVE, carrying its last number: a lost tail shows as a gap; an idle
@@ -344,7 +351,10 @@ mod tests {
     fn a_restarted_peer_says_hello_and_is_not_taken_for_a_gap() {
         let now = Instant::now();
         let mut r = Receiver::new(ACK_WINDOW);
-        assert!(r.data(100, true, now).send.is_empty());
+        assert!(!r.data(100, true, now).resync);
+        let mut joined = Receiver::new(ACK_WINDOW);
+        assert!(joined.data(500, false, now).resync, "the stream's start (its HELLO) was lost: ask for everything");
+        assert!(!joined.data(501, false, now).resync);
         assert!(r.data(101, false, now).send.is_empty());
         // The peer restarts and numbers from elsewhere.
         let got = r.data(5, true, now);

@@ -50,6 +50,35 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // A sweep's cost on the sync thread at 1M flows, in the steady state (nothing
+    // changed): the workers' export decoded, each record seen as a synced flow, and
+    // compared with what was last sent (the endpoint's diff, over a map as large).
+    let big = Loaded::new(1_000_000);
+    let mut bytes = Vec::new();
+    for r in big.engine.export(big.now) {
+        r.encode(&mut bytes);
+    }
+    let sent: std::collections::HashMap<holdfast_pipeline::FlowKey, SyncedFlow> =
+        big.engine.export(big.now).map(|r| r.synced(&t)).map(|f| (f.key().0, f)).collect();
+    let mut g = c.benchmark_group("sweep");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(sent.len() as u64));
+    g.bench_function("decode_and_diff_1m", |b| {
+        b.iter(|| {
+            let (mut at, mut changed) = (0, 0usize);
+            while at < bytes.len() {
+                let (r, n) = holdfast_pipeline::snapshot::FlowRecord::decode(&bytes[at..], at as u64).unwrap();
+                let f = r.synced(&t);
+                if sent.get(&f.key().0).is_none_or(|o| o.tcp_state != f.tcp_state || o.status != f.status) {
+                    changed += 1;
+                }
+                at += n;
+            }
+            assert_eq!(changed, 0);
+        })
+    });
+    g.finish();
+    drop(big);
     let mut g = c.benchmark_group("takeover");
     g.sample_size(10);
     for n in [100_000usize, 1_000_000] {

@@ -41,11 +41,7 @@ impl Drop for Down {
     }
 }
 
-fn sh(ns: &str, cmd: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
-    assert!(out.status.success(), "in {ns}: {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{hf, sh};
 
 /// Receives datagrams on 192.168.78.2:3780 (printing them as hex lines) and sends
 /// the hex lines it reads on stdin to conntrackd.
@@ -63,36 +59,17 @@ for line in sys.stdin:
     s.sendto(bytes.fromhex(line.strip()), ("192.168.78.1", 3780))
 "#;
 
-const CONF: &str = r#"
-Sync {
-	Mode FTFW {
-	}
-	UDP {
-		IPv4_address 192.168.78.1
-		IPv4_Destination_Address 192.168.78.2
-		Port 3780
-		Interface hfs-linux0
-		Checksum on
-	}
+/// conntrackd's configuration: FTFW over unicast UDP from `local` to `peer` on
+/// `interface`, its files in `dir`, the sync link's own addresses ignored.
+fn conntrackd_conf(local: &str, peer: &str, interface: &str, dir: &std::path::Path) -> String {
+    format!(
+        "Sync {{\n\tMode FTFW {{\n\t}}\n\tUDP {{\n\t\tIPv4_address {local}\n\t\tIPv4_Destination_Address {peer}\n\t\tPort 3780\n\t\tInterface {interface}\n\t\tChecksum on\n\t}}\n}}\n\
+         General {{\n\tHashSize 8192\n\tHashLimit 65536\n\tLogFile {d}/conntrackd.log\n\tLockFile {d}/lock\n\tUNIX {{\n\t\tPath {d}/ctl\n\t}}\n\
+         \tNetlinkBufferSize 2097152\n\tNetlinkBufferSizeMaxGrowth 8388608\n\tFilter From Userspace {{\n\t\tAddress Ignore {{\n\
+         \t\t\tIPv4_address {local}\n\t\t\tIPv4_address {peer}\n\t\t}}\n\t}}\n}}\n",
+        d = dir.display()
+    )
 }
-General {
-	HashSize 8192
-	HashLimit 65536
-	LogFile DIR/conntrackd.log
-	LockFile DIR/lock
-	UNIX {
-		Path DIR/ctl
-	}
-	NetlinkBufferSize 2097152
-	NetlinkBufferSizeMaxGrowth 8388608
-	Filter From Userspace {
-		Address Ignore {
-			IPv4_address 192.168.78.1
-			IPv4_address 192.168.78.2
-		}
-	}
-}
-"#;
 
 fn flow(proto_: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> SyncedFlow {
     SyncedFlow {
@@ -135,7 +112,7 @@ fn holdfast_and_conntrackd_understand_each_other_both_ways() {
     // Conntrack is on in a namespace once a rule uses it.
     sh("hfs-linux", "nft add table inet t && nft add chain inet t c '{ type filter hook output priority 0; }' && nft add rule inet t c ct state new counter");
     let conf = dir.join("conntrackd.conf");
-    std::fs::write(&conf, CONF.replace("DIR", &dir.display().to_string())).unwrap();
+    std::fs::write(&conf, conntrackd_conf("192.168.78.1", "192.168.78.2", "hfs-linux0", &dir)).unwrap();
     let mut peer =
         Command::new("ip").args(["netns", "exec", "hfs-peer", "python3", "-c", PEER_PY]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut tx = peer.stdin.take().unwrap();
@@ -217,37 +194,6 @@ fn holdfast_and_conntrackd_understand_each_other_both_ways() {
     let _ = peer.wait();
 }
 
-const LAB_CONF: &str = r#"
-Sync {
-	Mode FTFW {
-	}
-	UDP {
-		IPv4_address 192.168.79.1
-		IPv4_Destination_Address 192.168.79.2
-		Port 3780
-		Interface hf-sync1
-		Checksum on
-	}
-}
-General {
-	HashSize 8192
-	HashLimit 65536
-	LogFile DIR/conntrackd.log
-	LockFile DIR/lock
-	UNIX {
-		Path DIR/ctl
-	}
-	NetlinkBufferSize 2097152
-	NetlinkBufferSizeMaxGrowth 8388608
-	Filter From Userspace {
-		Address Ignore {
-			IPv4_address 192.168.79.1
-			IPv4_address 192.168.79.2
-		}
-	}
-}
-"#;
-
 struct LabDown(std::path::PathBuf, Vec<std::process::Child>);
 impl Drop for LabDown {
     fn drop(&mut self) {
@@ -274,51 +220,19 @@ fn the_appliance_syncs_with_conntrackd_in_the_lab() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("www")).unwrap();
     let mut g = LabDown(dir.clone(), vec![]);
-    holdfast_controlplane::lab::up(1).unwrap();
-    let _ = Command::new("ip").args(["netns", "del", "hf-sync"]).stderr(Stdio::null()).status();
-    assert!(Command::new("ip").args(["netns", "add", "hf-sync"]).status().unwrap().success());
-    assert!(
-        Command::new("ip")
-            .args(["link", "add", "hf-sync0", "netns", "hf-fw", "type", "veth", "peer", "name", "hf-sync1", "netns", "hf-sync"])
-            .status()
-            .unwrap()
-            .success()
-    );
-    sh("hf-fw", "ip addr add 192.168.79.2/24 dev hf-sync0 && ip link set hf-sync0 up");
-    sh("hf-sync", "ip addr add 192.168.79.1/24 dev hf-sync1 && ip link set hf-sync1 up && ip link set lo up && ip addr add 10.9.0.1/32 dev lo");
+    common::lab_with_sync_peer("hf-sync");
+    sh("hf-sync", "ip addr add 10.9.0.1/32 dev lo");
     sh("hf-sync", "nft add table inet t && nft add chain inet t c '{ type filter hook output priority 0; }' && nft add rule inet t c ct state new counter");
     let conf = dir.join("conntrackd.conf");
-    std::fs::write(&conf, LAB_CONF.replace("DIR", &dir.display().to_string())).unwrap();
+    std::fs::write(&conf, conntrackd_conf("192.168.79.1", "192.168.79.2", "hf-sync1", &dir)).unwrap();
     let ctl = format!("conntrackd -C {}", conf.display());
     sh("hf-sync", &format!("{ctl} -d"));
 
-    std::fs::write(dir.join("www/index.html"), "hello\n").unwrap();
-    let web = Command::new("ip")
-        .args(["netns", "exec", "hf-in", "python3", "-m", "http.server", "80", "--bind", "10.0.2.1", "--directory"])
-        .arg(dir.join("www"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    g.1.push(web);
-    let cfg = dir.join("hf.yaml");
+    g.1.push(common::web_server(&dir));
     let text = holdfast_controlplane::lab::config_text(1)
         + "\nsync:\n  listen: 192.168.79.2:3780\n  peer: 192.168.79.1:3780\n  interface: hf-sync0\n  mode: ftfw\n  role: active\n  takeover: manual\n  interval: 200ms\n";
-    std::fs::write(&cfg, text).unwrap();
-    let err = std::fs::File::create(dir.join("hf.err")).unwrap();
-    let app = Command::new("ip")
-        .args(["netns", "exec", "hf-fw", env!("CARGO_BIN_EXE_holdfast"), "run", "--quiet", "--json", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let hf = |args: &[&str]| Command::new("ip").args(["netns", "exec", "hf-fw", env!("CARGO_BIN_EXE_holdfast")]).args(args).output().unwrap();
-    let t = Instant::now();
-    while !hf(&["status", "--json"]).status.success() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the appliance did not start: {}", std::fs::read_to_string(dir.join("hf.err")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let app = common::appliance("hf-fw", &dir, "hf", &text);
+    let hf = |args: &[&str]| hf("hf-fw", args);
     // Holdfast -> conntrackd: HTTP through the appliance.
     let t = Instant::now();
     while !Command::new("ip")

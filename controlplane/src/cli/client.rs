@@ -113,8 +113,12 @@ impl ClientCmd {
                     std::thread::sleep(std::time::Duration::from_nanos(a.interval.as_nanos().max(100_000_000)));
                 }
             }
+            ClientCmd::Resync(a) => {
+                let v = client::takeover(&target(&a)?, true).map_err(|e| Error::failed("resync", e))?;
+                if a.json { println!("{v}") } else { println!("holdfast: resync: {}", v["resync"].as_str().unwrap_or("?")) }
+            }
             ClientCmd::Takeover(a) => {
-                let v = client::takeover(&target(&a)?).map_err(|e| Error::failed("takeover", e))?;
+                let v = client::takeover(&target(&a)?, false).map_err(|e| Error::failed("takeover", e))?;
                 if a.json {
                     println!("{v}");
                 } else {

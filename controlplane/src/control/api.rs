@@ -156,7 +156,7 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
             }
             external(sh, &query)
         }
-        "/reload" | "/snapshot" | "/takeover" if *req.method() == Method::POST => {
+        "/reload" | "/snapshot" | "/takeover" | "/resync" if *req.method() == Method::POST => {
             if let Err(r) = authorize(&req, peer, sh) {
                 return *r;
             }
@@ -176,15 +176,17 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
             match path.as_str() {
                 "/reload" => reload(sh).await,
                 "/snapshot" => snapshot(sh).await,
-                _ => takeover(sh).await,
+                "/resync" => takeover(sh, true).await,
+                _ => takeover(sh, false).await,
             }
         }
         "/metrics" | "/status" | "/flows" => method_not_allowed("GET, HEAD"),
-        "/reload" | "/snapshot" | "/takeover" => method_not_allowed("POST"),
+        "/reload" | "/snapshot" | "/takeover" | "/resync" => method_not_allowed("POST"),
         "/flows/external" => method_not_allowed("GET, HEAD"),
-        _ => {
-            plain(StatusCode::NOT_FOUND, format!("not found: {path}; try GET /metrics, /status, /flows, /flows/external or POST /reload, /snapshot, /takeover"))
-        }
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            format!("not found: {path}; try GET /metrics, /status, /flows, /flows/external or POST /reload, /snapshot, /takeover, /resync"),
+        ),
     }
 }
 
@@ -223,9 +225,9 @@ async fn reload(sh: &Shared) -> Response<Body> {
 /// How long `POST /takeover` waits for the commit.
 const TAKEOVER_ANSWER: Duration = Duration::from_secs(50);
 
-async fn takeover(sh: &Shared) -> Response<Body> {
+async fn takeover(sh: &Shared, resync: bool) -> Response<Body> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    if sh.takeover.try_send(TakeoverRequest { reply: tx }).is_err() {
+    if sh.takeover.try_send(TakeoverRequest { resync, reply: tx }).is_err() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "a takeover is already waiting, or the appliance is stopping");
     }
     match poll_recv(&rx, TAKEOVER_ANSWER).await {

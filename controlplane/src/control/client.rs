@@ -342,10 +342,12 @@ pub fn reload(addr: &Target, wait: bool) -> Result<Value, ClientError> {
     Ok(v)
 }
 
-/// Asks a standby to take over; returns what was committed.
-pub fn takeover(addr: &Target) -> Result<Value, ClientError> {
-    let path = || "/takeover".to_string();
-    let (code, body) = request(addr, "POST", "/takeover")?;
+/// Asks a standby to take over (`resync`: asks the peer for its whole table
+/// instead); returns what was done.
+pub fn takeover(addr: &Target, resync: bool) -> Result<Value, ClientError> {
+    let p = if resync { "/resync" } else { "/takeover" };
+    let path = || p.to_string();
+    let (code, body) = request(addr, "POST", p)?;
     let http_error = || ClientError::Status { path: path(), code, body: body.trim().to_string() };
     let v: Value = serde_json::from_str(&body).map_err(|_| http_error())?;
     if code != 200 {

@@ -372,7 +372,11 @@ impl Appliance {
         }
         while let Ok(r) = self.takeover_rx.try_recv() {
             let result = match &self.sync {
-                None => Err("sync: is not configured: there is no peer's state to take over".to_string()),
+                None => Err("sync: is not configured: there is no sync peer".to_string()),
+                Some(e) if r.resync => {
+                    e.resync();
+                    Ok(json!({"resync": "asked the peer for its whole table"}))
+                }
                 Some(e) => e.takeover(Duration::from_secs(60)),
             };
             match &result {

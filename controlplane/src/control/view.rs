@@ -49,8 +49,10 @@ pub struct View {
     pub external: Option<std::sync::Arc<std::sync::Mutex<crate::sync::endpoint::Status>>>,
 }
 
-/// `POST /takeover`: commit the peer's flows into the tables now.
+/// `POST /takeover` (commit the peer's flows into the tables now) or `POST /resync`
+/// (ask the peer for its whole table).
 pub struct TakeoverRequest {
+    pub resync: bool,
     pub reply: crossbeam_channel::Sender<Result<Value, String>>,
 }
 

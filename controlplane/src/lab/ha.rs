@@ -150,6 +150,15 @@ pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
     sh("hf-out", "ip link set hf-out1 down && ip link set hf-ob1 up")?;
     sh("hf-in", "ip link set hf-in1 down && ip link set hf-ib1 up")?;
     let out = download.wait_with_output().map_err(LabError::io("the download"))?;
+    // What the client's bridge received over each path, as the kernel counts it.
+    let received = |port: &str| -> u64 {
+        run_in("hf-out", &["ip", "-j", "-s", "link", "show", "dev", port])
+            .ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .and_then(|v| v[0]["stats64"]["rx"]["bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    let (via_active, via_standby) = (received("hf-out1"), received("hf-ob1"));
     let download_s = failed_at.elapsed().as_secs_f64() + FAIL_AFTER.as_secs_f64();
     let identical = out.status.success() && std::fs::read(&got).is_ok_and(|b| b == big);
     let _ = in_ns(STANDBY_NS, &["kill", "-TERM", &standby.id().to_string()]).status();
@@ -170,6 +179,11 @@ pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
         "standby_drops": d,
         "standby_forwarding_drops": fin["totals"]["forward_drops"],
         "standby_tx": fin["totals"]["tx"],
+        "client_bytes_via_active": via_active,
+        "client_bytes_via_standby": via_standby,
+        "standby_rx": fin["totals"]["rx"],
+        "standby_xdp": fin["totals"]["xdp"],
+        "standby_passed": fin["totals"]["passed"],
         "forbidden_drops": forbidden,
         "standby_sync": fin["sync"],
     }))

@@ -232,7 +232,7 @@ impl Loop {
                 let _ = reply.send(self.takeover(Instant::now()));
             }
             Request::Resync => {
-                let m = self.sender.ctl(flag::RESYNC, Some((0, 0)));
+                let m = self.sender.ctl(flag::RESYNC, Some((0, 0)), Instant::now());
                 self.queue(&m);
                 self.flush();
             }
@@ -277,7 +277,7 @@ impl Loop {
 
     /// Sends a control message now (ACK/NACK must not wait for a sweep).
     fn ctl(&mut self, flags: u8, range: (u32, u32)) {
-        let m = self.sender.ctl(flags, Some(range));
+        let m = self.sender.ctl(flags, Some(range), Instant::now());
         self.queue(&m);
     }
 
@@ -304,7 +304,7 @@ impl Loop {
         match m {
             Message::Flow { kind: k, flags, seq, flow } => {
                 let apply = if self.cfg.mode == SyncMode::Ftfw {
-                    let got = self.receiver.data(seq, flags & flag::HELLO != 0, now);
+                    let got = self.receiver.message(seq, flags & flag::HELLO != 0, false, now);
                     for (f, range) in got.send {
                         self.ctl(f, range);
                     }
@@ -328,9 +328,9 @@ impl Loop {
                 }
             }
             Message::Ctl { flags, seq, .. } => {
-                if flags & flag::ALIVE != 0 {
-                    let send = self.receiver.alive(seq, now);
-                    for (f, range) in send {
+                if self.cfg.mode == SyncMode::Ftfw {
+                    let got = self.receiver.message(seq, flags & flag::HELLO != 0, true, now);
+                    for (f, range) in got.send {
                         self.ctl(f, range);
                     }
                 } else {

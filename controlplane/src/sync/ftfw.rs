@@ -124,18 +124,26 @@ impl Sender {
         Reply::None
     }
 
-    /// An ALIVE with the last number used, when nothing was sent for `ALIVE_INTERVAL`.
+    /// An ALIVE, numbered like every message, when nothing was sent for
+    /// `ALIVE_INTERVAL`: a peer that lost the last messages sees the gap before it.
     pub fn alive(&mut self, now: Instant) -> Option<Message> {
         if self.last_sent.is_some_and(|t| now.duration_since(t) < ALIVE_INTERVAL) {
             return None;
         }
-        self.last_sent = Some(now);
-        Some(Message::Ctl { flags: flag::ALIVE, seq: self.next.wrapping_sub(1), range: None })
+        Some(self.ctl(flag::ALIVE, None, now))
     }
 
-    /// A control message of this side's own (ACK, NACK, RESYNC), numbered.
-    pub fn ctl(&mut self, flags: u8, range: Option<(u32, u32)>) -> Message {
-        Message::Ctl { flags, seq: self.next.wrapping_sub(1), range }
+    /// A control message of this side's own (ACK, NACK, RESYNC, ALIVE) with a number
+    /// of its own: conntrackd tracks the numbers of every message, and drops one whose
+    /// number it has seen before.
+    pub fn ctl(&mut self, flags: u8, range: Option<(u32, u32)>, now: Instant) -> Message {
+        let mut flags = flags;
+        if self.hello {
+            flags |= flag::HELLO;
+            self.hello = false;
+        }
+        self.last_sent = Some(now);
+        Message::Ctl { flags, seq: self.number(), range }
     }
 }
 
@@ -178,10 +186,13 @@ impl Receiver {
         Receiver { last: None, window_start: None, in_window: 0, ack_window: ack_window.max(1), last_heard: None, stats: Stats::default() }
     }
 
-    /// A data message numbered `seq` (with HELLO when `hello`) arrived.
-    pub fn data(&mut self, seq: u32, hello: bool, now: Instant) -> Received {
+    /// A message numbered `seq` arrived (data or control: every message is numbered;
+    /// `hello` when it carries HELLO, `alive` for an ALIVE). Says whether to apply it
+    /// (data only) and what to send back: a NACK for a gap before it, an ACK when a
+    /// window is full — or, on an ALIVE, for a window that waits.
+    pub fn message(&mut self, seq: u32, hello: bool, alive: bool, now: Instant) -> Received {
         self.last_heard = Some(now);
-        self.stats.received += 1;
+        self.stats.received += u64::from(!alive);
         let mut send = Vec::new();
         let resync = self.last.is_none() && !hello;
         if hello {
@@ -196,6 +207,13 @@ impl Receiver {
                 return Received { apply: false, send, resync };
             }
             Some(l) if seq != l.wrapping_add(1) => {
+                // As conntrackd: acknowledge the window up to the gap, ask for the gap,
+                // and start a new window at this message.
+                if let Some(start) = self.window_start.take() {
+                    self.stats.acks_sent += 1;
+                    send.push((flag::ACK, (start, l)));
+                }
+                self.in_window = 0;
                 let (from, to) = (l.wrapping_add(1), seq.wrapping_sub(1));
                 self.stats.lost += u64::from(to.wrapping_sub(from)) + 1;
                 self.stats.nacks_sent += 1;
@@ -206,36 +224,13 @@ impl Receiver {
         self.last = Some(seq);
         let start = *self.window_start.get_or_insert(seq);
         self.in_window += 1;
-        if self.in_window >= self.ack_window {
+        if self.in_window >= self.ack_window || (alive && self.in_window > 1) {
             self.stats.acks_sent += 1;
             send.push((flag::ACK, (start, seq)));
-            self.window_start = Some(seq.wrapping_add(1));
+            self.window_start = None;
             self.in_window = 0;
         }
-        Received { apply: true, send, resync }
-    }
-
-    /// The peer's ALIVE, carrying its last number: a lost tail shows as a gap; an idle
-    /// window is acknowledged.
-    pub fn alive(&mut self, seq: u32, now: Instant) -> Vec<(u8, (u32, u32))> {
-        self.last_heard = Some(now);
-        let mut send = Vec::new();
-        if let Some(l) = self.last {
-            if before(l, seq) {
-                let (from, to) = (l.wrapping_add(1), seq);
-                self.stats.lost += u64::from(to.wrapping_sub(from)) + 1;
-                self.stats.nacks_sent += 1;
-                send.push((flag::NACK, (from, to)));
-            } else if self.in_window > 0
-                && let Some(start) = self.window_start
-            {
-                self.stats.acks_sent += 1;
-                send.push((flag::ACK, (start, l)));
-                self.window_start = Some(l.wrapping_add(1));
-                self.in_window = 0;
-            }
-        }
-        send
+        Received { apply: !alive, send, resync }
     }
 }
 
@@ -280,13 +275,13 @@ mod tests {
                 }
                 let replies = match &m {
                     Message::Flow { seq, flags, flow, .. } => {
-                        let got = r.data(*seq, flags & flag::HELLO != 0, now);
+                        let got = r.message(*seq, flags & flag::HELLO != 0, false, now);
                         if got.apply {
                             applied.push(flow.sport);
                         }
                         got.send
                     }
-                    Message::Ctl { seq, .. } => r.alive(*seq, now),
+                    Message::Ctl { seq, flags, .. } => r.message(*seq, flags & flag::HELLO != 0, true, now).send,
                     Message::Expectation { .. } => vec![],
                 };
                 for (f, range) in replies {
@@ -351,13 +346,13 @@ mod tests {
     fn a_restarted_peer_says_hello_and_is_not_taken_for_a_gap() {
         let now = Instant::now();
         let mut r = Receiver::new(ACK_WINDOW);
-        assert!(!r.data(100, true, now).resync);
+        assert!(!r.message(100, true, false, now).resync);
         let mut joined = Receiver::new(ACK_WINDOW);
-        assert!(joined.data(500, false, now).resync, "the stream's start (its HELLO) was lost: ask for everything");
-        assert!(!joined.data(501, false, now).resync);
-        assert!(r.data(101, false, now).send.is_empty());
+        assert!(joined.message(500, false, false, now).resync, "the stream's start (its HELLO) was lost: ask for everything");
+        assert!(!joined.message(501, false, false, now).resync);
+        assert!(r.message(101, false, false, now).send.is_empty());
         // The peer restarts and numbers from elsewhere.
-        let got = r.data(5, true, now);
+        let got = r.message(5, true, false, now);
         assert!(got.apply && got.send.is_empty(), "{got:?}");
         assert_eq!(r.stats.lost, 0);
         let mut s = Sender::new(7, 10);

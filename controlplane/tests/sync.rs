@@ -208,7 +208,8 @@ mod pair {
 
     fn pair(multicast: bool) {
         let _l = PAIR.lock().unwrap_or_else(|p| p.into_inner());
-        if !super::common::lab_can_run() {
+        if !super::common::lab_can_run() || !holdfast_dataplane::host::have_or_report(&[holdfast_dataplane::host::Tool { command: "nft", package: "nftables" }])
+        {
             return;
         }
         if !holdfast_dataplane::host::have_or_report(&[holdfast_dataplane::host::Tool { command: "nft", package: "nftables" }]) {

@@ -94,6 +94,7 @@ fn cfg(listen: SocketAddr, peer: SocketAddr, role: Role) -> Sync {
         auto_takeover: false,
         ack_window: 300,
         resend_queue: 131_072,
+        cache_limit: 100_000,
     }
 }
 

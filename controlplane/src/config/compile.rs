@@ -103,7 +103,7 @@ pub(super) fn compile(cx: &Ctx, f: File) -> Result<Config, ConfigError> {
     let log = control::log(cx, &f.log)?;
     let snapshot_dir = control::snapshot_dir(cx, &f.state)?;
     let sync = match &f.sync {
-        Some(s) => Some(control::sync(cx, s)?),
+        Some(s) => Some(super::compiled::Sync { cache_limit: engine.capacity.saturating_mul(dataplane.cores.len().max(1)), ..control::sync(cx, s)? }),
         None => None,
     };
     Ok(Config {

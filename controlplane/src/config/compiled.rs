@@ -70,6 +70,9 @@ pub struct Sync {
     pub auto_takeover: bool,
     pub ack_window: u32,
     pub resend_queue: usize,
+    /// Most flows kept from the peer: what this appliance's tables can hold
+    /// (`conntrack.capacity` × workers). A peer that sends more is counted, not kept.
+    pub cache_limit: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

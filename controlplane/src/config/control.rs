@@ -186,5 +186,6 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
         auto_takeover,
         ack_window: count(&s.ack_window, "ack_window", 300, 100_000)? as u32,
         resend_queue: count(&s.resend_queue, "resend_queue", 131_072, 10_000_000)? as usize,
+        cache_limit: 0,
     })
 }

@@ -373,6 +373,7 @@ fn sync_keys_are_checked_where_they_are_written() {
     let s = c.sync.unwrap();
     assert_eq!((s.listen.to_string(), s.peer.to_string(), s.role), ("192.168.77.1:3780".into(), "192.168.77.2:3780".into(), compiled::Role::Standby));
     assert_eq!((s.mode, s.ack_window, s.resend_queue, s.dead_interval), (compiled::SyncMode::Ftfw, 300, 131_072, std::time::Duration::from_secs(3)));
+    assert_eq!(s.cache_limit, c.engine.capacity * c.dataplane.cores.len(), "what the tables can hold");
     assert_eq!(parse("", "t.yaml").unwrap().sync, None);
     let e = err("sync:\n  listen: 192.168.77.1:3780\n  peer: nowhere\n");
     assert_eq!((e.line, e.col), (3, 9), "{e}");

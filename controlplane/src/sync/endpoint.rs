@@ -56,6 +56,8 @@ pub struct Status {
     pub receiver: ftfw::Stats,
     pub malformed: u64,
     pub expectations_ignored: u64,
+    /// Flows the peer sent that did not fit in the cache (`sync.cache_limit`).
+    pub cache_full: u64,
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub send_errors: u64,
@@ -87,6 +89,7 @@ impl Status {
             "messages_lost": self.receiver.lost,
             "malformed": self.malformed,
             "expectations_ignored": self.expectations_ignored,
+            "cache_full": self.cache_full,
             "resend_queue": self.resend_queue,
             "resend_overflow": self.sender.resend_overflow,
             "resyncs_received": self.sender.resyncs_received,
@@ -322,8 +325,10 @@ impl Loop {
                     let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                     if k == kind::CT_DEL {
                         s.cache.remove(&key);
-                    } else {
+                    } else if s.cache.len() < self.cfg.cache_limit || s.cache.contains_key(&key) {
                         s.cache.insert(key, Cached { flow, at: now });
+                    } else {
+                        s.cache_full += 1;
                     }
                 }
             }

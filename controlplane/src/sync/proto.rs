@@ -307,7 +307,13 @@ fn message(m: &[u8], at: usize) -> Result<Message, DecodeError> {
         status: get(attr::STATUS).map_or(0, be32),
         // No TIMEOUT: conntrackd's CommitTimeout (the receiver's default applies).
         timeout_s: get(attr::TIMEOUT).map_or(u32::MAX, be32),
-        wscale: [get(attr::TCP_WSCALE_ORIG).map(|d| d[0]), get(attr::TCP_WSCALE_REPL).map(|d| d[0])],
+        // Window scales mean something for TCP only (conntrackd sets them on whatever
+        // carries them; the kernel ignores them elsewhere).
+        // conntrackd sends both or neither; one alone says nothing usable.
+        wscale: match (proto_, get(attr::TCP_WSCALE_ORIG), get(attr::TCP_WSCALE_REPL)) {
+            (proto::TCP, Some(o), Some(r)) => [Some(o[0]), Some(r[0])],
+            _ => [None, None],
+        },
     };
     Ok(Message::Flow { kind: ty, flags, seq, flow })
 }

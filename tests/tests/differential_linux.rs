@@ -385,7 +385,21 @@ fn holdfast_agrees_with_linux_conntrack() {
     let out = must("hfd-c", &format!("{PY} {} 198.51.100.2 10.0.2.1 hfd-c0", script.display()));
     eprintln!("{out}");
     must("hfd-c", "nft delete table inet hfdc");
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the captures catch up before they are stopped (a stop drops what tcpdump has
+    // not read yet: once, under load, the last case's request was missing): at least
+    // a second, then until no file has grown for half a second (10 s at most).
+    std::thread::sleep(Duration::from_secs(1));
+    let sizes = || ["in0", "in1", "out0", "out1"].map(|f| std::fs::metadata(dir.join(format!("{f}.pcap"))).map_or(0, |m| m.len()));
+    let t = std::time::Instant::now();
+    let mut last = sizes();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sizes();
+        if now == last || t.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        last = now;
+    }
 
     let linux = format!("{}{}", must("hfd-f", "conntrack -L -f ipv4 2>/dev/null"), must("hfd-f", "conntrack -L -f ipv6 2>/dev/null"));
     for c in &mut lab.children[2..] {

@@ -80,6 +80,15 @@ fn appliance(exe: &Path, ns: &str, dir: &Path, name: &str, text: &str) -> Result
     Ok(c)
 }
 
+/// What the client's bridge has received over `port` (one path), as the kernel counts.
+fn received_on(port: &str) -> u64 {
+    run_in("hf-out", &["ip", "-j", "-s", "link", "show", "dev", port])
+        .ok()
+        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+        .and_then(|v| v[0]["stats64"]["rx"]["bytes"].as_u64())
+        .unwrap_or(0)
+}
+
 /// Runs the failover end to end with the `holdfast` executable `exe`.
 pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
     let dir = std::env::temp_dir().join(format!("holdfast-lab-ha-{}", std::process::id()));
@@ -139,6 +148,7 @@ pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| LabError::Spawn { tool: "curl".into(), source }.needs("curl"))?;
+    let started = Instant::now();
     std::thread::sleep(FAIL_AFTER);
 
     // The active dies (no chance to say goodbye); the traffic moves to the standby.
@@ -147,18 +157,13 @@ pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
         let _ = a.kill();
         let _ = a.wait();
     }
+    let killed_s = started.elapsed().as_secs_f64();
+    let before = (received_on("hf-out1"), received_on("hf-ob1"));
     sh("hf-out", "ip link set hf-out1 down && ip link set hf-ob1 up")?;
     sh("hf-in", "ip link set hf-in1 down && ip link set hf-ib1 up")?;
+    let switched_s = started.elapsed().as_secs_f64();
     let out = download.wait_with_output().map_err(LabError::io("the download"))?;
-    // What the client's bridge received over each path, as the kernel counts it.
-    let received = |port: &str| -> u64 {
-        run_in("hf-out", &["ip", "-j", "-s", "link", "show", "dev", port])
-            .ok()
-            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-            .and_then(|v| v[0]["stats64"]["rx"]["bytes"].as_u64())
-            .unwrap_or(0)
-    };
-    let (via_active, via_standby) = (received("hf-out1"), received("hf-ob1"));
+    let (via_active, via_standby) = (received_on("hf-out1"), received_on("hf-ob1"));
     let download_s = failed_at.elapsed().as_secs_f64() + FAIL_AFTER.as_secs_f64();
     let identical = out.status.success() && std::fs::read(&got).is_ok_and(|b| b == big);
     let _ = in_ns(STANDBY_NS, &["kill", "-TERM", &standby.id().to_string()]).status();
@@ -181,6 +186,9 @@ pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
         "standby_tx": fin["totals"]["tx"],
         "client_bytes_via_active": via_active,
         "client_bytes_via_standby": via_standby,
+        "client_bytes_before_failover": before.0 + before.1,
+        "killed_after_s": killed_s,
+        "switched_after_s": switched_s,
         "standby_rx": fin["totals"]["rx"],
         "standby_xdp": fin["totals"]["xdp"],
         "standby_passed": fin["totals"]["passed"],

@@ -14,6 +14,7 @@ use holdfast_pipeline::conntrack::pressure::Admission;
 
 use crate::config::Thresholds;
 use holdfast_pipeline::holders::Holders;
+use serde_json::Value;
 
 /// Rates and fill of one worker (or all: `worker == None`) over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -228,18 +229,15 @@ pub fn holders_line(h: &Holders) -> String {
         return "holders: no sweep of the table finished yet".into();
     }
     let src: Vec<String> = h.top_sources().take(5).map(|x| format!("{} ({})", holdfast_pipeline::flow::to_ip(x.what, x.v6), x.entries)).collect();
-    let ports: Vec<String> = h.top_ports().take(5).map(|x| format!("{}/{} ({})", proto_name(x.proto), x.what, x.entries)).collect();
+    let ports: Vec<String> = h.top_ports().take(5).map(|x| format!("{}/{} ({})", proto_text(x.proto), x.what, x.entries)).collect();
     format!("top sources by entries held: {}; top destination ports: {} (of {} entries swept)", src.join(", "), ports.join(", "), h.swept)
 }
 
-/// A protocol number as `flows` prints it.
-pub fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
+/// A protocol as `flows` names it (`replay::proto_name`), as text.
+pub fn proto_text(p: u8) -> String {
+    match crate::replay::proto_name(p) {
+        Value::String(s) => s,
+        v => v.to_string(),
     }
 }
 

@@ -466,7 +466,7 @@ pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
         None => (f.sport, f.dport),
     };
     json!({
-        "proto": crate::control::saturation::proto_name(f.proto),
+        "proto": crate::replay::proto_name(f.proto),
         "src": ip(f.src),
         "sport": sport,
         "dst": ip(f.dst),

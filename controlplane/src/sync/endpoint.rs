@@ -452,15 +452,8 @@ impl Loop {
 
 /// A synced flow as `holdfast flows` prints a tracked one (plus `"external": true`).
 pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
-    const TCP: [&str; 10] = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"];
     let ip = |a| holdfast_pipeline::flow::to_ip(a, f.v6).to_string();
-    let state = if f.proto == holdfast_pipeline::parse::proto::TCP {
-        TCP.get(usize::from(f.tcp_state)).copied().unwrap_or("?")
-    } else if f.status & holdfast_pipeline::engine::ips::SEEN_REPLY != 0 {
-        "REPLIED"
-    } else {
-        "UNREPLIED"
-    };
+    let state = f.state_name();
     let (sport, dport) = match f.icmp {
         Some((ty, _, id)) => (id, u16::from(ty)),
         None => (f.sport, f.dport),

@@ -58,6 +58,18 @@ pub enum AdoptError {
 }
 
 impl SyncedFlow {
+    /// The state as `flows` names a tracked one (`ESTABLISHED`, `REPLIED`, …; `?` for a
+    /// TCP state number that does not exist).
+    pub fn state_name(&self) -> &'static str {
+        if self.proto == proto::TCP {
+            tcp::TcpState::ALL.get(usize::from(self.tcp_state)).map_or("?", |s| s.name())
+        } else if self.status & ips::SEEN_REPLY != 0 {
+            "REPLIED"
+        } else {
+            "UNREPLIED"
+        }
+    }
+
     /// The canonical key and the side the original direction came from.
     pub fn key(&self) -> (FlowKey, Side) {
         match (self.proto, self.icmp) {
@@ -211,6 +223,8 @@ mod tests {
         assert_eq!(f.status, ips::CONFIRMED | ips::SEEN_REPLY | ips::ASSURED);
         assert_eq!(f.timeout_s, 5 * 86_400);
         assert_eq!(f.wscale, [Some(7), Some(7)]);
+        assert_eq!(f.state_name(), "ESTABLISHED");
+        assert_eq!(SyncedFlow { tcp_state: 12, ..f }.state_name(), "?");
         // The standby never saw a packet of it: the next ones pass by the adopted state,
         // whatever their sequence numbers.
         let mut b = Lab::with(EngineConfig { capacity: 64, ..EngineConfig::default() });
@@ -239,6 +253,7 @@ mod tests {
         assert_eq!((udp.sport, udp.dport, udp.timeout_s, udp.status & ips::SEEN_REPLY), (5353, 53, 20, 0));
         let icmp = s.iter().find(|f| f.proto == 1).unwrap();
         assert_eq!(icmp.icmp, Some((8, 0, 7)));
+        assert_eq!((udp.state_name(), icmp.state_name()), ("UNREPLIED", "UNREPLIED"));
         let mut b = Lab::new();
         for f in &s {
             b.e.adopt(f, b.now).unwrap();

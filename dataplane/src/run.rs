@@ -96,6 +96,23 @@ impl Commander {
     pub fn send(&self, w: usize, c: Command) -> bool {
         self.to.get(w).is_some_and(|t| t.try_send(c).is_ok())
     }
+
+    /// Takes worker `w`'s table while it runs (`Command::Export`): hands each chunk to
+    /// `f` until the worker says it is done, waiting at most `wait` for each. The
+    /// worker paces itself by the bounded channel and never waits on the caller.
+    pub fn export(&self, w: usize, wait: std::time::Duration, mut f: impl FnMut(crate::control::ExportReply) -> Result<(), String>) -> Result<(), String> {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        if !self.send(w, Command::Export { reply: tx }) {
+            return Err(format!("worker {w} did not take the request (its command queue is full, or it stopped)"));
+        }
+        loop {
+            match rx.recv_timeout(wait) {
+                Ok(r @ crate::control::ExportReply::Done { .. }) => return f(r),
+                Ok(r) => f(r)?,
+                Err(_) => return Err(format!("worker {w} stopped answering for {} s", wait.as_secs())),
+            }
+        }
+    }
 }
 
 /// The tables of an appliance about to start, built and committed, with the clock

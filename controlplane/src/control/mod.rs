@@ -157,26 +157,19 @@ const EXPORT_ANSWER: Duration = Duration::from_secs(10);
 /// Asks every running worker for its table, a chunk at a time, and writes it to `dir`.
 /// Fuzzy, as a listing is: each worker's slices are taken a few milliseconds apart.
 fn take_snapshot(commander: &run::Commander, dir: &Path, seed: u64) -> Result<Value, String> {
-    use holdfast_dataplane::control::{Command, ExportReply};
+    use holdfast_dataplane::control::ExportReply;
     use holdfast_pipeline::snapshot::BlockKind;
     let n = commander.workers();
     let mut w = state::Writer::create(dir, n, seed).map_err(|e| e.to_string())?;
     for k in 0..n {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        if !commander.send(k, Command::Export { reply: tx }) {
-            return Err(format!("worker {k} did not take the request (its command queue is full, or it stopped)"));
-        }
-        loop {
-            match rx.recv_timeout(EXPORT_ANSWER) {
-                Ok(ExportReply::Flows { count, mut bytes }) => w.block(BlockKind::Flows, k, count, &mut bytes).map_err(|e| e.to_string())?,
-                Ok(ExportReply::Tombstones { count, mut bytes }) => w.block(BlockKind::Tombstones, k, count, &mut bytes).map_err(|e| e.to_string())?,
-                Ok(ExportReply::Done { tomb_sets }) => {
-                    w.tomb_sets(tomb_sets);
-                    break;
-                }
-                Err(_) => return Err(format!("worker {k} stopped answering for {} s", EXPORT_ANSWER.as_secs())),
+        commander.export(k, EXPORT_ANSWER, |r| {
+            match r {
+                ExportReply::Flows { count, mut bytes } => w.block(BlockKind::Flows, k, count, &mut bytes).map_err(|e| e.to_string())?,
+                ExportReply::Tombstones { count, mut bytes } => w.block(BlockKind::Tombstones, k, count, &mut bytes).map_err(|e| e.to_string())?,
+                ExportReply::Done { tomb_sets } => w.tomb_sets(tomb_sets),
             }
-        }
+            Ok(())
+        })?;
     }
     w.finish().map(|w| w.json()).map_err(|e| e.to_string())
 }

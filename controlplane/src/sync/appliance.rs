@@ -32,25 +32,17 @@ impl Tables for ApplianceTables {
     fn sweep(&mut self) -> Result<Vec<SyncedFlow>, String> {
         let mut out = Vec::new();
         for w in 0..self.commander.workers() {
-            let (tx, rx) = crossbeam_channel::bounded(4);
-            if !self.commander.send(w, Command::Export { reply: tx }) {
-                return Err(format!("worker {w} did not take the request"));
-            }
-            loop {
-                match rx.recv_timeout(WORKER_ANSWER) {
-                    Ok(ExportReply::Flows { bytes, .. }) => {
-                        let mut at = 0;
-                        while at < bytes.len() {
-                            let (r, n) = FlowRecord::decode(&bytes[at..], at as u64).map_err(|e| format!("worker {w}'s export: {e}"))?;
-                            out.push(r.synced(&self.timeouts));
-                            at += n;
-                        }
+            self.commander.export(w, WORKER_ANSWER, |r| {
+                if let ExportReply::Flows { bytes, .. } = r {
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let (r, n) = FlowRecord::decode(&bytes[at..], at as u64).map_err(|e| format!("worker {w}'s export: {e}"))?;
+                        out.push(r.synced(&self.timeouts));
+                        at += n;
                     }
-                    Ok(ExportReply::Tombstones { .. }) => {}
-                    Ok(ExportReply::Done { .. }) => break,
-                    Err(_) => return Err(format!("worker {w} stopped answering for {} s", WORKER_ANSWER.as_secs())),
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(out)
     }

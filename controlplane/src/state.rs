@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use holdfast_pipeline::engine::{RestoreError, Restored};
 use holdfast_pipeline::flow::owner_of;
-use holdfast_pipeline::snapshot::{self, Block, BlockKind, FlowRecord, FormatError, HEADER_LEN, Header, RECORDS_PER_BLOCK, TombRecord};
+use holdfast_pipeline::snapshot::{self, Block, BlockKind, FlowRecord, FormatError, HEADER_LEN, Header, TombRecord};
 use holdfast_pipeline::{Engine, FlowHasher, Instant};
 use serde_json::{Value, json};
 
@@ -87,33 +87,18 @@ fn unix_ns(t: SystemTime) -> u64 {
 /// snapshot stays in place until the new one is complete and synced.
 pub fn write(dir: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) -> Result<Written, StateError> {
     let mut w = Writer::create(dir, engines.len(), seed)?;
-    let mut payload = Vec::with_capacity(RECORDS_PER_BLOCK * snapshot::FLOW_V6);
     for (k, e) in engines.iter().enumerate() {
         let Some(e) = e else {
             w.missing(k);
             continue;
         };
         w.tomb_sets(e.tombstone_sets());
-        let mut n = 0;
-        for r in e.export(at) {
-            r.encode(&mut payload);
-            n += 1;
-            if n == RECORDS_PER_BLOCK {
-                w.block(BlockKind::Flows, k, n, &mut payload)?;
-                n = 0;
-            }
+        for (n, mut bytes) in snapshot::chunks(e.export(at)) {
+            w.block(BlockKind::Flows, k, n, &mut bytes)?;
         }
-        w.block(BlockKind::Flows, k, n, &mut payload)?;
-        n = 0;
-        for t in e.export_tombstones(at) {
-            t.encode(&mut payload);
-            n += 1;
-            if n == RECORDS_PER_BLOCK {
-                w.block(BlockKind::Tombstones, k, n, &mut payload)?;
-                n = 0;
-            }
+        for (n, mut bytes) in snapshot::chunks(e.export_tombstones(at)) {
+            w.block(BlockKind::Tombstones, k, n, &mut bytes)?;
         }
-        w.block(BlockKind::Tombstones, k, n, &mut payload)?;
     }
     w.finish()
 }

@@ -241,6 +241,40 @@ impl Block {
     }
 }
 
+/// A record the format writes: a flow or a tombstone.
+pub trait Encode {
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+impl Encode for FlowRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        FlowRecord::encode(self, out)
+    }
+}
+
+impl Encode for TombRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        TombRecord::encode(self, out)
+    }
+}
+
+/// `records` encoded a block's worth at a time: (count, bytes) with at most
+/// [`RECORDS_PER_BLOCK`] records each — the payloads of a file's blocks, and the
+/// chunks a running worker hands over.
+pub fn chunks<R: Encode>(mut records: impl Iterator<Item = R>) -> impl Iterator<Item = (usize, Vec<u8>)> {
+    core::iter::from_fn(move || {
+        let (mut n, mut bytes) = (0, Vec::new());
+        for r in records.by_ref() {
+            r.encode(&mut bytes);
+            n += 1;
+            if n == RECORDS_PER_BLOCK {
+                break;
+            }
+        }
+        (n > 0).then_some((n, bytes))
+    })
+}
+
 /// One flow as a snapshot holds it: the entry with its times as ages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRecord {

@@ -12,7 +12,7 @@ use crate::error::WorkerError;
 use crate::stats::Publisher;
 use crate::xsk::Ports;
 use holdfast_pipeline::holders::{Holders, SpaceSaving};
-use holdfast_pipeline::snapshot::RECORDS_PER_BLOCK;
+use holdfast_pipeline::snapshot::chunks;
 
 /// Table slots a listing or a reload's pass examines per housekeeping round (every
 /// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
@@ -202,34 +202,12 @@ impl Worker {
                     Handed::All => {
                         if *cursor == cap {
                             // The flows are out: the tombstones, then the end.
-                            let mut chunk = (0, Vec::new());
-                            for t in self.engine.export_tombstones(now) {
-                                t.encode(&mut chunk.1);
-                                chunk.0 += 1;
-                                if chunk.0 == RECORDS_PER_BLOCK {
-                                    let (count, bytes) = std::mem::take(&mut chunk);
-                                    pending.push_back(ExportReply::Tombstones { count, bytes });
-                                }
-                            }
-                            if chunk.0 > 0 {
-                                pending.push_back(ExportReply::Tombstones { count: chunk.0, bytes: chunk.1 });
-                            }
+                            pending.extend(chunks(self.engine.export_tombstones(now)).map(|(count, bytes)| ExportReply::Tombstones { count, bytes }));
                             pending.push_back(ExportReply::Done { tomb_sets: self.engine.tombstone_sets() });
                             *cursor = cap + 1;
                         } else {
                             let range = next_slice(cursor, cap);
-                            let mut chunk = (0, Vec::new());
-                            for r in self.engine.export_in(range, now) {
-                                r.encode(&mut chunk.1);
-                                chunk.0 += 1;
-                                if chunk.0 == RECORDS_PER_BLOCK {
-                                    let (count, bytes) = std::mem::take(&mut chunk);
-                                    pending.push_back(ExportReply::Flows { count, bytes });
-                                }
-                            }
-                            if chunk.0 > 0 {
-                                pending.push_back(ExportReply::Flows { count: chunk.0, bytes: chunk.1 });
-                            }
+                            pending.extend(chunks(self.engine.export_in(range, now)).map(|(count, bytes)| ExportReply::Flows { count, bytes }));
                         }
                         hand_over(pending, reply);
                         false

@@ -296,3 +296,17 @@ mod tests {
         assert_eq!(ports, (6000..6010).collect::<Vec<_>>(), "oldest first");
     }
 }
+
+#[cfg(test)]
+mod chunking {
+    use crate::snapshot::{RECORDS_PER_BLOCK, TOMB, TombRecord, chunks};
+
+    #[test]
+    fn records_are_cut_into_blocks_of_at_most_the_block_size() {
+        let recs = (0..2500u32).map(|i| TombRecord { set: 0, fp: 1, age: i, why: 1, class: 0 });
+        let got: Vec<(usize, usize)> = chunks(recs).map(|(n, b)| (n, b.len())).collect();
+        let r = RECORDS_PER_BLOCK;
+        assert_eq!(got, vec![(r, r * TOMB), (r, r * TOMB), (2500 - 2 * r, (2500 - 2 * r) * TOMB)]);
+        assert_eq!(chunks(core::iter::empty::<TombRecord>()).count(), 0, "no records, no block");
+    }
+}

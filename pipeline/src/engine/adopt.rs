@@ -167,8 +167,10 @@ impl Engine {
         };
         if f.proto != proto::TCP {
             c.state = u8::from(c.has(cflag::SEEN_REPLY));
-            // Old enough for the UDP stream rule: the peer saw it long enough.
-            c.peer[0].end = now.ticks().wrapping_sub(if c.has(cflag::ASSURED) { 64 * 3 } else { 0 });
+            // An assured flow is past the UDP stream rule's age already (the peer saw it
+            // long enough): start its stream just beyond the rule's threshold.
+            let stream_age = if c.has(cflag::ASSURED) { super::track::UDP_STREAM_TICKS as u32 + 1 } else { 0 };
+            c.peer[0].end = now.ticks().wrapping_sub(stream_age);
         }
         c.set_timer_class(class);
         let full = self.cfg.timeouts.ticks(class);

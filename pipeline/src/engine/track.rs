@@ -17,7 +17,7 @@ use crate::verdict::{DropReason, PassKind, Verdict};
 
 /// Linux marks a UDP flow as a stream (ASSURED, long timeout) once it has seen a reply
 /// and is still active 2 s after creation (`nf_conntrack_udp_packet`).
-const UDP_STREAM_TICKS: i32 = 2 * crate::time::TICKS_PER_SEC as i32;
+pub(super) const UDP_STREAM_TICKS: i32 = 2 * crate::time::TICKS_PER_SEC as i32;
 
 /// The verdict of a configured action on frames that are not tracked (ARP, ND, non-IP).
 pub(super) fn action_verdict(a: Action, reason: DropReason) -> Verdict {

@@ -247,6 +247,11 @@ c.send("RA", seq=c.seq)
 time.sleep(0.3)
 c.send("S", seq=new_isn)
 time.sleep(0.5)
+# End it here: left in SYN_RECV, the server's SYN-ACK retransmissions would meet the
+# client kernel's RST once the script's RST filter is gone, at a moment the capture
+# and the listing of Linux's table race for.
+c.send("R", seq=(new_isn + 1) & 0xFFFFFFFF)
+time.sleep(0.2)
 c.stop()
 
 # 15. Linux's conntrack_ack_loss_stall: data already acknowledged, sent again after

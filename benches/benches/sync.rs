@@ -1,7 +1,9 @@
 //! State sync: what one control thread does per message (a flow taken from a table
-//! record, numbered for FTFW, encoded into a datagram; and a datagram decoded), the
-//! bytes a synced flow costs on the wire, and a takeover — synced flows adopted into an
-//! empty table — at 100k and 1M flows.
+//! record, numbered for FTFW, encoded into a datagram; a change from a worker's queue
+//! recorded and sent; and a datagram decoded), the bytes a synced flow costs on the
+//! wire, what the change journal costs the packet path (the same bursts with it off
+//! and on, drained after each burst as a worker does), a full sweep, and a takeover —
+//! synced flows adopted into an empty table — at 100k and 1M flows.
 
 use std::time::Instant as WallClock;
 
@@ -9,7 +11,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use holdfast_benches::{Loaded, policy};
 use holdfast_controlplane::sync::ftfw::Sender;
 use holdfast_controlplane::sync::proto::{self, Message, kind};
-use holdfast_pipeline::engine::SyncedFlow;
+use holdfast_pipeline::engine::{Change, ChangeKind, SyncedFlow};
 use holdfast_pipeline::{Engine, EngineConfig, Instant};
 
 fn bench(c: &mut Criterion) {
@@ -40,6 +42,31 @@ fn bench(c: &mut Criterion) {
             datagrams.push(out);
         })
     });
+    // What the endpoint does with each change a worker queued: remember what the peer
+    // was told, number it, encode it into the datagram under way.
+    let changes: Vec<Change> = flows.iter().map(|f| Change { kind: ChangeKind::Update, flow: *f }).collect();
+    g.bench_function("send_100k_changes", |b| {
+        let mut sent: std::collections::HashMap<holdfast_pipeline::FlowKey, (SyncedFlow, WallClock)> = std::collections::HashMap::new();
+        let mut s = Sender::new(1, 131_072);
+        let mut out = Vec::with_capacity(1500);
+        let mut one = Vec::with_capacity(256);
+        b.iter(|| {
+            let now = WallClock::now();
+            let mut n = 0usize;
+            for c in &changes {
+                let k = if sent.insert(c.flow.key().0, (c.flow, now)).is_some() { kind::CT_UPD } else { kind::CT_NEW };
+                let m = s.data(Message::Flow { kind: k, flags: 0, seq: 0, flow: c.flow }, now);
+                one.clear();
+                proto::encode(&m, &mut one);
+                if out.len() + one.len() > 1400 {
+                    n += 1;
+                    out.clear();
+                }
+                out.extend_from_slice(&one);
+            }
+            n
+        })
+    });
     g.bench_function("receive_100k_messages", |b| {
         b.iter(|| {
             let mut n = 0;
@@ -49,6 +76,33 @@ fn bench(c: &mut Criterion) {
             assert_eq!(n, flows.len());
         })
     });
+    g.finish();
+    // The journal on the packet path: the pipeline bench's mixed bursts at 100k flows
+    // with it off, and on with the drain a worker does after each burst.
+    let mut g = c.benchmark_group("journal");
+    g.throughput(Throughput::Elements(64));
+    let mut out = [holdfast_pipeline::Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
+    let mut off = Loaded::new(100_000);
+    g.bench_function("mixed_burst_100k_off", |b| {
+        b.iter(|| {
+            off.fill_burst();
+            off.run_burst(&mut out);
+        })
+    });
+    drop(off);
+    let mut on = Loaded::new(100_000);
+    on.engine.keep_changes(65_536, holdfast_pipeline::Duration::from_secs(60));
+    let mut noted = 0u64;
+    g.bench_function("mixed_burst_100k_on", |b| {
+        b.iter(|| {
+            on.fill_burst();
+            on.run_burst(&mut out);
+            let now = on.now;
+            on.engine.drain_changes(now, |c| noted += u64::from(c.flow.proto));
+        })
+    });
+    eprintln!("journal: {noted} (weighted) notes drained, {} lost", on.engine.change_stats().lost);
+    drop(on);
     g.finish();
     // A sweep's cost on the sync thread at 1M flows, in the steady state (nothing
     // changed): the workers' export decoded, each record seen as a synced flow, and

@@ -84,6 +84,7 @@ fn flow(proto_: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Synce
         status: ips::CONFIRMED | ips::SEEN_REPLY | ips::ASSURED,
         timeout_s: 3600,
         wscale: [None, None],
+        vlan: 0,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Two sync endpoints over loopback UDP, through a relay that loses one datagram in
-//! twenty each way (no root): every flow reaches the peer's external cache, a removed
-//! flow leaves it, and a takeover commits the cache so that the flows' next packets
-//! pass on the standby that never saw them.
+//! twenty each way (no root): every flow reaches the peer's external cache — those
+//! there before by the first sweep, later ones through the engine's change journal,
+//! and those a full journal lost by the sweep that the loss asks for — a removed flow
+//! leaves it, and a takeover commits the cache so that the flows' next packets pass on
+//! the standby that never saw them.
 
 #[allow(dead_code, unused_macros)]
 mod common;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_controlplane::config::{Role, Sync, SyncMode};
 use holdfast_controlplane::sync::endpoint::{Endpoint, Tables};
-use holdfast_pipeline::engine::SyncedFlow;
+use holdfast_pipeline::engine::{Change, SyncedFlow};
 use holdfast_pipeline::policy::{Action, Classifier};
 use holdfast_pipeline::wire::build::FrameSpec;
 use holdfast_pipeline::wire::tcp::flags::{ACK, PSH, SYN};
@@ -36,6 +38,11 @@ impl Tables for Mem {
         let e = self.e.lock().unwrap();
         let t = e.config().timeouts;
         Ok(e.export(pnow(self.start)).map(|r| r.synced(&t)).collect())
+    }
+    fn changes(&mut self, out: &mut Vec<Change>, _max: usize) -> u64 {
+        let mut e = self.e.lock().unwrap();
+        e.drain_changes(pnow(self.start), |c| out.push(c));
+        e.change_stats().lost
     }
     fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String> {
         let mut e = self.e.lock().unwrap();
@@ -88,8 +95,10 @@ fn cfg(listen: SocketAddr, peer: SocketAddr, role: Role) -> Sync {
         interface: None,
         mode: SyncMode::Ftfw,
         role,
-        interval: Duration::from_millis(100),
+        interval: Duration::from_millis(50),
         refresh: Duration::from_secs(60),
+        resync_interval: Duration::from_secs(600),
+        queue: 4096,
         dead_interval: Duration::from_secs(3),
         auto_takeover: false,
         ack_window: 300,
@@ -106,23 +115,27 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Opens connections `from..to` (handshake) on `e`.
+fn connect(e: &mut Engine, start: Instant, clients: std::ops::Range<u32>) {
+    let now = pnow(start);
+    for i in clients {
+        for (f, z) in [
+            (FrameSpec::tcp(client(i), 40000, SERVER, 80, SYN, 100, 0).build(), Zone::Outside),
+            (FrameSpec::tcp(SERVER, 80, client(i), 40000, SYN | ACK, 900, 101).build(), Zone::Inside),
+            (FrameSpec::tcp(client(i), 40000, SERVER, 80, ACK, 101, 901).build(), Zone::Outside),
+        ] {
+            assert!(e.process(&Packet { data: &f, zone: z, now }).is_pass());
+        }
+    }
+}
+
 #[test]
 fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
     let start = Instant::now();
     let active_e = Arc::new(Mutex::new(engine()));
-    {
-        let mut e = active_e.lock().unwrap();
-        let now = pnow(start);
-        for i in 0..FLOWS {
-            for (f, z) in [
-                (FrameSpec::tcp(client(i), 40000, SERVER, 80, SYN, 100, 0).build(), Zone::Outside),
-                (FrameSpec::tcp(SERVER, 80, client(i), 40000, SYN | ACK, 900, 101).build(), Zone::Inside),
-                (FrameSpec::tcp(client(i), 40000, SERVER, 80, ACK, 101, 901).build(), Zone::Outside),
-            ] {
-                assert!(e.process(&Packet { data: &f, zone: z, now }).is_pass());
-            }
-        }
-    }
+    // Flows there before the endpoint starts (as after a restart) go by its first sweep.
+    connect(&mut active_e.lock().unwrap(), start, 0..FLOWS);
+    active_e.lock().unwrap().keep_changes(4096, holdfast_pipeline::Duration::from_secs(60));
     let standby_e = Arc::new(Mutex::new(engine()));
     // Fixed ports for the endpoints; the relays sit between them.
     let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -135,6 +148,26 @@ fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
     let b = Endpoint::start(cfg(b_addr, to_a, Role::Standby), Box::new(Mem { e: Arc::clone(&standby_e), start })).unwrap();
 
     wait_for("every flow in the standby's cache", 30, || b.external().len() == FLOWS as usize);
+    assert_eq!(a.status_json()["sweeps"], 1, "the first sweep");
+
+    // Flows opened now are sent as the journal notes them, without a sweep.
+    connect(&mut active_e.lock().unwrap(), start, FLOWS..FLOWS + 100);
+    wait_for("the new flows in the standby's cache", 30, || b.external().len() == FLOWS as usize + 100);
+    let sa = a.status_json();
+    assert_eq!((sa["sweeps"].as_u64(), sa["changes_lost"].as_u64()), (Some(1), Some(0)), "{sa}");
+    assert!(sa["changes"].as_u64().unwrap() >= 100, "{sa}");
+    let ext = b.external();
+    assert!(ext.iter().all(|(f, _)| f.tcp_state == 3), "sent as they were when read: ESTABLISHED");
+
+    // More changes at once than the journal holds: what it lost is counted, and the
+    // sweep that the loss asks for sends every flow all the same.
+    connect(&mut active_e.lock().unwrap(), start, FLOWS + 100..FLOWS + 2100);
+    const ALL: u32 = FLOWS + 2100;
+    wait_for("the flows a full journal lost in the standby's cache", 30, || b.external().len() == ALL as usize);
+    let sa = a.status_json();
+    assert!(sa["changes_lost"].as_u64().unwrap() > 0 && sa["sweeps"].as_u64().unwrap() >= 2, "{sa}");
+    assert_eq!(sa["last_sweep_why"], "changes lost to a full queue");
+
     let sa = a.status_json();
     let sb = b.status_json();
     eprintln!("active: {sa}\nstandby: {sb}\nrelays lost {} datagrams", lost.load(Ordering::Relaxed));
@@ -151,14 +184,14 @@ fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
         assert!(e.process(&Packet { data: &rst, zone: Zone::Outside, now: pnow(start) }).is_pass());
         e.expire(pnow(start) + holdfast_pipeline::Duration::from_secs(11), 100);
     }
-    wait_for("the closed flow to leave the cache", 30, || b.external().len() == FLOWS as usize - 1);
+    wait_for("the closed flow to leave the cache", 30, || b.external().len() == ALL as usize - 1);
 
     // Takeover: the standby's table gets every flow; their next packets pass there.
     let v = b.takeover(Duration::from_secs(10)).unwrap();
-    assert_eq!(v["adopted"], FLOWS - 1, "{v}");
+    assert_eq!(v["adopted"], ALL - 1, "{v}");
     let mut e = standby_e.lock().unwrap();
     e.audit().unwrap();
-    for i in [0u32, 1, 2999] {
+    for i in [0u32, 1, 2999, 3050, ALL - 1] {
         let data = FrameSpec::tcp(SERVER, 80, client(i), 40000, ACK | PSH, 901, 101).build();
         assert!(e.process(&Packet { data: &data, zone: Zone::Inside, now: pnow(start) }).is_pass(), "flow {i}'s reply on the standby");
     }

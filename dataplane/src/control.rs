@@ -13,6 +13,31 @@ use std::sync::Arc;
 use holdfast_pipeline::engine::Explained;
 use holdfast_pipeline::{Classifier, DropReason, EngineConfig, FlowInfo};
 
+/// A worker's changes for the sync endpoint (`sync:`): flows created, changed and
+/// removed, in a bounded ring the worker never waits on. What does not fit (in the
+/// engine's journal or in the ring) is counted in `lost`, which the endpoint watches to
+/// know when only a full sweep can tell the peer the truth.
+pub struct ChangeFeed {
+    pub worker: usize,
+    pub ring: rtrb::Consumer<holdfast_pipeline::engine::Change>,
+    pub lost: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The worker's end of a [`ChangeFeed`].
+pub struct ChangeSink {
+    pub ring: rtrb::Producer<holdfast_pipeline::engine::Change>,
+    pub lost: Arc<std::sync::atomic::AtomicU64>,
+    /// Changes the ring had no room for (the engine counts its own).
+    pub ring_full: u64,
+}
+
+/// Makes the two ends of a feed of `slots` changes for worker `worker`.
+pub fn change_feed(worker: usize, slots: usize) -> (ChangeSink, ChangeFeed) {
+    let (p, c) = rtrb::RingBuffer::new(slots);
+    let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    (ChangeSink { ring: p, lost: Arc::clone(&lost), ring_full: 0 }, ChangeFeed { worker, ring: c, lost })
+}
+
 /// A request to one worker.
 pub enum Command {
     /// Run a new configuration from the next burst on (`generation` counts reloads).

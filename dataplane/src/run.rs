@@ -9,7 +9,7 @@ use std::time::Instant as WallClock;
 use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
 use crate::bpf::{self, Link, Program, XdpMode, XskMap};
-use crate::control::{Command, DenyEvent, LinkFlags};
+use crate::control::{ChangeFeed, Command, DenyEvent, LinkFlags};
 pub use crate::error::{AttachError, OsError, StartError, WorkerError};
 use crate::handoff;
 use crate::stats::{self, Reader, Snapshot};
@@ -40,6 +40,19 @@ pub struct Config {
     pub deny_log: bool,
     /// `log.rate_limit`: denials per second over all workers.
     pub log_rate: u32,
+    /// Feed the sync endpoint the changes of every table (`sync:`; the caller drains
+    /// them with `take_changes`).
+    pub changes: Option<ChangeFeedConfig>,
+}
+
+/// The per-worker change feeds for state sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeFeedConfig {
+    /// Changes a worker can queue (engine journal and ring, each) before it counts
+    /// them as lost.
+    pub queue: usize,
+    /// A flow with traffic is sent again this often (or at half its timeout).
+    pub refresh: std::time::Duration,
 }
 
 /// Each worker's share of a rate over all workers (rounded up: never zero for a
@@ -55,6 +68,7 @@ pub struct Running {
     readers: Vec<Reader>,
     commands: Vec<crossbeam_channel::Sender<Command>>,
     denials: Vec<rtrb::Consumer<DenyEvent>>,
+    changes: Vec<ChangeFeed>,
     stop: Arc<AtomicBool>,
     /// The XDP link of each side (`None` while its interface is gone).
     links: [Option<Link>; 2],
@@ -183,9 +197,10 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     let mut readers = Vec::with_capacity(n);
     let mut commands = Vec::with_capacity(n);
     let mut denials = Vec::with_capacity(n);
+    let mut changes = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let flags = Arc::new(LinkFlags::all_up());
-    for (w, engine) in engines.into_iter().enumerate() {
+    for (w, mut engine) in engines.into_iter().enumerate() {
         let (publisher, reader) = stats::channel();
         readers.push(reader);
         let (ctx, crx) = crossbeam_channel::bounded(64);
@@ -197,6 +212,12 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         } else {
             None
         };
+        let sink = cfg.changes.map(|c| {
+            engine.keep_changes(c.queue, holdfast_pipeline::Duration::from_nanos(u64::try_from(c.refresh.as_nanos()).unwrap_or(u64::MAX)));
+            let (sink, feed) = crate::control::change_feed(w, c.queue);
+            changes.push(feed);
+            sink
+        });
         let spec = Spec {
             index: w,
             workers: n,
@@ -213,6 +234,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
             publisher,
             commands: crx,
             deny,
+            changes: sink,
             log_rate: share(cfg.log_rate, n),
             stop: Arc::clone(&stop),
             epoch,
@@ -265,6 +287,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         readers,
         commands,
         denials,
+        changes,
         stop,
         links,
         maps,
@@ -413,6 +436,11 @@ impl Running {
 
     pub fn commander(&self) -> Commander {
         Commander { to: self.commands.clone() }
+    }
+
+    /// The workers' change feeds for state sync (once; empty without `changes`).
+    pub fn take_changes(&mut self) -> Vec<ChangeFeed> {
+        std::mem::take(&mut self.changes)
     }
 
     /// The workers' deny log queues (once; empty without `deny_log`).

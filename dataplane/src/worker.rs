@@ -16,7 +16,7 @@ use holdfast_pipeline::steer::steer;
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
-use crate::control::{Bucket, Command, DenyEvent, LinkFlags};
+use crate::control::{Bucket, ChangeSink, Command, DenyEvent, LinkFlags};
 use crate::error::WorkerError;
 use crate::handoff::{self, Consumer, Producer, Refused};
 use crate::stats::{ForwardDrop, Publisher, Snapshot};
@@ -67,6 +67,8 @@ pub struct Spec {
     pub commands: crossbeam_channel::Receiver<Command>,
     /// Where denials go (`None`: no deny log).
     pub deny: Option<rtrb::Producer<DenyEvent>>,
+    /// Where the table's changes go for state sync (`None`: no sync).
+    pub changes: Option<ChangeSink>,
     /// This worker's share of `log.rate_limit`, events per second.
     pub log_rate: u32,
     pub stop: Arc<AtomicBool>,
@@ -101,6 +103,7 @@ struct Worker {
     txq: Vec<Desc>,
     verdicts: Vec<Verdict>,
     deny: Option<rtrb::Producer<DenyEvent>>,
+    changes: Option<ChangeSink>,
     bucket: Bucket,
     /// Table walks under way (listings, a reload's pass), served a slice per round.
     scans: std::collections::VecDeque<Scan>,
@@ -151,6 +154,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         txq: Vec::with_capacity(1024),
         verdicts: vec![Verdict::Drop(DropReason::Malformed); 1024],
         deny: spec.deny,
+        changes: spec.changes,
         bucket: Bucket::new(spec.log_rate),
         scans: std::collections::VecDeque::new(),
         holders: HolderSweep::default(),
@@ -204,6 +208,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             w.sweep_holders();
             w.publish(&mut publisher);
         }
+        w.hand_changes(since(spec.epoch, t));
         if did == 0 {
             let sleep = match spec.idle {
                 Idle::Spin => false,
@@ -236,6 +241,23 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
 }
 
 impl Worker {
+    /// Moves the changes the engine noted into the sync endpoint's ring; what does not
+    /// fit is counted (the endpoint then sweeps the whole table). Never waits.
+    fn hand_changes(&mut self, now: Instant) {
+        let Some(sink) = self.changes.as_mut() else { return };
+        let stats = self.engine.change_stats();
+        if stats.pending > 0 {
+            let ring = &mut sink.ring;
+            let full = &mut sink.ring_full;
+            self.engine.drain_changes(now, |c| {
+                if ring.push(c).is_err() {
+                    *full += 1;
+                }
+            });
+        }
+        sink.lost.store(stats.lost + sink.ring_full, Ordering::Relaxed);
+    }
+
     /// One pass over everything; returns how many frames it moved.
     fn poll_once(&mut self, now: Instant, per_side: u32) -> usize {
         let mut did = 0;

@@ -15,10 +15,12 @@
 //! - [`between`]: work between bursts: expiry, reconfiguration, a reload's pass;
 //! - [`inspect`]: listings, explanations for the deny log, the audit;
 //! - [`restore`]: the table as snapshot records, and back after a restart;
-//! - [`adopt`]: flows as a sync peer sees them, and adopted on takeover.
+//! - [`adopt`]: flows as a sync peer sees them, and adopted on takeover;
+//! - [`changes`]: the journal of created, changed and removed flows for a sync peer.
 
 mod adopt;
 mod between;
+mod changes;
 mod config;
 mod inspect;
 mod lifecycle;
@@ -42,6 +44,7 @@ use crate::verdict::{DropReason, PassKind, Verdict};
 
 pub use adopt::{AdoptError, SyncedFlow, ips};
 pub use between::Maintained;
+pub use changes::{Change, ChangeKind, ChangeStats};
 pub use config::{EngineConfig, Packet, Pickup};
 pub use inspect::{Explained, FlowInfo, Removed};
 pub use restore::{RestoreError, Restored};
@@ -75,6 +78,8 @@ pub struct Engine {
     policy: Arc<Classifier>,
     cfg: EngineConfig,
     counters: Counters,
+    /// Changes for a sync peer (off unless asked for).
+    changes: changes::Changes,
 }
 
 impl Engine {
@@ -91,6 +96,7 @@ impl Engine {
             policy,
             cfg,
             counters: Counters::default(),
+            changes: changes::Changes::default(),
         }
     }
 
@@ -220,6 +226,7 @@ impl Engine {
                 }
             }
             _ => match self.live_lookup(now, h, &m.key) {
+                Some(slot) if self.changes.on() => self.existing_noted(now, zone, frame, slot, m, h),
                 Some(slot) => self.existing(now, zone, frame, slot, m, h),
                 None => self.new_flow(now, zone, frame, m, h),
             },

@@ -5,7 +5,7 @@
 
 use holdfast_controlplane::state;
 use holdfast_pipeline::conntrack::pressure::{Evict, Pressure};
-use holdfast_pipeline::engine::{EngineConfig, Packet, Pickup};
+use holdfast_pipeline::engine::{ChangeKind, EngineConfig, Packet, Pickup};
 use holdfast_pipeline::snapshot::{self, FlowRecord};
 use holdfast_pipeline::{Engine, FlowHasher, Instant, Verdict, Zone};
 
@@ -42,6 +42,19 @@ fn engine_for(mode: u8, seed: u64) -> Engine {
 pub fn engine(data: &[u8]) {
     let Some((&mode, mut rest)) = data.split_first() else { return };
     let mut e = engine_for(mode, 7);
+    // The journal a sync peer is fed from: what it says, applied to a set of keys as the
+    // peer applies it, must end as the table's own keys.
+    e.keep_changes(1 << 16, holdfast_pipeline::Duration::from_secs(1));
+    let mut peer: std::collections::HashSet<holdfast_pipeline::FlowKey> = std::collections::HashSet::new();
+    let told = |e: &mut Engine, peer: &mut std::collections::HashSet<holdfast_pipeline::FlowKey>, now: Instant| {
+        e.drain_changes(now, |c| {
+            if c.kind == ChangeKind::Delete {
+                peer.remove(&c.flow.key().0);
+            } else {
+                peer.insert(c.flow.key().0);
+            }
+        })
+    };
     let mut now = Instant::from_secs(1);
     let (mut frames, mut bytes) = (0u64, 0u64);
     let mut batch: Vec<Packet> = Vec::new();
@@ -69,6 +82,7 @@ pub fn engine(data: &[u8]) {
             6 => {
                 flush(&mut e, &mut batch, &mut out);
                 e.expire(now, 16);
+                told(&mut e, &mut peer, now);
             }
             7 => flush(&mut e, &mut batch, &mut out),
             _ => {}
@@ -88,6 +102,14 @@ pub fn engine(data: &[u8]) {
         bytes += f.len() as u64;
     }
     flush(&mut e, &mut batch, &mut out);
+    told(&mut e, &mut peer, now);
+    if e.change_stats().lost == 0 {
+        let mut mine: Vec<_> = e.export(now).map(|r| r.key).collect();
+        let mut theirs: Vec<_> = peer.iter().copied().collect();
+        mine.sort_by_key(|k| (k.addr, k.port, k.proto, k.vlan));
+        theirs.sort_by_key(|k| (k.addr, k.port, k.proto, k.vlan));
+        assert_eq!(mine, theirs, "the changes told a peer every flow of the table and no other");
+    }
     let c = e.counters();
     assert_eq!(c.packets, frames, "every frame counted once");
     assert_eq!(c.passed_total() + c.dropped_total(), c.packets);

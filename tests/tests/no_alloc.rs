@@ -56,6 +56,10 @@ fn the_packet_path_never_allocates_with(pickup: Pickup) {
     let cfg = EngineConfig { capacity: 4000, fragments: 64, per_source_limit: 1, pickup, ..EngineConfig::default() };
     let t0 = Instant::from_secs(1_000);
     let mut e = Engine::new(cfg, webfarm_policy(), t0);
+    // The journal of changes for a sync peer, drained after every burst (its capacity
+    // is taken here, once; the final expiry overflows it).
+    e.keep_changes(512, Duration::from_secs(1));
+    let mut drained = [0u64; 3];
     let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
     let mut full =
         Engine::new(EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, ..EngineConfig::default() }, webfarm_policy(), t0);
@@ -85,6 +89,7 @@ fn the_packet_path_never_allocates_with(pickup: Pickup) {
     for b in &bursts {
         e.process_batch(b, &mut out[..b.len()]);
         e.expire(b[0].now, 256);
+        e.drain_changes(b[0].now, |c| drained[c.kind as usize] += 1);
         full.process_batch(b, &mut out[..b.len()]);
     }
     // Jump past every timeout: the wheel retires everything.
@@ -104,4 +109,6 @@ fn the_packet_path_never_allocates_with(pickup: Pickup) {
     assert!(c.dropped[DropReason::SourceLimit as usize] > 0, "the per-source limit was hit");
     assert!(full.counters().dropped[DropReason::TableFull as usize] > 0, "the refusing table filled up");
     assert!(removed > 0 && e.table().is_empty());
+    assert!(drained.iter().all(|&n| n > 0), "new, updated and removed flows were noted: {drained:?}");
+    assert!(e.change_stats().lost > 0, "the last expiry overflowed the journal, counted");
 }

@@ -59,11 +59,17 @@ pub struct Sync {
     pub interface: Option<String>,
     pub mode: SyncMode,
     pub role: Role,
-    /// How often the tables are swept for changes to send.
+    /// How often the workers' change queues are read and what they hold is sent.
     pub interval: std::time::Duration,
-    /// An unchanged flow is sent again (`CT_UPD`) this often, so that the peer's timer
-    /// for it keeps up.
+    /// A flow with traffic is sent again (`CT_UPD`) this often (or at half its
+    /// timeout, if shorter), so that the peer's timer for it keeps up; ALARM mode
+    /// sends everything again this often.
     pub refresh: std::time::Duration,
+    /// The whole table is swept and compared with what the peer was told this often
+    /// (and soon after a change was lost to a full queue).
+    pub resync_interval: std::time::Duration,
+    /// Changes each worker can queue for the endpoint before it counts them as lost.
+    pub queue: usize,
     /// The peer is taken for dead after this long without a word.
     pub dead_interval: std::time::Duration,
     /// Take over by itself when the peer is dead (a standby only).

@@ -180,8 +180,15 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
         interface,
         mode,
         role,
-        interval: dur(&s.interval, "interval", 1000, 100, 60_000)?,
+        interval: dur(&s.interval, "interval", 50, 10, 10_000)?,
         refresh: dur(&s.refresh, "refresh", 60_000, 1000, 3_600_000)?,
+        resync_interval: dur(&s.resync_interval, "resync_interval", 600_000, 1000, 86_400_000)?,
+        queue: match &s.queue {
+            Some(q) if q.value.0 < 1024 => {
+                return Err(cx.at(q.referenced, "sync.queue must be between 1024 and 16777216 (changes a worker can queue before it counts them as lost)"));
+            }
+            q => count(q, "queue", 65_536, 16_777_216)? as usize,
+        },
         dead_interval: dur(&s.dead_interval, "dead_interval", 3000, 1000, 3_600_000)?,
         auto_takeover,
         ack_window: count(&s.ack_window, "ack_window", 300, 100_000)? as u32,

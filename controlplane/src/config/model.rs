@@ -32,6 +32,8 @@ pub struct SyncCfg {
     pub role: Option<Spanned<String>>,
     pub interval: Option<Spanned<Dur>>,
     pub refresh: Option<Spanned<Dur>>,
+    pub resync_interval: Option<Spanned<Dur>>,
+    pub queue: Option<Spanned<Count>>,
     pub dead_interval: Option<Spanned<Dur>>,
     pub takeover: Option<Spanned<String>>,
     pub ack_window: Option<Spanned<Count>>,

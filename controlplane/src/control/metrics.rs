@@ -207,6 +207,10 @@ impl Collector for Metrics {
                 ("sync_cache_full", "Flows the peer sent beyond what the tables can hold (not kept).", "cache_full"),
                 ("sync_resend_overflow", "Messages dropped from a full resend queue (a resync recovers them).", "resend_overflow"),
                 ("sync_send_errors", "Sync datagrams the socket refused.", "send_errors"),
+                ("sync_changes", "Flow changes read from the workers' queues.", "changes"),
+                ("sync_changes_lost", "Flow changes that did not fit in a worker's queue (a full sweep recovers them).", "changes_lost"),
+                ("sync_sweeps", "Full sweeps of the tables (start, lost changes, resync_interval, the peer's request).", "sweeps"),
+                ("sync_not_syncable", "Flows the protocol cannot carry (QinQ ids beyond the 16-bit zone), each time one was to be sent.", "not_syncable"),
             ] {
                 write(&mut e, name, help, Counter, vec![(vec![], y(key))])?;
             }

@@ -88,6 +88,7 @@ pub fn dataplane_config(cfg: &Config) -> Result<run::Config, ServeError> {
         policy: cfg.classifier.clone(),
         deny_log: cfg.log.denials != DenyOutput::Off,
         log_rate: cfg.log.rate_limit,
+        changes: cfg.sync.as_ref().map(|s| run::ChangeFeedConfig { queue: s.queue, refresh: s.refresh }),
     })
 }
 
@@ -276,6 +277,8 @@ impl Appliance {
                     flags: running.link_flags(),
                     hasher: FlowHasher::new(seed),
                     timeouts: cfg.engine.timeouts,
+                    feeds: running.take_changes(),
+                    next_feed: 0,
                 };
                 let (listen, peer, role) = (s.listen, s.peer, s.role);
                 let e = crate::sync::endpoint::Endpoint::start(s, Box::new(tables)).map_err(|e| ServeError::Setting(format!("sync.listen {listen}: {e}")))?;

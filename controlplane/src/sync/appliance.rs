@@ -1,16 +1,17 @@
-//! The running appliance's tables for the sync endpoint: a sweep asks every worker for
-//! its table a slice per housekeeping round (`Command::Export`, as `holdfast snapshot`
-//! does), a takeover hands each worker the synced flows it owns (`Command::Adopt`)
-//! while every worker drops what it receives as `syncing`.
+//! The running appliance's tables for the sync endpoint: each worker's change feed (a
+//! bounded ring it fills as flows are created, change and go), a full sweep that asks
+//! every worker for its table a slice per housekeeping round (`Command::Export`, as
+//! `holdfast snapshot` does), and a takeover that hands each worker the synced flows it
+//! owns (`Command::Adopt`) while every worker drops what it receives as `syncing`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use holdfast_dataplane::control::{Command, ExportReply, LinkFlags};
+use holdfast_dataplane::control::{ChangeFeed, Command, ExportReply, LinkFlags};
 use holdfast_dataplane::run::Commander;
 use holdfast_pipeline::FlowHasher;
 use holdfast_pipeline::conntrack::Timeouts;
-use holdfast_pipeline::engine::SyncedFlow;
+use holdfast_pipeline::engine::{Change, SyncedFlow};
 use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::snapshot::FlowRecord;
 
@@ -26,6 +27,9 @@ pub struct ApplianceTables {
     pub flags: Arc<LinkFlags>,
     pub hasher: FlowHasher,
     pub timeouts: Timeouts,
+    pub feeds: Vec<ChangeFeed>,
+    /// The feed read first next time (so that one busy worker cannot starve the rest).
+    pub next_feed: usize,
 }
 
 impl Tables for ApplianceTables {
@@ -45,6 +49,21 @@ impl Tables for ApplianceTables {
             })?;
         }
         Ok(out)
+    }
+
+    fn changes(&mut self, out: &mut Vec<Change>, max: usize) -> u64 {
+        let n = self.feeds.len();
+        for i in 0..n {
+            let f = &mut self.feeds[(self.next_feed + i) % n];
+            while out.len() < max {
+                match f.ring.pop() {
+                    Ok(c) => out.push(c),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.next_feed = (self.next_feed + 1) % n.max(1);
+        self.feeds.iter().map(|f| f.lost.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String> {

@@ -1,12 +1,12 @@
 //! The sync endpoint: one control-plane thread with a UDP socket to the peer. Every
-//! `sync.interval` it sweeps the local tables (the workers hand them over a slice per
-//! housekeeping round: they never wait on it), sends what changed since the last
-//! sweep — `CT_NEW`, `CT_UPD` on a state change or every `sync.refresh`, `CT_DEL` —
-//! packed into datagrams, numbered and kept for resending (FTFW), and keeps what the
-//! peer sends in the external cache. A flow that changes twice between sweeps is sent
-//! once, as it is then; one created and gone between sweeps is never sent: what the
-//! sweep misses is never silently inconsistent, only later. On takeover the cache is
-//! committed into the local tables (docs/sync.md).
+//! `sync.interval` it reads the workers' change queues (flows created, changed in TCP
+//! state or status, seen again after `sync.refresh`, removed: the workers note them as
+//! they happen and never wait on this thread) and sends them — `CT_NEW`, `CT_UPD`,
+//! `CT_DEL` — packed into datagrams, numbered and kept for resending (FTFW). What the
+//! queues could not hold is counted; then, and every `sync.resync_interval`, and when
+//! the peer asks (RESYNC, or a restarted peer's HELLO), the whole table is swept and
+//! compared with what the peer was told. What the peer sends is kept in the external
+//! cache; on takeover it is committed into the local tables (docs/sync.md).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_pipeline::FlowKey;
-use holdfast_pipeline::engine::SyncedFlow;
+use holdfast_pipeline::engine::{Change, ChangeKind, SyncedFlow};
 use serde_json::{Value, json};
 
 use super::ftfw::{self, Receiver, Reply, Sender};
@@ -26,11 +26,18 @@ use crate::config::{Role, Sync, SyncMode};
 pub const DATAGRAM: usize = 1400;
 /// Datagrams read per loop round at most (then the loop's other work runs).
 const READ_BURST: usize = 256;
+/// Changes read from the workers' queues per loop round at most.
+const CHANGES_PER_ROUND: usize = 65_536;
+/// Shortest time between two full sweeps that lost changes ask for.
+const SWEEP_GAP: Duration = Duration::from_secs(1);
 
 /// The local tables as the endpoint sees them.
 pub trait Tables: Send + 'static {
     /// Every flow of the local tables now.
     fn sweep(&mut self) -> Result<Vec<SyncedFlow>, String>;
+    /// Moves up to `max` changes the workers queued into `out`; returns how many
+    /// changes were lost so far (a total that never goes down: queues that were full).
+    fn changes(&mut self, out: &mut Vec<Change>, max: usize) -> u64;
     /// Commits `flows` (a takeover); returns (adopted, refused).
     fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String>;
 }
@@ -70,6 +77,15 @@ pub struct Status {
     pub takeover: Option<Value>,
     pub sweep_errors: u64,
     pub last_sweep_ms: f64,
+    /// Changes read from the workers' queues / lost to full queues.
+    pub changes: u64,
+    pub changes_lost: u64,
+    /// Local flows the protocol cannot carry (QinQ ids beyond the 16-bit zone), each
+    /// time one was to be sent.
+    pub not_syncable: u64,
+    /// Full sweeps done, and why the last one ran.
+    pub sweeps: u64,
+    pub last_sweep_why: &'static str,
 }
 
 impl Status {
@@ -98,6 +114,11 @@ impl Status {
             "send_errors": self.send_errors,
             "sweep_errors": self.sweep_errors,
             "last_sweep_ms": self.last_sweep_ms,
+            "changes": self.changes,
+            "changes_lost": self.changes_lost,
+            "not_syncable": self.not_syncable,
+            "sweeps": self.sweeps,
+            "last_sweep_why": self.last_sweep_why,
             "takeover": self.takeover,
         })
     }
@@ -201,10 +222,24 @@ struct Loop {
     receiver: Receiver,
     /// What was last sent of each local flow, and when.
     sent: HashMap<FlowKey, (SyncedFlow, Instant)>,
+    /// When the workers' queues are read next.
+    next_drain: Instant,
+    changes: Vec<Change>,
+    /// Changes lost so far, as last read.
+    lost: u64,
+    /// When the whole table is swept next, and why.
     next_sweep: Instant,
-    /// The peer asked for everything (RESYNC): the next sweep sends all.
+    sweep_why: &'static str,
+    last_sweep: Option<Instant>,
+    /// The peer asked for everything (RESYNC, a restarted peer's HELLO): the next
+    /// sweep sends all.
     resync: bool,
+    /// The peer's HELLO phase is over (it sent a message without HELLO): a HELLO after
+    /// that means it restarted.
+    peer_settled: bool,
     out: Vec<u8>,
+    /// One encoded message (kept to reuse its allocation).
+    one: Vec<u8>,
     last_expiry: Instant,
     took_over: bool,
 }
@@ -221,9 +256,17 @@ impl Loop {
             tables,
             status,
             sent: HashMap::new(),
+            next_drain: Instant::now(),
+            changes: Vec::new(),
+            lost: 0,
+            // The first round sweeps: flows restored from a snapshot or there before.
             next_sweep: Instant::now(),
+            sweep_why: "start",
+            last_sweep: None,
             resync: false,
+            peer_settled: false,
             out: Vec::with_capacity(DATAGRAM),
+            one: Vec::with_capacity(256),
             last_expiry: Instant::now(),
             took_over: false,
         }
@@ -244,9 +287,24 @@ impl Loop {
 
     fn round(&mut self, now: Instant) {
         self.receive(now);
+        if now >= self.next_drain {
+            self.next_drain = now + self.cfg.interval;
+            self.drain(now);
+        }
+        if self.resync {
+            self.schedule(now, "the peer asked for everything");
+        }
+        if self.cfg.mode == SyncMode::Alarm && self.last_sweep.is_some_and(|t| now.duration_since(t) >= self.cfg.refresh) {
+            self.resync = true;
+            self.schedule(now, "alarm mode: everything again every refresh");
+        }
         if now >= self.next_sweep {
-            self.next_sweep = now + self.cfg.interval;
-            self.sweep(now);
+            // What the queues hold is older than the sweep: apply it first.
+            self.drain(now);
+            let why = std::mem::replace(&mut self.sweep_why, "resync_interval");
+            self.next_sweep = now + self.cfg.resync_interval;
+            self.last_sweep = Some(now);
+            self.sweep(now, why);
         }
         // In every mode: a standby must not take a quiet peer for a dead one.
         if let Some(a) = self.sender.alive(now) {
@@ -304,6 +362,16 @@ impl Loop {
     }
 
     fn message(&mut self, m: Message, now: Instant) {
+        if let Message::Flow { flags, .. } | Message::Ctl { flags, .. } = &m {
+            self.sender.heard(*flags);
+            if flags & flag::HELLO == 0 {
+                self.peer_settled = true;
+            } else if std::mem::take(&mut self.peer_settled) {
+                // A HELLO from a peer that had finished its greeting: it restarted, with
+                // an empty cache. Send it everything.
+                self.resync = true;
+            }
+        }
         match m {
             Message::Flow { kind: k, flags, seq, flow } => {
                 let apply = if self.cfg.mode == SyncMode::Ftfw {
@@ -358,8 +426,57 @@ impl Loop {
         }
     }
 
+    /// A full sweep as soon as the last one is `SWEEP_GAP` old.
+    fn schedule(&mut self, now: Instant, why: &'static str) {
+        let at = self.last_sweep.map_or(now, |t| (t + SWEEP_GAP).max(now));
+        if at < self.next_sweep {
+            self.next_sweep = at;
+            self.sweep_why = why;
+        }
+    }
+
+    /// Reads the workers' queues and sends what they hold; asks for a full sweep when
+    /// a queue overflowed since the last look.
+    fn drain(&mut self, now: Instant) {
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.clear();
+        let lost = self.tables.changes(&mut changes, CHANGES_PER_ROUND);
+        if lost > self.lost {
+            eprintln!("holdfast: sync: {} changes did not fit in the workers' queues (sync.queue): the whole table is swept to recover them", lost - self.lost);
+            self.lost = lost;
+            self.schedule(now, "changes lost to a full queue");
+        }
+        let mut unsent = 0u64;
+        for c in &changes {
+            if !proto::syncable(&c.flow) {
+                unsent += 1;
+                continue;
+            }
+            let key = c.flow.key().0;
+            let m = match c.kind {
+                ChangeKind::New | ChangeKind::Update => {
+                    let kind = if self.sent.insert(key, (c.flow, now)).is_some() { kind::CT_UPD } else { kind::CT_NEW };
+                    Message::Flow { kind, flags: 0, seq: 0, flow: c.flow }
+                }
+                // Only what the peer was told of needs a word.
+                ChangeKind::Delete => match self.sent.remove(&key) {
+                    Some(_) => Message::Flow { kind: kind::CT_DEL, flags: 0, seq: 0, flow: c.flow },
+                    None => continue,
+                },
+            };
+            let m = self.sender.data(m, now);
+            self.queue(&m);
+        }
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.changes += changes.len() as u64;
+        s.changes_lost = lost;
+        s.not_syncable += unsent;
+        drop(s);
+        self.changes = changes;
+    }
+
     /// Sweeps the local tables and sends what changed.
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, now: Instant, why: &'static str) {
         let t = Instant::now();
         let flows = match self.tables.sweep() {
             Ok(f) => f,
@@ -367,16 +484,23 @@ impl Loop {
                 let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 s.sweep_errors += 1;
                 if s.sweep_errors == 1 {
-                    eprintln!("holdfast: sync: sweeping the tables failed (retried every interval): {e}");
+                    eprintln!("holdfast: sync: sweeping the tables failed (retried every second): {e}");
                 }
+                drop(s);
+                self.next_sweep = now + SWEEP_GAP;
+                self.sweep_why = why;
                 return;
             }
         };
-        let all = std::mem::take(&mut self.resync)
-            || self.cfg.mode == SyncMode::Alarm && self.sent.values().next().is_some_and(|(_, at)| now.duration_since(*at) >= self.cfg.refresh);
+        let all = std::mem::take(&mut self.resync);
         let mut seen: HashMap<FlowKey, SyncedFlow> = HashMap::with_capacity(flows.len());
+        let mut unsent = 0u64;
         for f in flows {
-            seen.insert(f.key().0, f);
+            if proto::syncable(&f) {
+                seen.insert(f.key().0, f);
+            } else {
+                unsent += 1;
+            }
         }
         let mut out = Vec::new();
         for (k, f) in &seen {
@@ -384,7 +508,11 @@ impl Loop {
                 None => Some(kind::CT_NEW),
                 Some((old, at)) => {
                     let changed = old.tcp_state != f.tcp_state || old.status != f.status;
-                    (all || changed || now.duration_since(*at) >= self.cfg.refresh).then_some(kind::CT_UPD)
+                    // The peer's timer runs from what it was told: behind by more than a
+                    // refresh period (traffic whose notes were lost), it needs the truth.
+                    let told = old.timeout_s.saturating_sub(u32::try_from(now.duration_since(*at).as_secs()).unwrap_or(u32::MAX));
+                    let slack = u32::try_from(self.cfg.refresh.as_secs()).unwrap_or(u32::MAX).min(f.timeout_s / 2);
+                    (all || changed || f.timeout_s > told.saturating_add(slack)).then_some(kind::CT_UPD)
                 }
             };
             if let Some(kind) = send {
@@ -402,17 +530,21 @@ impl Loop {
             let m = self.sender.data(m, now);
             self.queue(&m);
         }
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).last_sweep_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_sweep_ms = t.elapsed().as_secs_f64() * 1e3;
+        s.sweeps += 1;
+        s.last_sweep_why = why;
+        s.not_syncable += unsent;
     }
 
     /// Adds a message to the datagram being built; sends it first if it would not fit.
     fn queue(&mut self, m: &Message) {
-        let mut b = Vec::new();
-        proto::encode(m, &mut b);
-        if self.out.len() + b.len() > DATAGRAM {
+        self.one.clear();
+        proto::encode(m, &mut self.one);
+        if self.out.len() + self.one.len() > DATAGRAM {
             self.flush();
         }
-        self.out.extend_from_slice(&b);
+        self.out.extend_from_slice(&self.one);
     }
 
     fn flush(&mut self) {
@@ -458,7 +590,7 @@ pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
         Some((ty, _, id)) => (id, u16::from(ty)),
         None => (f.sport, f.dport),
     };
-    json!({
+    let mut v = json!({
         "proto": crate::replay::proto_name(f.proto),
         "src": ip(f.src),
         "sport": sport,
@@ -468,5 +600,9 @@ pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
         "expires_in_s": left_s,
         "assured": f.status & holdfast_pipeline::engine::ips::ASSURED != 0,
         "external": true,
-    })
+    });
+    if f.vlan != 0 {
+        v["vlan"] = json!([f.vlan & 0xfff, f.vlan >> 12]);
+    }
+    v
 }

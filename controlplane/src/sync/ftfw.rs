@@ -4,9 +4,11 @@
 //! The sender numbers every data message and keeps it in a bounded resend queue until
 //! the peer acknowledges it; a NACK re-sends the range asked for (as current state,
 //! with new numbers); ALIVE goes out after a second without traffic, carrying the last
-//! number used so that the peer notices a lost tail; HELLO on the first message lets a
-//! restarted peer reset its expectations. The receiver acknowledges every
-//! `ack_window` messages in order and asks at once for a gap.
+//! number used so that the peer notices a lost tail. HELLO, as conntrackd says it: every
+//! message carries it until the peer's HELLO_BACK arrives, so that a peer that joins
+//! late or restarted resets its expectations instead of asking for a gap of billions;
+//! the next message after a HELLO from the peer carries HELLO_BACK. The receiver
+//! acknowledges every `ack_window` messages in order and asks at once for a gap.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,6 +19,10 @@ use super::proto::{Message, flag};
 pub const ACK_WINDOW: u32 = 300;
 pub const RESEND_QUEUE: usize = 131_072;
 pub const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A HELLO numbered this far past the last number or more (or before it) starts over:
+/// the peer restarted. Nearer, it is a gap in a stream that still says HELLO.
+const HELLO_GAP: u32 = 1 << 16;
 
 fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
@@ -46,7 +52,10 @@ pub struct Sender {
     /// Data messages sent and not yet acknowledged, oldest first.
     queue: VecDeque<Message>,
     limit: usize,
+    /// Say HELLO (until the peer's HELLO_BACK).
     hello: bool,
+    /// The peer said HELLO: the next message says HELLO_BACK.
+    hello_back: bool,
     last_sent: Option<Instant>,
     pub stats: Stats,
 }
@@ -55,7 +64,7 @@ impl Sender {
     /// Starts numbering at `first` (conntrackd uses the time of day), keeping at most
     /// `limit` messages for resending (0: none, NOTRACK and ALARM).
     pub fn new(first: u32, limit: usize) -> Sender {
-        Sender { next: first, queue: VecDeque::new(), limit, hello: true, last_sent: None, stats: Stats::default() }
+        Sender { next: first, queue: VecDeque::new(), limit, hello: true, hello_back: false, last_sent: None, stats: Stats::default() }
     }
 
     pub fn queued(&self) -> usize {
@@ -68,16 +77,42 @@ impl Sender {
         s
     }
 
+    /// The flags of the HELLO handshake the next message carries.
+    fn greeting(&mut self) -> u8 {
+        let mut f = 0;
+        if self.hello {
+            f |= flag::HELLO;
+        }
+        if std::mem::take(&mut self.hello_back) {
+            f |= flag::HELLO_BACK;
+        }
+        f
+    }
+
+    /// What a message from the peer says of the handshake: its HELLO (answer with
+    /// HELLO_BACK), its HELLO_BACK (stop saying HELLO).
+    pub fn heard(&mut self, flags: u8) {
+        if flags & flag::HELLO != 0 {
+            self.hello_back = true;
+        }
+        if flags & flag::HELLO_BACK != 0 {
+            self.hello = false;
+        }
+    }
+
+    /// Still saying HELLO (no HELLO_BACK yet).
+    pub fn greeting_pending(&self) -> bool {
+        self.hello
+    }
+
     /// Numbers a data message (`Message::Flow`), queues it for resending and returns it
     /// to send. The first one carries HELLO.
     pub fn data(&mut self, mut m: Message, now: Instant) -> Message {
         let seq = self.number();
+        let greeting = self.greeting();
         if let Message::Flow { seq: s, flags, .. } = &mut m {
             *s = seq;
-            if self.hello {
-                *flags |= flag::HELLO;
-                self.hello = false;
-            }
+            *flags = (*flags & !(flag::HELLO | flag::HELLO_BACK)) | greeting;
         }
         if self.limit > 0 {
             if self.queue.len() == self.limit {
@@ -137,11 +172,7 @@ impl Sender {
     /// of its own: conntrackd tracks the numbers of every message, and drops one whose
     /// number it has seen before.
     pub fn ctl(&mut self, flags: u8, range: Option<(u32, u32)>, now: Instant) -> Message {
-        let mut flags = flags;
-        if self.hello {
-            flags |= flag::HELLO;
-            self.hello = false;
-        }
+        let flags = flags | self.greeting();
         self.last_sent = Some(now);
         Message::Ctl { flags, seq: self.number(), range }
     }
@@ -195,7 +226,10 @@ impl Receiver {
         self.stats.received += u64::from(!alive);
         let mut send = Vec::new();
         let resync = self.last.is_none() && !hello;
-        if hello {
+        // A HELLO that continues the numbering (perhaps after a gap) is a peer still
+        // waiting for its HELLO_BACK: nothing to reset, a gap is asked for as ever. A
+        // restarted peer numbers from elsewhere (conntrackd: the time of day).
+        if hello && self.last.is_none_or(|l| seq.wrapping_sub(l).wrapping_sub(1) >= HELLO_GAP) {
             // A restarted peer: start over from this number.
             self.last = None;
             self.window_start = None;
@@ -252,6 +286,7 @@ mod tests {
             status: ips::CONFIRMED,
             timeout_s: 30,
             wscale: [None, None],
+            vlan: 0,
         };
         Message::Flow { kind: 0, flags: 0, seq: 0, flow: f }
     }
@@ -285,6 +320,8 @@ mod tests {
                     Message::Expectation { .. } => vec![],
                 };
                 for (f, range) in replies {
+                    // The receiver's side answers the HELLO on its first reply.
+                    s.heard(flag::HELLO_BACK);
                     if let Reply::Send(again) = s.control(&Message::Ctl { flags: f, seq: 0, range: Some(range) }, now) {
                         wire.extend(again);
                     }
@@ -355,8 +392,23 @@ mod tests {
         let got = r.message(5, true, false, now);
         assert!(got.apply && got.send.is_empty(), "{got:?}");
         assert_eq!(r.stats.lost, 0);
+        // HELLO on every message until the peer's HELLO_BACK, as conntrackd.
         let mut s = Sender::new(7, 10);
-        assert!(matches!(s.data(flow(1), now), Message::Flow { flags, seq: 7, .. } if flags & flag::HELLO != 0));
-        assert!(matches!(s.data(flow(2), now), Message::Flow { flags: 0, seq: 8, .. }));
+        assert!(matches!(s.data(flow(1), now), Message::Flow { flags: flag::HELLO, seq: 7, .. }));
+        assert!(matches!(s.ctl(flag::ALIVE, None, now), Message::Ctl { flags, seq: 8, .. } if flags == flag::ALIVE | flag::HELLO));
+        s.heard(flag::ACK | flag::HELLO_BACK);
+        assert!(!s.greeting_pending());
+        assert!(matches!(s.data(flow(2), now), Message::Flow { flags: 0, seq: 9, .. }));
+        // The peer's HELLO is answered once, on the next message of any kind.
+        s.heard(flag::HELLO);
+        assert!(matches!(s.ctl(flag::ACK, Some((1, 2)), now), Message::Ctl { flags, .. } if flags == flag::ACK | flag::HELLO_BACK));
+        assert!(matches!(s.data(flow(3), now), Message::Flow { flags: 0, .. }));
+        // A receiver does not reset on a HELLO that continues the numbering (the peer
+        // still waits for its HELLO_BACK), so a gap between two HELLOs is still seen.
+        let mut r = Receiver::new(ACK_WINDOW);
+        assert!(r.message(1000, true, false, now).apply);
+        assert!(r.message(1001, true, false, now).send.is_empty());
+        let got = r.message(1003, false, false, now);
+        assert_eq!(got.send, vec![(flag::ACK, (1000, 1001)), (flag::NACK, (1002, 1002))]);
     }
 }

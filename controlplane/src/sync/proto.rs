@@ -191,10 +191,20 @@ pub fn encode(m: &Message, out: &mut Vec<u8>) {
                 _ => {}
             }
             put_attr(out, attr::TIMEOUT, &f.timeout_s.to_be_bytes());
+            if f.vlan != 0 {
+                debug_assert!(syncable(f), "the endpoint sends only what the protocol can carry");
+                put_attr(out, attr::ZONE, &(f.vlan as u16).to_be_bytes());
+            }
         }
     }
     let len = (out.len() - start) as u16;
     out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Whether the protocol can carry `f`: its VLAN ids travel in the 16-bit ZONE
+/// attribute, so a QinQ flow whose ids need more (an inner id of 16 or more) cannot.
+pub fn syncable(f: &SyncedFlow) -> bool {
+    f.vlan <= 0xffff
 }
 
 /// Bytes `m` takes once encoded.
@@ -314,6 +324,8 @@ fn message(m: &[u8], at: usize) -> Result<Message, DecodeError> {
             (proto::TCP, Some(o), Some(r)) => [Some(o[0]), Some(r[0])],
             _ => [None, None],
         },
+        // Holdfast's VLAN ids travel as the conntrack zone (docs/sync.md).
+        vlan: get(attr::ZONE).map_or(0, |z| u32::from(be16(&z[0..2]))),
     };
     Ok(Message::Flow { kind: ty, flags, seq, flow })
 }

@@ -44,6 +44,9 @@ pub struct SyncedFlow {
     pub timeout_s: u32,
     /// Window scale shift of the original and reply directions, when known.
     pub wscale: [Option<u8>; 2],
+    /// The flow's VLAN ids as [`FlowKey::vlan`] has them (0: untagged). conntrackd's
+    /// protocol carries a 16-bit conntrack zone in their place (docs/sync.md).
+    pub vlan: u32,
 }
 
 /// Why a synced flow was not adopted.
@@ -73,8 +76,8 @@ impl SyncedFlow {
     /// The canonical key and the side the original direction came from.
     pub fn key(&self) -> (FlowKey, Side) {
         match (self.proto, self.icmp) {
-            (proto::ICMP | proto::ICMPV6, Some((ty, _, id))) => FlowKey::icmp_query(self.src, self.dst, id, ty, true, self.proto, self.v6, 0),
-            _ => FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto, self.v6, 0),
+            (proto::ICMP | proto::ICMPV6, Some((ty, _, id))) => FlowKey::icmp_query(self.src, self.dst, id, ty, true, self.proto, self.v6, self.vlan),
+            _ => FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto, self.v6, self.vlan),
         }
     }
 }
@@ -117,6 +120,7 @@ impl FlowRecord {
             status,
             timeout_s: Duration::from_ticks(left).as_nanos().div_ceil(1_000_000_000) as u32,
             wscale,
+            vlan: k.vlan,
         }
     }
 }
@@ -189,6 +193,7 @@ impl Engine {
         }
         let slot = self.table.insert(h, &key, c, aux, when).map_err(|_| AdoptError::TableFull)?;
         self.lists.push(slot, adm);
+        self.changes.slot(super::changes::ChangeKind::New, slot, key);
         let charged = self.sources.add(src, key.v6);
         debug_assert!(charged, "checked above");
         Ok(())
@@ -282,6 +287,7 @@ mod tests {
             status: ips::ASSURED,
             timeout_s: 60,
             wscale: [None, None],
+            vlan: 0,
         };
         assert_eq!(b.e.adopt(&SyncedFlow { tcp_state: 12, ..f }, b.now), Err(AdoptError::Invalid));
         assert_eq!(b.e.adopt(&SyncedFlow { proto: 47, ..f }, b.now), Err(AdoptError::Invalid), "GRE has no ports");

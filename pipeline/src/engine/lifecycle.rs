@@ -3,6 +3,7 @@
 //! tombstone saying why.
 
 use super::Engine;
+use super::changes::ChangeKind;
 use crate::conntrack::conn::{Conn, ConnAux, REPLY, cflag};
 use crate::conntrack::pressure::{Admission, Evict};
 use crate::conntrack::sources::Refusal;
@@ -62,6 +63,7 @@ impl Engine {
             }
         };
         self.lists.push(slot, adm);
+        self.changes.slot(ChangeKind::New, slot, m.key);
         let charged = self.sources.add(src, m.key.v6);
         debug_assert!(charged, "make_room checked the source");
         self.counters.flows_created += 1;
@@ -116,6 +118,7 @@ impl Engine {
             let key = self.table.key_of(slot);
             self.sources.sub(key.addr[c.charged()], key.v6);
         }
+        self.note_removal(slot, now);
         self.lists.remove(slot, adm);
         self.table.remove_hashed(slot, h);
     }

@@ -45,7 +45,7 @@ impl Engine {
         (range.start.min(end)..end).filter(|&s| self.table.is_live(s)).map(move |s| self.record_of(s, now))
     }
 
-    fn record_of(&self, s: u32, now: Instant) -> FlowRecord {
+    pub(super) fn record_of(&self, s: u32, now: Instant) -> FlowRecord {
         let t = now.ticks();
         let mut conn = self.table.conns[s as usize];
         let mut aux = self.table.aux[s as usize];

@@ -18,6 +18,7 @@ fn tcp_flow() -> SyncedFlow {
         status: ips::CONFIRMED | ips::SEEN_REPLY | ips::ASSURED,
         timeout_s: 432_000,
         wscale: [Some(7), Some(8)],
+        vlan: 0,
     }
 }
 
@@ -69,6 +70,7 @@ fn udp_icmp_ipv6_and_control_messages_by_hand() {
         status: ips::CONFIRMED,
         timeout_s: 30,
         wscale: [None, None],
+        vlan: 0,
     };
     let m = Message::Flow { kind: kind::CT_UPD, flags: 0, seq: u32::MAX, flow };
     let mut out = Vec::new();
@@ -95,6 +97,7 @@ fn udp_icmp_ipv6_and_control_messages_by_hand() {
         status: ips::CONFIRMED | ips::SEEN_REPLY,
         timeout_s: 25,
         wscale: [None, None],
+        vlan: 0,
         ..tcp_flow()
     };
     let del = Message::Flow { kind: kind::CT_DEL, flags: flag::HELLO, seq: 9, flow: icmp };
@@ -171,4 +174,22 @@ fn one_bad_message_does_not_take_the_rest_of_the_datagram() {
     let r = decode(&d);
     assert_eq!(r.len(), 2);
     assert!(r[0].is_err() && r[1].is_ok());
+}
+
+#[test]
+fn a_vlan_travels_as_the_conntrack_zone_and_qinq_beyond_it_is_not_syncable() {
+    let f = SyncedFlow { vlan: 7, ..tcp_flow() };
+    let m = Message::Flow { kind: kind::CT_NEW, flags: 0, seq: 5, flow: f };
+    let mut out = Vec::new();
+    encode(&m, &mut out);
+    // TCP_NEW's attributes, then ZONE 7 (u16, big-endian as `ct_build_u16` writes it,
+    // padded to 4), and the length 76 + 8.
+    let mut want = TCP_NEW.to_vec();
+    want[3] = 84;
+    want.extend_from_slice(&[0x00, 6, 0x00, 32, 0x00, 0x07, 0, 0]);
+    assert_eq!(out, want);
+    assert_eq!(decode(&want), vec![Ok(m)]);
+    assert!(syncable(&f));
+    // Outer 100, inner 200 (bits 12..24): more than 16 bits.
+    assert!(!syncable(&SyncedFlow { vlan: 200 << 12 | 100, ..f }));
 }

@@ -316,6 +316,22 @@ mod pair {
         let lost: u64 = dropped.split("counter packets ").skip(1).filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok()).sum();
         assert!(lost >= 2, "one sync datagram in twenty was dropped, each way: {lost}");
         assert_eq!(external.len(), local.len(), "every flow reached the standby through the loss");
+        assert!(status["sync"]["changes"].as_u64().unwrap() >= local.len() as u64, "sent from the workers' change queues: {}", status["sync"]);
+        // And each as it is now, not as a message lost and sent again once said it was.
+        let state = |v: &[serde_json::Value]| {
+            let mut s: Vec<(String, u64, String)> = v
+                .iter()
+                .map(|f| (f["src"].as_str().unwrap_or("").to_string(), f["sport"].as_u64().unwrap_or(0), f["state"].as_str().unwrap_or("").to_string()))
+                .collect();
+            s.sort();
+            s
+        };
+        let t = Instant::now();
+        while state(&external) != state(&local) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(300));
+            external = flows("hf-sb", &["flows", "--external", "--json", "--limit", "10000"]);
+        }
+        assert_eq!(state(&external), state(&local), "the standby has every flow in the state the active has it in");
         let took = hf("hf-sb", &["takeover", "--json"]);
         assert!(took.status.success(), "{}", String::from_utf8_lossy(&took.stderr));
         let took: serde_json::Value = serde_json::from_slice(&took.stdout).unwrap();

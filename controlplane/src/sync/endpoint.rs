@@ -412,17 +412,33 @@ impl Loop {
                 match self.sender.control(&m, now) {
                     Reply::None => {}
                     Reply::Resync => self.resync = true,
-                    Reply::Send(again) => {
-                        for a in again {
-                            self.queue(&a);
-                        }
-                    }
+                    Reply::Send(again) => self.send_again(again, now),
                 }
             }
             Message::Expectation { .. } => {
                 self.receiver.last_heard = Some(now);
                 self.status.lock().unwrap_or_else(|p| p.into_inner()).expectations_ignored += 1;
             }
+        }
+    }
+
+    /// Sends messages the peer did not get, each flow once and as it is now: what the
+    /// peer was last told of it, or `CT_DEL` if it is gone since — an old `CT_NEW` sent
+    /// after the `CT_DEL` that followed it would bring the flow back on the peer.
+    fn send_again(&mut self, again: Vec<Message>, now: Instant) {
+        let mut done = std::collections::HashSet::with_capacity(again.len());
+        for m in again {
+            let Message::Flow { flow, .. } = m else { continue };
+            let key = flow.key().0;
+            if !done.insert(key) {
+                continue;
+            }
+            let m = match self.sent.get(&key) {
+                Some((f, _)) => Message::Flow { kind: kind::CT_UPD, flags: 0, seq: 0, flow: *f },
+                None => Message::Flow { kind: kind::CT_DEL, flags: 0, seq: 0, flow },
+            };
+            let m = self.sender.resend(m, now);
+            self.queue(&m);
         }
     }
 

@@ -127,8 +127,12 @@ impl Sender {
     }
 
     /// What the peer's control message asks of this side: messages to send again (a
-    /// NACK), or `Resync` (send the whole table).
-    pub fn control(&mut self, m: &Message, now: Instant) -> Reply {
+    /// NACK's range; or, at an ACK, what is still queued from before the range it
+    /// names — the start of the stream when the first datagram was lost, or a window
+    /// whose ACK was), or `Resync` (send the whole table). The messages come out of
+    /// the queue unnumbered: the caller brings each up to date (conntrackd re-sends
+    /// the flow as it is now, not as it was) and numbers it with [`Sender::resend`].
+    pub fn control(&mut self, m: &Message, _now: Instant) -> Reply {
         let Message::Ctl { flags, range, .. } = m else { return Reply::None };
         if flags & flag::RESYNC != 0 {
             self.stats.resyncs_received += 1;
@@ -137,26 +141,28 @@ impl Sender {
             return Reply::Resync;
         }
         let Some((from, to)) = *range else { return Reply::None };
+        let mut again = Vec::new();
         if flags & flag::ACK != 0 {
             // What was numbered `from..=to` arrived (and only that: a message before
-            // `from` may never have).
+            // `from` may never have, so it goes again).
             self.queue.retain(|q| before(q.seq(), from) || before(to, q.seq()));
+            while self.queue.front().is_some_and(|q| before(q.seq(), from)) {
+                again.extend(self.queue.pop_front());
+            }
         }
         if flags & flag::NACK != 0 {
             self.stats.nacks_received += 1;
-            let again: Vec<Message> = self.queue.iter().filter(|q| !before(q.seq(), from) && !before(to, q.seq())).cloned().collect();
+            again.extend(self.queue.iter().filter(|q| !before(q.seq(), from) && !before(to, q.seq())).cloned());
             self.queue.retain(|q| before(q.seq(), from) || before(to, q.seq()));
-            let out: Vec<Message> = again
-                .into_iter()
-                .map(|m| {
-                    self.stats.resent += 1;
-                    self.stats.sent -= 1; // `data` counts it again
-                    self.data(m, now)
-                })
-                .collect();
-            return Reply::Send(out);
         }
-        Reply::None
+        if again.is_empty() && flags & flag::NACK == 0 { Reply::None } else { Reply::Send(again) }
+    }
+
+    /// Numbers and queues a message sent again (counted as resent, not as sent).
+    pub fn resend(&mut self, m: Message, now: Instant) -> Message {
+        self.stats.resent += 1;
+        self.stats.sent = self.stats.sent.saturating_sub(1);
+        self.data(m, now)
     }
 
     /// An ALIVE, numbered like every message, when nothing was sent for
@@ -323,7 +329,10 @@ mod tests {
                     // The receiver's side answers the HELLO on its first reply.
                     s.heard(flag::HELLO_BACK);
                     if let Reply::Send(again) = s.control(&Message::Ctl { flags: f, seq: 0, range: Some(range) }, now) {
-                        wire.extend(again);
+                        for m in again {
+                            let m = s.resend(m, now);
+                            wire.push_back(m);
+                        }
                     }
                 }
             }
@@ -364,6 +373,16 @@ mod tests {
         // The resends carry new numbers, so the old ones read as a gap once more (as
         // with conntrackd); the sender has nothing left to resend for it.
         assert!(r.lost >= 3, "{r:?}");
+    }
+
+    #[test]
+    fn a_lost_start_is_sent_again_when_the_first_ack_names_a_later_one() {
+        // The first two messages — HELLO on both — are lost: the receiver starts at the
+        // third, which also says HELLO, so no number tells it what came before. Its
+        // first ACK starts there; the sender sends again what is queued before it.
+        let (got, s, _, _) = run(10, |t| t <= 2, ACK_WINDOW);
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        assert!(s.resent >= 2, "{s:?}");
     }
 
     #[test]

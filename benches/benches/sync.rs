@@ -83,16 +83,15 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     let mut out = [holdfast_pipeline::Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
     let mut off = Loaded::new(100_000);
+    let mut on = Loaded::new(100_000);
+    on.engine.keep_changes(65_536, holdfast_pipeline::Duration::from_secs(60));
+    let mut noted = 0u64;
     g.bench_function("mixed_burst_100k_off", |b| {
         b.iter(|| {
             off.fill_burst();
             off.run_burst(&mut out);
         })
     });
-    drop(off);
-    let mut on = Loaded::new(100_000);
-    on.engine.keep_changes(65_536, holdfast_pipeline::Duration::from_secs(60));
-    let mut noted = 0u64;
     g.bench_function("mixed_burst_100k_on", |b| {
         b.iter(|| {
             on.fill_burst();
@@ -101,9 +100,40 @@ fn bench(c: &mut Criterion) {
             on.engine.drain_changes(now, |c| noted += u64::from(c.flow.proto));
         })
     });
-    eprintln!("journal: {noted} (weighted) notes drained, {} lost", on.engine.change_stats().lost);
-    drop(on);
     g.finish();
+    // The ratio, interleaved so that both see the same machine: 15 rounds of 20k
+    // bursts each way, medians.
+    let (mut t_off, mut t_on) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let t = WallClock::now();
+        for _ in 0..20_000 {
+            off.fill_burst();
+            off.run_burst(&mut out);
+        }
+        t_off.push(t.elapsed().as_secs_f64());
+        let t = WallClock::now();
+        for _ in 0..20_000 {
+            on.fill_burst();
+            on.run_burst(&mut out);
+            let now = on.now;
+            on.engine.drain_changes(now, |c| noted += u64::from(c.flow.proto));
+        }
+        t_on.push(t.elapsed().as_secs_f64());
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (med(&mut t_off), med(&mut t_on));
+    eprintln!(
+        "journal: off {:.1} ns/packet, on {:.1} ns/packet (medians of 15 interleaved rounds of 1.28M packets): on/off = {:.3}; {} lost",
+        a * 1e9 / 1_280_000.0,
+        b * 1e9 / 1_280_000.0,
+        b / a,
+        on.engine.change_stats().lost
+    );
+    std::hint::black_box(noted);
+    drop((off, on));
     // A sweep's cost on the sync thread at 1M flows, in the steady state (nothing
     // changed): the workers' export decoded, each record seen as a synced flow, and
     // compared with what was last sent (the endpoint's diff, over a map as large).

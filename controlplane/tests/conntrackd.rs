@@ -284,6 +284,7 @@ fn the_appliance_syncs_with_conntrackd_in_the_lab() {
     let fin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("holdfast's sync at stop: {}", fin["sync"]);
     assert_eq!(fin["sync"]["malformed"], 0, "Holdfast refused none of conntrackd's messages");
+    assert_eq!(fin["sync"]["hello_back_pending"], false, "conntrackd answered Holdfast's HELLO with HELLO_BACK");
     assert!(fin["sync"]["messages_sent"].as_u64().unwrap() >= 1);
     assert_eq!(fin["sync"]["takeover"]["adopted"], took["adopted"]);
 }

@@ -86,6 +86,8 @@ pub struct Status {
     /// Full sweeps done, and why the last one ran.
     pub sweeps: u64,
     pub last_sweep_why: &'static str,
+    /// Still saying HELLO: the peer's HELLO_BACK has not come.
+    pub greeting: bool,
 }
 
 impl Status {
@@ -119,6 +121,7 @@ impl Status {
             "not_syncable": self.not_syncable,
             "sweeps": self.sweeps,
             "last_sweep_why": self.last_sweep_why,
+            "hello_back_pending": self.greeting,
             "takeover": self.takeover,
         })
     }
@@ -334,6 +337,7 @@ impl Loop {
         s.last_heard = self.receiver.last_heard;
         s.peer_alive = alive;
         s.local_flows = self.sent.len();
+        s.greeting = self.sender.greeting_pending();
     }
 
     /// Sends a control message now (ACK/NACK must not wait for a sweep).

@@ -373,6 +373,7 @@ fn sync_keys_are_checked_where_they_are_written() {
     let s = c.sync.unwrap();
     assert_eq!((s.listen.to_string(), s.peer.to_string(), s.role), ("192.168.77.1:3780".into(), "192.168.77.2:3780".into(), compiled::Role::Standby));
     assert_eq!((s.mode, s.ack_window, s.resend_queue, s.dead_interval), (compiled::SyncMode::Ftfw, 300, 131_072, std::time::Duration::from_secs(3)));
+    assert_eq!((s.queue, s.resync_interval, s.interval), (65_536, std::time::Duration::from_secs(600), std::time::Duration::from_millis(50)));
     assert_eq!(s.cache_limit, c.engine.capacity * c.dataplane.cores.len(), "what the tables can hold");
     assert_eq!(parse("", "t.yaml").unwrap().sync, None);
     let e = err("sync:\n  listen: 192.168.77.1:3780\n  peer: nowhere\n");
@@ -390,4 +391,7 @@ fn sync_keys_are_checked_where_they_are_written() {
     assert_eq!(m.group, Some(std::net::Ipv4Addr::new(225, 0, 0, 50)));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  dead_interval: 10ms\n").message.contains("sync.dead_interval must be between"));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  ack_window: 0\n").message.contains("sync.ack_window"));
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  queue: 100\n").message.contains("sync.queue must be between 1024 and"));
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  resync_interval: 100ms\n").message.contains("sync.resync_interval must be between"));
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  interval: 1ms\n").message.contains("sync.interval must be between 10ms"));
 }

@@ -34,5 +34,7 @@ pub use counters::Counters;
 pub use engine::{Engine, EngineConfig, FlowInfo, Packet, Pickup};
 pub use flow::{FlowHasher, FlowKey, Side};
 pub use policy::{Action, Classifier, Zone};
+/// The prefetch hint the pipeline stages its reads with (for the memory-floor bench).
+pub use raw::prefetch;
 pub use time::{Duration, Instant};
 pub use verdict::{DropReason, PassKind, Verdict};

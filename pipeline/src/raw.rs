@@ -83,7 +83,7 @@ impl<T> Drop for Zeroed<T> {
 
 /// Hints the CPU to bring the cache line holding `r` into all cache levels.
 #[inline(always)]
-pub(crate) fn prefetch<T>(r: &T) {
+pub fn prefetch<T>(r: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -1,0 +1,168 @@
+//! Issue 11's targets in one run, as ratios measured in the same sitting (absolute
+//! figures move 2x between machines of one kind; these do not):
+//!
+//! - **P1** one core, the mixed burst (`Loaded::fill_burst`: 88 % established ACKs,
+//!   SYN retransmissions, FINs, garbage; 64 frames a burst) at 10k and 1M live flows:
+//!   ns/packet and Mpps, the burst generator's own cost subtracted.
+//! - **P2** the memory floor: the same number of random cache-line reads over an array
+//!   as large as the 1M-flow engine, in bursts of 64 with every line prefetched first
+//!   (the pipeline's staging) — what no design avoids. Ratio pipeline / floor.
+//! - **P3** bytes allocated per entry of capacity, by part.
+//! - **P5** two engines on two threads over disjoint flows against one alone.
+//! - **P6** the flood mix on a full table against the mixed burst, same table size.
+//!
+//! Every figure is the median of interleaved rounds. `cargo bench -p holdfast-benches
+//! --bench targets`.
+
+use std::time::Instant as WallClock;
+
+use holdfast_benches::Loaded;
+use holdfast_pipeline::{DropReason, Verdict};
+
+const ROUNDS: usize = 9;
+/// Bursts per round (64 packets each).
+const BURSTS: usize = 20_000;
+const PACKETS: f64 = (BURSTS * 64) as f64;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds for `BURSTS` bursts of `l`'s mix (`flood`: the flood mix); `judge: false`
+/// only generates them.
+fn round(l: &mut Loaded, flood: bool, judge: bool) -> f64 {
+    let mut out = [Verdict::Drop(DropReason::Malformed); 64];
+    let t = WallClock::now();
+    for _ in 0..BURSTS {
+        if flood {
+            l.fill_flood_burst();
+        } else {
+            l.fill_burst();
+        }
+        if judge {
+            l.run_burst(&mut out);
+        }
+        std::hint::black_box(&out);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The floor: `BURSTS` × 64 random 64-byte lines of `mem`, prefetched a burst ahead
+/// of being read, as the pipeline stages its bucket and entry reads.
+fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
+    let lines = mem.len() / 8;
+    let mut idx = [0usize; 64];
+    let mut sum = 0u64;
+    let t = WallClock::now();
+    for _ in 0..BURSTS {
+        for i in &mut idx {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *i = ((*rng >> 11) as usize % lines) * 8;
+            holdfast_pipeline::prefetch(&mem[*i]);
+        }
+        for &i in &idx {
+            sum = sum.wrapping_add(mem[i]);
+        }
+    }
+    std::hint::black_box(sum);
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo bench -- --list` asks every bench for its names.
+        println!("targets: bench");
+        return;
+    }
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("machine: {machine}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut small = Loaded::new(10_000);
+    let mut big = Loaded::new(1_000_000);
+
+    // P1 and P2, interleaved.
+    let bytes = big.engine.bytes();
+    let mem = vec![1u64; bytes / 8];
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut gen_, mut p10k, mut p1m, mut fl) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        gen_.push(round(&mut small, false, false));
+        p10k.push(round(&mut small, false, true));
+        p1m.push(round(&mut big, false, true));
+        fl.push(floor_round(&mem, &mut rng));
+    }
+    let ns = |s: f64| s * 1e9 / PACKETS;
+    let g = ns(median(gen_));
+    let (a, b, f) = (ns(median(p10k)) - g, ns(median(p1m)) - g, ns(median(fl)));
+    println!(
+        "P1  mixed burst, one core: 10k flows {a:.1} ns/packet = {:.1} Mpps (target 50); 1M flows {b:.1} ns/packet = {:.1} Mpps (target 30)",
+        1e3 / a,
+        1e3 / b
+    );
+    println!("    (the burst generator's own {g:.1} ns/packet subtracted)");
+    println!(
+        "P2  memory floor: {f:.1} ns per random line over {} MiB, 64 prefetched at a time; pipeline at 1M / floor = {:.2} (target <= 2)",
+        bytes >> 20,
+        b / f
+    );
+
+    // P3.
+    let t = big.engine.table();
+    let cap = t.capacity();
+    println!(
+        "P3  {} bytes allocated per entry of capacity at {cap} entries (target <= 96 without, <= 128 with per-flow counters); the engine in all: {} B/entry",
+        t.bytes_per_entry(),
+        big.engine.bytes_per_entry()
+    );
+    println!(
+        "    entry {} B, counters {} B (always kept: no accounting switch yet), bookkeeping {} B, IPv6 side slot 32 B, free list 4 B, index + timer wheel {} B",
+        holdfast_pipeline::conntrack::ENTRY_BYTES,
+        32,
+        12,
+        t.bytes_per_entry().saturating_sub(holdfast_pipeline::conntrack::ENTRY_BYTES + 32 + 12 + 32 + 4)
+    );
+
+    // P6: the flood on a full table of the same size.
+    drop(big);
+    let mut flood = Loaded::full_for_flood(1_000_000);
+    let mut big = Loaded::new(1_000_000);
+    let (mut mixed, mut flooded) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        mixed.push(round(&mut big, false, true));
+        flooded.push(round(&mut flood, true, true));
+    }
+    let (m, fl) = (ns(median(mixed)) - g, ns(median(flooded)) - g);
+    let c = flood.engine.counters();
+    println!(
+        "P6  1M flows, full table under a SYN flood: {fl:.1} ns/packet against {m:.1} mixed: +{:.1} ns, rate {:+.1} % (target >= -20 %); established replies denied: {}",
+        fl - m,
+        (m / fl - 1.0) * 100.0,
+        c.reply_denied()
+    );
+    drop(flood);
+
+    // P5: two engines, two threads, disjoint flows (each its own table).
+    let mut other = Loaded::new(1_000_000);
+    let (mut one, mut two) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        one.push(round(&mut big, false, true));
+        let (x, y) = std::thread::scope(|s| {
+            let h = s.spawn(|| round(&mut other, false, true));
+            let x = round(&mut big, false, true);
+            (x, h.join().expect("second engine"))
+        });
+        two.push(x.max(y));
+    }
+    let (o, t2) = (median(one), median(two));
+    println!(
+        "P5  two engines on two threads at 1M flows each: {:.2}x one engine's packets per second (target >= 1.9); one alone {:.1} ns/packet, each of two {:.1}",
+        2.0 * o / t2,
+        ns(o) - g,
+        ns(t2) - g
+    );
+}

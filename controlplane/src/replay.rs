@@ -10,10 +10,13 @@ use std::time::Instant as WallClock;
 use holdfast_dataplane::offline::{self, Frame};
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::engine::FlowInfo;
-use holdfast_pipeline::flow::owner_of;
-use holdfast_pipeline::steer::steer;
+use holdfast_pipeline::steer::{FragRouter, steer};
 use holdfast_pipeline::{Counters, DropReason, Engine, FlowHasher, Instant, PassKind, Verdict, Zone};
 use serde_json::{Map, Value, json};
+
+/// Fragments held for their first fragment at most, as the appliance's workers do
+/// (`holdfast_dataplane::worker::FRAGMENT_HOLD`).
+const FRAGMENT_HOLD: usize = holdfast_dataplane::worker::FRAGMENT_HOLD;
 
 use crate::capture::{self, CaptureError};
 use crate::config::Config;
@@ -157,43 +160,63 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     let engines: Vec<Engine> = (0..workers).map(|_| Engine::new(engine_cfg, Arc::clone(&cfg.classifier), start)).collect();
 
     let t = WallClock::now();
-    let frames: Vec<Frame> = cap
-        .records
-        .iter()
-        .map(|r| {
-            let st = steer(&r.data, &hasher);
-            // The zone: the config's inside networks when it has any; otherwise, for a
-            // Linux cooked capture, the packet's direction (taken on a host inside:
-            // what it sent entered the firewall from inside).
-            let zone = match (st.src, r.outgoing) {
-                (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
-                (_, Some(true)) => Zone::Inside,
-                (Some((a, v6)), None) => cfg.zone_of(a, v6),
-                _ => Zone::Outside,
-            };
-            Frame {
-                data: &r.data,
-                now: Instant::from_nanos(r.ts_ns),
-                zone,
-                worker: if st.owner_hash == 0 { 0 } else { owner_of(st.owner_hash, workers) as u32 },
+    // Fragments go by their datagram to the worker that judges its first fragment;
+    // those that come before the first wait for it (at most `FRAGMENT_HOLD`, for the
+    // fragment timeout) — with any number of workers, one included, so that verdicts
+    // do not depend on it.
+    let mut router: FragRouter<u32> = FragRouter::new(engine_cfg.fragments, FRAGMENT_HOLD, engine_cfg.fragment_timeout.as_nanos());
+    let mut frames: Vec<Frame> = Vec::with_capacity(cap.records.len());
+    let mut order: Vec<u32> = Vec::with_capacity(cap.records.len());
+    for (i, r) in cap.records.iter().enumerate() {
+        let st = steer(&r.data, &hasher);
+        // The zone: the config's inside networks when it has any; otherwise, for a
+        // Linux cooked capture, the packet's direction (taken on a host inside:
+        // what it sent entered the firewall from inside).
+        let zone = match (st.src, r.outgoing) {
+            (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
+            (_, Some(true)) => Zone::Inside,
+            (Some((a, v6)), None) => cfg.zone_of(a, v6),
+            _ => Zone::Outside,
+        };
+        let owner = holdfast_pipeline::steer::owner(&st, workers);
+        frames.push(Frame { data: &r.data, now: Instant::from_nanos(r.ts_ns), zone, worker: owner as u32 });
+        let mut place = |j: u32, w: usize| {
+            // A held frame is judged when it is let go: at this frame's time.
+            let f = &mut frames[j as usize];
+            f.worker = w as u32;
+            f.now = f.now.max(Instant::from_nanos(r.ts_ns));
+            order.push(j);
+        };
+        match &st.frag {
+            Some(fs) => router.route(i as u32, fs, owner, r.ts_ns, &mut place),
+            None => {
+                router.expire(r.ts_ns, owner, &mut place);
+                place(i as u32, owner);
             }
-        })
-        .collect();
+        }
+    }
+    let last = cap.records.iter().map(|r| r.ts_ns).max().unwrap_or(0);
+    router.flush(0, |j, w| {
+        let f = &mut frames[j as usize];
+        f.worker = w as u32;
+        f.now = f.now.max(Instant::from_nanos(last));
+        order.push(j);
+    });
     // Verdicts are always collected: the summary quotes denied replies.
-    let outs = offline::run(&frames, engines, end, true, true);
+    let outs = offline::run(&frames, &order, engines, end, true, true);
     let elapsed_s = t.elapsed().as_secs_f64();
 
     let mut counters = Counters::default();
-    let mut flows: Vec<FlowInfo> = Vec::new();
+    let mut flows: Vec<(usize, FlowInfo)> = Vec::new();
     let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
     let mut peak = 0;
     let mut bytes_per_entry = 0;
     let mut classes_at_end = [0u32; 4];
     let mut min_adaptive_scale: f64 = 1.0;
-    for o in outs {
+    for (w, o) in outs.into_iter().enumerate() {
         counters.merge(&o.counters);
         peak += o.flows_peak;
-        flows.extend(o.flows);
+        flows.extend(o.flows.into_iter().map(|f| (w, f)));
         verdicts.extend(o.verdicts);
         bytes_per_entry = o.table_bytes_per_entry;
         for (a, b) in classes_at_end.iter_mut().zip(o.class_counts) {
@@ -228,8 +251,11 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     }
     if let Some(path) = &opts.flows_out {
         let mut w = create(path, "--flows-out")?;
-        for f in &flows {
-            writeln!(w, "{}", flow_json(f))?;
+        for (worker, f) in &flows {
+            let mut v = flow_json(f);
+            // Which worker's table holds it, as `/flows` says.
+            v["worker"] = json!(worker);
+            writeln!(w, "{v}")?;
         }
         w.flush()?;
     }

@@ -679,3 +679,50 @@ fn a_deleted_interface_is_a_fault_and_is_reattached_when_it_returns() {
 fn lab_final_as_status(fin: &Value) -> Value {
     serde_json::json!({"workers": fin["workers"].as_array().unwrap().iter().map(|w| serde_json::json!({"counters": w})).collect::<Vec<_>>()})
 }
+
+/// Fragmented pings through two workers: in order (the kernel's own `ping -s 3000`,
+/// and the fragmented replies back), and with the first fragment sent last (scapy):
+/// the later fragments are held by the worker that routes their datagram until the
+/// first names the flow's owner, then judged there — the server reassembles and
+/// answers every datagram.
+#[test]
+fn fragments_reach_the_owner_of_their_flow_even_with_the_first_one_last() {
+    need_lab!();
+    if !common::python_module(PY, "scapy", "python3-scapy") {
+        return;
+    }
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("frags", 2);
+    lab.write_config(&lab.config(PING, ""));
+    lab.start(&[]);
+    let reasm = |lab: &Lab| -> u64 {
+        let snmp = ok(&lab.ns("hf-in", &["cat", "/proc/net/snmp"]).output().unwrap());
+        let mut l = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (l.next().unwrap(), l.next().unwrap());
+        let i = names.split_whitespace().position(|n| n == "ReasmOKs").unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    let before = reasm(&lab);
+    let out = lab.ns("hf-out", &["ping", "-c", "4", "-i", "0.2", "-s", "3000", "-W", "2", "10.0.2.1"]).output().unwrap();
+    assert!(out.status.success(), "fragmented pings and replies through the appliance: {}", String::from_utf8_lossy(&out.stdout));
+    let script = "from scapy.all import IP, ICMP, fragment, send, conf
+conf.verb = 0
+for k in range(5):
+    f = fragment(IP(dst='10.0.2.1', id=4321 + k) / ICMP(id=77, seq=k) / (b'x' * 3000), fragsize=1400)
+    send(f[1:] + f[:1])
+";
+    ok(&lab.ns("hf-out", &[PY, "-c", script]).output().unwrap());
+    let t = Instant::now();
+    while reasm(&lab) < before + 9 {
+        assert!(t.elapsed() < Duration::from_secs(5), "the server reassembled {} of 9 datagrams", reasm(&lab) - before);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fin = lab.stop();
+    let t = &fin["totals"];
+    eprintln!("totals: {t}");
+    assert_eq!(t["fragments_released"], 10, "the two later fragments of each first-last datagram were held, then released: {t}");
+    assert_eq!(t["fragments_hold_expired"], 0);
+    assert_eq!(t["foreign_flows"], 0, "no flow judged by a worker that does not own it");
+    assert_eq!(t["dropped"], 0, "nothing dropped, fragment_unmatched least of all: {}", t["drops"]);
+    assert!(t["passed"].as_u64().unwrap() >= 4 * 3 * 2 + 5 * 3, "{t}");
+}

@@ -44,9 +44,11 @@ pub struct WorkerOutput {
     pub min_adaptive_scale: f64,
 }
 
-/// Runs `frames` through `engines` (one thread each). `end` is the time at which the
-/// final table is listed (the capture's last timestamp).
-pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> Vec<WorkerOutput> {
+/// Runs `frames` through `engines` (one thread each), dispatched in `order` (frame
+/// indexes: capture order, but for fragments held until their first fragment came).
+/// `end` is the time at which the final table is listed (the capture's last
+/// timestamp).
+pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> Vec<WorkerOutput> {
     let n = engines.len();
     std::thread::scope(|s| {
         let mut senders = Vec::with_capacity(n);
@@ -91,9 +93,9 @@ pub fn run(frames: &[Frame], engines: Vec<Engine>, end: Instant, keep_verdicts: 
             }));
         }
         let mut pending: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
-        for (i, f) in frames.iter().enumerate() {
-            let w = f.worker as usize;
-            pending[w].push(i as u32);
+        for &i in order {
+            let w = frames[i as usize].worker as usize;
+            pending[w].push(i);
             if pending[w].len() == BATCH {
                 let full = std::mem::replace(&mut pending[w], Vec::with_capacity(BATCH));
                 // A worker only stops receiving by panicking, which `join` reports.

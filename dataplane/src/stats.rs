@@ -93,6 +93,8 @@ pub struct Snapshot {
     pub adaptive_scale: f64,
     /// Frames waiting in this worker's incoming handoff rings.
     pub handoff_depth: u64,
+    /// What this worker's fragment router did (held, released, expired, overflow).
+    pub fragments: holdfast_pipeline::steer::RouterStats,
     /// Denials queued for the deny log / not logged (rate limit or full queue).
     pub log_events: u64,
     pub log_suppressed: u64,
@@ -132,6 +134,7 @@ impl Snapshot {
         self.busy_ns += o.busy_ns;
         self.foreign_flows += o.foreign_flows;
         self.handoff_depth += o.handoff_depth;
+        self.fragments.merge(&o.fragments);
         self.log_events += o.log_events;
         self.log_suppressed += o.log_suppressed;
         self.publish_ns += o.publish_ns;

@@ -12,7 +12,7 @@ use std::time::{Duration as StdDuration, Instant as WallClock};
 
 use holdfast_pipeline::engine::{DEFAULT_EXPIRE_BUDGET, Packet};
 use holdfast_pipeline::flow::owner_of;
-use holdfast_pipeline::steer::steer;
+use holdfast_pipeline::steer::{self, FragRouter, maybe_fragment, steer};
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
@@ -49,6 +49,9 @@ const HOUSEKEEPING: StdDuration = StdDuration::from_millis(2);
 pub const HANDOFF_RING: usize = 1024;
 /// Denials a worker can queue for the logger before it counts them as suppressed.
 pub const DENY_RING: usize = 4096;
+/// IP fragments a worker holds for their first fragment (which names the worker that
+/// judges the datagram) before it lets the oldest go.
+pub const FRAGMENT_HOLD: usize = 256;
 pub struct Spec {
     pub index: usize,
     pub workers: usize,
@@ -116,7 +119,27 @@ struct Worker {
     /// XDP statistics of sockets closed before (a rebind): added to the current ones
     /// so that the published counters never go backwards.
     xdp_base: [XdpStats; 2],
+    /// Routes the fragments of the datagrams this worker is chosen for (by their
+    /// addresses) to the worker that judged their first fragment; holds early ones.
+    router: FragRouter<Routed>,
+    /// What one routing step let go of, and to which worker.
+    routed: Vec<(Routed, usize)>,
+    /// Routed frames this worker judges itself, per side.
+    local: [Vec<Desc>; 2],
+    /// Handed-in fragments to route (taken off the ring first, routed after).
+    route_pending: Vec<(u8, Desc)>,
 }
+
+/// A fragment in the router's hands: the side it came in on, and its frame.
+#[derive(Clone, Copy)]
+struct Routed {
+    side: u8,
+    desc: Desc,
+}
+
+/// Set in a handed-off item's `side`: a fragment for its datagram's routing worker,
+/// which routes it rather than judges it.
+const ROUTE: u8 = 0x80;
 
 /// Opens the sockets (reporting success or the error through `ready`), then runs until
 /// `stop`.
@@ -138,6 +161,8 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         }
     }
     let frames = ports.frames();
+    let fragment_routes = spec.engine.config().fragments;
+    let fragment_timeout = spec.engine.config().fragment_timeout.as_nanos();
     let mut w = Worker {
         free: (0..frames).map(Ports::frame_addr).collect(),
         ports,
@@ -152,7 +177,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         descs: Vec::with_capacity(1024),
         mine: Vec::with_capacity(1024),
         txq: Vec::with_capacity(1024),
-        verdicts: vec![Verdict::Drop(DropReason::Malformed); 1024],
+        verdicts: vec![Verdict::Drop(DropReason::Malformed); 1024 + FRAGMENT_HOLD + 2],
         deny: spec.deny,
         changes: spec.changes,
         bucket: Bucket::new(spec.log_rate),
@@ -163,6 +188,10 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         binding: spec.binding,
         in_flight: [0; 2],
         xdp_base: [XdpStats::default(); 2],
+        router: FragRouter::new(fragment_routes, FRAGMENT_HOLD, fragment_timeout),
+        routed: Vec::with_capacity(FRAGMENT_HOLD + 1024 + 2),
+        local: [Vec::with_capacity(FRAGMENT_HOLD + 1024 + 2), Vec::with_capacity(FRAGMENT_HOLD + 1024 + 2)],
+        route_pending: Vec::with_capacity(1024),
     };
     let mut publisher = spec.publisher;
     // Half the frames wait in the two fill rings; the rest cover TX and handoffs.
@@ -201,6 +230,9 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             last_house = t;
             let now = since(spec.epoch, t);
             w.engine.expire(now, DEFAULT_EXPIRE_BUDGET);
+            let (routed, me) = (&mut w.routed, w.index);
+            w.router.expire(now.as_nanos(), me, |r, to| routed.push((r, to)));
+            w.dispatch_routed(now);
             while let Ok(c) = spec.commands.try_recv() {
                 w.command(c, now);
             }
@@ -295,31 +327,84 @@ impl Worker {
         self.mine.clear();
         for i in 0..n {
             let d = self.descs[i];
-            let owner = if self.workers > 1 {
-                let h = steer(self.ports.data(d.addr, d.len), &self.hasher).owner_hash;
-                if h == 0 { self.index } else { owner_of(h, self.workers) }
-            } else {
-                self.index
+            let frame = self.ports.data(d.addr, d.len);
+            // One worker steers only fragments (they may wait for their first).
+            let st = (self.workers > 1 || maybe_fragment(frame)).then(|| steer(frame, &self.hasher));
+            let (to, route) = match st {
+                None => (self.index, false),
+                Some(st) => match st.frag {
+                    Some(f) => (if self.workers > 1 { owner_of(f.pair, self.workers) } else { self.index }, true),
+                    None if st.owner_hash == 0 => (self.index, false),
+                    None => (steer::owner(&st, self.workers), false),
+                },
             };
-            if owner == self.index {
-                self.mine.push(d);
+            if to == self.index {
+                if route {
+                    self.route_here(side as u8, d, now);
+                } else {
+                    self.mine.push(d);
+                }
                 continue;
             }
-            let res = match self.to[owner].as_mut() {
-                Some(p) => handoff::send(p, side as u8, self.ports.data(d.addr, d.len)),
-                None => Err(Refused::Full),
-            };
-            match res {
-                Ok(()) => self.snap.handoff_out += 1,
-                Err(Refused::Full) => self.snap.forward_drops[ForwardDrop::HandoffFull as usize] += 1,
-                Err(Refused::TooLarge) => self.snap.forward_drops[ForwardDrop::HandoffTooLarge as usize] += 1,
-            }
-            self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+            self.hand_off(to, side as u8 | if route { ROUTE } else { 0 }, d);
         }
         let mine = std::mem::take(&mut self.mine);
         self.judge_and_send(side, &mine, now);
         self.mine = mine;
+        self.dispatch_routed(now);
         n
+    }
+
+    /// Copies a frame into the ring to worker `to` and frees it (a full ring or a frame
+    /// too large is a counted drop).
+    fn hand_off(&mut self, to: usize, side: u8, d: Desc) {
+        let res = match self.to[to].as_mut() {
+            Some(p) => handoff::send(p, side, self.ports.data(d.addr, d.len)),
+            None => Err(Refused::Full),
+        };
+        match res {
+            Ok(()) => self.snap.handoff_out += 1,
+            Err(Refused::Full) => self.snap.forward_drops[ForwardDrop::HandoffFull as usize] += 1,
+            Err(Refused::TooLarge) => self.snap.forward_drops[ForwardDrop::HandoffTooLarge as usize] += 1,
+        }
+        self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+    }
+
+    /// Routes a fragment of a datagram this worker is chosen for: a first fragment to
+    /// its flow's owner (and what waited for it after it), a later one where its first
+    /// went, or into the hold. What it lets go of waits in `routed`.
+    fn route_here(&mut self, side: u8, d: Desc, now: Instant) {
+        let st = steer(self.ports.data(d.addr, d.len), &self.hasher);
+        let Some(f) = st.frag else {
+            self.routed.push((Routed { side, desc: d }, self.index));
+            return;
+        };
+        let owner = if f.first && st.owner_hash != 0 { steer::owner(&st, self.workers) } else { self.index };
+        let routed = &mut self.routed;
+        self.router.route(Routed { side, desc: d }, &f, owner, now.as_nanos(), |r, to| routed.push((r, to)));
+    }
+
+    /// Judges here, or hands to their worker, the fragments routing let go of, in order.
+    fn dispatch_routed(&mut self, now: Instant) {
+        if self.routed.is_empty() {
+            return;
+        }
+        let routed = std::mem::take(&mut self.routed);
+        for &(r, to) in &routed {
+            if to == self.index {
+                self.local[usize::from(r.side & 1)].push(r.desc);
+            } else {
+                self.hand_off(to, r.side & 1, r.desc);
+            }
+        }
+        self.routed = routed;
+        self.routed.clear();
+        for side in 0..2 {
+            let local = std::mem::take(&mut self.local[side]);
+            self.judge_and_send(side, &local, now);
+            self.local[side] = local;
+            self.local[side].clear();
+        }
     }
 
     /// Frames other workers handed to this one.
@@ -332,9 +417,10 @@ impl Worker {
                 self.mine.clear();
                 let Some(c) = self.from[peer].as_mut() else { continue };
                 // Take items of this side while there is TX room and a free frame.
-                while self.mine.len() < room {
+                let mut to_route = 0usize;
+                while self.mine.len() + to_route < room {
                     let Ok(front) = c.peek() else { break };
-                    if usize::from(front.side) != side {
+                    if usize::from(front.side & 1) != side {
                         break;
                     }
                     let item = c.pop().expect("peeked");
@@ -344,16 +430,26 @@ impl Worker {
                     };
                     let len = u32::from(item.len);
                     self.ports.data_mut(addr, len).copy_from_slice(&item.data[..len as usize]);
-                    self.mine.push(Desc { addr, len, options: 0 });
+                    let d = Desc { addr, len, options: 0 };
+                    if item.side & ROUTE != 0 {
+                        // A fragment of a datagram this worker routes.
+                        self.route_pending.push((side as u8, d));
+                        to_route += 1;
+                    } else {
+                        self.mine.push(d);
+                    }
                 }
-                if self.mine.is_empty() {
-                    continue;
+                for k in 0..self.route_pending.len() {
+                    let (sd, d) = self.route_pending[k];
+                    self.route_here(sd, d, now);
                 }
-                self.snap.handoff_in += self.mine.len() as u64;
-                total += self.mine.len();
+                self.route_pending.clear();
+                self.snap.handoff_in += (self.mine.len() + to_route) as u64;
+                total += self.mine.len() + to_route;
                 let mine = std::mem::take(&mut self.mine);
                 self.judge_and_send(side, &mine, now);
                 self.mine = mine;
+                self.dispatch_routed(now);
             }
         }
         total

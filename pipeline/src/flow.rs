@@ -114,10 +114,13 @@ impl FlowHasher {
         h.finish()
     }
 
-    /// Hash of the addresses, protocol and VLAN only: picks the owning worker. Ports are
-    /// left out on purpose: later IP fragments carry none, and fragments of a datagram
-    /// must reach the worker that judged the first one (NIC RSS hashes fragments the
-    /// same way). See ARCHITECTURE.md, "Flow ownership".
+    /// Hash of the whole canonical key — addresses, ports, protocol, VLAN: picks the
+    /// owning worker, so that the connections between one client and one server (or
+    /// behind one NAT address) spread over the workers. The key is canonical, so both
+    /// directions hash alike; an ICMP error's key is the quoted flow's, so it reaches
+    /// that flow's owner. IP fragments after the first carry no ports: they are routed
+    /// by [`crate::steer::FragRouter`] to the worker their first fragment went to. See
+    /// ARCHITECTURE.md, "Flow ownership".
     #[inline]
     pub fn owner_hash(&self, k: &FlowKey) -> u64 {
         let mut h = self.state.build_hasher();
@@ -125,8 +128,34 @@ impl FlowHasher {
         h.write_u64(a0 ^ b0.rotate_left(32));
         h.write_u64(a1);
         h.write_u64(b1);
+        h.write_u64(u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan));
+        h.finish()
+    }
+
+    /// Hash of the addresses, protocol and VLAN only (what NIC RSS computes for IP
+    /// fragments): picks the worker that routes a datagram's fragments.
+    #[inline]
+    pub fn pair_hash(&self, k: &FlowKey) -> u64 {
+        let mut h = self.state.build_hasher();
+        let (a0, a1, b0, b1) = k.addr_words();
+        h.write_u64(a0 ^ b0.rotate_left(32));
+        h.write_u64(a1);
+        h.write_u64(b1);
         h.write_u64(u64::from(k.proto) << 32 | u64::from(k.vlan));
         h.finish()
+    }
+
+    /// Hash of a datagram's identity (addresses, IP ID, protocol, VLAN): the key of a
+    /// fragment's route.
+    #[inline]
+    pub fn datagram_hash(&self, k: &FlowKey, ident: u32) -> u64 {
+        let mut h = self.state.build_hasher();
+        let (a0, a1, b0, b1) = k.addr_words();
+        h.write_u64(a0 ^ b0.rotate_left(32));
+        h.write_u64(a1 ^ u64::from(ident));
+        h.write_u64(b1);
+        h.write_u64(u64::from(k.proto) << 32 | u64::from(k.vlan));
+        h.finish() | 1
     }
 }
 
@@ -177,16 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn owner_ignores_ports_and_spreads() {
+    fn the_owner_spreads_one_client_and_one_server_by_ports_and_the_pair_ignores_them() {
         let h = FlowHasher::new(3);
         let (k1, _) = FlowKey::new(A, 1, B, 2, 6, false, 0);
         let (k2, _) = FlowKey::new(A, 1000, B, 2000, 6, false, 0);
-        assert_eq!(h.owner_hash(&k1), h.owner_hash(&k2));
+        assert_eq!(h.pair_hash(&k1), h.pair_hash(&k2));
+        let (r1, _) = FlowKey::new(B, 2, A, 1, 6, false, 0);
+        assert_eq!(h.owner_hash(&k1), h.owner_hash(&r1), "both directions");
+        // 4000 connections between one client and one server: every worker gets its share.
         let mut per_worker = [0u32; 4];
-        for i in 0..4000u128 {
-            let (k, _) = FlowKey::new(A + i, 1, B, 80, 6, false, 0);
+        for p in 0..4000u16 {
+            let (k, _) = FlowKey::new(A, 30_000 + p, B, 80, 6, false, 0);
             per_worker[owner_of(h.owner_hash(&k), 4)] += 1;
         }
         assert!(per_worker.iter().all(|&n| n > 800), "{per_worker:?}");
+        assert_ne!(h.datagram_hash(&k1, 7), h.datagram_hash(&k1, 8));
+        assert_eq!(h.datagram_hash(&k1, 7), h.datagram_hash(&k2, 7), "ports are not part of a datagram's identity");
     }
 }

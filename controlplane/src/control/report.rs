@@ -55,6 +55,10 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "publish_ns": s.publish_ns,
         "publications": s.publications,
         "handoff_depth": s.handoff_depth,
+        "fragments_held": s.fragments.held,
+        "fragments_released": s.fragments.released,
+        "fragments_hold_expired": s.fragments.expired,
+        "fragments_hold_overflow": s.fragments.overflow,
         "generation": s.generation,
     })
 }

@@ -119,7 +119,7 @@ impl FlowHasher {
     /// behind one NAT address) spread over the workers. The key is canonical, so both
     /// directions hash alike; an ICMP error's key is the quoted flow's, so it reaches
     /// that flow's owner. IP fragments after the first carry no ports: they are routed
-    /// by [`crate::steer::FragRouter`] to the worker their first fragment went to. See
+    /// by the fragment router (`steer.rs`) to the worker their first fragment went to. See
     /// ARCHITECTURE.md, "Flow ownership".
     #[inline]
     pub fn owner_hash(&self, k: &FlowKey) -> u64 {

@@ -193,7 +193,7 @@ impl Engine {
         }
         let slot = self.table.insert(h, &key, c, aux, when).map_err(|_| AdoptError::TableFull)?;
         self.lists.push(slot, adm);
-        self.changes.slot(super::changes::ChangeKind::New, slot, key);
+        self.note_new(slot, key);
         let charged = self.sources.add(src, key.v6);
         debug_assert!(charged, "checked above");
         Ok(())

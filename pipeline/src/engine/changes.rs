@@ -137,6 +137,12 @@ impl Engine {
         self.changes.notes.clear();
     }
 
+    /// Notes the flow just created in `slot` under `key`.
+    #[inline]
+    pub(super) fn note_new(&mut self, slot: u32, key: FlowKey) {
+        self.changes.slot(ChangeKind::New, slot, key);
+    }
+
     /// Notes the removal of the flow in `slot` (before it goes).
     pub(super) fn note_removal(&mut self, slot: u32, now: Instant) {
         if self.changes.on() {

@@ -3,7 +3,6 @@
 //! tombstone saying why.
 
 use super::Engine;
-use super::changes::ChangeKind;
 use crate::conntrack::conn::{Conn, ConnAux, REPLY, cflag};
 use crate::conntrack::pressure::{Admission, Evict};
 use crate::conntrack::sources::Refusal;
@@ -63,7 +62,7 @@ impl Engine {
             }
         };
         self.lists.push(slot, adm);
-        self.changes.slot(ChangeKind::New, slot, m.key);
+        self.note_new(slot, m.key);
         let charged = self.sources.add(src, m.key.v6);
         debug_assert!(charged, "make_room checked the source");
         self.counters.flows_created += 1;

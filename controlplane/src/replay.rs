@@ -49,6 +49,12 @@ pub struct Report {
     /// Live entries per admission class at the end, all workers.
     pub classes_at_end: [u32; 4],
     pub min_adaptive_scale: f64,
+    /// The dispatcher's own work: steering (parsing each frame for its owner, routing
+    /// fragments) and handing batches out, in seconds; and how long it sat blocked on
+    /// full worker queues.
+    pub dispatch_steer_s: f64,
+    pub dispatch_hand_s: f64,
+    pub dispatch_blocked_s: f64,
     /// Up to `EXAMPLES` denied replies, as log lines (`src:port -> dst:port denied (reason)`).
     pub reply_denied_examples: Vec<String>,
 }
@@ -59,6 +65,12 @@ pub const EXAMPLES: usize = 5;
 impl Report {
     pub fn mpps(&self) -> f64 {
         if self.elapsed_s > 0.0 { self.counters.packets as f64 / self.elapsed_s / 1e6 } else { 0.0 }
+    }
+
+    /// The dispatcher's busy time over the replay's wall time: how much of a core it
+    /// costs (with one worker, the same thread's work before the worker starts).
+    pub fn dispatcher_share(&self) -> f64 {
+        if self.elapsed_s > 0.0 { (self.dispatch_steer_s + self.dispatch_hand_s) / self.elapsed_s } else { 0.0 }
     }
 
     pub fn to_json(&self) -> Value {
@@ -92,6 +104,12 @@ impl Report {
             "workers": self.workers,
             "elapsed_s": self.elapsed_s,
             "mpps": self.mpps(),
+            "dispatcher": {
+                "steer_s": self.dispatch_steer_s,
+                "hand_out_s": self.dispatch_hand_s,
+                "blocked_s": self.dispatch_blocked_s,
+                "share_of_a_core": self.dispatcher_share(),
+            },
             "capture": {
                 "source": self.source,
                 "format": self.format,
@@ -136,6 +154,14 @@ impl Report {
         if let Some(n) = &self.skipped_note {
             let _ = writeln!(s, "  skipped    {n}");
         }
+        let _ = writeln!(
+            s,
+            "  dispatcher {:.0} % of a core: steering {:.3} s, handing out {:.3} s (blocked on full worker queues {:.3} s)",
+            self.dispatcher_share() * 100.0,
+            self.dispatch_steer_s,
+            self.dispatch_hand_s,
+            self.dispatch_blocked_s
+        );
         let _ = write!(s, "  speed      {:.2} Mpps ({} packets in {:.3} s)", self.mpps(), c.packets, self.elapsed_s);
         s
     }
@@ -160,6 +186,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     let engines: Vec<Engine> = (0..workers).map(|_| Engine::new(engine_cfg, Arc::clone(&cfg.classifier), start)).collect();
 
     let t = WallClock::now();
+    let steer_t = WallClock::now();
     // Fragments go by their datagram to the worker that judges its first fragment;
     // those that come before the first wait for it (at most `FRAGMENT_HOLD`, for the
     // fragment timeout) — with any number of workers, one included, so that verdicts
@@ -203,7 +230,8 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         order.push(j);
     });
     // Verdicts are always collected: the summary quotes denied replies.
-    let outs = offline::run(&frames, &order, engines, end, true, true);
+    let steer_s = steer_t.elapsed().as_secs_f64();
+    let (outs, dispatch) = offline::run(&frames, &order, engines, end, true, true);
     let elapsed_s = t.elapsed().as_secs_f64();
 
     let mut counters = Counters::default();
@@ -267,6 +295,9 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         flows_at_end: flows.len(),
         workers,
         elapsed_s,
+        dispatch_steer_s: steer_s,
+        dispatch_hand_s: dispatch.total_s - dispatch.blocked_s,
+        dispatch_blocked_s: dispatch.blocked_s,
         capture_span_s: (end.as_nanos().saturating_sub(start.as_nanos())) as f64 / 1e9,
         skipped: cap.skipped_total(),
         skipped_note: cap.skipped_note(),

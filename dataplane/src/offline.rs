@@ -44,11 +44,21 @@ pub struct WorkerOutput {
     pub min_adaptive_scale: f64,
 }
 
+/// What the dispatcher (the caller's thread) spent handing batches out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dispatch {
+    /// Wall time of the whole hand-out loop.
+    pub total_s: f64,
+    /// Of it, time blocked because a worker's queue was full (the workers were the
+    /// bottleneck then, not the dispatcher).
+    pub blocked_s: f64,
+}
+
 /// Runs `frames` through `engines` (one thread each), dispatched in `order` (frame
 /// indexes: capture order, but for fragments held until their first fragment came).
 /// `end` is the time at which the final table is listed (the capture's last
 /// timestamp).
-pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> Vec<WorkerOutput> {
+pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> (Vec<WorkerOutput>, Dispatch) {
     let n = engines.len();
     std::thread::scope(|s| {
         let mut senders = Vec::with_capacity(n);
@@ -92,22 +102,34 @@ pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, 
                 }
             }));
         }
+        let t0 = WallClock::now();
+        let mut blocked = 0.0;
+        // A worker only stops receiving by panicking, which `join` reports.
+        let mut send = |w: usize, batch: Vec<u32>| match senders[w].try_send(batch) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(batch)) => {
+                let t = WallClock::now();
+                let _ = senders[w].send(batch);
+                blocked += t.elapsed().as_secs_f64();
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
+        };
         let mut pending: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
         for &i in order {
             let w = frames[i as usize].worker as usize;
             pending[w].push(i);
             if pending[w].len() == BATCH {
                 let full = std::mem::replace(&mut pending[w], Vec::with_capacity(BATCH));
-                // A worker only stops receiving by panicking, which `join` reports.
-                let _ = senders[w].send(full);
+                send(w, full);
             }
         }
         for (w, p) in pending.into_iter().enumerate() {
             if !p.is_empty() {
-                let _ = senders[w].send(p);
+                send(w, p);
             }
         }
+        let dispatch = Dispatch { total_s: t0.elapsed().as_secs_f64(), blocked_s: blocked };
         drop(senders);
-        handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect()
+        (handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect(), dispatch)
     })
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant as WallClock;
 
-use holdfast_dataplane::offline::{self, Frame};
+use holdfast_dataplane::offline;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::engine::FlowInfo;
 use holdfast_pipeline::steer::{FragRouter, steer};
@@ -49,11 +49,10 @@ pub struct Report {
     /// Live entries per admission class at the end, all workers.
     pub classes_at_end: [u32; 4],
     pub min_adaptive_scale: f64,
-    /// The dispatcher's own work: steering (parsing each frame for its owner, routing
-    /// fragments) and handing batches out, in seconds; and how long it sat blocked on
-    /// full worker queues.
-    pub dispatch_steer_s: f64,
-    pub dispatch_hand_s: f64,
+    /// The dispatcher's own work — steering (parsing each frame for its owner, routing
+    /// fragments) and handing batches out — in seconds, while the workers run; and how
+    /// long it sat blocked on full worker queues (the workers were the limit then).
+    pub dispatch_busy_s: f64,
     pub dispatch_blocked_s: f64,
     /// Up to `EXAMPLES` denied replies, as log lines (`src:port -> dst:port denied (reason)`).
     pub reply_denied_examples: Vec<String>,
@@ -70,7 +69,7 @@ impl Report {
     /// The dispatcher's busy time over the replay's wall time: how much of a core it
     /// costs (with one worker, the same thread's work before the worker starts).
     pub fn dispatcher_share(&self) -> f64 {
-        if self.elapsed_s > 0.0 { (self.dispatch_steer_s + self.dispatch_hand_s) / self.elapsed_s } else { 0.0 }
+        if self.elapsed_s > 0.0 { self.dispatch_busy_s / self.elapsed_s } else { 0.0 }
     }
 
     pub fn to_json(&self) -> Value {
@@ -105,8 +104,7 @@ impl Report {
             "elapsed_s": self.elapsed_s,
             "mpps": self.mpps(),
             "dispatcher": {
-                "steer_s": self.dispatch_steer_s,
-                "hand_out_s": self.dispatch_hand_s,
+                "busy_s": self.dispatch_busy_s,
                 "blocked_s": self.dispatch_blocked_s,
                 "share_of_a_core": self.dispatcher_share(),
             },
@@ -156,10 +154,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  dispatcher {:.0} % of a core: steering {:.3} s, handing out {:.3} s (blocked on full worker queues {:.3} s)",
+            "  dispatcher {:.0} % of a core: steering and handing out {:.3} s, blocked on full worker queues {:.3} s",
             self.dispatcher_share() * 100.0,
-            self.dispatch_steer_s,
-            self.dispatch_hand_s,
+            self.dispatch_busy_s,
             self.dispatch_blocked_s
         );
         let _ = write!(s, "  speed      {:.2} Mpps ({} packets in {:.3} s)", self.mpps(), c.packets, self.elapsed_s);
@@ -186,52 +183,52 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     let engines: Vec<Engine> = (0..workers).map(|_| Engine::new(engine_cfg, Arc::clone(&cfg.classifier), start)).collect();
 
     let t = WallClock::now();
-    let steer_t = WallClock::now();
+    let datas: Vec<&[u8]> = cap.records.iter().map(|r| &r.data[..]).collect();
+    let mut zones: Vec<Zone> = Vec::with_capacity(cap.records.len());
+    // Steering runs on this thread while the workers judge what it handed out.
     // Fragments go by their datagram to the worker that judges its first fragment;
     // those that come before the first wait for it (at most `FRAGMENT_HOLD`, for the
     // fragment timeout) — with any number of workers, one included, so that verdicts
-    // do not depend on it.
-    let mut router: FragRouter<u32> = FragRouter::new(engine_cfg.fragments, FRAGMENT_HOLD, engine_cfg.fragment_timeout.as_nanos());
-    let mut frames: Vec<Frame> = Vec::with_capacity(cap.records.len());
-    let mut order: Vec<u32> = Vec::with_capacity(cap.records.len());
-    for (i, r) in cap.records.iter().enumerate() {
-        let st = steer(&r.data, &hasher);
-        // The zone: the config's inside networks when it has any; otherwise, for a
-        // Linux cooked capture, the packet's direction (taken on a host inside:
-        // what it sent entered the firewall from inside).
-        let zone = match (st.src, r.outgoing) {
-            (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
-            (_, Some(true)) => Zone::Inside,
-            (Some((a, v6)), None) => cfg.zone_of(a, v6),
-            _ => Zone::Outside,
+    // do not depend on it. Verdicts are always collected: the summary quotes denied
+    // replies.
+    let (outs, dispatch) = offline::run(&datas, engines, end, true, true, |d| {
+        let mut router: FragRouter<u32> = FragRouter::new(engine_cfg.fragments, FRAGMENT_HOLD, engine_cfg.fragment_timeout.as_nanos());
+        let hand = |d: &mut offline::Dispatcher, zones: &[Zone], j: u32, w: usize, at_ns: u64| {
+            // A held frame is judged when it is let go: at the time of the frame that
+            // let it go.
+            let now = Instant::from_nanos(cap.records[j as usize].ts_ns.max(at_ns));
+            d.send(w, offline::Item { index: j, now, zone: zones[j as usize] });
         };
-        let owner = holdfast_pipeline::steer::owner(&st, workers);
-        frames.push(Frame { data: &r.data, now: Instant::from_nanos(r.ts_ns), zone, worker: owner as u32 });
-        let mut place = |j: u32, w: usize| {
-            // A held frame is judged when it is let go: at this frame's time.
-            let f = &mut frames[j as usize];
-            f.worker = w as u32;
-            f.now = f.now.max(Instant::from_nanos(r.ts_ns));
-            order.push(j);
-        };
-        match &st.frag {
-            Some(fs) => router.route(i as u32, fs, owner, r.ts_ns, &mut place),
-            None => {
-                router.expire(r.ts_ns, owner, &mut place);
-                place(i as u32, owner);
+        let mut let_go: Vec<(u32, usize)> = Vec::new();
+        for (i, r) in cap.records.iter().enumerate() {
+            let st = steer(&r.data, &hasher);
+            // The zone: the config's inside networks when it has any; otherwise, for a
+            // Linux cooked capture, the packet's direction (taken on a host inside:
+            // what it sent entered the firewall from inside).
+            zones.push(match (st.src, r.outgoing) {
+                (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
+                (_, Some(true)) => Zone::Inside,
+                (Some((a, v6)), None) => cfg.zone_of(a, v6),
+                _ => Zone::Outside,
+            });
+            let owner = holdfast_pipeline::steer::owner(&st, workers);
+            match &st.frag {
+                Some(fs) => router.route(i as u32, fs, owner, r.ts_ns, |j, w| let_go.push((j, w))),
+                None => {
+                    router.expire(r.ts_ns, owner, |j, w| let_go.push((j, w)));
+                    let_go.push((i as u32, owner));
+                }
+            }
+            for (j, w) in let_go.drain(..) {
+                hand(d, &zones, j, w, r.ts_ns);
             }
         }
-    }
-    let last = cap.records.iter().map(|r| r.ts_ns).max().unwrap_or(0);
-    router.flush(0, |j, w| {
-        let f = &mut frames[j as usize];
-        f.worker = w as u32;
-        f.now = f.now.max(Instant::from_nanos(last));
-        order.push(j);
+        let last = cap.records.iter().map(|r| r.ts_ns).max().unwrap_or(0);
+        router.flush(0, |j, w| let_go.push((j, w)));
+        for (j, w) in let_go.drain(..) {
+            hand(d, &zones, j, w, last);
+        }
     });
-    // Verdicts are always collected: the summary quotes denied replies.
-    let steer_s = steer_t.elapsed().as_secs_f64();
-    let (outs, dispatch) = offline::run(&frames, &order, engines, end, true, true);
     let elapsed_s = t.elapsed().as_secs_f64();
 
     let mut counters = Counters::default();
@@ -255,7 +252,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     verdicts.sort_unstable_by_key(|v| v.0);
     // Examples of denied replies, the servers' side first: the origin story's log.
     let denied: Vec<&(u32, Verdict)> = verdicts.iter().filter(|(_, v)| matches!(v, Verdict::Drop(r) if r.is_reply_denied())).collect();
-    let from_inside = |i: u32| frames[i as usize].zone == Zone::Inside;
+    let from_inside = |i: u32| zones[i as usize] == Zone::Inside;
     let mut reply_denied_examples: Vec<String> = Vec::new();
     for &&(i, v) in denied.iter().filter(|(i, _)| from_inside(*i)).chain(denied.iter().filter(|(i, _)| !from_inside(*i))) {
         if reply_denied_examples.len() == EXAMPLES {
@@ -295,8 +292,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         flows_at_end: flows.len(),
         workers,
         elapsed_s,
-        dispatch_steer_s: steer_s,
-        dispatch_hand_s: dispatch.total_s - dispatch.blocked_s,
+        dispatch_busy_s: dispatch.total_s - dispatch.blocked_s,
         dispatch_blocked_s: dispatch.blocked_s,
         capture_span_s: (end.as_nanos().saturating_sub(start.as_nanos())) as f64 / 1e9,
         skipped: cap.skipped_total(),

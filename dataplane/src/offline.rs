@@ -16,14 +16,55 @@ const BATCH: usize = 256;
 /// Batches queued per worker before the dispatcher waits.
 const QUEUE: usize = 64;
 
-/// A frame to replay.
+/// A frame handed to a worker: its index in the capture, the time it is judged at
+/// (its capture time, or later for a fragment held for its first), and its zone.
 #[derive(Debug, Clone, Copy)]
-pub struct Frame<'a> {
-    pub data: &'a [u8],
+pub struct Item {
+    pub index: u32,
     pub now: Instant,
     pub zone: Zone,
-    /// Index of the owning worker.
-    pub worker: u32,
+}
+
+/// The dispatcher's end: hands frames to workers in batches, per worker in the order
+/// given, and times itself.
+pub struct Dispatcher {
+    senders: Vec<crossbeam_channel::Sender<Vec<Item>>>,
+    pending: Vec<Vec<Item>>,
+    blocked_s: f64,
+}
+
+impl Dispatcher {
+    /// Hands `item` to worker `worker` (its batch goes when full).
+    pub fn send(&mut self, worker: usize, item: Item) {
+        self.pending[worker].push(item);
+        if self.pending[worker].len() == BATCH {
+            let full = std::mem::replace(&mut self.pending[worker], Vec::with_capacity(BATCH));
+            self.hand(worker, full);
+        }
+    }
+
+    fn hand(&mut self, w: usize, batch: Vec<Item>) {
+        // A worker only stops receiving by panicking, which `join` reports.
+        match self.senders[w].try_send(batch) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(batch)) => {
+                let t = WallClock::now();
+                let _ = self.senders[w].send(batch);
+                self.blocked_s += t.elapsed().as_secs_f64();
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        for w in 0..self.pending.len() {
+            let p = std::mem::take(&mut self.pending[w]);
+            if !p.is_empty() {
+                self.hand(w, p);
+            }
+        }
+        self.senders.clear();
+    }
 }
 
 /// What one worker did.
@@ -44,27 +85,35 @@ pub struct WorkerOutput {
     pub min_adaptive_scale: f64,
 }
 
-/// What the dispatcher (the caller's thread) spent handing batches out.
+/// What the dispatcher (the caller's thread) spent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dispatch {
-    /// Wall time of the whole hand-out loop.
+    /// Wall time of the whole dispatch (steering included: it runs while the workers
+    /// do).
     pub total_s: f64,
     /// Of it, time blocked because a worker's queue was full (the workers were the
     /// bottleneck then, not the dispatcher).
     pub blocked_s: f64,
 }
 
-/// Runs `frames` through `engines` (one thread each), dispatched in `order` (frame
-/// indexes: capture order, but for fragments held until their first fragment came).
-/// `end` is the time at which the final table is listed (the capture's last
-/// timestamp).
-pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, keep_verdicts: bool, list_flows: bool) -> (Vec<WorkerOutput>, Dispatch) {
+/// Runs the frames `dispatch` hands out (through the [`Dispatcher`] it is given, on
+/// the caller's thread, while the workers run) through `engines` (one thread each);
+/// `frames[i]` is frame `i`'s bytes. `end` is the time at which the final table is
+/// listed (the capture's last timestamp).
+pub fn run(
+    frames: &[&[u8]],
+    engines: Vec<Engine>,
+    end: Instant,
+    keep_verdicts: bool,
+    list_flows: bool,
+    dispatch: impl FnOnce(&mut Dispatcher),
+) -> (Vec<WorkerOutput>, Dispatch) {
     let n = engines.len();
     std::thread::scope(|s| {
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for mut engine in engines {
-            let (tx, rx) = bounded::<Vec<u32>>(QUEUE);
+            let (tx, rx) = bounded::<Vec<Item>>(QUEUE);
             senders.push(tx);
             handles.push(s.spawn(move || {
                 let mut verdicts = Vec::new();
@@ -75,17 +124,14 @@ pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, 
                 for batch in rx {
                     let t = WallClock::now();
                     pkts.clear();
-                    pkts.extend(batch.iter().map(|&i| {
-                        let f = &frames[i as usize];
-                        Packet { data: f.data, zone: f.zone, now: f.now }
-                    }));
+                    pkts.extend(batch.iter().map(|f| Packet { data: frames[f.index as usize], zone: f.zone, now: f.now }));
                     engine.process_batch(&pkts, &mut out[..pkts.len()]);
                     if let Some(last) = pkts.last() {
                         engine.expire(last.now, DEFAULT_EXPIRE_BUDGET);
                     }
                     min_scale = min_scale.min(engine.adaptive_scale());
                     if keep_verdicts {
-                        verdicts.extend(batch.iter().zip(&out).map(|(&i, &v)| (i, v)));
+                        verdicts.extend(batch.iter().zip(&out).map(|(f, &v)| (f.index, v)));
                     }
                     busy += t.elapsed().as_secs_f64();
                 }
@@ -103,33 +149,10 @@ pub fn run(frames: &[Frame], order: &[u32], engines: Vec<Engine>, end: Instant, 
             }));
         }
         let t0 = WallClock::now();
-        let mut blocked = 0.0;
-        // A worker only stops receiving by panicking, which `join` reports.
-        let mut send = |w: usize, batch: Vec<u32>| match senders[w].try_send(batch) {
-            Ok(()) => {}
-            Err(crossbeam_channel::TrySendError::Full(batch)) => {
-                let t = WallClock::now();
-                let _ = senders[w].send(batch);
-                blocked += t.elapsed().as_secs_f64();
-            }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
-        };
-        let mut pending: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
-        for &i in order {
-            let w = frames[i as usize].worker as usize;
-            pending[w].push(i);
-            if pending[w].len() == BATCH {
-                let full = std::mem::replace(&mut pending[w], Vec::with_capacity(BATCH));
-                send(w, full);
-            }
-        }
-        for (w, p) in pending.into_iter().enumerate() {
-            if !p.is_empty() {
-                send(w, p);
-            }
-        }
-        let dispatch = Dispatch { total_s: t0.elapsed().as_secs_f64(), blocked_s: blocked };
-        drop(senders);
+        let mut d = Dispatcher { senders, pending: (0..n).map(|_| Vec::with_capacity(BATCH)).collect(), blocked_s: 0.0 };
+        dispatch(&mut d);
+        d.finish();
+        let dispatch = Dispatch { total_s: t0.elapsed().as_secs_f64(), blocked_s: d.blocked_s };
         (handles.into_iter().map(|h| h.join().expect("replay worker panicked")).collect(), dispatch)
     })
 }

@@ -134,5 +134,5 @@ fn one_and_four_workers_agree_frame_by_frame() {
     // What the dispatcher costs is reported, and is work, not nothing.
     let d = &j4["dispatcher"];
     let share = d["share_of_a_core"].as_f64().unwrap();
-    assert!(d["steer_s"].as_f64().unwrap() > 0.0 && share > 0.0 && share <= 1.0, "{d}");
+    assert!(d["busy_s"].as_f64().unwrap() > 0.0 && share > 0.0 && share <= 1.0, "{d}");
 }

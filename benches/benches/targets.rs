@@ -119,8 +119,10 @@ fn main() {
         t.bytes_per_entry(),
         big.engine.bytes_per_entry()
     );
+    let off = holdfast_pipeline::EngineConfig { capacity: cap, accounting: false, ..*big.engine.config() };
+    println!("    with conntrack.accounting: off {} B per entry of capacity (engine, computed)", holdfast_pipeline::Engine::footprint(&off) / cap);
     println!(
-        "    entry {} B, counters {} B (always kept: no accounting switch yet), bookkeeping {} B, IPv6 side slot 32 B, free list 4 B, index + timer wheel {} B",
+        "    entry {} B, counters {} B (conntrack.accounting), bookkeeping {} B, IPv6 side slot 32 B, free list 4 B, index + timer wheel {} B",
         holdfast_pipeline::conntrack::ENTRY_BYTES,
         32,
         12,

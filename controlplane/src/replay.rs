@@ -360,5 +360,10 @@ pub fn flow_json(f: &FlowInfo) -> Value {
     if f.key.vlan != 0 {
         v["vlan"] = json!([f.key.vlan & 0xfff, f.key.vlan >> 12]);
     }
+    if !f.counted {
+        // `conntrack.accounting: off`: not zero, not kept.
+        v["packets"] = Value::Null;
+        v["bytes"] = Value::Null;
+    }
     v
 }

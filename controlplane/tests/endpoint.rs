@@ -47,6 +47,7 @@ fn flow(i: u32) -> FlowInfo {
         class: holdfast_pipeline::conntrack::pressure::Admission::Assured,
         packets: [1, 1],
         bytes: [60, 60],
+        counted: true,
     }
 }
 

@@ -248,6 +248,7 @@ mod filter_tests {
             class: Admission::Assured,
             packets: [1, 1],
             bytes: [60, 60],
+            counted: true,
         };
         assert_eq!((f.key.src(f.orig), f.key.dst(f.orig)), ((c, 40000), (s, 80)));
         assert!(FlowFilter::default().matches(&f));

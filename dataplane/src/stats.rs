@@ -93,6 +93,8 @@ pub struct Snapshot {
     pub adaptive_scale: f64,
     /// Frames waiting in this worker's incoming handoff rings.
     pub handoff_depth: u64,
+    /// Per-flow packet and byte counters are kept (`conntrack.accounting`).
+    pub accounting: bool,
     /// What this worker's fragment router did (held, released, expired, overflow).
     pub fragments: holdfast_pipeline::steer::RouterStats,
     /// Denials queued for the deny log / not logged (rate limit or full queue).
@@ -135,6 +137,7 @@ impl Snapshot {
         self.foreign_flows += o.foreign_flows;
         self.handoff_depth += o.handoff_depth;
         self.fragments.merge(&o.fragments);
+        self.accounting |= o.accounting;
         self.log_events += o.log_events;
         self.log_suppressed += o.log_suppressed;
         self.publish_ns += o.publish_ns;

@@ -61,8 +61,12 @@ fn the_packet_path_never_allocates_with(pickup: Pickup) {
     e.keep_changes(512, Duration::from_secs(1));
     let mut drained = [0u64; 3];
     let refusing = Pressure { evict: Evict::None, embryonic_share: 1.0, ..Pressure::default() };
-    let mut full =
-        Engine::new(EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, ..EngineConfig::default() }, webfarm_policy(), t0);
+    // (without per-flow counters: `conntrack.accounting: off`)
+    let mut full = Engine::new(
+        EngineConfig { capacity: 500, pressure: refusing, pickup, per_source_limit: 50, accounting: false, ..EngineConfig::default() },
+        webfarm_policy(),
+        t0,
+    );
     let mut out = [Verdict::Drop(DropReason::Malformed); 64];
     let mut bursts: Vec<Vec<Packet>> = Vec::new();
     for (i, chunk) in frames.chunks(64).enumerate() {

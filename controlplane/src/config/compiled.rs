@@ -170,6 +170,7 @@ impl Config {
         let (e, n) = (&self.engine, &new.engine);
         cmp("conntrack.capacity", e.capacity.to_string(), n.capacity.to_string());
         cmp("conntrack.fragments", e.fragments.to_string(), n.fragments.to_string());
+        cmp("conntrack.accounting", e.accounting.to_string(), n.accounting.to_string());
         cmp("conntrack.tombstones", e.tombstones.to_string(), n.tombstones.to_string());
         cmp("conntrack.pressure.evict", format!("{:?}", e.pressure.evict), format!("{:?}", n.pressure.evict));
         if (e.per_source_limit == 0) != (n.per_source_limit == 0) {

@@ -31,6 +31,7 @@ pub(super) fn engine(cx: &Ctx, f: &File) -> Result<EngineConfig, ConfigError> {
         arp: action(f.policy.arp),
         ndp: action(f.policy.ndp),
         non_ip: action(f.policy.non_ip),
+        accounting: ct.accounting == model::OnOff::On,
         ..EngineConfig::default()
     };
     let t = &ct.timeouts;

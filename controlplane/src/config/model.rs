@@ -181,6 +181,16 @@ pub struct Conntrack {
     pub per_source_limit: Spanned<Count>,
     pub tombstones: Spanned<Count>,
     pub pressure: PressureCfg,
+    /// Per-flow packet and byte counters (Linux `nf_conntrack_acct`).
+    pub accounting: OnOff,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    #[default]
+    On,
+    Off,
 }
 
 fn unknown<T>(v: T) -> Spanned<T> {
@@ -197,6 +207,7 @@ impl Default for Conntrack {
             per_source_limit: unknown(Count(0)),
             tombstones: unknown(Count(65_536)),
             pressure: PressureCfg::default(),
+            accounting: OnOff::On,
         }
     }
 }

@@ -395,3 +395,14 @@ fn sync_keys_are_checked_where_they_are_written() {
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  resync_interval: 100ms\n").message.contains("sync.resync_interval must be between"));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  interval: 1ms\n").message.contains("sync.interval must be between 10ms"));
 }
+
+#[test]
+fn accounting_is_on_unless_turned_off_and_nothing_else_is_taken() {
+    let on = parse("conntrack:\n  capacity: 1000\n", "x.yaml").unwrap();
+    assert!(on.engine.accounting);
+    let off = parse("conntrack:\n  capacity: 1000\n  accounting: off\n", "x.yaml").unwrap();
+    assert!(!off.engine.accounting);
+    let e = err("conntrack:\n  accounting: maybe\n");
+    assert!(e.message.contains("maybe") && e.to_string().contains(":2:"), "{e}");
+    assert_eq!(on.restart_needed(&off), vec!["conntrack.accounting: true -> false".to_string()]);
+}

@@ -277,16 +277,12 @@ pub fn flow_line(f: &Value) -> String {
     let tuple = |s: &mut String, dir: usize| {
         let (a, b) = if dir == 0 { ("src", "dst") } else { ("dst", "src") };
         let (pa, pb) = if dir == 0 { ("sport", "dport") } else { ("dport", "sport") };
-        let _ = write!(
-            s,
-            "src={} dst={} sport={} dport={} packets={} bytes={} ",
-            f[a].as_str().unwrap_or("?"),
-            f[b].as_str().unwrap_or("?"),
-            f[pa],
-            f[pb],
-            f["packets"][dir],
-            f["bytes"][dir]
-        );
+        let _ = write!(s, "src={} dst={} sport={} dport={} ", f[a].as_str().unwrap_or("?"), f[b].as_str().unwrap_or("?"), f[pa], f[pb]);
+        // Without `conntrack.accounting` there are none (as `conntrack -L` without
+        // nf_conntrack_acct).
+        if !f["packets"].is_null() {
+            let _ = write!(s, "packets={} bytes={} ", f["packets"][dir], f["bytes"][dir]);
+        }
     };
     tuple(&mut s, 0);
     if f["state"] == "UNREPLIED" || (f["packets"][1] == 0 && proto != "tcp") {
@@ -400,6 +396,17 @@ mod tests {
             flow_line(&u),
             "udp      5 src=10.0.1.1 dst=10.0.2.1 sport=1188 dport=9 packets=1 bytes=46 [UNREPLIED] \
              src=10.0.2.1 dst=10.0.1.1 sport=9 dport=1188 packets=0 bytes=0 class=unreplied worker=1"
+        );
+        // `conntrack.accounting: off`: no counters, as `conntrack -L` without acct.
+        let n: Value = serde_json::from_str(
+            r#"{"proto":"tcp","src":"10.0.1.1","sport":58940,"dst":"10.0.2.3","dport":80,"state":"ESTABLISHED","expires_in_s":9,
+                "assured":true,"class":"assured","packets":null,"bytes":null,"worker":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            flow_line(&n),
+            "tcp      9 ESTABLISHED src=10.0.1.1 dst=10.0.2.3 sport=58940 dport=80 \
+             src=10.0.2.3 dst=10.0.1.1 sport=80 dport=58940 [ASSURED] class=assured worker=0"
         );
     }
 }

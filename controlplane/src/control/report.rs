@@ -55,6 +55,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "publish_ns": s.publish_ns,
         "publications": s.publications,
         "handoff_depth": s.handoff_depth,
+        "accounting": s.accounting,
         "fragments_held": s.fragments.held,
         "fragments_released": s.fragments.released,
         "fragments_hold_expired": s.fragments.expired,

@@ -116,6 +116,7 @@ impl Worker {
         }
         self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();
         self.snap.fragments = self.router.stats;
+        self.snap.accounting = self.engine.table().accounting();
         self.snap.maintaining = self.scans.iter().any(|s| matches!(s.job, Job::Maintain { .. }));
         self.snap.publications += 1;
         publisher.publish(&self.snap);

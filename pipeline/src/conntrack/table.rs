@@ -51,6 +51,7 @@ pub(crate) struct IndexFull;
 
 pub struct Table {
     pub(crate) conns: Zeroed<Conn>,
+    /// Per-flow packet and byte counters; empty without accounting.
     pub(crate) stats: Zeroed<ConnStats>,
     pub(crate) aux: Zeroed<ConnAux>,
     /// IPv6 addresses `[lo, hi]` at `2*slot`. Zeroed lazily by the OS: costs RAM only
@@ -85,10 +86,12 @@ fn buckets_for(capacity: usize) -> usize {
 impl Table {
     /// Bytes a table of `capacity` entries allocates, computed without allocating:
     /// what [`Table::bytes`] will report. Everything is committed once the table has
-    /// been full (the IPv6 side array once it held IPv6 flows).
-    pub fn footprint(capacity: usize) -> usize {
+    /// been full (the IPv6 side array once it held IPv6 flows). Without `accounting`
+    /// there are no per-flow packet and byte counters.
+    pub fn footprint(capacity: usize, accounting: bool) -> usize {
         let c = capacity.max(1);
-        let per_entry = size_of::<Conn>() + size_of::<ConnStats>() + size_of::<ConnAux>() + 2 * size_of::<u128>() + size_of::<u32>();
+        let stats = if accounting { size_of::<ConnStats>() } else { 0 };
+        let per_entry = size_of::<Conn>() + stats + size_of::<ConnAux>() + 2 * size_of::<u128>() + size_of::<u32>();
         c.saturating_mul(per_entry).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
     }
 
@@ -97,14 +100,14 @@ impl Table {
         self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4
     }
 
-    pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64) -> Table {
+    pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64, accounting: bool) -> Table {
         let capacity = capacity.max(1);
         let nbuckets = buckets_for(capacity);
         let mut free = Vec::with_capacity(capacity);
         free.extend((0..capacity as u32).rev());
         Table {
             conns: zeroed_slice(capacity),
-            stats: zeroed_slice(capacity),
+            stats: zeroed_slice(if accounting { capacity } else { 0 }),
             aux: zeroed_slice(capacity),
             v6: zeroed_slice(capacity * 2),
             buckets: zeroed_slice(nbuckets),
@@ -122,6 +125,16 @@ impl Table {
 
     pub fn capacity(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether per-flow packet and byte counters are kept (`conntrack.accounting`).
+    pub fn accounting(&self) -> bool {
+        !self.stats.is_empty()
+    }
+
+    /// The counters of the flow in `slot` (zero without accounting).
+    pub(crate) fn stats_of(&self, slot: u32) -> ConnStats {
+        self.stats.get(slot as usize).copied().unwrap_or_default()
     }
     pub fn len(&self) -> usize {
         self.len
@@ -179,7 +192,9 @@ impl Table {
         if m != 0 {
             let s = b.slots[m.trailing_zeros() as usize] as usize;
             prefetch(&self.conns[s]);
-            prefetch(&self.stats[s]);
+            if let Some(st) = self.stats.get(s) {
+                prefetch(st);
+            }
         }
     }
 
@@ -251,7 +266,9 @@ impl Table {
             self.v6[s * 2] = k.addr[0];
             self.v6[s * 2 + 1] = k.addr[1];
         }
-        self.stats[s] = ConnStats::default();
+        if let Some(st) = self.stats.get_mut(s) {
+            *st = ConnStats::default();
+        }
         self.aux[s] = aux;
         self.wheel.insert(slot, when);
         self.len += 1;
@@ -413,7 +430,7 @@ mod tests {
     #[test]
     fn insert_lookup_remove_at_full_capacity() {
         let cap = 10_000;
-        let mut t = Table::new(cap, 42, 0);
+        let mut t = Table::new(cap, 42, 0, true);
         for i in 0..cap as u32 {
             let k = key(i, i % 3 == 0);
             let h = t.hash(&k);
@@ -451,7 +468,7 @@ mod tests {
     #[test]
     fn tiny_index_uses_cuckoo_moves_and_stash() {
         // 2 buckets of 7 for 16 entries: most keys cannot sit at home.
-        let mut t = Table::new(7, 1, 0);
+        let mut t = Table::new(7, 1, 0, true);
         let mut placed = Vec::new();
         for i in 0..7u32 {
             let k = key(i, false);

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub per_source_limit: u32,
     /// Records of recently removed flows (0: none).
     pub tombstones: usize,
+    /// Keep per-flow packet and byte counters (Linux `nf_conntrack_acct`): 32 bytes
+    /// an entry.
+    pub accounting: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             pressure: Pressure::default(),
             per_source_limit: 0,
             tombstones: 65_536,
+            accounting: true,
         }
     }
 }

@@ -28,9 +28,11 @@ pub struct FlowInfo {
     pub assured: bool,
     /// Admission class (what eviction order applies to it).
     pub class: Admission,
-    /// `[original, reply]`.
+    /// `[original, reply]`; zero when `counted` is false.
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Per-flow counters are kept (`conntrack.accounting`).
+    pub counted: bool,
 }
 
 /// A dropped frame, described for the deny log ([`Engine::explain`]).
@@ -94,7 +96,7 @@ impl Engine {
 
     fn flow_info(&self, s: u32, now: Instant) -> FlowInfo {
         let c = &self.table.conns[s as usize];
-        let st = &self.table.stats[s as usize];
+        let st = self.table.stats_of(s);
         let left = self.timeout_of(c).saturating_sub(idle_ticks(now.ticks(), c.last_seen));
         let state = if c.proto() == parse::proto::TCP {
             tcp::state_of(c).name()
@@ -113,6 +115,7 @@ impl Engine {
             class: c.admission(),
             packets: st.packets,
             bytes: st.bytes,
+            counted: self.table.accounting(),
         }
     }
 

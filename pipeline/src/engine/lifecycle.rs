@@ -82,9 +82,10 @@ impl Engine {
     /// class its new state calls for.
     #[inline]
     pub(super) fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
-        let s = &mut self.table.stats[slot as usize];
-        s.packets[dir] += 1;
-        s.bytes[dir] += u64::from(m.ip_len);
+        if let Some(s) = self.table.stats.get_mut(slot as usize) {
+            s.packets[dir] += 1;
+            s.bytes[dir] += u64::from(m.ip_len);
+        }
         let c = &mut self.table.conns[slot as usize];
         if dir == REPLY {
             c.flags |= cflag::SEEN_REPLY;

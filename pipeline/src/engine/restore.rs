@@ -61,7 +61,7 @@ impl Engine {
             a
         };
         conn.flags &= !cflag::REFERENCED;
-        FlowRecord { key: self.table.key_of(s), conn, stats: self.table.stats[s as usize], aux, idle, age, stream_age }
+        FlowRecord { key: self.table.key_of(s), conn, stats: self.table.stats_of(s), aux, idle, age, stream_age }
     }
 
     /// Tombstone sets of this engine (a snapshot's tombstones restore only into an
@@ -114,7 +114,9 @@ impl Engine {
         let left = timeout - idle;
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(conn.timer_class())));
         let slot = self.table.insert(h, &rec.key, conn, aux, when).map_err(|_| RestoreError::TableFull)?;
-        self.table.stats[slot as usize] = rec.stats;
+        if let Some(st) = self.table.stats.get_mut(slot as usize) {
+            *st = rec.stats;
+        }
         self.lists.push(slot, adm);
         let charged = self.sources.add(src, rec.key.v6);
         debug_assert!(charged, "checked above");

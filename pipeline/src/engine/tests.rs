@@ -318,3 +318,34 @@ fn committing_memory_changes_nothing_a_packet_sees() {
     assert!(l.s(ACK, 0).is_pass());
     l.e.audit().unwrap();
 }
+
+#[test]
+fn without_accounting_an_entry_costs_32_bytes_less_and_tracking_is_the_same() {
+    let on = EngineConfig { capacity: 4096, ..EngineConfig::default() };
+    let off = EngineConfig { accounting: false, ..on };
+    assert_eq!(super::Engine::footprint(&on) - super::Engine::footprint(&off), 4096 * 32);
+    let (mut a, mut b) = (Lab::with(on), Lab::with(off));
+    for l in [&mut a, &mut b] {
+        l.handshake();
+        assert!(l.c(ACK | PSH, 100).is_pass());
+        assert!(l.s(ACK, 0).is_pass());
+        l.e.audit().unwrap();
+    }
+    assert_eq!(a.e.bytes() - b.e.bytes(), 4096 * 32, "what is allocated, not only what is computed");
+    let (fa, fb) = (a.flows()[0], b.flows()[0]);
+    assert_eq!((fa.state, fa.counted, fa.packets), ("ESTABLISHED", true, [3, 2]));
+    assert_eq!((fb.state, fb.counted, fb.packets, fb.bytes), ("ESTABLISHED", false, [0, 0], [0, 0]));
+    assert_eq!(a.e.counters().passed, b.e.counters().passed, "the same verdicts");
+    // A snapshot of either goes into either: counters come along only where kept.
+    let (mut a2, mut b2) = (Lab::with(on), Lab::with(off));
+    for rec in b.e.export(b.now) {
+        a2.e.restore(&rec, a2.now, Duration::ZERO).unwrap();
+    }
+    for rec in a.e.export(a.now) {
+        b2.e.restore(&rec, b2.now, Duration::ZERO).unwrap();
+    }
+    assert_eq!((a2.flows()[0].state, a2.flows()[0].packets), ("ESTABLISHED", [0, 0]));
+    assert_eq!((b2.flows()[0].state, b2.flows()[0].counted), ("ESTABLISHED", false));
+    a2.e.audit().unwrap();
+    b2.e.audit().unwrap();
+}

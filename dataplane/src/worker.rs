@@ -126,8 +126,9 @@ struct Worker {
     routed: Vec<(Routed, usize)>,
     /// Routed frames this worker judges itself, per side.
     local: [Vec<Desc>; 2],
-    /// Handed-in fragments to route (taken off the ring first, routed after).
-    route_pending: Vec<(u8, Desc)>,
+    /// Handed-in frames (taken off the ring first, then routed or judged in order):
+    /// whether to route it, and its frame.
+    route_pending: Vec<(bool, Desc)>,
 }
 
 /// A fragment in the router's hands: the side it came in on, and its frame.
@@ -373,15 +374,29 @@ impl Worker {
     /// Routes a fragment of a datagram this worker is chosen for: a first fragment to
     /// its flow's owner (and what waited for it after it), a later one where its first
     /// went, or into the hold. What it lets go of waits in `routed`.
+    ///
+    /// What it lets go of to this worker from the side whose burst is being gathered
+    /// into `mine` joins that burst at once, so that a flow's frames keep their order.
     fn route_here(&mut self, side: u8, d: Desc, now: Instant) {
         let st = steer(self.ports.data(d.addr, d.len), &self.hasher);
-        let Some(f) = st.frag else {
-            self.routed.push((Routed { side, desc: d }, self.index));
-            return;
-        };
-        let owner = if f.first && st.owner_hash != 0 { steer::owner(&st, self.workers) } else { self.index };
-        let routed = &mut self.routed;
-        self.router.route(Routed { side, desc: d }, &f, owner, now.as_nanos(), |r, to| routed.push((r, to)));
+        match st.frag {
+            None => self.routed.push((Routed { side, desc: d }, self.index)),
+            Some(f) => {
+                let owner = if f.first && st.owner_hash != 0 { steer::owner(&st, self.workers) } else { self.index };
+                let routed = &mut self.routed;
+                self.router.route(Routed { side, desc: d }, &f, owner, now.as_nanos(), |r, to| routed.push((r, to)));
+            }
+        }
+        let mut k = 0;
+        while k < self.routed.len() {
+            let (r, to) = self.routed[k];
+            if to == self.index && r.side & 1 == side & 1 {
+                self.mine.push(r.desc);
+                self.routed.remove(k);
+            } else {
+                k += 1;
+            }
+        }
     }
 
     /// Judges here, or hands to their worker, the fragments routing let go of, in order.
@@ -417,8 +432,8 @@ impl Worker {
                 self.mine.clear();
                 let Some(c) = self.from[peer].as_mut() else { continue };
                 // Take items of this side while there is TX room and a free frame.
-                let mut to_route = 0usize;
-                while self.mine.len() + to_route < room {
+                let mut taken = 0usize;
+                while taken < room {
                     let Ok(front) = c.peek() else { break };
                     if usize::from(front.side & 1) != side {
                         break;
@@ -430,22 +445,20 @@ impl Worker {
                     };
                     let len = u32::from(item.len);
                     self.ports.data_mut(addr, len).copy_from_slice(&item.data[..len as usize]);
-                    let d = Desc { addr, len, options: 0 };
-                    if item.side & ROUTE != 0 {
-                        // A fragment of a datagram this worker routes.
-                        self.route_pending.push((side as u8, d));
-                        to_route += 1;
-                    } else {
-                        self.mine.push(d);
-                    }
+                    // In order: a fragment of a datagram this worker routes, or a frame
+                    // to judge.
+                    self.route_pending.push((item.side & ROUTE != 0, Desc { addr, len: u32::from(item.len), options: 0 }));
+                    taken += 1;
                 }
                 for k in 0..self.route_pending.len() {
-                    let (sd, d) = self.route_pending[k];
-                    self.route_here(sd, d, now);
+                    match self.route_pending[k] {
+                        (true, d) => self.route_here(side as u8, d, now),
+                        (false, d) => self.mine.push(d),
+                    }
                 }
                 self.route_pending.clear();
-                self.snap.handoff_in += (self.mine.len() + to_route) as u64;
-                total += self.mine.len() + to_route;
+                self.snap.handoff_in += taken as u64;
+                total += taken;
                 let mine = std::mem::take(&mut self.mine);
                 self.judge_and_send(side, &mine, now);
                 self.mine = mine;

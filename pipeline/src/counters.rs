@@ -19,6 +19,9 @@ pub struct Counters {
     /// Times the index could not place a key although entries were free (cuckoo moves
     /// and stash exhausted): counted inside `table_full` drops as well.
     pub index_full: u64,
+    /// IPv6 flows refused because the IPv6 address pool (`conntrack.ipv6_share`) was
+    /// full: counted inside `table_full` drops as well.
+    pub ipv6_pool_full: u64,
     /// Fragment records replaced while still live (the fragment table's limit).
     pub fragment_evictions: u64,
     /// Entries evicted to make room, by admission class (embryonic, unreplied,
@@ -42,6 +45,7 @@ impl Default for Counters {
             flows_closed: 0,
             flows_revoked: 0,
             index_full: 0,
+            ipv6_pool_full: 0,
             fragment_evictions: 0,
             evictions: [0; 4],
             expirations: [0; 4],
@@ -90,6 +94,7 @@ impl Counters {
         self.flows_closed += o.flows_closed;
         self.flows_revoked += o.flows_revoked;
         self.index_full += o.index_full;
+        self.ipv6_pool_full += o.ipv6_pool_full;
         self.fragment_evictions += o.fragment_evictions;
         for i in 0..4 {
             self.evictions[i] += o.evictions[i];

@@ -26,6 +26,9 @@ fn engine_for(mode: u8, seed: u64) -> Engine {
         pickup,
         per_source_limit: if mode & 0x80 != 0 { 3 } else { 0 },
         pressure: Pressure { evict, ..Pressure::default() },
+        // Without counters, and an IPv6 pool a tenth of the table, now and then.
+        accounting: mode & 0x40 == 0,
+        ipv6_slots: (mode & 0x20 != 0).then_some(6),
         ..EngineConfig::default()
     };
     static POLICY: std::sync::OnceLock<std::sync::Arc<holdfast_pipeline::Classifier>> = std::sync::OnceLock::new();
@@ -33,7 +36,7 @@ fn engine_for(mode: u8, seed: u64) -> Engine {
 }
 
 /// The engine on a sequence of frames with random time steps. Input: a mode byte
-/// (pickup, eviction, per-source limit), then per frame a control byte (bit 0: the
+/// (pickup, eviction, per-source limit, accounting, an IPv6 pool), then per frame a control byte (bit 0: the
 /// zone; bits 1..4: a time step, an expiry run or the end of a batch) and a length
 /// byte, then the frame. Checks: every frame counted once, bytes counted, the table's
 /// bookkeeping (`Engine::audit`: no entry in two places, class counts equal list

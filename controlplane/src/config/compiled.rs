@@ -171,6 +171,7 @@ impl Config {
         cmp("conntrack.capacity", e.capacity.to_string(), n.capacity.to_string());
         cmp("conntrack.fragments", e.fragments.to_string(), n.fragments.to_string());
         cmp("conntrack.accounting", e.accounting.to_string(), n.accounting.to_string());
+        cmp("conntrack.ipv6_share", format!("{:?}", e.ipv6_slots), format!("{:?}", n.ipv6_slots));
         cmp("conntrack.tombstones", e.tombstones.to_string(), n.tombstones.to_string());
         cmp("conntrack.pressure.evict", format!("{:?}", e.pressure.evict), format!("{:?}", n.pressure.evict));
         if (e.per_source_limit == 0) != (n.per_source_limit == 0) {

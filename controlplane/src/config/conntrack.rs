@@ -32,6 +32,16 @@ pub(super) fn engine(cx: &Ctx, f: &File) -> Result<EngineConfig, ConfigError> {
         ndp: action(f.policy.ndp),
         non_ip: action(f.policy.non_ip),
         accounting: ct.accounting == model::OnOff::On,
+        ipv6_slots: match &ct.ipv6_share {
+            None => None,
+            Some(s) if !(0.0..=1.0).contains(&s.value) || s.value.is_nan() => {
+                return Err(cx.at(
+                    s.referenced,
+                    format!("conntrack.ipv6_share must be between 0 and 1 (the share of entries that may hold IPv6 flows), not {}", s.value),
+                ));
+            }
+            Some(s) => Some((capacity as f64 * s.value).ceil() as usize),
+        },
         ..EngineConfig::default()
     };
     let t = &ct.timeouts;

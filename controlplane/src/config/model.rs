@@ -183,6 +183,9 @@ pub struct Conntrack {
     pub pressure: PressureCfg,
     /// Per-flow packet and byte counters (Linux `nf_conntrack_acct`).
     pub accounting: OnOff,
+    /// The share of entries that may hold IPv6 flows (their addresses live in a pool
+    /// of that size); absent: all.
+    pub ipv6_share: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -208,6 +211,7 @@ impl Default for Conntrack {
             tombstones: unknown(Count(65_536)),
             pressure: PressureCfg::default(),
             accounting: OnOff::On,
+            ipv6_share: None,
         }
     }
 }

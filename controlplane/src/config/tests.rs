@@ -406,3 +406,14 @@ fn accounting_is_on_unless_turned_off_and_nothing_else_is_taken() {
     assert!(e.message.contains("maybe") && e.to_string().contains(":2:"), "{e}");
     assert_eq!(on.restart_needed(&off), vec!["conntrack.accounting: true -> false".to_string()]);
 }
+
+#[test]
+fn the_ipv6_share_sizes_the_address_pool_and_is_checked() {
+    let c = parse("conntrack:\n  capacity: 1000\n  ipv6_share: 0.25\n", "x.yaml").unwrap();
+    assert_eq!(c.engine.ipv6_slots, Some(250));
+    assert_eq!(parse("conntrack:\n  capacity: 1000\n", "x.yaml").unwrap().engine.ipv6_slots, None, "all by default");
+    for bad in ["1.5", "-0.1", ".nan"] {
+        let e = err(&format!("conntrack:\n  ipv6_share: {bad}\n"));
+        assert!(e.message.contains("conntrack.ipv6_share must be between 0 and 1") && e.to_string().contains(":2:"), "{bad}: {e}");
+    }
+}

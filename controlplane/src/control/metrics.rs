@@ -140,6 +140,13 @@ impl Collector for Metrics {
         write(&mut e, "flows_revoked", "Entries a reload removed because the new rules deny them.", Counter, per(&|i| s[i].counters.flows_revoked))?;
         write(&mut e, "table_full", "New flows refused because the table was full.", Counter, per(&|i| s[i].counters.dropped[DropReason::TableFull as usize]))?;
         write(&mut e, "tombstone_hits", "No-state packets whose removed flow a tombstone remembered.", Counter, per(&|i| s[i].counters.tombstone_hits))?;
+        write(
+            &mut e,
+            "ipv6_pool_full",
+            "IPv6 flows refused (as table_full) because the IPv6 address pool (conntrack.ipv6_share) was full.",
+            Counter,
+            per(&|i| s[i].counters.ipv6_pool_full),
+        )?;
         let scale = s.iter().enumerate().map(|(i, x)| (w(i), x.adaptive_scale)).collect();
         write(&mut e, "adaptive_timeout_scale", "Factor applied to non-assured timeouts under pressure (1 = none).", Gauge, scale)?;
         write(&mut e, "handoff_out", "Frames handed to the worker that owns their flow.", Counter, per(&|i| s[i].handoff_out))?;

@@ -49,6 +49,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "evictions": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.evictions[*a as usize]))).collect::<Map<String, Value>>(),
         "expirations": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.expirations[*a as usize]))).collect::<Map<String, Value>>(),
         "tombstone_hits": s.counters.tombstone_hits,
+        "ipv6_pool_full": s.counters.ipv6_pool_full,
         "table_full": s.counters.dropped[DropReason::TableFull as usize],
         "log_events": s.log_events,
         "log_suppressed": s.log_suppressed,

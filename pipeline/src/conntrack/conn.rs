@@ -51,7 +51,8 @@ pub(crate) mod cflag {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Conn {
-    /// Canonical IPv4 addresses `[lo, hi]`; zero for IPv6 (see the side array).
+    /// Canonical IPv4 addresses `[lo, hi]`; for IPv6, `[place in the table's IPv6
+    /// address pool, 0]`.
     pub addr: [u32; 2],
     pub port: [u16; 2],
     /// Protocol in bits 24..32, VLAN ids in bits 0..24 (see [`FlowKey::vlan`]).

@@ -46,17 +46,25 @@ impl Bucket {
     }
 }
 
+/// Why an insert found no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IndexFull;
+pub(crate) enum IndexFull {
+    /// No free slot, or the index could not place the key.
+    Index,
+    /// An IPv6 flow, and the IPv6 address pool (`conntrack.ipv6_share`) is full.
+    Ipv6Pool,
+}
 
 pub struct Table {
     pub(crate) conns: Zeroed<Conn>,
     /// Per-flow packet and byte counters; empty without accounting.
     pub(crate) stats: Zeroed<ConnStats>,
     pub(crate) aux: Zeroed<ConnAux>,
-    /// IPv6 addresses `[lo, hi]` at `2*slot`. Zeroed lazily by the OS: costs RAM only
-    /// for slots that ever held an IPv6 flow.
+    /// The IPv6 address pool: `[lo, hi]` at `2*i` for an IPv6 entry whose `addr[0]`
+    /// is `i`. Sized by `conntrack.ipv6_share`, not one pair per slot.
     v6: Zeroed<u128>,
+    /// Free places in the IPv6 pool.
+    v6_free: Vec<u32>,
     buckets: Zeroed<Bucket>,
     mask: usize,
     stash: [(u32, u32); STASH],
@@ -88,28 +96,34 @@ impl Table {
     /// what [`Table::bytes`] will report. Everything is committed once the table has
     /// been full (the IPv6 side array once it held IPv6 flows). Without `accounting`
     /// there are no per-flow packet and byte counters.
-    pub fn footprint(capacity: usize, accounting: bool) -> usize {
+    pub fn footprint(capacity: usize, accounting: bool, ipv6_slots: usize) -> usize {
         let c = capacity.max(1);
         let stats = if accounting { size_of::<ConnStats>() } else { 0 };
-        let per_entry = size_of::<Conn>() + stats + size_of::<ConnAux>() + 2 * size_of::<u128>() + size_of::<u32>();
-        c.saturating_mul(per_entry).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
+        let per_entry = size_of::<Conn>() + stats + size_of::<ConnAux>() + size_of::<u32>();
+        let v6 = ipv6_slots.min(c).saturating_mul(2 * size_of::<u128>() + size_of::<u32>());
+        c.saturating_mul(per_entry).saturating_add(v6).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
     }
 
     /// Bytes allocated, everything included.
     pub fn bytes(&self) -> usize {
-        self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4
+        self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4 + self.v6_free.capacity() * 4
     }
 
-    pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64, accounting: bool) -> Table {
+    /// A table of `capacity` entries, of which at most `ipv6_slots` hold IPv6 flows.
+    pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64, accounting: bool, ipv6_slots: usize) -> Table {
         let capacity = capacity.max(1);
         let nbuckets = buckets_for(capacity);
         let mut free = Vec::with_capacity(capacity);
         free.extend((0..capacity as u32).rev());
+        let pool = ipv6_slots.min(capacity);
+        let mut v6_free = Vec::with_capacity(pool);
+        v6_free.extend((0..pool as u32).rev());
         Table {
             conns: zeroed_slice(capacity),
             stats: zeroed_slice(if accounting { capacity } else { 0 }),
             aux: zeroed_slice(capacity),
-            v6: zeroed_slice(capacity * 2),
+            v6: zeroed_slice(pool * 2),
+            v6_free,
             buckets: zeroed_slice(nbuckets),
             mask: nbuckets - 1,
             stash: [(0, 0); STASH],
@@ -204,8 +218,9 @@ impl Table {
         if !k.v6 {
             return c.matches_v4(k);
         }
-        let s = slot as usize * 2;
-        c.is_v6() && c.port == k.port && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan) && self.v6[s] == k.addr[0] && self.v6[s + 1] == k.addr[1]
+        // An IPv6 entry's `addr[0]` is its place in the pool.
+        let p = c.addr[0] as usize * 2;
+        c.is_v6() && c.port == k.port && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan) && self.v6[p] == k.addr[0] && self.v6[p + 1] == k.addr[1]
     }
 
     #[inline]
@@ -257,14 +272,19 @@ impl Table {
     /// has no room.
     pub(crate) fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
         debug_assert_eq!(Table::blank(k).proto_vlan, conn.proto_vlan, "an entry for another key");
-        let Some(&slot) = self.free.last() else { return Err(IndexFull) };
+        let Some(&slot) = self.free.last() else { return Err(IndexFull::Index) };
+        if k.v6 && self.v6_free.is_empty() {
+            return Err(IndexFull::Ipv6Pool);
+        }
         self.index_insert(h, slot)?;
         self.free.pop();
         let s = slot as usize;
         self.conns[s] = conn;
         if k.v6 {
-            self.v6[s * 2] = k.addr[0];
-            self.v6[s * 2 + 1] = k.addr[1];
+            let p = self.v6_free.pop().expect("checked above");
+            self.conns[s].addr = [p, 0];
+            self.v6[p as usize * 2] = k.addr[0];
+            self.v6[p as usize * 2 + 1] = k.addr[1];
         }
         if let Some(st) = self.stats.get_mut(s) {
             *st = ConnStats::default();
@@ -346,7 +366,7 @@ impl Table {
             }
         }
         if self.stash_len == STASH {
-            return Err(IndexFull);
+            return Err(IndexFull::Index);
         }
         self.stash[self.stash_len] = (tag, slot);
         self.stash_len += 1;
@@ -400,6 +420,10 @@ impl Table {
         }
         debug_assert!(done, "removing an entry that is not indexed");
         self.wheel.remove(slot);
+        let c = &self.conns[slot as usize];
+        if c.is_v6() {
+            self.v6_free.push(c.addr[0]);
+        }
         self.free.push(slot);
         self.len -= 1;
     }
@@ -408,7 +432,8 @@ impl Table {
     pub(crate) fn key_of(&self, slot: u32) -> FlowKey {
         let c = &self.conns[slot as usize];
         let v6 = c.is_v6();
-        let addr = if v6 { [self.v6[slot as usize * 2], self.v6[slot as usize * 2 + 1]] } else { [u128::from(c.addr[0]), u128::from(c.addr[1])] };
+        let p = c.addr[0] as usize * 2;
+        let addr = if v6 { [self.v6[p], self.v6[p + 1]] } else { [u128::from(c.addr[0]), u128::from(c.addr[1])] };
         FlowKey { addr, port: c.port, proto: c.proto(), v6, vlan: c.vlan() }
     }
 
@@ -428,9 +453,29 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_live_in_a_pool_of_their_own_size() {
+        let mut t = Table::new(8, 5, 0, true, 2);
+        let ins = |t: &mut Table, k: &FlowKey| t.insert(t.hash(k), k, Table::blank(k), ConnAux::default(), 100);
+        let (a, b, c) = (key(1, true), key(2, true), key(3, true));
+        let sa = ins(&mut t, &a).unwrap();
+        let sb = ins(&mut t, &b).unwrap();
+        assert_eq!(ins(&mut t, &c), Err(IndexFull::Ipv6Pool), "two IPv6 places");
+        let v4 = key(4, false);
+        assert!(ins(&mut t, &v4).is_ok(), "IPv4 flows do not need one");
+        assert_eq!((t.key_of(sa), t.key_of(sb)), (a, b));
+        assert_eq!((t.lookup(t.hash(&a), &a), t.lookup(t.hash(&b), &b)), (Some(sa), Some(sb)));
+        t.remove(sa);
+        let sc = ins(&mut t, &c).unwrap();
+        assert_eq!(t.key_of(sc), c);
+        assert_eq!(t.lookup(t.hash(&a), &a), None);
+        assert_eq!(t.lookup(t.hash(&b), &b), Some(sb), "b's addresses were not overwritten by c's");
+        assert_eq!(Table::footprint(8, true, 8) - Table::footprint(8, true, 2), 6 * 36);
+    }
+
+    #[test]
     fn insert_lookup_remove_at_full_capacity() {
         let cap = 10_000;
-        let mut t = Table::new(cap, 42, 0, true);
+        let mut t = Table::new(cap, 42, 0, true, cap);
         for i in 0..cap as u32 {
             let k = key(i, i % 3 == 0);
             let h = t.hash(&k);
@@ -441,7 +486,7 @@ mod tests {
         }
         assert!(t.is_full());
         let k = key(cap as u32, false);
-        assert_eq!(t.insert(t.hash(&k), &k, Table::blank(&k), ConnAux::default(), 100), Err(IndexFull));
+        assert_eq!(t.insert(t.hash(&k), &k, Table::blank(&k), ConnAux::default(), 100), Err(IndexFull::Index));
         for i in 0..cap as u32 {
             let k = key(i, i % 3 == 0);
             let h = t.hash(&k);
@@ -468,7 +513,7 @@ mod tests {
     #[test]
     fn tiny_index_uses_cuckoo_moves_and_stash() {
         // 2 buckets of 7 for 16 entries: most keys cannot sit at home.
-        let mut t = Table::new(7, 1, 0, true);
+        let mut t = Table::new(7, 1, 0, true, 7);
         let mut placed = Vec::new();
         for i in 0..7u32 {
             let k = key(i, false);

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     /// Keep per-flow packet and byte counters (Linux `nf_conntrack_acct`): 32 bytes
     /// an entry.
     pub accounting: bool,
+    /// Entries that may hold IPv6 flows (their addresses live in a pool of this
+    /// size, 36 bytes a place); `None`: every entry (`conntrack.ipv6_share`).
+    pub ipv6_slots: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             per_source_limit: 0,
             tombstones: 65_536,
             accounting: true,
+            ipv6_slots: None,
         }
     }
 }

@@ -6,7 +6,7 @@ use super::Engine;
 use crate::conntrack::conn::{Conn, ConnAux, REPLY, cflag};
 use crate::conntrack::pressure::{Admission, Evict};
 use crate::conntrack::sources::Refusal;
-use crate::conntrack::table::Table;
+use crate::conntrack::table::{IndexFull, Table};
 use crate::conntrack::tcp;
 use crate::conntrack::tombstones::Why;
 use crate::flow::Side;
@@ -54,7 +54,11 @@ impl Engine {
         let when = self.arm_at(&conn, now);
         let slot = match self.table.insert(h, &m.key, conn, aux, when) {
             Ok(s) => s,
-            Err(_) => {
+            Err(IndexFull::Ipv6Pool) => {
+                self.counters.ipv6_pool_full += 1;
+                return Err(DropReason::TableFull);
+            }
+            Err(IndexFull::Index) => {
                 if !self.table.is_full() {
                     self.counters.index_full += 1;
                 }

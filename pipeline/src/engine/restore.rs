@@ -61,6 +61,10 @@ impl Engine {
             a
         };
         conn.flags &= !cflag::REFERENCED;
+        if conn.is_v6() {
+            // Its place in this table's IPv6 pool: the key carries the addresses.
+            conn.addr = [0, 0];
+        }
         FlowRecord { key: self.table.key_of(s), conn, stats: self.table.stats_of(s), aux, idle, age, stream_age }
     }
 

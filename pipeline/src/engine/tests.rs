@@ -349,3 +349,17 @@ fn without_accounting_an_entry_costs_32_bytes_less_and_tracking_is_the_same() {
     a2.e.audit().unwrap();
     b2.e.audit().unwrap();
 }
+
+#[test]
+fn a_full_ipv6_pool_refuses_ipv6_flows_as_table_full_and_counts_it() {
+    let cfg = EngineConfig { capacity: 64, ipv6_slots: Some(1), ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    let ping6 = |id: u32| crate::wire::build::FrameSpec::icmp(ip("2001:db8:1::7"), ip("2001:db8:2::1"), 128, 0, id << 16 | 1, b"p").build();
+    assert!(l.send(&ping6(1), Zone::Outside).is_pass());
+    assert_eq!(l.send(&ping6(2), Zone::Outside), Verdict::Drop(DropReason::TableFull));
+    assert_eq!(l.e.counters().ipv6_pool_full, 1);
+    l.handshake();
+    assert_eq!(l.e.table().len(), 2, "IPv4 flows still fit");
+    l.e.audit().unwrap();
+    assert!(super::Engine::footprint(&EngineConfig { ipv6_slots: Some(16), ..cfg }) < super::Engine::footprint(&EngineConfig { ipv6_slots: None, ..cfg }));
+}

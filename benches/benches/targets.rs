@@ -120,9 +120,15 @@ fn main() {
         big.engine.bytes_per_entry()
     );
     let off = holdfast_pipeline::EngineConfig { capacity: cap, accounting: false, ..*big.engine.config() };
-    println!("    with conntrack.accounting: off {} B per entry of capacity (engine, computed)", holdfast_pipeline::Engine::footprint(&off) / cap);
+    let pool = holdfast_pipeline::EngineConfig { ipv6_slots: Some(cap / 4), ..off };
     println!(
-        "    entry {} B, counters {} B (conntrack.accounting), bookkeeping {} B, IPv6 side slot 32 B, free list 4 B, index + timer wheel {} B",
+        "    engine, computed: {} B per entry with conntrack.accounting: off; {} B with that and ipv6_share: 0.25; {} B with ipv6_share 0.25 alone",
+        holdfast_pipeline::Engine::footprint(&off) / cap,
+        holdfast_pipeline::Engine::footprint(&pool) / cap,
+        holdfast_pipeline::Engine::footprint(&holdfast_pipeline::EngineConfig { accounting: true, ..pool }) / cap
+    );
+    println!(
+        "    entry {} B, counters {} B (conntrack.accounting), bookkeeping {} B, IPv6 pool 36 B a place (conntrack.ipv6_share), free list 4 B, index + timer wheel {} B",
         holdfast_pipeline::conntrack::ENTRY_BYTES,
         32,
         12,

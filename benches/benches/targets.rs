@@ -132,7 +132,7 @@ fn main() {
         holdfast_pipeline::conntrack::ENTRY_BYTES,
         32,
         12,
-        t.bytes_per_entry().saturating_sub(holdfast_pipeline::conntrack::ENTRY_BYTES + 32 + 12 + 32 + 4)
+        t.bytes_per_entry().saturating_sub(holdfast_pipeline::conntrack::ENTRY_BYTES + 32 + 12 + 36 + 4)
     );
 
     // P6: the flood on a full table of the same size.

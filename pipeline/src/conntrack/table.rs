@@ -63,8 +63,10 @@ pub struct Table {
     /// The IPv6 address pool: `[lo, hi]` at `2*i` for an IPv6 entry whose `addr[0]`
     /// is `i`. Sized by `conntrack.ipv6_share`, not one pair per slot.
     v6: Zeroed<u128>,
-    /// Free places in the IPv6 pool.
+    /// Free places in the IPv6 pool; unused when the pool has a place for every
+    /// entry (then an entry's place is its slot, and no free list is kept).
     v6_free: Vec<u32>,
+    v6_per_slot: bool,
     buckets: Zeroed<Bucket>,
     mask: usize,
     stash: [(u32, u32); STASH],
@@ -100,7 +102,9 @@ impl Table {
         let c = capacity.max(1);
         let stats = if accounting { size_of::<ConnStats>() } else { 0 };
         let per_entry = size_of::<Conn>() + stats + size_of::<ConnAux>() + size_of::<u32>();
-        let v6 = ipv6_slots.min(c).saturating_mul(2 * size_of::<u128>() + size_of::<u32>());
+        let pool = ipv6_slots.min(c);
+        let free_list = if pool == c { 0 } else { size_of::<u32>() };
+        let v6 = pool.saturating_mul(2 * size_of::<u128>() + free_list);
         c.saturating_mul(per_entry).saturating_add(v6).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
     }
 
@@ -116,14 +120,18 @@ impl Table {
         let mut free = Vec::with_capacity(capacity);
         free.extend((0..capacity as u32).rev());
         let pool = ipv6_slots.min(capacity);
-        let mut v6_free = Vec::with_capacity(pool);
-        v6_free.extend((0..pool as u32).rev());
+        let v6_per_slot = pool == capacity;
+        let mut v6_free = Vec::with_capacity(if v6_per_slot { 0 } else { pool });
+        if !v6_per_slot {
+            v6_free.extend((0..pool as u32).rev());
+        }
         Table {
             conns: zeroed_slice(capacity),
             stats: zeroed_slice(if accounting { capacity } else { 0 }),
             aux: zeroed_slice(capacity),
             v6: zeroed_slice(pool * 2),
             v6_free,
+            v6_per_slot,
             buckets: zeroed_slice(nbuckets),
             mask: nbuckets - 1,
             stash: [(0, 0); STASH],
@@ -273,7 +281,7 @@ impl Table {
     pub(crate) fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
         debug_assert_eq!(Table::blank(k).proto_vlan, conn.proto_vlan, "an entry for another key");
         let Some(&slot) = self.free.last() else { return Err(IndexFull::Index) };
-        if k.v6 && self.v6_free.is_empty() {
+        if k.v6 && !self.v6_per_slot && self.v6_free.is_empty() {
             return Err(IndexFull::Ipv6Pool);
         }
         self.index_insert(h, slot)?;
@@ -281,7 +289,7 @@ impl Table {
         let s = slot as usize;
         self.conns[s] = conn;
         if k.v6 {
-            let p = self.v6_free.pop().expect("checked above");
+            let p = if self.v6_per_slot { slot } else { self.v6_free.pop().expect("checked above") };
             self.conns[s].addr = [p, 0];
             self.v6[p as usize * 2] = k.addr[0];
             self.v6[p as usize * 2 + 1] = k.addr[1];
@@ -421,7 +429,7 @@ impl Table {
         debug_assert!(done, "removing an entry that is not indexed");
         self.wheel.remove(slot);
         let c = &self.conns[slot as usize];
-        if c.is_v6() {
+        if c.is_v6() && !self.v6_per_slot {
             self.v6_free.push(c.addr[0]);
         }
         self.free.push(slot);
@@ -469,7 +477,8 @@ mod tests {
         assert_eq!(t.key_of(sc), c);
         assert_eq!(t.lookup(t.hash(&a), &a), None);
         assert_eq!(t.lookup(t.hash(&b), &b), Some(sb), "b's addresses were not overwritten by c's");
-        assert_eq!(Table::footprint(8, true, 8) - Table::footprint(8, true, 2), 6 * 36);
+        assert_eq!(Table::footprint(8, true, 7) - Table::footprint(8, true, 2), 5 * 36);
+        assert_eq!(Table::footprint(8, true, 8) - Table::footprint(8, true, 7), 32 - 7 * 4, "a place per entry needs no free list");
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         from: spec.from,
         snap: Snapshot { worker: spec.index, core: spec.core, queue: spec.binding.queue, ..Snapshot::default() },
         descs: Vec::with_capacity(1024),
-        mine: Vec::with_capacity(1024),
+        mine: Vec::with_capacity(1024 + FRAGMENT_HOLD + 2),
         txq: Vec::with_capacity(1024),
         verdicts: vec![Verdict::Drop(DropReason::Malformed); 1024 + FRAGMENT_HOLD + 2],
         deny: spec.deny,

@@ -111,7 +111,8 @@ pub struct RouterStats {
     /// Held fragments released to their owner when the first came.
     pub released: u64,
     /// Held fragments whose first never came within the timeout (judged then: the
-    /// owner drops them as `fragment_unmatched`).
+    /// owner drops them as `fragment_unmatched`), or let go at the end of a capture or
+    /// with a worker's frames at a rebind.
     pub expired: u64,
     /// Held fragments let go early because the hold was full (judged then, unmatched).
     pub overflow: u64,

@@ -171,6 +171,9 @@ impl Worker {
         }
         self.binding.ifindex = ifindex;
         self.snap.rebinds += 1;
+        // Held fragments live in the old UMEM: they go with it (counted as let go).
+        self.router.flush(self.index, |_, _| {});
+        self.routed.clear();
         self.free.clear();
         self.ports.reopen(&self.binding).map_err(|source| WorkerError::Reopen { worker: self.index, source })?;
         self.free.extend((0..self.ports.frames()).map(Ports::frame_addr));

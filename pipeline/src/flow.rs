@@ -123,39 +123,34 @@ impl FlowHasher {
     /// ARCHITECTURE.md, "Flow ownership".
     #[inline]
     pub fn owner_hash(&self, k: &FlowKey) -> u64 {
-        let mut h = self.state.build_hasher();
-        let (a0, a1, b0, b1) = k.addr_words();
-        h.write_u64(a0 ^ b0.rotate_left(32));
-        h.write_u64(a1);
-        h.write_u64(b1);
-        h.write_u64(u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan));
-        h.finish()
+        self.addresses_and(k, 0, u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan))
     }
 
     /// Hash of the addresses, protocol and VLAN only (what NIC RSS computes for IP
     /// fragments): picks the worker that routes a datagram's fragments.
     #[inline]
     pub fn pair_hash(&self, k: &FlowKey) -> u64 {
-        let mut h = self.state.build_hasher();
-        let (a0, a1, b0, b1) = k.addr_words();
-        h.write_u64(a0 ^ b0.rotate_left(32));
-        h.write_u64(a1);
-        h.write_u64(b1);
-        h.write_u64(u64::from(k.proto) << 32 | u64::from(k.vlan));
-        h.finish()
+        self.addresses_and(k, 0, u64::from(k.proto) << 32 | u64::from(k.vlan))
     }
 
     /// Hash of a datagram's identity (addresses, IP ID, protocol, VLAN): the key of a
-    /// fragment's route.
+    /// fragment's route; never 0.
     #[inline]
     pub fn datagram_hash(&self, k: &FlowKey, ident: u32) -> u64 {
+        self.addresses_and(k, u64::from(ident), u64::from(k.proto) << 32 | u64::from(k.vlan)) | 1
+    }
+
+    /// The hash of both addresses (both families in the same number of words), `mix`
+    /// folded into the low address words, then `tail`: the worker-choosing hashes.
+    #[inline]
+    fn addresses_and(&self, k: &FlowKey, mix: u64, tail: u64) -> u64 {
         let mut h = self.state.build_hasher();
         let (a0, a1, b0, b1) = k.addr_words();
         h.write_u64(a0 ^ b0.rotate_left(32));
-        h.write_u64(a1 ^ u64::from(ident));
+        h.write_u64(a1 ^ mix);
         h.write_u64(b1);
-        h.write_u64(u64::from(k.proto) << 32 | u64::from(k.vlan));
-        h.finish() | 1
+        h.write_u64(tail);
+        h.finish()
     }
 }
 

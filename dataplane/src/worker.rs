@@ -12,7 +12,7 @@ use std::time::{Duration as StdDuration, Instant as WallClock};
 
 use holdfast_pipeline::engine::{DEFAULT_EXPIRE_BUDGET, Packet};
 use holdfast_pipeline::flow::owner_of;
-use holdfast_pipeline::steer::{self, FragRouter, maybe_fragment, steer};
+use holdfast_pipeline::steer::{self, FragRouter, Steering, maybe_fragment, steer};
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
 use crate::bpf::XskMap;
@@ -331,19 +331,18 @@ impl Worker {
             let frame = self.ports.data(d.addr, d.len);
             // One worker steers only fragments (they may wait for their first).
             let st = (self.workers > 1 || maybe_fragment(frame)).then(|| steer(frame, &self.hasher));
-            let (to, route) = match st {
+            let (to, route) = match &st {
                 None => (self.index, false),
                 Some(st) => match st.frag {
                     Some(f) => (if self.workers > 1 { owner_of(f.pair, self.workers) } else { self.index }, true),
                     None if st.owner_hash == 0 => (self.index, false),
-                    None => (steer::owner(&st, self.workers), false),
+                    None => (steer::owner(st, self.workers), false),
                 },
             };
             if to == self.index {
-                if route {
-                    self.route_here(side as u8, d, now);
-                } else {
-                    self.mine.push(d);
+                match st {
+                    Some(st) if route => self.route_here(side as u8, d, &st, now),
+                    _ => self.mine.push(d),
                 }
                 continue;
             }
@@ -377,12 +376,11 @@ impl Worker {
     ///
     /// What it lets go of to this worker from the side whose burst is being gathered
     /// into `mine` joins that burst at once, so that a flow's frames keep their order.
-    fn route_here(&mut self, side: u8, d: Desc, now: Instant) {
-        let st = steer(self.ports.data(d.addr, d.len), &self.hasher);
+    fn route_here(&mut self, side: u8, d: Desc, st: &Steering, now: Instant) {
         match st.frag {
             None => self.routed.push((Routed { side, desc: d }, self.index)),
             Some(f) => {
-                let owner = if f.first && st.owner_hash != 0 { steer::owner(&st, self.workers) } else { self.index };
+                let owner = if f.first && st.owner_hash != 0 { steer::owner(st, self.workers) } else { self.index };
                 let routed = &mut self.routed;
                 self.router.route(Routed { side, desc: d }, &f, owner, now.as_nanos(), |r, to| routed.push((r, to)));
             }
@@ -452,7 +450,10 @@ impl Worker {
                 }
                 for k in 0..self.route_pending.len() {
                     match self.route_pending[k] {
-                        (true, d) => self.route_here(side as u8, d, now),
+                        (true, d) => {
+                            let st = steer(self.ports.data(d.addr, d.len), &self.hasher);
+                            self.route_here(side as u8, d, &st, now);
+                        }
                         (false, d) => self.mine.push(d),
                     }
                 }

@@ -212,11 +212,8 @@ impl<T: Copy> FragRouter<T> {
     }
 
     /// Lets go of everything held (the end of a capture), to worker `fallback`.
-    pub fn flush(&mut self, fallback: usize, mut out: impl FnMut(T, usize)) {
-        while let Some(h) = self.held.pop_front() {
-            self.stats.expired += 1;
-            out(h.item, fallback);
-        }
+    pub fn flush(&mut self, fallback: usize, out: impl FnMut(T, usize)) {
+        self.expire(u64::MAX, fallback, out);
     }
 }
 

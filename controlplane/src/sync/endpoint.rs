@@ -413,7 +413,7 @@ impl Loop {
                 } else {
                     self.receiver.last_heard = Some(now);
                 }
-                match self.sender.control(&m, now) {
+                match self.sender.control(&m) {
                     Reply::None => {}
                     Reply::Resync => self.resync = true,
                     Reply::Send(again) => self.send_again(again, now),

@@ -106,8 +106,19 @@ impl Sender {
     }
 
     /// Numbers a data message (`Message::Flow`), queues it for resending and returns it
-    /// to send. The first one carries HELLO.
-    pub fn data(&mut self, mut m: Message, now: Instant) -> Message {
+    /// to send. Until the peer's HELLO_BACK it carries HELLO.
+    pub fn data(&mut self, m: Message, now: Instant) -> Message {
+        self.stats.sent += 1;
+        self.number_and_keep(m, now)
+    }
+
+    /// Numbers and queues a message sent again (counted as resent, not as sent).
+    pub fn resend(&mut self, m: Message, now: Instant) -> Message {
+        self.stats.resent += 1;
+        self.number_and_keep(m, now)
+    }
+
+    fn number_and_keep(&mut self, mut m: Message, now: Instant) -> Message {
         let seq = self.number();
         let greeting = self.greeting();
         if let Message::Flow { seq: s, flags, .. } = &mut m {
@@ -121,7 +132,6 @@ impl Sender {
             }
             self.queue.push_back(m.clone());
         }
-        self.stats.sent += 1;
         self.last_sent = Some(now);
         m
     }
@@ -132,7 +142,7 @@ impl Sender {
     /// whose ACK was), or `Resync` (send the whole table). The messages come out of
     /// the queue unnumbered: the caller brings each up to date (conntrackd re-sends
     /// the flow as it is now, not as it was) and numbers it with [`Sender::resend`].
-    pub fn control(&mut self, m: &Message, _now: Instant) -> Reply {
+    pub fn control(&mut self, m: &Message) -> Reply {
         let Message::Ctl { flags, range, .. } = m else { return Reply::None };
         if flags & flag::RESYNC != 0 {
             self.stats.resyncs_received += 1;
@@ -156,13 +166,6 @@ impl Sender {
             self.queue.retain(|q| before(q.seq(), from) || before(to, q.seq()));
         }
         if again.is_empty() && flags & flag::NACK == 0 { Reply::None } else { Reply::Send(again) }
-    }
-
-    /// Numbers and queues a message sent again (counted as resent, not as sent).
-    pub fn resend(&mut self, m: Message, now: Instant) -> Message {
-        self.stats.resent += 1;
-        self.stats.sent = self.stats.sent.saturating_sub(1);
-        self.data(m, now)
     }
 
     /// An ALIVE, numbered like every message, when nothing was sent for
@@ -328,7 +331,7 @@ mod tests {
                 for (f, range) in replies {
                     // The receiver's side answers the HELLO on its first reply.
                     s.heard(flag::HELLO_BACK);
-                    if let Reply::Send(again) = s.control(&Message::Ctl { flags: f, seq: 0, range: Some(range) }, now) {
+                    if let Reply::Send(again) = s.control(&Message::Ctl { flags: f, seq: 0, range: Some(range) }) {
                         for m in again {
                             let m = s.resend(m, now);
                             wire.push_back(m);
@@ -394,8 +397,8 @@ mod tests {
         }
         assert_eq!((s.queued(), s.stats.resend_overflow), (4, 2));
         // A NACK for a dropped range finds nothing to resend: a resync must recover it.
-        assert_eq!(s.control(&Message::Ctl { flags: flag::NACK, seq: 0, range: Some((0, 1)) }, now), Reply::Send(vec![]));
-        assert_eq!(s.control(&Message::Ctl { flags: flag::RESYNC, seq: 0, range: Some((0, 0)) }, now), Reply::Resync);
+        assert_eq!(s.control(&Message::Ctl { flags: flag::NACK, seq: 0, range: Some((0, 1)) }), Reply::Send(vec![]));
+        assert_eq!(s.control(&Message::Ctl { flags: flag::RESYNC, seq: 0, range: Some((0, 0)) }), Reply::Resync);
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
         Ok(d) => (d, false),
         Err(_) => (Duration::ZERO, true),
     };
-    let down_p = holdfast_pipeline::Duration::from_nanos(u64::try_from(down.as_nanos()).unwrap_or(u64::MAX));
+    let down_p = holdfast_pipeline::Duration::from(down);
     let n = engines.len();
     let same_sets = engines.iter().all(|e| e.tombstone_sets() == h.tomb_sets);
     let mut r = Report { path: path.clone(), down, clock_went_back, workers_before: h.workers, workers_now: n, build: h.build_str(), ..Report::default() };

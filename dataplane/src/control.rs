@@ -18,7 +18,6 @@ use holdfast_pipeline::{Classifier, DropReason, EngineConfig, FlowInfo};
 /// engine's journal or in the ring) is counted in `lost`, which the endpoint watches to
 /// know when only a full sweep can tell the peer the truth.
 pub struct ChangeFeed {
-    pub worker: usize,
     pub ring: rtrb::Consumer<holdfast_pipeline::engine::Change>,
     pub lost: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -31,11 +30,11 @@ pub struct ChangeSink {
     pub ring_full: u64,
 }
 
-/// Makes the two ends of a feed of `slots` changes for worker `worker`.
-pub fn change_feed(worker: usize, slots: usize) -> (ChangeSink, ChangeFeed) {
+/// Makes the two ends of a feed of `slots` changes.
+pub fn change_feed(slots: usize) -> (ChangeSink, ChangeFeed) {
     let (p, c) = rtrb::RingBuffer::new(slots);
     let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    (ChangeSink { ring: p, lost: Arc::clone(&lost), ring_full: 0 }, ChangeFeed { worker, ring: c, lost })
+    (ChangeSink { ring: p, lost: Arc::clone(&lost), ring_full: 0 }, ChangeFeed { ring: c, lost })
 }
 
 /// A request to one worker.

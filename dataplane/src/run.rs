@@ -213,8 +213,8 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
             None
         };
         let sink = cfg.changes.map(|c| {
-            engine.keep_changes(c.queue, holdfast_pipeline::Duration::from_nanos(u64::try_from(c.refresh.as_nanos()).unwrap_or(u64::MAX)));
-            let (sink, feed) = crate::control::change_feed(w, c.queue);
+            engine.keep_changes(c.queue, c.refresh.into());
+            let (sink, feed) = crate::control::change_feed(c.queue);
             changes.push(feed);
             sink
         });

@@ -85,7 +85,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: EngineConfig, policy: Arc<Classifier>, start: Instant) -> Engine {
         Engine {
-            table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start), cfg.accounting, cfg.ipv6_slots.unwrap_or(cfg.capacity)),
+            table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start), cfg.accounting, cfg.ipv6_places()),
             staged: Box::new([Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST]),
             frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
             lists: ClassLists::new(cfg.capacity.max(1), cfg.pressure.evict),
@@ -136,7 +136,7 @@ impl Engine {
     pub fn footprint(cfg: &EngineConfig) -> usize {
         let cap = cfg.capacity.max(1);
         [
-            Table::footprint(cap, cfg.accounting, cfg.ipv6_slots.unwrap_or(cap)),
+            Table::footprint(cap, cfg.accounting, cfg.ipv6_places()),
             ClassLists::footprint(cap),
             Tombstones::footprint(cfg.tombstones),
             Sources::footprint(cap, cfg.per_source_limit),

@@ -81,6 +81,13 @@ impl Duration {
     }
 }
 
+impl From<core::time::Duration> for Duration {
+    /// Saturates at `u64::MAX` nanoseconds (584 years).
+    fn from(d: core::time::Duration) -> Self {
+        Duration(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {

@@ -96,8 +96,8 @@ fn buckets_for(capacity: usize) -> usize {
 impl Table {
     /// Bytes a table of `capacity` entries allocates, computed without allocating:
     /// what [`Table::bytes`] will report. Everything is committed once the table has
-    /// been full (the IPv6 side array once it held IPv6 flows). Without `accounting`
-    /// there are no per-flow packet and byte counters.
+    /// been full (the IPv6 pool once it held IPv6 flows). Without `accounting` there
+    /// are no per-flow packet and byte counters; the IPv6 pool has `ipv6_slots` places.
     pub fn footprint(capacity: usize, accounting: bool, ipv6_slots: usize) -> usize {
         let c = capacity.max(1);
         let stats = if accounting { size_of::<ConnStats>() } else { 0 };

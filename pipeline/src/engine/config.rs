@@ -47,6 +47,13 @@ pub struct EngineConfig {
     pub ipv6_slots: Option<usize>,
 }
 
+impl EngineConfig {
+    /// Places in the IPv6 address pool: `ipv6_slots`, or one per entry.
+    pub fn ipv6_places(&self) -> usize {
+        self.ipv6_slots.unwrap_or(self.capacity.max(1))
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

@@ -219,16 +219,6 @@ impl<'a> Capture<'a> {
         let unsupported = self.skipped.keys().any(|t| !link::supported(*t));
         Some(format!("skipped {}{}", parts.join("; "), if unsupported { format!(". {UNSUPPORTED_HINT}") } else { String::new() }))
     }
-
-    fn add(&mut self, lt: i32, ts_ns: u64, data: &'a [u8]) {
-        match to_ethernet(lt, data) {
-            Some((data, outgoing)) => {
-                self.link_types.insert(lt);
-                self.records.push(Record { ts_ns, data, outgoing });
-            }
-            None => *self.skipped.entry(lt).or_default() += 1,
-        }
-    }
 }
 
 fn kind_name<I>(e: &pcap_parser::PcapError<I>) -> &'static str {
@@ -242,19 +232,10 @@ fn kind_name<I>(e: &pcap_parser::PcapError<I>) -> &'static str {
 
 /// Parses a whole capture held in memory.
 pub fn parse(buf: &[u8]) -> Capture<'_> {
-    if buf.is_empty() {
-        return Capture {
-            error: Some(CaptureError { offset: 0, message: "the file is empty (0 bytes): not a pcap or pcapng capture".into() }),
-            ..Capture::default()
-        };
-    }
-    if buf.len() < 24 && buf[..4.min(buf.len())] != [0x0a, 0x0d, 0x0d, 0x0a][..4.min(buf.len())] && !is_pcap_magic(buf) {
-        return Capture { error: Some(CaptureError { offset: 0, message: "not a pcap or pcapng file (too short for a header)".into() }), ..Capture::default() };
-    }
-    if buf.len() >= 4 && buf[..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
-        return parse_pcapng(buf);
-    }
-    parse_legacy(buf)
+    let mut r = Reader::new(buf);
+    let mut records = Vec::new();
+    records.extend(&mut r);
+    r.into_capture(records)
 }
 
 fn is_pcap_magic(buf: &[u8]) -> bool {
@@ -267,45 +248,6 @@ fn offset_of(buf: &[u8], rest: &[u8]) -> usize {
     buf.len() - rest.len()
 }
 
-fn parse_legacy(buf: &[u8]) -> Capture<'_> {
-    let mut cap = Capture { format: "pcap", ..Capture::default() };
-    let (mut rest, header) = match parse_pcap_header(buf) {
-        Ok(x) => x,
-        Err(e) => {
-            cap.error = Some(CaptureError { offset: 0, message: describe(&e) });
-            return cap;
-        }
-    };
-    if header.is_modified_format() {
-        cap.error = Some(CaptureError { offset: 0, message: "the Kuznetzov \"modified pcap\" format is not supported".into() });
-        return cap;
-    }
-    let nanos = header.is_nanosecond_precision();
-    if nanos {
-        cap.format = "pcap (nanosecond)";
-    }
-    let lt = header.network.0;
-    let frame = if header.is_bigendian() { parse_pcap_frame_be } else { parse_pcap_frame };
-    while !rest.is_empty() {
-        match frame(rest) {
-            Ok((r, b)) => {
-                if b.caplen as usize > b.data.len() {
-                    cap.error = Some(CaptureError { offset: offset_of(buf, rest), message: "corrupt record: captured length beyond the record".into() });
-                    return cap;
-                }
-                let frac = if nanos { u64::from(b.ts_usec) } else { u64::from(b.ts_usec) * 1000 };
-                cap.add(lt, u64::from(b.ts_sec) * 1_000_000_000 + frac, &b.data[..b.caplen as usize]);
-                rest = r;
-            }
-            Err(e) => {
-                cap.error = Some(CaptureError { offset: offset_of(buf, rest), message: describe(&e) });
-                return cap;
-            }
-        }
-    }
-    cap
-}
-
 struct Iface {
     linktype: i32,
     /// Timestamp units per second.
@@ -313,71 +255,176 @@ struct Iface {
     offset_s: i64,
 }
 
-fn parse_pcapng(buf: &[u8]) -> Capture<'_> {
-    let mut cap = Capture { format: "pcapng", ..Capture::default() };
-    let slice = match PcapNGSlice::from_slice(buf) {
-        Ok(s) => s,
-        Err(e) => {
-            cap.error = Some(CaptureError { offset: 0, message: describe(&e) });
-            return cap;
+type FrameParser = for<'b> fn(&'b [u8]) -> nom::IResult<&'b [u8], pcap_parser::LegacyPcapBlock<'b>, pcap_parser::PcapError<&'b [u8]>>;
+
+enum Format<'a> {
+    Legacy { rest: &'a [u8], lt: i32, nanos: bool, frame: FrameParser },
+    Ng { slice: PcapNGSlice<'a>, ifaces: Vec<Iface>, consumed: usize, last_ts: u64 },
+    Done,
+}
+
+/// A capture read one record at a time from bytes in memory — or mapped from a file
+/// ([`Mapped`]), so that a capture larger than memory is read without being loaded.
+/// What was skipped, the link types and where reading stopped early are kept as it
+/// goes ([`Reader::skipped_total`], [`Reader::error`]).
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    state: Format<'a>,
+    pub skipped: std::collections::BTreeMap<i32, u64>,
+    pub link_types: std::collections::BTreeSet<i32>,
+    pub error: Option<CaptureError>,
+    pub format: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        let mut r = Reader { buf, state: Format::Done, skipped: Default::default(), link_types: Default::default(), error: None, format: "pcap" };
+        if buf.is_empty() {
+            r.error = Some(CaptureError { offset: 0, message: "the file is empty (0 bytes): not a pcap or pcapng capture".into() });
+            return r;
         }
-    };
-    let mut ifaces: Vec<Iface> = Vec::new();
-    let mut consumed = 0usize;
-    for item in slice {
-        let block = match item {
-            Ok(PcapBlockOwned::NG(b)) => b,
-            Ok(_) => continue,
-            Err(e) => {
-                cap.error = Some(CaptureError { offset: consumed, message: describe(&e) });
-                return cap;
+        if buf.len() < 24 && buf[..4.min(buf.len())] != [0x0a, 0x0d, 0x0d, 0x0a][..4.min(buf.len())] && !is_pcap_magic(buf) {
+            r.error = Some(CaptureError { offset: 0, message: "not a pcap or pcapng file (too short for a header)".into() });
+            return r;
+        }
+        if buf.len() >= 4 && buf[..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
+            r.format = "pcapng";
+            match PcapNGSlice::from_slice(buf) {
+                Ok(slice) => r.state = Format::Ng { slice, ifaces: Vec::new(), consumed: 0, last_ts: 0 },
+                Err(e) => r.error = Some(CaptureError { offset: 0, message: describe(&e) }),
             }
-        };
-        consumed += block_len(&block);
-        match block {
-            Block::SectionHeader(_) => ifaces.clear(),
-            Block::InterfaceDescription(idb) => {
-                ifaces.push(Iface { linktype: idb.linktype.0, resol: idb.ts_resolution().unwrap_or(1_000_000), offset_s: idb.if_tsoffset })
+            return r;
+        }
+        match parse_pcap_header(buf) {
+            Ok((rest, header)) if header.is_modified_format() => {
+                let _ = rest;
+                r.error = Some(CaptureError { offset: 0, message: "the Kuznetzov \"modified pcap\" format is not supported".into() });
             }
-            Block::EnhancedPacket(epb) => {
-                let Some(ifc) = ifaces.get(epb.if_id as usize) else {
-                    cap.error =
-                        Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: format!("packet on undeclared interface {}", epb.if_id) });
-                    return cap;
-                };
-                if epb.caplen as usize > epb.data.len() {
-                    cap.error =
-                        Some(CaptureError { offset: consumed - epb.block_len1 as usize, message: "corrupt block: captured length beyond the block".into() });
-                    return cap;
+            Ok((rest, header)) => {
+                let nanos = header.is_nanosecond_precision();
+                if nanos {
+                    r.format = "pcap (nanosecond)";
                 }
-                let raw = u128::from(epb.ts_high) << 32 | u128::from(epb.ts_low);
-                let ns = raw * 1_000_000_000 / u128::from(ifc.resol.max(1));
-                let ns = (ns as i128 + i128::from(ifc.offset_s) * 1_000_000_000).clamp(0, i128::from(u64::MAX)) as u64;
-                let lt = ifc.linktype;
-                cap.add(lt, ns, &epb.data[..epb.caplen as usize]);
+                let frame: FrameParser = if header.is_bigendian() { parse_pcap_frame_be } else { parse_pcap_frame };
+                r.state = Format::Legacy { rest, lt: header.network.0, nanos, frame };
             }
-            Block::SimplePacket(spb) => {
-                // No timestamp: it inherits the previous packet's.
-                let ts = cap.records.last().map_or(0, |r| r.ts_ns);
-                let n = (spb.origlen as usize).min(spb.data.len());
-                match ifaces.first() {
-                    Some(i) => {
-                        let lt = i.linktype;
-                        cap.add(lt, ts, &spb.data[..n]);
-                    }
-                    None => {
-                        cap.error = Some(CaptureError {
-                            offset: consumed - spb.block_len1 as usize,
-                            message: "simple packet block before any interface description".into(),
-                        });
-                        return cap;
-                    }
-                }
+            Err(e) => r.error = Some(CaptureError { offset: 0, message: describe(&e) }),
+        }
+        r
+    }
+
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    /// What was read besides the records, with `records`, as a [`Capture`].
+    pub fn into_capture(self, records: Vec<Record<'a>>) -> Capture<'a> {
+        Capture { records, skipped: self.skipped, link_types: self.link_types, error: self.error, format: self.format }
+    }
+
+    fn stop(&mut self, offset: usize, message: String) -> Option<Record<'a>> {
+        self.error = Some(CaptureError { offset, message });
+        self.state = Format::Done;
+        None
+    }
+
+    /// A record of link type `lt`, or `None` (counted) when it carries nothing to replay.
+    fn record(&mut self, lt: i32, ts_ns: u64, data: &'a [u8]) -> Option<Record<'a>> {
+        match to_ethernet(lt, data) {
+            Some((data, outgoing)) => {
+                self.link_types.insert(lt);
+                Some(Record { ts_ns, data, outgoing })
             }
-            _ => {}
+            None => {
+                *self.skipped.entry(lt).or_default() += 1;
+                None
+            }
         }
     }
-    cap
+}
+
+impl<'a> Iterator for Reader<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        loop {
+            match &mut self.state {
+                Format::Done => return None,
+                Format::Legacy { rest, lt, nanos, frame } => {
+                    if rest.is_empty() {
+                        self.state = Format::Done;
+                        return None;
+                    }
+                    let (lt, nanos, at) = (*lt, *nanos, offset_of(self.buf, rest));
+                    match frame(rest) {
+                        Ok((r, b)) => {
+                            *rest = r;
+                            if b.caplen as usize > b.data.len() {
+                                return self.stop(at, "corrupt record: captured length beyond the record".into());
+                            }
+                            let frac = if nanos { u64::from(b.ts_usec) } else { u64::from(b.ts_usec) * 1000 };
+                            let ts = u64::from(b.ts_sec) * 1_000_000_000 + frac;
+                            if let Some(rec) = self.record(lt, ts, &b.data[..b.caplen as usize]) {
+                                return Some(rec);
+                            }
+                        }
+                        Err(e) => return self.stop(at, describe(&e)),
+                    }
+                }
+                Format::Ng { slice, ifaces, consumed, last_ts } => {
+                    let block = match slice.next() {
+                        None => {
+                            self.state = Format::Done;
+                            return None;
+                        }
+                        Some(Ok(PcapBlockOwned::NG(b))) => b,
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            let at = *consumed;
+                            return self.stop(at, describe(&e));
+                        }
+                    };
+                    *consumed += block_len(&block);
+                    match block {
+                        Block::SectionHeader(_) => ifaces.clear(),
+                        Block::InterfaceDescription(idb) => {
+                            ifaces.push(Iface { linktype: idb.linktype.0, resol: idb.ts_resolution().unwrap_or(1_000_000), offset_s: idb.if_tsoffset })
+                        }
+                        Block::EnhancedPacket(epb) => {
+                            let at = *consumed - epb.block_len1 as usize;
+                            let Some(ifc) = ifaces.get(epb.if_id as usize) else {
+                                return self.stop(at, format!("packet on undeclared interface {}", epb.if_id));
+                            };
+                            if epb.caplen as usize > epb.data.len() {
+                                return self.stop(at, "corrupt block: captured length beyond the block".into());
+                            }
+                            let raw = u128::from(epb.ts_high) << 32 | u128::from(epb.ts_low);
+                            let ns = raw * 1_000_000_000 / u128::from(ifc.resol.max(1));
+                            let ns = (ns as i128 + i128::from(ifc.offset_s) * 1_000_000_000).clamp(0, i128::from(u64::MAX)) as u64;
+                            *last_ts = ns;
+                            let lt = ifc.linktype;
+                            if let Some(rec) = self.record(lt, ns, &epb.data[..epb.caplen as usize]) {
+                                return Some(rec);
+                            }
+                        }
+                        Block::SimplePacket(spb) => {
+                            // No timestamp: it inherits the previous packet's.
+                            let ts = *last_ts;
+                            let n = (spb.origlen as usize).min(spb.data.len());
+                            let Some(lt) = ifaces.first().map(|i| i.linktype) else {
+                                let at = *consumed - spb.block_len1 as usize;
+                                return self.stop(at, "simple packet block before any interface description".into());
+                            };
+                            if let Some(rec) = self.record(lt, ts, &spb.data[..n]) {
+                                return Some(rec);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn block_len(b: &Block) -> usize {

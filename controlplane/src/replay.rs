@@ -1,6 +1,11 @@
 //! `holdfast replay --offline`: a capture through the pipeline on N worker threads, with
 //! each packet's capture timestamp as the clock.
 
+pub mod live;
+pub mod order;
+pub mod rewrite;
+pub mod sides;
+
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;

@@ -13,5 +13,6 @@ pub mod offline;
 pub mod run;
 pub mod stats;
 pub mod sys;
+pub mod wire;
 pub mod worker;
 pub mod xsk;

@@ -264,3 +264,56 @@ impl LinkEvents {
         any
     }
 }
+
+/// A file mapped read-only into memory: the kernel pages it in as it is read and may
+/// drop clean pages again, so a capture larger than memory is replayed without being
+/// loaded. Read sequentially (`MADV_SEQUENTIAL`).
+pub struct MappedFile {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; reading it from several
+// threads is sound.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above: shared reads of read-only memory.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    /// Maps `path`. An empty file maps to an empty slice (mmap refuses length 0).
+    pub fn open(path: &std::path::Path) -> std::io::Result<MappedFile> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path)?;
+        let len = usize::try_from(f.metadata()?.len()).map_err(|_| std::io::Error::other("file larger than the address space"))?;
+        if len == 0 {
+            return Ok(MappedFile { ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(), len: 0 });
+        }
+        // SAFETY: a private read-only mapping of a file we opened; the result is checked
+        // before use. (A file truncated by another process while mapped makes reads past
+        // its new end fault, as with any mapped file: captures are not written while
+        // they are replayed.)
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: advice on the mapping just created; it changes no contents.
+        unsafe { libc::madvise(p, len, libc::MADV_SEQUENTIAL) };
+        Ok(MappedFile { ptr: p as *const u8, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes (or is dangling with `len` 0) for as
+        // long as `self` lives; nothing writes them.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping made in `open`; borrows of `bytes` end
+            // before `self` is dropped.
+            unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        }
+    }
+}

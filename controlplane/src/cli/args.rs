@@ -236,6 +236,71 @@ pub struct ReplayArgs {
     /// Hash seed (default: random per process).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Live: the client side's interface (frames from clients go out here).
+    #[arg(long, conflicts_with = "offline", requires = "intf2")]
+    pub intf1: Option<String>,
+    /// Live: the server side's interface.
+    #[arg(long, conflicts_with = "offline", requires = "intf1")]
+    pub intf2: Option<String>,
+    /// Live: frames per second.
+    #[arg(short = 'p', long, value_parser = rate, group = "rate_flag")]
+    pub pps: Option<f64>,
+    /// Live: megabits per second.
+    #[arg(short = 'M', long, value_parser = rate, group = "rate_flag")]
+    pub mbps: Option<f64>,
+    /// Live: the capture's timing, this many times faster (default: 1, the capture's own).
+    #[arg(short = 'x', long, value_parser = rate, group = "rate_flag")]
+    pub multiplier: Option<f64>,
+    /// Live: as fast as the ports take frames.
+    #[arg(short = 't', long, group = "rate_flag")]
+    pub topspeed: bool,
+    /// Live: passes over the capture (0: until stopped).
+    #[arg(short = 'l', long = "loop", default_value_t = 1)]
+    pub loops: u64,
+    /// Live: pause between loops, in milliseconds.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub loopdelay_ms: u64,
+    /// Live: each loop moves the client side's addresses (a fresh set of flows per loop).
+    #[arg(long)]
+    pub unique_ip: bool,
+    /// Live: frames to send at most.
+    #[arg(short = 'L', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Live: stop after this long (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<holdfast_pipeline::Duration>,
+    /// Live: read the whole capture into memory first (default: read it as it goes).
+    #[arg(short = 'K', long)]
+    pub preload_pcap: bool,
+    /// Live: a progress line every N seconds on standard error.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stats: Option<u64>,
+    /// Live: `flow` (default) — a frame of a flow waits until that flow's frames sent
+    /// earlier on the other interface came out of the device; `none` — the rate alone.
+    #[arg(long, value_parser = ["flow", "none"])]
+    pub order: Option<String>,
+    /// Live: how long a frame may take to come out before it counts as dropped by the
+    /// device (and its flow goes on).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub order_timeout: holdfast_pipeline::Duration,
+    /// Live: which side each host is on, lines `PREFIX client|server` (default: the
+    /// config's inside networks with --config, else learned as tcpprep --auto does).
+    #[arg(long)]
+    pub side_map: Option<PathBuf>,
+    /// Live: the appliance's control endpoint (ADDR:PORT): its counters over the run.
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Live: XDP attach mode on the replayer's interfaces.
+    #[arg(long, default_value = "native", value_parser = ["native", "generic"])]
+    pub xdp_mode: String,
+    /// Live: UMEM frames (4 KiB each) for sending and receiving.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub umem_frames: u32,
+}
+
+/// A rate: positive and finite.
+fn rate(s: &str) -> Result<f64, String> {
+    float_in(s, 1e-6, 1e12)
 }
 
 #[derive(Subcommand)]

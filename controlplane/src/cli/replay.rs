@@ -8,10 +8,38 @@ use super::args::{GenCmd, ReplayArgs};
 
 impl ReplayArgs {
     pub fn run(self) -> Result<(), Error> {
+        let live_flags: Vec<&str> = [
+            (self.pps.is_some(), "--pps"),
+            (self.mbps.is_some(), "--mbps"),
+            (self.multiplier.is_some(), "--multiplier"),
+            (self.topspeed, "--topspeed"),
+            (self.loops != 1, "--loop"),
+            (self.loopdelay_ms != 0, "--loopdelay-ms"),
+            (self.unique_ip, "--unique-ip"),
+            (self.limit.is_some(), "--limit"),
+            (self.duration.is_some(), "--duration"),
+            (self.preload_pcap, "--preload-pcap"),
+            (self.stats.is_some(), "--stats"),
+            (self.order.is_some(), "--order"),
+            (self.side_map.is_some(), "--side-map"),
+            (self.control.is_some(), "--control"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if self.intf1.is_some() {
+            return self.live();
+        }
         if !self.offline {
             return Err(Error::Usage {
                 cmd: "replay",
-                msg: "only --offline replay is available (live replay onto interfaces needs the AF_XDP dataplane)".into(),
+                msg: "say where: --offline (through the pipeline, no interfaces), or --intf1 CLIENT_SIDE --intf2 SERVER_SIDE (onto the wire, as root)".into(),
+            });
+        }
+        if let Some(f) = live_flags.first() {
+            return Err(Error::Usage {
+                cmd: "replay",
+                msg: format!("{f} is for a live replay (--intf1/--intf2); --offline replays as fast as it can, with capture timestamps as the clock"),
             });
         }
         let cfg = match &self.config {
@@ -47,6 +75,98 @@ impl ReplayArgs {
                 "replay",
                 format!("{source}: nothing replayed: {}", report.skipped_note.as_deref().unwrap_or("every frame was skipped")),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ReplayArgs {
+    fn live(self) -> Result<(), Error> {
+        use holdfast_controlplane::replay::live::{self, Rate};
+        use holdfast_controlplane::replay::sides::{self, Rule, Sides};
+        let usage = |msg: String| Error::Usage { cmd: "replay", msg };
+        if self.flows_out.is_some() {
+            return Err(usage("--flows-out is for --offline; a live replay's table is the appliance's (holdfast flows)".into()));
+        }
+        if self.workers != 1 {
+            return Err(usage("--workers is for --offline; the appliance's workers are its config's".into()));
+        }
+        if self.config.is_some() && self.side_map.is_some() {
+            return Err(usage("--side-map and --config both say which side a host is on: give one".into()));
+        }
+        let rate = match (self.pps, self.mbps, self.multiplier, self.topspeed) {
+            (Some(p), ..) => Rate::Pps(p),
+            (_, Some(m), ..) => Rate::Mbps(m),
+            (_, _, Some(x), _) => Rate::Capture { multiplier: x },
+            (_, _, _, true) => Rate::Top,
+            _ => Rate::Capture { multiplier: 1.0 },
+        };
+        let rule = match (&self.side_map, &self.config) {
+            (Some(p), _) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::failed("replay", format!("--side-map {}: {e}", p.display())))?;
+                Rule::Map(sides::parse_map(&text, &p.display().to_string()).map_err(usage)?)
+            }
+            (None, Some(p)) => Rule::Config(config::load(p)?),
+            (None, None) => Rule::Auto(Default::default()),
+        };
+        let mut sides = Sides::new(rule);
+        let preloaded;
+        let mapped;
+        let generated;
+        let (source, bytes): (String, &[u8]) = match &self.pcap {
+            Some(p) if self.preload_pcap => {
+                preloaded = capture::read_file(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?;
+                (p.display().to_string(), &preloaded)
+            }
+            Some(p) => {
+                mapped = holdfast_dataplane::sys::MappedFile::open(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?;
+                (p.display().to_string(), mapped.bytes())
+            }
+            None => {
+                generated = traffic::to_pcap(&traffic::webfarm(&traffic::WebFarm::default()));
+                ("<generated web farm, seed 1>".to_string(), &generated)
+            }
+        };
+        if !holdfast_dataplane::sys::is_root() {
+            let missing = holdfast_dataplane::sys::missing_capabilities();
+            if !missing.is_empty() {
+                return Err(Error::failed("replay", format!("a live replay attaches XDP and opens AF_XDP sockets: run as root, or grant {}", missing.join(", "))));
+            }
+        }
+        let opts = live::Options {
+            interfaces: [self.intf1.clone().unwrap_or_default(), self.intf2.clone().unwrap_or_default()],
+            mode: if self.xdp_mode == "generic" { holdfast_dataplane::bpf::XdpMode::Generic } else { holdfast_dataplane::bpf::XdpMode::Native },
+            rate,
+            loops: self.loops,
+            loop_delay: std::time::Duration::from_millis(self.loopdelay_ms),
+            unique_ip: self.unique_ip,
+            limit: self.limit,
+            duration: self.duration.map(|d| std::time::Duration::from_nanos(d.as_nanos())),
+            order: self.order.as_deref() != Some("none"),
+            order_timeout: std::time::Duration::from_nanos(self.order_timeout.as_nanos()),
+            stats_every: self.stats.map(std::time::Duration::from_secs),
+            verdicts_out: self.verdicts_out.clone(),
+            control: self.control.clone().map(holdfast_controlplane::control::client::Target::new),
+            seed: self.seed.unwrap_or_else(holdfast_dataplane::sys::random_seed),
+            umem_frames: self.umem_frames,
+        };
+        let report = live::run(bytes, &mut sides, &opts).map_err(|e| Error::failed("replay", format!("{}: {e}", opts.interfaces.join(" / "))))?;
+        if self.json {
+            let mut v = report.to_json();
+            v["source"] = serde_json::json!(source);
+            println!("{v}");
+        } else {
+            println!("holdfast replay: {source} onto {} (client side) and {} (server side)", opts.interfaces[0], opts.interfaces[1]);
+            println!("{}", report.human());
+        }
+        if let Some(e) = &report.capture_error {
+            if report.sent == 0 {
+                return Err(Error::failed("replay", format!("cannot replay {source}: {}", e.message)));
+            }
+            return Err(Error::failed("replay", format!("{source}: capture ends early {e}; the summary covers the frames before it")));
+        }
+        if report.sent == 0 {
+            return Err(Error::failed("replay", format!("{source}: nothing replayed ({} frames skipped)", report.skipped)));
         }
         Ok(())
     }

@@ -1,0 +1,155 @@
+//! `--unique-ip`: each loop of a live replay moves the client side's address, so that
+//! every loop is a fresh set of flows (a 4k-connection capture looped 250 times is a
+//! million flows). Loop `k` adds `k × 2^20` to a client's IPv4 address (`k × 2^32` to
+//! the low 64 bits of an IPv6 one); the server side keeps its addresses, so the
+//! policy that admits the capture admits every loop. Checksums are updated
+//! incrementally (RFC 1624): the IPv4 header's, and TCP's, UDP's (unless 0) and
+//! ICMPv6's, whose pseudo-header holds the addresses.
+//!
+//! Two client addresses collide across loops only when they differ by a multiple of
+//! 2^20 (IPv4): one flow of loop `k` would then equal one of loop `k'`. ICMP errors'
+//! quoted headers are left as they are.
+
+/// Where the fields to change sit in a frame.
+struct Layout {
+    ip: usize,
+    v6: bool,
+    /// Offset of the transport checksum to update, if any.
+    l4_csum: Option<usize>,
+}
+
+fn layout(f: &[u8]) -> Option<Layout> {
+    let mut at = 12;
+    let mut ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
+    for _ in 0..2 {
+        if ty != 0x8100 && ty != 0x88a8 {
+            break;
+        }
+        at += 4;
+        ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
+    }
+    let ip = at + 2;
+    match ty {
+        0x0800 => {
+            let ihl = usize::from(*f.get(ip)? & 0x0f) * 4;
+            if ihl < 20 || f.len() < ip + ihl {
+                return None;
+            }
+            let first = u16::from_be_bytes([f[ip + 6], f[ip + 7]]) & 0x1fff == 0;
+            let l4 = ip + ihl;
+            let l4_csum = match f[ip + 9] {
+                6 if first => Some(l4 + 16),
+                17 if first && f.get(l4 + 6..l4 + 8).is_some_and(|c| c != [0, 0]) => Some(l4 + 6),
+                _ => None,
+            };
+            Some(Layout { ip, v6: false, l4_csum: l4_csum.filter(|&c| c + 2 <= f.len()) })
+        }
+        0x86dd => {
+            if f.len() < ip + 40 {
+                return None;
+            }
+            let l4 = ip + 40;
+            let l4_csum = match f[ip + 6] {
+                6 => Some(l4 + 16),
+                17 => Some(l4 + 6),
+                58 => Some(l4 + 2),
+                _ => None,
+            };
+            Some(Layout { ip, v6: true, l4_csum: l4_csum.filter(|&c| c + 2 <= f.len()) })
+        }
+        _ => None,
+    }
+}
+
+/// RFC 1624: the checksum at `at` after 16-bit words `old` became `new`.
+fn adjust(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
+    let mut sum = u32::from(!u16::from_be_bytes([f[at], f[at + 1]]));
+    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// Moves the client's address of `f` (its source when `from_client`, else its
+/// destination) for loop `lap`. Returns false when the frame carries no IP header to
+/// change (ARP, truncated), left as it is.
+pub fn unique_ip(f: &mut [u8], from_client: bool, lap: u32) -> bool {
+    if lap == 0 {
+        return true;
+    }
+    let Some(l) = layout(f) else { return false };
+    let (at, len) = match (l.v6, from_client) {
+        (false, true) => (l.ip + 12, 4),
+        (false, false) => (l.ip + 16, 4),
+        (true, true) => (l.ip + 8, 16),
+        (true, false) => (l.ip + 24, 16),
+    };
+    let mut old = [0u8; 16];
+    old[..len].copy_from_slice(&f[at..at + len]);
+    if l.v6 {
+        let lo = u64::from_be_bytes(f[at + 8..at + 16].try_into().expect("8 bytes"));
+        f[at + 8..at + 16].copy_from_slice(&lo.wrapping_add(u64::from(lap) << 32).to_be_bytes());
+    } else {
+        let a = u32::from_be_bytes(f[at..at + 4].try_into().expect("4 bytes"));
+        f[at..at + 4].copy_from_slice(&a.wrapping_add(lap << 20).to_be_bytes());
+    }
+    let mut new = [0u8; 16];
+    new[..len].copy_from_slice(&f[at..at + len]);
+    if !l.v6 {
+        adjust(f, l.ip + 10, &old[..len], &new[..len]);
+    }
+    if let Some(c) = l.l4_csum {
+        adjust(f, c, &old[..len], &new[..len]);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_pipeline::wire::build::{FrameSpec, L4};
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The frame built from scratch with the moved address is byte for byte the
+    /// rewritten one: every checksum is what a full computation gives.
+    #[test]
+    fn checksums_equal_a_frame_built_with_the_new_address() {
+        let cases: Vec<(FrameSpec, FrameSpec)> = vec![
+            (FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0), FrameSpec::tcp(ip("198.83.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0)),
+            (FrameSpec::udp(ip("198.51.100.7"), 5353, ip("10.0.2.1"), 53, b"query"), FrameSpec::udp(ip("198.83.100.7"), 5353, ip("10.0.2.1"), 53, b"query")),
+            (
+                FrameSpec::new(ip("2001:db8::7"), ip("2001:db8:1::1"), L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] }),
+                FrameSpec::new(ip("2001:db8::2:0:7"), ip("2001:db8:1::1"), L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] }),
+            ),
+        ];
+        for (a, b) in cases {
+            let mut f = a.build();
+            assert!(unique_ip(&mut f, true, 2));
+            assert_eq!(f, b.build());
+        }
+        // The reply's destination moves the same way.
+        let mut f = FrameSpec::tcp(ip("10.0.2.1"), 80, ip("198.51.100.7"), 40000, 0x12, 9, 2).build();
+        assert!(unique_ip(&mut f, false, 2));
+        assert_eq!(f, FrameSpec::tcp(ip("10.0.2.1"), 80, ip("198.83.100.7"), 40000, 0x12, 9, 2).build());
+    }
+
+    #[test]
+    fn loop_zero_and_frames_without_ip_are_left_alone() {
+        let f0 = FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0).build();
+        let mut f = f0.clone();
+        assert!(unique_ip(&mut f, true, 0));
+        assert_eq!(f, f0);
+        let mut arp = vec![0u8; 42];
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        assert!(!unique_ip(&mut arp, true, 3));
+    }
+}

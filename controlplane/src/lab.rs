@@ -19,6 +19,7 @@ use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
 pub mod ha;
+pub mod replay;
 
 pub const NAMESPACES: [&str; 3] = ["hf-out", "hf-in", "hf-fw"];
 pub const CLIENT: &str = "10.0.1.1";
@@ -129,7 +130,7 @@ fn run_in(ns: &str, cmd: &[&str]) -> Result<String, LabError> {
 /// removed.
 pub fn down() -> Vec<String> {
     let mut left = Vec::new();
-    for ns in NAMESPACES.iter().chain([&ha::STANDBY_NS]) {
+    for ns in NAMESPACES.iter().chain([&ha::STANDBY_NS, &replay::REPLAYER_NS]) {
         if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
             for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
@@ -140,7 +141,7 @@ pub fn down() -> Vec<String> {
     if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if NAMESPACES.contains(&name) || name == ha::STANDBY_NS {
+            if NAMESPACES.contains(&name) || name == ha::STANDBY_NS || name == replay::REPLAYER_NS {
                 left.push(name.to_string());
             }
         }

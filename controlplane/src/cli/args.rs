@@ -173,6 +173,19 @@ pub struct LabArgs {
     /// the standby taking over (docs/sync.md).
     #[arg(long)]
     pub ha: bool,
+    /// Replay this capture through the appliance instead of the HTTP checks: the
+    /// replayer sits on both far ends (namespace hf-rp), with the flags of a live replay.
+    #[arg(long, conflicts_with = "ha")]
+    pub replay: Option<PathBuf>,
+    /// With --replay: the appliance's config (its zones must name hf-out0 and hf-in0);
+    /// default: the lab's, with the capture's servers moved into 10.0.2.0/24.
+    #[arg(long, requires = "replay")]
+    pub config: Option<PathBuf>,
+    /// With --replay: one JSON line per frame sent: forwarded or not.
+    #[arg(long, requires = "replay")]
+    pub verdicts_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub live: LiveArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -242,6 +255,13 @@ pub struct ReplayArgs {
     /// Live: the server side's interface.
     #[arg(long, conflicts_with = "offline", requires = "intf1")]
     pub intf2: Option<String>,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+/// How a live replay sends: `holdfast replay --intf1 --intf2` and `holdfast lab --replay`.
+#[derive(Args, Clone)]
+pub struct LiveArgs {
     /// Live: frames per second.
     #[arg(short = 'p', long, value_parser = rate, group = "rate_flag")]
     pub pps: Option<f64>,
@@ -293,9 +313,69 @@ pub struct ReplayArgs {
     /// Live: XDP attach mode on the replayer's interfaces.
     #[arg(long, default_value = "native", value_parser = ["native", "generic"])]
     pub xdp_mode: String,
+    /// Live: move the server side's IPv4 addresses into this network (e.g. the lab's
+    /// 10.0.2.0/24), each new server to its next address.
+    #[arg(long, value_parser = holdfast_controlplane::config::values::parse_cidr)]
+    pub map_servers: Option<holdfast_pipeline::policy::Cidr>,
     /// Live: UMEM frames (4 KiB each) for sending and receiving.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub umem_frames: u32,
+}
+
+impl LiveArgs {
+    /// The flags again, as a command line (the lab hands them to the replayer).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            a.push(k.to_string());
+            a.extend(v);
+        };
+        if let Some(p) = self.pps {
+            put("--pps", Some(p.to_string()));
+        }
+        if let Some(m) = self.mbps {
+            put("--mbps", Some(m.to_string()));
+        }
+        if let Some(x) = self.multiplier {
+            put("--multiplier", Some(x.to_string()));
+        }
+        if self.topspeed {
+            put("--topspeed", None);
+        }
+        put("--loop", Some(self.loops.to_string()));
+        put("--loopdelay-ms", Some(self.loopdelay_ms.to_string()));
+        if self.unique_ip {
+            put("--unique-ip", None);
+        }
+        if let Some(l) = self.limit {
+            put("--limit", Some(l.to_string()));
+        }
+        if let Some(d) = self.duration {
+            put("--duration", Some(holdfast_controlplane::config::values::format_duration(d)));
+        }
+        if self.preload_pcap {
+            put("--preload-pcap", None);
+        }
+        if let Some(n) = self.stats {
+            put("--stats", Some(n.to_string()));
+        }
+        if let Some(o) = &self.order {
+            put("--order", Some(o.clone()));
+        }
+        put("--order-timeout", Some(holdfast_controlplane::config::values::format_duration(self.order_timeout)));
+        if let Some(m) = &self.side_map {
+            put("--side-map", Some(m.display().to_string()));
+        }
+        if let Some(c) = &self.control {
+            put("--control", Some(c.clone()));
+        }
+        put("--xdp-mode", Some(self.xdp_mode.clone()));
+        put("--umem-frames", Some(self.umem_frames.to_string()));
+        if let Some(c) = &self.map_servers {
+            put("--map-servers", Some(format!("{}/{}", holdfast_pipeline::flow::to_ip(c.addr, c.v6), c.len)));
+        }
+        a
+    }
 }
 
 /// A rate: positive and finite.

@@ -52,6 +52,38 @@ impl LabArgs {
             }
             return Ok(());
         }
+        if let Some(capture) = &self.replay {
+            if !holdfast_dataplane::sys::is_root() {
+                return Err(Error::failed("lab --replay", lab::LabError::NotRoot));
+            }
+            let missing = holdfast_dataplane::host::missing(&[lab::TOOLS[0], lab::TOOLS[6]]);
+            if !missing.is_empty() {
+                return Err(Error::failed("lab --replay", lab::LabError::MissingTools(missing)));
+            }
+            let o = lab::replay::Options {
+                capture: capture.clone(),
+                config: self.config.clone(),
+                workers: self.workers.max(1),
+                replay_args: self.live.to_args(),
+                verdicts_out: self.verdicts_out.clone(),
+                keep: self.keep,
+            };
+            let v = lab::replay::run(&exe, &o).map_err(|e| {
+                if !self.keep {
+                    lab::down();
+                }
+                Error::failed("lab --replay", e)
+            })?;
+            if self.json {
+                println!("{v}");
+            } else {
+                println!("{}", lab::replay::human(&v));
+            }
+            if let Some(n) = v["replay_note"].as_str() {
+                return Err(Error::failed("lab --replay", n.to_string()));
+            }
+            return Ok(());
+        }
         let opts = lab::Options { workers: self.workers.max(1), requests: self.requests, keep: self.keep };
         let v = lab::run(&exe, &opts).map_err(|e| {
             if !self.keep {

@@ -9,20 +9,20 @@ use super::args::{GenCmd, ReplayArgs};
 impl ReplayArgs {
     pub fn run(self) -> Result<(), Error> {
         let live_flags: Vec<&str> = [
-            (self.pps.is_some(), "--pps"),
-            (self.mbps.is_some(), "--mbps"),
-            (self.multiplier.is_some(), "--multiplier"),
-            (self.topspeed, "--topspeed"),
-            (self.loops != 1, "--loop"),
-            (self.loopdelay_ms != 0, "--loopdelay-ms"),
-            (self.unique_ip, "--unique-ip"),
-            (self.limit.is_some(), "--limit"),
-            (self.duration.is_some(), "--duration"),
-            (self.preload_pcap, "--preload-pcap"),
-            (self.stats.is_some(), "--stats"),
-            (self.order.is_some(), "--order"),
-            (self.side_map.is_some(), "--side-map"),
-            (self.control.is_some(), "--control"),
+            (self.live.pps.is_some(), "--pps"),
+            (self.live.mbps.is_some(), "--mbps"),
+            (self.live.multiplier.is_some(), "--multiplier"),
+            (self.live.topspeed, "--topspeed"),
+            (self.live.loops != 1, "--loop"),
+            (self.live.loopdelay_ms != 0, "--loopdelay-ms"),
+            (self.live.unique_ip, "--unique-ip"),
+            (self.live.limit.is_some(), "--limit"),
+            (self.live.duration.is_some(), "--duration"),
+            (self.live.preload_pcap, "--preload-pcap"),
+            (self.live.stats.is_some(), "--stats"),
+            (self.live.order.is_some(), "--order"),
+            (self.live.side_map.is_some(), "--side-map"),
+            (self.live.control.is_some(), "--control"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -91,17 +91,17 @@ impl ReplayArgs {
         if self.workers != 1 {
             return Err(usage("--workers is for --offline; the appliance's workers are its config's".into()));
         }
-        if self.config.is_some() && self.side_map.is_some() {
+        if self.config.is_some() && self.live.side_map.is_some() {
             return Err(usage("--side-map and --config both say which side a host is on: give one".into()));
         }
-        let rate = match (self.pps, self.mbps, self.multiplier, self.topspeed) {
+        let rate = match (self.live.pps, self.live.mbps, self.live.multiplier, self.live.topspeed) {
             (Some(p), ..) => Rate::Pps(p),
             (_, Some(m), ..) => Rate::Mbps(m),
             (_, _, Some(x), _) => Rate::Capture { multiplier: x },
             (_, _, _, true) => Rate::Top,
             _ => Rate::Capture { multiplier: 1.0 },
         };
-        let rule = match (&self.side_map, &self.config) {
+        let rule = match (&self.live.side_map, &self.config) {
             (Some(p), _) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::failed("replay", format!("--side-map {}: {e}", p.display())))?;
                 Rule::Map(sides::parse_map(&text, &p.display().to_string()).map_err(usage)?)
@@ -114,7 +114,7 @@ impl ReplayArgs {
         let mapped;
         let generated;
         let (source, bytes): (String, &[u8]) = match &self.pcap {
-            Some(p) if self.preload_pcap => {
+            Some(p) if self.live.preload_pcap => {
                 preloaded = capture::read_file(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?;
                 (p.display().to_string(), &preloaded)
             }
@@ -135,20 +135,21 @@ impl ReplayArgs {
         }
         let opts = live::Options {
             interfaces: [self.intf1.clone().unwrap_or_default(), self.intf2.clone().unwrap_or_default()],
-            mode: if self.xdp_mode == "generic" { holdfast_dataplane::bpf::XdpMode::Generic } else { holdfast_dataplane::bpf::XdpMode::Native },
+            mode: if self.live.xdp_mode == "generic" { holdfast_dataplane::bpf::XdpMode::Generic } else { holdfast_dataplane::bpf::XdpMode::Native },
             rate,
-            loops: self.loops,
-            loop_delay: std::time::Duration::from_millis(self.loopdelay_ms),
-            unique_ip: self.unique_ip,
-            limit: self.limit,
-            duration: self.duration.map(|d| std::time::Duration::from_nanos(d.as_nanos())),
-            order: self.order.as_deref() != Some("none"),
-            order_timeout: std::time::Duration::from_nanos(self.order_timeout.as_nanos()),
-            stats_every: self.stats.map(std::time::Duration::from_secs),
+            loops: self.live.loops,
+            loop_delay: std::time::Duration::from_millis(self.live.loopdelay_ms),
+            unique_ip: self.live.unique_ip,
+            limit: self.live.limit,
+            duration: self.live.duration.map(|d| std::time::Duration::from_nanos(d.as_nanos())),
+            order: self.live.order.as_deref() != Some("none"),
+            order_timeout: std::time::Duration::from_nanos(self.live.order_timeout.as_nanos()),
+            stats_every: self.live.stats.map(std::time::Duration::from_secs),
             verdicts_out: self.verdicts_out.clone(),
-            control: self.control.clone().map(holdfast_controlplane::control::client::Target::new),
+            control: self.live.control.clone().map(holdfast_controlplane::control::client::Target::new),
             seed: self.seed.unwrap_or_else(holdfast_dataplane::sys::random_seed),
-            umem_frames: self.umem_frames,
+            umem_frames: self.live.umem_frames,
+            map_servers: self.live.map_servers,
         };
         let report = live::run(bytes, &mut sides, &opts).map_err(|e| Error::failed("replay", format!("{}: {e}", opts.interfaces.join(" / "))))?;
         if self.json {

@@ -68,6 +68,8 @@ pub struct Options {
     pub control: Option<Target>,
     pub seed: u64,
     pub umem_frames: u32,
+    /// `--map-servers`: the server side's IPv4 addresses moved into this network.
+    pub map_servers: Option<holdfast_pipeline::policy::Cidr>,
 }
 
 /// Frames offered and not yet resolved at most; past it the replayer waits (counted
@@ -100,6 +102,9 @@ pub struct Report {
     /// Frames whose client address could not be moved by `--unique-ip` (no IP header).
     pub unique_ip_left: u64,
     pub unlearned_sides: u64,
+    /// `--map-servers`: servers that share an address, frames left unmapped (IPv6).
+    pub servers_shared: u64,
+    pub servers_left: u64,
     pub stopped_by: &'static str,
     pub capture_error: Option<CaptureError>,
     pub skipped: u64,
@@ -139,6 +144,7 @@ impl Report {
             "loops": self.loops_done,
             "unique_ip_left": self.unique_ip_left,
             "unlearned_sides": self.unlearned_sides,
+            "map_servers": {"shared": self.servers_shared, "left": self.servers_left},
             "stopped_by": self.stopped_by,
             "capture": {"skipped": self.skipped, "error": self.capture_error.as_ref().map(|e| json!({"offset": e.offset, "message": e.message}))},
             "appliance": self.appliance,
@@ -294,6 +300,11 @@ impl Run<'_> {
 
 /// Replays `capture` (a pcap or pcapng file's bytes).
 pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result<Report> {
+    let mut servers = match opts.map_servers {
+        Some(c) if !c.v6 => Some(rewrite::ServerMap::new(c.addr as u32, c.len).map_err(std::io::Error::other)?),
+        Some(_) => return Err(std::io::Error::other("--map-servers takes an IPv4 network")),
+        None => None,
+    };
     let wire = Wire::open(&WireConfig { interfaces: opts.interfaces.clone(), mode: opts.mode, frames: opts.umem_frames, ring_size: 4096 })?;
     let verdicts = match &opts.verdicts_out {
         Some(p) => Some(std::io::BufWriter::new(
@@ -379,6 +390,9 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
             let side = sides.side(&rec.data, rec.outgoing);
             buf.clear();
             buf.extend_from_slice(&rec.data);
+            if let Some(m) = &mut servers {
+                m.apply(&mut buf, side == 1);
+            }
             if opts.unique_ip && lap > 0 && !rewrite::unique_ip(&mut buf, side == 0, lap as u32) {
                 unique_ip_left += 1;
             }
@@ -463,6 +477,8 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         window_waits,
         unique_ip_left,
         unlearned_sides: sides.unlearned,
+        servers_shared: servers.as_ref().map_or(0, |m| m.shared),
+        servers_left: servers.as_ref().map_or(0, |m| m.left),
         stopped_by,
         capture_error,
         skipped,

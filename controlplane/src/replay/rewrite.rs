@@ -74,29 +74,22 @@ fn adjust(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
     f[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
-/// Moves the client's address of `f` (its source when `from_client`, else its
-/// destination) for loop `lap`. Returns false when the frame carries no IP header to
-/// change (ARP, truncated), left as it is.
-pub fn unique_ip(f: &mut [u8], from_client: bool, lap: u32) -> bool {
-    if lap == 0 {
-        return true;
-    }
-    let Some(l) = layout(f) else { return false };
-    let (at, len) = match (l.v6, from_client) {
+/// Where the address sits: the source's or the destination's.
+fn addr_at(l: &Layout, src: bool) -> (usize, usize) {
+    match (l.v6, src) {
         (false, true) => (l.ip + 12, 4),
         (false, false) => (l.ip + 16, 4),
         (true, true) => (l.ip + 8, 16),
         (true, false) => (l.ip + 24, 16),
-    };
+    }
+}
+
+/// Rewrites the source (or destination) address with `change` and updates checksums.
+fn rewrite_addr(f: &mut [u8], l: &Layout, src: bool, change: impl FnOnce(&mut [u8])) {
+    let (at, len) = addr_at(l, src);
     let mut old = [0u8; 16];
     old[..len].copy_from_slice(&f[at..at + len]);
-    if l.v6 {
-        let lo = u64::from_be_bytes(f[at + 8..at + 16].try_into().expect("8 bytes"));
-        f[at + 8..at + 16].copy_from_slice(&lo.wrapping_add(u64::from(lap) << 32).to_be_bytes());
-    } else {
-        let a = u32::from_be_bytes(f[at..at + 4].try_into().expect("4 bytes"));
-        f[at..at + 4].copy_from_slice(&a.wrapping_add(lap << 20).to_be_bytes());
-    }
+    change(&mut f[at..at + len]);
     let mut new = [0u8; 16];
     new[..len].copy_from_slice(&f[at..at + len]);
     if !l.v6 {
@@ -105,7 +98,81 @@ pub fn unique_ip(f: &mut [u8], from_client: bool, lap: u32) -> bool {
     if let Some(c) = l.l4_csum {
         adjust(f, c, &old[..len], &new[..len]);
     }
+}
+
+/// Moves the client's address of `f` (its source when `from_client`, else its
+/// destination) for loop `lap`. Returns false when the frame carries no IP header to
+/// change (ARP, truncated), left as it is.
+pub fn unique_ip(f: &mut [u8], from_client: bool, lap: u32) -> bool {
+    if lap == 0 {
+        return true;
+    }
+    let Some(l) = layout(f) else { return false };
+    let v6 = l.v6;
+    rewrite_addr(f, &l, from_client, |a| {
+        if v6 {
+            let lo = u64::from_be_bytes(a[8..16].try_into().expect("8 bytes"));
+            a[8..16].copy_from_slice(&lo.wrapping_add(u64::from(lap) << 32).to_be_bytes());
+        } else {
+            let x = u32::from_be_bytes(a[..4].try_into().expect("4 bytes"));
+            a.copy_from_slice(&x.wrapping_add(lap << 20).to_be_bytes());
+        }
+    });
     true
+}
+
+/// `--map-servers PREFIX`: the server side's IPv4 addresses moved into one network
+/// (the lab's server network), each new server to the next address of it in order of
+/// appearance; an address already in it stays. More servers than the network holds
+/// share addresses (counted). IPv6 servers are left as they are (counted).
+pub struct ServerMap {
+    base: u32,
+    size: u32,
+    next: u32,
+    map: std::collections::HashMap<u32, u32>,
+    /// Servers given an address another server already has.
+    pub shared: u64,
+    /// Frames whose server address could not be mapped (IPv6, no IP header).
+    pub left: u64,
+}
+
+impl ServerMap {
+    /// `base`/`len`: an IPv4 network of at least 4 addresses.
+    pub fn new(base: u32, len: u8) -> Result<ServerMap, String> {
+        if len > 30 {
+            return Err(format!("--map-servers: a /{len} has no room for servers (at most /30)"));
+        }
+        Ok(ServerMap { base, size: 1u32 << (32 - u32::from(len)), next: 0, map: Default::default(), shared: 0, left: 0 })
+    }
+
+    /// Maps the server's address in `f` (its source when `from_server`).
+    pub fn apply(&mut self, f: &mut [u8], from_server: bool) {
+        let Some(l) = layout(f).filter(|l| !l.v6) else {
+            self.left += 1;
+            return;
+        };
+        let (at, _) = addr_at(&l, from_server);
+        let a = u32::from_be_bytes(f[at..at + 4].try_into().expect("4 bytes"));
+        if a.wrapping_sub(self.base) < self.size {
+            return;
+        }
+        let hosts = self.size - 2;
+        let to = match self.map.get(&a) {
+            Some(&t) => t,
+            None => {
+                if self.next >= hosts {
+                    self.shared += 1;
+                }
+                let t = self.base + 1 + self.next % hosts;
+                self.next += 1;
+                if self.map.len() < (1 << 22) {
+                    self.map.insert(a, t);
+                }
+                t
+            }
+        };
+        rewrite_addr(f, &l, from_server, |x| x.copy_from_slice(&to.to_be_bytes()));
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +206,26 @@ mod tests {
         let mut f = FrameSpec::tcp(ip("10.0.2.1"), 80, ip("198.51.100.7"), 40000, 0x12, 9, 2).build();
         assert!(unique_ip(&mut f, false, 2));
         assert_eq!(f, FrameSpec::tcp(ip("10.0.2.1"), 80, ip("198.83.100.7"), 40000, 0x12, 9, 2).build());
+    }
+
+    #[test]
+    fn servers_move_into_the_network_in_order_and_keep_their_address() {
+        let mut m = ServerMap::new(0x0a00_0200, 24).unwrap();
+        let mut f = FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("192.168.9.9"), 443, 0x02, 1, 0).build();
+        m.apply(&mut f, false);
+        assert_eq!(f, FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("10.0.2.1"), 443, 0x02, 1, 0).build());
+        let mut f = FrameSpec::tcp(ip("192.168.9.9"), 443, ip("198.51.100.7"), 40000, 0x12, 1, 2).build();
+        m.apply(&mut f, true);
+        assert_eq!(f, FrameSpec::tcp(ip("10.0.2.1"), 443, ip("198.51.100.7"), 40000, 0x12, 1, 2).build());
+        let mut f = FrameSpec::udp(ip("198.51.100.7"), 5, ip("192.168.9.10"), 53, b"q").build();
+        m.apply(&mut f, false);
+        assert_eq!(f, FrameSpec::udp(ip("198.51.100.7"), 5, ip("10.0.2.2"), 53, b"q").build());
+        // Already in the network: unchanged.
+        let g = FrameSpec::udp(ip("198.51.100.7"), 5, ip("10.0.2.200"), 53, b"q").build();
+        let mut f = g.clone();
+        m.apply(&mut f, false);
+        assert_eq!(f, g);
+        assert!(ServerMap::new(0x0a00_0200, 31).is_err());
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! `holdfast lab --replay F`: a capture replayed through the appliance by Holdfast's own
+//! replayer, which holds both far ends of the appliance's wires — no end hosts, no
+//! stacks: every frame of the capture goes out on its side and what comes out of the
+//! appliance is matched frame by frame (`replay::live`).
+//!
+//! ```text
+//!   hf-rp: holdfast replay (hf-out1, hf-in1) ══ (hf-out0, hf-in0) hf-fw: holdfast run
+//! ```
+//!
+//! With the lab's own config the capture's servers are moved into its server network
+//! (`--map-servers 10.0.2.0/24`) and sides are learned as tcpprep does; with
+//! `--config` the replayer takes sides from that config's inside networks and leaves
+//! addresses alone. The report says what was sent, what came out, what the appliance
+//! counted, and whether every frame that did not come out is one the appliance
+//! counted as dropped (by the pipeline, or a ring, or the forwarding stage).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use holdfast_dataplane::sys;
+use serde_json::{Value, json};
+
+use super::{Guard, LabError, config_text, down, in_ns, interrupted, ip, run_in, xdp_attached};
+
+/// The replayer's namespace.
+pub const REPLAYER_NS: &str = "hf-rp";
+/// The lab's server network, where the capture's servers are moved.
+pub const SERVER_NET: &str = "10.0.2.0/24";
+
+pub struct Options {
+    pub capture: PathBuf,
+    /// The appliance's config (default: the lab's for `workers`).
+    pub config: Option<PathBuf>,
+    pub workers: usize,
+    /// Flags for the replayer (rate, loops, order...).
+    pub replay_args: Vec<String>,
+    pub verdicts_out: Option<PathBuf>,
+    pub keep: bool,
+}
+
+fn veth(queues: usize, host: &str, fw: &str) -> Result<(), LabError> {
+    let q = queues.to_string();
+    ip(&["link", "add", host, "netns", REPLAYER_NS, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", fw, "netns", "hf-fw", "numtxqueues", &q, "numrxqueues", &q])?;
+    ip(&["-n", REPLAYER_NS, "link", "set", host, "up"])?;
+    ip(&["-n", "hf-fw", "link", "set", fw, "up"])
+}
+
+/// What the appliance counted as dropped, by where: the pipeline's verdicts, its RX
+/// rings (full, or no free frame in the fill ring), the forwarding stage.
+fn appliance_drops(t: &Value) -> Value {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let sum = |v: &Value| v.as_object().map_or(0, |m| m.values().map(n).sum::<u64>());
+    let rings: u64 = ["outside", "inside"].iter().map(|s| n(&t["xdp"][s]["rx_ring_full"]) + n(&t["xdp"][s]["rx_dropped"])).sum();
+    json!({
+        "pipeline": n(&t["dropped"]),
+        "rx_rings": rings,
+        "forwarding": sum(&t["forward_drops"]),
+        "tx_lost": sum(&t["tx_lost"]),
+    })
+}
+
+pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
+    if !sys::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    sys::catch_stop_signals();
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("holdfast-lab-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
+    let mut g = Guard { children: vec![], keep: o.keep, dir: dir.clone() };
+    let cfg_text = match &o.config {
+        Some(p) => std::fs::read_to_string(p).map_err(LabError::io(p.display()))?,
+        None => config_text(o.workers),
+    };
+    let cfg = dir.join("lab.yaml");
+    std::fs::write(&cfg, &cfg_text).map_err(LabError::io(cfg.display()))?;
+    let queues = match &o.config {
+        Some(_) => crate::config::load(&cfg).map(|c| c.dataplane.cores.len().max(1)).unwrap_or(1),
+        None => o.workers.max(1),
+    };
+    down();
+    for ns in ["hf-fw", REPLAYER_NS] {
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        // No router solicitations or MLD reports of the replayer's own kernel.
+        run_in(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    }
+    veth(queues, "hf-out1", "hf-out0")?;
+    veth(queues, "hf-in1", "hf-in0")?;
+    interrupted()?;
+
+    let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io("starting the appliance"))?;
+    g.children.push(appliance);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
+        interrupted()?;
+        if let Ok(Some(st)) = g.children.last_mut().expect("appliance").try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = g.children.last_mut().and_then(|c| c.stderr.take()) {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Timeout("the appliance did not attach XDP within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut args: Vec<String> = vec![
+        exe.to_string_lossy().into_owned(),
+        "replay".into(),
+        "--pcap".into(),
+        o.capture.to_string_lossy().into_owned(),
+        "--intf1".into(),
+        "hf-out1".into(),
+        "--intf2".into(),
+        "hf-in1".into(),
+        "--json".into(),
+    ];
+    if o.config.is_some() {
+        args.extend(["--config".to_string(), cfg.to_string_lossy().into_owned()]);
+    } else {
+        args.extend(["--map-servers".to_string(), SERVER_NET.to_string()]);
+    }
+    if let Some(v) = &o.verdicts_out {
+        args.extend(["--verdicts-out".to_string(), v.to_string_lossy().into_owned()]);
+    }
+    args.extend(o.replay_args.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = in_ns(REPLAYER_NS, &argv).output().map_err(LabError::io("running the replayer"))?;
+    let replay: Value = serde_json::from_slice(&out.stdout).map_err(|_| LabError::Command {
+        command: "holdfast replay".into(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })?;
+    // A capture that ends early still replayed what came before; say so.
+    let replay_note = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+
+    let report = |appliance: Value| {
+        let t = &appliance["totals"];
+        let drops = appliance_drops(t);
+        let counted: u64 = drops.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+        let not_out = replay["emerged"]["dropped"].as_u64().unwrap_or(0);
+        json!({
+            "replay": replay,
+            "replay_note": replay_note,
+            "appliance": appliance,
+            "appliance_drops": drops,
+            // Frames that did not come out beyond what the appliance counted (0 when
+            // every loss is explained; the replayer's own receive losses are in
+            // replay.devices[*].rx_dropped / rx_ring_full).
+            "unexplained": not_out.saturating_sub(counted),
+            "workers": queues,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        })
+    };
+    if o.keep {
+        let v = report(Value::Null);
+        std::mem::forget(g);
+        return Ok(v);
+    }
+    let app = g.children.pop().expect("appliance");
+    let _ = std::process::Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
+    let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
+    let appliance: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}));
+    drop(g);
+    let left = down();
+    let mut v = report(appliance);
+    v["leftovers"] = json!(!left.is_empty());
+    Ok(v)
+}
+
+/// The report for people: the replayer's summary, then the appliance's side.
+pub fn human(v: &Value) -> String {
+    let r = &v["replay"];
+    let t = &v["appliance"]["totals"];
+    let d = &v["appliance_drops"];
+    format!(
+        "holdfast lab --replay: {} through Holdfast ({} worker(s)); the replayer on both far ends (hf-rp)\n\
+         \x20 sent       {} frames ({} bytes) in {:.2} s: {:.0} pps, {:.2} Mbps; {} flows; order {}; rate {}\n\
+         \x20 came out   {} forwarded, {} not (late {}, unmatched {})\n\
+         \x20 appliance  passed {}, dropped {}: {}\n\
+         \x20 its losses pipeline {}, RX rings {}, forwarding {}, TX {}; unexplained {}\n\
+         \x20 teardown   {} ({:.1} s in all)",
+        r["source"].as_str().unwrap_or("?"),
+        v["workers"],
+        r["actual"]["packets"],
+        r["actual"]["bytes"],
+        r["actual"]["seconds"].as_f64().unwrap_or(0.0),
+        r["rated"]["pps"].as_f64().unwrap_or(0.0),
+        r["rated"]["mbps"].as_f64().unwrap_or(0.0),
+        r["flows"]["flows"],
+        r["order"]["mode"].as_str().unwrap_or("?"),
+        r["rate"].as_str().unwrap_or("?"),
+        r["emerged"]["forwarded"],
+        r["emerged"]["dropped"],
+        r["emerged"]["late"],
+        r["emerged"]["unmatched"],
+        t["passed"],
+        t["dropped"],
+        t["drops"],
+        d["pipeline"],
+        d["rx_rings"],
+        d["forwarding"],
+        d["tx_lost"],
+        v["unexplained"],
+        if v["leftovers"] == json!(false) { "namespaces removed" } else { "LEFTOVERS: run `holdfast lab down`" },
+        v["elapsed_s"].as_f64().unwrap_or(0.0)
+    )
+}

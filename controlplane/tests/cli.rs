@@ -205,3 +205,35 @@ fn replay_errors_say_what_is_wrong_in_the_users_terms() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("105 IEEE802_11") && err.contains("tcpdump -i any"), "{err}");
 }
+
+/// Live replay flags that do not go together are refused before anything is opened,
+/// each error naming the flag (no root needed: nothing gets that far).
+#[test]
+fn live_replay_refuses_flag_combinations_that_make_no_sense() {
+    let refused = |args: &[&str], want: &[&str]| {
+        let out = holdfast().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in want {
+            assert!(err.contains(w), "{args:?}: {err}");
+        }
+    };
+    // One rate at a time.
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--pps", "1000", "--topspeed"], &["--pps", "--topspeed", "cannot be used with"]);
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "-M", "10", "-x", "2"], &["--mbps", "--multiplier"]);
+    // Both interfaces or none.
+    refused(&["replay", "--intf1", "a"], &["--intf2"]);
+    // Live flags on an offline replay, and a replay that says nowhere to go.
+    refused(&["replay", "--offline", "--pps", "1000"], &["--pps is for a live replay"]);
+    refused(&["replay", "--offline", "--unique-ip"], &["--unique-ip is for a live replay"]);
+    refused(&["replay", "--pps", "1000"], &["--offline", "--intf1"]);
+    refused(&["replay", "--offline", "--intf1", "a", "--intf2", "b"], &["--offline"]);
+    // Rates must be positive and finite; the order is flow or none.
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--pps", "0"], &["--pps"]);
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--pps", "NaN"], &["--pps"]);
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--order", "fifo"], &["--order", "flow", "none"]);
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--workers", "2"], &["--workers is for --offline"]);
+    refused(&["replay", "--intf1", "a", "--intf2", "b", "--config", "c.yaml", "--side-map", "m"], &["--side-map and --config"]);
+    // The lab's replay options need --replay.
+    refused(&["lab", "--config", "c.yaml"], &["--replay"]);
+}

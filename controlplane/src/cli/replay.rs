@@ -106,7 +106,7 @@ impl ReplayArgs {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::failed("replay", format!("--side-map {}: {e}", p.display())))?;
                 Rule::Map(sides::parse_map(&text, &p.display().to_string()).map_err(usage)?)
             }
-            (None, Some(p)) => Rule::Config(config::load(p)?),
+            (None, Some(p)) => Rule::Inside(config::load(p)?.inside),
             (None, None) => Rule::Auto(Default::default()),
         };
         let mut sides = Sides::new(rule);
@@ -130,7 +130,10 @@ impl ReplayArgs {
         if !holdfast_dataplane::sys::is_root() {
             let missing = holdfast_dataplane::sys::missing_capabilities();
             if !missing.is_empty() {
-                return Err(Error::failed("replay", format!("a live replay attaches XDP and opens AF_XDP sockets: run as root, or grant {}", missing.join(", "))));
+                return Err(Error::failed(
+                    "replay",
+                    format!("a live replay attaches XDP and opens AF_XDP sockets: run as root, or grant {}", missing.join(", ")),
+                ));
             }
         }
         let opts = live::Options {

@@ -41,7 +41,28 @@ pub struct Options {
 
 fn veth(queues: usize, host: &str, fw: &str) -> Result<(), LabError> {
     let q = queues.to_string();
-    ip(&["link", "add", host, "netns", REPLAYER_NS, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", fw, "netns", "hf-fw", "numtxqueues", &q, "numrxqueues", &q])?;
+    ip(&[
+        "link",
+        "add",
+        host,
+        "netns",
+        REPLAYER_NS,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        fw,
+        "netns",
+        "hf-fw",
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ])?;
     ip(&["-n", REPLAYER_NS, "link", "set", host, "up"])?;
     ip(&["-n", "hf-fw", "link", "set", fw, "up"])
 }
@@ -136,10 +157,8 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     args.extend(o.replay_args.iter().cloned());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = in_ns(REPLAYER_NS, &argv).output().map_err(LabError::io("running the replayer"))?;
-    let replay: Value = serde_json::from_slice(&out.stdout).map_err(|_| LabError::Command {
-        command: "holdfast replay".into(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })?;
+    let replay: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|_| LabError::Command { command: "holdfast replay".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })?;
     // A capture that ends early still replayed what came before; say so.
     let replay_note = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
 
@@ -169,7 +188,15 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     let app = g.children.pop().expect("appliance");
     let _ = std::process::Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
     let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
-    let appliance: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}));
+    // Its final counters are the last JSON line of its output (a config without a
+    // deny log file writes denials there too).
+    let text = String::from_utf8_lossy(&out.stdout);
+    let appliance: Value = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("totals").is_some())
+        .unwrap_or_else(|| json!({"error": String::from_utf8_lossy(&out.stderr)}));
     drop(g);
     let left = down();
     let mut v = report(appliance);

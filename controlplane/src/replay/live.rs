@@ -251,7 +251,8 @@ impl Run<'_> {
         wire.flush();
         while let Some(o) = self.tracker.pop_outcome() {
             if let Some(w) = &mut self.verdicts {
-                let mut v = if o.forwarded { json!({"i": o.index, "verdict": "pass"}) } else { json!({"i": o.index, "verdict": "drop", "reason": "not_forwarded"}) };
+                let mut v =
+                    if o.forwarded { json!({"i": o.index, "verdict": "pass"}) } else { json!({"i": o.index, "verdict": "drop", "reason": "not_forwarded"}) };
                 if o.lap > 0 {
                     v["loop"] = json!(o.lap);
                 }

@@ -149,11 +149,7 @@ impl Tracker {
     /// flow (ARP), which keep their order among themselves.
     pub fn flow_of(&self, frame: &[u8]) -> u64 {
         let s = steer(frame, &self.hasher);
-        if s.owner_hash != 0 {
-            s.owner_hash
-        } else {
-            s.frag.map_or(0, |f| f.pair)
-        }
+        if s.owner_hash != 0 { s.owner_hash } else { s.frag.map_or(0, |f| f.pair) }
     }
 
     /// The key a frame is matched by when it comes out on `rx_side`: its bytes with the
@@ -365,7 +361,6 @@ impl Tracker {
     pub fn is_done(&self) -> bool {
         self.window.is_empty() && self.released.is_empty()
     }
-
 }
 
 #[cfg(test)]

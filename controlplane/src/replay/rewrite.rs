@@ -190,11 +190,22 @@ mod tests {
     #[test]
     fn checksums_equal_a_frame_built_with_the_new_address() {
         let cases: Vec<(FrameSpec, FrameSpec)> = vec![
-            (FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0), FrameSpec::tcp(ip("198.83.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0)),
+            (
+                FrameSpec::tcp(ip("198.51.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0),
+                FrameSpec::tcp(ip("198.83.100.7"), 40000, ip("10.0.2.1"), 80, 0x02, 1, 0),
+            ),
             (FrameSpec::udp(ip("198.51.100.7"), 5353, ip("10.0.2.1"), 53, b"query"), FrameSpec::udp(ip("198.83.100.7"), 5353, ip("10.0.2.1"), 53, b"query")),
             (
-                FrameSpec::new(ip("2001:db8::7"), ip("2001:db8:1::1"), L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] }),
-                FrameSpec::new(ip("2001:db8::2:0:7"), ip("2001:db8:1::1"), L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] }),
+                FrameSpec::new(
+                    ip("2001:db8::7"),
+                    ip("2001:db8:1::1"),
+                    L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] },
+                ),
+                FrameSpec::new(
+                    ip("2001:db8::2:0:7"),
+                    ip("2001:db8:1::1"),
+                    L4::Tcp { sport: 1, dport: 80, seq: 5, ack: 0, flags: 2, window: 100, options: vec![], payload: vec![1, 2, 3] },
+                ),
             ),
         ];
         for (a, b) in cases {

@@ -13,18 +13,16 @@
 
 use std::collections::HashMap;
 
-use holdfast_pipeline::Zone;
 use holdfast_pipeline::parse::{Frame, L4, parse};
 use holdfast_pipeline::policy::Cidr;
-
-use crate::config::Config;
 
 /// Hosts whose side is remembered.
 const HOSTS_KEPT: usize = 4 << 20;
 
 pub enum Rule {
     Map(Vec<(Cidr, usize)>),
-    Config(Config),
+    /// The config's inside networks (`--config`).
+    Inside(Vec<Cidr>),
     Auto(HashMap<u128, usize>),
 }
 
@@ -66,7 +64,7 @@ impl Sides {
     pub fn describe(&self) -> &'static str {
         match self.rule {
             Rule::Map(_) => "side map",
-            Rule::Config(_) => "the config's inside networks",
+            Rule::Inside(_) => "the config's inside networks",
             Rule::Auto(_) => "learned per host (tcpprep --auto)",
         }
     }
@@ -82,11 +80,11 @@ impl Sides {
         let (src, v6) = (m.src_addr(), m.key.v6);
         match &mut self.rule {
             Rule::Map(map) => map.iter().find(|(c, _)| c.contains(src, v6)).map_or(0, |(_, s)| *s),
-            Rule::Config(cfg) => {
-                if cfg.inside.is_empty() && outgoing.is_some() {
+            Rule::Inside(inside) => {
+                if inside.is_empty() && outgoing.is_some() {
                     return usize::from(outgoing == Some(true));
                 }
-                usize::from(cfg.zone_of(src, v6) == Zone::Inside)
+                usize::from(inside.iter().any(|c| c.contains(src, v6)))
             }
             Rule::Auto(hosts) => {
                 let dst = m.dst_addr();

@@ -1,0 +1,169 @@
+//! Captures replayed on the wire through the running appliance (`holdfast lab
+//! --replay`: the replayer on both far ends of the appliance's veths), compared with
+//! `holdfast replay --offline` under the same config. Root only; CI runs as root.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+/// The lab's namespace names are fixed: one lab at a time.
+static LAB: Mutex<()> = Mutex::new(());
+
+fn holdfast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_holdfast"))
+}
+
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = holdfast().args(["lab", "down"]).output();
+    }
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hf-replay-live-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/webfarm-small.pcap")
+}
+
+/// The web farm's policy (configs/webfarm.yaml, which names the lab's interfaces) with
+/// one adaptive worker, as the lab runs it.
+fn config(d: &Path) -> PathBuf {
+    let p = d.join("webfarm-lab.yaml");
+    let text = format!("{}\nworkers:\n  cores: [1]\n  idle: adaptive\n  umem_frames: 8192\n  ring_size: 2048\n", holdfast_controlplane::DEFAULT_CONFIG);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A capture with everything the web farm generator makes: connections, a SYN flood,
+/// a port scan and stray ACKs.
+fn generated(d: &Path) -> PathBuf {
+    let p = d.join("farm.pcap");
+    let out = holdfast()
+        .args(["gen", "webfarm", "--servers", "8", "--clients", "50", "--connections", "300", "--duration", "5s", "--idle", "0s..1s"])
+        .args(["--syn-flood", "200", "--scan", "--midstream", "100", "--seed", "7", "--out"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    p
+}
+
+fn lab_replay(capture: &Path, cfg: &Path, verdicts: Option<&Path>, flags: &[&str]) -> Value {
+    let mut c = holdfast();
+    c.args(["lab", "--json", "--replay"]).arg(capture).arg("--config").arg(cfg).args(flags);
+    if let Some(v) = verdicts {
+        c.arg("--verdicts-out").arg(v);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "lab --replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn offline(capture: &Path, cfg: &Path, verdicts: &Path) -> Value {
+    let out = holdfast()
+        .args(["replay", "--offline", "--json", "--pcap"])
+        .arg(capture)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--verdicts-out")
+        .arg(verdicts)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Frame index -> pass/drop.
+fn verdicts(p: &Path) -> BTreeMap<u64, String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["i"].as_u64().unwrap(), v["verdict"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn inline_verdicts_equal_offline_frame_for_frame() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    let d = dir();
+    let cfg = config(&d);
+    for capture in [shipped(), generated(&d)] {
+        let (lv, ov) = (d.join("live.jsonl"), d.join("offline.jsonl"));
+        let v = lab_replay(&capture, &cfg, Some(&lv), &["--pps", "20000"]);
+        let o = offline(&capture, &cfg, &ov);
+        let (live, off) = (verdicts(&lv), verdicts(&ov));
+        assert_eq!(live.len(), off.len(), "{}: every frame has a verdict", capture.display());
+        let differ: Vec<_> = off.iter().filter(|(i, v)| live.get(i) != Some(v)).take(10).collect();
+        assert!(differ.is_empty(), "{}: inline differs from offline at {differ:?}; lab: {v}", capture.display());
+        assert!(o["dropped"].as_u64().unwrap() > 0, "the comparison includes drops");
+        assert_eq!(v["appliance"]["totals"]["dropped"], o["dropped"], "the appliance counted what offline drops");
+        assert_eq!(v["appliance"]["totals"]["drops"], o["drops"], "for the same reasons");
+        assert_eq!(v["unexplained"], 0, "{v}");
+        assert_eq!(v["replay"]["emerged"]["unmatched"], 0);
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn three_loops_with_unique_ip_make_three_times_the_flows() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    let d = dir();
+    let cfg = config(&d);
+    let o = offline(&shipped(), &cfg, &d.join("offline.jsonl"));
+    let v = lab_replay(&shipped(), &cfg, None, &["--pps", "50000", "--loop", "3", "--unique-ip"]);
+    let once = o["flows_created"].as_u64().unwrap();
+    assert!(once > 1000);
+    assert_eq!(v["appliance"]["totals"]["flows_created"].as_u64(), Some(3 * once), "{v}");
+    assert_eq!(v["replay"]["loops"], 3);
+    assert_eq!(v["replay"]["actual"]["packets"].as_u64(), Some(3 * o["packets"].as_u64().unwrap()));
+    // Each loop drops what one pass drops: nothing else was lost.
+    assert_eq!(v["appliance"]["totals"]["dropped"].as_u64(), Some(3 * o["dropped"].as_u64().unwrap()), "{v}");
+    assert_eq!(v["unexplained"], 0);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// At the same rate, `--order flow` keeps every SYN ahead of its reply (the appliance
+/// drops exactly what the offline replay drops), while `--order none` lets replies
+/// overtake their requests inside the device (it judges its two interfaces' rings in
+/// turn), and the appliance drops them.
+#[test]
+fn flow_order_keeps_requests_ahead_of_replies_where_no_order_does_not() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    let d = dir();
+    let cfg = config(&d);
+    let o = offline(&shipped(), &cfg, &d.join("offline.jsonl"));
+    let flow = lab_replay(&shipped(), &cfg, None, &["--pps", "50000", "--order", "flow"]);
+    assert_eq!(flow["appliance"]["totals"]["drops"], o["drops"], "{flow}");
+    assert!(flow["replay"]["order"]["held"].as_u64().unwrap() > 0, "replies waited for their requests");
+    let none = lab_replay(&shipped(), &cfg, None, &["--pps", "50000", "--order", "none"]);
+    let dropped = |v: &Value| v["appliance"]["totals"]["dropped"].as_u64().unwrap();
+    assert!(
+        dropped(&none) > dropped(&flow),
+        "without flow order, replies reach the appliance before their requests: {} vs {}",
+        none["appliance"]["totals"]["drops"],
+        flow["appliance"]["totals"]["drops"]
+    );
+    assert_eq!(none["replay"]["order"]["held"], 0);
+    assert_eq!(none["unexplained"], 0, "every frame that did not come out was counted by the appliance");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,79 +1,86 @@
 #!/usr/bin/env bash
-# Lab benchmark: Holdfast (AF_XDP, inline, layer 2) against Linux kernel forwarding with
-# an equivalent nftables stateful rule set, on the same veth topology
-# (hf-out -- hf-fw -- hf-in) with the same 64-byte UDP generator (`holdfast blast`),
-# at 1, 10k and 100k flows, RUNS runs each. Prints medians and ratios.
+# Lab benchmark: Holdfast (AF_XDP, inline, layer 2) against Linux forwarding with an
+# equivalent nftables stateful rule set, and against DPDK's testpmd (io forwarding over
+# two net_af_xdp vdevs: a user-space forwarder that keeps no state, the floor of any
+# AF_XDP forwarder on these veths). Traffic comes from Holdfast's own replayer
+# (`holdfast replay --intf1 --intf2`, AF_XDP), which holds both far ends and counts
+# what comes out:
 #
-# Needs root. Build first: cargo build --release
-#   sudo benches/lab_bench.sh            # RUNS=3 SECONDS_PER_RUN=5 FLOWS="1 10000 100000"
+#   hf-rp: holdfast replay (hf-out1, hf-in1) ══ (hf-out0, hf-in0) hf-fw: system under test
 #
-# Cores: the generator is pinned to GEN_CORE (0); Holdfast's worker to APP_CORE (1); for
-# the kernel, RPS steers hf-out0's receive work to APP_CORE, so the router gets a core of
-# its own too. "cycles/pkt" = (busy CPU time of the whole machine during the run, from
-# /proc/stat, minus the generator's own CPU time) x clock rate / frames forwarded: the
-# appliance's cost including the kernel work done for it. For Holdfast, "worker
-# cycles/pkt" is the worker's own count of busy time (polls that found work).
+# Workloads: 64-byte one-way UDP at FLOWS distinct flows (a capture of one frame per
+# flow, looped: every flow is hit once per pass; never answered, so Holdfast holds them
+# as unreplied, at most embryonic_share of the table), and a real TCP capture
+# (tests/data/webfarm-small.pcap, both directions, flow order kept, --unique-ip so
+# each loop is new connections). Top speed, SECONDS_PER_RUN each, RUNS runs, medians.
+#
+# Needs root and dpdk-testpmd (apt-get install dpdk-dev). Build first: cargo build --release
+#   sudo benches/lab_bench.sh       # RUNS=3 SECONDS_PER_RUN=5 FLOWS="1 10000 100000 1000000"
+#
+# Cores: the replayer on GEN_CORE (0), the system under test on APP_CORE (1) (Holdfast's
+# worker, testpmd's forwarding lcore, the router's receive work through RPS). Per
+# forwarded frame: "ucyc" and "kcyc" are APP_CORE's user and kernel (system + irq +
+# softirq) busy time from /proc/stat x clock rate — this VM has no cycle counters for
+# perf. testpmd busy-polls: its user cycles are spent whether or not frames come, so
+# they are a cost per frame only when it is saturated; its kernel cycles are not.
+# Copy-mode AF_XDP does its receive copy in the sender's softirq: the frames the
+# replayer sends are copied into the appliance's rings on GEN_CORE, and what the
+# appliance sends is copied into the replayer's on APP_CORE (the same for all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=lab_bench
+HOLD_PID=""
 . benches/lab_common.sh
+trap 'cleanup; [ -n "$HOLD_PID" ] && kill "$HOLD_PID" 2>/dev/null; true' EXIT
 SECS=${SECONDS_PER_RUN:-5}
-FLOWS=${FLOWS:-"1 10000 100000"}
-SYSTEMS=${SYSTEMS:-"holdfast kernel"}
+FLOWS=${FLOWS:-"1 10000 100000 1000000"}
+SYSTEMS=${SYSTEMS:-"holdfast kernel testpmd"}
 GEN_CORE=${GEN_CORE:-0}
 APP_CORE=${APP_CORE:-1}
+TCP_CAPTURE=${TCP_CAPTURE:-tests/data/webfarm-small.pcap}
+REPORT=${REPORT:-}
 
 HZ=$(getconf CLK_TCK)
 MHZ=$(awk -F: '/cpu MHz/ {gsub(/ /, "", $2); print $2; exit}' /proc/cpuinfo)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-rx_count() { ip netns exec hf-in cat /sys/class/net/hf-in1/statistics/rx_packets; }
+# APP_CORE's user and kernel ticks.
+core_ticks() { awk -v c="cpu$APP_CORE" '$1 == c {print $2 + $3, $4 + $7 + $8}' /proc/stat; }
 mac_of() { ip netns exec "$1" cat "/sys/class/net/$2/address"; }
 
-# One run: prints "mpps cycles_per_packet".
-run_once() { # dst_mac flows
-    local r0 b0 r1 b1 out sent cpu
-    r0=$(rx_count); b0=$(busy_ticks)
-    out=$(taskset -c "$GEN_CORE" ip netns exec hf-out "$HF" blast --interface hf-out1 --dst-mac "$1" --flows "$2" --seconds "$SECS")
-    sleep 0.2
-    r1=$(rx_count); b1=$(busy_ticks)
-    cpu=$(echo "$out" | sed -E 's/.*"cpu_s":([0-9.e-]+).*/\1/')
-    sent=$(echo "$out" | sed -E 's/.*"sent":([0-9]+).*/\1/')
-    awk -v r=$((r1 - r0)) -v b=$((b1 - b0)) -v hz="$HZ" -v mhz="$MHZ" -v cpu="$cpu" -v s="$SECS" -v sent="$sent" \
-        'BEGIN { app = b / hz - cpu; if (app < 0) app = 0; printf "%.4f %.0f %.4f\n", r / s / 1e6, (r > 0 ? app * mhz * 1e6 / r : 0), sent / s / 1e6 }'
+topology() {
+    "$HF" lab down >/dev/null 2>&1 || true
+    for ns in hf-fw hf-rp; do
+        ip netns add $ns
+        ip -n $ns link set lo up
+        ip netns exec $ns sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    done
+    for side in out in; do
+        ip link add hf-${side}1 netns hf-rp numtxqueues 1 numrxqueues 1 type veth peer name hf-${side}0 netns hf-fw numtxqueues 1 numrxqueues 1
+        ip -n hf-rp link set hf-${side}1 up
+        ip -n hf-fw link set hf-${side}0 up
+    done
 }
-
-# The receiving end host drops the benchmark's UDP at its ingress hook: otherwise the
-# inside namespace's IP stack would look up a socket for port 9, find none and try to
-# send a (rate-limited) ICMP port unreachable -- about half of the appliance core's
-# cycles, spent by the sink, not the appliance. Same sink for both systems.
-cheap_sink() {
-    ip netns exec hf-in nft -f - <<NFT
-table netdev hfsink {
-    chain ingress { type filter hook ingress device "hf-in1" priority 0; udp dport 9 drop; }
-}
-NFT
-}
-
 
 # --- Holdfast -------------------------------------------------------------------------
 setup_holdfast() {
-    "$HF" lab up
-    cheap_sink
+    topology
     cat > "$WORK/bench.yaml" <<YAML
 zones:
   outside: { interface: hf-out0, queues: 1 }
   inside:  { interface: hf-in0, queues: 1, networks: [10.0.2.0/24] }
 workers: { cores: [$APP_CORE], burst: 64, idle: adaptive, umem_frames: 8192, ring_size: 2048 }
-conntrack: { capacity: 262144 }
+conntrack: { capacity: 2097152 }
 policy:
   rules:
     - { from: outside, to: inside, proto: udp, dst: 10.0.2.0/24, dst_port: 9, action: allow }
+    - { from: outside, to: inside, proto: tcp, dst: 10.0.2.0/24, dst_port: 80, action: allow }
     - { proto: icmp, action: allow }
+control: { listen: "off" }
+log: { denials: "off" }
 YAML
     ip netns exec hf-fw "$HF" run --config "$WORK/bench.yaml" --quiet --json > "$WORK/holdfast.json" 2> "$WORK/holdfast.err" &
     APP_PID=$!
-    for _ in $(seq 200); do
-        ip -n hf-fw link show hf-in0 | grep -q " xdp" && return 0
+    for _ in $(seq 400); do
+        ip -n hf-fw link show hf-in0 | grep -q " xdp" && { MACS=""; return 0; }
         sleep 0.05
     done
     cat "$WORK/holdfast.err"; return 1
@@ -81,64 +88,142 @@ YAML
 
 # --- Linux: a router with nf_conntrack and the same rules ------------------------------
 setup_kernel() {
-    "$HF" lab up
-    cheap_sink
-    ip -n hf-out addr flush dev hf-out1
-    ip -n hf-out addr add 10.0.1.1/24 dev hf-out1
-    ip -n hf-out addr add 10.0.1.2/24 dev hf-out1
-    ip -n hf-out route add 10.0.2.0/24 via 10.0.1.254
-    ip -n hf-in addr flush dev hf-in1
-    ip -n hf-in addr add 10.0.2.1/24 dev hf-in1
-    ip -n hf-in route add 10.0.1.0/24 via 10.0.2.254
+    topology
+    local out1 in1
+    out1=$(mac_of hf-rp hf-out1); in1=$(mac_of hf-rp hf-in1)
     ip -n hf-fw addr add 10.0.1.254/24 dev hf-out0
     ip -n hf-fw addr add 10.0.2.254/24 dev hf-in0
-    ip netns exec hf-fw sysctl -qw net.ipv4.ip_forward=1
+    ip -n hf-fw neigh add 10.0.1.1 lladdr "$out1" dev hf-out0 nud permanent
+    ip -n hf-fw route add default via 10.0.1.1 dev hf-out0
+    for k in $(seq 1 8); do ip -n hf-fw neigh add 10.0.2.$k lladdr "$in1" dev hf-in0 nud permanent; done
+    ip netns exec hf-fw sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    ip netns exec hf-fw sysctl -qw net.ipv4.conf.hf-out0.rp_filter=0 net.ipv4.conf.hf-in0.rp_filter=0
     ip netns exec hf-fw nft -f - <<NFT
 table inet hfbench {
     chain forward {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         ct state new iifname "hf-out0" ip daddr 10.0.2.0/24 udp dport 9 accept
+        ct state new iifname "hf-out0" ip daddr 10.0.2.0/24 tcp dport 80 accept
         ct state new icmp type echo-request accept
     }
 }
 NFT
-    ip netns exec hf-fw sysctl -qw net.netfilter.nf_conntrack_max=262144 2>/dev/null || true
+    sysctl -qw net.netfilter.nf_conntrack_max=2097152 2>/dev/null || true
+    ip netns exec hf-fw sysctl -qw net.netfilter.nf_conntrack_max=2097152 2>/dev/null || true
     # The router's receive work on its own core, as Holdfast's worker has.
     ip netns exec hf-fw sh -c "printf %x $((1 << APP_CORE)) > /sys/class/net/hf-out0/queues/rx-0/rps_cpus"
-    ip netns exec hf-out ping -c 1 -W 1 10.0.2.1 >/dev/null   # ARP on both sides
+    ip netns exec hf-fw sh -c "printf %x $((1 << APP_CORE)) > /sys/class/net/hf-in0/queues/rx-0/rps_cpus"
+    MACS="--dst-mac1 $(mac_of hf-fw hf-out0) --dst-mac2 $(mac_of hf-fw hf-in0)"
 }
 
-declare -A MPPS CYC OFFER WORKER_CYC
-for system in $SYSTEMS; do
-    for flows in $FLOWS; do
-        "setup_$system" >/dev/null
-        if [ "$system" = holdfast ]; then dst=$(mac_of hf-in hf-in1); else dst=$(mac_of hf-fw hf-out0); fi
-        : > "$WORK/runs"
-        for _ in $(seq "$RUNS"); do run_once "$dst" "$flows" >> "$WORK/runs"; done
-        MPPS[$system,$flows]=$(awk '{print $1}' "$WORK/runs" | median)
-        CYC[$system,$flows]=$(awk '{print $2}' "$WORK/runs" | median)
-        OFFER[$system,$flows]=$(awk '{print $3}' "$WORK/runs" | median)
-        if [ "$system" = holdfast ]; then
-            kill -TERM "$APP_PID"; wait "$APP_PID" || true; APP_PID=""
-            fwd=$(sed -E 's/.*"totals":.*"tx":\{"inside":([0-9]+).*/\1/' "$WORK/holdfast.json")
-            busy=$(sed -E 's/.*"totals":.*"busy_ns":([0-9]+).*/\1/' "$WORK/holdfast.json")
-            WORKER_CYC[$flows]=$(awk -v b="$busy" -v f="$fwd" -v mhz="$MHZ" 'BEGIN {printf "%.0f", (f > 0 ? b * mhz / 1000 / f : 0)}')
+# --- DPDK testpmd: io forwarding between two AF_XDP vdevs -----------------------------
+setup_testpmd() {
+    topology
+    rm -f "$WORK/tp.in"; mkfifo "$WORK/tp.in"
+    # Non-interactive testpmd waits on standard input to stop: a fifo kept open.
+    sleep 100000 > "$WORK/tp.in" &
+    HOLD_PID=$!
+    ip netns exec hf-fw dpdk-testpmd -l "$GEN_CORE,$APP_CORE" --main-lcore "$GEN_CORE" --no-pci --no-huge -m 1024 \
+        --vdev net_af_xdp0,iface=hf-out0 --vdev net_af_xdp1,iface=hf-in0 -- \
+        --forward-mode=io --nb-cores=1 --auto-start < "$WORK/tp.in" > "$WORK/testpmd.log" 2>&1 &
+    APP_PID=$!
+    # Ready once its AF_XDP PMD has attached XDP to both ports (its output is buffered).
+    for _ in $(seq 400); do
+        if ip -n hf-fw link show hf-out0 | grep -q " xdp" && ip -n hf-fw link show hf-in0 | grep -q " xdp"; then
+            sleep 1; MACS=""; return 0
         fi
-        "$HF" lab down >/dev/null
+        sleep 0.05
+    done
+    cat "$WORK/testpmd.log"; return 1
+}
+
+stop_system() {
+    if [ -n "$APP_PID" ]; then kill -TERM "$APP_PID" 2>/dev/null || true; wait "$APP_PID" 2>/dev/null || true; APP_PID=""; fi
+    if [ -n "${HOLD_PID:-}" ]; then kill "$HOLD_PID" 2>/dev/null || true; wait "$HOLD_PID" 2>/dev/null || true; HOLD_PID=""; fi
+    "$HF" lab down >/dev/null
+}
+
+printf '10.0.2.0/24 server\n0.0.0.0/0 client\n' > "$WORK/sides"
+
+# One run: prints "fwd_mpps offered_mpps ucyc kcyc".
+run_once() { # capture extra-flags...
+    local cap=$1; shift
+    local t0 t1 out
+    t0=$(core_ticks)
+    # shellcheck disable=SC2086
+    out=$(taskset -c "$GEN_CORE" ip netns exec hf-rp "$HF" replay --pcap "$cap" --intf1 hf-out1 --intf2 hf-in1 --side-map "$WORK/sides" \
+        --topspeed --loop 0 --duration "${SECS}s" --json $MACS "$@")
+    t1=$(core_ticks)
+    echo "$out" > "$WORK/last.json"
+    python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+t0, t1 = sys.argv[2].split(), sys.argv[3].split()
+hz, mhz = float(sys.argv[4]), float(sys.argv[5])
+s = v["actual"]["seconds"]; fwd = v["emerged"]["forwarded"]; sent = v["actual"]["packets"]
+cyc = lambda a, b: (int(b) - int(a)) / hz * mhz * 1e6 / fwd if fwd else 0
+print("%.4f %.4f %.0f %.0f" % (fwd / s / 1e6, sent / s / 1e6, cyc(t0[0], t1[0]), cyc(t0[1], t1[1])))
+' "$WORK/last.json" "$t0" "$t1" "$HZ" "$MHZ"
+}
+
+WORKLOADS=""
+for f in $FLOWS; do
+    "$HF" gen udp --flows "$f" --out "$WORK/udp-$f.pcap" >/dev/null
+    WORKLOADS="$WORKLOADS udp-$f"
+done
+WORKLOADS="$WORKLOADS tcp"
+
+declare -A R
+NOTES=""
+for system in $SYSTEMS; do
+    for w in $WORKLOADS; do
+        "setup_$system" >/dev/null
+        : > "$WORK/runs"
+        for _ in $(seq "$RUNS"); do
+            if [ "$w" = tcp ]; then
+                run_once "$TCP_CAPTURE" --unique-ip --order flow >> "$WORK/runs"
+            else
+                run_once "$WORK/$w.pcap" --order none >> "$WORK/runs"
+            fi
+        done
+        for k in 1 2 3 4; do R[$system,$w,$k]=$(awk -v k=$k '{print $k}' "$WORK/runs" | median); done
+        stop_system
+        if [ "$system" = holdfast ]; then
+            # Where Holdfast's losses were counted, over all runs of this workload.
+            NOTES="$NOTES$(python3 -c '
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+t = json.loads(lines[-1])["totals"] if lines else {}
+x = t.get("xdp", {})
+ring = sum(x.get(s, {}).get(k, 0) for s in ("outside", "inside") for k in ("rx_ring_full", "rx_dropped"))
+fwd = sum(v for v in t.get("forward_drops", {}).values())
+print("  %-11s holdfast: pipeline drops %s, RX rings %d, forwarding %d, busy %.0f %%" % (sys.argv[2], t.get("drops", {}), ring, fwd, 100 * t.get("busy_ratio", 0)))
+' "$WORK/holdfast.json" "$w")
+"
+        fi
     done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b > 0) printf "%.2f", a / b; else printf "-"}'; }
 echo
-echo "Lab benchmark: 64-byte UDP, ${RUNS} runs of ${SECS} s each, medians; generator on core $GEN_CORE, appliance on core $APP_CORE; ${MHZ} MHz"
-echo "(offered: what the generator sent; forwarded equal to offered means the generator, not the appliance, was the limit)"
-printf "%-7s| %-37s| %-28s| %-s\n" "" "Holdfast (AF_XDP, copy mode)" "Linux forwarding + nftables" "Holdfast/Linux"
-printf "%-7s| %8s %8s %8s %8s | %8s %8s %8s | %6s %7s\n" flows Mpps offered cyc/pkt wcyc/pkt Mpps offered cyc/pkt Mpps cyc/pkt
-for flows in $FLOWS; do
-    printf "%-7s| %8s %8s %8s %8s | %8s %8s %8s | %6s %7s\n" "$flows" \
-        "${MPPS[holdfast,$flows]:--}" "${OFFER[holdfast,$flows]:--}" "${CYC[holdfast,$flows]:--}" "${WORKER_CYC[$flows]:--}" \
-        "${MPPS[kernel,$flows]:--}" "${OFFER[kernel,$flows]:--}" "${CYC[kernel,$flows]:--}" \
-        "$(ratio "${MPPS[holdfast,$flows]:-}" "${MPPS[kernel,$flows]:-}")" \
-        "$(ratio "${CYC[holdfast,$flows]:-}" "${CYC[kernel,$flows]:-}")"
+echo "Lab benchmark: ${RUNS} runs of ${SECS} s at top speed, medians; replayer on core $GEN_CORE, system under test on core $APP_CORE; ${MHZ} MHz; $(nproc) cores"
+echo "fwd: forwarded Mpps; off: offered (what the replayer sent); ucyc/kcyc: core $APP_CORE's user/kernel cycles per forwarded frame"
+printf "%-11s" "workload"
+for s in $SYSTEMS; do printf "| %-30s" "$s"; done
+echo
+printf "%-11s" ""
+for _ in $SYSTEMS; do printf "| %7s %7s %7s %6s " fwd off ucyc kcyc; done
+echo
+for w in $WORKLOADS; do
+    printf "%-11s" "$w"
+    for s in $SYSTEMS; do printf "| %7s %7s %7s %6s " "${R[$s,$w,1]:--}" "${R[$s,$w,2]:--}" "${R[$s,$w,3]:--}" "${R[$s,$w,4]:--}"; done
+    echo
 done
+[ -n "$NOTES" ] && printf "Where Holdfast lost what it did not forward:\n%s" "$NOTES"
+if [ -n "$REPORT" ]; then
+    for w in $WORKLOADS; do
+        for s in $SYSTEMS; do echo "{\"workload\":\"$w\",\"system\":\"$s\",\"fwd_mpps\":${R[$s,$w,1]:-0},\"offered_mpps\":${R[$s,$w,2]:-0},\"ucyc\":${R[$s,$w,3]:-0},\"kcyc\":${R[$s,$w,4]:-0}}"; done
+    done > "$WORK/results.jsonl"
+    "$HF" report bench --input "$WORK/results.jsonl" --out "$REPORT"
+    echo "report: $REPORT"
+fi

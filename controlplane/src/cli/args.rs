@@ -317,6 +317,13 @@ pub struct LiveArgs {
     /// 10.0.2.0/24), each new server to its next address.
     #[arg(long, value_parser = holdfast_controlplane::config::values::parse_cidr)]
     pub map_servers: Option<holdfast_pipeline::policy::Cidr>,
+    /// Live: set the destination MAC of frames sent on --intf1 (a router's, when the
+    /// device under test routes).
+    #[arg(long, value_parser = mac)]
+    pub dst_mac1: Option<[u8; 6]>,
+    /// Live: set the destination MAC of frames sent on --intf2.
+    #[arg(long, value_parser = mac)]
+    pub dst_mac2: Option<[u8; 6]>,
     /// Live: UMEM frames (4 KiB each) for sending and receiving.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub umem_frames: u32,
@@ -371,11 +378,22 @@ impl LiveArgs {
         }
         put("--xdp-mode", Some(self.xdp_mode.clone()));
         put("--umem-frames", Some(self.umem_frames.to_string()));
+        for (flag, m) in [("--dst-mac1", self.dst_mac1), ("--dst-mac2", self.dst_mac2)] {
+            if let Some(m) = m {
+                put(flag, Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")));
+            }
+        }
         if let Some(c) = &self.map_servers {
             put("--map-servers", Some(format!("{}/{}", holdfast_pipeline::flow::to_ip(c.addr, c.v6), c.len)));
         }
         a
     }
+}
+
+/// A MAC address, six hex bytes separated by colons.
+fn mac(s: &str) -> Result<[u8; 6], String> {
+    let b: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
+    <[u8; 6]>::try_from(b).map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))
 }
 
 /// A rate: positive and finite.
@@ -387,6 +405,21 @@ fn rate(s: &str) -> Result<f64, String> {
 pub enum GenCmd {
     /// Web servers on port 80 inside, keep-alive clients outside.
     Webfarm(WebfarmArgs),
+    /// One-way 64-byte UDP frames, one per flow, from many clients to one server's
+    /// port 9 (the lab benchmark's traffic).
+    Udp(UdpGenArgs),
+}
+
+#[derive(Args)]
+pub struct UdpGenArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Distinct flows (one frame each): source 10.64.0.0/10 and ports 1024-61023.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=4_000_000))]
+    pub flows: u32,
+    /// The server: destination address (port 9).
+    #[arg(long, default_value = "10.0.2.1")]
+    pub server: std::net::Ipv4Addr,
 }
 
 #[derive(Args)]

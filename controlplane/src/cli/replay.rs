@@ -153,6 +153,7 @@ impl ReplayArgs {
             seed: self.seed.unwrap_or_else(holdfast_dataplane::sys::random_seed),
             umem_frames: self.live.umem_frames,
             map_servers: self.live.map_servers,
+            dst_mac: [self.live.dst_mac1, self.live.dst_mac2],
         };
         let report = live::run(bytes, &mut sides, &opts).map_err(|e| Error::failed("replay", format!("{}: {e}", opts.interfaces.join(" / "))))?;
         if self.json {
@@ -178,7 +179,16 @@ impl ReplayArgs {
 
 impl GenCmd {
     pub fn run(self) -> Result<(), Error> {
-        let GenCmd::Webfarm(a) = self;
+        let a = match self {
+            GenCmd::Webfarm(a) => a,
+            GenCmd::Udp(u) => {
+                let f = std::fs::File::create(&u.out).map_err(|e| Error::failed("gen", format!("cannot write {}: {e}", u.out.display())))?;
+                let n = traffic::write_udp(std::io::BufWriter::new(f), u.flows, u.server)
+                    .map_err(|e| Error::failed("gen", format!("cannot write {}: {e}", u.out.display())))?;
+                println!("wrote {n} frames to {}", u.out.display());
+                return Ok(());
+            }
+        };
         // Everything is built in memory: refuse what would not fit.
         let floods = a.syn_flood * a.duration.as_secs_f64();
         if floods > 50e6 {

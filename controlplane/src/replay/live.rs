@@ -70,6 +70,8 @@ pub struct Options {
     pub umem_frames: u32,
     /// `--map-servers`: the server side's IPv4 addresses moved into this network.
     pub map_servers: Option<holdfast_pipeline::policy::Cidr>,
+    /// Destination MAC of frames sent on each side, when set.
+    pub dst_mac: [Option<[u8; 6]>; 2],
 }
 
 /// Frames offered and not yet resolved at most; past it the replayer waits (counted
@@ -393,6 +395,9 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
             buf.extend_from_slice(&rec.data);
             if let Some(m) = &mut servers {
                 m.apply(&mut buf, side == 1);
+            }
+            if let (Some(mac), Some(dst)) = (opts.dst_mac[side], buf.get_mut(..6)) {
+                dst.copy_from_slice(&mac);
             }
             if opts.unique_ip && lap > 0 && !rewrite::unique_ip(&mut buf, side == 0, lap as u32) {
                 unique_ip_left += 1;

@@ -102,8 +102,10 @@ pub struct Tracker {
     pub counts: Counts,
 }
 
-/// Where the IP header's mutable bytes are: TTL/hop limit, and the IPv4 checksum.
-fn mutable_bytes(f: &[u8]) -> Option<(usize, Option<usize>)> {
+/// Where the IP header's mutable bytes are — TTL/hop limit, and the IPv4 checksum —
+/// and where the IP packet ends (Ethernet padding after it is not the packet's: a
+/// router forwards a padded 60-byte frame as 54 bytes).
+fn mutable_bytes(f: &[u8]) -> Option<(usize, Option<usize>, usize)> {
     let mut at = 12;
     let mut ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
     for _ in 0..2 {
@@ -114,9 +116,10 @@ fn mutable_bytes(f: &[u8]) -> Option<(usize, Option<usize>)> {
         ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
     }
     let ip = at + 2;
+    let end = |len: usize| (ip + len).clamp(ip, f.len());
     match ty {
-        0x0800 if f.len() >= ip + 20 => Some((ip + 8, Some(ip + 10))),
-        0x86dd if f.len() >= ip + 40 => Some((ip + 7, None)),
+        0x0800 if f.len() >= ip + 20 => Some((ip + 8, Some(ip + 10), end(usize::from(u16::from_be_bytes([f[ip + 2], f[ip + 3]]))).max(ip + 20))),
+        0x86dd if f.len() >= ip + 40 => Some((ip + 7, None, end(40 + usize::from(u16::from_be_bytes([f[ip + 4], f[ip + 5]]))))),
         _ => None,
     }
 }
@@ -153,22 +156,27 @@ impl Tracker {
     }
 
     /// The key a frame is matched by when it comes out on `rx_side`: its bytes with the
-    /// TTL (hop limit) and IPv4 header checksum left out, its length, and the side.
+    /// Ethernet addresses (a router rewrites them), the TTL (hop limit) and the IPv4
+    /// header checksum left out, its length, and the side.
     pub fn match_key(&self, rx_side: usize, f: &[u8]) -> u64 {
         let mut h = self.key_state.build_hasher();
         h.write_usize(rx_side);
-        h.write_usize(f.len());
         match mutable_bytes(f) {
-            Some((ttl, Some(csum))) => {
-                h.write(&f[..ttl]);
+            Some((ttl, Some(csum), end)) => {
+                h.write_usize(end);
+                h.write(&f[12..ttl]);
                 h.write(&f[ttl + 1..csum]);
-                h.write(&f[csum + 2..]);
+                h.write(&f[csum + 2..end]);
             }
-            Some((ttl, None)) => {
-                h.write(&f[..ttl]);
-                h.write(&f[ttl + 1..]);
+            Some((ttl, None, end)) => {
+                h.write_usize(end);
+                h.write(&f[12..ttl]);
+                h.write(&f[ttl + 1..end]);
             }
-            None => h.write(f),
+            None => {
+                h.write_usize(f.len());
+                h.write(f);
+            }
         }
         h.finish()
     }
@@ -321,7 +329,14 @@ impl Tracker {
             self.sent_order.pop_front();
             let key = s.key;
             if let Some(q) = self.by_key.get_mut(&key) {
-                q.retain(|&x| x != seq);
+                // Frames of one key are in flight in the order they were sent, as in
+                // `sent_order`: the one timing out is the first (a copy of a frame
+                // sent a million times must not make this a scan).
+                if q.front() == Some(&seq) {
+                    q.pop_front();
+                } else {
+                    q.retain(|&x| x != seq);
+                }
                 if q.is_empty() {
                     self.by_key.remove(&key);
                 }
@@ -393,9 +408,16 @@ mod tests {
         assert!(t.offer(2, 0, 0, &other(), 2), "another flow goes on");
         assert!(!t.offer(3, 0, 0, &ack(), 3), "behind a held frame of its flow, even on the same side");
         assert!(t.pop_release().is_none());
-        // The SYN comes out on the far side, its TTL lowered (a router in between).
+        // The SYN comes out on the far side, its TTL lowered and its Ethernet addresses
+        // rewritten (a router in between).
         let mut out = syn();
         out[14 + 8] -= 1;
+        out[..12].copy_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8]);
+        // ... and the sender's Ethernet padding dropped.
+        let mut padded = syn();
+        padded.resize(60, 0);
+        assert_eq!(t.match_key(1, &padded), t.match_key(1, &out));
+        assert_ne!(t.match_key(1, &padded), t.match_key(0, &out), "the side is part of the key");
         t.emerged(1, &out, 10);
         let r = t.pop_release().expect("the SYN-ACK may go now");
         assert_eq!((r.seq, r.side, &r.bytes[..]), (1, 1, &synack()[..]));

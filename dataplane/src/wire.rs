@@ -16,6 +16,8 @@ use crate::xsk::{Binding, Desc, FRAME_SIZE, Ports, XdpStats};
 
 /// Descriptors queued on a side before they are flushed anyway.
 const BATCH: usize = 64;
+/// Free frames sending leaves for the fill rings.
+const RESERVE: usize = 4 * BATCH;
 
 #[derive(Debug, Clone)]
 pub struct WireConfig {
@@ -64,6 +66,9 @@ pub struct Wire {
     stats: WireStats,
     rx_buf: Vec<Desc>,
     ring: u32,
+    /// Frames each fill ring should hold, and holds now.
+    fill_target: u32,
+    filled: [u32; 2],
 }
 
 /// An I/O error with what was being done.
@@ -107,12 +112,12 @@ impl Wire {
             stats: WireStats::default(),
             rx_buf: Vec::with_capacity(BATCH),
             ring,
+            fill_target: ring.min(frames / 4),
+            filled: [0; 2],
         };
         // Each fill ring is kept full (what comes out of the device must never find it
         // empty); the rest carry what is sent (copy-mode TX completes within the kick).
-        for side in 0..2 {
-            w.ports.fill(side, &mut w.free, ring.min(frames / 4));
-        }
+        w.top_up();
         Ok(w)
     }
 
@@ -130,16 +135,22 @@ impl Wire {
         self.last = side;
         if self.tx[side].len() >= BATCH {
             self.flush_side(side);
+            self.reap();
             if self.tx[side].len() >= BATCH {
                 self.stats.retried[side] += 1;
                 return false;
             }
         }
-        let Some(addr) = self.free.pop() else {
+        // Sending never takes the frames the fill rings need.
+        if self.free.len() <= RESERVE {
             self.reap();
-            self.stats.retried[side] += 1;
-            return false;
-        };
+            self.top_up();
+            if self.free.len() <= RESERVE {
+                self.stats.retried[side] += 1;
+                return false;
+            }
+        }
+        let addr = self.free.pop().expect("more than RESERVE free");
         self.ports.data_mut(addr, frame.len() as u32).copy_from_slice(frame);
         self.tx[side].push(Desc { addr, len: frame.len() as u32, options: 0 });
         self.stats.bytes[side] += frame.len() as u64;
@@ -188,6 +199,9 @@ impl Wire {
     /// Receives what waits on both sides, hands each frame to `f(side, bytes)`, and
     /// refills the fill rings. Returns how many frames were received.
     pub fn poll(&mut self, mut f: impl FnMut(usize, &[u8])) -> usize {
+        // Sent frames first: the fill rings must never wait for frames that the
+        // completion ring holds (an empty fill ring loses what comes out).
+        self.reap();
         let mut total = 0;
         for side in 0..2 {
             loop {
@@ -201,11 +215,22 @@ impl Wire {
                     self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
                 }
                 self.stats.received[side] += n as u64;
+                self.filled[side] = self.filled[side].saturating_sub(n as u32);
                 total += n;
-                self.ports.fill(side, &mut self.free, n as u32);
+                self.top_up();
             }
         }
         total
+    }
+
+    /// Fills both fill rings up to their target from the free pool.
+    fn top_up(&mut self) {
+        for side in 0..2 {
+            let want = self.fill_target.saturating_sub(self.filled[side]);
+            if want > 0 {
+                self.filled[side] += self.ports.fill(side, &mut self.free, want);
+            }
+        }
     }
 
     /// Sleeps until a frame arrives on either side or `timeout_ms` passes.

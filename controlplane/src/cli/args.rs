@@ -392,7 +392,8 @@ impl LiveArgs {
 
 /// A MAC address, six hex bytes separated by colons.
 fn mac(s: &str) -> Result<[u8; 6], String> {
-    let b: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
+    let b: Vec<u8> =
+        s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
     <[u8; 6]>::try_from(b).map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))
 }
 

@@ -37,7 +37,13 @@ struct Slot {
     flow: u64,
     key: u64,
     sent_ns: u64,
+    /// The next frame in flight with the same key (a chain per key, oldest first).
+    next: u64,
 }
+
+const NONE: u64 = u64::MAX;
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Flow {
@@ -91,11 +97,12 @@ pub struct Tracker {
     /// Sequence numbers in the order they were sent (for the timeout).
     sent_order: VecDeque<u64>,
     /// Frames in flight by their match key (the expected receive side included).
-    by_key: HashMap<u64, VecDeque<u64>>,
-    flows: HashMap<u64, Flow>,
+    /// Frames in flight by their match key: the first and last of the chain.
+    by_key: Map<u64, (u64, u64)>,
+    flows: Map<u64, Flow>,
     released: VecDeque<Release>,
     /// Keys of frames counted as dropped, the last `LOST_KEPT` (how many of each).
-    lost: HashMap<u64, u32>,
+    lost: Map<u64, u32>,
     lost_order: VecDeque<u64>,
     held_now: u64,
     held_bytes: usize,
@@ -136,10 +143,10 @@ impl Tracker {
             window: VecDeque::with_capacity(window),
             base: 0,
             sent_order: VecDeque::with_capacity(window),
-            by_key: HashMap::with_capacity(window.min(1 << 16)),
-            flows: HashMap::new(),
+            by_key: Map::with_capacity_and_hasher(window.min(1 << 16), Default::default()),
+            flows: Map::default(),
             released: VecDeque::new(),
-            lost: HashMap::new(),
+            lost: Map::default(),
             lost_order: VecDeque::new(),
             held_now: 0,
             held_bytes: 0,
@@ -198,7 +205,7 @@ impl Tracker {
         let seq = self.base + self.window.len() as u64;
         let flow = if self.order { self.flow_of(frame) } else { 0 };
         let key = self.match_key(1 - side, frame);
-        let mut slot = Slot { index, lap, side: side as u8, state: State::Held, flow, key, sent_ns: 0 };
+        let mut slot = Slot { index, lap, side: side as u8, state: State::Held, flow, key, sent_ns: 0, next: NONE };
         if self.order {
             let f = self.flows.entry(flow).or_default();
             if !f.held.is_empty() || f.out[1 - side] > 0 {
@@ -221,7 +228,48 @@ impl Tracker {
 
     fn launched(&mut self, seq: u64, key: u64) {
         self.sent_order.push_back(seq);
-        self.by_key.entry(key).or_default().push_back(seq);
+        match self.by_key.get_mut(&key) {
+            Some((_, last)) => {
+                let prev = *last;
+                *last = seq;
+                if let Some(p) = self.slot(prev) {
+                    p.next = seq;
+                }
+            }
+            None => {
+                self.by_key.insert(key, (seq, seq));
+            }
+        }
+    }
+
+    /// Takes `seq` out of its key's chain (the first, nearly always: frames of one key
+    /// leave in the order they were sent).
+    fn unchain(&mut self, key: u64, seq: u64) {
+        let Some(&(first, last)) = self.by_key.get(&key) else { return };
+        let next = self.slot(seq).map_or(NONE, |s| s.next);
+        if first == seq {
+            if next == NONE {
+                self.by_key.remove(&key);
+            } else {
+                self.by_key.insert(key, (next, last));
+            }
+            return;
+        }
+        // Somewhere behind the first: find its predecessor.
+        let mut at = first;
+        while let Some(s) = self.slot(at) {
+            if s.next == seq {
+                s.next = next;
+                if last == seq {
+                    self.by_key.insert(key, (first, at));
+                }
+                return;
+            }
+            if s.next == NONE {
+                return;
+            }
+            at = s.next;
+        }
     }
 
     fn slot(&mut self, seq: u64) -> Option<&mut Slot> {
@@ -232,16 +280,10 @@ impl Tracker {
     /// A frame came out on `rx_side`.
     pub fn emerged(&mut self, rx_side: usize, frame: &[u8], now_ns: u64) {
         let key = self.match_key(rx_side, frame);
-        let seq = match self.by_key.get_mut(&key) {
-            Some(q) => {
-                let s = q.pop_front();
-                if q.is_empty() {
-                    self.by_key.remove(&key);
-                }
-                s
-            }
-            None => None,
-        };
+        let seq = self.by_key.get(&key).map(|&(first, _)| first);
+        if let Some(seq) = seq {
+            self.unchain(key, seq);
+        }
         match seq {
             Some(seq) => self.resolve(seq, State::Forwarded, now_ns),
             None => match self.lost.get_mut(&key) {
@@ -328,19 +370,7 @@ impl Tracker {
             }
             self.sent_order.pop_front();
             let key = s.key;
-            if let Some(q) = self.by_key.get_mut(&key) {
-                // Frames of one key are in flight in the order they were sent, as in
-                // `sent_order`: the one timing out is the first (a copy of a frame
-                // sent a million times must not make this a scan).
-                if q.front() == Some(&seq) {
-                    q.pop_front();
-                } else {
-                    q.retain(|&x| x != seq);
-                }
-                if q.is_empty() {
-                    self.by_key.remove(&key);
-                }
-            }
+            self.unchain(key, seq);
             self.resolve(seq, State::Dropped, now_ns);
             // Remembered for a while: if it comes out after all, it is late, not
             // unexplained.

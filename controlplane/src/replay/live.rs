@@ -379,11 +379,7 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
                 Rate::Top => 0.0,
             };
             // (Top speed: no clock read per frame; `service` reads it every 64.)
-            while due_ns > 0.0 {
-                let now = r.now_ns() as f64;
-                if now >= due_ns {
-                    break;
-                }
+            while due_ns > 0.0 && (r.now_ns() as f64) < due_ns {
                 r.wire.flush();
                 r.service()?;
                 let now = r.now_ns() as f64;

@@ -61,6 +61,16 @@ pub struct Report {
     pub dispatch_blocked_s: f64,
     /// Up to `EXAMPLES` denied replies, as log lines (`src:port -> dst:port denied (reason)`).
     pub reply_denied_examples: Vec<String>,
+    /// Per second of capture time: frames offered, passed, and dropped by reason.
+    pub seconds: Vec<Second>,
+}
+
+/// One second of capture time in an offline replay.
+#[derive(Debug, Clone, Default)]
+pub struct Second {
+    pub offered: u64,
+    pub passed: u64,
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Denied replies kept as examples for the summary.
@@ -256,6 +266,21 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         min_adaptive_scale = min_adaptive_scale.min(o.min_adaptive_scale);
     }
     verdicts.sort_unstable_by_key(|v| v.0);
+    // Per second of capture time, for `--report` (a day of seconds at most).
+    let t0 = start.as_nanos();
+    let mut seconds: Vec<Second> = Vec::new();
+    for &(i, v) in &verdicts {
+        let sec = (cap.records[i as usize].ts_ns.saturating_sub(t0) / 1_000_000_000).min(86_399) as usize;
+        if seconds.len() <= sec {
+            seconds.resize(sec + 1, Second::default());
+        }
+        let s = &mut seconds[sec];
+        s.offered += 1;
+        match v {
+            Verdict::Pass(_) => s.passed += 1,
+            Verdict::Drop(r) => *s.drops.entry(r.name()).or_default() += 1,
+        }
+    }
     // Examples of denied replies, the servers' side first: the origin story's log.
     let denied: Vec<&(u32, Verdict)> = verdicts.iter().filter(|(_, v)| matches!(v, Verdict::Drop(r) if r.is_reply_denied())).collect();
     let from_inside = |i: u32| zones[i as usize] == Zone::Inside;
@@ -309,7 +334,42 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         classes_at_end,
         min_adaptive_scale,
         reply_denied_examples,
+        seconds,
     })
+}
+
+impl Report {
+    /// The replay per second of capture time: frames offered and passed, drops by
+    /// reason. (Table fill over time is not sampled offline: the workers report it at
+    /// the end only.)
+    pub fn panels(&self) -> Vec<crate::report::Panel> {
+        use crate::report::{Panel, Series};
+        let t = |i: usize| i as f64 + 1.0;
+        let mut reasons: Vec<&'static str> = self.seconds.iter().flat_map(|s| s.drops.keys().copied()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        vec![
+            Panel {
+                title: "frames per second of capture time".into(),
+                y: "frames/s".into(),
+                series: vec![
+                    Series { name: "offered".into(), points: self.seconds.iter().enumerate().map(|(i, s)| (t(i), s.offered as f64)).collect() },
+                    Series { name: "passed".into(), points: self.seconds.iter().enumerate().map(|(i, s)| (t(i), s.passed as f64)).collect() },
+                ],
+            },
+            Panel {
+                title: "drops per second by reason".into(),
+                y: "drops/s".into(),
+                series: reasons
+                    .iter()
+                    .map(|r| Series {
+                        name: r.to_string(),
+                        points: self.seconds.iter().enumerate().map(|(i, s)| (t(i), s.drops.get(r).copied().unwrap_or(0) as f64)).collect(),
+                    })
+                    .collect(),
+            },
+        ]
+    }
 }
 
 /// A denied packet as a firewall log line: `src:port -> dst:port denied (reason)`.

@@ -237,3 +237,31 @@ fn live_replay_refuses_flag_combinations_that_make_no_sense() {
     // The lab's replay options need --replay.
     refused(&["lab", "--config", "c.yaml"], &["--replay"]);
 }
+
+/// `--report` draws an offline replay per second of capture time, and `report bench`
+/// draws the lab benchmark's results; a bad results line is named.
+#[test]
+fn reports_are_svg_files_and_bad_input_is_named() {
+    let svg = tmp("offline.svg");
+    let out = holdfast().args(["replay", "--offline", "--report"]).arg(&svg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("frames per second of capture time") && !text.contains("<script"));
+    let input = tmp("results.jsonl");
+    std::fs::write(
+        &input,
+        "{\"workload\":\"udp-1\",\"system\":\"holdfast\",\"fwd_mpps\":0.6,\"offered_mpps\":0.6,\"ucyc\":700,\"kcyc\":2400}\n\
+         {\"workload\":\"udp-1\",\"system\":\"testpmd\",\"fwd_mpps\":0.5,\"offered_mpps\":0.6,\"ucyc\":770,\"kcyc\":3200}\n",
+    )
+    .unwrap();
+    let bench = tmp("bench.svg");
+    let out = holdfast().args(["report", "bench", "--input"]).arg(&input).arg("--out").arg(&bench).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&bench).unwrap();
+    assert!(text.contains("testpmd") && text.contains("forwarded Mpps"));
+    std::fs::write(&input, "{\"workload\":\"udp-1\",\"system\":\"holdfast\",\"fwd_mpps\":\"fast\"}\n").unwrap();
+    let out = holdfast().args(["report", "bench", "--input"]).arg(&input).arg("--out").arg(&bench).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("results.jsonl:1: no number \"fwd_mpps\""), "{err}");
+}

@@ -128,7 +128,10 @@ fn three_loops_with_unique_ip_make_three_times_the_flows() {
     let d = dir();
     let cfg = config(&d);
     let o = offline(&shipped(), &cfg, &d.join("offline.jsonl"));
-    let v = lab_replay(&shipped(), &cfg, None, &["--pps", "50000", "--loop", "3", "--unique-ip"]);
+    let svg = d.join("loops.svg");
+    let v = lab_replay(&shipped(), &cfg, None, &["--pps", "50000", "--loop", "3", "--unique-ip", "--report", svg.to_str().unwrap()]);
+    let pic = std::fs::read_to_string(&svg).unwrap();
+    assert!(pic.contains("replayer: frames per second") && pic.contains("appliance: table fill by admission class"), "the report draws both sides");
     let once = o["flows_created"].as_u64().unwrap();
     assert!(once > 1000);
     assert_eq!(v["appliance"]["totals"]["flows_created"].as_u64(), Some(3 * once), "{v}");

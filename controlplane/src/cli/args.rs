@@ -24,6 +24,9 @@ pub enum Cmd {
     /// Generate traffic captures.
     #[command(subcommand)]
     Gen(GenCmd),
+    /// Draw results as SVG.
+    #[command(subcommand)]
+    Report(ReportCmd),
     /// The origin story: a SYN flood against an LRU table and against Holdfast.
     Demo(DemoArgs),
     /// Run inline between the configured interfaces (AF_XDP; needs root).
@@ -184,6 +187,10 @@ pub struct LabArgs {
     /// With --replay: one JSON line per frame sent: forwarded or not.
     #[arg(long, requires = "replay")]
     pub verdicts_out: Option<PathBuf>,
+    /// With --replay: draw the run per second (the replayer's and the appliance's
+    /// counters) into this SVG file.
+    #[arg(long, requires = "replay")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub live: LiveArgs,
     #[arg(long)]
@@ -249,6 +256,9 @@ pub struct ReplayArgs {
     /// Hash seed (default: random per process).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Draw the run per second into this SVG file (offline: per second of capture time).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Live: the client side's interface (frames from clients go out here).
     #[arg(long, conflicts_with = "offline", requires = "intf2")]
     pub intf1: Option<String>,
@@ -324,6 +334,9 @@ pub struct LiveArgs {
     /// Live: set the destination MAC of frames sent on --intf2.
     #[arg(long, value_parser = mac)]
     pub dst_mac2: Option<[u8; 6]>,
+    /// Live: no progress bar (it is off anyway when standard output is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
     /// Live: UMEM frames (4 KiB each) for sending and receiving.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub umem_frames: u32,
@@ -409,6 +422,18 @@ pub enum GenCmd {
     /// One-way 64-byte UDP frames, one per flow, from many clients to one server's
     /// port 9 (the lab benchmark's traffic).
     Udp(UdpGenArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ReportCmd {
+    /// The lab benchmark's results (JSON lines: workload, system, fwd_mpps,
+    /// offered_mpps, ucyc, kcyc) as bar charts.
+    Bench {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]

@@ -66,6 +66,7 @@ impl LabArgs {
                 workers: self.workers.max(1),
                 replay_args: self.live.to_args(),
                 verdicts_out: self.verdicts_out.clone(),
+                report: self.report.clone(),
                 keep: self.keep,
             };
             let v = lab::replay::run(&exe, &o).map_err(|e| {

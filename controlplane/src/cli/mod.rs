@@ -21,6 +21,7 @@ impl Cmd {
             Cmd::CheckConfig(a) => a.run(),
             Cmd::Replay(a) => a.run(),
             Cmd::Gen(g) => g.run(),
+            Cmd::Report(r) => r.run(),
             Cmd::Demo(a) => a.run(),
             Cmd::Run(a) => a.run(),
             Cmd::Lab(a) => a.run(),

@@ -4,7 +4,7 @@
 use holdfast_controlplane::{DEFAULT_CONFIG, capture, config, replay, traffic};
 
 use super::Error;
-use super::args::{GenCmd, ReplayArgs};
+use super::args::{GenCmd, ReplayArgs, ReportCmd};
 
 impl ReplayArgs {
     pub fn run(self) -> Result<(), Error> {
@@ -23,6 +23,7 @@ impl ReplayArgs {
             (self.live.order.is_some(), "--order"),
             (self.live.side_map.is_some(), "--side-map"),
             (self.live.control.is_some(), "--control"),
+            (self.live.quiet, "--quiet"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -58,6 +59,10 @@ impl ReplayArgs {
             && report.skipped == 0
         {
             return Err(Error::failed("replay", format!("cannot replay {source}: {}", e.message)));
+        }
+        if let Some(path) = &self.report {
+            holdfast_controlplane::report::timeline(path, &format!("holdfast replay --offline: {source}"), &report.panels())
+                .map_err(|e| Error::failed("replay", e))?;
         }
         if opts.json {
             println!("{}", report.to_json());
@@ -154,8 +159,14 @@ impl ReplayArgs {
             umem_frames: self.live.umem_frames,
             map_servers: self.live.map_servers,
             dst_mac: [self.live.dst_mac1, self.live.dst_mac2],
+            report: self.report.clone(),
+            progress: !self.live.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         };
         let report = live::run(bytes, &mut sides, &opts).map_err(|e| Error::failed("replay", format!("{}: {e}", opts.interfaces.join(" / "))))?;
+        if let Some(path) = &self.report {
+            let title = format!("holdfast replay: {source} onto {} / {}", opts.interfaces[0], opts.interfaces[1]);
+            holdfast_controlplane::report::timeline(path, &title, &report.panels()).map_err(|e| Error::failed("replay", e))?;
+        }
         if self.json {
             let mut v = report.to_json();
             v["source"] = serde_json::json!(source);
@@ -173,6 +184,41 @@ impl ReplayArgs {
         if report.sent == 0 {
             return Err(Error::failed("replay", format!("{source}: nothing replayed ({} frames skipped)", report.skipped)));
         }
+        Ok(())
+    }
+}
+
+impl ReportCmd {
+    pub fn run(self) -> Result<(), Error> {
+        use holdfast_controlplane::report::{Bar, bars};
+        let ReportCmd::Bench { input, out } = self;
+        let text = std::fs::read_to_string(&input).map_err(|e| Error::failed("report", format!("{}: {e}", input.display())))?;
+        /// One result line: workload, system, and its four figures.
+        struct Row {
+            workload: String,
+            system: String,
+            figures: [f64; 4],
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::failed("report", format!("{}:{}: {e}", input.display(), n + 1)))?;
+            let field = |k: &str| v[k].as_f64().ok_or_else(|| Error::failed("report", format!("{}:{}: no number {k:?}", input.display(), n + 1)));
+            let name = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| Error::failed("report", format!("{}:{}: no {k:?}", input.display(), n + 1)));
+            rows.push(Row {
+                workload: name("workload")?,
+                system: name("system")?,
+                figures: [field("fwd_mpps")?, field("offered_mpps")?, field("ucyc")?, field("kcyc")?],
+            });
+        }
+        let chart = |k: usize| -> Vec<Bar> { rows.iter().map(|r| Bar { group: r.workload.clone(), series: r.system.clone(), value: r.figures[k] }).collect() };
+        let charts = vec![
+            ("forwarded Mpps (medians)".to_string(), "Mpps".to_string(), chart(0)),
+            ("offered Mpps: what the replayer sent".to_string(), "Mpps".to_string(), chart(1)),
+            ("user-space cycles per forwarded frame, appliance core".to_string(), "cycles".to_string(), chart(2)),
+            ("kernel cycles per forwarded frame, appliance core".to_string(), "cycles".to_string(), chart(3)),
+        ];
+        bars(&out, "holdfast lab benchmark", &charts).map_err(|e| Error::failed("report", e))?;
+        println!("wrote {}", out.display());
         Ok(())
     }
 }

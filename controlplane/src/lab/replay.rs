@@ -36,6 +36,8 @@ pub struct Options {
     /// Flags for the replayer (rate, loops, order...).
     pub replay_args: Vec<String>,
     pub verdicts_out: Option<PathBuf>,
+    /// Draw the run per second (replayer and appliance) into this SVG file.
+    pub report: Option<PathBuf>,
     pub keep: bool,
 }
 
@@ -156,11 +158,60 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     }
     args.extend(o.replay_args.iter().cloned());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = in_ns(REPLAYER_NS, &argv).output().map_err(LabError::io("running the replayer"))?;
-    let replay: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|_| LabError::Command { command: "holdfast replay".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })?;
+    let t0 = Instant::now();
+    let mut child = in_ns(REPLAYER_NS, &argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(LabError::io("running the replayer"))?;
+    // Read its output on threads (a long run's timeline fills a pipe), while the
+    // appliance's status is read once a second for the picture.
+    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut b);
+            }
+            b
+        })
+    };
+    let stdout = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let stderr = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let mut samples: Vec<(f64, Value)> = Vec::new();
+    let mut next = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(LabError::io("waiting for the replayer"))? {
+            break st;
+        }
+        if o.report.is_some() && Instant::now() >= next && samples.len() < 86_400 {
+            if let Ok(out) = in_ns("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]).output()
+                && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+            {
+                samples.push((t0.elapsed().as_secs_f64(), v));
+            }
+            next += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // And once at the end, so that a run shorter than a second is drawn too.
+    if o.report.is_some()
+        && let Ok(out) = in_ns("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]).output()
+        && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+    {
+        samples.push((t0.elapsed().as_secs_f64(), v));
+    }
+    let out_stdout = stdout.join().unwrap_or_default();
+    let out_stderr = stderr.join().unwrap_or_default();
+    let replay: Value = serde_json::from_slice(&out_stdout)
+        .map_err(|_| LabError::Command { command: "holdfast replay".into(), stderr: String::from_utf8_lossy(&out_stderr).trim().to_string() })?;
+    if let Some(path) = &o.report {
+        let timeline: Vec<(f64, u64, u64, u64)> = replay["timeline"]
+            .as_array()
+            .map(|a| {
+                a.iter().map(|r| (r[0].as_f64().unwrap_or(0.0), r[1].as_u64().unwrap_or(0), r[2].as_u64().unwrap_or(0), r[3].as_u64().unwrap_or(0))).collect()
+            })
+            .unwrap_or_default();
+        let panels = crate::replay::live::timeline_panels(&timeline, &samples);
+        crate::report::timeline(path, &format!("holdfast lab --replay {}", o.capture.display()), &panels).map_err(LabError::io("the report"))?;
+    }
     // A capture that ends early still replayed what came before; say so.
-    let replay_note = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+    let replay_note = (!status.success()).then(|| String::from_utf8_lossy(&out_stderr).trim().to_string());
 
     let report = |appliance: Value| {
         let t = &appliance["totals"];

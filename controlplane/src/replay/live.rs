@@ -72,6 +72,10 @@ pub struct Options {
     pub map_servers: Option<holdfast_pipeline::policy::Cidr>,
     /// Destination MAC of frames sent on each side, when set.
     pub dst_mac: [Option<[u8; 6]>; 2],
+    /// Draw the run (per second) into this SVG file.
+    pub report: Option<PathBuf>,
+    /// A progress bar on the terminal (off when standard output is not one).
+    pub progress: bool,
 }
 
 /// Frames offered and not yet resolved at most; past it the replayer waits (counted
@@ -112,6 +116,10 @@ pub struct Report {
     pub skipped: u64,
     /// The appliance's counters over the run (`--control`), or why they are missing.
     pub appliance: Option<Value>,
+    /// Once a second: (seconds, frames sent, forwarded, dropped by the device), totals.
+    pub timeline: Vec<(f64, u64, u64, u64)>,
+    /// The appliance's `/status` once a second (`--control`).
+    pub appliance_samples: Vec<(f64, Value)>,
 }
 
 impl Report {
@@ -150,7 +158,14 @@ impl Report {
             "stopped_by": self.stopped_by,
             "capture": {"skipped": self.skipped, "error": self.capture_error.as_ref().map(|e| json!({"offset": e.offset, "message": e.message}))},
             "appliance": self.appliance,
+            "timeline": self.timeline.iter().map(|(t, s, f, d)| json!([t, s, f, d])).collect::<Vec<_>>(),
         })
+    }
+
+    /// The run as panels over time: what the replayer saw, then (with `--control`)
+    /// what the appliance counted.
+    pub fn panels(&self) -> Vec<crate::report::Panel> {
+        timeline_panels(&self.timeline, &self.appliance_samples)
     }
 
     /// The closing summary in tcpreplay's shape, with what came out.
@@ -203,6 +218,58 @@ impl Report {
     }
 }
 
+/// Panels of a live replay: offered, forwarded and not forwarded frames per second,
+/// then the appliance's panels when it was sampled.
+pub fn timeline_panels(timeline: &[(f64, u64, u64, u64)], appliance: &[(f64, Value)]) -> Vec<crate::report::Panel> {
+    use crate::report::{Panel, Series, rates};
+    let col = |k: usize| -> Vec<(f64, f64)> { timeline.iter().map(|r| (r.0, [r.1, r.2, r.3][k] as f64)).collect() };
+    let mut panels = vec![Panel {
+        title: "replayer: frames per second".into(),
+        y: "pps".into(),
+        series: vec![
+            Series { name: "offered".into(), points: rates(&col(0)) },
+            Series { name: "came out (forwarded)".into(), points: rates(&col(1)) },
+            Series { name: "did not come out".into(), points: rates(&col(2)) },
+        ],
+    }];
+    panels.extend(crate::report::appliance_panels(appliance));
+    panels
+}
+
+/// Reads the appliance's `/status` once a second on its own thread until stopped.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(f64, Value)>>,
+}
+
+impl Sampler {
+    fn start(target: Target, t0: Instant) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut next = Instant::now();
+            // Bounded: one sample a second, for a day at most.
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && out.len() < 86_400 {
+                if Instant::now() >= next {
+                    if let Ok(v) = client::status(&target) {
+                        out.push((t0.elapsed().as_secs_f64(), v));
+                    }
+                    next += Duration::from_secs(1);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            out
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(f64, Value)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 /// `after - before` for every number of two JSON trees of the same shape.
 pub fn delta(after: &Value, before: &Value) -> Value {
     match (after, before) {
@@ -233,6 +300,10 @@ struct Run<'a> {
     last_stats: (Instant, u64),
     /// The clock when last read, ns from `t0`.
     clock_ns: u64,
+    timeline: Vec<(f64, u64, u64, u64)>,
+    next_sample: Instant,
+    bar: Option<indicatif::ProgressBar>,
+    next_bar: Instant,
 }
 
 impl Run<'_> {
@@ -265,8 +336,26 @@ impl Run<'_> {
                 writeln!(w, "{v}")?;
             }
         }
+        let wall = Instant::now();
+        if wall >= self.next_sample && self.timeline.len() < 86_400 {
+            let c = &self.tracker.counts;
+            self.timeline.push((self.t0.elapsed().as_secs_f64(), self.sent, c.forwarded, c.dropped));
+            self.next_sample += Duration::from_secs(1);
+        }
+        if let Some(bar) = &self.bar
+            && wall >= self.next_bar
+        {
+            let c = &self.tracker.counts;
+            match (self.opts.limit, self.opts.duration) {
+                (Some(_), _) => bar.set_position(self.sent),
+                (None, Some(_)) => bar.set_position(self.t0.elapsed().as_secs()),
+                _ => bar.tick(),
+            }
+            bar.set_message(format!("{} sent, {} out, {} not", self.sent, c.forwarded, c.dropped));
+            self.next_bar = wall + Duration::from_millis(200);
+        }
         if let Some(at) = self.next_stats
-            && Instant::now() >= at
+            && wall >= at
         {
             let every = self.opts.stats_every.unwrap_or(Duration::from_secs(1));
             let (t, n) = self.last_stats;
@@ -333,7 +422,12 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         sent: 0,
         last_stats: (t0, 0),
         clock_ns: 0,
+        timeline: vec![(0.0, 0, 0, 0)],
+        next_sample: t0 + Duration::from_secs(1),
+        bar: opts.progress.then(|| progress_bar(opts)),
+        next_bar: t0,
     };
+    let sampler = opts.control.clone().map(|t| Sampler::start(t, t0));
     let mut flows: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
     let mut flows_capped = false;
     let mut bytes_sent = 0u64;
@@ -459,6 +553,12 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
     if let Some(w) = &mut r.verdicts {
         w.flush()?;
     }
+    if let Some(b) = &r.bar {
+        b.finish_and_clear();
+    }
+    let c = r.tracker.counts;
+    r.timeline.push((t0.elapsed().as_secs_f64(), r.sent, c.forwarded, c.dropped));
+    let appliance_samples = sampler.map(Sampler::finish).unwrap_or_default();
     let appliance = match (&opts.control, before) {
         (Some(t), Some(Ok(b))) => Some(match appliance_counters(t) {
             Ok(a) => delta(&a, &b),
@@ -490,5 +590,32 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         capture_error,
         skipped,
         appliance,
+        timeline: r.timeline,
+        appliance_samples,
     })
+}
+
+/// A bar when the run's end is known (`--limit`, `--duration`), else a spinner; both
+/// with the counts so far and the rate.
+fn progress_bar(opts: &Options) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let (len, unit) = match (opts.limit, opts.duration) {
+        (Some(l), _) => (Some(l), "frames"),
+        (None, Some(d)) => (Some(d.as_secs().max(1)), "s"),
+        _ => (None, ""),
+    };
+    match len {
+        Some(n) => {
+            let b = ProgressBar::new(n);
+            let style = ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {unit} eta {{eta}}  {{msg}}"))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            b.set_style(style);
+            b
+        }
+        None => {
+            let b = ProgressBar::new_spinner();
+            b.set_style(ProgressStyle::with_template("{spinner} {elapsed}  {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b
+        }
+    }
 }

@@ -170,3 +170,25 @@ fn flow_order_keeps_requests_ahead_of_replies_where_no_order_does_not() {
     assert_eq!(none["unexplained"], 0, "every frame that did not come out was counted by the appliance");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// As fast as the replayer goes, the appliance's rings may overflow and the verdicts
+/// then differ from offline — but every frame that did not come out is one the
+/// appliance counted: judged and dropped, or lost at a ring, never silently.
+#[test]
+fn at_top_speed_every_frame_that_did_not_come_out_was_counted() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    let d = dir();
+    let cfg = config(&d);
+    let v = lab_replay(&shipped(), &cfg, None, &["--topspeed", "--loop", "5", "--unique-ip"]);
+    let n = |x: &Value| x.as_u64().unwrap();
+    let c = &v["appliance_drops"];
+    let counted = n(&c["pipeline"]) + n(&c["rx_rings"]) + n(&c["forwarding"]) + n(&c["tx_lost"]);
+    assert_eq!(n(&v["replay"]["emerged"]["dropped"]), counted, "{v}");
+    for dev in v["replay"]["devices"].as_array().unwrap() {
+        assert_eq!((n(&dev["rx_dropped"]), n(&dev["rx_ring_full"])), (0, 0), "the replayer lost nothing itself: {dev}");
+    }
+    assert_eq!(n(&v["replay"]["emerged"]["forwarded"]) + counted, n(&v["replay"]["actual"]["packets"]));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -192,3 +192,59 @@ fn at_top_speed_every_frame_that_did_not_come_out_was_counted() {
     assert_eq!(n(&v["replay"]["emerged"]["forwarded"]) + counted, n(&v["replay"]["actual"]["packets"]));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `--driver packet` receives where it is told: a "device" of two plain wires (veth
+/// pairs), frames sent on one end of each coming out of the other (`--rx1`, `--rx2`),
+/// so every frame is forwarded, unchanged, on its own side.
+#[test]
+fn the_packet_driver_receives_on_the_far_ends_it_is_given() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    let _ = holdfast().args(["lab", "down"]).output();
+    let ns = holdfast_controlplane::lab::replay::REPLAYER_NS;
+    let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    ip(&["netns", "add", ns]);
+    common::sh(ns, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    for (a, b) in [("hf-out1", "hf-out0"), ("hf-in1", "hf-in0")] {
+        ip(&["-n", ns, "link", "add", a, "type", "veth", "peer", "name", b]);
+        ip(&["-n", ns, "link", "set", a, "up"]);
+        ip(&["-n", ns, "link", "set", b, "up"]);
+    }
+    let d = dir();
+    let sides = d.join("sides");
+    std::fs::write(&sides, "10.0.2.0/24 server\n0.0.0.0/0 client\n").unwrap();
+    let out = common::hf(
+        ns,
+        &[
+            "replay",
+            "--json",
+            "--pcap",
+            shipped().to_str().unwrap(),
+            "--side-map",
+            sides.to_str().unwrap(),
+            "--pps",
+            "20000",
+            "--driver",
+            "packet",
+            "--intf1",
+            "hf-out1",
+            "--intf2",
+            "hf-in1",
+            "--rx1",
+            "hf-out0",
+            "--rx2",
+            "hf-in0",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["emerged"]["forwarded"], v["actual"]["packets"], "{v}");
+    assert_eq!(v["emerged"]["unmatched"], 0);
+    assert_eq!(v["devices"][1]["received"], v["devices"][0]["successful"], "what left on --intf1 came out on --rx1: {v}");
+    // AF_XDP receives on the interfaces it sends on: --rx1 is refused by name.
+    let out = common::hf(ns, &["replay", "--pcap", shipped().to_str().unwrap(), "--intf1", "hf-out1", "--intf2", "hf-in1", "--rx1", "hf-out0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rx1/--rx2 need --driver packet"));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod handoff;
 pub mod host;
 pub mod offline;
+pub mod packet;
 pub mod run;
 pub mod stats;
 pub mod sys;

@@ -320,6 +320,16 @@ pub struct LiveArgs {
     /// Live: the appliance's control endpoint (ADDR:PORT): its counters over the run.
     #[arg(long)]
     pub control: Option<String>,
+    /// Live: `xdp` (AF_XDP, the redirect program on both interfaces) or `packet`
+    /// (AF_PACKET: interfaces without XDP, and --rx1/--rx2).
+    #[arg(long, default_value = "xdp", value_parser = ["xdp", "packet"])]
+    pub driver: String,
+    /// Live: where frames sent on --intf1 come out (default: --intf2; --driver packet).
+    #[arg(long)]
+    pub rx1: Option<String>,
+    /// Live: where frames sent on --intf2 come out (default: --intf1; --driver packet).
+    #[arg(long)]
+    pub rx2: Option<String>,
     /// Live: XDP attach mode on the replayer's interfaces.
     #[arg(long, default_value = "native", value_parser = ["native", "generic"])]
     pub xdp_mode: String,
@@ -390,6 +400,12 @@ impl LiveArgs {
             put("--control", Some(c.clone()));
         }
         put("--xdp-mode", Some(self.xdp_mode.clone()));
+        put("--driver", Some(self.driver.clone()));
+        for (flag, v) in [("--rx1", &self.rx1), ("--rx2", &self.rx2)] {
+            if let Some(v) = v {
+                put(flag, Some(v.clone()));
+            }
+        }
         put("--umem-frames", Some(self.umem_frames.to_string()));
         for (flag, m) in [("--dst-mac1", self.dst_mac1), ("--dst-mac2", self.dst_mac2)] {
             if let Some(m) = m {

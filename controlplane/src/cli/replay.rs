@@ -24,6 +24,8 @@ impl ReplayArgs {
             (self.live.side_map.is_some(), "--side-map"),
             (self.live.control.is_some(), "--control"),
             (self.live.quiet, "--quiet"),
+            (self.live.rx1.is_some() || self.live.rx2.is_some(), "--rx1/--rx2"),
+            (self.live.driver != "xdp", "--driver"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -141,8 +143,13 @@ impl ReplayArgs {
                 ));
             }
         }
+        if self.live.driver != "packet" && (self.live.rx1.is_some() || self.live.rx2.is_some()) {
+            return Err(usage("--rx1/--rx2 need --driver packet (AF_XDP receives on the interfaces it sends on)".into()));
+        }
         let opts = live::Options {
             interfaces: [self.intf1.clone().unwrap_or_default(), self.intf2.clone().unwrap_or_default()],
+            driver: if self.live.driver == "packet" { live::Driver::Packet } else { live::Driver::Xdp },
+            rx: [self.live.rx1.clone(), self.live.rx2.clone()],
             mode: if self.live.xdp_mode == "generic" { holdfast_dataplane::bpf::XdpMode::Generic } else { holdfast_dataplane::bpf::XdpMode::Native },
             rate,
             loops: self.live.loops,

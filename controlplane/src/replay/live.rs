@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use holdfast_dataplane::bpf::XdpMode;
+use holdfast_dataplane::packet::PacketWire;
 use holdfast_dataplane::sys;
 use holdfast_dataplane::wire::{Wire, WireConfig, WireStats};
 use holdfast_dataplane::xsk::XdpStats;
@@ -24,6 +25,60 @@ use super::rewrite;
 use super::sides::Sides;
 use crate::capture::{CaptureError, Reader};
 use crate::control::client::{self, Target};
+
+/// The replayer's ports: AF_XDP (the dataplane's sockets) or AF_PACKET.
+enum Port {
+    Xdp(Wire),
+    Packet(PacketWire),
+}
+
+impl Port {
+    fn queue(&mut self, side: usize, f: &[u8]) -> bool {
+        match self {
+            Port::Xdp(w) => w.queue(side, f),
+            Port::Packet(w) => w.queue(side, f),
+        }
+    }
+    fn flush(&mut self) {
+        match self {
+            Port::Xdp(w) => w.flush(),
+            Port::Packet(w) => w.flush(),
+        }
+    }
+    fn poll(&mut self, f: impl FnMut(usize, &[u8])) -> usize {
+        match self {
+            Port::Xdp(w) => w.poll(f),
+            Port::Packet(w) => w.poll(f),
+        }
+    }
+    fn wait(&self, ms: i32) {
+        match self {
+            Port::Xdp(w) => w.wait(ms),
+            Port::Packet(w) => w.wait(ms),
+        }
+    }
+    fn stats(&self) -> WireStats {
+        match self {
+            Port::Xdp(w) => w.stats(),
+            Port::Packet(w) => w.stats(),
+        }
+    }
+    fn xdp_stats(&self) -> [XdpStats; 2] {
+        match self {
+            Port::Xdp(w) => w.xdp_stats(),
+            Port::Packet(w) => w.xdp_stats(),
+        }
+    }
+}
+
+/// How frames leave and come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// AF_XDP with the redirect program on both interfaces (the default).
+    Xdp,
+    /// AF_PACKET raw sockets: any interface, and far ends of one's choice.
+    Packet,
+}
 
 /// How fast frames go out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +107,10 @@ impl Rate {
 
 pub struct Options {
     pub interfaces: [String; 2],
+    pub driver: Driver,
+    /// Where frames sent on each side come out, when not the other sending interface
+    /// (`--rx1`, `--rx2`; AF_PACKET only).
+    pub rx: [Option<String>; 2],
     pub mode: XdpMode,
     pub rate: Rate,
     /// Passes over the capture; 0: until stopped.
@@ -290,7 +349,7 @@ fn appliance_counters(t: &Target) -> Result<Value, String> {
 }
 
 struct Run<'a> {
-    wire: Wire,
+    wire: Port,
     tracker: Tracker,
     t0: Instant,
     verdicts: Option<std::io::BufWriter<std::fs::File>>,
@@ -401,7 +460,21 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         Some(_) => return Err(std::io::Error::other("--map-servers takes an IPv4 network")),
         None => None,
     };
-    let wire = Wire::open(&WireConfig { interfaces: opts.interfaces.clone(), mode: opts.mode, frames: opts.umem_frames, ring_size: 4096 })?;
+    let wire = match opts.driver {
+        Driver::Xdp => {
+            if opts.rx.iter().any(Option::is_some) {
+                return Err(std::io::Error::other("--rx1/--rx2 need --driver packet (AF_XDP receives on the interfaces it sends on)"));
+            }
+            Port::Xdp(Wire::open(&WireConfig { interfaces: opts.interfaces.clone(), mode: opts.mode, frames: opts.umem_frames, ring_size: 4096 })?)
+        }
+        Driver::Packet => {
+            let [i1, i2] = &opts.interfaces;
+            // Frames sent on side 0 come out on side 1: `--rx1` (default --intf2).
+            let rx1 = opts.rx[0].as_deref().unwrap_or(i2);
+            let rx2 = opts.rx[1].as_deref().unwrap_or(i1);
+            Port::Packet(PacketWire::open([i1, i2], [rx2, rx1])?)
+        }
+    };
     let verdicts = match &opts.verdicts_out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|e| std::io::Error::new(e.kind(), format!("--verdicts-out {}: cannot create: {e}", p.display())))?,

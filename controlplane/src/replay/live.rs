@@ -28,7 +28,7 @@ use crate::control::client::{self, Target};
 
 /// The replayer's ports: AF_XDP (the dataplane's sockets) or AF_PACKET.
 enum Port {
-    Xdp(Wire),
+    Xdp(Box<Wire>),
     Packet(PacketWire),
 }
 
@@ -465,7 +465,7 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
             if opts.rx.iter().any(Option::is_some) {
                 return Err(std::io::Error::other("--rx1/--rx2 need --driver packet (AF_XDP receives on the interfaces it sends on)"));
             }
-            Port::Xdp(Wire::open(&WireConfig { interfaces: opts.interfaces.clone(), mode: opts.mode, frames: opts.umem_frames, ring_size: 4096 })?)
+            Port::Xdp(Box::new(Wire::open(&WireConfig { interfaces: opts.interfaces.clone(), mode: opts.mode, frames: opts.umem_frames, ring_size: 4096 })?))
         }
         Driver::Packet => {
             let [i1, i2] = &opts.interfaces;

@@ -238,6 +238,34 @@ fn interrupted() -> Result<(), LabError> {
     if sys::stop_requested() { Err(LabError::Interrupted) } else { Ok(()) }
 }
 
+/// Starts `holdfast run --config cfg` in hf-fw (the last of `g`'s children) and waits
+/// until it has attached XDP to both interfaces; its standard error if it stops first.
+fn start_appliance(g: &mut Guard, exe: &Path, cfg: &Path) -> Result<(), LabError> {
+    let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io("starting the appliance"))?;
+    g.children.push(appliance);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
+        interrupted()?;
+        if let Ok(Some(st)) = g.children.last_mut().expect("appliance").try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = g.children.last_mut().and_then(|c| c.stderr.take()) {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Timeout("the appliance did not attach XDP within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// The appliance's config for `workers` workers.
 pub fn config_text(workers: usize) -> String {
     if workers <= 1 {
@@ -275,28 +303,7 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, LabError> {
     }
     let cfg = dir.join("lab.yaml");
     std::fs::write(&cfg, config_text(opts.workers)).map_err(LabError::io(cfg.display()))?;
-    let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LabError::io("starting the appliance"))?;
-    g.children.push(appliance);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
-        interrupted()?;
-        if let Ok(Some(st)) = g.children.last_mut().expect("appliance").try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = g.children.last_mut().and_then(|c| c.stderr.take()) {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout("the appliance did not attach XDP within 10 s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    start_appliance(&mut g, exe, &cfg)?;
     // Wait for the servers to listen.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !run_in("hf-in", &["ss", "-ltn"]).is_ok_and(|o| o.matches(":80 ").count() >= SERVERS) {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
-use super::{Guard, LabError, config_text, down, in_ns, interrupted, ip, run_in, xdp_attached};
+use super::{Guard, LabError, config_text, down, in_ns, interrupted, ip, run_in, start_appliance};
 
 /// The replayer's namespace.
 pub const REPLAYER_NS: &str = "hf-rp";
@@ -114,28 +114,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     veth(queues, "hf-in1", "hf-in0")?;
     interrupted()?;
 
-    let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LabError::io("starting the appliance"))?;
-    g.children.push(appliance);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
-        interrupted()?;
-        if let Ok(Some(st)) = g.children.last_mut().expect("appliance").try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = g.children.last_mut().and_then(|c| c.stderr.take()) {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout("the appliance did not attach XDP within 10 s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    start_appliance(&mut g, exe, &cfg)?;
 
     let mut args: Vec<String> = vec![
         exe.to_string_lossy().into_owned(),

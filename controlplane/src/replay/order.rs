@@ -113,16 +113,7 @@ pub struct Tracker {
 /// and where the IP packet ends (Ethernet padding after it is not the packet's: a
 /// router forwards a padded 60-byte frame as 54 bytes).
 fn mutable_bytes(f: &[u8]) -> Option<(usize, Option<usize>, usize)> {
-    let mut at = 12;
-    let mut ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
-    for _ in 0..2 {
-        if ty != 0x8100 && ty != 0x88a8 {
-            break;
-        }
-        at += 4;
-        ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
-    }
-    let ip = at + 2;
+    let (ty, ip) = super::rewrite::network_header(f)?;
     let end = |len: usize| (ip + len).clamp(ip, f.len());
     match ty {
         0x0800 if f.len() >= ip + 20 => Some((ip + 8, Some(ip + 10), end(usize::from(u16::from_be_bytes([f[ip + 2], f[ip + 3]]))).max(ip + 20))),

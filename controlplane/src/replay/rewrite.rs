@@ -18,7 +18,8 @@ struct Layout {
     l4_csum: Option<usize>,
 }
 
-fn layout(f: &[u8]) -> Option<Layout> {
+/// A frame's EtherType and where its network header starts, past up to two VLAN tags.
+pub(super) fn network_header(f: &[u8]) -> Option<(u16, usize)> {
     let mut at = 12;
     let mut ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
     for _ in 0..2 {
@@ -28,7 +29,11 @@ fn layout(f: &[u8]) -> Option<Layout> {
         at += 4;
         ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
     }
-    let ip = at + 2;
+    Some((ty, at + 2))
+}
+
+fn layout(f: &[u8]) -> Option<Layout> {
+    let (ty, ip) = network_header(f)?;
     match ty {
         0x0800 => {
             let ihl = usize::from(*f.get(ip)? & 0x0f) * 4;

@@ -167,12 +167,10 @@ pub fn up(queues: usize) -> Result<(), LabError> {
     plug(true, queues)
 }
 
-/// Creates one side's veth pair (`queues` queues each) and its hosts' addresses: the
-/// outside (client) or the inside (servers). Also what a test uses to put back an
-/// interface it deleted under a running appliance.
-pub fn plug(inside: bool, queues: usize) -> Result<(), LabError> {
+/// A veth pair with `queues` queues each way: `host` in namespace `ns`, `fw` in hf-fw,
+/// both up.
+fn veth_to_fw(host: &str, ns: &str, fw: &str, queues: usize) -> Result<(), LabError> {
     let q = queues.to_string();
-    let (host, fw, ns) = if inside { ("hf-in1", "hf-in0", "hf-in") } else { ("hf-out1", "hf-out0", "hf-out") };
     ip(&[
         "link",
         "add",
@@ -196,7 +194,15 @@ pub fn plug(inside: bool, queues: usize) -> Result<(), LabError> {
         &q,
     ])?;
     ip(&["-n", ns, "link", "set", host, "up"])?;
-    ip(&["-n", "hf-fw", "link", "set", fw, "up"])?;
+    ip(&["-n", "hf-fw", "link", "set", fw, "up"])
+}
+
+/// Creates one side's veth pair (`queues` queues each) and its hosts' addresses: the
+/// outside (client) or the inside (servers). Also what a test uses to put back an
+/// interface it deleted under a running appliance.
+pub fn plug(inside: bool, queues: usize) -> Result<(), LabError> {
+    let (host, fw, ns) = if inside { ("hf-in1", "hf-in0", "hf-in") } else { ("hf-out1", "hf-out0", "hf-out") };
+    veth_to_fw(host, ns, fw, queues)?;
     // Checksums in software on the end hosts: veth would otherwise leave them partial
     // and TCP through the appliance would fail.
     run_in(ns, &["ethtool", "-K", host, "tx", "off"]).map_err(|e| e.needs("ethtool"))?;

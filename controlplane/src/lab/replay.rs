@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use holdfast_dataplane::sys;
 use serde_json::{Value, json};
 
-use super::{Guard, LabError, config_text, down, in_ns, interrupted, ip, run_in, start_appliance};
+use super::{Guard, LabError, config_text, down, in_ns, interrupted, ip, run_in, start_appliance, veth_to_fw};
 
 /// The replayer's namespace.
 pub const REPLAYER_NS: &str = "hf-rp";
@@ -39,34 +39,6 @@ pub struct Options {
     /// Draw the run per second (replayer and appliance) into this SVG file.
     pub report: Option<PathBuf>,
     pub keep: bool,
-}
-
-fn veth(queues: usize, host: &str, fw: &str) -> Result<(), LabError> {
-    let q = queues.to_string();
-    ip(&[
-        "link",
-        "add",
-        host,
-        "netns",
-        REPLAYER_NS,
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        fw,
-        "netns",
-        "hf-fw",
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-    ])?;
-    ip(&["-n", REPLAYER_NS, "link", "set", host, "up"])?;
-    ip(&["-n", "hf-fw", "link", "set", fw, "up"])
 }
 
 /// What the appliance counted as dropped, by where: the pipeline's verdicts, its RX
@@ -110,8 +82,8 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         // No router solicitations or MLD reports of the replayer's own kernel.
         run_in(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
     }
-    veth(queues, "hf-out1", "hf-out0")?;
-    veth(queues, "hf-in1", "hf-in0")?;
+    veth_to_fw("hf-out1", REPLAYER_NS, "hf-out0", queues)?;
+    veth_to_fw("hf-in1", REPLAYER_NS, "hf-in0", queues)?;
     interrupted()?;
 
     start_appliance(&mut g, exe, &cfg)?;

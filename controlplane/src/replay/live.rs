@@ -545,8 +545,24 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
                 Rate::Mbps(m) => bytes_sent as f64 * 8.0 * 1e3 / m,
                 Rate::Top => 0.0,
             };
-            // (Top speed: no clock read per frame; `service` reads it every 64.)
+            // (Top speed: no clock read per frame; `service` reads it every 64.) A wait
+            // — a capture's gap, however long its timestamps make it, or a full window —
+            // still ends at a signal or at --duration.
+            let stop = |why: &mut &'static str| {
+                if sys::stop_requested() {
+                    *why = "signal";
+                    true
+                } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                    *why = "--duration";
+                    true
+                } else {
+                    false
+                }
+            };
             while due_ns > 0.0 && (r.now_ns() as f64) < due_ns {
+                if stop(&mut stopped_by) {
+                    break 'laps;
+                }
                 r.wire.flush();
                 r.service()?;
                 let now = r.now_ns() as f64;
@@ -555,6 +571,9 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
                 }
             }
             while r.tracker.in_window() >= WINDOW || r.tracker.held().1 >= HELD_BYTES {
+                if stop(&mut stopped_by) {
+                    break 'laps;
+                }
                 window_waits += 1;
                 r.service()?;
                 r.wire.wait(1);
@@ -601,7 +620,7 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         lap_base_ns += last_offset_ns + opts.loop_delay.as_nanos() as f64;
         if !opts.loop_delay.is_zero() && (opts.loops == 0 || lap + 1 < opts.loops) {
             let until = Instant::now() + opts.loop_delay;
-            while Instant::now() < until {
+            while Instant::now() < until && !sys::stop_requested() {
                 r.service()?;
                 r.pause(until.saturating_duration_since(Instant::now()).as_nanos() as u64);
             }
@@ -610,7 +629,7 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
     let elapsed_s = t0.elapsed().as_secs_f64();
     // What is still in flight: until it comes out or times out.
     let drain_until = Instant::now() + opts.order_timeout + DRAIN_GRACE;
-    while !r.tracker.is_done() && Instant::now() < drain_until {
+    while !r.tracker.is_done() && Instant::now() < drain_until && !sys::stop_requested() {
         r.service()?;
         r.wire.wait(1);
     }

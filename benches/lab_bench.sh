@@ -39,6 +39,9 @@ GEN_CORE=${GEN_CORE:-0}
 APP_CORE=${APP_CORE:-1}
 TCP_CAPTURE=${TCP_CAPTURE:-tests/data/webfarm-small.pcap}
 REPORT=${REPORT:-}
+# Holdfast's rings and frames (the worker sleeps in poll() when idle: bursts must fit).
+RING_SIZE=${RING_SIZE:-2048}
+UMEM_FRAMES=${UMEM_FRAMES:-8192}
 
 HZ=$(getconf CLK_TCK)
 MHZ=$(awk -F: '/cpu MHz/ {gsub(/ /, "", $2); print $2; exit}' /proc/cpuinfo)
@@ -67,7 +70,7 @@ setup_holdfast() {
 zones:
   outside: { interface: hf-out0, queues: 1 }
   inside:  { interface: hf-in0, queues: 1, networks: [10.0.2.0/24] }
-workers: { cores: [$APP_CORE], burst: 64, idle: adaptive, umem_frames: 8192, ring_size: 2048 }
+workers: { cores: [$APP_CORE], burst: 64, idle: adaptive, umem_frames: $UMEM_FRAMES, ring_size: $RING_SIZE }
 conntrack: { capacity: 2097152 }
 policy:
   rules:

@@ -265,3 +265,21 @@ fn reports_are_svg_files_and_bad_input_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("results.jsonl:1: no number \"fwd_mpps\""), "{err}");
 }
+
+/// A capture file is mapped; a directory is named as such, and a pipe (which cannot be
+/// mapped) is read instead.
+#[test]
+fn captures_come_from_files_or_pipes_and_a_directory_is_named() {
+    let out = holdfast().args(["replay", "--offline", "--pcap"]).arg(std::env::temp_dir()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is a directory, not a capture"), "{}", String::from_utf8_lossy(&out.stderr));
+    let shipped = repo("tests/data/webfarm-small.pcap");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat {} | {} replay --offline --json --pcap /dev/stdin", shipped.display(), env!("CARGO_BIN_EXE_holdfast")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["packets"], 4827);
+}

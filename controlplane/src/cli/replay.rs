@@ -49,13 +49,23 @@ impl ReplayArgs {
             Some(p) => config::load(p)?,
             None => config::parse(DEFAULT_CONFIG, "<embedded configs/webfarm.yaml>")?,
         };
-        let (source, buf) = match &self.pcap {
-            Some(p) => (p.display().to_string(), capture::read_file(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?),
-            None => ("<generated web farm, seed 1>".to_string(), traffic::to_pcap(&traffic::webfarm(&traffic::WebFarm::default()))),
+        // A file is mapped, not read: its frames are borrowed from the page cache, and
+        // the pages the replay is done with can be dropped again.
+        let mapped;
+        let generated;
+        let (source, buf): (String, &[u8]) = match &self.pcap {
+            Some(p) => {
+                mapped = CaptureFile::open(p, false)?;
+                (p.display().to_string(), mapped.bytes())
+            }
+            None => {
+                generated = traffic::to_pcap(&traffic::webfarm(&traffic::WebFarm::default()));
+                ("<generated web farm, seed 1>".to_string(), &generated)
+            }
         };
         let opts = replay::Options { workers: self.workers, json: self.json, flows_out: self.flows_out, verdicts_out: self.verdicts_out };
         let seed = self.seed.unwrap_or_else(holdfast_dataplane::sys::random_seed);
-        let report = replay::run(&cfg, &source, &buf, seed, &opts).map_err(|e| Error::failed("replay", e))?;
+        let report = replay::run(&cfg, &source, buf, seed, &opts).map_err(|e| Error::failed("replay", e))?;
         if let Some(e) = &report.capture_error
             && report.counters.packets == 0
             && report.skipped == 0
@@ -84,6 +94,36 @@ impl ReplayArgs {
             ));
         }
         Ok(())
+    }
+}
+
+/// A capture file's bytes: mapped when it is a regular file (read as the replay goes,
+/// never loaded whole), read into memory when asked to (`-K`) or when it cannot be
+/// mapped (a pipe: `--pcap <(zcat f.pcap.gz)`).
+enum CaptureFile {
+    Mapped(holdfast_dataplane::sys::MappedFile),
+    Read(Vec<u8>),
+}
+
+impl CaptureFile {
+    fn open(p: &std::path::Path, preload: bool) -> Result<CaptureFile, Error> {
+        let fail = |e: std::io::Error| Error::failed("replay", format!("cannot read {}: {e}", p.display()));
+        let md = std::fs::metadata(p).map_err(fail)?;
+        if md.is_dir() {
+            return Err(Error::failed("replay", format!("cannot read {}: it is a directory, not a capture", p.display())));
+        }
+        if md.is_file() && !preload {
+            holdfast_dataplane::sys::MappedFile::open(p).map(CaptureFile::Mapped).map_err(fail)
+        } else {
+            capture::read_file(p).map(CaptureFile::Read).map_err(fail)
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            CaptureFile::Mapped(m) => m.bytes(),
+            CaptureFile::Read(v) => v,
+        }
     }
 }
 
@@ -118,16 +158,11 @@ impl ReplayArgs {
         };
         let mut sides = Sides::new(rule);
         let preloaded;
-        let mapped;
         let generated;
         let (source, bytes): (String, &[u8]) = match &self.pcap {
-            Some(p) if self.live.preload_pcap => {
-                preloaded = capture::read_file(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?;
-                (p.display().to_string(), &preloaded)
-            }
             Some(p) => {
-                mapped = holdfast_dataplane::sys::MappedFile::open(p).map_err(|e| Error::failed("replay", format!("cannot read {}: {e}", p.display())))?;
-                (p.display().to_string(), mapped.bytes())
+                preloaded = CaptureFile::open(p, self.live.preload_pcap)?;
+                (p.display().to_string(), preloaded.bytes())
             }
             None => {
                 generated = traffic::to_pcap(&traffic::webfarm(&traffic::WebFarm::default()));

@@ -22,7 +22,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 scratch=$(mktemp -d /tmp/holdfast-fuzz.XXXXXX)
 (cd fuzz && cargo +nightly fuzz build -O)
-for t in frame engine config capture snapshot endpoint sync; do
+for t in frame engine config capture snapshot endpoint sync replay; do
     mkdir -p "$scratch/$t/corpus" "$scratch/$t/artifacts"
     log="$scratch/$t/log"
     if ! (cd fuzz && cargo +nightly fuzz run -O "$t" "$scratch/$t/corpus" "seeds/$t" -- \

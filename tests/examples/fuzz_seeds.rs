@@ -46,6 +46,27 @@ fn main() {
     let zone = |r: &capture::Record| if r.data.len() > 29 && r.data[26..30].starts_with(&[10, 0, 2]) { Zone::Inside } else { Zone::Outside };
     let s = seq(&mut cap.records.iter().take(400).filter(|r| r.data.len() <= 255).map(|r| (&r.data[..], zone(r))), 0, 13);
     put("engine", "webfarm", &s);
+    // The live replay's bookkeeping: (length, flags, frame) per frame; the flags pick
+    // what the simulated device does (out, dropped, late), when it acts, the server map
+    // and the --unique-ip loop.
+    let replay = |frames: &mut dyn Iterator<Item = &[u8]>, salt: usize| {
+        let mut s = Vec::new();
+        for (i, f) in frames.enumerate() {
+            let n = f.len().min(255);
+            s.push(n as u8);
+            let device = [0u8, 0, 1, 2, 0, 3][(i + salt) % 6];
+            let act = if (i + salt) % 3 == 0 { 0x04 } else { 0 };
+            let map = if salt % 2 == 1 { 0x10 } else { 0 };
+            s.push(device | act | map | (((salt as u8) % 4) << 5));
+            s.extend_from_slice(&f[..n]);
+        }
+        s
+    };
+    for salt in 0..4 {
+        let s = replay(&mut cap.records.iter().skip(salt * 60).take(120).map(|r| &r.data[..]), salt);
+        put("replay", &format!("webfarm-{salt}"), &s);
+    }
+    put("replay", "mixed", &replay(&mut frames.iter().map(|(f, _)| f.as_slice()), 1));
     for name in ["reference.yaml", "lab.yaml", "webfarm.yaml"] {
         put("config", name, &std::fs::read(root.join("configs").join(name)).unwrap());
     }

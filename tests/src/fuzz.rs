@@ -247,3 +247,102 @@ pub fn sync(data: &[u8]) {
         assert_eq!(back, m);
     }
 }
+
+/// The live replay's bookkeeping against a simulated device: frames (from the input:
+/// `[length][flags][bytes]` records) go through the side rule and the rewrites
+/// (`--unique-ip`, `--map-servers`) into the tracker with flow order; the device lets
+/// each frame out (TTL lowered, Ethernet addresses changed), drops it, or holds it past
+/// the timeout, as the flag bits say. Invariants: a rewrite keeps the length; every
+/// frame offered is resolved exactly once, forwarded or dropped, in capture order; a
+/// frame held for order is only sent when its flow has nothing in flight on the other
+/// side; nothing is left at the end.
+pub fn replay(data: &[u8]) {
+    use holdfast_controlplane::replay::order::Tracker;
+    use holdfast_controlplane::replay::rewrite::{ServerMap, unique_ip};
+    use holdfast_controlplane::replay::sides::{Rule, Sides};
+    use std::collections::VecDeque;
+
+    const TIMEOUT: u64 = 100;
+    let mut t = Tracker::new(true, TIMEOUT, 3, 64);
+    let mut sides = Sides::new(Rule::Auto(Default::default()));
+    let mut servers = ServerMap::new(0x0a00_0200, 24).expect("a /24");
+    // The device: frames in flight, (side sent, bytes, flags).
+    let mut device: VecDeque<(usize, Vec<u8>, u8)> = VecDeque::new();
+    let mut now = 0u64;
+    let mut offered = 0u64;
+    let mut resolved = 0u64;
+    let mut last_index: Option<u64> = None;
+    let mut outcome = |t: &mut Tracker, resolved: &mut u64| {
+        while let Some(o) = t.pop_outcome() {
+            assert!(last_index.is_none_or(|l| o.index > l), "outcomes in capture order");
+            last_index = Some(o.index);
+            *resolved += 1;
+        }
+    };
+    let step = |t: &mut Tracker, device: &mut VecDeque<(usize, Vec<u8>, u8)>, now: &mut u64| {
+        // The device acts on what it holds, oldest first.
+        if let Some((side, mut f, flags)) = device.pop_front() {
+            match flags & 3 {
+                // Out on the other side, as a router changes it.
+                0 | 1 => {
+                    if f.len() >= 12 {
+                        f[..12].copy_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8]);
+                    }
+                    t.emerged(1 - side, &f, *now);
+                }
+                // Dropped: the timeout resolves it.
+                2 => {}
+                // Slow: out after the timeout (counted late, not twice).
+                _ => {
+                    *now += TIMEOUT + 1;
+                    t.expire(*now);
+                    t.emerged(1 - side, &f, *now);
+                }
+            }
+        }
+        *now += 1;
+        t.expire(*now);
+        while let Some(r) = t.pop_release() {
+            device.push_back((r.side, r.bytes, 0));
+        }
+    };
+    let mut rest = data;
+    while let [len, flags, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (frame, next) = tail.split_at(n);
+        rest = next;
+        let mut f = frame.to_vec();
+        let side = sides.side(&f, None);
+        if flags & 0x10 != 0 {
+            servers.apply(&mut f, side == 1);
+        }
+        unique_ip(&mut f, side == 0, u32::from(flags >> 5));
+        assert_eq!(f.len(), n, "a rewrite keeps the length");
+        if t.offer(offered, 0, side, &f, now) {
+            device.push_back((side, f, *flags));
+        }
+        offered += 1;
+        if flags & 0x0c != 0 {
+            step(&mut t, &mut device, &mut now);
+        }
+        outcome(&mut t, &mut resolved);
+    }
+    // Drain: the device finishes, the timeouts run out.
+    for _ in 0..(offered + 4) * 4 {
+        if t.is_done() && device.is_empty() {
+            break;
+        }
+        step(&mut t, &mut device, &mut now);
+        if device.is_empty() {
+            now += TIMEOUT + 1;
+            t.expire(now);
+            while let Some(r) = t.pop_release() {
+                device.push_back((r.side, r.bytes, 0));
+            }
+        }
+        outcome(&mut t, &mut resolved);
+    }
+    assert!(t.is_done() && device.is_empty(), "every frame resolved, nothing left held");
+    assert_eq!(resolved, offered, "each frame resolved once");
+    assert_eq!(t.counts.forwarded + t.counts.dropped, offered);
+}

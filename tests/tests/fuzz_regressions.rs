@@ -54,3 +54,8 @@ fn endpoint() {
 fn sync() {
     each("sync", holdfast_tests::fuzz::sync);
 }
+
+#[test]
+fn replay() {
+    each("replay", holdfast_tests::fuzz::replay);
+}

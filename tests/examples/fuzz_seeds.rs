@@ -55,8 +55,8 @@ fn main() {
             let n = f.len().min(255);
             s.push(n as u8);
             let device = [0u8, 0, 1, 2, 0, 3][(i + salt) % 6];
-            let act = if (i + salt) % 3 == 0 { 0x04 } else { 0 };
-            let map = if salt % 2 == 1 { 0x10 } else { 0 };
+            let act = if (i + salt).is_multiple_of(3) { 0x04 } else { 0 };
+            let map = if !salt.is_multiple_of(2) { 0x10 } else { 0 };
             s.push(device | act | map | (((salt as u8) % 4) << 5));
             s.extend_from_slice(&f[..n]);
         }

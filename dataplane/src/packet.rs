@@ -179,10 +179,6 @@ impl PacketWire {
         total
     }
 
-    pub fn backlog(&self) -> usize {
-        self.queued[0].len() + self.queued[1].len()
-    }
-
     pub fn wait(&self, timeout_ms: i32) {
         crate::sys::poll_in(&[self.rx[0].0, self.rx[1].0], timeout_ms);
     }

@@ -178,16 +178,6 @@ impl Wire {
         self.reap();
     }
 
-    /// Frames queued but not yet handed to the kernel.
-    pub fn backlog(&self) -> usize {
-        self.tx[0].len() + self.tx[1].len()
-    }
-
-    /// Frames the kernel has not yet reported sent.
-    pub fn in_kernel(&self) -> u64 {
-        (self.stats.queued[0] + self.stats.queued[1]).saturating_sub(self.stats.completed[0] + self.stats.completed[1])
-    }
-
     /// Moves sent frames back to the free pool.
     pub fn reap(&mut self) {
         for side in 0..2 {

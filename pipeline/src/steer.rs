@@ -57,28 +57,30 @@ pub fn steer(frame: &[u8], hasher: &FlowHasher) -> Steering {
 /// two VLAN tags; IPv4 flags and offset, or an IPv6 fragment header right after the
 /// fixed header): what a single worker checks before it asks [`steer`].
 pub fn maybe_fragment(frame: &[u8]) -> bool {
-    let mut at = 12;
-    let mut ty = match frame.get(at..at + 2) {
-        Some(b) => u16::from_be_bytes([b[0], b[1]]),
-        None => return false,
-    };
-    for _ in 0..2 {
-        if ty != 0x8100 && ty != 0x88a8 {
-            break;
-        }
-        at += 4;
-        ty = match frame.get(at..at + 2) {
-            Some(b) => u16::from_be_bytes([b[0], b[1]]),
-            None => return false,
-        };
-    }
-    let ip = at + 2;
+    let Some((ty, ip)) = network_header(frame) else { return false };
     match ty {
         // MF, or a non-zero offset.
         0x0800 => frame.get(ip + 6..ip + 8).is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) & 0x3fff != 0),
         0x86dd => frame.get(ip + 6) == Some(&44),
         _ => false,
     }
+}
+
+/// A frame's EtherType past up to two VLAN tags (802.1Q, 802.1ad), and where the
+/// network header starts; `None` when the frame ends before the EtherType. Fixed
+/// fields only: nothing after the EtherType is checked.
+#[inline]
+pub fn network_header(frame: &[u8]) -> Option<(u16, usize)> {
+    let mut at = 12;
+    let mut ty = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
+    for _ in 0..2 {
+        if ty != 0x8100 && ty != 0x88a8 {
+            break;
+        }
+        at += 4;
+        ty = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
+    }
+    Some((ty, at + 2))
 }
 
 /// The worker among `workers` that judges a frame that is not a fragment.

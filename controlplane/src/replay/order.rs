@@ -113,7 +113,7 @@ pub struct Tracker {
 /// and where the IP packet ends (Ethernet padding after it is not the packet's: a
 /// router forwards a padded 60-byte frame as 54 bytes).
 fn mutable_bytes(f: &[u8]) -> Option<(usize, Option<usize>, usize)> {
-    let (ty, ip) = super::rewrite::network_header(f)?;
+    let (ty, ip) = holdfast_pipeline::steer::network_header(f)?;
     let end = |len: usize| (ip + len).clamp(ip, f.len());
     match ty {
         0x0800 if f.len() >= ip + 20 => Some((ip + 8, Some(ip + 10), end(usize::from(u16::from_be_bytes([f[ip + 2], f[ip + 3]]))).max(ip + 20))),

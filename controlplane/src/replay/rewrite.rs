@@ -18,22 +18,8 @@ struct Layout {
     l4_csum: Option<usize>,
 }
 
-/// A frame's EtherType and where its network header starts, past up to two VLAN tags.
-pub(super) fn network_header(f: &[u8]) -> Option<(u16, usize)> {
-    let mut at = 12;
-    let mut ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
-    for _ in 0..2 {
-        if ty != 0x8100 && ty != 0x88a8 {
-            break;
-        }
-        at += 4;
-        ty = u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]);
-    }
-    Some((ty, at + 2))
-}
-
 fn layout(f: &[u8]) -> Option<Layout> {
-    let (ty, ip) = network_header(f)?;
+    let (ty, ip) = holdfast_pipeline::steer::network_header(f)?;
     match ty {
         0x0800 => {
             let ihl = usize::from(*f.get(ip)? & 0x0f) * 4;

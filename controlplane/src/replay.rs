@@ -218,15 +218,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
         let mut let_go: Vec<(u32, usize)> = Vec::new();
         for (i, r) in cap.records.iter().enumerate() {
             let st = steer(&r.data, &hasher);
-            // The zone: the config's inside networks when it has any; otherwise, for a
-            // Linux cooked capture, the packet's direction (taken on a host inside:
-            // what it sent entered the firewall from inside).
-            zones.push(match (st.src, r.outgoing) {
-                (Some((a, v6)), _) if !cfg.inside.is_empty() => cfg.zone_of(a, v6),
-                (_, Some(true)) => Zone::Inside,
-                (Some((a, v6)), None) => cfg.zone_of(a, v6),
-                _ => Zone::Outside,
-            });
+            zones.push(capture_zone(&cfg.inside, st.src, r.outgoing));
             let owner = holdfast_pipeline::steer::owner(&st, workers);
             match &st.frag {
                 Some(fs) => router.route(i as u32, fs, owner, r.ts_ns, |j, w| let_go.push((j, w))),
@@ -369,6 +361,25 @@ impl Report {
                     .collect(),
             },
         ]
+    }
+}
+
+/// The zone a captured frame entered the firewall from — the same for the offline
+/// replay and the live one's sides, so that their verdicts compare: by its source
+/// address in the config's inside networks when there are any; otherwise, for a Linux
+/// cooked capture, by its direction (taken on a host inside, what it sent entered from
+/// inside); outside for the rest.
+pub fn capture_zone(inside: &[holdfast_pipeline::policy::Cidr], src: Option<(u128, bool)>, outgoing: Option<bool>) -> Zone {
+    match (src, outgoing) {
+        (Some((a, v6)), _) if !inside.is_empty() => {
+            if inside.iter().any(|c| c.contains(a, v6)) {
+                Zone::Inside
+            } else {
+                Zone::Outside
+            }
+        }
+        (_, Some(true)) => Zone::Inside,
+        _ => Zone::Outside,
     }
 }
 

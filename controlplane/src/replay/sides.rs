@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use holdfast_pipeline::Zone;
 use holdfast_pipeline::parse::{Frame, L4, parse};
 use holdfast_pipeline::policy::Cidr;
 
@@ -80,12 +81,7 @@ impl Sides {
         let (src, v6) = (m.src_addr(), m.key.v6);
         match &mut self.rule {
             Rule::Map(map) => map.iter().find(|(c, _)| c.contains(src, v6)).map_or(0, |(_, s)| *s),
-            Rule::Inside(inside) => {
-                if inside.is_empty() && outgoing.is_some() {
-                    return usize::from(outgoing == Some(true));
-                }
-                usize::from(inside.iter().any(|c| c.contains(src, v6)))
-            }
+            Rule::Inside(inside) => usize::from(super::capture_zone(inside, Some((src, v6)), outgoing) == Zone::Inside),
             Rule::Auto(hosts) => {
                 let dst = m.dst_addr();
                 let tag = |a: u128| a ^ (u128::from(v6) << 127);

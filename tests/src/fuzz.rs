@@ -318,7 +318,8 @@ pub fn replay(data: &[u8]) {
         }
         unique_ip(&mut f, side == 0, u32::from(flags >> 5));
         assert_eq!(f.len(), n, "a rewrite keeps the length");
-        if t.offer(offered, 0, side, &f, now) {
+        let flow = t.flow_of(&f);
+        if t.offer(offered, 0, side, &f, flow, now) {
             device.push_back((side, f, *flags));
         }
         offered += 1;

@@ -590,11 +590,12 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
             if opts.unique_ip && lap > 0 && !rewrite::unique_ip(&mut buf, side == 0, lap as u32) {
                 unique_ip_left += 1;
             }
+            let flow = r.tracker.flow_of(&buf);
             if !flows_capped {
-                flows.insert(r.tracker.flow_of(&buf));
+                flows.insert(flow);
                 flows_capped = flows.len() >= FLOWS_COUNTED;
             }
-            if r.tracker.offer(index as u64, lap as u32, side, &buf, r.clock_ns) {
+            if r.tracker.offer(index as u64, lap as u32, side, &buf, flow, r.clock_ns) {
                 r.send(side, &buf)?;
             }
             r.sent += 1;

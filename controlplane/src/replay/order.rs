@@ -189,12 +189,12 @@ impl Tracker {
         (self.held_now, self.held_bytes)
     }
 
-    /// Offers the next frame of the capture, to go out on `side`. `true`: send it now
-    /// (it is counted as in flight from `now`); `false`: it waits for its flow (copied),
-    /// and comes back through [`Tracker::pop_release`].
-    pub fn offer(&mut self, index: u64, lap: u32, side: usize, frame: &[u8], now_ns: u64) -> bool {
+    /// Offers the next frame of the capture, to go out on `side`; `flow` is its
+    /// [`Tracker::flow_of`] (the caller counts flows with it too: one parse a frame).
+    /// `true`: send it now (it is counted as in flight from `now`); `false`: it waits
+    /// for its flow (copied), and comes back through [`Tracker::pop_release`].
+    pub fn offer(&mut self, index: u64, lap: u32, side: usize, frame: &[u8], flow: u64, now_ns: u64) -> bool {
         let seq = self.base + self.window.len() as u64;
-        let flow = if self.order { self.flow_of(frame) } else { 0 };
         let key = self.match_key(1 - side, frame);
         let mut slot = Slot { index, lap, side: side as u8, state: State::Held, flow, key, sent_ns: 0, next: NONE };
         if self.order {
@@ -424,10 +424,10 @@ mod tests {
     #[test]
     fn a_reply_waits_for_its_request_to_come_out_and_other_flows_do_not() {
         let mut t = Tracker::new(true, 1_000_000, 7, 16);
-        assert!(t.offer(0, 0, 0, &syn(), 0));
-        assert!(!t.offer(1, 0, 1, &synack(), 1), "the reply waits: its SYN is still in the device");
-        assert!(t.offer(2, 0, 0, &other(), 2), "another flow goes on");
-        assert!(!t.offer(3, 0, 0, &ack(), 3), "behind a held frame of its flow, even on the same side");
+        assert!(t.offer(0, 0, 0, &syn(), t.flow_of(&syn()), 0));
+        assert!(!t.offer(1, 0, 1, &synack(), t.flow_of(&synack()), 1), "the reply waits: its SYN is still in the device");
+        assert!(t.offer(2, 0, 0, &other(), t.flow_of(&other()), 2), "another flow goes on");
+        assert!(!t.offer(3, 0, 0, &ack(), t.flow_of(&ack()), 3), "behind a held frame of its flow, even on the same side");
         assert!(t.pop_release().is_none());
         // The SYN comes out on the far side, its TTL lowered and its Ethernet addresses
         // rewritten (a router in between).
@@ -455,8 +455,8 @@ mod tests {
     #[test]
     fn a_frame_that_never_comes_out_is_dropped_after_the_timeout_and_its_flow_goes_on() {
         let mut t = Tracker::new(true, 1_000, 7, 16);
-        assert!(t.offer(0, 0, 0, &syn(), 0));
-        assert!(!t.offer(1, 0, 1, &synack(), 0));
+        assert!(t.offer(0, 0, 0, &syn(), t.flow_of(&syn()), 0));
+        assert!(!t.offer(1, 0, 1, &synack(), t.flow_of(&synack()), 0));
         t.expire(999);
         assert!(t.pop_release().is_none());
         t.expire(1_000);
@@ -473,9 +473,9 @@ mod tests {
     #[test]
     fn without_order_nothing_waits_and_identical_frames_match_oldest_first() {
         let mut t = Tracker::new(false, 1_000, 7, 16);
-        assert!(t.offer(0, 0, 0, &syn(), 0));
-        assert!(t.offer(1, 0, 1, &synack(), 0));
-        assert!(t.offer(2, 0, 0, &syn(), 5));
+        assert!(t.offer(0, 0, 0, &syn(), t.flow_of(&syn()), 0));
+        assert!(t.offer(1, 0, 1, &synack(), t.flow_of(&synack()), 0));
+        assert!(t.offer(2, 0, 0, &syn(), t.flow_of(&syn()), 5));
         t.emerged(1, &syn(), 6);
         t.expire(1_004);
         // The first SYN matched; the second is still within its timeout.
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn a_frame_coming_back_on_the_side_it_left_is_not_a_match() {
         let mut t = Tracker::new(false, 1_000, 7, 16);
-        assert!(t.offer(0, 0, 0, &syn(), 0));
+        assert!(t.offer(0, 0, 0, &syn(), t.flow_of(&syn()), 0));
         t.emerged(0, &syn(), 1);
         assert_eq!(t.counts.unmatched, 1);
         assert_eq!(t.counts.forwarded, 0);

@@ -264,6 +264,11 @@ fn reports_are_svg_files_and_bad_input_is_named() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("results.jsonl:1: no number \"fwd_mpps\""), "{err}");
+    // Files that never end are read only up to their limit.
+    let out = holdfast().args(["report", "bench", "--input", "/dev/zero", "--out"]).arg(&bench).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--input /dev/zero: more than 16777216 bytes"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = holdfast().args(["replay", "--intf1", "a", "--intf2", "b", "--side-map", "/dev/zero"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--side-map /dev/zero: more than 16777216 bytes"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A capture file is mapped; a directory is named as such, and a pipe (which cannot be

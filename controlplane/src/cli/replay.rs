@@ -97,6 +97,18 @@ impl ReplayArgs {
     }
 }
 
+/// Results a benchmark report reads at most.
+const MAX_RESULTS_BYTES: u64 = 16 << 20;
+
+/// A text file of at most `limit` bytes (a device or a FIFO included), named by its
+/// option in every error.
+fn read_text(p: &std::path::Path, limit: u64, cmd: &'static str, option: &str) -> Result<String, Error> {
+    let bytes = config::read_at_most(p, limit)
+        .map_err(|e| Error::failed(cmd, format!("{option} {}: {e}", p.display())))?
+        .ok_or_else(|| Error::failed(cmd, format!("{option} {}: more than {limit} bytes", p.display())))?;
+    String::from_utf8(bytes).map_err(|e| Error::failed(cmd, format!("{option} {}: not UTF-8 text (byte {})", p.display(), e.utf8_error().valid_up_to())))
+}
+
 /// A capture file's bytes: mapped when it is a regular file (read as the replay goes,
 /// never loaded whole), read into memory when asked to (`-K`) or when it cannot be
 /// mapped (a pipe: `--pcap <(zcat f.pcap.gz)`).
@@ -150,7 +162,7 @@ impl ReplayArgs {
         };
         let rule = match (&self.live.side_map, &self.config) {
             (Some(p), _) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::failed("replay", format!("--side-map {}: {e}", p.display())))?;
+                let text = read_text(p, sides::MAX_MAP_BYTES, "replay", "--side-map")?;
                 Rule::Map(sides::parse_map(&text, &p.display().to_string()).map_err(usage)?)
             }
             (None, Some(p)) => Rule::Inside(config::load(p)?.inside),
@@ -234,7 +246,7 @@ impl ReportCmd {
     pub fn run(self) -> Result<(), Error> {
         use holdfast_controlplane::report::{Bar, bars};
         let ReportCmd::Bench { input, out } = self;
-        let text = std::fs::read_to_string(&input).map_err(|e| Error::failed("report", format!("{}: {e}", input.display())))?;
+        let text = read_text(&input, MAX_RESULTS_BYTES, "report", "--input")?;
         /// One result line: workload, system, and its four figures.
         struct Row {
             workload: String,

@@ -41,7 +41,7 @@ pub const MAX_PREFIX_FILE_BYTES: u64 = 256 << 20;
 /// Reads at most `limit` bytes of `path`; `Ok(None)` when it holds more. Bounded even
 /// for what a size check cannot see: a device (`/dev/zero`), a FIFO, a file that grows
 /// after its size was read.
-pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+pub fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;

@@ -66,7 +66,14 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
     let mut g = Guard { children: vec![], keep: o.keep, dir: dir.clone() };
     let cfg_text = match &o.config {
-        Some(p) => std::fs::read_to_string(p).map_err(LabError::io(p.display()))?,
+        // Bounded as `holdfast run` bounds it (it reads the copy again).
+        Some(p) => {
+            let limit = crate::config::MAX_CONFIG_BYTES;
+            let bytes = crate::config::read_at_most(p, limit)
+                .map_err(LabError::io(p.display()))?
+                .ok_or_else(|| LabError::Io { what: p.display().to_string(), source: std::io::Error::other(format!("more than {limit} bytes")) })?;
+            String::from_utf8(bytes).map_err(|_| LabError::Io { what: p.display().to_string(), source: std::io::Error::other("not UTF-8 text") })?
+        }
         None => config_text(o.workers),
     };
     let cfg = dir.join("lab.yaml");

@@ -33,10 +33,17 @@ pub struct Sides {
     pub unlearned: u64,
 }
 
+/// A side map's size at most, in bytes and in prefixes (each frame looks through them).
+pub const MAX_MAP_BYTES: u64 = 16 << 20;
+pub const MAX_MAP_ENTRIES: usize = 65_536;
+
 /// Parses a side map: `PREFIX client|server` per line, `#` comments.
 pub fn parse_map(text: &str, file: &str) -> Result<Vec<(Cidr, usize)>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
+        if out.len() == MAX_MAP_ENTRIES {
+            return Err(format!("{file}:{}: more than {MAX_MAP_ENTRIES} prefixes; a side map may have at most that", n + 1));
+        }
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
@@ -148,5 +155,7 @@ mod tests {
         assert_eq!(s.side(&FrameSpec::udp(ip("10.9.0.1"), 2, ip("10.0.2.3"), 1, b"").build(), None), 0);
         assert_eq!(parse_map("10.0.0.0/8 middle\n", "m").unwrap_err(), "m:1: side \"middle\" is neither client nor server");
         assert!(parse_map("\n\n10.0.0.0/33 client\n", "m").unwrap_err().starts_with("m:3: "));
+        let long = "10.0.0.0/8 client\n".repeat(MAX_MAP_ENTRIES + 1);
+        assert!(parse_map(&long, "m").unwrap_err().contains("more than 65536 prefixes"));
     }
 }

@@ -55,6 +55,17 @@ fn appliance_drops(t: &Value) -> Value {
     })
 }
 
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain<R: std::io::Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut b);
+        }
+        b
+    })
+}
+
 pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     if !sys::is_root() {
         return Err(LabError::NotRoot);
@@ -120,17 +131,8 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     let mut child = in_ns(REPLAYER_NS, &argv).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(LabError::io("running the replayer"))?;
     // Read its output on threads (a long run's timeline fills a pipe), while the
     // appliance's status is read once a second for the picture.
-    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut b = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut b);
-            }
-            b
-        })
-    };
-    let stdout = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
-    let stderr = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let mut samples: Vec<(f64, Value)> = Vec::new();
     let mut next = Instant::now();
     let status = loop {

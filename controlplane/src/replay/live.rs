@@ -395,10 +395,11 @@ impl Run<'_> {
                 writeln!(w, "{v}")?;
             }
         }
-        let wall = Instant::now();
+        // The clock read above, as an instant.
+        let wall = self.t0 + Duration::from_nanos(now);
         if wall >= self.next_sample && self.timeline.len() < 86_400 {
             let c = &self.tracker.counts;
-            self.timeline.push((self.t0.elapsed().as_secs_f64(), self.sent, c.forwarded, c.dropped));
+            self.timeline.push((now as f64 / 1e9, self.sent, c.forwarded, c.dropped));
             self.next_sample += Duration::from_secs(1);
         }
         if let Some(bar) = &self.bar
@@ -407,7 +408,7 @@ impl Run<'_> {
             let c = &self.tracker.counts;
             match (self.opts.limit, self.opts.duration) {
                 (Some(_), _) => bar.set_position(self.sent),
-                (None, Some(_)) => bar.set_position(self.t0.elapsed().as_secs()),
+                (None, Some(_)) => bar.set_position(now / 1_000_000_000),
                 _ => bar.tick(),
             }
             bar.set_message(format!("{} sent, {} out, {} not", self.sent, c.forwarded, c.dropped));

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 pub mod ha;
 pub mod replay;
+pub mod rfc9411;
 
 pub const NAMESPACES: [&str; 3] = ["hf-out", "hf-in", "hf-fw"];
 pub const CLIENT: &str = "10.0.1.1";

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod lab;
+pub mod load;
 pub mod replay;
 pub mod report;
 pub mod state;

@@ -126,6 +126,27 @@ pub fn take_reload_request() -> bool {
     RELOAD.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Raises this process's open-file limit (RLIMIT_NOFILE) towards `want`: the soft limit
+/// up to the hard one, and, as root, the hard one up to `fs.nr_open`. Returns the soft
+/// limit now in force (a load client holding a million connections needs a million
+/// descriptors).
+pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let set = |cur: u64, max: u64| {
+        let new = libc::rlimit { rlim_cur: cur, rlim_max: max };
+        // SAFETY: setrlimit reads the rlimit we own; the kernel checks the values.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 { Ok(cur) } else { Err(std::io::Error::last_os_error()) }
+    };
+    let hard = lim.rlim_max.max(want.min(nr_open));
+    // Raising the hard limit needs CAP_SYS_RESOURCE; without it, up to the hard limit.
+    set(want.min(hard).max(lim.rlim_cur), hard).or_else(|_| set(want.min(lim.rlim_max).max(lim.rlim_cur), lim.rlim_max))
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (what systemd's reload protocol compares with).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

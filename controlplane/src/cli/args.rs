@@ -35,6 +35,9 @@ pub enum Cmd {
     Lab(LabArgs),
     /// Send 64-byte UDP frames as fast as possible (the lab benchmark's generator).
     Blast(BlastArgs),
+    /// Real TCP connections (RFC 9411): an HTTP server, a load client, a SYN flood.
+    #[command(subcommand)]
+    Load(LoadCmd),
     /// Commands against a running appliance's control endpoint.
     #[command(flatten)]
     Client(ClientCmd),
@@ -188,11 +191,18 @@ pub struct LabArgs {
     #[arg(long, requires = "replay")]
     pub verdicts_out: Option<PathBuf>,
     /// With --replay: draw the run per second (the replayer's and the appliance's
-    /// counters) into this SVG file.
-    #[arg(long, requires = "replay")]
+    /// counters) into this SVG file; with --rfc9411: the results as bars.
+    #[arg(long)]
     pub report: Option<PathBuf>,
     #[command(flatten)]
     pub live: LiveArgs,
+    /// The RFC 9411-style benchmark instead: real TCP connections (an epoll load client
+    /// and server) through Holdfast and through Linux + nftables: connections/s,
+    /// transactions/s, TTFB, concurrent connections held through a spoofed SYN flood.
+    #[arg(long, conflicts_with_all = ["ha", "replay"])]
+    pub rfc9411: bool,
+    #[command(flatten)]
+    pub bench: Rfc9411Args,
     #[arg(long)]
     pub json: bool,
 }
@@ -511,4 +521,123 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
 
 fn syn_rate(s: &str) -> Result<f64, String> {
     float_in(s, 0.0, 1_000_000.0)
+}
+
+#[derive(Subcommand)]
+pub enum LoadCmd {
+    /// An HTTP server (one epoll loop): one object per GET, keep-alive, until SIGTERM;
+    /// prints its counters as JSON then.
+    Serve(ServeArgs),
+    /// The load client (one epoll loop over kernel sockets): connections per second,
+    /// transactions per second, or connections held; prints one JSON object.
+    Client(LoadClientArgs),
+    /// A spoofed SYN flood over a raw socket (needs CAP_NET_RAW).
+    Flood(FloodArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address:port to listen on (repeat for several).
+    #[arg(long, required = true)]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// The response body's size in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(64 << 20)))]
+    pub object: u64,
+    /// Connections held at most; more are accepted and closed, counted.
+    #[arg(long, default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..=(1 << 26)))]
+    pub max_conns: u64,
+    #[arg(long, default_value_t = 65535, value_parser = clap::value_parser!(i32).range(1..=(1 << 20)))]
+    pub backlog: i32,
+}
+
+#[derive(Args)]
+pub struct LoadClientArgs {
+    /// Server address:port (repeat; used in turn).
+    #[arg(long, required = true)]
+    pub server: Vec<std::net::SocketAddr>,
+    /// Source address to bind (repeat, or a range like 10.0.1.1-10.0.1.64); default:
+    /// the kernel's choice.
+    #[arg(long)]
+    pub source: Vec<String>,
+    #[arg(long, value_enum)]
+    pub mode: holdfast_controlplane::load::client::Mode,
+    /// Connections in flight (cps), open (tps), or opening / asked at once (hold).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
+    pub concurrency: u64,
+    /// How long cps and tps measure.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: holdfast_pipeline::Duration,
+    /// hold: connections to open and keep.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
+    pub connections: u64,
+    /// hold: idle time between opening and asking every connection again.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub idle: holdfast_pipeline::Duration,
+    /// The bound on each connect, request and response.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: holdfast_pipeline::Duration,
+}
+
+#[derive(Args)]
+pub struct FloodArgs {
+    /// Target address:port (IPv4; repeat; used in turn).
+    #[arg(long, required = true)]
+    pub target: Vec<std::net::SocketAddrV4>,
+    /// Spoofed source network.
+    #[arg(long, default_value = "198.18.0.0/15")]
+    pub sources: String,
+    /// SYNs per second (0: as fast as the socket takes them).
+    #[arg(long, default_value_t = 100_000)]
+    pub pps: u64,
+    /// Stop after this many SYNs (0: at --duration or a signal).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<holdfast_pipeline::Duration>,
+    #[arg(long, default_value_t = 9411)]
+    pub seed: u64,
+}
+
+/// `holdfast lab --rfc9411`'s settings.
+#[derive(Args)]
+pub struct Rfc9411Args {
+    /// With --rfc9411: the systems to measure, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "holdfast,linux", requires = "rfc9411")]
+    pub systems: Vec<holdfast_controlplane::lab::rfc9411::System>,
+    /// With --rfc9411: concurrent connections to hold (both tables get an eighth more).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=4_000_000), requires = "rfc9411")]
+    pub connections: u64,
+    /// With --rfc9411: seconds each rate phase (cps, tps) measures.
+    #[arg(long, default_value_t = 5.0, value_parser = bench_seconds, requires = "rfc9411")]
+    pub seconds: f64,
+    /// With --rfc9411: connections in flight (cps) or open (tps).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "rfc9411")]
+    pub concurrency: u64,
+    /// With --rfc9411: client source addresses, 10.0.1.1 upwards (64,512 ports each).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=250), requires = "rfc9411")]
+    pub sources: u64,
+    /// With --rfc9411: spoofed SYNs while the connections idle, as a multiple of the
+    /// table's size (0: no flood).
+    #[arg(long, default_value_t = 10.0, value_parser = flood_multiple, requires = "rfc9411")]
+    pub flood: f64,
+    /// With --rfc9411: the flood's SYNs per second.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000), requires = "rfc9411")]
+    pub flood_pps: u64,
+    /// With --rfc9411: both tables' size for the rate phases (the cps phase leaves its
+    /// connections in TIME_WAIT for 120 s in both).
+    #[arg(long, default_value_t = 2_097_152, value_parser = clap::value_parser!(u64).range(1024..=(1 << 24)), requires = "rfc9411")]
+    pub rate_table: u64,
+    /// With --rfc9411: the response body's size in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)), requires = "rfc9411")]
+    pub object: u64,
+}
+
+fn bench_seconds(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (0.1..=3600.0).contains(&x) { Ok(x) } else { Err(format!("{x}: between 0.1 and 3600 seconds")) }
+}
+
+fn flood_multiple(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=100.0).contains(&x) { Ok(x) } else { Err(format!("{x}: between 0 and 100 times the table")) }
 }

@@ -27,6 +27,45 @@ impl LabArgs {
             None => {}
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| "holdfast".into());
+        if self.report.is_some() && self.replay.is_none() && !self.rfc9411 {
+            return Err(Error::Usage { cmd: "lab", msg: "--report goes with --replay or --rfc9411".into() });
+        }
+        if self.rfc9411 {
+            if !holdfast_dataplane::sys::is_root() {
+                return Err(Error::failed("lab --rfc9411", lab::LabError::NotRoot));
+            }
+            let missing = holdfast_dataplane::host::missing(&lab::TOOLS);
+            if !missing.is_empty() {
+                return Err(Error::failed("lab --rfc9411", lab::LabError::MissingTools(missing)));
+            }
+            holdfast_dataplane::sys::catch_stop_signals();
+            let b = &self.bench;
+            let o = lab::rfc9411::Options {
+                systems: b.systems.clone(),
+                connections: b.connections as usize,
+                seconds: b.seconds,
+                concurrency: b.concurrency as usize,
+                sources: b.sources as usize,
+                flood: b.flood,
+                flood_pps: b.flood_pps,
+                object: b.object as usize,
+                report: self.report.clone(),
+                rate_table: b.rate_table as usize,
+            };
+            let v = lab::rfc9411::run(&exe, &o).map_err(|e| {
+                lab::down();
+                Error::failed("lab --rfc9411", e)
+            })?;
+            if self.json {
+                println!("{v}");
+            } else {
+                print!("{}", lab::rfc9411::human(&v));
+                if let Some(r) = &self.report {
+                    println!("  report: {}", r.display());
+                }
+            }
+            return Ok(());
+        }
         if self.ha {
             if !holdfast_dataplane::sys::is_root() {
                 return Err(Error::failed("lab --ha", lab::LabError::NotRoot));

@@ -8,6 +8,7 @@ mod client;
 mod demo;
 mod error;
 mod lab;
+mod load;
 mod replay;
 mod run;
 
@@ -26,6 +27,7 @@ impl Cmd {
             Cmd::Run(a) => a.run(),
             Cmd::Lab(a) => a.run(),
             Cmd::Blast(a) => a.run(),
+            Cmd::Load(l) => l.run(),
             Cmd::Client(c) => c.run(),
         }
     }

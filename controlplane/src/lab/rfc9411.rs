@@ -146,8 +146,22 @@ fn servers_args() -> Vec<String> {
     (0..SERVERS).map(|k| format!("{}:80", server(k))).collect()
 }
 
+/// The appliance's core (configs/lab.yaml's `workers.cores`); Linux's forwarding is
+/// steered there too (RPS), and the load runs on the other cores.
+const APPLIANCE_CORE: usize = 1;
+
+/// The cores the load (clients, servers, flood) runs on: all but the appliance's, so
+/// that the system under test has one core to itself in both runs; all on a 1-core
+/// machine.
+fn load_cores() -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores: Vec<String> = (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).map(|c| c.to_string()).collect();
+    cores.join(",")
+}
+
 fn spawn(ns: &str, exe: &Path, args: &[String]) -> Result<Child, LabError> {
-    let mut cmd: Vec<&str> = vec![exe.to_str().unwrap_or("holdfast")];
+    let cores = load_cores();
+    let mut cmd: Vec<&str> = vec!["taskset", "-c", &cores, exe.to_str().unwrap_or("holdfast")];
     cmd.extend(args.iter().map(String::as_str));
     in_ns(ns, &cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(LabError::io(format!("starting {}", args.join(" "))))
 }
@@ -207,7 +221,7 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) 
     match system {
         System::Holdfast => {
             let cfg = dir.join("lab.yaml");
-            let text = config_text(1).replace("capacity: 65536", &format!("capacity: {cap}")).replace("denials: denials.log", "denials: off");
+            let text = config_text(1).replace("capacity: 65536", &format!("capacity: {cap}"));
             std::fs::write(&cfg, text).map_err(LabError::io(cfg.display()))?;
             start_appliance(&mut env.g, exe, &cfg)?;
         }
@@ -218,6 +232,12 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) 
             ip(&["-n", "hf-out", "route", "add", "10.0.2.0/24", "via", "10.0.1.254"])?;
             ip(&["-n", "hf-in", "route", "add", "10.0.1.0/24", "via", "10.0.2.254"])?;
             sysctl("hf-fw", &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
+            // The router's receive work (conntrack, nftables, forwarding) on the
+            // appliance's core, as Holdfast's worker has it.
+            for ifc in ["hf-out0", "hf-in0"] {
+                let mask = format!("{:x}", 1u64 << APPLIANCE_CORE);
+                run_in("hf-fw", &["sh", "-c", &format!("echo {mask} > /sys/class/net/{ifc}/queues/rx-0/rps_cpus")])?;
+            }
             let rules = "table inet hfbench {\n chain forward {\n  type filter hook forward priority filter; policy drop;\n  ct state established,related accept\n  ct state new iifname \"hf-out0\" ip daddr 10.0.2.0/24 tcp dport 80 accept\n  ct state new icmp type echo-request accept\n }\n}\n";
             let f = dir.join("rules.nft");
             std::fs::write(&f, rules).map_err(LabError::io(f.display()))?;
@@ -262,7 +282,10 @@ fn finish(mut env: Env) -> Result<Value, LabError> {
             let text = String::from_utf8_lossy(&out.stdout);
             let v = text.lines().rev().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v.get("totals").is_some());
             let t = v.map(|v| v["totals"].clone()).unwrap_or(Value::Null);
-            json!({"drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "flows_created": t["flows_created"], "table_full": t["table_full"], "totals": t})
+            json!({
+                "drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "flows_created": t["flows_created"],
+                "table_full": t["table_full"], "deny_log": deny_log(&env.g.dir.join("denials.log")), "totals": t,
+            })
         }
         System::Linux => json!({"conntrack_before": env.before, "conntrack_after": conntrack_stats()}),
     };
@@ -386,6 +409,28 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
     }))
 }
 
+/// What the deny log says: lines by reason, and the first few (the log is read up to
+/// 64 MiB; its rate limit bounds it anyway).
+fn deny_log(path: &Path) -> Value {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(64 << 20).read_to_string(&mut text);
+    }
+    let mut by_reason = serde_json::Map::new();
+    let mut first = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let reason = v["reason"].as_str().unwrap_or("?").to_string();
+        let e = by_reason.entry(reason).or_insert(json!(0));
+        *e = json!(e.as_u64().unwrap_or(0) + 1);
+        if first.len() < 5 {
+            first.push(v);
+        }
+    }
+    json!({"lines": text.lines().count(), "by_reason": by_reason, "first": first})
+}
+
 /// How full the system's table is now: Holdfast's `/status`, Linux's conntrack count.
 fn appliance_fill(system: System) -> Value {
     match system {
@@ -393,7 +438,7 @@ fn appliance_fill(system: System) -> Value {
             let exe = std::env::current_exe().unwrap_or_else(|_| "holdfast".into());
             match run_in("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]) {
                 Ok(s) => serde_json::from_str::<Value>(&s)
-                    .map(|v| v.pointer("/totals/table").or(v.get("table")).cloned().unwrap_or(Value::Null))
+                    .map(|v| v.pointer("/total/table").cloned().unwrap_or(Value::Null))
                     .unwrap_or(Value::Null),
                 Err(_) => Value::Null,
             }
@@ -464,6 +509,24 @@ pub fn human(v: &Value) -> String {
     row("  answered after the flood", &|s| format!("{} of {}", num(&s["hold"]["answered"]), num(&s["hold"]["held"])));
     row("  TTFB p50 / p99 ms (last round)", &|s| format!("{} / {}", ms(&s["hold"]["ttfb"]["p50_us"]), ms(&s["hold"]["ttfb"]["p99_us"])));
     row("  errors", &|s| num(&s["hold"]["error_total"]));
+    row("  firewall: dropped / evicted", &|s| {
+        let a = &s["hold_counters"]["appliance"];
+        let sum = |v: &Value| v.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>());
+        if a.get("conntrack_after").is_some() {
+            let d = |k: &str| a["conntrack_after"][k].as_u64().unwrap_or(0).saturating_sub(a["conntrack_before"][k].as_u64().unwrap_or(0));
+            format!("{} / {}", group(d("drop")), group(d("early_drop")))
+        } else {
+            format!("{} / {}", group(sum(&a["drops"])), group(sum(&a["evictions"])))
+        }
+    });
+    row("  firewall: legitimate flows lost", &|s| {
+        let a = &s["hold_counters"]["appliance"];
+        if a.get("conntrack_after").is_some() {
+            "-".into()
+        } else {
+            group(a["evictions"]["assured"].as_u64().unwrap_or(0) + a["drops"]["reply_to_evicted"].as_u64().unwrap_or(0) + a["drops"]["reply_to_expired"].as_u64().unwrap_or(0))
+        }
+    });
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w = rows.iter().flat_map(|r| r.1.iter().map(String::len)).max().unwrap_or(8).max(12);
     let mut out = format!(

@@ -438,7 +438,10 @@ fn appliance_fill(system: System) -> Value {
             let exe = std::env::current_exe().unwrap_or_else(|_| "holdfast".into());
             match run_in("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]) {
                 Ok(s) => serde_json::from_str::<Value>(&s)
-                    .map(|v| v.pointer("/total/table").cloned().unwrap_or(Value::Null))
+                    .map(|v| {
+                        let t = &v["total"];
+                        json!({"flows": t["entries"], "capacity": t["capacity"], "classes": t["classes"], "adaptive_scale": t["adaptive_scale"]})
+                    })
                     .unwrap_or(Value::Null),
                 Err(_) => Value::Null,
             }
@@ -524,7 +527,11 @@ pub fn human(v: &Value) -> String {
         if a.get("conntrack_after").is_some() {
             "-".into()
         } else {
-            group(a["evictions"]["assured"].as_u64().unwrap_or(0) + a["drops"]["reply_to_evicted"].as_u64().unwrap_or(0) + a["drops"]["reply_to_expired"].as_u64().unwrap_or(0))
+            group(
+                a["evictions"]["assured"].as_u64().unwrap_or(0)
+                    + a["drops"]["reply_to_evicted"].as_u64().unwrap_or(0)
+                    + a["drops"]["reply_to_expired"].as_u64().unwrap_or(0),
+            )
         }
     });
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);

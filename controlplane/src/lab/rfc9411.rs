@@ -146,6 +146,10 @@ fn servers_args() -> Vec<String> {
     (0..SERVERS).map(|k| format!("{}:80", server(k))).collect()
 }
 
+/// Longer than the appliance's report interval (1 s): a status read this long after
+/// the connections are held shows them.
+const FILL_WAIT: Duration = Duration::from_millis(1500);
+
 /// The appliance's core (configs/lab.yaml's `workers.cores`); Linux's forwarding is
 /// steered there too (RPS), and the load runs on the other cores.
 const APPLIANCE_CORE: usize = 1;
@@ -324,7 +328,8 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
     let flood_syns = (o.flood * cap as f64) as u64;
     let flood_secs = if o.flood_pps > 0 { flood_syns as f64 / o.flood_pps as f64 } else { 0.0 };
     // Ask again once half the flood is in: the table is full of it by then.
-    let idle = Duration::from_secs_f64((flood_secs / 2.0).max(1.0));
+    // (The table's fill is read first: the appliance reports once a second.)
+    let idle = Duration::from_secs_f64((flood_secs / 2.0).max(1.0) + FILL_WAIT.as_secs_f64());
     let hold_started = Instant::now();
     let mut clients = Vec::new();
     for i in 0..n_procs {
@@ -363,6 +368,7 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
         outs.push(r);
     }
     let open_seconds = hold_started.elapsed().as_secs_f64();
+    std::thread::sleep(FILL_WAIT);
     let table_when_held = appliance_fill(system);
     let mut flood = None;
     if flood_syns > 0 {

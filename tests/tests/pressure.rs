@@ -10,6 +10,7 @@ use holdfast_pipeline::wire::build::{FrameSpec, L4};
 use holdfast_pipeline::{DropReason, Duration, Engine, Instant, Verdict, Zone};
 use holdfast_tests::webfarm_policy;
 
+const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
@@ -237,4 +238,47 @@ fn adaptive_timeouts_spare_assured_flows() {
     assert_eq!(removed, 40);
     assert_eq!(f.e.counters().expirations, [40, 0, 0, 0]);
     assert_eq!(f.e.class_counts()[Admission::Assured as usize], 50);
+}
+
+/// Under a SYN flood, adaptive timeouts shrink the flood's embryonic entries, not the
+/// closing handshakes of real connections: room is taken from the lowest class first,
+/// so a class shrinks only while every class below it is empty.
+#[test]
+fn adaptive_timeouts_spare_closing_flows_while_a_lower_class_can_give_room() {
+    let mut f = Farm::new(100, Pressure { embryonic_share: 1.0, ..Pressure::default() });
+    for i in 0..60 {
+        f.open(i);
+    }
+    // Ten of them close from the client's side (FIN_WAIT: 120 s, class closing).
+    for i in 0..10 {
+        let fin = tcp(client(i), 30_000 + i as u16, server(i), 80, FIN | ACK, 1301, 6201, 0);
+        assert!(f.send(&fin, Zone::Outside).is_pass());
+    }
+    assert_eq!(f.e.class_counts()[Admission::Closing as usize], 10);
+    // 30 half-open connections: fill 0.9, factor 0.25.
+    for i in 0..30 {
+        assert!(f.send(&tcp(client(500 + i), 41_000, server(i), 80, SYN, 1, 0, 0), Zone::Outside).is_pass());
+    }
+    f.e.expire(f.now, 0);
+    assert!((f.e.adaptive_scale() - 0.25).abs() < 0.01, "{}", f.e.adaptive_scale());
+    // 30 s later the flood's SYN_SENT entries (120 s x 0.25) are gone; the closing
+    // flows keep their 120 s while there were embryonic entries to take room from.
+    f.now = f.now + Duration::from_secs(30);
+    f.e.expire(f.now, usize::MAX);
+    assert_eq!(f.e.counters().expirations, [30, 0, 0, 0]);
+    assert_eq!(f.e.class_counts()[Admission::Closing as usize], 10);
+    // The server's FIN still finds its state (before this change: reply_to_expired).
+    let fin = tcp(server(0), 80, client(0), 30_000, FIN | ACK, 6201, 1302, 0);
+    assert!(f.send(&fin, Zone::Inside).is_pass());
+    // With no class below closing left and the table at 0.9 again (30 more assured
+    // flows), closing entries shrink as pf's do: FIN_WAIT's 120 s become 30 s.
+    for i in 60..90 {
+        f.open(i);
+    }
+    f.e.expire(f.now, 0);
+    assert!((f.e.adaptive_scale() - 0.25).abs() < 0.01, "{}", f.e.adaptive_scale());
+    f.now = f.now + Duration::from_secs(31);
+    f.e.expire(f.now, usize::MAX);
+    assert_eq!(f.e.counters().expirations, [30, 0, 10, 0]);
+    assert_eq!(f.e.class_counts()[Admission::Assured as usize], 80);
 }

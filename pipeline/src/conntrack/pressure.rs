@@ -139,6 +139,12 @@ impl ClassLists {
         self.counts[a as usize]
     }
 
+    /// Entries in classes below `a` (by-class eviction takes room from those first).
+    #[inline]
+    pub fn below(&self, a: Admission) -> u32 {
+        self.counts[..a as usize].iter().sum()
+    }
+
     /// Entries that are not assured.
     pub fn non_assured(&self) -> u32 {
         self.counts[0] + self.counts[1] + self.counts[2]

@@ -50,6 +50,8 @@ impl Engine {
         // non-assured entries (the heads of their FIFO lists) with the shrunken ones.
         if self.scale < 1024 && self.lists.per_class() {
             for a in [Admission::Embryonic, Admission::Unreplied, Admission::Closing] {
+                // What the classes below gave back lowers the pressure on this one.
+                self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
                 while budget > 0 {
                     budget -= 1;
                     let Some(slot) = self.lists.head(a) else { break };

@@ -23,11 +23,15 @@ pub(super) fn idle_ticks(now: u32, last: u32) -> u32 {
 impl Engine {
     /// The timeout that applies to an entry now: its class's, shrunk for non-assured
     /// entries under pressure (pf's adaptive timeouts, sparing assured flows), never
-    /// below `pressure.timeout_floor`.
+    /// below `pressure.timeout_floor`. With by-class eviction a class shrinks only while
+    /// every class below it is empty: room is taken from those first, so a SYN flood's
+    /// embryonic entries do not cut the closing handshakes of real connections short (a
+    /// server's FIN two seconds after the client's would find its state expired).
     #[inline]
     pub(super) fn timeout_of(&self, c: &Conn) -> u32 {
         let t = self.cfg.timeouts.ticks(c.timer_class());
-        if self.scale >= 1024 || c.admission() == Admission::Assured {
+        let a = c.admission();
+        if self.scale >= 1024 || a == Admission::Assured || (self.lists.per_class() && self.lists.below(a) > 0) {
             return t;
         }
         let shrunk = (u64::from(t) * u64::from(self.scale) / 1024) as u32;

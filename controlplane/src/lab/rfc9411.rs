@@ -427,10 +427,16 @@ fn deny_log(path: &Path) -> Value {
     let mut first = Vec::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let reason = v["reason"].as_str().unwrap_or("?").to_string();
+        // A reply to a flow whose state is gone says which class the flow was in.
+        let mut reason = v["reason"].as_str().unwrap_or("?").to_string();
+        if let Some(class) = v["state_removed"]["class"].as_str() {
+            reason = format!("{reason} ({class})");
+        }
         let e = by_reason.entry(reason).or_insert(json!(0));
-        *e = json!(e.as_u64().unwrap_or(0) + 1);
-        if first.len() < 5 {
+        let n = e.as_u64().unwrap_or(0) + 1;
+        *e = json!(n);
+        // The first two of each kind.
+        if n <= 2 && first.len() < 20 {
             first.push(v);
         }
     }

@@ -203,6 +203,16 @@ struct Env {
     restore: Restore,
     system: System,
     before: Value,
+    softnet: u64,
+}
+
+/// Frames the kernel dropped because a CPU's receive backlog was full
+/// (`/proc/net/softnet_stat`, second column, all CPUs; host-wide): where Linux's
+/// forwarding — and the end hosts' receive of what either system forwards — loses
+/// packets under bursts.
+fn softnet_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines().filter_map(|l| l.split_whitespace().nth(1)).filter_map(|h| u64::from_str_radix(h, 16).ok()).sum()
 }
 
 /// Creates the lab for `system` with a table of `cap` entries and `n_servers` server
@@ -211,7 +221,7 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) 
     let dir = std::env::temp_dir().join(format!("holdfast-rfc9411-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
-    let mut env = Env { g: Guard { children: vec![], keep: false, dir: dir.clone() }, restore: Restore(Vec::new()), system, before: Value::Null };
+    let mut env = Env { g: Guard { children: vec![], keep: false, dir: dir.clone() }, restore: Restore(Vec::new()), system, before: Value::Null, softnet: 0 };
     super::up(1)?;
     let per = per_process();
     // Client addresses, ports 1024-65535, queues for many connections.
@@ -256,6 +266,7 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) 
             env.before = conntrack_stats();
         }
     }
+    env.softnet = softnet_drops();
     // The servers: each process holds at most `per` connections.
     let mut a = vec!["load".to_string(), "serve".into(), "--object".into(), o.object.to_string(), "--max-conns".into(), per.to_string()];
     for s in servers_args() {
@@ -293,6 +304,8 @@ fn finish(mut env: Env) -> Result<Value, LabError> {
         }
         System::Linux => json!({"conntrack_before": env.before, "conntrack_after": conntrack_stats()}),
     };
+    let mut appliance = appliance;
+    appliance["softnet_drops"] = json!(softnet_drops().saturating_sub(env.softnet));
     let mut servers = Vec::new();
     while let Some(c) = env.g.children.pop() {
         servers.push(stop(c, "load serve")?);
@@ -506,6 +519,14 @@ fn group(n: u64) -> String {
     out
 }
 
+/// Frames lost on the way: Holdfast's RX rings (full when the worker falls behind) and
+/// the kernel's receive backlogs (host-wide: Linux's forwarding and the end hosts).
+fn lost(a: &Value) -> String {
+    let ring = ["inside", "outside"].iter().map(|z| a["totals"]["xdp"][z]["rx_ring_full"].as_u64().unwrap_or(0)).sum::<u64>();
+    let ring = if a.get("conntrack_after").is_some() { "-".to_string() } else { group(ring) };
+    format!("{ring} / {}", group(a["softnet_drops"].as_u64().unwrap_or(0)))
+}
+
 /// The table for people: one column per system.
 pub fn human(v: &Value) -> String {
     let systems = v["systems"].as_array().cloned().unwrap_or_default();
@@ -515,6 +536,7 @@ pub fn human(v: &Value) -> String {
     row("  TTFB from SYN p50 / p99 ms", &|s| format!("{} / {}", ms(&s["cps"]["ttfb"]["p50_us"]), ms(&s["cps"]["ttfb"]["p99_us"])));
     row("  connect p50 / p99 ms", &|s| format!("{} / {}", ms(&s["cps"]["connect"]["p50_us"]), ms(&s["cps"]["connect"]["p99_us"])));
     row("  errors", &|s| num(&s["cps"]["error_total"]));
+    row("frames lost (cps, tps): RX ring / backlog", &|s| lost(&s["rates_counters"]["appliance"]));
     row("transactions/s (keep-alive)", &|s| num(&s["tps"]["transactions_per_second"]));
     row("  TTFB p50 / p99 ms", &|s| format!("{} / {}", ms(&s["tps"]["ttfb"]["p50_us"]), ms(&s["tps"]["ttfb"]["p99_us"])));
     row("  errors", &|s| num(&s["tps"]["error_total"]));
@@ -534,6 +556,7 @@ pub fn human(v: &Value) -> String {
             format!("{} / {}", group(sum(&a["drops"])), group(sum(&a["evictions"])))
         }
     });
+    row("  frames lost: RX ring / backlog", &|s| lost(&s["hold_counters"]["appliance"]));
     row("  firewall: legitimate flows lost", &|s| {
         let a = &s["hold_counters"]["appliance"];
         if a.get("conntrack_after").is_some() {

@@ -145,5 +145,27 @@ mod tests {
         assert_eq!(response_head(b"SSH-2.0\r\nContent-Length: 1"), None);
         assert_eq!(response_head(b"HTTP/1.1 200 OK"), None);
         assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
+        assert_eq!(response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999"), None, "overflows usize");
+    }
+
+    /// What a hostile peer may send: every prefix of a real head and random bytes go
+    /// through both parsers without a panic.
+    #[test]
+    fn hostile_heads_do_not_panic() {
+        let real = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 1024\r\nConnection: close\r\n";
+        for n in 0..=real.len() {
+            let _ = response_head(&real[..n]);
+            let _ = wants_close(&real[..n]);
+        }
+        let mut rng = crate::traffic::Rng::new(9411);
+        for _ in 0..20_000 {
+            let len = rng.range(0, 64) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| b"HTP/1. 0:\r\nCcontent-lgh9x\xff"[rng.range(0, 25) as usize]).collect();
+            if rng.chance(0.5) {
+                b.splice(0..0, b"HTTP/1.1 ".iter().copied());
+            }
+            let _ = response_head(&b);
+            let _ = wants_close(&b);
+        }
     }
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 #[test]
 fn every_held_connection_answers_through_a_syn_flood() {
     need_lab!();
-    if !holdfast_dataplane::host::have_or_report(&[holdfast_dataplane::host::Tool { command: "nft", package: "nftables" }]) {
+    use holdfast_controlplane::lab::rfc9411::{NFT, TASKSET};
+    if !holdfast_dataplane::host::have_or_report(&[NFT, TASKSET]) {
         return;
     }
     let d = std::env::temp_dir().join(format!("hf-rfc9411-{}", std::process::id()));

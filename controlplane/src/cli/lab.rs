@@ -34,7 +34,7 @@ impl LabArgs {
             if !holdfast_dataplane::sys::is_root() {
                 return Err(Error::failed("lab --rfc9411", lab::LabError::NotRoot));
             }
-            let missing = holdfast_dataplane::host::missing(&lab::TOOLS);
+            let missing = holdfast_dataplane::host::missing(&[&lab::TOOLS[..], &[lab::rfc9411::TASKSET]].concat());
             if !missing.is_empty() {
                 return Err(Error::failed("lab --rfc9411", lab::LabError::MissingTools(missing)));
             }

@@ -65,8 +65,9 @@ pub struct Options {
     pub rate_table: usize,
 }
 
-/// The tools besides the lab's own.
-const NFT: Tool = Tool { command: "nft", package: "nftables" };
+/// The tools besides the lab's own: the Linux system's rules, and pinning the load.
+pub const NFT: Tool = Tool { command: "nft", package: "nftables" };
+pub const TASKSET: Tool = Tool { command: "taskset", package: "util-linux" };
 
 /// The table size both systems get: the held connections and an eighth more (the cps
 /// phase's closed connections linger in TIME_WAIT in both tables).

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::config::{self, Config};
 use crate::replay::{self, Options, Report};
+use crate::report::thousands as n;
 use crate::traffic::{self, WebFarm};
 
 /// The demo's knobs.
@@ -68,18 +69,6 @@ pub fn run(d: &Demo) -> std::io::Result<Outcome> {
     let lru = replay::run(&config_with(&base, d.capacity, lru), "lru", &pcap, d.seed, &opts)?;
     let holdfast = replay::run(&config_with(&base, d.capacity, Pressure::default()), "by-class", &pcap, d.seed, &opts)?;
     Ok(Outcome { lru, holdfast, frames: events.len(), flood_syns: (d.farm.syn_flood * span as f64 / 1e9) as u64 })
-}
-
-fn n(x: u64) -> String {
-    let s = x.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Outcome {

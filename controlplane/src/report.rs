@@ -131,6 +131,19 @@ pub fn bars(path: &Path, title: &str, charts: &[(String, String, Vec<Bar>)]) -> 
     root.present().map_err(err(path))
 }
 
+/// `1234567` as `1,234,567`, for tables people read.
+pub fn thousands(x: u64) -> String {
+    let s = x.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Per-second rates from cumulative counts `(t, count)`.
 pub fn rates(samples: &[(f64, f64)]) -> Vec<(f64, f64)> {
     samples.windows(2).filter(|w| w[1].0 > w[0].0).map(|w| (w[1].0, ((w[1].1 - w[0].1) / (w[1].0 - w[0].0)).max(0.0))).collect()

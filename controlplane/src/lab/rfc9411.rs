@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use super::{Guard, LabError, SERVERS, config_text, down, in_ns, interrupted, ip, run_in, server, start_appliance};
 use crate::load::client;
+use crate::report::thousands as group;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
@@ -506,18 +507,6 @@ fn num(v: &Value) -> String {
         Some(x) => group(x.round() as u64),
         None => "-".into(),
     }
-}
-
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Frames lost on the way: Holdfast's RX rings (full when the worker falls behind) and

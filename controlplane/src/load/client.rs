@@ -156,6 +156,10 @@ struct Run<'o> {
     /// hold: idle connections still to ask.
     to_ask: Vec<usize>,
     in_flight: usize,
+    /// The measured window (cps, tps) and how long to wait for what is in flight.
+    window_start: Instant,
+    window: Duration,
+    drain_until: Instant,
 }
 
 fn request(server: SocketAddr) -> Vec<u8> {
@@ -232,6 +236,24 @@ impl<'o> Run<'o> {
         });
         self.in_flight += 1;
         true
+    }
+
+    /// Opens connections while `more` says so, at most `n` attempts (refusals come
+    /// back at once: the attempts bound one turn of the loop).
+    fn open_while(&mut self, now: Instant, n: usize, more: impl Fn(&Self) -> bool) {
+        for _ in 0..n {
+            if !more(self) || !self.open(now) {
+                break;
+            }
+        }
+    }
+
+    /// Ends the measured window now: stop opening, wait up to `timeout` for what is in
+    /// flight.
+    fn end_window(&mut self, now: Instant) {
+        self.window = now - self.window_start;
+        self.phase = Phase::Drain;
+        self.drain_until = now + self.o.timeout;
     }
 
     fn count_socket_error(&mut self, e: &io::Error) {
@@ -498,80 +520,60 @@ pub fn run(o: &ClientOptions, stop: impl Fn() -> bool, mut on_event: impl FnMut(
         answered: 0,
         to_ask: Vec::new(),
         in_flight: 0,
+        window_start: Instant::now(),
+        window: Duration::ZERO,
+        drain_until: Instant::now(),
     };
     let concurrency = o.concurrency.max(1);
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; 64 * 1024];
-    let started = Instant::now();
-    let mut window_start = started;
-    let mut window = Duration::ZERO;
+    let started = r.window_start;
     let mut open_seconds = 0.0;
     let mut idle_until = started;
     let mut check_start = started;
     let mut check_seconds = 0.0;
     let mut stopped = false;
-    let mut drain_until = started;
     loop {
         let now = Instant::now();
         if !stopped && stop() {
             stopped = true;
             if r.phase == Phase::Run || r.phase == Phase::Warmup {
-                window = now - window_start;
+                r.end_window(now);
+            } else {
+                r.phase = Phase::Drain;
+                r.drain_until = now + o.timeout;
             }
-            r.phase = Phase::Drain;
-            drain_until = now + o.timeout;
         }
         // What to open or ask now.
         match (o.mode, r.phase) {
             (Mode::Cps, Phase::Run) => {
-                if now >= window_start + o.duration {
-                    window = now - window_start;
-                    r.phase = Phase::Drain;
-                    drain_until = now + o.timeout;
+                if now >= r.window_start + o.duration {
+                    r.end_window(now);
                 } else {
-                    // At most `concurrency` attempts a turn: refusals return at once.
-                    for _ in 0..concurrency {
-                        if r.in_flight >= concurrency || !r.open(now) {
-                            break;
-                        }
-                    }
+                    r.open_while(now, concurrency, |r| r.in_flight < concurrency);
                 }
             }
             (Mode::Tps, Phase::Warmup) => {
-                for _ in 0..concurrency {
-                    if r.opened as usize >= concurrency || !r.open(now) {
-                        break;
-                    }
-                }
+                r.open_while(now, concurrency, |r| (r.opened as usize) < concurrency);
                 // Every connection open (or failed, or no more could be opened): the
                 // window starts now.
                 let settled = r.established + r.errors.total() >= concurrency as u64 || (r.opened as usize) < concurrency;
                 if settled || now > started + o.timeout {
                     r.phase = Phase::Run;
-                    window_start = now;
+                    r.window_start = now;
                     r.in_window = 0;
                 }
             }
             (Mode::Tps, Phase::Run) => {
-                if now >= window_start + o.duration {
-                    window = now - window_start;
-                    r.phase = Phase::Drain;
-                    drain_until = now + o.timeout;
+                if now >= r.window_start + o.duration {
+                    r.end_window(now);
                 } else {
                     // Replace connections that failed.
-                    for _ in 0..concurrency {
-                        if r.conns.len() >= concurrency || !r.open(now) {
-                            break;
-                        }
-                    }
+                    r.open_while(now, concurrency, |r| r.conns.len() < concurrency);
                 }
             }
             (Mode::Hold, Phase::Run) => {
-                for _ in 0..concurrency {
-                    if r.in_flight >= concurrency || r.opened as usize >= o.connections || !r.open(now) {
-                        break;
-                    }
-                }
+                r.open_while(now, concurrency, |r| r.in_flight < concurrency && (r.opened as usize) < o.connections);
                 let refused = (r.opened as usize) < o.connections && r.in_flight == 0 && r.errors.no_local_port + r.errors.no_descriptor > 0;
                 if (r.opened as usize >= o.connections || refused) && r.in_flight == 0 {
                     open_seconds = (now - started).as_secs_f64();
@@ -601,7 +603,7 @@ pub fn run(o: &ClientOptions, stop: impl Fn() -> bool, mut on_event: impl FnMut(
                 }
             }
             (_, Phase::Drain) => {
-                if r.in_flight == 0 || now > drain_until {
+                if r.in_flight == 0 || now > r.drain_until {
                     break;
                 }
             }
@@ -619,10 +621,10 @@ pub fn run(o: &ClientOptions, stop: impl Fn() -> bool, mut on_event: impl FnMut(
         }
         r.expire(now);
     }
-    if o.mode == Mode::Hold && window.is_zero() {
-        window = Duration::from_secs_f64(open_seconds);
+    if o.mode == Mode::Hold && r.window.is_zero() {
+        r.window = Duration::from_secs_f64(open_seconds);
     }
-    let secs = window.as_secs_f64();
+    let secs = r.window.as_secs_f64();
     let rate = if secs > 0.0 { r.in_window as f64 / secs } else { 0.0 };
     let mut v = json!({
         "mode": o.mode,

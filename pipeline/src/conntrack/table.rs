@@ -533,7 +533,7 @@ mod tests {
         let mut t = Table::new(cap, 7, 0, false, 0);
         let mut live: Vec<(FlowKey, u32)> = Vec::with_capacity(cap);
         let mut next = 0u32;
-        let mut fresh = |next: &mut u32| {
+        let fresh = |next: &mut u32| {
             *next += 1;
             key(*next, false)
         };

@@ -232,7 +232,22 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
     {
         out.push(warning(format!("control.listen {addr}: cannot listen now: {e} (is holdfast already running?)")));
     }
+    out.extend(huge_pages(&std::fs::read_to_string(THP).unwrap_or_default()));
     out
+}
+
+const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// Transparent huge pages turned off: the conntrack table asks for them (madvise).
+/// Measured on the dev VM (the targets bench, one sitting): 1M flows 122 ns/packet
+/// with them, 151 without; 10k flows the same.
+fn huge_pages(enabled: &str) -> Option<Finding> {
+    let mode = enabled.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
+    (mode == "never").then(|| {
+        warning(format!(
+            "transparent huge pages are off ([never] in {THP}): the conntrack table asks for them; without, a table of 1M flows measured ~20 % slower (echo madvise > {THP})"
+        ))
+    })
 }
 
 fn writable_dir(file: &Path, key: &str) -> Option<Finding> {
@@ -282,6 +297,14 @@ mod tests {
         // The embedded default fits.
         let d = crate::config::parse(crate::DEFAULT_CONFIG, "webfarm.yaml").unwrap();
         assert!(memory_ceiling(&d).unwrap().starts_with("memory when full:"));
+    }
+
+    #[test]
+    fn huge_pages_off_is_a_warning() {
+        assert!(huge_pages("always madvise [never]\n").is_some_and(|f| !f.error && f.text.contains("[never]")));
+        assert!(huge_pages("always [madvise] never\n").is_none());
+        assert!(huge_pages("[always] madvise never").is_none());
+        assert!(huge_pages("").is_none(), "no THP at all (a kernel without it): nothing to say");
     }
 
     #[test]

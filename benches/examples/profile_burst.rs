@@ -1,5 +1,6 @@
 //! Runs the mixed burst of the pipeline bench for a fixed number of bursts, for
-//! profilers (`perf record`, `valgrind --tool=callgrind`): flows and bursts as args.
+//! profilers (`perf record`, `valgrind --tool=callgrind`): flows and bursts as args;
+//! a third argument `flood` runs P6's flood mix against a full table instead.
 
 use holdfast_benches::Loaded;
 use holdfast_pipeline::{DropReason, Verdict};
@@ -8,11 +9,16 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let flows: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let bursts: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let mut l = Loaded::new(flows);
+    let flood = args.next().is_some_and(|a| a == "flood");
+    let mut l = if flood { Loaded::full_for_flood(flows) } else { Loaded::new(flows) };
     let mut out = [Verdict::Drop(DropReason::Malformed); 64];
     let t = std::time::Instant::now();
     for _ in 0..bursts {
-        l.fill_burst();
+        if flood {
+            l.fill_flood_burst();
+        } else {
+            l.fill_burst();
+        }
         l.run_burst(&mut out);
     }
     let dt = t.elapsed().as_secs_f64();

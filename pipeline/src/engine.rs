@@ -176,7 +176,7 @@ impl Engine {
     }
 
     fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
-        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+        self.rescale();
         // Stage 1: parse, hash, prefetch the home bucket.
         for (i, p) in pkts.iter().enumerate() {
             self.staged[i] = match parse::parse(p.data) {

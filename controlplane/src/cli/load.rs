@@ -3,17 +3,12 @@
 //! --rfc9411`.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use holdfast_controlplane::load::{client, flood, server};
 use holdfast_dataplane::sys;
 
 use super::Error;
 use super::args::LoadCmd;
-
-fn std_duration(d: holdfast_pipeline::Duration) -> Duration {
-    Duration::from_nanos(d.as_nanos())
-}
 
 /// `10.0.1.1`, or `10.0.1.1-10.0.1.64` (IPv4, at most 65,536 addresses).
 pub fn parse_sources(items: &[String]) -> Result<Vec<IpAddr>, String> {
@@ -62,10 +57,10 @@ impl LoadCmd {
                     sources,
                     mode: a.mode,
                     concurrency: a.concurrency as usize,
-                    duration: std_duration(a.duration),
+                    duration: a.duration.into(),
                     connections: a.connections as usize,
-                    idle: std_duration(a.idle),
-                    timeout: std_duration(a.timeout),
+                    idle: a.idle.into(),
+                    timeout: a.timeout.into(),
                 };
                 if o.timeout.is_zero() {
                     return Err(Error::Usage { cmd: "load client", msg: "--timeout must be more than 0".into() });
@@ -78,7 +73,7 @@ impl LoadCmd {
             }
             LoadCmd::Flood(a) => {
                 let sources = parse_net(&a.sources).map_err(|msg| Error::Usage { cmd: "load flood", msg })?;
-                let o = flood::FloodOptions { targets: a.target, sources, pps: a.pps, count: a.count, duration: a.duration.map(std_duration), seed: a.seed };
+                let o = flood::FloodOptions { targets: a.target, sources, pps: a.pps, count: a.count, duration: a.duration.map(Into::into), seed: a.seed };
                 let v = flood::run(&o, sys::stop_requested).map_err(|e| Error::failed("load flood", e))?;
                 println!("{v}");
                 Ok(())

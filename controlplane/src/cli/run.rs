@@ -8,12 +8,8 @@ use super::args::RunArgs;
 impl RunArgs {
     pub fn run(self) -> Result<(), Error> {
         let cfg = config::load(&self.config)?;
-        let opts = control::Options {
-            json: self.json,
-            duration: self.duration.map(|d| std::time::Duration::from_nanos(d.as_nanos())),
-            quiet: self.quiet,
-            seed: holdfast_dataplane::sys::random_seed(),
-        };
+        let opts =
+            control::Options { json: self.json, duration: self.duration.map(Into::into), quiet: self.quiet, seed: holdfast_dataplane::sys::random_seed() };
         let v = control::serve(&self.config, cfg, &opts).map_err(|e| Error::failed("run", e))?;
         if self.json {
             println!("{v}");

@@ -73,7 +73,7 @@ pub fn event_json(e: &DenyEvent, started_at: SystemTime, interfaces: &[String; 2
         v["vlan"] = json!([w.vlan & 0xfff, w.vlan >> 12]);
     }
     if let Some(r) = &w.removed {
-        let ago = Duration::from_nanos(r.ago.as_nanos());
+        let ago = Duration::from(r.ago);
         v["state_removed"] = json!({
             "why": r.why.name(),
             "timestamp": humantime::format_rfc3339_micros(at.checked_sub(ago).unwrap_or(at)).to_string(),

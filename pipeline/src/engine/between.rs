@@ -25,7 +25,7 @@ impl Engine {
     /// Retires entries whose timeout has run out, examining at most `budget` timer
     /// entries. Returns how many entries were removed.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
-        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+        self.rescale();
         let now_abs = abs_ticks(now);
         let now32 = now.ticks();
         let mut removed = 0;
@@ -51,7 +51,7 @@ impl Engine {
         if self.scale < 1024 && self.lists.per_class() {
             for a in [Admission::Embryonic, Admission::Unreplied, Admission::Closing] {
                 // What the classes below gave back lowers the pressure on this one.
-                self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+                self.rescale();
                 while budget > 0 {
                     budget -= 1;
                     let Some(slot) = self.lists.head(a) else { break };
@@ -91,7 +91,7 @@ impl Engine {
         self.sources.limit = self.cfg.per_source_limit;
         self.frags.set_timeout(self.cfg.fragment_timeout.ticks());
         self.quota = quota(&self.cfg);
-        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+        self.rescale();
         self.policy = policy;
     }
 

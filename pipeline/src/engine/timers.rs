@@ -21,6 +21,12 @@ pub(super) fn idle_ticks(now: u32, last: u32) -> u32 {
 }
 
 impl Engine {
+    /// pf's adaptive factor for the table's fill now (see [`Engine::timeout_of`]).
+    #[inline]
+    pub(super) fn rescale(&mut self) {
+        self.scale = self.cfg.pressure.scale_1024(self.table.len(), self.table.capacity());
+    }
+
     /// The timeout that applies to an entry now: its class's, shrunk for non-assured
     /// entries under pressure (pf's adaptive timeouts, sparing assured flows), never
     /// below `pressure.timeout_floor`. With by-class eviction a class shrinks only while

@@ -273,6 +273,22 @@ fn start_appliance(g: &mut Guard, exe: &Path, cfg: &Path) -> Result<(), LabError
     Ok(())
 }
 
+/// Stops the appliance the way an operator does (SIGTERM: it drains and detaches) and
+/// returns its final counters: the last JSON line of its output with `totals` (a
+/// config without a deny log file writes denials there too), or `{"error": stderr}`.
+fn stop_appliance(app: Child) -> Result<Value, LabError> {
+    // Through kill(1): the pid is all it needs.
+    let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
+    let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("totals").is_some())
+        .unwrap_or_else(|| json!({"error": String::from_utf8_lossy(&out.stderr)})))
+}
+
 /// The appliance's config for `workers` workers.
 pub fn config_text(workers: usize) -> String {
     if workers <= 1 {
@@ -362,12 +378,7 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, LabError> {
         std::mem::forget(g);
         return Ok(v);
     }
-    // Stop the appliance the way an operator does: SIGTERM; it drains and detaches.
-    let app = g.children.pop().expect("appliance");
-    // Through kill(1): the pid is all it needs.
-    let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
-    let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
-    let appliance: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)}));
+    let appliance = stop_appliance(g.children.pop().expect("appliance"))?;
     let detached = !xdp_attached("hf-out0") && !xdp_attached("hf-in0");
     // configs/lab.yaml logs denials next to the config, in the lab's directory.
     let log = std::fs::read_to_string(dir.join("denials.log")).unwrap_or_default();

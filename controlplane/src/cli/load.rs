@@ -45,7 +45,6 @@ impl LoadCmd {
         match self {
             LoadCmd::Serve(a) => {
                 let o = server::ServeOptions { listen: a.listen, object: a.object as usize, max_conns: a.max_conns as usize, backlog: a.backlog };
-                sys::raise_nofile(o.max_conns as u64 + 64).map_err(|e| Error::failed("load serve", e))?;
                 let stats = server::serve(&o, sys::stop_requested).map_err(|e| Error::failed("load serve", e))?;
                 println!("{}", serde_json::to_string(&stats).expect("plain counters"));
                 Ok(())

@@ -196,18 +196,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         std::mem::forget(g);
         return Ok(v);
     }
-    let app = g.children.pop().expect("appliance");
-    let _ = std::process::Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
-    let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
-    // Its final counters are the last JSON line of its output (a config without a
-    // deny log file writes denials there too).
-    let text = String::from_utf8_lossy(&out.stdout);
-    let appliance: Value = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v.get("totals").is_some())
-        .unwrap_or_else(|| json!({"error": String::from_utf8_lossy(&out.stderr)}));
+    let appliance = super::stop_appliance(g.children.pop().expect("appliance"))?;
     drop(g);
     let left = down();
     let mut v = report(appliance);

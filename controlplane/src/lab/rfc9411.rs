@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use holdfast_dataplane::host::{self, Tool};
 use serde_json::{Value, json};
 
-use super::{Guard, LabError, SERVERS, config_text, down, in_ns, interrupted, ip, run_in, server, start_appliance};
+use super::{Guard, LabError, SERVERS, config_text, down, in_ns, interrupted, ip, run_in, server, start_appliance, stop_appliance};
 use crate::load::client;
 use crate::report::thousands as group;
 
@@ -47,7 +47,7 @@ impl System {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub systems: Vec<System>,
-    /// Concurrent connections to hold (and the tables' size, with `headroom`).
+    /// Concurrent connections to hold (the tables get an eighth more: [`capacity`]).
     pub connections: usize,
     /// How long the cps and tps phases measure, each.
     pub seconds: f64,
@@ -110,6 +110,8 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         return Err(LabError::NotRoot);
     }
     let started = Instant::now();
+    // What one process may hold here (raising the limit is a system call: once).
+    let per = per_process();
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for &system in &o.systems {
@@ -121,7 +123,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
                 continue;
             }
         }
-        results.push(one(exe, o, system)?);
+        results.push(one(exe, o, system, per)?);
     }
     let v = json!({
         "connections": o.connections,
@@ -133,7 +135,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         "object": o.object,
         "flood_syns": (o.flood * capacity(o.connections) as f64) as u64,
         "flood_pps": o.flood_pps,
-        "per_process": per_process(),
+        "per_process": per,
         "systems": results,
         "skipped": skipped,
         "elapsed_s": started.elapsed().as_secs_f64(),
@@ -172,13 +174,15 @@ fn spawn(ns: &str, exe: &Path, args: &[String]) -> Result<Child, LabError> {
     in_ns(ns, &cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(LabError::io(format!("starting {}", args.join(" "))))
 }
 
+/// The last line of `text` that is a JSON object.
+fn last_json_line(text: &str) -> Option<Value> {
+    text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok())
+}
+
 /// The last JSON object a finished child printed; its standard error if none.
 fn last_json(child: Child, what: &str) -> Result<Value, LabError> {
     let out = child.wait_with_output().map_err(LabError::io(what))?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+    last_json_line(&String::from_utf8_lossy(&out.stdout))
         .ok_or_else(|| LabError::Command { command: what.to_string(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
 }
 
@@ -219,13 +223,12 @@ fn softnet_drops() -> u64 {
 
 /// Creates the lab for `system` with a table of `cap` entries and `n_servers` server
 /// processes.
-fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) -> Result<Env, LabError> {
+fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize, per: usize) -> Result<Env, LabError> {
     let dir = std::env::temp_dir().join(format!("holdfast-rfc9411-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
     let mut env = Env { g: Guard { children: vec![], keep: false, dir: dir.clone() }, restore: Restore(Vec::new()), system, before: Value::Null, softnet: 0 };
     super::up(1)?;
-    let per = per_process();
     // Client addresses, ports 1024-65535, queues for many connections.
     for k in 2..=o.sources.clamp(1, 250) {
         ip(&["-n", "hf-out", "addr", "add", &format!("10.0.1.{k}/16"), "dev", "hf-out1"])?;
@@ -291,14 +294,9 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize) 
 
 /// Stops the system and the servers; their counters. Removes the lab.
 fn finish(mut env: Env) -> Result<Value, LabError> {
-    let appliance = match env.system {
+    let mut appliance = match env.system {
         System::Holdfast => {
-            let app = env.g.children.pop().expect("appliance");
-            let _ = std::process::Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
-            let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let v = text.lines().rev().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v.get("totals").is_some());
-            let t = v.map(|v| v["totals"].clone()).unwrap_or(Value::Null);
+            let t = stop_appliance(env.g.children.pop().expect("appliance"))?["totals"].clone();
             json!({
                 "drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "flows_created": t["flows_created"],
                 "table_full": t["table_full"], "deny_log": deny_log(&env.g.dir.join("denials.log")), "totals": t,
@@ -306,7 +304,6 @@ fn finish(mut env: Env) -> Result<Value, LabError> {
         }
         System::Linux => json!({"conntrack_before": env.before, "conntrack_after": conntrack_stats()}),
     };
-    let mut appliance = appliance;
     appliance["softnet_drops"] = json!(softnet_drops().saturating_sub(env.softnet));
     let mut servers = Vec::new();
     while let Some(c) = env.g.children.pop() {
@@ -319,10 +316,9 @@ fn finish(mut env: Env) -> Result<Value, LabError> {
 
 /// One system: the rate phases on a table sized for them, then the capacity phase on a
 /// fresh table sized for the held connections.
-fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
-    let per = per_process();
+fn one(exe: &Path, o: &Options, system: System, per: usize) -> Result<Value, LabError> {
     // 1. Connections per second, 2. transactions per second (keep-alive).
-    let env = setup(exe, o, system, o.rate_table, 1)?;
+    let env = setup(exe, o, system, o.rate_table, 1, per)?;
     let secs = format!("{}ms", (o.seconds * 1000.0).round() as u64);
     let cps = last_json(
         spawn("hf-out", exe, &client_args(o, "cps", &["--duration".into(), secs.clone(), "--concurrency".into(), o.concurrency.to_string()]))?,
@@ -343,7 +339,7 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
     // not evenly: a fifth more of them, so that none reaches its descriptor cap (the
     // first 1M run had 442 connections refused by full server processes).
     let n_servers = (o.connections + o.connections / 5).div_ceil(per).max(1);
-    let env = setup(exe, o, system, cap, n_servers)?;
+    let env = setup(exe, o, system, cap, n_servers, per)?;
     let flood_syns = (o.flood * cap as f64) as u64;
     let flood_secs = if o.flood_pps > 0 { flood_syns as f64 / o.flood_pps as f64 } else { 0.0 };
     // Ask again once half the flood is in: the table is full of it by then.
@@ -388,7 +384,7 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
     }
     let open_seconds = hold_started.elapsed().as_secs_f64();
     std::thread::sleep(FILL_WAIT);
-    let table_when_held = appliance_fill(system);
+    let table_when_held = appliance_fill(exe, system);
     let mut flood = None;
     if flood_syns > 0 {
         let mut a = vec!["load".to_string(), "flood".into(), "--pps".into(), o.flood_pps.to_string(), "--count".into(), flood_syns.to_string()];
@@ -403,14 +399,10 @@ fn one(exe: &Path, o: &Options, system: System) -> Result<Value, LabError> {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut r, &mut rest);
         let _ = c.wait_with_output();
-        let v = rest
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .ok_or_else(|| LabError::Command { command: "load client --mode hold".into(), stderr: "no result".into() })?;
+        let v = last_json_line(&rest).ok_or_else(|| LabError::Command { command: "load client --mode hold".into(), stderr: "no result".into() })?;
         holds.push(v);
     }
-    let table_during_flood = appliance_fill(system);
+    let table_during_flood = appliance_fill(exe, system);
     let flood = match flood {
         Some(f) => stop(f, "load flood")?,
         None => json!({"sent": 0}),
@@ -464,20 +456,17 @@ fn deny_log(path: &Path) -> Value {
 }
 
 /// How full the system's table is now: Holdfast's `/status`, Linux's conntrack count.
-fn appliance_fill(system: System) -> Value {
+fn appliance_fill(exe: &Path, system: System) -> Value {
     match system {
-        System::Holdfast => {
-            let exe = std::env::current_exe().unwrap_or_else(|_| "holdfast".into());
-            match run_in("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]) {
-                Ok(s) => serde_json::from_str::<Value>(&s)
-                    .map(|v| {
-                        let t = &v["total"];
-                        json!({"flows": t["entries"], "capacity": t["capacity"], "classes": t["classes"], "adaptive_scale": t["adaptive_scale"]})
-                    })
-                    .unwrap_or(Value::Null),
-                Err(_) => Value::Null,
-            }
-        }
+        System::Holdfast => match run_in("hf-fw", &[&exe.to_string_lossy(), "status", "--json"]) {
+            Ok(s) => serde_json::from_str::<Value>(&s)
+                .map(|v| {
+                    let t = &v["total"];
+                    json!({"flows": t["entries"], "capacity": t["capacity"], "classes": t["classes"], "adaptive_scale": t["adaptive_scale"]})
+                })
+                .unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        },
         System::Linux => {
             let n = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").ok();
             let ns = run_in("hf-fw", &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]).ok();

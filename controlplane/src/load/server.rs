@@ -77,6 +77,8 @@ pub fn response(object: usize) -> Vec<u8> {
 
 /// Serves until `stop()` says so (checked at least every 100 ms).
 pub fn serve(o: &ServeOptions, stop: impl Fn() -> bool) -> io::Result<ServeStats> {
+    // A descriptor per connection, as the client raises its own.
+    holdfast_dataplane::sys::raise_nofile(o.max_conns as u64 + 64)?;
     let mut poll = Poll::new()?;
     let mut listeners = Vec::new();
     for (i, &addr) in o.listen.iter().enumerate() {

@@ -2,14 +2,20 @@
 //! list and the timer wheel. Fixed capacity chosen at start; nothing here allocates
 //! after `new`.
 //!
-//! Index: 64-byte buckets of 7 (tag, slot) pairs. A key may live in its home bucket
-//! (hash & mask) or its alternate (home ^ f(tag)); each bucket counts how many of its
-//! keys overflowed, so a lookup reads a second bucket only when the first ever
-//! overflowed (about 4 % of buckets at the 50 % load the sizing gives). A one-step
-//! cuckoo move and a small stash absorb the rest. (A denser index — at most 80 %, 55 %
-//! at the benchmark's 1M entries instead of 27 % — saved 17 bytes an entry but cost
-//! 5–10 % at 1M flows and a SYN flood's slowdown went from 22 % to 30 %: more misses
-//! read both buckets. Measured and dropped.)
+//! Index: 64-byte buckets of 10 (16-bit tag, 32-bit slot) pairs, as many buckets as
+//! make the index half full at capacity (any count, not a power of two: a bucket is
+//! chosen by multiply-shift, not by mask). A key may live in its home bucket or its
+//! alternate (home + d(tag), modulo the bucket count); each bucket counts how many of
+//! its keys overflowed, so a lookup reads a second bucket only when the first ever
+//! overflowed (about 1.4 % of buckets at half load). A one-step cuckoo move and a small
+//! stash absorb the rest.
+//!
+//! History, measured on the dev VM at 1M entries: 7 ways of 32-bit tags in a power of
+//! two of buckets cost 33 bytes an entry (the rounding left the index 27 % full); the
+//! 10 ways of 16-bit tags cost 13. A 15-bit tag still rejects all but 1 in 32,768 wrong
+//! ways before the key is compared. (Loading the old layout to 55 % instead cost 5–10 %
+//! at 1M flows: more misses read both buckets; ten ways at half load overflow less
+//! than seven did at a quarter.)
 
 use super::conn::{Conn, ConnAux, ConnStats, cflag};
 use super::wheel::Wheel;
@@ -17,21 +23,22 @@ use crate::flow::{FlowHasher, FlowKey};
 use crate::raw::{Zeroed, prefetch, region_of, touch, zeroed_slice};
 use core::mem::size_of;
 
-const WAYS: usize = 7;
+const WAYS: usize = 10;
 /// Index slots per entry of capacity: 2, i.e. the index is at most half full.
 const INDEX_OVERPROVISION: usize = 2;
 /// Keys that found no room in either bucket even after a cuckoo move.
 const STASH: usize = 64;
+/// The end of the free list.
+const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Bucket {
     /// Hash tag with bit 0 = "this key's home is the other bucket"; 0 = empty.
-    tags: [u32; WAYS],
+    tags: [u16; WAYS],
     /// How many keys whose home is this bucket live elsewhere.
     overflow: u32,
     slots: [u32; WAYS],
-    _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
@@ -40,7 +47,7 @@ impl Bucket {
     /// Bit i set when way i holds `tag` (ignoring the in-alternate bit). Branch-free,
     /// so the compiler can compare all ways at once.
     #[inline]
-    fn matches(&self, tag: u32) -> u32 {
+    fn matches(&self, tag: u16) -> u32 {
         let mut m = 0;
         for (i, &t) in self.tags.iter().enumerate() {
             m |= u32::from(t & !1 == tag) << i;
@@ -71,10 +78,12 @@ pub struct Table {
     v6_free: Vec<u32>,
     v6_per_slot: bool,
     buckets: Zeroed<Bucket>,
-    mask: usize,
-    stash: [(u32, u32); STASH],
+    stash: [(u16, u32); STASH],
     stash_len: usize,
-    free: Vec<u32>,
+    /// The free list: slots given back, linked through their (unarmed) timer nodes,
+    /// newest first (`NIL` when empty); slots from `fresh` on were never used.
+    free_head: u32,
+    fresh: u32,
     wheel: Wheel,
     hasher: FlowHasher,
     len: usize,
@@ -82,18 +91,17 @@ pub struct Table {
     kick: usize,
 }
 
+/// The key's tag: 15 bits of its hash (bits 49..64, independent of the 32 that choose
+/// the bucket), never 0 (empty); bit 0 is left for "in the alternate bucket".
 #[inline]
-fn tag_of(h: u64) -> u32 {
-    ((h >> 32) as u32 & !1) | 2
+fn tag_of(h: u64) -> u16 {
+    ((h >> 48) as u16 & !1).max(2)
 }
 
-#[inline]
-fn alt(bucket: usize, tag: u32, mask: usize) -> usize {
-    (bucket ^ ((tag & !1).wrapping_mul(0x5bd1_e995) as usize | 1)) & mask
-}
-
+/// Buckets for `capacity` entries: the index half full at capacity, at least 2 (so
+/// that a key's alternate differs from its home).
 fn buckets_for(capacity: usize) -> usize {
-    capacity.saturating_mul(INDEX_OVERPROVISION).div_ceil(WAYS).checked_next_power_of_two().unwrap_or(usize::MAX).max(2)
+    capacity.saturating_mul(INDEX_OVERPROVISION).div_ceil(WAYS).max(2)
 }
 
 impl Table {
@@ -102,26 +110,39 @@ impl Table {
     /// been full (the IPv6 pool once it held IPv6 flows). Without `accounting` there
     /// are no per-flow packet and byte counters; the IPv6 pool has `ipv6_slots` places.
     pub fn footprint(capacity: usize, accounting: bool, ipv6_slots: usize) -> usize {
+        Table::footprint_parts(capacity, accounting, ipv6_slots).iter().fold(0usize, |a, p| a.saturating_add(p.1))
+    }
+
+    /// What [`Table::footprint`] is made of: (part, bytes).
+    pub fn footprint_parts(capacity: usize, accounting: bool, ipv6_slots: usize) -> [(&'static str, usize); 6] {
         let c = capacity.max(1);
         let stats = if accounting { size_of::<ConnStats>() } else { 0 };
-        let per_entry = size_of::<Conn>() + stats + size_of::<ConnAux>() + size_of::<u32>();
         let pool = ipv6_slots.min(c);
         let free_list = if pool == c { 0 } else { size_of::<u32>() };
-        let v6 = pool.saturating_mul(2 * size_of::<u128>() + free_list);
-        c.saturating_mul(per_entry).saturating_add(v6).saturating_add(buckets_for(c).saturating_mul(size_of::<Bucket>())).saturating_add(Wheel::footprint(c))
+        [
+            ("entries", c.saturating_mul(size_of::<Conn>())),
+            ("counters", c.saturating_mul(stats)),
+            ("bookkeeping", c.saturating_mul(size_of::<ConnAux>())),
+            ("IPv6 pool", pool.saturating_mul(2 * size_of::<u128>() + free_list)),
+            ("index", buckets_for(c).saturating_mul(size_of::<Bucket>())),
+            ("timer wheel", Wheel::footprint(c)),
+        ]
     }
 
     /// Bytes allocated, everything included.
     pub fn bytes(&self) -> usize {
-        self.regions().iter().map(|r| r.1).sum::<usize>() + self.free.capacity() * 4 + self.v6_free.capacity() * 4
+        self.regions().iter().map(|r| r.1).sum::<usize>() + self.v6_free.capacity() * 4
     }
 
     /// A table of `capacity` entries, of which at most `ipv6_slots` hold IPv6 flows.
     pub(crate) fn new(capacity: usize, seed: u64, now_ticks: u64, accounting: bool, ipv6_slots: usize) -> Table {
         let capacity = capacity.max(1);
-        let nbuckets = buckets_for(capacity);
-        let mut free = Vec::with_capacity(capacity);
-        free.extend((0..capacity as u32).rev());
+        Table::with_buckets(capacity, buckets_for(capacity), seed, now_ticks, accounting, ipv6_slots)
+    }
+
+    /// [`Table::new`] with `nbuckets` index buckets (tests crowd the index with it).
+    fn with_buckets(capacity: usize, nbuckets: usize, seed: u64, now_ticks: u64, accounting: bool, ipv6_slots: usize) -> Table {
+        assert!(nbuckets >= 2 && nbuckets <= u32::MAX as usize, "index buckets");
         let pool = ipv6_slots.min(capacity);
         let v6_per_slot = pool == capacity;
         let mut v6_free = Vec::with_capacity(if v6_per_slot { 0 } else { pool });
@@ -136,10 +157,10 @@ impl Table {
             v6_free,
             v6_per_slot,
             buckets: zeroed_slice(nbuckets),
-            mask: nbuckets - 1,
             stash: [(0, 0); STASH],
             stash_len: 0,
-            free,
+            free_head: NIL,
+            fresh: 0,
             wheel: Wheel::new(capacity, now_ticks),
             hasher: FlowHasher::new(seed),
             len: 0,
@@ -168,7 +189,7 @@ impl Table {
         self.len == 0
     }
     pub fn is_full(&self) -> bool {
-        self.free.is_empty()
+        self.free_head == NIL && self.fresh as usize == self.capacity()
     }
     /// Highest number of live entries seen.
     pub fn peak(&self) -> usize {
@@ -203,16 +224,40 @@ impl Table {
         self.hasher.hash(k)
     }
 
+    /// The home bucket of hash `h`: its low 32 bits scaled to the bucket count.
+    #[inline]
+    fn home(&self, h: u64) -> usize {
+        ((u64::from(h as u32) * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    /// The other bucket of a key with tag `tag` (bit 0: it sits in its alternate) that
+    /// sits in bucket `b`: the alternate is `d(tag)` buckets after the home, modulo
+    /// the count, with `d` in `1..n`.
+    #[inline]
+    fn other(&self, b: usize, tag: u16) -> usize {
+        let n = self.buckets.len();
+        let mixed = u32::from(tag & !1).wrapping_mul(0x5bd1_e995);
+        let d = 1 + ((u64::from(mixed) * (n as u64 - 1)) >> 32) as usize;
+        if tag & 1 == 0 {
+            let a = b + d;
+            if a >= n { a - n } else { a }
+        } else if b >= d {
+            b - d
+        } else {
+            b + n - d
+        }
+    }
+
     /// Stage 1 of a burst: bring the key's home bucket into cache.
     #[inline]
     pub(crate) fn prefetch_bucket(&self, h: u64) {
-        prefetch(&self.buckets[h as usize & self.mask]);
+        prefetch(&self.buckets[self.home(h)]);
     }
 
     /// Stage 2: bring the entry that the first matching tag points at into cache.
     #[inline]
     pub(crate) fn prefetch_entry(&self, h: u64) {
-        let b = &self.buckets[h as usize & self.mask];
+        let b = &self.buckets[self.home(h)];
         let m = b.matches(tag_of(h));
         if m != 0 {
             let s = b.slots[m.trailing_zeros() as usize] as usize;
@@ -235,7 +280,7 @@ impl Table {
     }
 
     #[inline]
-    fn find_in(&self, b: usize, tag: u32, k: &FlowKey) -> Option<(usize, usize)> {
+    fn find_in(&self, b: usize, tag: u16, k: &FlowKey) -> Option<(usize, usize)> {
         let bucket = &self.buckets[b];
         let mut m = bucket.matches(tag);
         while m != 0 {
@@ -252,14 +297,14 @@ impl Table {
     #[inline]
     pub(crate) fn lookup(&self, h: u64, k: &FlowKey) -> Option<u32> {
         let tag = tag_of(h);
-        let home = h as usize & self.mask;
+        let home = self.home(h);
         if let Some((b, i)) = self.find_in(home, tag, k) {
             return Some(self.buckets[b].slots[i]);
         }
         if self.buckets[home].overflow == 0 {
             return None;
         }
-        if let Some((b, i)) = self.find_in(alt(home, tag, self.mask), tag, k) {
+        if let Some((b, i)) = self.find_in(self.other(home, tag), tag, k) {
             return Some(self.buckets[b].slots[i]);
         }
         self.stash[..self.stash_len].iter().find(|&&(t, s)| t == tag && self.key_eq(s, k)).map(|&(_, s)| s)
@@ -283,12 +328,22 @@ impl Table {
     /// has no room.
     pub(crate) fn insert(&mut self, h: u64, k: &FlowKey, conn: Conn, aux: ConnAux, when: u64) -> Result<u32, IndexFull> {
         debug_assert_eq!(Table::blank(k).proto_vlan, conn.proto_vlan, "an entry for another key");
-        let Some(&slot) = self.free.last() else { return Err(IndexFull::Index) };
+        let slot = if self.free_head != NIL {
+            self.free_head
+        } else if (self.fresh as usize) < self.capacity() {
+            self.fresh
+        } else {
+            return Err(IndexFull::Index);
+        };
         if k.v6 && !self.v6_per_slot && self.v6_free.is_empty() {
             return Err(IndexFull::Ipv6Pool);
         }
         self.index_insert(h, slot)?;
-        self.free.pop();
+        if slot == self.free_head {
+            self.free_head = self.wheel.spare(slot);
+        } else {
+            self.fresh += 1;
+        }
         let s = slot as usize;
         self.conns[s] = conn;
         if k.v6 {
@@ -342,11 +397,11 @@ impl Table {
 
     fn index_insert(&mut self, h: u64, slot: u32) -> Result<(), IndexFull> {
         let tag = tag_of(h);
-        let home = h as usize & self.mask;
+        let home = self.home(h);
         if self.place(home, tag, slot) {
             return Ok(());
         }
-        let other = alt(home, tag, self.mask);
+        let other = self.other(home, tag);
         if self.place(other, tag | 1, slot) {
             self.buckets[home].overflow += 1;
             return Ok(());
@@ -356,8 +411,8 @@ impl Table {
             for j in 0..WAYS {
                 let i = (j + self.kick) % WAYS;
                 let (t, s) = (self.buckets[b].tags[i], self.buckets[b].slots[i]);
-                let dest = alt(b, t, self.mask);
-                if dest == b || !self.place(dest, t ^ 1, s) {
+                let dest = self.other(b, t);
+                if !self.place(dest, t ^ 1, s) {
                     continue;
                 }
                 // The resident's home is `b` if it was in its home (bit 0 clear).
@@ -385,7 +440,7 @@ impl Table {
         Ok(())
     }
 
-    fn place(&mut self, b: usize, tag: u32, slot: u32) -> bool {
+    fn place(&mut self, b: usize, tag: u16, slot: u32) -> bool {
         let bucket = &mut self.buckets[b];
         match bucket.tags.iter().position(|&t| t == 0) {
             Some(i) => {
@@ -407,8 +462,8 @@ impl Table {
     /// [`Table::remove`] when the caller already has the key's hash.
     pub(crate) fn remove_hashed(&mut self, slot: u32, h: u64) {
         let tag = tag_of(h);
-        let home = h as usize & self.mask;
-        let other = alt(home, tag, self.mask);
+        let home = self.home(h);
+        let other = self.other(home, tag);
         let mut done = false;
         for b in [home, other] {
             let bucket = &mut self.buckets[b];
@@ -435,7 +490,8 @@ impl Table {
         if c.is_v6() && !self.v6_per_slot {
             self.v6_free.push(c.addr[0]);
         }
-        self.free.push(slot);
+        self.wheel.set_spare(slot, self.free_head);
+        self.free_head = slot;
         self.len -= 1;
     }
 
@@ -563,14 +619,22 @@ mod tests {
 
     #[test]
     fn tiny_index_uses_cuckoo_moves_and_stash() {
-        // 2 buckets of 7 for 16 entries: most keys cannot sit at home.
-        let mut t = Table::new(7, 1, 0, true, 7);
+        // 2 buckets of 10 ways for 40 entries: keys overflow, move, and fill the stash;
+        // then the stash is full and the index refuses with an entry free.
+        let mut t = Table::with_buckets(100, 2, 1, 0, true, 100);
         let mut placed = Vec::new();
-        for i in 0..7u32 {
+        for i in 0..(2 * WAYS + STASH) as u32 {
             let k = key(i, false);
             let h = t.hash(&k);
             placed.push((k, t.insert(h, &k, Table::blank(&k), ConnAux::default(), 100).unwrap()));
         }
+        assert_eq!(t.stash_len, STASH);
+        let k = key(1000, false);
+        assert_eq!(t.insert(t.hash(&k), &k, Table::blank(&k), ConnAux::default(), 100), Err(IndexFull::Index));
+        assert!(!t.is_full());
+        let overflow: u32 = t.buckets.iter().map(|b| b.overflow).sum();
+        let in_alt = t.buckets.iter().flat_map(|b| b.tags).filter(|&t| t & 1 == 1).count();
+        assert_eq!(overflow as usize, in_alt + t.stash_len, "overflow counts stay exact");
         for (k, s) in &placed {
             assert_eq!(t.lookup(t.hash(k), k), Some(*s));
         }

@@ -18,17 +18,22 @@ const SLOT_BITS: u32 = 6;
 const LISTS: usize = LEVELS * SLOTS;
 
 /// Node of the intrusive doubly linked slot lists. Indices below `cap` are entries;
-/// `cap + list` are the list heads (sentinels). `list` is 1 + the list id, or 0 when
-/// the entry is not armed, so that a zeroed node means "not armed".
+/// `cap + list` are the list heads (sentinels). A zeroed node is "not armed": an armed
+/// entry's ring holds its list's sentinel, so its `prev` and `next` differ unless both
+/// are that sentinel (at or above `cap`). Which list an entry is in is not stored: only
+/// removal needs it, when the list becomes empty, and then both neighbours are its
+/// sentinel. (A stored list id cost 4 bytes an entry.)
 #[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C)]
 pub(crate) struct Node {
     prev: u32,
     next: u32,
-    /// Deadline in wrapping ticks.
+    /// Deadline in wrapping ticks; for an entry that is not armed, what the table
+    /// keeps there ([`Wheel::set_spare`]).
     when: u32,
-    list: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Node>() == 12);
 
 pub(crate) struct Wheel {
     nodes: Zeroed<Node>,
@@ -50,7 +55,7 @@ impl Wheel {
         let mut nodes: Zeroed<Node> = zeroed_slice(cap + LISTS);
         for l in 0..LISTS {
             let s = (cap + l) as u32;
-            nodes[cap + l] = Node { prev: s, next: s, when: 0, list: 0 };
+            nodes[cap + l] = Node { prev: s, next: s, when: 0 };
         }
         Wheel { nodes, cap: cap as u32, occupied: [0; LEVELS], elapsed: now_ticks, armed: 0 }
     }
@@ -75,7 +80,8 @@ impl Wheel {
     }
 
     pub(crate) fn is_armed(&self, idx: u32) -> bool {
-        self.nodes[idx as usize].list != 0
+        let n = &self.nodes[idx as usize];
+        n.prev != n.next || n.next >= self.cap
     }
 
     /// The deadline of an armed entry, as an absolute tick.
@@ -99,7 +105,7 @@ impl Wheel {
         let list = level * SLOTS + slot;
         let head = self.cap as usize + list;
         let tail = self.nodes[head].prev;
-        self.nodes[idx as usize] = Node { prev: tail, next: head as u32, when: when as u32, list: list as u32 + 1 };
+        self.nodes[idx as usize] = Node { prev: tail, next: head as u32, when: when as u32 };
         self.nodes[tail as usize].next = idx;
         self.nodes[head].prev = idx;
         self.occupied[level] |= 1 << slot;
@@ -108,19 +114,32 @@ impl Wheel {
 
     /// Disarms `idx` if armed.
     pub(crate) fn remove(&mut self, idx: u32) {
-        let n = self.nodes[idx as usize];
-        if n.list == 0 {
+        if !self.is_armed(idx) {
             return;
         }
+        let n = self.nodes[idx as usize];
         self.nodes[n.prev as usize].next = n.next;
         self.nodes[n.next as usize].prev = n.prev;
         self.nodes[idx as usize] = Node::default();
-        let list = (n.list - 1) as usize;
-        let head = self.cap as usize + list;
-        if self.nodes[head].next == head as u32 {
+        if n.prev == n.next {
+            // Both neighbours are the sentinel: the list is empty now.
+            let list = (n.next - self.cap) as usize;
             self.occupied[list / SLOTS] &= !(1 << (list % SLOTS));
         }
         self.armed -= 1;
+    }
+
+    /// Stores `v` in the node of `idx`, which is not armed: the table links its free
+    /// slots through them instead of keeping a list of its own (4 bytes an entry).
+    pub(crate) fn set_spare(&mut self, idx: u32, v: u32) {
+        debug_assert!(!self.is_armed(idx));
+        self.nodes[idx as usize].when = v;
+    }
+
+    /// What [`Wheel::set_spare`] stored in `idx`'s node.
+    pub(crate) fn spare(&self, idx: u32) -> u32 {
+        debug_assert!(!self.is_armed(idx));
+        self.nodes[idx as usize].when
     }
 
     /// Re-arms `idx` at `when` (disarming it first if needed).
@@ -196,6 +215,17 @@ fn level_for(elapsed: u64, when: u64) -> usize {
 mod tests {
     use super::*;
 
+    impl Wheel {
+        /// The list an armed entry is in: walk its ring to the sentinel.
+        fn list_of(&self, idx: u32) -> usize {
+            let mut i = self.nodes[idx as usize].next;
+            while i < self.cap {
+                i = self.nodes[i as usize].next;
+            }
+            (i - self.cap) as usize
+        }
+    }
+
     fn drain(w: &mut Wheel, now: u64) -> Vec<u32> {
         let mut v = Vec::new();
         while let Some(i) = w.pop_due(now) {
@@ -268,11 +298,10 @@ mod tests {
         let mut deadline = vec![None::<u64>; cap];
         let check = |w: &Wheel, step: usize, what: &str| {
             for i in 0..cap {
-                let n = w.nodes[i];
-                if n.list == 0 {
+                if !w.is_armed(i as u32) {
                     continue;
                 }
-                let level = ((n.list - 1) as usize) / SLOTS;
+                let level = w.list_of(i as u32) / SLOTS;
                 let when = w.when(i as u32);
                 let start = when & !((1u64 << (6 * level)) - 1);
                 assert!(
@@ -321,7 +350,7 @@ mod tests {
                                 assert!(
                                     *d > now,
                                     "step {step}: entry {i} due at {d} missed at {now}: list {} when {} elapsed {} occ {:?}",
-                                    w.nodes[i].list,
+                                    w.list_of(i as u32),
                                     w.nodes[i].when,
                                     w.elapsed,
                                     w.occupied.iter().map(|o| format!("{o:x}")).collect::<Vec<_>>()

@@ -121,19 +121,20 @@ fn main() {
     );
     let off = holdfast_pipeline::EngineConfig { capacity: cap, accounting: false, ..*big.engine.config() };
     let pool = holdfast_pipeline::EngineConfig { ipv6_slots: Some(cap / 4), ..off };
+    let v4 = holdfast_pipeline::EngineConfig { ipv6_slots: Some(0), ..off };
     println!(
-        "    engine, computed: {} B per entry with conntrack.accounting: off; {} B with that and ipv6_share: 0.25; {} B with ipv6_share 0.25 alone",
+        "    engine, computed: {} B per entry with conntrack.accounting: off; {} B with that and ipv6_share: 0.25; {} B with that and ipv6_share: 0 (IPv4 only); {} B with ipv6_share 0.25 alone",
         holdfast_pipeline::Engine::footprint(&off) / cap,
         holdfast_pipeline::Engine::footprint(&pool) / cap,
+        holdfast_pipeline::Engine::footprint(&v4) / cap,
         holdfast_pipeline::Engine::footprint(&holdfast_pipeline::EngineConfig { accounting: true, ..pool }) / cap
     );
-    println!(
-        "    entry {} B, counters {} B (conntrack.accounting), bookkeeping {} B, IPv6 pool 36 B a place (conntrack.ipv6_share), free list 4 B, index + timer wheel {} B",
-        holdfast_pipeline::conntrack::ENTRY_BYTES,
-        32,
-        12,
-        t.bytes_per_entry().saturating_sub(holdfast_pipeline::conntrack::ENTRY_BYTES + 32 + 12 + 36 + 4)
-    );
+    let parts: Vec<String> = holdfast_pipeline::Engine::footprint_parts(big.engine.config())
+        .iter()
+        .filter(|p| p.1 > 0)
+        .map(|(name, b)| format!("{name} {:.1}", *b as f64 / cap as f64))
+        .collect();
+    println!("    by part, B per entry (this engine: accounting on, IPv6 place per slot): {}", parts.join(", "));
 
     // P6: the flood on a full table of the same size.
     drop(big);

@@ -134,17 +134,21 @@ impl Engine {
     /// Bytes an engine with `cfg` allocates, computed without allocating: the memory
     /// it commits once its table has been full. What [`Engine::bytes`] reports.
     pub fn footprint(cfg: &EngineConfig) -> usize {
+        Engine::footprint_parts(cfg).iter().fold(0usize, |a, p| a.saturating_add(p.1))
+    }
+
+    /// What [`Engine::footprint`] is made of: (part, bytes), the table's parts first.
+    pub fn footprint_parts(cfg: &EngineConfig) -> Vec<(&'static str, usize)> {
         let cap = cfg.capacity.max(1);
-        [
-            Table::footprint(cap, cfg.accounting, cfg.ipv6_places()),
-            ClassLists::footprint(cap),
-            Tombstones::footprint(cfg.tombstones),
-            Sources::footprint(cap, cfg.per_source_limit),
-            FragTable::footprint(cfg.fragments),
-            core::mem::size_of::<[Stage; MAX_BURST]>(),
-        ]
-        .iter()
-        .fold(0usize, |a, b| a.saturating_add(*b))
+        let mut parts = Table::footprint_parts(cap, cfg.accounting, cfg.ipv6_places()).to_vec();
+        parts.extend([
+            ("class lists", ClassLists::footprint(cap)),
+            ("tombstones", Tombstones::footprint(cfg.tombstones)),
+            ("per-source counts", Sources::footprint(cap, cfg.per_source_limit)),
+            ("fragments", FragTable::footprint(cfg.fragments)),
+            ("burst stages", core::mem::size_of::<[Stage; MAX_BURST]>()),
+        ]);
+        parts
     }
 
     /// Bytes this engine allocated (tables, lists, tombstones, counts, fragments).

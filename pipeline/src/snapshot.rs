@@ -18,7 +18,7 @@
 //! reason and class. Every field is checked on the way in: a record no running engine
 //! could have produced is an error that names the byte.
 
-use crate::conntrack::conn::{Conn, ConnAux, ConnStats, Peer, cflag};
+use crate::conntrack::conn::{Conn, ConnAux, ConnStats, ORIGIN_INSIDE, Peer, cflag};
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::TimerClass;
 use crate::flow::FlowKey;
@@ -316,14 +316,18 @@ impl FlowRecord {
         out.extend_from_slice(&k.port[1].to_le_bytes());
         out.push(k.proto);
         out.extend_from_slice(&k.vlan.to_le_bytes()[..3]);
-        out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, c.timer, c.scales, c.pflags[0], c.pflags[1]]);
+        // The origin zone and an ICMP flow's type travel in bytes of their own (the
+        // format from before they moved into the entry), not in `timer` and `maxack`.
+        let icmp = matches!(k.proto, proto::ICMP | proto::ICMPV6);
+        out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, c.timer & !ORIGIN_INSIDE, c.scales, c.pflags[0], c.pflags[1]]);
         out.extend_from_slice(&c.retrans_fp.to_le_bytes());
         for p in &c.peer {
             for v in [p.end, p.maxend, p.maxwin] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
-        for v in [c.maxack[0], c.maxack[1], c.last_end, self.idle, self.age, self.stream_age] {
+        let maxack0 = if icmp { 0 } else { c.maxack[0] };
+        for v in [maxack0, c.maxack[1], c.last_end, self.idle, self.age, self.stream_age] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in [self.stats.packets[0], self.stats.packets[1], self.stats.bytes[0], self.stats.bytes[1]] {
@@ -331,7 +335,8 @@ impl FlowRecord {
         }
         let a = &self.aux;
         out.extend_from_slice(&a.last_win.to_le_bytes());
-        out.extend_from_slice(&[a.last_wscale, a.last_flags, a.icmp_type, u8::from(a.origin_inside)]);
+        let icmp_type = if icmp { c.icmp_type() } else { 0 };
+        out.extend_from_slice(&[a.last_wscale, a.last_flags, icmp_type, u8::from(c.origin_inside())]);
     }
 
     /// Decodes the record at the start of `b` (found at file offset `offset`) and
@@ -385,12 +390,10 @@ impl FlowRecord {
         let (idle, age, stream_age) = (r.u32(), r.u32(), r.u32());
         let stats = ConnStats { packets: [r.u64(), r.u64()], bytes: [r.u64(), r.u64()] };
         let aux_at = r.at;
-        let mut aux = ConnAux::default();
-        aux.last_win = r.u16();
-        aux.last_wscale = r.u8();
-        aux.last_flags = r.u8();
-        aux.icmp_type = r.u8();
-        aux.origin_inside = r.u8() == 1;
+        // In field order: the reader's calls are the record's bytes.
+        let aux = ConnAux { created: 0, last_win: r.u16(), last_wscale: r.u8(), last_flags: r.u8() };
+        let icmp_type = r.u8();
+        let origin_inside = r.u8() == 1;
         if b[aux_at + 5] > 1 {
             return Err(bad(aux_at + 5, "origin zone is neither 0 nor 1"));
         }
@@ -422,6 +425,13 @@ impl FlowRecord {
         if (c.pflags[0] | c.pflags[1]) & 0xc0 != 0 {
             return Err(bad(state_at + 4, "unknown per-direction TCP flags"));
         }
+        if matches!(p, proto::ICMP | proto::ICMPV6) {
+            if c.maxack[0] != 0 {
+                return Err(bad(state_at + 8 + 24, "an ICMP flow's maxack is not 0"));
+            }
+            c.set_icmp_type(icmp_type);
+        }
+        c.set_origin_inside(origin_inside);
         Ok((FlowRecord { key, conn: c, stats, aux, idle, age, stream_age }, len))
     }
 }

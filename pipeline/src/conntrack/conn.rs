@@ -66,7 +66,8 @@ pub(crate) struct Conn {
     pub flags: u8,
     /// Bits 0..4: the [`super::timeouts::TimerClass`] whose timeout applies; bits 4..6:
     /// the [`super::pressure::Admission`] class; bit 6 ([`CHARGED_HI`]): the entry is
-    /// charged to the key's `hi` address in the per-source counts.
+    /// charged to the key's `hi` address in the per-source counts; bit 7
+    /// ([`ORIGIN_INSIDE`]): the flow's original direction entered from the inside zone.
     pub timer: u8,
     /// Window scale shift of the original (bits 0..4) and reply (bits 4..8) peers.
     pub scales: u8,
@@ -78,7 +79,8 @@ pub(crate) struct Conn {
     /// Window tracking per direction (0 original, 1 reply). UDP and ICMP entries keep
     /// their creation tick in `peer[0].end` (Linux `stream_ts`).
     pub peer: [Peer; 2],
-    /// Highest ACK sent per direction (Linux `td_maxack`), for RST validation.
+    /// Highest ACK sent per direction (Linux `td_maxack`), for RST validation. An ICMP
+    /// query flow keeps its request's type in `maxack[0]` ([`Conn::icmp_type`]).
     pub maxack: [u32; 2],
     /// End (seq + len) of the last annotated segment (Linux `last_end`).
     pub last_end: u32,
@@ -98,12 +100,13 @@ pub(crate) struct ConnStats {
 
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 
-/// Rarely touched bookkeeping: the flow's age, where it came from, what it asked the
-/// rules, and the annotations Linux keeps to resync after an ignored SYN. Written whole
-/// when the entry is created (a reused slot keeps nothing of its previous flow).
+/// Rarely touched bookkeeping: the flow's age and the annotations Linux keeps to resync
+/// after an ignored SYN. Written whole when the entry is created (a reused slot keeps
+/// nothing of its previous flow).
 ///
-/// 12 bytes: the ICMP type and the origin zone had been stowed in TCP-only fields
-/// (`last_wscale`, a bit of `last_flags`); named fields cost 4 bytes an entry.
+/// 8 bytes. The origin zone and an ICMP flow's request type, also rarely read, live in
+/// the entry's spare bit and in a TCP-only field ([`Conn::origin_inside`],
+/// [`Conn::icmp_type`]): as fields here they cost 4 bytes an entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 pub(crate) struct ConnAux {
@@ -116,20 +119,14 @@ pub(crate) struct ConnAux {
     /// Linux `last_flags`: WINDOW_SCALE and SACK_PERM of the ignored SYN, and the
     /// [`aux_flag`] bits.
     pub last_flags: u8,
-    /// For an ICMP query flow, the request's type (what a reload's recheck asks the
-    /// rules about); 0 otherwise.
-    pub icmp_type: u8,
-    /// The flow's original direction entered from the inside zone.
-    pub origin_inside: bool,
-    _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<ConnAux>() == 12);
+const _: () = assert!(core::mem::size_of::<ConnAux>() == 8);
 
 impl ConnAux {
     /// A new entry's bookkeeping.
-    pub(crate) fn new(created: u32, origin_inside: bool, icmp_type: u8) -> ConnAux {
-        ConnAux { created, origin_inside, icmp_type, ..ConnAux::default() }
+    pub(crate) fn new(created: u32) -> ConnAux {
+        ConnAux { created, ..ConnAux::default() }
     }
 }
 
@@ -144,6 +141,8 @@ pub(crate) mod aux_flag {
 /// packet and never changed — a reverse pickup swaps the directions afterwards, so the
 /// original direction cannot say whom to release.
 pub(crate) const CHARGED_HI: u8 = 0x40;
+/// Bit of [`Conn::timer`]: the flow's original direction entered from the inside zone.
+pub(crate) const ORIGIN_INSIDE: u8 = 0x80;
 
 /// Direction of a packet relative to the flow: who opened it.
 pub(crate) const ORIGINAL: usize = 0;
@@ -214,6 +213,27 @@ impl Conn {
 
     pub(crate) fn set_charged(&mut self, hi: bool) {
         self.timer = (self.timer & !CHARGED_HI) | if hi { CHARGED_HI } else { 0 };
+    }
+
+    /// The flow's original direction entered from the inside zone (what a reload's
+    /// recheck and the listing say it came from).
+    #[inline]
+    pub(crate) fn origin_inside(&self) -> bool {
+        self.timer & ORIGIN_INSIDE != 0
+    }
+
+    pub(crate) fn set_origin_inside(&mut self, inside: bool) {
+        self.timer = (self.timer & !ORIGIN_INSIDE) | if inside { ORIGIN_INSIDE } else { 0 };
+    }
+
+    /// For an ICMP query flow, the request's type (what a reload's recheck asks the
+    /// rules about). Meaningless for other protocols: it is TCP's `maxack[0]`.
+    pub(crate) fn icmp_type(&self) -> u8 {
+        self.maxack[0] as u8
+    }
+
+    pub(crate) fn set_icmp_type(&mut self, ty: u8) {
+        self.maxack[0] = u32::from(ty);
     }
 
     #[inline]

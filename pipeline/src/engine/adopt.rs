@@ -184,8 +184,10 @@ impl Engine {
         let adm = admission_of(&c);
         c.set_admission(adm);
         c.set_charged(side == Side::FromHi);
-        let icmp_type = f.icmp.map_or(0, |(ty, _, _)| ty);
-        let aux = ConnAux::new(now.ticks(), false, icmp_type);
+        if let Some((ty, _, _)) = f.icmp {
+            c.set_icmp_type(ty);
+        }
+        let aux = ConnAux::new(now.ticks());
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
         let src = key.addr[side as usize];
         if self.sources.check(src, key.v6).is_err() {

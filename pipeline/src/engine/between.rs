@@ -125,10 +125,9 @@ impl Engine {
     /// The question the rules were asked when the flow in `slot` started.
     fn entry_query(&self, slot: u32) -> Query {
         let c = &self.table.conns[slot as usize];
-        let aux = &self.table.aux[slot as usize];
         let k = self.table.key_of(slot);
         let o = usize::from(c.has(cflag::ORIG_IS_HI));
-        let from = if aux.origin_inside { Zone::Inside } else { Zone::Outside };
+        let from = if c.origin_inside() { Zone::Inside } else { Zone::Outside };
         let icmp = matches!(k.proto, parse::proto::ICMP | parse::proto::ICMPV6);
         let ports = matches!(k.proto, parse::proto::TCP | parse::proto::UDP);
         Query {
@@ -140,7 +139,7 @@ impl Engine {
             dst: k.addr[1 - o],
             sport: if ports { k.port[o] } else { 0 },
             dport: if ports { k.port[1 - o] } else { 0 },
-            icmp_type: icmp.then_some(aux.icmp_type),
+            icmp_type: icmp.then(|| c.icmp_type()),
         }
     }
 }

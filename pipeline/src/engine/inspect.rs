@@ -108,7 +108,7 @@ impl Engine {
         FlowInfo {
             key: self.table.key_of(s),
             orig: if c.has(cflag::ORIG_IS_HI) { Side::FromHi } else { Side::FromLo },
-            from: if self.table.aux[s as usize].origin_inside { Zone::Inside } else { Zone::Outside },
+            from: if c.origin_inside() { Zone::Inside } else { Zone::Outside },
             state,
             expires_in: Duration::from_ticks(left),
             assured: c.has(cflag::ASSURED),

@@ -207,6 +207,33 @@ mod tests {
     }
 
     #[test]
+    fn an_icmp_flow_keeps_its_type_and_origin_zone_through_a_snapshot() {
+        // Both live in the entry's spare bits (the type in TCP's `maxack[0]`) and in
+        // bytes of their own in the record.
+        let mut l = Lab::new();
+        let ping = FrameSpec::icmp(ip(CLIENT), ip(SERVER), 8, 0, 7 << 16 | 1, b"ping").build();
+        assert_eq!(l.send(&ping, Zone::Inside), Verdict::Pass(PassKind::New));
+        let mut r = restored_lab(&through_bytes(&l), Duration::from_secs(1));
+        assert_eq!(r.flows()[0].from, Zone::Inside);
+        // A reload's recheck asks the rules about the request's type: still an echo
+        // request, which the policy allows; a lost type (0) would be revoked.
+        let cfg = *r.e.config();
+        r.e.reconfigure(&cfg, std::sync::Arc::new(policy()));
+        assert_eq!(r.e.maintain(0..1024, r.now, true).revoked, 0);
+        assert_eq!(r.flows().len(), 1);
+        let only_timestamps = crate::policy::Classifier::new(
+            vec![crate::policy::Rule {
+                proto: crate::policy::ProtoMatch::Icmp,
+                icmp_types: vec![crate::policy::IcmpMatch { v4: Some(13), v6: None }],
+                ..crate::policy::Rule::any("timestamps", crate::policy::Action::Allow)
+            }],
+            crate::policy::Action::Deny,
+        );
+        r.e.reconfigure(&cfg, std::sync::Arc::new(only_timestamps));
+        assert_eq!(r.e.maintain(0..1024, r.now, true).revoked, 1, "the recheck does ask about the type");
+    }
+
+    #[test]
     fn flows_that_expired_while_down_are_not_restored_and_say_so() {
         let mut l = Lab::new();
         // A UDP flow (30 s unreplied) and a TCP flow (5 days established).

@@ -151,7 +151,11 @@ impl Engine {
             // Linux `stream_ts`: when the flow started, for the stream rule.
             c.peer[0].end = now.ticks();
         }
-        let aux = ConnAux::new(now.ticks(), zone == Zone::Inside, icmp_type.unwrap_or(0));
+        c.set_origin_inside(zone == Zone::Inside);
+        if let Some(ty) = icmp_type {
+            c.set_icmp_type(ty);
+        }
+        let aux = ConnAux::new(now.ticks());
         match self.create(now, m, h, c, aux) {
             Ok(slot) => {
                 self.account(slot, ORIGINAL, m);
@@ -181,7 +185,7 @@ impl Engine {
         // the packet becomes the reply of the allowed direction. Only an accepted
         // entry is created.
         let mut c = Self::blank_for(m);
-        let mut aux = ConnAux::new(now.ticks(), zone == Zone::Inside, 0);
+        let mut aux = ConnAux::new(now.ticks());
         if !tcp::init_new(&mut c, seg, loose) {
             return Verdict::Drop(DropReason::InvalidTcpState);
         }
@@ -189,9 +193,9 @@ impl Engine {
             Outcome::Accept(class) => class,
             _ => return Verdict::Drop(DropReason::InvalidTcpState),
         };
+        c.set_origin_inside((zone == Zone::Inside) != reverse);
         if reverse {
             swap_directions(&mut c);
-            aux.origin_inside = !aux.origin_inside;
         }
         c.set_timer_class(class);
         c.flags |= cflag::REFERENCED;

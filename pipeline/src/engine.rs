@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::conntrack::frag::FragTable;
 use crate::conntrack::pressure::{Admission, ClassLists};
 use crate::conntrack::sources::Sources;
-use crate::conntrack::table::Table;
+use crate::conntrack::table::{Hint, Table};
 use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::counters::Counters;
 use crate::flow::FlowKey;
@@ -60,13 +60,15 @@ pub const DEFAULT_EXPIRE_BUDGET: usize = 2048;
 #[derive(Clone, Copy)]
 enum Stage {
     Done(Verdict),
-    Meta(PacketMeta, u64),
+    /// Parsed, with the key's hash and where stage 2 saw its tag ([`Hint`]).
+    Meta(PacketMeta, u64, Hint),
 }
 
 pub struct Engine {
     table: Table,
     /// Per-burst metadata, kept between bursts so that nothing is initialised per burst.
-    staged: Box<[Stage; MAX_BURST]>,
+    /// `None` only while a burst judges (stage 3 reads the metadata in place).
+    staged: Option<Box<[Stage; MAX_BURST]>>,
     frags: FragTable,
     lists: ClassLists,
     tombs: Tombstones,
@@ -86,7 +88,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig, policy: Arc<Classifier>, start: Instant) -> Engine {
         Engine {
             table: Table::new(cfg.capacity, cfg.seed, abs_ticks(start), cfg.accounting, cfg.ipv6_places()),
-            staged: Box::new([Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST]),
+            staged: Some(Box::new([Stage::Done(Verdict::Drop(DropReason::Malformed)); MAX_BURST])),
             frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
             lists: ClassLists::new(cfg.capacity.max(1), cfg.pressure.evict),
             tombs: Tombstones::new(cfg.tombstones),
@@ -181,9 +183,10 @@ impl Engine {
 
     fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
         self.rescale();
+        let mut staged = self.staged.take().expect("bursts do not nest");
         // Stage 1: parse, hash, prefetch the home bucket.
         for (i, p) in pkts.iter().enumerate() {
-            self.staged[i] = match parse::parse(p.data) {
+            staged[i] = match parse::parse(p.data) {
                 Err(r) => Stage::Done(Verdict::Drop(r)),
                 Ok(Frame::Arp) => Stage::Done(track::action_verdict(self.cfg.arp, DropReason::Arp)),
                 Ok(Frame::NonIp(_)) => Stage::Done(track::action_verdict(self.cfg.non_ip, DropReason::NonIp)),
@@ -193,31 +196,33 @@ impl Engine {
                         _ => self.table.hash(&m.key),
                     };
                     self.table.prefetch_bucket(h);
-                    Stage::Meta(m, h)
+                    Stage::Meta(m, h, Hint::NONE)
                 }
             };
         }
-        // Stage 2: prefetch the entry the first matching tag points at.
-        for s in &self.staged[..pkts.len()] {
-            if let Stage::Meta(_, h) = s {
-                self.table.prefetch_entry(*h);
+        // Stage 2: prefetch the entry the first matching tag points at, and remember
+        // where the tag was.
+        for s in &mut staged[..pkts.len()] {
+            if let Stage::Meta(_, h, hint) = s {
+                *hint = self.table.prefetch_entry(*h);
             }
         }
         // Stage 3: judge.
         for (i, p) in pkts.iter().enumerate() {
-            let v = match self.staged[i] {
-                Stage::Done(v) => v,
-                Stage::Meta(m, h) => self.judge(p.now, p.zone, p.data, &m, h),
+            let v = match &staged[i] {
+                Stage::Done(v) => *v,
+                Stage::Meta(m, h, hint) => self.judge(p.now, p.zone, p.data, m, *h, *hint),
             };
             self.counters.count(v, p.data.len());
             out[i] = v;
         }
+        self.staged = Some(staged);
     }
 
-    fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64) -> Verdict {
+    fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64, hint: Hint) -> Verdict {
         let v = match m.l4 {
             L4::LaterFragment => self.later_fragment(now, m),
-            L4::IcmpError { .. } => match self.live_lookup(now, h, &m.key) {
+            L4::IcmpError { .. } => match self.live_lookup(now, h, &m.key, hint) {
                 Some(_) => Verdict::Pass(PassKind::Related),
                 None => Verdict::Drop(DropReason::IcmpUnrelated),
             },
@@ -229,7 +234,7 @@ impl Engine {
                     Verdict::Drop(DropReason::Policy)
                 }
             }
-            _ => match self.live_lookup(now, h, &m.key) {
+            _ => match self.live_lookup(now, h, &m.key, hint) {
                 Some(slot) if self.changes.on() => self.existing_noted(now, zone, frame, slot, m, h),
                 Some(slot) => self.existing(now, zone, frame, slot, m, h),
                 None => self.new_flow(now, zone, frame, m, h),
@@ -246,8 +251,8 @@ impl Engine {
     /// Looks a key up; an entry found past its timeout is retired on contact, so that
     /// expiry is exact even before the timer wheel reaches it.
     #[inline]
-    fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey) -> Option<u32> {
-        let slot = self.table.lookup(h, key)?;
+    fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey, hint: Hint) -> Option<u32> {
+        let slot = self.table.lookup_hinted(h, key, hint)?;
         let c = &self.table.conns[slot as usize];
         if idle_ticks(now.ticks(), c.last_seen) >= self.timeout_of(c) {
             self.retire(slot, h, Some(Why::Expired), now);

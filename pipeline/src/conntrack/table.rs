@@ -56,6 +56,19 @@ impl Bucket {
     }
 }
 
+/// Where stage 2 of a burst saw a key's tag in its home bucket, so that stage 3 need
+/// not search the bucket again: it checks that the way still holds that slot (earlier
+/// packets of the burst may have changed the index) and compares the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hint {
+    bucket: u32,
+    way: u32,
+}
+
+impl Hint {
+    pub(crate) const NONE: Hint = Hint { bucket: u32::MAX, way: 0 };
+}
+
 /// Why an insert found no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IndexFull {
@@ -254,18 +267,37 @@ impl Table {
         prefetch(&self.buckets[self.home(h)]);
     }
 
-    /// Stage 2: bring the entry that the first matching tag points at into cache.
+    /// Stage 2: bring the entry that the first matching tag points at into cache; where
+    /// that tag is, for [`Table::lookup_hinted`].
     #[inline]
-    pub(crate) fn prefetch_entry(&self, h: u64) {
-        let b = &self.buckets[self.home(h)];
+    pub(crate) fn prefetch_entry(&self, h: u64) -> Hint {
+        let home = self.home(h);
+        let b = &self.buckets[home];
         let m = b.matches(tag_of(h));
-        if m != 0 {
-            let s = b.slots[m.trailing_zeros() as usize] as usize;
-            prefetch(&self.conns[s]);
-            if let Some(st) = self.stats.get(s) {
-                prefetch(st);
+        if m == 0 {
+            return Hint::NONE;
+        }
+        let way = m.trailing_zeros();
+        let s = b.slots[way as usize] as usize;
+        prefetch(&self.conns[s]);
+        if let Some(st) = self.stats.get(s) {
+            prefetch(st);
+        }
+        Hint { bucket: home as u32, way }
+    }
+
+    /// [`Table::lookup`], trying first the way stage 2 found (one tag and one key
+    /// compared instead of a bucket searched).
+    #[inline]
+    pub(crate) fn lookup_hinted(&self, h: u64, k: &FlowKey, hint: Hint) -> Option<u32> {
+        if let Some(b) = self.buckets.get(hint.bucket as usize) {
+            let w = hint.way as usize;
+            let slot = b.slots[w];
+            if b.tags[w] & !1 == tag_of(h) && self.key_eq(slot, k) {
+                return Some(slot);
             }
         }
+        self.lookup(h, k)
     }
 
     #[inline]

@@ -9,6 +9,7 @@ mod common;
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -122,6 +123,11 @@ impl Lab {
     /// `holdfast ARGS` inside the firewall's namespace (where the endpoint listens).
     fn hf(&self, args: &[&str]) -> Output {
         self.ns("hf-fw", &[HF]).args(args).output().unwrap()
+    }
+
+    /// [`Lab::hf`] with standard output to `out`.
+    fn hf_to(&self, args: &[&str], out: std::io::PipeWriter) -> Output {
+        self.ns("hf-fw", &[HF]).args(args).stdout(out).output().unwrap()
     }
 
     fn status(&self) -> Value {
@@ -352,6 +358,15 @@ fn counters_read_while_two_workers_run_are_consistent_and_metrics_parse() {
     }
     flood.wait().unwrap();
     assert!(grew >= 10, "the counters moved while read ({grew} of 40 reads)");
+    // `holdfast flows | head`: standard output closed before anything is printed ends
+    // the command as SIGPIPE ends other tools, not with a panic.
+    for args in [&["status", "--json"][..], &["flows"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = lab.hf_to(args, writer);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked") && o.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?} {err}", o.status);
+    }
     let page = lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap();
     let page = ok(&page);
     let script = "import sys

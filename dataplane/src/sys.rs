@@ -147,6 +147,17 @@ pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
     set(want.min(hard).max(lim.rlim_cur), hard).or_else(|_| set(want.min(lim.rlim_max).max(lim.rlim_cur), lim.rlim_max))
 }
 
+/// Lets a closed standard output end this process as SIGPIPE ends other tools
+/// (`holdfast status | head`), instead of Rust's default (SIGPIPE ignored, so the
+/// next print panics on EPIPE). Only for commands that print and exit: sockets are
+/// unaffected (the standard library sends with MSG_NOSIGNAL), but a daemon or a lab
+/// that must clean up keeps the default.
+pub fn die_on_broken_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; nothing else in this process
+    // depends on SIGPIPE being ignored (see above).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (what systemd's reload protocol compares with).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -28,7 +28,11 @@ impl Cmd {
             Cmd::Lab(a) => a.run(),
             Cmd::Blast(a) => a.run(),
             Cmd::Load(l) => l.run(),
-            Cmd::Client(c) => c.run(),
+            Cmd::Client(c) => {
+                // Queries print and exit: `holdfast flows | head` ends quietly.
+                holdfast_dataplane::sys::die_on_broken_pipe();
+                c.run()
+            }
         }
     }
 }

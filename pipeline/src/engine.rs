@@ -250,7 +250,7 @@ impl Engine {
 
     /// Looks a key up; an entry found past its timeout is retired on contact, so that
     /// expiry is exact even before the timer wheel reaches it.
-    #[inline]
+    #[inline(always)]
     fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey, hint: Hint) -> Option<u32> {
         let slot = self.table.lookup_hinted(h, key, hint)?;
         let c = &self.table.conns[slot as usize];

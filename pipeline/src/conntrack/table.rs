@@ -34,6 +34,9 @@ const INDEX_OVERPROVISION: usize = 2;
 const STASH: usize = 64;
 /// The end of the free list.
 const NIL: u32 = u32::MAX;
+/// Buckets [`Table::rehome`] looks at per call (one call per housekeeping pass: every
+/// 2 ms inline, so a 1M-entry index is swept in about 6 s).
+pub(crate) const REHOME_BUCKETS: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C, align(64))]
@@ -106,6 +109,8 @@ pub struct Table {
     len: usize,
     peak: usize,
     kick: usize,
+    /// The next bucket [`Table::rehome`] looks at.
+    rehome_at: usize,
 }
 
 /// The key's tag: 15 bits of its hash (bits 49..64, independent of the 32 that choose
@@ -183,6 +188,7 @@ impl Table {
             len: 0,
             peak: 0,
             kick: 0,
+            rehome_at: 0,
         }
     }
 
@@ -476,6 +482,54 @@ impl Table {
         Ok(())
     }
 
+    /// Moves keys that sit in their alternate bucket back home where their home bucket
+    /// has room again, for `n` buckets from a rotating cursor, and one stashed key into
+    /// either of its buckets. Without it, churn at full load leaves keys where they
+    /// overflowed to: 2 % of keys in their alternate (each lookup of those reads two
+    /// buckets, the second not prefetched) and 7.5 % of buckets with an overflow count
+    /// (every miss there reads two) after 400,000 rounds, against 0.4 % and 1.3 % when
+    /// the table had just filled. Between bursts only. Returns the keys moved.
+    pub(crate) fn rehome(&mut self, n: usize) -> usize {
+        let nb = self.buckets.len();
+        let mut moved = 0;
+        for _ in 0..n.min(nb) {
+            let b = self.rehome_at;
+            self.rehome_at = if b + 1 == nb { 0 } else { b + 1 };
+            if self.buckets[b].tags.iter().all(|&t| t & 1 == 0) {
+                continue;
+            }
+            for i in 0..WAYS {
+                let (t, s) = (self.buckets[b].tags[i], self.buckets[b].slots[i]);
+                // Bit 0 set: a key in its alternate (0 is an empty way).
+                if t & 1 == 0 {
+                    continue;
+                }
+                let home = self.other(b, t);
+                if self.place(home, t & !1, s) {
+                    self.buckets[b].tags[i] = 0;
+                    self.buckets[b].slots[i] = 0;
+                    self.buckets[home].overflow -= 1;
+                    moved += 1;
+                }
+            }
+        }
+        if self.stash_len > 0 {
+            let (tag, slot) = self.stash[self.stash_len - 1];
+            let home = self.home(self.hash(&self.key_of(slot)));
+            let placed = if self.place(home, tag, slot) {
+                self.buckets[home].overflow -= 1;
+                true
+            } else {
+                self.place(self.other(home, tag), tag | 1, slot)
+            };
+            if placed {
+                self.stash_len -= 1;
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     fn place(&mut self, b: usize, tag: u16, slot: u32) -> bool {
         let bucket = &mut self.buckets[b];
         match bucket.tags.iter().position(|&t| t == 0) {
@@ -656,9 +710,22 @@ mod tests {
         }
         assert!(t.stash_len < STASH, "stash {}", t.stash_len);
         // Churn drifts: a key that overflowed stays in its alternate after its home
-        // empties (7.5 % of buckets after these rounds, 1.3 % when just filled).
+        // empties (7.5 % of buckets after these rounds, 1.3 % when just filled) ...
+        let in_alt = |t: &Table| t.buckets.iter().flat_map(|b| b.tags).filter(|&x| x & 1 == 1).count();
+        let drifted = (overflowed(&t), in_alt(&t));
         if !cfg!(debug_assertions) {
-            assert!(overflowed(&t) < 0.12, "{:.2} % of buckets overflowed after churn", overflowed(&t) * 100.0);
+            assert!(drifted.0 < 0.12, "{:.2} % of buckets overflowed after churn", drifted.0 * 100.0);
+        }
+        // ... until one sweep of rehoming brings back whatever has room at home.
+        let sweep = t.buckets.len() / REHOME_BUCKETS + 1;
+        let moved: usize = (0..sweep).map(|_| t.rehome(REHOME_BUCKETS)).sum();
+        assert!(moved > 0 && moved <= drifted.1 + STASH);
+        assert!(overflowed(&t) < 0.03, "{:.2} % of buckets overflowed after rehoming (had {:.2} %)", overflowed(&t) * 100.0, drifted.0 * 100.0);
+        assert!(in_alt(&t) < drifted.1, "{} keys in their alternate after rehoming (had {})", in_alt(&t), drifted.1);
+        let overflow: u32 = t.buckets.iter().map(|b| b.overflow).sum();
+        assert_eq!(overflow as usize, in_alt(&t) + t.stash_len, "overflow counts stay exact");
+        for (k, s) in &live {
+            assert_eq!(t.lookup(t.hash(k), k), Some(*s), "found after rehoming");
         }
     }
 
@@ -677,6 +744,21 @@ mod tests {
         let k = key(1000, false);
         assert_eq!(t.insert(t.hash(&k), &k, Table::blank(&k), ConnAux::default(), 100), Err(IndexFull::Index));
         assert!(!t.is_full());
+        let overflow: u32 = t.buckets.iter().map(|b| b.overflow).sum();
+        let in_alt = t.buckets.iter().flat_map(|b| b.tags).filter(|&t| t & 1 == 1).count();
+        assert_eq!(overflow as usize, in_alt + t.stash_len, "overflow counts stay exact");
+        for (k, s) in &placed {
+            assert_eq!(t.lookup(t.hash(k), k), Some(*s));
+        }
+        // Room in the buckets again: rehoming takes stashed keys back, one a call.
+        for (_, s) in placed.drain(..5) {
+            t.remove(s);
+        }
+        let before = t.stash_len;
+        for _ in 0..5 {
+            t.rehome(2);
+        }
+        assert!(t.stash_len < before, "stash {} -> {}", before, t.stash_len);
         let overflow: u32 = t.buckets.iter().map(|b| b.overflow).sum();
         let in_alt = t.buckets.iter().flat_map(|b| b.tags).filter(|&t| t & 1 == 1).count();
         assert_eq!(overflow as usize, in_alt + t.stash_len, "overflow counts stay exact");

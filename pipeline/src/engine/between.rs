@@ -8,6 +8,7 @@ use super::timers::{abs_ticks, idle_ticks};
 use super::{Engine, EngineConfig, quota};
 use crate::conntrack::conn::cflag;
 use crate::conntrack::pressure::{Admission, Pressure};
+use crate::conntrack::table::REHOME_BUCKETS;
 use crate::conntrack::tombstones::Why;
 use crate::parse;
 use crate::policy::{Classifier, Query, Zone};
@@ -65,6 +66,8 @@ impl Engine {
                 }
             }
         }
+        // Keys that overflowed go home where churn has made room (`Table::rehome`).
+        self.table.rehome(REHOME_BUCKETS);
         removed
     }
 

@@ -317,7 +317,7 @@ impl FlowRecord {
         out.push(k.proto);
         out.extend_from_slice(&k.vlan.to_le_bytes()[..3]);
         // The origin zone and an ICMP flow's type travel in bytes of their own (the
-        // format from before they moved into the entry), not in `timer` and `maxack`.
+        // format from before they moved into the entry's spare bit and its key).
         let icmp = matches!(k.proto, proto::ICMP | proto::ICMPV6);
         out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, c.timer & !ORIGIN_INSIDE, c.scales, c.pflags[0], c.pflags[1]]);
         out.extend_from_slice(&c.retrans_fp.to_le_bytes());
@@ -326,8 +326,7 @@ impl FlowRecord {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
-        let maxack0 = if icmp { 0 } else { c.maxack[0] };
-        for v in [maxack0, c.maxack[1], c.last_end, self.idle, self.age, self.stream_age] {
+        for v in [c.maxack[0], c.maxack[1], c.last_end, self.idle, self.age, self.stream_age] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in [self.stats.packets[0], self.stats.packets[1], self.stats.bytes[0], self.stats.bytes[1]] {
@@ -425,11 +424,9 @@ impl FlowRecord {
         if (c.pflags[0] | c.pflags[1]) & 0xc0 != 0 {
             return Err(bad(state_at + 4, "unknown per-direction TCP flags"));
         }
-        if matches!(p, proto::ICMP | proto::ICMPV6) {
-            if c.maxack[0] != 0 {
-                return Err(bad(state_at + 8 + 24, "an ICMP flow's maxack is not 0"));
-            }
-            c.set_icmp_type(icmp_type);
+        let icmp_in_key = if matches!(p, proto::ICMP | proto::ICMPV6) { c.icmp_type() } else { 0 };
+        if icmp_type != icmp_in_key {
+            return Err(bad(aux_at + 4, "the ICMP type disagrees with the key (or a flow of another protocol has one)"));
         }
         c.set_origin_inside(origin_inside);
         Ok((FlowRecord { key, conn: c, stats, aux, idle, age, stream_age }, len))

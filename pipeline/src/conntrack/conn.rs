@@ -79,8 +79,7 @@ pub(crate) struct Conn {
     /// Window tracking per direction (0 original, 1 reply). UDP and ICMP entries keep
     /// their creation tick in `peer[0].end` (Linux `stream_ts`).
     pub peer: [Peer; 2],
-    /// Highest ACK sent per direction (Linux `td_maxack`), for RST validation. An ICMP
-    /// query flow keeps its request's type in `maxack[0]` ([`Conn::icmp_type`]).
+    /// Highest ACK sent per direction (Linux `td_maxack`), for RST validation.
     pub maxack: [u32; 2],
     /// End (seq + len) of the last annotated segment (Linux `last_end`).
     pub last_end: u32,
@@ -104,9 +103,9 @@ const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 /// after an ignored SYN. Written whole when the entry is created (a reused slot keeps
 /// nothing of its previous flow).
 ///
-/// 8 bytes. The origin zone and an ICMP flow's request type, also rarely read, live in
-/// the entry's spare bit and in a TCP-only field ([`Conn::origin_inside`],
-/// [`Conn::icmp_type`]): as fields here they cost 4 bytes an entry.
+/// 8 bytes. The origin zone lives in the entry's spare bit ([`Conn::origin_inside`]),
+/// and an ICMP flow's request type was always in its key ([`Conn::icmp_type`]): as
+/// fields here they cost 4 bytes an entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 pub(crate) struct ConnAux {
@@ -227,13 +226,10 @@ impl Conn {
     }
 
     /// For an ICMP query flow, the request's type (what a reload's recheck asks the
-    /// rules about). Meaningless for other protocols: it is TCP's `maxack[0]`.
+    /// rules about): the low byte of the key's second "port" ([`FlowKey::icmp_query`]).
+    /// Meaningless for other protocols.
     pub(crate) fn icmp_type(&self) -> u8 {
-        self.maxack[0] as u8
-    }
-
-    pub(crate) fn set_icmp_type(&mut self, ty: u8) {
-        self.maxack[0] = u32::from(ty);
+        self.port[1] as u8
     }
 
     #[inline]

@@ -184,9 +184,6 @@ impl Engine {
         let adm = admission_of(&c);
         c.set_admission(adm);
         c.set_charged(side == Side::FromHi);
-        if let Some((ty, _, _)) = f.icmp {
-            c.set_icmp_type(ty);
-        }
         let aux = ConnAux::new(now.ticks());
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
         let src = key.addr[side as usize];

@@ -208,15 +208,22 @@ mod tests {
 
     #[test]
     fn an_icmp_flow_keeps_its_type_and_origin_zone_through_a_snapshot() {
-        // Both live in the entry's spare bits (the type in TCP's `maxack[0]`) and in
-        // bytes of their own in the record.
+        // In the entry: the zone in a spare bit, the type in the key; in the record:
+        // bytes of their own, which must agree with the key.
         let mut l = Lab::new();
         let ping = FrameSpec::icmp(ip(CLIENT), ip(SERVER), 8, 0, 7 << 16 | 1, b"ping").build();
         assert_eq!(l.send(&ping, Zone::Inside), Verdict::Pass(PassKind::New));
-        let mut r = restored_lab(&through_bytes(&l), Duration::from_secs(1));
+        let recs = through_bytes(&l);
+        let mut bytes = Vec::new();
+        recs[0].encode(&mut bytes);
+        let at = bytes.len() - 2;
+        assert_eq!(bytes[at], 8, "the type's own byte");
+        bytes[at] = 13;
+        assert!(FlowRecord::decode(&bytes, 0).is_err(), "a type the key does not have");
+        let mut r = restored_lab(&recs, Duration::from_secs(1));
         assert_eq!(r.flows()[0].from, Zone::Inside);
-        // A reload's recheck asks the rules about the request's type: still an echo
-        // request, which the policy allows; a lost type (0) would be revoked.
+        // A reload's recheck asks the rules about the request's type: an echo request,
+        // which the policy allows ...
         let cfg = *r.e.config();
         r.e.reconfigure(&cfg, std::sync::Arc::new(policy()));
         assert_eq!(r.e.maintain(0..1024, r.now, true).revoked, 0);
@@ -229,6 +236,7 @@ mod tests {
             }],
             crate::policy::Action::Deny,
         );
+        // ... and one allowing only timestamp requests does not.
         r.e.reconfigure(&cfg, std::sync::Arc::new(only_timestamps));
         assert_eq!(r.e.maintain(0..1024, r.now, true).revoked, 1, "the recheck does ask about the type");
     }
@@ -303,6 +311,7 @@ mod tests {
         assert!(refuse(19, 0x0d).is_some(), "an ICMP timer class on a TCP flow");
         assert!(refuse(20, 0xff).is_some(), "window scale 15");
         assert!(refuse(110, 2).is_some(), "origin zone 2");
+        assert!(refuse(109, 8).is_some(), "an ICMP type on a TCP flow");
         // Swap the endpoints: not canonical.
         let mut b = good.clone();
         b[1..5].copy_from_slice(&good[5..9]);

@@ -152,9 +152,6 @@ impl Engine {
             c.peer[0].end = now.ticks();
         }
         c.set_origin_inside(zone == Zone::Inside);
-        if let Some(ty) = icmp_type {
-            c.set_icmp_type(ty);
-        }
         let aux = ConnAux::new(now.ticks());
         match self.create(now, m, h, c, aux) {
             Ok(slot) => {

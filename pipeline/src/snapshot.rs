@@ -318,7 +318,6 @@ impl FlowRecord {
         out.extend_from_slice(&k.vlan.to_le_bytes()[..3]);
         // The origin zone and an ICMP flow's type travel in bytes of their own (the
         // format from before they moved into the entry's spare bit and its key).
-        let icmp = matches!(k.proto, proto::ICMP | proto::ICMPV6);
         out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, c.timer & !ORIGIN_INSIDE, c.scales, c.pflags[0], c.pflags[1]]);
         out.extend_from_slice(&c.retrans_fp.to_le_bytes());
         for p in &c.peer {
@@ -334,7 +333,7 @@ impl FlowRecord {
         }
         let a = &self.aux;
         out.extend_from_slice(&a.last_win.to_le_bytes());
-        let icmp_type = if icmp { c.icmp_type() } else { 0 };
+        let icmp_type = c.icmp_type().unwrap_or(0);
         out.extend_from_slice(&[a.last_wscale, a.last_flags, icmp_type, u8::from(c.origin_inside())]);
     }
 
@@ -424,8 +423,7 @@ impl FlowRecord {
         if (c.pflags[0] | c.pflags[1]) & 0xc0 != 0 {
             return Err(bad(state_at + 4, "unknown per-direction TCP flags"));
         }
-        let icmp_in_key = if matches!(p, proto::ICMP | proto::ICMPV6) { c.icmp_type() } else { 0 };
-        if icmp_type != icmp_in_key {
+        if icmp_type != c.icmp_type().unwrap_or(0) {
             return Err(bad(aux_at + 4, "the ICMP type disagrees with the key (or a flow of another protocol has one)"));
         }
         c.set_origin_inside(origin_inside);

@@ -226,10 +226,11 @@ impl Conn {
     }
 
     /// For an ICMP query flow, the request's type (what a reload's recheck asks the
-    /// rules about): the low byte of the key's second "port" ([`FlowKey::icmp_query`]).
-    /// Meaningless for other protocols.
-    pub(crate) fn icmp_type(&self) -> u8 {
-        self.port[1] as u8
+    /// rules about, what sync sends): the low byte of the key's second "port"
+    /// ([`FlowKey::icmp_query`]). `None` for other protocols.
+    pub(crate) fn icmp_type(&self) -> Option<u8> {
+        use crate::parse::proto;
+        matches!(self.proto(), proto::ICMP | proto::ICMPV6).then_some(self.port[1] as u8)
     }
 
     #[inline]

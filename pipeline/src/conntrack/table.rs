@@ -495,9 +495,6 @@ impl Table {
         for _ in 0..n.min(nb) {
             let b = self.rehome_at;
             self.rehome_at = if b + 1 == nb { 0 } else { b + 1 };
-            if self.buckets[b].tags.iter().all(|&t| t & 1 == 0) {
-                continue;
-            }
             for i in 0..WAYS {
                 let (t, s) = (self.buckets[b].tags[i], self.buckets[b].slots[i]);
                 // Bit 0 set: a key in its alternate (0 is an empty way).

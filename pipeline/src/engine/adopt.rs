@@ -89,10 +89,8 @@ impl FlowRecord {
         let c = &self.conn;
         let o = usize::from(c.has(cflag::ORIG_IS_HI));
         let k = &self.key;
-        let icmp = matches!(k.proto, proto::ICMP | proto::ICMPV6).then(|| {
-            // An ICMP query key keeps [identifier, request type | requester-is-hi << 8].
-            (k.port[1] as u8, 0u8, k.port[0])
-        });
+        // An ICMP query key keeps [identifier, request type | requester-is-hi << 8].
+        let icmp = c.icmp_type().map(|ty| (ty, 0u8, k.port[0]));
         let (sport, dport) = if icmp.is_some() { (0, 0) } else { (k.port[o], k.port[1 - o]) };
         let mut status = ips::CONFIRMED;
         if c.has(cflag::SEEN_REPLY) {

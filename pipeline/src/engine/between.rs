@@ -131,7 +131,6 @@ impl Engine {
         let k = self.table.key_of(slot);
         let o = usize::from(c.has(cflag::ORIG_IS_HI));
         let from = if c.origin_inside() { Zone::Inside } else { Zone::Outside };
-        let icmp = matches!(k.proto, parse::proto::ICMP | parse::proto::ICMPV6);
         let ports = matches!(k.proto, parse::proto::TCP | parse::proto::UDP);
         Query {
             from,
@@ -142,7 +141,7 @@ impl Engine {
             dst: k.addr[1 - o],
             sport: if ports { k.port[o] } else { 0 },
             dport: if ports { k.port[1 - o] } else { 0 },
-            icmp_type: icmp.then(|| c.icmp_type()),
+            icmp_type: c.icmp_type(),
         }
     }
 }

@@ -433,6 +433,7 @@ pub fn flow_json(f: &FlowInfo) -> Value {
         "class": f.class.name(),
         "packets": [f.packets[0], f.packets[1]],
         "bytes": [f.bytes[0], f.bytes[1]],
+        "age_s": f.age.map(|a| a.as_secs_f64().round() as u64),
     });
     if f.key.vlan != 0 {
         v["vlan"] = json!([f.key.vlan & 0xfff, f.key.vlan >> 12]);

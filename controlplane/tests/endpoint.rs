@@ -47,6 +47,7 @@ fn flow(i: u32) -> FlowInfo {
         class: holdfast_pipeline::conntrack::pressure::Admission::Assured,
         packets: [1, 1],
         bytes: [60, 60],
+        age: Some(PDuration::from_secs(7)),
         counted: true,
     }
 }

@@ -247,6 +247,7 @@ mod filter_tests {
             class: Admission::Assured,
             packets: [1, 1],
             bytes: [60, 60],
+            age: Some(Duration::from_secs(3)),
             counted: true,
         };
         assert_eq!((f.key.src(f.orig), f.key.dst(f.orig)), ((c, 40000), (s, 80)));

@@ -328,7 +328,8 @@ impl FlowRecord {
         for v in [c.maxack[0], c.maxack[1], c.last_end, self.idle, self.age, self.stream_age] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for v in [self.stats.packets[0], self.stats.packets[1], self.stats.bytes[0], self.stats.bytes[1]] {
+        let packets = self.stats.packets();
+        for v in [packets[0], packets[1], self.stats.bytes[0], self.stats.bytes[1]] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let a = &self.aux;
@@ -386,10 +387,15 @@ impl FlowRecord {
         c.maxack = [r.u32(), r.u32()];
         c.last_end = r.u32();
         let (idle, age, stream_age) = (r.u32(), r.u32(), r.u32());
-        let stats = ConnStats { packets: [r.u64(), r.u64()], bytes: [r.u64(), r.u64()] };
+        let counts_at = r.at;
+        let (packets, bytes) = ([r.u64(), r.u64()], [r.u64(), r.u64()]);
+        if let Some(d) = packets.iter().position(|&p| p > ConnStats::MAX_PACKETS) {
+            return Err(bad(counts_at + 8 * d, "packet count above 2^48 - 1, the most an entry counts"));
+        }
+        let stats = ConnStats::with_counts(packets, bytes, 0);
         let aux_at = r.at;
         // In field order: the reader's calls are the record's bytes.
-        let aux = ConnAux { created: 0, last_win: r.u16(), last_wscale: r.u8(), last_flags: r.u8() };
+        let aux = ConnAux { last_win: r.u16(), last_wscale: r.u8(), last_flags: r.u8() };
         let icmp_type = r.u8();
         let origin_inside = r.u8() == 1;
         if b[aux_at + 5] > 1 {

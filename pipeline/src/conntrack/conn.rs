@@ -89,28 +89,83 @@ pub(crate) struct Conn {
 const _: () = assert!(core::mem::size_of::<Conn>() == 64);
 const _: () = assert!(core::mem::align_of::<Conn>() == 64);
 
-/// Packet and byte counters per direction, written on every packet.
+/// Packet and byte counters per direction, written on every packet, and the tick the
+/// flow was created: what `conntrack.accounting` keeps (Linux's acct and timestamp
+/// extensions, both off there by default).
+///
+/// 32 bytes: the packet counts are 48 bits and wrap there as Linux's 64-bit ones wrap
+/// at 2^64 (2.8 * 10^14 packets: 217 days of one direction at 14.88 Mpps, 10 GbE's line
+/// rate), and the low 16 bits of each word hold half of the creation tick, which would
+/// otherwise cost 4 bytes an entry with accounting off too. Counting stays one add per
+/// counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 pub(crate) struct ConnStats {
-    pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Bits 16..64: packets in that direction; bits 0..16: the low (`[0]`) and high
+    /// (`[1]`) halves of the creation tick.
+    packed: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 32);
 
-/// Rarely touched bookkeeping: the flow's age and the annotations Linux keeps to resync
-/// after an ignored SYN. Written whole when the entry is created (a reused slot keeps
-/// nothing of its previous flow).
+impl ConnStats {
+    /// The most packets a direction counts before it wraps to 0.
+    pub(crate) const MAX_PACKETS: u64 = (1 << 48) - 1;
+    const ONE_PACKET: u64 = 1 << 16;
+
+    /// A new flow's counters: none yet, created at `tick`.
+    pub(crate) fn new(tick: u32) -> ConnStats {
+        let mut s = ConnStats::default();
+        s.set_created(tick);
+        s
+    }
+
+    /// Counters as a snapshot holds them (`packets` at most [`Self::MAX_PACKETS`]).
+    pub(crate) fn with_counts(packets: [u64; 2], bytes: [u64; 2], created: u32) -> ConnStats {
+        debug_assert!(packets.iter().all(|&p| p <= Self::MAX_PACKETS));
+        let mut s = ConnStats { bytes, packed: [packets[0] << 16, packets[1] << 16] };
+        s.set_created(created);
+        s
+    }
+
+    #[inline]
+    pub(crate) fn packets(&self) -> [u64; 2] {
+        [self.packed[0] >> 16, self.packed[1] >> 16]
+    }
+
+    /// The tick (wrapping, see [`crate::time`]) the flow was created.
+    pub(crate) fn created(&self) -> u32 {
+        (self.packed[0] & 0xffff | (self.packed[1] & 0xffff) << 16) as u32
+    }
+
+    pub(crate) fn set_created(&mut self, tick: u32) {
+        let halves = [u64::from(tick & 0xffff), u64::from(tick >> 16)];
+        for (p, h) in self.packed.iter_mut().zip(halves) {
+            *p = (*p & !0xffff) | h;
+        }
+    }
+
+    /// Counts one packet of `bytes` in direction `dir`. Both counts wrap (the packet
+    /// count at 2^48, without touching the tick below it).
+    #[inline]
+    pub(crate) fn count(&mut self, dir: usize, bytes: u64) {
+        self.packed[dir] = self.packed[dir].wrapping_add(Self::ONE_PACKET);
+        self.bytes[dir] = self.bytes[dir].wrapping_add(bytes);
+    }
+}
+
+/// Rarely touched bookkeeping: the annotations Linux keeps to resync after an ignored
+/// SYN. Written whole when the entry is created (a reused slot keeps nothing of its
+/// previous flow).
 ///
-/// 8 bytes. The origin zone lives in the entry's spare bit ([`Conn::origin_inside`]),
-/// and an ICMP flow's request type was always in its key ([`Conn::icmp_type`]): as
-/// fields here they cost 4 bytes an entry.
+/// 4 bytes. The origin zone lives in the entry's spare bit ([`Conn::origin_inside`]),
+/// an ICMP flow's request type was always in its key ([`Conn::icmp_type`]), and the
+/// creation tick is kept with the counters ([`ConnStats::created`]): as fields here
+/// they cost 8 bytes an entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 pub(crate) struct ConnAux {
-    /// Tick of creation (wrapping): flow age in listings.
-    pub created: u32,
     /// Window of the last ignored SYN (Linux `last_win`).
     pub last_win: u16,
     /// Window scale of the last ignored SYN (Linux `last_wscale`).
@@ -120,14 +175,7 @@ pub(crate) struct ConnAux {
     pub last_flags: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<ConnAux>() == 8);
-
-impl ConnAux {
-    /// A new entry's bookkeeping.
-    pub(crate) fn new(created: u32) -> ConnAux {
-        ConnAux { created, ..ConnAux::default() }
-    }
-}
+const _: () = assert!(core::mem::size_of::<ConnAux>() == 4);
 
 /// Bits of [`ConnAux::last_flags`] beyond the per-peer ones (Linux values).
 pub(crate) mod aux_flag {
@@ -250,5 +298,27 @@ impl Conn {
     pub(crate) fn set_scale(&mut self, dir: usize, s: u8) {
         let shift = 4 * dir;
         self.scales = (self.scales & !(0x0f << shift)) | ((s & 0x0f) << shift);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnStats;
+
+    #[test]
+    fn counters_wrap_at_their_width_and_keep_the_creation_tick() {
+        let mut s = ConnStats::new(0xdead_beef);
+        s.count(0, 60);
+        s.count(1, 1500);
+        s.count(1, 40);
+        assert_eq!((s.packets(), s.bytes, s.created()), ([1, 2], [60, 1540], 0xdead_beef));
+        let mut s = ConnStats::with_counts([ConnStats::MAX_PACKETS - 1, 7], [u64::MAX - 10, 0], u32::MAX);
+        for _ in 0..3 {
+            s.count(0, 8);
+        }
+        assert_eq!(s.packets(), [1, 7], "2^48 - 1, then 0 and 1: the tick below is untouched");
+        assert_eq!((s.bytes[0], s.created()), (13, u32::MAX));
+        s.set_created(0x0001_0002);
+        assert_eq!((s.packets(), s.created()), ([1, 7], 0x0001_0002));
     }
 }

@@ -20,20 +20,22 @@ const LISTS: usize = LEVELS * SLOTS;
 /// Node of the intrusive doubly linked slot lists. Indices below `cap` are entries;
 /// `cap + list` are the list heads (sentinels). A zeroed node is "not armed": an armed
 /// entry's ring holds its list's sentinel, so its `prev` and `next` differ unless both
-/// are that sentinel (at or above `cap`). Which list an entry is in is not stored: only
-/// removal needs it, when the list becomes empty, and then both neighbours are its
-/// sentinel. (A stored list id cost 4 bytes an entry.)
+/// are that sentinel (at or above `cap`). An unarmed node with `prev == next < cap`
+/// holds a value for the table ([`Wheel::set_spare`]).
+///
+/// 8 bytes. Which list an entry is in is not stored: only removal needs it, when the
+/// list becomes empty, and then both neighbours are its sentinel (a list id cost 4
+/// bytes an entry). Nor is its deadline: the wheel never reads it — a due slot hands
+/// its entries back and the owner works out the true deadline from the entry — and an
+/// owner that wants a timer earlier re-arms it rather than compare first (4 more).
 #[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C)]
 pub(crate) struct Node {
     prev: u32,
     next: u32,
-    /// Deadline in wrapping ticks; for an entry that is not armed, what the table
-    /// keeps there ([`Wheel::set_spare`]).
-    when: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Node>() == 12);
+const _: () = assert!(core::mem::size_of::<Node>() == 8);
 
 pub(crate) struct Wheel {
     nodes: Zeroed<Node>,
@@ -55,7 +57,7 @@ impl Wheel {
         let mut nodes: Zeroed<Node> = zeroed_slice(cap + LISTS);
         for l in 0..LISTS {
             let s = (cap + l) as u32;
-            nodes[cap + l] = Node { prev: s, next: s, when: 0 };
+            nodes[cap + l] = Node { prev: s, next: s };
         }
         Wheel { nodes, cap: cap as u32, occupied: [0; LEVELS], elapsed: now_ticks, armed: 0 }
     }
@@ -84,11 +86,6 @@ impl Wheel {
         n.prev != n.next || n.next >= self.cap
     }
 
-    /// The deadline of an armed entry, as an absolute tick.
-    pub(crate) fn when(&self, idx: u32) -> u64 {
-        self.abs(self.nodes[idx as usize].when)
-    }
-
     /// Converts a wrapping tick to absolute, relative to `elapsed` (valid within
     /// +-2^31 ticks, i.e. the 365-day timeout limit).
     pub(crate) fn abs(&self, t: u32) -> u64 {
@@ -105,7 +102,7 @@ impl Wheel {
         let list = level * SLOTS + slot;
         let head = self.cap as usize + list;
         let tail = self.nodes[head].prev;
-        self.nodes[idx as usize] = Node { prev: tail, next: head as u32, when: when as u32 };
+        self.nodes[idx as usize] = Node { prev: tail, next: head as u32 };
         self.nodes[tail as usize].next = idx;
         self.nodes[head].prev = idx;
         self.occupied[level] |= 1 << slot;
@@ -129,17 +126,54 @@ impl Wheel {
         self.armed -= 1;
     }
 
-    /// Stores `v` in the node of `idx`, which is not armed: the table links its free
-    /// slots through them instead of keeping a list of its own (4 bytes an entry).
+    /// Stores `v` (an entry index, or anything at or above `cap` for "none") in the
+    /// node of `idx`, which is not armed: the table links its free slots through them
+    /// instead of keeping a list of its own (4 bytes an entry). It is kept as
+    /// `prev == next`, which reads as "not armed" while below `cap`; "none" is `idx`
+    /// itself.
     pub(crate) fn set_spare(&mut self, idx: u32, v: u32) {
         debug_assert!(!self.is_armed(idx));
-        self.nodes[idx as usize].when = v;
+        let v = if v < self.cap { v } else { idx };
+        self.nodes[idx as usize] = Node { prev: v, next: v };
     }
 
-    /// What [`Wheel::set_spare`] stored in `idx`'s node.
+    /// What [`Wheel::set_spare`] stored in `idx`'s node (`u32::MAX` for "none").
     pub(crate) fn spare(&self, idx: u32) -> u32 {
         debug_assert!(!self.is_armed(idx));
-        self.nodes[idx as usize].when
+        let v = self.nodes[idx as usize].next;
+        if v == idx { u32::MAX } else { v }
+    }
+
+    /// Every armed entry with the tick by which its slot comes due: the latest it can
+    /// be handed back (a slot of a higher level hands its entries back at its start,
+    /// to be re-armed nearer their deadline). For checks: it walks every list.
+    pub(crate) fn due_ticks(&self) -> Vec<(u32, u64)> {
+        let mut out = Vec::with_capacity(self.armed);
+        for level in 0..LEVELS {
+            for slot in 0..SLOTS {
+                let start = self.slot_start(level, slot);
+                let head = self.cap + (level * SLOTS + slot) as u32;
+                let mut i = self.nodes[head as usize].next;
+                while i != head && out.len() <= self.armed {
+                    out.push((i, start));
+                    i = self.nodes[i as usize].next;
+                }
+            }
+        }
+        out
+    }
+
+    /// The tick at which slot `slot` of `level` next comes due: the first tick it
+    /// spans at or after `elapsed`'s slot of that level (the current slot itself may
+    /// have started already).
+    fn slot_start(&self, level: usize, slot: usize) -> u64 {
+        let shift = SLOT_BITS * level as u32;
+        let slot_range = 1u64 << shift;
+        let level_range = slot_range << SLOT_BITS;
+        let now_slot = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
+        let level_start = self.elapsed & !(level_range - 1);
+        let start = level_start + slot as u64 * slot_range;
+        if slot < now_slot { start + level_range } else { start }
     }
 
     /// Re-arms `idx` at `when` (disarming it first if needed).
@@ -184,17 +218,10 @@ impl Wheel {
             if occ == 0 {
                 continue;
             }
-            let shift = SLOT_BITS * level as u32;
-            let slot_range = 1u64 << shift;
-            let level_range = slot_range << SLOT_BITS;
-            let now_slot = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
+            let now_slot = ((self.elapsed >> (SLOT_BITS * level as u32)) as usize) & (SLOTS - 1);
             let zeros = occ.rotate_right(now_slot as u32).trailing_zeros() as usize;
             let slot = (zeros + now_slot) % SLOTS;
-            let level_start = self.elapsed & !(level_range - 1);
-            let mut deadline = level_start + slot as u64 * slot_range;
-            if slot < now_slot {
-                deadline += level_range;
-            }
+            let deadline = self.slot_start(level, slot);
             if best.is_none_or(|b| deadline < b.2) {
                 best = Some((level, slot, deadline));
             }
@@ -296,13 +323,13 @@ mod tests {
         let mut now = 1_000_000u64;
         let mut w = Wheel::new(cap, now);
         let mut deadline = vec![None::<u64>; cap];
-        let check = |w: &Wheel, step: usize, what: &str| {
-            for i in 0..cap {
+        let check = |w: &Wheel, deadline: &[Option<u64>], step: usize, what: &str| {
+            for (i, d) in deadline.iter().enumerate() {
                 if !w.is_armed(i as u32) {
                     continue;
                 }
                 let level = w.list_of(i as u32) / SLOTS;
-                let when = w.when(i as u32);
+                let when = d.expect("an armed entry the model does not know");
                 let start = when & !((1u64 << (6 * level)) - 1);
                 assert!(
                     start >= w.elapsed || (level == 0 && when >= w.elapsed),
@@ -310,9 +337,17 @@ mod tests {
                     w.elapsed
                 );
             }
+            // What the table's checks read: every armed entry comes due no later than
+            // its deadline, and only armed entries are listed.
+            let due = w.due_ticks();
+            assert_eq!(due.len(), w.armed_count(), "step {step}");
+            for (i, start) in due {
+                let d = deadline[i as usize].expect("listed but not armed");
+                assert!(start <= d.max(w.elapsed), "step {step} after {what}: entry {i} due at {start}, deadline {d}");
+            }
         };
         for step in 0..20_000 {
-            check(&w, step, "previous");
+            check(&w, &deadline, step, "previous");
             match rnd(10) {
                 0..=5 => {
                     let i = rnd(cap as u64) as u32;
@@ -349,9 +384,8 @@ mod tests {
                             if let Some(d) = d {
                                 assert!(
                                     *d > now,
-                                    "step {step}: entry {i} due at {d} missed at {now}: list {} when {} elapsed {} occ {:?}",
+                                    "step {step}: entry {i} due at {d} missed at {now}: list {} elapsed {} occ {:?}",
                                     w.list_of(i as u32),
-                                    w.nodes[i].when,
                                     w.elapsed,
                                     w.occupied.iter().map(|o| format!("{o:x}")).collect::<Vec<_>>()
                                 );
@@ -383,7 +417,26 @@ mod tests {
     fn wrapping_ticks_convert_back() {
         let mut w = Wheel::new(2, (1u64 << 32) - 10);
         w.insert(0, (1u64 << 32) + 50);
-        assert_eq!(w.when(0), (1u64 << 32) + 50);
+        let due = w.due_ticks();
+        assert!(due.len() == 1 && due[0].0 == 0 && due[0].1 <= (1u64 << 32) + 50, "{due:?}");
         assert_eq!(w.abs(5), (1u64 << 32) + 5);
+        let deadline = [(1u64 << 32) + 50, 0];
+        assert_eq!(advance(&mut w, (1u64 << 32) + 49, &deadline), Vec::<u32>::new());
+        assert_eq!(advance(&mut w, (1u64 << 32) + 50, &deadline), vec![0]);
+    }
+
+    #[test]
+    fn spare_values_live_in_unarmed_nodes() {
+        let mut w = Wheel::new(4, 0);
+        w.set_spare(1, 3);
+        w.set_spare(3, u32::MAX);
+        w.set_spare(2, 0);
+        assert!(!w.is_armed(1) && !w.is_armed(2) && !w.is_armed(3));
+        assert_eq!((w.spare(1), w.spare(2), w.spare(3)), (3, 0, u32::MAX));
+        assert_eq!(w.armed_count(), 0);
+        w.insert(1, 5);
+        assert!(w.is_armed(1));
+        assert_eq!(drain(&mut w, 5), vec![1]);
+        assert_eq!(w.due_ticks(), vec![]);
     }
 }

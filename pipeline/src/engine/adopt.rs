@@ -8,7 +8,7 @@
 use super::Engine;
 use super::lifecycle::admission_of;
 use super::timers::abs_ticks;
-use crate::conntrack::conn::{ConnAux, cflag, pflag};
+use crate::conntrack::conn::{ConnAux, ConnStats, cflag, pflag};
 use crate::conntrack::table::Table;
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::{Timeouts, TimerClass};
@@ -182,13 +182,12 @@ impl Engine {
         let adm = admission_of(&c);
         c.set_admission(adm);
         c.set_charged(side == Side::FromHi);
-        let aux = ConnAux::new(now.ticks());
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
         let src = key.addr[side as usize];
         if self.sources.check(src, key.v6).is_err() {
             return Err(AdoptError::OverSourceLimit);
         }
-        let slot = self.table.insert(h, &key, c, aux, when).map_err(|_| AdoptError::TableFull)?;
+        let slot = self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|_| AdoptError::TableFull)?;
         self.lists.push(slot, adm);
         self.note_new(slot, key);
         let charged = self.sources.add(src, key.v6);

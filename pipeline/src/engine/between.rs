@@ -116,11 +116,13 @@ impl Engine {
                 done.revoked += 1;
                 continue;
             }
-            let deadline = self.arm_at(&self.table.conns[s as usize], now);
-            if self.table.deadline(s) > deadline {
-                self.table.rearm(s, deadline);
-                done.rearmed += 1;
-            }
+            // As if its timer fired now: the timer node keeps no deadline to compare
+            // with, so every entry is re-armed at what the current timeouts give it.
+            let c = &self.table.conns[s as usize];
+            let (timeout, idle) = (self.timeout_of(c), idle_ticks(now.ticks(), c.last_seen));
+            let next = timeout.saturating_sub(idle).min(self.cfg.timeouts.floor_ticks(c.timer_class()));
+            self.table.rearm(s, abs_ticks(now) + u64::from(next));
+            done.rearmed += 1;
         }
         done
     }

@@ -31,6 +31,8 @@ pub struct FlowInfo {
     /// `[original, reply]`; zero when `counted` is false.
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Time since the flow was created; kept with the counters (`None` without).
+    pub age: Option<Duration>,
     /// Per-flow counters are kept (`conntrack.accounting`).
     pub counted: bool,
 }
@@ -113,8 +115,9 @@ impl Engine {
             expires_in: Duration::from_ticks(left),
             assured: c.has(cflag::ASSURED),
             class: c.admission(),
-            packets: st.packets,
+            packets: st.packets(),
             bytes: st.bytes,
+            age: self.table.accounting().then(|| Duration::from_ticks(idle_ticks(now.ticks(), st.created()))),
             counted: self.table.accounting(),
         }
     }
@@ -158,6 +161,11 @@ impl Engine {
     pub fn audit(&self) -> Result<(), String> {
         let t = &self.table;
         let (mut live, mut per_class) = (0usize, [0u32; Admission::COUNT]);
+        // When each armed slot's timer comes due (`u64::MAX`: not armed).
+        let mut due = vec![u64::MAX; t.capacity()];
+        for (s, tick) in t.due_ticks() {
+            due[s as usize] = tick;
+        }
         for s in 0..t.capacity() as u32 {
             if !t.is_live(s) {
                 continue;
@@ -175,8 +183,11 @@ impl Engine {
             // A flow restored from a snapshot was last seen before this clock's time 0:
             // its absolute tick is "negative" (wrapped), its deadline is not.
             let deadline = t.abs_tick(c.last_seen).wrapping_add(u64::from(self.cfg.timeouts.ticks(c.timer_class())));
-            if t.deadline(s) > deadline {
-                return Err(format!("entry {s}: armed at tick {} after its deadline {deadline}", t.deadline(s)));
+            if due[s as usize] == u64::MAX {
+                return Err(format!("entry {s} is live but its timer is in no list"));
+            }
+            if due[s as usize] > deadline {
+                return Err(format!("entry {s}: its timer comes due at tick {} after its deadline {deadline}", due[s as usize]));
             }
             if self.sources.enabled() && self.sources.count(k.addr[c.charged()], k.v6) == 0 {
                 return Err(format!("entry {s} is charged to a source that holds no entry"));

@@ -3,7 +3,7 @@
 //! tombstone saying why.
 
 use super::Engine;
-use crate::conntrack::conn::{Conn, ConnAux, REPLY, cflag};
+use crate::conntrack::conn::{Conn, ConnAux, ConnStats, REPLY, cflag};
 use crate::conntrack::pressure::{Admission, Evict};
 use crate::conntrack::sources::Refusal;
 use crate::conntrack::table::{IndexFull, Table};
@@ -52,7 +52,7 @@ impl Engine {
         let adm = admission_of(&conn);
         conn.set_admission(adm);
         let when = self.arm_at(&conn, now);
-        let slot = match self.table.insert(h, &m.key, conn, aux, when) {
+        let slot = match self.table.insert(h, &m.key, conn, aux, ConnStats::new(now.ticks()), when) {
             Ok(s) => s,
             Err(IndexFull::Ipv6Pool) => {
                 self.counters.ipv6_pool_full += 1;
@@ -87,8 +87,7 @@ impl Engine {
     #[inline]
     pub(super) fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
         if let Some(s) = self.table.stats.get_mut(slot as usize) {
-            s.packets[dir] += 1;
-            s.bytes[dir] += u64::from(m.ip_len);
+            s.count(dir, u64::from(m.ip_len));
         }
         let c = &mut self.table.conns[slot as usize];
         if dir == REPLY {

@@ -48,11 +48,14 @@ impl Engine {
     pub(super) fn record_of(&self, s: u32, now: Instant) -> FlowRecord {
         let t = now.ticks();
         let mut conn = self.table.conns[s as usize];
-        let mut aux = self.table.aux[s as usize];
-        let (idle, age) = (idle_ticks(t, conn.last_seen), idle_ticks(t, aux.created));
+        let aux = self.table.aux[s as usize];
+        let mut stats = self.table.stats_of(s);
+        // Without accounting the creation tick is not kept: age 0.
+        let age = if self.table.accounting() { idle_ticks(t, stats.created()) } else { 0 };
+        let idle = idle_ticks(t, conn.last_seen);
         // Ticks of this process's clock mean nothing to the next one: ages only.
         conn.last_seen = 0;
-        aux.created = 0;
+        stats.set_created(0);
         let stream_age = if conn.proto() == proto::TCP {
             0
         } else {
@@ -65,7 +68,7 @@ impl Engine {
             // Its place in this table's IPv6 pool: the key carries the addresses.
             conn.addr = [0, 0];
         }
-        FlowRecord { key: self.table.key_of(s), conn, stats: self.table.stats_of(s), aux, idle, age, stream_age }
+        FlowRecord { key: self.table.key_of(s), conn, stats, aux, idle, age, stream_age }
     }
 
     /// Tombstone sets of this engine (a snapshot's tombstones restore only into an
@@ -113,14 +116,11 @@ impl Engine {
         if conn.proto() != proto::TCP {
             conn.peer[0].end = t.wrapping_sub(rec.stream_age.saturating_add(down).min(half));
         }
-        let mut aux = rec.aux;
-        aux.created = t.wrapping_sub(rec.age.saturating_add(down).min(half));
+        let mut stats = rec.stats;
+        stats.set_created(t.wrapping_sub(rec.age.saturating_add(down).min(half)));
         let left = timeout - idle;
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(conn.timer_class())));
-        let slot = self.table.insert(h, &rec.key, conn, aux, when).map_err(|_| RestoreError::TableFull)?;
-        if let Some(st) = self.table.stats.get_mut(slot as usize) {
-            *st = rec.stats;
-        }
+        let slot = self.table.insert(h, &rec.key, conn, rec.aux, stats, when).map_err(|_| RestoreError::TableFull)?;
         self.lists.push(slot, adm);
         let charged = self.sources.add(src, rec.key.v6);
         debug_assert!(charged, "checked above");
@@ -196,6 +196,7 @@ mod tests {
         let after = r.flows()[0];
         assert_eq!((after.key, after.state, after.packets, after.bytes), (before.key, before.state, before.packets, before.bytes));
         assert_eq!(after.expires_in + Duration::from_secs(30), before.expires_in, "the time down counts");
+        assert_eq!((before.age, after.age), (Some(Duration::from_secs(10)), Some(Duration::from_secs(40))), "so for its age");
         // The next segments of both sides are judged on the restored windows.
         (r.cseq, r.sseq) = (l.cseq, l.sseq);
         assert_eq!(r.s(ACK | PSH, 1400), Verdict::Pass(PassKind::Established));
@@ -312,6 +313,10 @@ mod tests {
         assert!(refuse(20, 0xff).is_some(), "window scale 15");
         assert!(refuse(110, 2).is_some(), "origin zone 2");
         assert!(refuse(109, 8).is_some(), "an ICMP type on a TCP flow");
+        // Packet counts are 48 bits in the entry: a larger one names its first byte.
+        assert!(matches!(refuse(79, 1), Some(FormatError::BadRecord { offset: 1073, .. })), "original packets 2^48");
+        assert!(matches!(refuse(88, 1), Some(FormatError::BadRecord { offset: 1081, .. })), "reply packets 2^56");
+        assert!(refuse(78, 0xff).is_none(), "2^48 - 1 and below are counts");
         // Swap the endpoints: not canonical.
         let mut b = good.clone();
         b[1..5].copy_from_slice(&good[5..9]);

@@ -335,6 +335,7 @@ fn without_accounting_an_entry_costs_32_bytes_less_and_tracking_is_the_same() {
     let (fa, fb) = (a.flows()[0], b.flows()[0]);
     assert_eq!((fa.state, fa.counted, fa.packets), ("ESTABLISHED", true, [3, 2]));
     assert_eq!((fb.state, fb.counted, fb.packets, fb.bytes), ("ESTABLISHED", false, [0, 0], [0, 0]));
+    assert_eq!((fa.age, fb.age), (Some(Duration::ZERO), None), "the creation tick is kept with the counters");
     assert_eq!(a.e.counters().passed, b.e.counters().passed, "the same verdicts");
     // A snapshot of either goes into either: counters come along only where kept.
     let (mut a2, mut b2) = (Lab::with(on), Lab::with(off));

@@ -60,8 +60,8 @@ impl Engine {
     /// Refreshes an entry's timeout (Linux `nf_ct_refresh_acct`): writes "last seen".
     /// The timer wheel is touched only when the new class has a lower rearm floor than
     /// the old one (see [`crate::conntrack::Timeouts`]), which keeps the invariant
-    /// "armed no later than `now + floor(class)`" without reading the timer on ordinary
-    /// packets.
+    /// "armed no later than `now + floor(class)`" without touching the timer on
+    /// ordinary packets.
     #[inline]
     pub(super) fn refresh(&mut self, slot: u32, now: Instant, class: TimerClass) {
         let c = &mut self.table.conns[slot as usize];
@@ -71,10 +71,11 @@ impl Engine {
         if old != class {
             c.set_timer_class(class);
             if self.cfg.timeouts.floor_ticks(class) < self.cfg.timeouts.floor_ticks(old) {
+                // Re-armed without comparing: the timer node keeps no deadline (4 bytes
+                // an entry), and `now + arm_ticks` is never later than this entry's
+                // true expiry, which starts from `now`.
                 let deadline = self.arm_at(&self.table.conns[slot as usize], now);
-                if self.table.deadline(slot) > deadline {
-                    self.table.rearm(slot, deadline);
-                }
+                self.table.rearm(slot, deadline);
             }
         }
     }

@@ -152,7 +152,7 @@ impl Engine {
             c.peer[0].end = now.ticks();
         }
         c.set_origin_inside(zone == Zone::Inside);
-        let aux = ConnAux::new(now.ticks());
+        let aux = ConnAux::default();
         match self.create(now, m, h, c, aux) {
             Ok(slot) => {
                 self.account(slot, ORIGINAL, m);
@@ -182,7 +182,7 @@ impl Engine {
         // the packet becomes the reply of the allowed direction. Only an accepted
         // entry is created.
         let mut c = Self::blank_for(m);
-        let mut aux = ConnAux::new(now.ticks());
+        let mut aux = ConnAux::default();
         if !tcp::init_new(&mut c, seg, loose) {
             return Verdict::Drop(DropReason::InvalidTcpState);
         }

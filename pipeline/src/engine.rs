@@ -201,24 +201,11 @@ impl Engine {
             };
         }
         // Stage 2: prefetch the entry the first matching tag points at, and remember
-        // where the tag was; with no tag at home but keys elsewhere, the alternate
-        // bucket.
-        let mut alternates = false;
+        // where the tag was; with no tag at home but keys living elsewhere, the
+        // alternate bucket.
         for s in &mut staged[..pkts.len()] {
             if let Stage::Meta(_, h, hint) = s {
                 *hint = self.table.prefetch_entry(*h);
-                alternates |= hint.in_alternate();
-            }
-        }
-        // Stage 2b (rare: 1-5 % of keys live in their alternate, and misses look
-        // there when their home overflowed): the same in the alternate buckets.
-        if alternates {
-            for s in &mut staged[..pkts.len()] {
-                if let Stage::Meta(_, h, hint) = s
-                    && hint.in_alternate()
-                {
-                    *hint = self.table.prefetch_alternate(*h, *hint);
-                }
             }
         }
         // Stage 3: judge.

@@ -11,7 +11,7 @@
 //! after 400,000 removals and inserts at full load 20 % (5.3 % of keys: a key that
 //! overflowed stays in its alternate when its home empties) until [`Table::rehome`]
 //! brings them back. A burst's stage 2 prefetches the alternate bucket where the home
-//! bucket says keys live elsewhere and has no matching tag. A one-step cuckoo move and
+//! bucket has no matching tag but keys that live elsewhere. A one-step cuckoo move and
 //! a small stash absorb the rest.
 //!
 //! History, measured on the dev VM at 1M entries: 7 ways of 32-bit tags in a power of
@@ -79,16 +79,6 @@ pub(crate) struct Hint {
 
 impl Hint {
     pub(crate) const NONE: Hint = Hint { bucket: u32::MAX, way: 0 };
-    /// `way` of a hint whose bucket is the key's alternate, brought into cache by
-    /// stage 2 because the home bucket had no matching tag but keys elsewhere.
-    const ALTERNATE: u32 = u32::MAX;
-
-    /// Stage 2 sent for the key's alternate bucket: [`Table::prefetch_alternate`]
-    /// looks in it.
-    #[inline]
-    pub(crate) fn in_alternate(&self) -> bool {
-        self.way == Hint::ALTERNATE
-    }
 }
 
 /// Why an insert found no room.
@@ -295,9 +285,9 @@ impl Table {
 
     /// Stage 2: bring the entry that the first matching tag points at into cache; where
     /// that tag is, for [`Table::lookup_hinted`]. No tag at home but keys that live
-    /// elsewhere: bring the alternate bucket instead, for [`Table::prefetch_alternate`]
-    /// (a lookup there would otherwise wait for it: the key may be there, and a new
-    /// flow's miss must look).
+    /// elsewhere: bring the alternate bucket instead (the key may be there, and a new
+    /// flow's miss must look). Looking into it here too, a stage later, cost 6-10
+    /// instructions a packet and moved no median.
     #[inline]
     pub(crate) fn prefetch_entry(&self, h: u64) -> Hint {
         let home = self.home(h);
@@ -305,36 +295,18 @@ impl Table {
         let tag = tag_of(h);
         let m = b.matches(tag);
         if m == 0 {
-            if b.overflow == 0 {
-                return Hint::NONE;
+            if b.overflow != 0 {
+                prefetch(&self.buckets[self.other(home, tag)]);
             }
-            let alt = self.other(home, tag);
-            prefetch(&self.buckets[alt]);
-            return Hint { bucket: alt as u32, way: Hint::ALTERNATE };
+            return Hint::NONE;
         }
-        self.prefetch_way(home, m)
-    }
-
-    /// Stage 2b, for a hint [`Hint::in_alternate`]: what stage 2 does, in the
-    /// alternate bucket it brought.
-    #[inline]
-    pub(crate) fn prefetch_alternate(&self, h: u64, hint: Hint) -> Hint {
-        let b = hint.bucket as usize;
-        match self.buckets.get(b).map(|bucket| bucket.matches(tag_of(h))) {
-            Some(m) if m != 0 => self.prefetch_way(b, m),
-            _ => Hint::NONE,
-        }
-    }
-
-    #[inline]
-    fn prefetch_way(&self, bucket: usize, m: u32) -> Hint {
         let way = m.trailing_zeros();
-        let s = self.buckets[bucket].slots[way as usize] as usize;
+        let s = b.slots[way as usize] as usize;
         prefetch(&self.conns[s]);
         if let Some(st) = self.stats.get(s) {
             prefetch(st);
         }
-        Hint { bucket: bucket as u32, way }
+        Hint { bucket: home as u32, way }
     }
 
     /// [`Table::lookup`], trying first the way stage 2 found (one tag and one key
@@ -527,7 +499,7 @@ impl Table {
     /// has room again, for `n` buckets from a rotating cursor, and one stashed key into
     /// either of its buckets. Without it, churn at full load leaves keys where they
     /// overflowed to: 5.3 % of keys in their alternate (each lookup of those reads two
-    /// buckets, and its entry is fetched a stage later) and 20 % of buckets with an
+    /// buckets, and its entry is not prefetched) and 20 % of buckets with an
     /// overflow count (every miss there reads two) after 400,000 rounds, against 1.3 %
     /// and 4.5 % when the table had just filled. Between bursts only. Returns the keys
     /// moved.

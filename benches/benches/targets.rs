@@ -114,20 +114,24 @@ fn main() {
     // P3.
     let t = big.engine.table();
     let cap = t.capacity();
+    let per = |c: &holdfast_pipeline::EngineConfig| holdfast_pipeline::Engine::footprint(c) as f64 / cap as f64;
+    let on = holdfast_pipeline::EngineConfig { capacity: cap, accounting: true, ..*big.engine.config() };
+    let off = holdfast_pipeline::EngineConfig { accounting: false, ..on };
+    let v4 = |c: holdfast_pipeline::EngineConfig| holdfast_pipeline::EngineConfig { ipv6_slots: Some(0), ..c };
+    let quarter = |c: holdfast_pipeline::EngineConfig| holdfast_pipeline::EngineConfig { ipv6_slots: Some(cap / 4), ..c };
     println!(
-        "P3  {} bytes allocated per entry of capacity at {cap} entries (target <= 96 without, <= 128 with per-flow counters); the engine in all: {} B/entry",
+        "P3  IPv4 only (ipv6_share: 0), {cap} entries, everything the engine allocates: {:.1} B per entry without per-flow counters (target <= 96), {:.1} with them (target <= 128)",
+        per(&v4(off)),
+        per(&v4(on))
+    );
+    println!(
+        "    with IPv6: an address place per entry {:.1} / {:.1} B (without / with counters), ipv6_share 0.25 {:.1} / {:.1}; this engine's table as allocated {} B, the engine {} B",
+        per(&off),
+        per(&on),
+        per(&quarter(off)),
+        per(&quarter(on)),
         t.bytes_per_entry(),
         big.engine.bytes_per_entry()
-    );
-    let off = holdfast_pipeline::EngineConfig { capacity: cap, accounting: false, ..*big.engine.config() };
-    let pool = holdfast_pipeline::EngineConfig { ipv6_slots: Some(cap / 4), ..off };
-    let v4 = holdfast_pipeline::EngineConfig { ipv6_slots: Some(0), ..off };
-    println!(
-        "    engine, computed: {} B per entry with conntrack.accounting: off; {} B with that and ipv6_share: 0.25; {} B with that and ipv6_share: 0 (IPv4 only); {} B with ipv6_share 0.25 alone",
-        holdfast_pipeline::Engine::footprint(&off) / cap,
-        holdfast_pipeline::Engine::footprint(&pool) / cap,
-        holdfast_pipeline::Engine::footprint(&v4) / cap,
-        holdfast_pipeline::Engine::footprint(&holdfast_pipeline::EngineConfig { accounting: true, ..pool }) / cap
     );
     let parts: Vec<String> = holdfast_pipeline::Engine::footprint_parts(big.engine.config())
         .iter()

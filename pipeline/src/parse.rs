@@ -104,6 +104,10 @@ pub struct PacketMeta {
 }
 
 impl PacketMeta {
+    /// Metadata of nothing: what a burst's staging slots hold before their first packet.
+    pub(crate) const EMPTY: PacketMeta =
+        PacketMeta { key: FlowKey { addr: [0, 0], port: [0, 0], proto: 0, v6: false, vlan: 0 }, side: Side::FromLo, l4: L4::Other, frag: None, ip_len: 0 };
+
     /// The source address carried by this packet.
     pub fn src_addr(&self) -> u128 {
         if let L4::IcmpError { outer_src: w, .. } = self.l4 {
@@ -129,9 +133,36 @@ fn malformed(_: WireError) -> DropReason {
 /// Parses an Ethernet frame. Never panics; every refusal is `Err(reason)`.
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Frame, DropReason> {
-    match fast_ipv4(frame) {
-        Some(m) => Ok(Frame::Ip(m)),
-        None => parse_general(frame),
+    let mut m = PacketMeta::EMPTY;
+    if fast_ipv4(frame, &mut m) {
+        return Ok(Frame::Ip(m));
+    }
+    parse_general(frame)
+}
+
+/// What [`parse_into`] found.
+pub(crate) enum Kind {
+    /// An IP packet: its metadata is in `out`.
+    Ip,
+    Arp,
+    NonIp,
+}
+
+/// [`parse`], writing an IP packet's metadata into `out` (a burst's staging slot)
+/// instead of returning it, so that the common case is stored once rather than moved
+/// through the result. `out` is left as it was for anything else.
+#[inline]
+pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta) -> Result<Kind, DropReason> {
+    if fast_ipv4(frame, out) {
+        return Ok(Kind::Ip);
+    }
+    match parse_general(frame)? {
+        Frame::Ip(m) => {
+            *out = m;
+            Ok(Kind::Ip)
+        }
+        Frame::Arp => Ok(Kind::Arp),
+        Frame::NonIp(_) => Ok(Kind::NonIp),
     }
 }
 
@@ -140,23 +171,24 @@ pub fn parse(frame: &[u8]) -> Result<Frame, DropReason> {
 /// else, including every malformed frame, takes [`parse_general`], which gives the
 /// same answer for these frames (a test checks it on mutated frames).
 #[inline]
-fn fast_ipv4(f: &[u8]) -> Option<PacketMeta> {
+fn fast_ipv4(f: &[u8], out: &mut PacketMeta) -> bool {
     // 14 + 20 + 20: every real frame is at least 60 bytes (Ethernet minimum).
-    let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;
+    let Some(h) = f.get(..54) else { return false };
+    let Ok(h): Result<&[u8; 54], _> = h.try_into() else { return false };
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
     if be16(12) != ethernet::ethertype::IPV4 || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
-        return None;
+        return false;
     }
     let total = usize::from(be16(16));
     if total < 28 || f.len() - 14 < total {
-        return None;
+        return false;
     }
     // Header checksum (RFC 1071) over the ten 16-bit words.
     let mut sum: u32 = (0..10).map(|i| u32::from(be16(14 + 2 * i))).sum();
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     if sum != 0xffff {
-        return None;
+        return false;
     }
     let src = u128::from(u32::from_be_bytes([h[26], h[27], h[28], h[29]]));
     let dst = u128::from(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
@@ -165,7 +197,7 @@ fn fast_ipv4(f: &[u8]) -> Option<PacketMeta> {
         proto::TCP => {
             let hlen = usize::from(h[46] >> 4) * 4;
             if hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
-                return None;
+                return false;
             }
             let tm = TcpMeta {
                 seq: u32::from_be_bytes([h[38], h[39], h[40], h[41]]),
@@ -181,14 +213,15 @@ fn fast_ipv4(f: &[u8]) -> Option<PacketMeta> {
         proto::UDP => {
             let ulen = usize::from(be16(38));
             if ulen < 8 || ulen > total - 20 {
-                return None;
+                return false;
             }
             (L4::Udp, proto::UDP)
         }
-        _ => return None,
+        _ => return false,
     };
     let (key, side) = FlowKey::new(src, sport, dst, dport, proto, false, 0);
-    Some(PacketMeta { key, side, l4, frag: None, ip_len: total as u32 })
+    *out = PacketMeta { key, side, l4, frag: None, ip_len: total as u32 };
+    true
 }
 
 /// Parses any Ethernet frame: VLAN tags, ARP, IPv4 with options and fragments, IPv6
@@ -398,12 +431,17 @@ mod tests {
         ]
     }
 
+    fn fast(f: &[u8]) -> Option<PacketMeta> {
+        let mut m = PacketMeta::EMPTY;
+        fast_ipv4(f, &mut m).then_some(m)
+    }
+
     #[test]
     fn the_fast_path_takes_the_common_frames() {
         let f = frames();
-        assert!(fast_ipv4(&f[0]).is_some() && fast_ipv4(&f[1]).is_some() && fast_ipv4(&f[2]).is_some());
-        assert!(fast_ipv4(&f[3]).is_none(), "ICMP takes the general path");
-        let Some(m) = fast_ipv4(&f[0]) else { unreachable!() };
+        assert!(fast(&f[0]).is_some() && fast(&f[1]).is_some() && fast(&f[2]).is_some());
+        assert!(fast(&f[3]).is_none(), "ICMP takes the general path");
+        let Some(m) = fast(&f[0]) else { unreachable!() };
         let L4::Tcp(t) = m.l4 else { panic!() };
         assert_eq!(Options::parse(t.options(&f[0])).wscale, Some(7));
     }
@@ -421,8 +459,22 @@ mod tests {
                 f[at % n] = b;
             }
             f.truncate(cut.min(f.len()));
-            if let Some(m) = fast_ipv4(&f) {
+            if let Some(m) = fast(&f) {
                 prop_assert_eq!(Ok(Frame::Ip(m)), parse_general(&f));
+            }
+            // What a burst's stage 1 calls says the same as `parse`, and writes the
+            // slot only for an IP packet.
+            let before = fast(&frames()[(pick + 1) % 4]).unwrap_or(PacketMeta::EMPTY);
+            let mut slot = before;
+            let into = parse_into(&f, &mut slot);
+            match (parse(&f), into) {
+                (Ok(Frame::Ip(m)), Ok(Kind::Ip)) => prop_assert_eq!(m, slot),
+                (Ok(Frame::Arp), Ok(Kind::Arp)) | (Ok(Frame::NonIp(_)), Ok(Kind::NonIp)) => prop_assert_eq!(before, slot),
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(before, slot);
+                }
+                (p, i) => prop_assert!(false, "parse {:?}, parse_into {:?}", p, i.map(|_| ())),
             }
         }
     }

@@ -62,21 +62,28 @@ impl Engine {
     /// the old one (see [`crate::conntrack::Timeouts`]), which keeps the invariant
     /// "armed no later than `now + floor(class)`" without touching the timer on
     /// ordinary packets.
-    #[inline]
+    #[inline(always)]
     pub(super) fn refresh(&mut self, slot: u32, now: Instant, class: TimerClass) {
         let c = &mut self.table.conns[slot as usize];
         c.last_seen = now.ticks();
         c.flags |= cflag::REFERENCED;
+        if c.timer_class() != class {
+            self.change_class(slot, now, class);
+        }
+    }
+
+    /// The rarer half of [`Engine::refresh`]: the entry's timeout class changes.
+    #[inline(never)]
+    fn change_class(&mut self, slot: u32, now: Instant, class: TimerClass) {
+        let c = &mut self.table.conns[slot as usize];
         let old = c.timer_class();
-        if old != class {
-            c.set_timer_class(class);
-            if self.cfg.timeouts.floor_ticks(class) < self.cfg.timeouts.floor_ticks(old) {
-                // Re-armed without comparing: the timer node keeps no deadline (4 bytes
-                // an entry), and `now + arm_ticks` is never later than this entry's
-                // true expiry, which starts from `now`.
-                let deadline = self.arm_at(&self.table.conns[slot as usize], now);
-                self.table.rearm(slot, deadline);
-            }
+        c.set_timer_class(class);
+        if self.cfg.timeouts.floor_ticks(class) < self.cfg.timeouts.floor_ticks(old) {
+            // Re-armed without comparing: the timer node keeps no deadline (4 bytes
+            // an entry), and `now + arm_ticks` is never later than this entry's true
+            // expiry, which starts from `now`.
+            let deadline = self.arm_at(&self.table.conns[slot as usize], now);
+            self.table.rearm(slot, deadline);
         }
     }
 

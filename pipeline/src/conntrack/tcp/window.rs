@@ -163,7 +163,7 @@ pub(super) fn in_window(c: &mut Conn, dir: usize, seg: &Segment) -> Window {
 }
 
 /// The updates of an in-window segment (the second half of Linux `tcp_in_window`).
-#[inline]
+#[inline(always)]
 fn update_peers(c: &mut Conn, dir: usize, seg: &Segment, u: Update) {
     let (s, r) = (dir, 1 - dir);
     // Window scaling (RFC 7323) applies to every segment but a SYN.

@@ -323,13 +323,18 @@ impl Table {
         self.lookup(h, k)
     }
 
-    #[inline]
+    #[inline(always)]
     fn key_eq(&self, slot: u32, k: &FlowKey) -> bool {
-        let c = &self.conns[slot as usize];
         if !k.v6 {
-            return c.matches_v4(k);
+            return self.conns[slot as usize].matches_v4(k);
         }
+        self.key_eq_v6(slot, k)
+    }
+
+    #[inline(never)]
+    fn key_eq_v6(&self, slot: u32, k: &FlowKey) -> bool {
         // An IPv6 entry's `addr[0]` is its place in the pool.
+        let c = &self.conns[slot as usize];
         let p = c.addr[0] as usize * 2;
         c.is_v6() && c.port == k.port && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan) && self.v6[p] == k.addr[0] && self.v6[p + 1] == k.addr[1]
     }

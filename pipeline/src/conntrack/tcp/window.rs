@@ -219,7 +219,7 @@ fn update_peers(c: &mut Conn, dir: usize, seg: &Segment, u: Update) {
 
 /// The timeout an accepted segment leaves the entry with (the end of Linux
 /// `nf_conntrack_tcp_packet`), before the SEEN_REPLY adjustments.
-#[inline]
+#[inline(always)]
 pub(super) fn timer_class(c: &Conn, new_state: TcpState, idx: Index, timeouts: &Timeouts) -> TimerClass {
     let class = state_class(new_state);
     let unack = (c.pflags[0] | c.pflags[1]) & pflag::DATA_UNACKNOWLEDGED != 0;

@@ -246,7 +246,10 @@ impl Engine {
             }
             _ => match self.live_lookup(now, h, &m.key, hint) {
                 Some(slot) if self.changes.on() => self.existing_noted(now, zone, frame, slot, m, h),
-                Some(slot) => self.existing(now, zone, frame, slot, m, h),
+                Some(slot) => match self.established_ack(now, frame, slot, m) {
+                    Some(v) => v,
+                    None => self.existing(now, zone, frame, slot, m, h),
+                },
                 None => self.new_flow(now, zone, frame, m, h),
             },
         };

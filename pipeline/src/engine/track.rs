@@ -66,6 +66,20 @@ impl Engine {
         }
     }
 
+    /// An ESTABLISHED, assured TCP flow's plain in-window ACK, the common case, judged
+    /// where the lookup found it: the whole of [`Engine::existing`] costs a call with
+    /// seven arguments. `None`: not that case; `existing` judges it (and looks again).
+    #[inline(always)]
+    pub(super) fn established_ack(&mut self, now: Instant, frame: &[u8], slot: u32, m: &PacketMeta) -> Option<Verdict> {
+        let L4::Tcp(t) = &m.l4 else { return None };
+        let c = &mut self.table.conns[slot as usize];
+        let dir = c.dir_of(m.side == Side::FromHi);
+        let class = tcp::fast_established(c, dir, &Segment::new(t, t.options(frame)), &self.cfg.timeouts)?;
+        self.refresh(slot, now, class);
+        self.account(slot, dir, m);
+        Some(Verdict::Pass(PassKind::Established))
+    }
+
     /// A packet of the flow in `slot`.
     pub(super) fn existing(&mut self, now: Instant, zone: Zone, frame: &[u8], slot: u32, m: &PacketMeta, h: u64) -> Verdict {
         let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);

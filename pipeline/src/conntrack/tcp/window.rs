@@ -242,7 +242,7 @@ pub(super) fn timer_class(c: &Conn, new_state: TcpState, idx: Index, timeouts: &
 /// without the dispatch. Anything other than a plain accept returns `None`, with the
 /// entry untouched, and the general path decides (`fast_path_equals_general` checks
 /// the equivalence on random segments).
-#[inline]
+#[inline(always)]
 pub(crate) fn fast_established(c: &mut Conn, dir: usize, seg: &Segment, timeouts: &Timeouts) -> Option<TimerClass> {
     const NEED: u8 = cflag::SEEN_REPLY | cflag::ASSURED;
     if !in_state(c, Established) || c.flags & NEED != NEED || seg.flags & (f::SYN | f::FIN | f::RST | f::ACK) != f::ACK {

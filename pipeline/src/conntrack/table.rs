@@ -339,7 +339,7 @@ impl Table {
         c.is_v6() && c.port == k.port && c.proto_vlan == (u32::from(k.proto) << 24 | k.vlan) && self.v6[p] == k.addr[0] && self.v6[p + 1] == k.addr[1]
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_in(&self, b: usize, tag: u16, k: &FlowKey) -> Option<(usize, usize)> {
         let bucket = &self.buckets[b];
         let mut m = bucket.matches(tag);

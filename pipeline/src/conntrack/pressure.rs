@@ -204,6 +204,19 @@ impl ClassLists {
         [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().map(|&a| self.head[a as usize]).find(|&h| h != NIL)
     }
 
+    /// The entry after `slot` in its list (the next oldest).
+    #[inline]
+    pub fn next_of(&self, slot: u32) -> Option<u32> {
+        let n = self.links[slot as usize].next;
+        (n != NIL).then_some(n)
+    }
+
+    /// Brings `slot`'s links into cache.
+    #[inline]
+    pub fn prefetch(&self, slot: u32) {
+        crate::raw::prefetch(&self.links[slot as usize]);
+    }
+
     /// The oldest entry of class `a` (by-class mode).
     pub fn head(&self, a: Admission) -> Option<u32> {
         debug_assert!(self.per_class);

@@ -277,6 +277,13 @@ impl Table {
         }
     }
 
+    /// Brings `slot`'s entry and timer node into cache (an eviction victim's).
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, slot: u32) {
+        prefetch(&self.conns[slot as usize]);
+        prefetch(&self.wheel.nodes()[slot as usize]);
+    }
+
     /// Stage 1 of a burst: bring the key's home bucket into cache.
     #[inline]
     pub(crate) fn prefetch_bucket(&self, h: u64) {

@@ -81,6 +81,14 @@ impl Tombstones {
 
     /// Records that the flow whose table hash is `h`, of admission class `class`, went
     /// away.
+    /// Brings the set a key hashed to `h` would be buried in into cache.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if !self.sets.is_empty() {
+            crate::raw::prefetch(&self.sets[self.split(h).0]);
+        }
+    }
+
     pub fn bury(&mut self, h: u64, why: Why, class: u8, now_ticks: u32) {
         if self.sets.is_empty() {
             return;

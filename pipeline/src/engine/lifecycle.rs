@@ -182,6 +182,28 @@ impl Engine {
     fn evict(&mut self, slot: u32, now: Instant) {
         let h = self.table.hash(&self.table.key_of(slot));
         self.retire(slot, h, Some(Why::Evicted), now);
+        if self.lists.per_class() {
+            self.warm_next_victim();
+        }
+    }
+
+    /// Under a flood every new flow evicts the oldest non-assured entry, a cold one:
+    /// its entry, timer node, list links, index bucket and tombstone set are cache
+    /// misses, the bucket and the set waiting on the entry (their place is its key's
+    /// hash). So each eviction warms the next victim, whose entry and links the
+    /// previous eviction brought in — its hash is known now: its bucket and set — and
+    /// starts on the one after it. Hints only: the next eviction still takes whatever
+    /// is oldest then.
+    #[inline]
+    fn warm_next_victim(&mut self) {
+        let Some(v) = self.lists.oldest_non_assured() else { return };
+        let h = self.table.hash(&self.table.key_of(v));
+        self.table.prefetch_bucket(h);
+        self.tombs.prefetch(h);
+        if let Some(n) = self.lists.next_of(v) {
+            self.table.prefetch_slot(n);
+            self.lists.prefetch(n);
+        }
     }
 
     /// The LRU model's victim: the oldest entry not used since the clock last passed.

@@ -162,7 +162,10 @@ impl Engine {
         let c = &self.table.conns[slot as usize];
         let (state, flags, last_seen) = (c.state & 0x0f, c.flags & SEEN, c.last_seen);
         let (notes, lost) = (self.changes.len(), self.changes.lost);
-        let v = self.existing(now, zone, frame, slot, m, h);
+        let v = match self.established_ack(now, frame, slot, m) {
+            Some(v) => v,
+            None => self.existing(now, zone, frame, slot, m, h),
+        };
         // Every removal notes itself (`retire`): no new note means the slot still holds
         // this flow, without a look at the timer wheel (a cache miss a packet).
         if self.changes.len() == notes && self.changes.lost == lost {

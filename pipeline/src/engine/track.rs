@@ -68,7 +68,8 @@ impl Engine {
 
     /// An ESTABLISHED, assured TCP flow's plain in-window ACK, the common case, judged
     /// where the lookup found it: the whole of [`Engine::existing`] costs a call with
-    /// seven arguments. `None`: not that case; `existing` judges it (and looks again).
+    /// seven arguments. `None`: not that case (the entry untouched); `existing` judges
+    /// it.
     #[inline(always)]
     pub(super) fn established_ack(&mut self, now: Instant, frame: &[u8], slot: u32, m: &PacketMeta) -> Option<Verdict> {
         let L4::Tcp(t) = &m.l4 else { return None };
@@ -80,7 +81,7 @@ impl Engine {
         Some(Verdict::Pass(PassKind::Established))
     }
 
-    /// A packet of the flow in `slot`.
+    /// A packet of the flow in `slot` that [`Engine::established_ack`] declined.
     pub(super) fn existing(&mut self, now: Instant, zone: Zone, frame: &[u8], slot: u32, m: &PacketMeta, h: u64) -> Verdict {
         let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
         let class = match m.l4 {
@@ -105,12 +106,6 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     fn existing_tcp(&mut self, now: Instant, zone: Zone, frame: &[u8], slot: u32, m: &PacketMeta, h: u64, seg: &Segment, dir: usize) -> Verdict {
-        let c = &mut self.table.conns[slot as usize];
-        if let Some(class) = tcp::fast_established(c, dir, seg, &self.cfg.timeouts) {
-            self.refresh(slot, now, class);
-            self.account(slot, dir, m);
-            return Verdict::Pass(PassKind::Established);
-        }
         if !tcp::valid_flags(seg.flags) {
             return Verdict::Drop(DropReason::InvalidTcpFlags);
         }

@@ -125,7 +125,7 @@ fn tag_of(h: u64) -> u16 {
     ((h >> 48) as u16 & !1).max(2)
 }
 
-/// Buckets for `capacity` entries: the index half full at capacity, at least 2 (so
+/// Buckets for `capacity` entries: the index 60 % full at capacity, at least 2 (so
 /// that a key's alternate differs from its home).
 fn buckets_for(capacity: usize) -> usize {
     let (num, den) = INDEX_WAYS_PER_ENTRY;

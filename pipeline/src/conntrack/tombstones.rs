@@ -79,8 +79,6 @@ impl Tombstones {
         (z as usize & self.mask, (h >> 32) as u32 | 1)
     }
 
-    /// Records that the flow whose table hash is `h`, of admission class `class`, went
-    /// away.
     /// Brings the set a key hashed to `h` would be buried in into cache.
     #[inline]
     pub fn prefetch(&self, h: u64) {
@@ -89,6 +87,8 @@ impl Tombstones {
         }
     }
 
+    /// Records that the flow whose table hash is `h`, of admission class `class`, went
+    /// away.
     pub fn bury(&mut self, h: u64, why: Why, class: u8, now_ticks: u32) {
         if self.sets.is_empty() {
             return;

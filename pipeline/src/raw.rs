@@ -1,5 +1,5 @@
-//! The pipeline's only `unsafe`: zeroed allocation of plain-data tables, and cache
-//! prefetch. Everything else in the crate is `#![deny(unsafe_code)]`.
+//! The pipeline's only `unsafe`: zeroed allocation of plain-data tables, cache
+//! prefetch, and the index buckets' SSE2 tag compare. Everything else in the crate is `#![deny(unsafe_code)]`.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::mem::{align_of, size_of};
@@ -93,6 +93,30 @@ pub fn prefetch<T>(r: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
+}
+
+/// Bit i set when `tags[i] & !1 == tag`: an index bucket's ten tags compared at once
+/// (`Bucket::matches`). Two 8-lane compares, of ways 0..8 and of ways 2..10, packed
+/// into one byte mask.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn tag_matches(tags: &[u16; 10], tag: u16) -> u32 {
+    use core::arch::x86_64::{_mm_and_si128, _mm_cmpeq_epi16, _mm_movemask_epi8, _mm_packs_epi16, _mm_set1_epi16};
+    let lo: [u16; 8] = [tags[0], tags[1], tags[2], tags[3], tags[4], tags[5], tags[6], tags[7]];
+    let hi: [u16; 8] = [tags[2], tags[3], tags[4], tags[5], tags[6], tags[7], tags[8], tags[9]];
+    // SAFETY: these intrinsics only need SSE2, which every x86-64 CPU has (the
+    // architecture's baseline, always enabled by rustc for this target); they compute on
+    // values and read no memory.
+    let bits = unsafe {
+        let keep = _mm_set1_epi16(!1);
+        let want = _mm_set1_epi16(tag as i16);
+        let a = _mm_cmpeq_epi16(_mm_and_si128(bytemuck::cast(lo), keep), want);
+        let b = _mm_cmpeq_epi16(_mm_and_si128(bytemuck::cast(hi), keep), want);
+        // packs turns each 0 / -1 lane into one 0 / 0xff byte: bytes 0..8 are ways
+        // 0..8, bytes 8..16 ways 2..10.
+        _mm_movemask_epi8(_mm_packs_epi16(a, b)) as u32
+    };
+    (bits & 0xff) | (bits >> 8) << 2
 }
 
 /// Writes every page of `s` (each element at a page's start is read and written back),

@@ -56,8 +56,9 @@ pub(crate) struct Bucket {
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 
 impl Bucket {
-    /// Bit i set when way i holds `tag` (ignoring the in-alternate bit). Branch-free,
-    /// so the compiler can compare all ways at once.
+    /// Bit i set when way i holds `tag` (ignoring the in-alternate bit). `tag` is never
+    /// 0 (empty) and has bit 0 clear ([`tag_of`]).
+    #[cfg(not(target_arch = "x86_64"))]
     #[inline]
     fn matches(&self, tag: u16) -> u32 {
         let mut m = 0;
@@ -65,6 +66,17 @@ impl Bucket {
             m |= u32::from(t & !1 == tag) << i;
         }
         m
+    }
+
+    /// Bit i set when way i holds `tag` (ignoring the in-alternate bit): two SSE2
+    /// compares (`raw::tag_matches`). LLVM does not vectorise the ten-lane loop above
+    /// (~30 instructions; a SWAR version measured worse); this saves 11.5 instructions
+    /// a packet in the mixed burst. A test compares the two.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn matches(&self, tag: u16) -> u32 {
+        const _: () = assert!(WAYS == 10, "raw::tag_matches compares exactly ten ways");
+        crate::raw::tag_matches(&self.tags, tag)
     }
 }
 
@@ -630,6 +642,41 @@ mod tests {
     fn key(i: u32, v6: bool) -> FlowKey {
         let a = if v6 { 0x2001_0db8_u128 << 96 | u128::from(i) } else { u128::from(0x0a00_0000 | i) };
         FlowKey::new(a, (i % 50_000) as u16, if v6 { 0x2001_0db8_u128 << 96 } else { 0x0a01_0001 }, 80, 6, v6, 0).0
+    }
+
+    /// The bucket's tag compare (SSE2 on x86-64) against the plain definition, over
+    /// buckets mixing the wanted tag, its alternate-marked form, near misses in every
+    /// bit and empty ways, at every way.
+    #[test]
+    fn tag_compare_matches_its_definition_at_every_way() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let tag = tag_of(rnd());
+            let mut b = Bucket::default();
+            for t in &mut b.tags {
+                *t = match rnd() % 6 {
+                    0 => tag,
+                    1 => tag | 1,
+                    2 => 0,
+                    3 => tag ^ (1 << (rnd() % 15 + 1)),
+                    _ => rnd() as u16,
+                };
+            }
+            let want = b.tags.iter().enumerate().fold(0u32, |m, (i, &t)| m | u32::from(t & !1 == tag) << i);
+            assert_eq!(b.matches(tag), want, "round {round}: tags {:?}, wanted {tag:#x}", b.tags);
+        }
+        for way in 0..WAYS {
+            let mut b = Bucket::default();
+            b.tags[way] = 0x1234 | 1;
+            assert_eq!(b.matches(0x1234), 1 << way);
+            assert_eq!(b.matches(0x1236), 0);
+        }
     }
 
     #[test]

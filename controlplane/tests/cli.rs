@@ -288,3 +288,28 @@ fn captures_come_from_files_or_pipes_and_a_directory_is_named() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["packets"], 4827);
 }
+
+/// `holdfast replay --offline --verdicts-out /dev/stdout | head -1`: 166 KB of lines,
+/// more than a pipe holds, so the writer meets the closed pipe. A command that prints
+/// and exits ends as `head`'s other writers do, by SIGPIPE — not with an error (this
+/// one said "Broken pipe", exit 1) or a panic (`demo` and `check-config` printed with
+/// `println!` and exited 101), as Rust's ignored SIGPIPE had them.
+#[test]
+fn a_closed_standard_output_ends_a_printing_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = holdfast()
+        .args(["replay", "--offline", "--verdicts-out", "/dev/stdout"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The reader, and with it the pipe's read end, is gone here.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}

@@ -18,6 +18,18 @@ use args::Cmd;
 
 impl Cmd {
     pub fn run(self) -> Result<(), Error> {
+        // Commands that print and exit end quietly when their reader does
+        // (`holdfast flows | head`, `holdfast demo | head`); the appliance, the lab and
+        // the load tools (and a live replay) keep SIGPIPE ignored: they have namespaces, rings and child
+        // processes to clean up.
+        let prints_and_exits = match &self {
+            Cmd::CheckConfig(_) | Cmd::Gen(_) | Cmd::Report(_) | Cmd::Demo(_) | Cmd::Client(_) => true,
+            Cmd::Replay(a) => a.offline,
+            Cmd::Run(_) | Cmd::Lab(_) | Cmd::Blast(_) | Cmd::Load(_) => false,
+        };
+        if prints_and_exits {
+            holdfast_dataplane::sys::die_on_broken_pipe();
+        }
         match self {
             Cmd::CheckConfig(a) => a.run(),
             Cmd::Replay(a) => a.run(),
@@ -28,11 +40,7 @@ impl Cmd {
             Cmd::Lab(a) => a.run(),
             Cmd::Blast(a) => a.run(),
             Cmd::Load(l) => l.run(),
-            Cmd::Client(c) => {
-                // Queries print and exit: `holdfast flows | head` ends quietly.
-                holdfast_dataplane::sys::die_on_broken_pipe();
-                c.run()
-            }
+            Cmd::Client(c) => c.run(),
         }
     }
 }

@@ -267,7 +267,12 @@ impl Engine {
     fn live_lookup(&mut self, now: Instant, h: u64, key: &FlowKey, hint: Hint) -> Option<u32> {
         let slot = self.table.lookup_hinted(h, key, hint)?;
         let c = &self.table.conns[slot as usize];
-        if idle_ticks(now.ticks(), c.last_seen) >= self.timeout_of(c) {
+        let idle = idle_ticks(now.ticks(), c.last_seen);
+        // Most entries a packet finds were seen moments ago: idle for less than any
+        // class's timeout (adaptive timeouts never go below the floor either), they are
+        // alive without working out their own.
+        let surely_alive = self.cfg.timeouts.shortest_ticks().min(self.cfg.pressure.timeout_floor_ticks);
+        if idle >= surely_alive && idle >= self.timeout_of(c) {
             self.retire(slot, h, Some(Why::Expired), now);
             return None;
         }

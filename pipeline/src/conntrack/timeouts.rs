@@ -118,11 +118,13 @@ impl TimerClass {
 pub struct Timeouts {
     ticks: [u32; TimerClass::COUNT],
     floor: [u32; TimerClass::COUNT],
+    /// The shortest timeout of any class.
+    shortest: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        let mut t = Timeouts { ticks: [0; TimerClass::COUNT], floor: [0; TimerClass::COUNT] };
+        let mut t = Timeouts { ticks: [0; TimerClass::COUNT], floor: [0; TimerClass::COUNT], shortest: 0 };
         for c in TimerClass::ALL {
             t.set(c, Duration::from_secs(c.linux_default_secs()));
         }
@@ -140,6 +142,14 @@ impl Timeouts {
             // An unset class (during Default) has 0 ticks: ignore it in the minimum.
             self.floor[k as usize] = if tcp && flip > 0 { t.min(flip) } else { t };
         }
+        self.shortest = self.ticks.iter().copied().min().unwrap_or(0);
+    }
+
+    /// The shortest timeout of any class: an entry idle for less is alive whatever its
+    /// class (what lets a lookup skip working out its own timeout).
+    #[inline]
+    pub fn shortest_ticks(&self) -> u32 {
+        self.shortest
     }
 
     /// The class's rearm floor (see the type's documentation).

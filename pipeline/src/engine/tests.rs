@@ -50,6 +50,22 @@ fn udp_unreplied_expires_after_thirty_seconds() {
     assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), Verdict::Drop(DropReason::ReplyToExpired));
 }
 
+/// A lookup skips working out an entry's timeout while it has been idle for less than
+/// the shortest any entry can have: that bound must include a class shorter than the
+/// adaptive floor (2 s), here UDP's unreplied timeout set to 1 s.
+#[test]
+fn an_entry_past_a_timeout_shorter_than_the_adaptive_floor_is_expired_on_contact() {
+    let mut cfg = EngineConfig::default();
+    cfg.timeouts.set(crate::conntrack::TimerClass::UdpUnreplied, Duration::from_secs(1));
+    let mut l = Lab::with(cfg);
+    let q = udp(SERVER, 5353, "192.0.2.53", 53);
+    assert_eq!(l.send(&q, Zone::Inside), NEW);
+    l.advance(Duration::from_millis(900));
+    assert_eq!(l.send(&q, Zone::Inside), EST, "0.9 s idle: alive");
+    l.advance(Duration::from_millis(1000));
+    assert_eq!(l.send(&q, Zone::Inside), NEW, "1 s idle, no timer pass in between: expired on contact, a new flow");
+}
+
 fn echo(src: &str, dst: &str, ty: u8, id: u16) -> Vec<u8> {
     FrameSpec::icmp(ip(src), ip(dst), ty, 0, u32::from(id) << 16 | 1, b"ping").build()
 }

@@ -208,6 +208,39 @@ fn table_full_refuses_new_flows_with_a_reason() {
     assert_eq!(l.e.counters().dropped[DropReason::TableFull as usize], 1);
 }
 
+/// The LRU model (`evict: lru`, the naive table `demo` compares with) evicts the
+/// oldest entry not used since its clock last passed: an ACK that takes the
+/// established fast path marks its entry used, as every other accepted packet does.
+#[test]
+fn an_established_ack_marks_its_entry_used_for_the_lru_clock() {
+    use crate::conntrack::pressure::{Evict, Pressure};
+    let pressure = Pressure { evict: Evict::Lru, embryonic_share: 1.0, ..Pressure::default() };
+    let mut l = Lab::with(EngineConfig { capacity: 3, pressure, ..EngineConfig::default() });
+    let open = |l: &mut Lab, port: u16| {
+        assert_eq!(l.seg(CLIENT, port, SERVER, SPORT, SYN, 1000, 0, 64_000, 0, Zone::Outside), NEW);
+        assert_eq!(l.seg(SERVER, SPORT, CLIENT, port, SYN | ACK, 5000, 1001, 64_000, 0, Zone::Inside), EST);
+        assert_eq!(l.seg(CLIENT, port, SERVER, SPORT, ACK, 1001, 5001, 64_000, 0, Zone::Outside), EST);
+    };
+    let ports = |l: &Lab| {
+        let mut p: Vec<u16> = l.flows().iter().map(|f| f.key.port.into_iter().find(|&p| p != SPORT).unwrap()).collect();
+        p.sort_unstable();
+        p
+    };
+    for port in [40_001, 40_002, 40_003] {
+        open(&mut l, port);
+    }
+    // Full: the clock clears every entry's mark, then takes the oldest.
+    open(&mut l, 40_004);
+    assert_eq!(ports(&l), [40_002, 40_003, 40_004]);
+    // 40,002, the oldest now, is used again (the fast path's case: ASSURED,
+    // ESTABLISHED, a plain ACK that keeps the timer class — data would move it to
+    // UNACK, which takes the general path)...
+    assert_eq!(l.seg(CLIENT, 40_002, SERVER, SPORT, ACK, 1001, 5001, 64_000, 0, Zone::Outside), EST);
+    // ...so the clock passes over it and takes 40,003.
+    open(&mut l, 40_005);
+    assert_eq!(ports(&l), [40_002, 40_004, 40_005]);
+}
+
 #[test]
 fn batches_give_the_same_verdicts_as_single_packets() {
     let mut frames = Vec::new();

@@ -6,6 +6,7 @@
 use super::{Engine, Pickup};
 use crate::conntrack::conn::{Conn, ConnAux, ORIGINAL, REPLY, cflag};
 use crate::conntrack::frag::Datagram;
+use crate::conntrack::pressure::Admission;
 use crate::conntrack::tcp::{self, Index, Outcome, Segment};
 use crate::conntrack::timeouts::TimerClass;
 use crate::conntrack::tombstones::Why;
@@ -76,8 +77,19 @@ impl Engine {
         let c = &mut self.table.conns[slot as usize];
         let dir = c.dir_of(m.side == Side::FromHi);
         let class = tcp::fast_established(c, dir, &Segment::new(t, t.options(frame)), &self.cfg.timeouts)?;
-        self.refresh(slot, now, class);
-        self.account(slot, dir, m);
+        if c.timer_class() != class || c.admission() != Admission::Assured {
+            self.refresh(slot, now, class);
+            self.account(slot, dir, m);
+            return Some(Verdict::Pass(PassKind::Established));
+        }
+        // What `refresh` and `account` come to for an entry that keeps its timer class
+        // and is assured (as every replied, ASSURED, ESTABLISHED TCP entry the fast
+        // path takes is): last seen, referenced, counted — on the entry in hand.
+        c.last_seen = now.ticks();
+        c.flags |= cflag::REFERENCED;
+        if let Some(st) = self.table.stats.get_mut(slot as usize) {
+            st.count(dir, u64::from(m.ip_len));
+        }
         Some(Verdict::Pass(PassKind::Established))
     }
 

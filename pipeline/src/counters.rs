@@ -55,10 +55,10 @@ impl Default for Counters {
 }
 
 impl Counters {
+    /// Counts a verdict by its kind or reason; `packets` and `bytes` are added once
+    /// a burst.
     #[inline]
-    pub fn count(&mut self, v: Verdict, len: usize) {
-        self.packets += 1;
-        self.bytes += len as u64;
+    pub(crate) fn count(&mut self, v: Verdict) {
         match v {
             Verdict::Pass(k) => self.passed[k as usize] += 1,
             Verdict::Drop(r) => self.dropped[r as usize] += 1,

@@ -218,14 +218,18 @@ impl Engine {
             }
         }
         // Stage 3: judge.
+        let mut bytes = 0;
         for (i, (p, s)) in pkts.iter().zip(staged.iter()).enumerate() {
             let v = match s.done {
                 Some(v) => v,
                 None => self.judge(p.now, p.zone, p.data, &s.meta, s.h, s.hint),
             };
-            self.counters.count(v, p.data.len());
+            self.counters.count(v);
+            bytes += p.data.len() as u64;
             out[i] = v;
         }
+        self.counters.packets += pkts.len() as u64;
+        self.counters.bytes += bytes;
         self.staged = Some(staged);
     }
 

@@ -1,5 +1,6 @@
 //! The pipeline's only `unsafe`: zeroed allocation of plain-data tables, cache
-//! prefetch, and the index buckets' SSE2 tag compare. Everything else in the crate is `#![deny(unsafe_code)]`.
+//! prefetch, and the index buckets' SSE2 tag compare. Everything else in the crate is
+//! `#![deny(unsafe_code)]`.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::mem::{align_of, size_of};

@@ -6,7 +6,11 @@
 //!   ns/packet and Mpps, the burst generator's own cost subtracted.
 //! - **P2** the memory floor: the same number of random cache-line reads over an array
 //!   as large as the 1M-flow engine, in bursts of 64 with every line prefetched first
-//!   (the pipeline's staging) — what no design avoids. Ratio pipeline / floor.
+//!   (the pipeline's staging) — what no design avoids. Ratio pipeline / floor. Beside
+//!   it, the floor of the pipeline's own access pattern: per packet an index bucket,
+//!   the entry it names (a dependent read) and the entry's counters, over arrays of
+//!   the engine's sizes, staged as the pipeline stages them, with no other work. Every
+//!   array is backed by huge pages, as the engine's tables are.
 //! - **P3** bytes allocated per entry of capacity, by part.
 //! - **P5** two engines on two threads over disjoint flows against one alone.
 //! - **P6** the flood mix on a full table against the mixed burst, same table size.
@@ -48,6 +52,25 @@ fn round(l: &mut Loaded, flood: bool, judge: bool) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// `bytes` of memory backed by transparent huge pages, as the engine's tables are
+/// (`advise_huge_pages` before the first write), filled with `fill(word)`. Without
+/// the advice a floor over 4 KiB pages would also pay the page walks the engine does
+/// not, and flatter the ratio.
+fn huge(bytes: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
+    let words = bytes.div_ceil(8).max(8);
+    let mut v: Vec<u64> = Vec::with_capacity(words);
+    holdfast_dataplane::sys::advise_huge_pages(&[(v.as_ptr() as usize, words * 8)]);
+    v.extend((0..words).map(fill));
+    v
+}
+
+fn xorshift(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
 /// The floor: `BURSTS` × 64 random 64-byte lines of `mem`, prefetched a burst ahead
 /// of being read, as the pipeline stages its bucket and entry reads.
 fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
@@ -57,14 +80,44 @@ fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
     let t = WallClock::now();
     for _ in 0..BURSTS {
         for i in &mut idx {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            *i = ((*rng >> 11) as usize % lines) * 8;
+            *i = ((xorshift(rng) >> 11) as usize % lines) * 8;
             holdfast_pipeline::prefetch(&mem[*i]);
         }
         for &i in &idx {
             sum = sum.wrapping_add(mem[i]);
+        }
+    }
+    std::hint::black_box(sum);
+    t.elapsed().as_secs_f64()
+}
+
+/// The pipeline's own access pattern with nothing else: `BURSTS` × 64 packets, each
+/// a random index bucket (a 64-byte line, prefetched in stage 1), then in stage 2 the
+/// bucket's word names an entry (64 bytes) and its counters (32), both prefetched,
+/// and stage 3 reads them.
+fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64) -> f64 {
+    let (buckets, slots) = (index.len() / 8, entries.len() / 8);
+    let mut b = [0usize; 64];
+    let mut e = [0usize; 64];
+    let mut sum = 0u64;
+    let t = WallClock::now();
+    for _ in 0..BURSTS {
+        for i in &mut b {
+            *i = ((xorshift(rng) >> 11) as usize % buckets) * 8;
+            holdfast_pipeline::prefetch(&index[*i]);
+        }
+        for (i, s) in b.iter().zip(&mut e) {
+            *s = (index[*i] as usize) % slots;
+            holdfast_pipeline::prefetch(&entries[*s * 8]);
+            if !counters.is_empty() {
+                holdfast_pipeline::prefetch(&counters[*s * 4]);
+            }
+        }
+        for &s in &e {
+            sum = sum.wrapping_add(entries[s * 8]);
+            if !counters.is_empty() {
+                sum = sum.wrapping_add(counters[s * 4]);
+            }
         }
     }
     std::hint::black_box(sum);
@@ -87,18 +140,26 @@ fn main() {
 
     // P1 and P2, interleaved.
     let bytes = big.engine.bytes();
-    let mem = vec![1u64; bytes / 8];
+    let mem = huge(bytes, |_| 1);
+    let parts = holdfast_pipeline::Engine::footprint_parts(big.engine.config());
+    let part = |name: &str| parts.iter().find(|p| p.0 == name).map_or(0, |p| p.1);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let (mut gen_, mut p10k, mut p1m, mut fl) = (vec![], vec![], vec![], vec![]);
+    // The index's words name random entries, so each entry read waits on its bucket.
+    let mut fill = 0x2545_f491_4f6c_dd1du64;
+    let index = huge(part("index"), |_| xorshift(&mut fill));
+    let entries = huge(part("entries"), |_| 1);
+    let counters = if part("counters") == 0 { vec![] } else { huge(part("counters"), |_| 1) };
+    let (mut gen_, mut p10k, mut p1m, mut fl, mut pat) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         gen_.push(round(&mut small, false, false));
         p10k.push(round(&mut small, false, true));
         p1m.push(round(&mut big, false, true));
         fl.push(floor_round(&mem, &mut rng));
+        pat.push(pattern_round(&index, &entries, &counters, &mut rng));
     }
     let ns = |s: f64| s * 1e9 / PACKETS;
     let g = ns(median(gen_));
-    let (a, b, f) = (ns(median(p10k)) - g, ns(median(p1m)) - g, ns(median(fl)));
+    let (a, b, f, pf) = (ns(median(p10k)) - g, ns(median(p1m)) - g, ns(median(fl)), ns(median(pat)));
     println!(
         "P1  mixed burst, one core: 10k flows {a:.1} ns/packet = {:.1} Mpps (target 50); 1M flows {b:.1} ns/packet = {:.1} Mpps (target 30)",
         1e3 / a,
@@ -109,6 +170,13 @@ fn main() {
         "P2  memory floor: {f:.1} ns per random line over {} MiB, 64 prefetched at a time; pipeline at 1M / floor = {:.2} (target <= 2)",
         bytes >> 20,
         b / f
+    );
+    println!(
+        "    the pipeline's own access pattern (bucket, then the entry it names and its counters; {} + {} + {} MiB): {pf:.1} ns per packet; pipeline at 1M / that = {:.2}",
+        part("index") >> 20,
+        part("entries") >> 20,
+        part("counters") >> 20,
+        b / pf
     );
 
     // P3.

@@ -11,6 +11,17 @@ use crate::verdict::Verdict;
 use crate::wire::build::{FrameSpec, L4};
 use crate::wire::tcp::flags::*;
 
+/// A reproducible pseudo-random source for tests (xorshift64; `seed` not 0).
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 pub(crate) const CLIENT: &str = "198.51.100.7";
 pub(crate) const SERVER: &str = "10.0.2.1";
 pub(crate) const CPORT: u16 = 40000;

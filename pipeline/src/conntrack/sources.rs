@@ -195,11 +195,9 @@ mod tests {
     fn counts_exactly_with_churn() {
         let mut s = Sources::new(64, 3, 5);
         let mut model = std::collections::HashMap::new();
-        let mut x = 99u64;
+        let mut rnd = crate::testutil::xorshift(99);
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rnd();
             let a = u128::from(x % 40);
             let live: u32 = model.values().sum();
             if !x.is_multiple_of(3) && live < 64 {

@@ -649,13 +649,7 @@ mod tests {
     /// bit and empty ways, at every way.
     #[test]
     fn tag_compare_matches_its_definition_at_every_way() {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15);
         for round in 0..20_000 {
             let tag = tag_of(rnd());
             let mut b = Bucket::default();

@@ -312,13 +312,8 @@ mod tests {
     /// poll at `now`, no armed entry has a deadline at or before `now`.
     #[test]
     fn never_misses_a_deadline_under_random_operations() {
-        let mut x = 0x1234_5678_9abc_def1u64;
-        let mut rnd = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = crate::testutil::xorshift(0x1234_5678_9abc_def1);
+        let mut rnd = move |m: u64| next() % m;
         let cap = 300;
         let mut now = 1_000_000u64;
         let mut w = Wheel::new(cap, now);

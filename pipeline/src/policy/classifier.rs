@@ -287,21 +287,15 @@ mod tests {
     #[test]
     fn agrees_with_linear_scan_on_random_rule_sets() {
         // A deterministic pseudo-random generator keeps the test reproducible.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15);
         for round in 0..40 {
             // Half the rounds small enough that groups are scanned, half searched.
             let n = 1 + (rnd() % if round % 2 == 0 { 8 } else { 300 }) as usize;
             let mut rules = Vec::new();
             for i in 0..n {
-                let mut r = Rule::any(&format!("r{i}"), if rnd() % 2 == 0 { Action::Allow } else { Action::Deny });
-                if rnd() % 3 == 0 {
-                    r.from = Some(if rnd() % 2 == 0 { Zone::Outside } else { Zone::Inside });
+                let mut r = Rule::any(&format!("r{i}"), if rnd().is_multiple_of(2) { Action::Allow } else { Action::Deny });
+                if rnd().is_multiple_of(3) {
+                    r.from = Some(if rnd().is_multiple_of(2) { Zone::Outside } else { Zone::Inside });
                 }
                 r.proto = match rnd() % 4 {
                     0 => ProtoMatch::Any,
@@ -313,11 +307,11 @@ mod tests {
                     let len = (rnd() % 33) as u8;
                     r.dst.push(Cidr { v6: false, addr: u128::from(rnd() as u32 & 0x0a0f_ffff), len });
                 }
-                if rnd() % 2 == 0 {
+                if rnd().is_multiple_of(2) {
                     let lo = (rnd() % 2000) as u16;
                     r.dst_ports.push(PortRange { lo, hi: lo + (rnd() % 100) as u16 });
                 }
-                if rnd() % 4 == 0 {
+                if rnd().is_multiple_of(4) {
                     r.src.push(Cidr { v6: false, addr: u128::from(rnd() as u32 & 0x0a0f_ffff), len: 16 });
                 }
                 rules.push(r);
@@ -326,7 +320,7 @@ mod tests {
             for _ in 0..2000 {
                 let proto = [6u8, 17, 1, 47][(rnd() % 4) as usize];
                 let qq = Query {
-                    from: if rnd() % 2 == 0 { Zone::Outside } else { Zone::Inside },
+                    from: if rnd().is_multiple_of(2) { Zone::Outside } else { Zone::Inside },
                     to: Zone::Inside,
                     v6: false,
                     proto,

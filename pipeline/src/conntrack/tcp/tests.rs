@@ -426,13 +426,7 @@ fn fast_path_equals_general() {
     use crate::conntrack::tcp::{Outcome, Segment, fast_established, init_new, packet};
     use crate::parse::TcpMeta;
     let to = crate::conntrack::Timeouts::default();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rnd = crate::testutil::xorshift(0x2545_f491_4f6c_dd1d);
     let seg = |flags: u8, seq: u32, ack: u32, window: u16, len: u32| TcpMeta { seq, ack, window, flags, payload_len: len, opt_off: 0, opt_len: 0 };
     let mut fast_taken = 0;
     for _round in 0..300 {
@@ -464,7 +458,7 @@ fn fast_path_equals_general() {
             let flags = [ACK, ACK | PSH, ACK | URG, ACK | ECE][(rnd() % 4) as usize];
             let window = [0u16, 1, 502, 65535][(rnd() % 4) as usize];
             let t = seg(flags, seq, ack, window, len);
-            let has_opts = rnd() % 5 == 0;
+            let has_opts = rnd().is_multiple_of(5);
             let opts: &[u8] = if has_opts { &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2] } else { &[] };
             let (mut fc, mut gc) = (c, c);
             let mut ga = aux;

@@ -95,7 +95,7 @@ impl Loaded {
         let now = Instant::from_secs(1_000_000);
         let mut engine = Engine::new(EngineConfig { capacity, ..EngineConfig::default() }, policy(), now);
         // Huge pages for the table, as the dataplane asks for them.
-        holdfast_dataplane::sys::advise_huge_pages(&engine.table().regions());
+        holdfast_dataplane::sys::advise_huge_pages(&engine.regions());
         let mut buf = [0u8; 60];
         let one = |e: &mut Engine, b: &[u8; 60], zone| e.process(&Packet { data: b, zone, now });
         for i in 0..flows + 2 * SIDE_POOL {
@@ -121,7 +121,7 @@ impl Loaded {
         let capacity = (flows as usize * 4).div_ceil(3);
         let now = Instant::from_secs(1_000_000);
         let mut engine = Engine::new(EngineConfig { capacity, ..EngineConfig::default() }, policy(), now);
-        holdfast_dataplane::sys::advise_huge_pages(&engine.table().regions());
+        holdfast_dataplane::sys::advise_huge_pages(&engine.regions());
         let mut buf = [0u8; 60];
         let one = |e: &mut Engine, b: &[u8; 60], zone| e.process(&Packet { data: b, zone, now });
         for i in 0..flows {

@@ -160,7 +160,7 @@ pub fn prepare(cfg: &Config, seed: u64) -> Prepared {
     let engines = (0..n)
         .map(|_| {
             let mut e = Engine::new(engine_cfg, Arc::clone(&cfg.policy), Instant::from_nanos(0));
-            crate::sys::advise_huge_pages(&e.table().regions());
+            crate::sys::advise_huge_pages(&e.regions());
             e.commit();
             e
         })

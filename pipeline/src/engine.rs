@@ -173,6 +173,15 @@ impl Engine {
     /// before its first frame; offline replays and tests need not.
     pub fn commit(&mut self) {
         self.table.commit();
+        self.lists.commit();
+    }
+
+    /// The engine's large arrays, as (address, length), for the dataplane to offer to
+    /// huge pages before [`Engine::commit`]: the table's and the class lists' links.
+    pub fn regions(&self) -> Vec<(usize, usize)> {
+        let mut r = self.table.regions();
+        r.push(self.lists.region());
+        r
     }
 
     /// Judges one frame.

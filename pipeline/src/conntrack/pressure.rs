@@ -8,6 +8,8 @@
 //! all entries, second-chance LRU: how Cilium's LRU map behaves) and `none` (refuse
 //! new flows when full: pf, and Linux without early drop).
 
+use crate::raw::{Zeroed, region_of, touch, zeroed_slice};
+
 /// An entry's admission class, lowest (first evicted) first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -95,7 +97,10 @@ impl Pressure {
 
 const NIL: u32 = u32::MAX;
 
-#[derive(Debug, Clone, Copy)]
+/// A listed entry's neighbours. An unlisted slot's link is never read (`push` writes
+/// it whole), so the array starts zeroed and untouched, like the table's, and can be
+/// offered to huge pages before its first write.
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 struct Link {
     prev: u32,
     next: u32,
@@ -104,7 +109,7 @@ struct Link {
 /// FIFO lists of entries by admission class (or one list for all, in `lru` and `none`
 /// modes), and live counts per class in every mode.
 pub struct ClassLists {
-    links: Box<[Link]>,
+    links: Zeroed<Link>,
     head: [u32; Admission::COUNT],
     tail: [u32; Admission::COUNT],
     counts: [u32; Admission::COUNT],
@@ -113,17 +118,21 @@ pub struct ClassLists {
 
 impl ClassLists {
     pub fn new(capacity: usize, evict: Evict) -> ClassLists {
-        ClassLists {
-            links: vec![Link { prev: NIL, next: NIL }; capacity].into_boxed_slice(),
-            head: [NIL; 4],
-            tail: [NIL; 4],
-            counts: [0; 4],
-            per_class: evict == Evict::ByClass,
-        }
+        ClassLists { links: zeroed_slice(capacity), head: [NIL; 4], tail: [NIL; 4], counts: [0; 4], per_class: evict == Evict::ByClass }
     }
 
     pub fn bytes(&self) -> usize {
         self.links.len() * core::mem::size_of::<Link>()
+    }
+
+    /// The link array, as (address, length), so the dataplane can `madvise` it.
+    pub(crate) fn region(&self) -> (usize, usize) {
+        region_of(&self.links)
+    }
+
+    /// Writes every page of the link array (see `Engine::commit`).
+    pub(crate) fn commit(&mut self) {
+        touch(&mut self.links);
     }
 
     /// Bytes `new(capacity, …)` allocates.

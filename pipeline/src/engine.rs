@@ -174,13 +174,16 @@ impl Engine {
     pub fn commit(&mut self) {
         self.table.commit();
         self.lists.commit();
+        self.sources.commit();
     }
 
     /// The engine's large arrays, as (address, length), for the dataplane to offer to
-    /// huge pages before [`Engine::commit`]: the table's and the class lists' links.
+    /// huge pages before [`Engine::commit`]: the table's, the class lists' links and
+    /// the per-source counts (`per_source_limit`).
     pub fn regions(&self) -> Vec<(usize, usize)> {
         let mut r = self.table.regions();
         r.push(self.lists.region());
+        r.push(self.sources.region());
         r
     }
 

@@ -17,11 +17,12 @@
 //! half load produces about once per 10^5 tables of a million slots.
 
 use crate::flow::FlowHasher;
+use crate::raw::{Zeroed, region_of, touch, zeroed_slice};
 
 /// Most slots one search examines.
 pub(crate) const MAX_PROBE: usize = 64;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
 #[repr(C)]
 struct Slot {
     /// Hash of the address; 0 = empty.
@@ -40,7 +41,8 @@ pub(crate) enum Refusal {
 }
 
 pub(crate) struct Sources {
-    slots: Box<[Slot]>,
+    /// Zeroed (every slot empty) and untouched at allocation, like the table.
+    slots: Zeroed<Slot>,
     mask: usize,
     hasher: FlowHasher,
     pub limit: u32,
@@ -65,11 +67,21 @@ impl Sources {
     /// `limit` 0 disables accounting (and allocates nothing).
     pub(crate) fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
         let n = Self::slots_for(capacity, limit);
-        Sources { slots: vec![Slot::default(); n].into_boxed_slice(), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
+        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
     }
 
     pub(crate) fn bytes(&self) -> usize {
         core::mem::size_of_val(&*self.slots)
+    }
+
+    /// The slot array, as (address, length), so the dataplane can `madvise` it.
+    pub(crate) fn region(&self) -> (usize, usize) {
+        region_of(&self.slots)
+    }
+
+    /// Writes every page of the slot array (see `Engine::commit`).
+    pub(crate) fn commit(&mut self) {
+        touch(&mut self.slots);
     }
 
     pub(crate) fn enabled(&self) -> bool {

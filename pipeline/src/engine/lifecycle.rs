@@ -82,13 +82,19 @@ impl Engine {
         c
     }
 
+    /// Adds the packet to the entry's counters (with `conntrack.accounting`).
+    #[inline(always)]
+    pub(super) fn count_packet(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
+        if let Some(s) = self.table.stats.get_mut(slot as usize) {
+            s.count(dir, u64::from(m.ip_len));
+        }
+    }
+
     /// Counts an accepted packet on its flow, and moves the flow to the admission
     /// class its new state calls for.
     #[inline]
     pub(super) fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
-        if let Some(s) = self.table.stats.get_mut(slot as usize) {
-            s.count(dir, u64::from(m.ip_len));
-        }
+        self.count_packet(slot, dir, m);
         let c = &mut self.table.conns[slot as usize];
         if dir == REPLY {
             c.flags |= cflag::SEEN_REPLY;

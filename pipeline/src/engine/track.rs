@@ -77,18 +77,15 @@ impl Engine {
         let c = &mut self.table.conns[slot as usize];
         let dir = c.dir_of(m.side == Side::FromHi);
         let class = tcp::fast_established(c, dir, &Segment::new(t, t.options(frame)), &self.cfg.timeouts)?;
-        if c.timer_class() != class || c.admission() != Admission::Assured {
-            self.refresh(slot, now, class);
+        // Every replied, ASSURED, ESTABLISHED TCP entry the fast path takes is assured:
+        // of `account` only the counters are left to do (its flag is set, its class
+        // stays), and they are all of it unless an admission is out of date.
+        let assured = c.admission() == Admission::Assured;
+        self.refresh(slot, now, class);
+        if assured {
+            self.count_packet(slot, dir, m);
+        } else {
             self.account(slot, dir, m);
-            return Some(Verdict::Pass(PassKind::Established));
-        }
-        // What `refresh` and `account` come to for an entry that keeps its timer class
-        // and is assured (as every replied, ASSURED, ESTABLISHED TCP entry the fast
-        // path takes is): last seen, referenced, counted — on the entry in hand.
-        c.last_seen = now.ticks();
-        c.flags |= cflag::REFERENCED;
-        if let Some(st) = self.table.stats.get_mut(slot as usize) {
-            st.count(dir, u64::from(m.ip_len));
         }
         Some(Verdict::Pass(PassKind::Established))
     }

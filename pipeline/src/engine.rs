@@ -284,11 +284,9 @@ impl Engine {
         let slot = self.table.lookup_hinted(h, key, hint)?;
         let c = &self.table.conns[slot as usize];
         let idle = idle_ticks(now.ticks(), c.last_seen);
-        // Most entries a packet finds were seen moments ago: idle for less than any
-        // class's timeout (adaptive timeouts never go below the floor either), they are
-        // alive without working out their own.
-        let surely_alive = self.cfg.timeouts.shortest_ticks().min(self.cfg.pressure.timeout_floor_ticks);
-        if idle >= surely_alive && idle >= self.timeout_of(c) {
+        // Most entries a packet finds were seen moments ago: alive without working out
+        // their own timeout.
+        if idle >= self.shortest_timeout() && idle >= self.timeout_of(c) {
             self.retire(slot, h, Some(Why::Expired), now);
             return None;
         }

@@ -44,6 +44,14 @@ impl Engine {
         shrunk.max(self.cfg.pressure.timeout_floor_ticks).min(t)
     }
 
+    /// A lower bound of [`Engine::timeout_of`] for every entry: the shortest class
+    /// timeout, or the adaptive floor if lower (the shrunk timeout is at least the
+    /// floor or the class's own).
+    #[inline]
+    pub(super) fn shortest_timeout(&self) -> u32 {
+        self.cfg.timeouts.shortest_ticks().min(self.cfg.pressure.timeout_floor_ticks)
+    }
+
     /// How soon to arm an entry's timer: its rearm floor, or its timeout if shorter
     /// (adaptive timeouts).
     #[inline]

@@ -20,7 +20,7 @@
 
 use std::time::Instant as WallClock;
 
-use holdfast_benches::Loaded;
+use holdfast_benches::{Loaded, xorshift};
 use holdfast_pipeline::{DropReason, Verdict};
 
 const ROUNDS: usize = 9;
@@ -62,13 +62,6 @@ fn huge(bytes: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
     holdfast_dataplane::sys::advise_huge_pages(&[(v.as_ptr() as usize, words * 8)]);
     v.extend((0..words).map(fill));
     v
-}
-
-fn xorshift(rng: &mut u64) -> u64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    *rng
 }
 
 /// The floor: `BURSTS` × 64 random 64-byte lines of `mem`, prefetched a burst ahead

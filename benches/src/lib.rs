@@ -74,6 +74,14 @@ fn established_ack(b: &mut [u8; 60], r: u32, flows: u32) -> Zone {
     }
 }
 
+/// The benches' pseudo-random step (xorshift64; `x` not 0): reproducible bursts.
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// An engine holding `flows` established connections (handshake done), plus what the
 /// burst generator needs.
 pub struct Loaded {
@@ -165,10 +173,7 @@ impl Loaded {
     }
 
     fn rnd(&mut self) -> u32 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng as u32
+        xorshift(&mut self.rng) as u32
     }
 
     /// Fills the 64 hot buffers with the mix: 88 % established ACKs (either

@@ -758,12 +758,9 @@ mod tests {
         // (measured 4.5 %, and 1.3 % of keys in their alternate).
         let overflowed = |t: &Table| t.buckets.iter().filter(|b| b.overflow > 0).count() as f64 / t.buckets.len() as f64;
         assert!(overflowed(&t) < 0.07, "{:.2} % of buckets overflowed when filled", overflowed(&t) * 100.0);
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = crate::testutil::xorshift(0x2545_f491_4f6c_dd1d);
         for round in 0..(if cfg!(debug_assertions) { 40_000 } else { 400_000 }) {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let i = (rng % live.len() as u64) as usize;
+            let i = (rnd() % live.len() as u64) as usize;
             let (_, s) = live.swap_remove(i);
             t.remove(s);
             let k = fresh(&mut next);

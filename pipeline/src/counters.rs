@@ -1,5 +1,6 @@
 //! Per-core counters: plain integers owned by one worker, summed by whoever reads them.
 
+use crate::conntrack::TimerClass;
 use crate::verdict::{DropReason, PassKind, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,10 @@ pub struct Counters {
     pub evictions: [u64; 4],
     /// Entries whose timeout ran out, by admission class.
     pub expirations: [u64; 4],
+    /// Of those, the assured ones by the timeout that ran out (a
+    /// [`TimerClass`] index): which timer aged an answered flow out — its state's
+    /// own, or `tcp_unacknowledged` / `tcp_max_retrans` after data went unanswered.
+    pub assured_expirations: [u64; TimerClass::COUNT],
     /// No-state packets whose flow a tombstone remembered.
     pub tombstone_hits: u64,
 }
@@ -49,6 +54,7 @@ impl Default for Counters {
             fragment_evictions: 0,
             evictions: [0; 4],
             expirations: [0; 4],
+            assured_expirations: [0; TimerClass::COUNT],
             tombstone_hits: 0,
         }
     }
@@ -99,6 +105,9 @@ impl Counters {
         for i in 0..4 {
             self.evictions[i] += o.evictions[i];
             self.expirations[i] += o.expirations[i];
+        }
+        for (a, b) in self.assured_expirations.iter_mut().zip(&o.assured_expirations) {
+            *a += b;
         }
         self.tombstone_hits += o.tombstone_hits;
     }

@@ -1,8 +1,8 @@
 //! `/metrics`: the workers' counters and the saturation report in Prometheus text
 //! format (0.0.4), through prometheus-client. Names start with `holdfast_`, counters
-//! end in `_total`, and the only labels are `worker`, `interface`, `reason` and
-//! `class` — never anything per flow, so the series count is fixed by the number of
-//! workers.
+//! end in `_total`, and the only labels are `worker`, `interface`, `reason`, `class`
+//! and `timeout` — never anything per flow, so the series count is fixed by the
+//! number of workers.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet};
@@ -10,6 +10,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use holdfast_dataplane::stats::ForwardDrop;
+use holdfast_pipeline::conntrack::TimerClass;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{DropReason, PassKind};
 
@@ -136,6 +137,13 @@ impl Collector for Metrics {
             }
             write(&mut e, name, help, Counter, rows)?;
         }
+        let mut rows = Vec::new();
+        for (i, x) in s.iter().enumerate() {
+            for t in TimerClass::ALL {
+                rows.push((wl(i, "timeout", t.name()), x.counters.assured_expirations[t as usize]));
+            }
+        }
+        write(&mut e, "assured_expirations", "Assured entries whose timeout ran out, by the timeout (conntrack.timeouts key).", Counter, rows)?;
         write(&mut e, "flows_closed", "Entries removed by TCP.", Counter, per(&|i| s[i].counters.flows_closed))?;
         write(&mut e, "flows_revoked", "Entries a reload removed because the new rules deny them.", Counter, per(&|i| s[i].counters.flows_revoked))?;
         write(&mut e, "table_full", "New flows refused because the table was full.", Counter, per(&|i| s[i].counters.dropped[DropReason::TableFull as usize]))?;

@@ -298,7 +298,8 @@ fn finish(mut env: Env) -> Result<Value, LabError> {
         System::Holdfast => {
             let t = stop_appliance(env.g.children.pop().expect("appliance"))?["totals"].clone();
             json!({
-                "drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "flows_created": t["flows_created"],
+                "drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "expirations": t["expirations"],
+                "assured_expirations": t["assured_expirations"], "flows_created": t["flows_created"],
                 "table_full": t["table_full"], "deny_log": deny_log(&env.g.dir.join("denials.log")), "totals": t,
             })
         }
@@ -552,6 +553,16 @@ pub fn human(v: &Value) -> String {
                     + a["drops"]["reply_to_expired"].as_u64().unwrap_or(0),
             )
         }
+    });
+    row("  assured entries expired (by timeout)", &|s| {
+        let a = &s["hold_counters"]["appliance"];
+        if a.get("conntrack_after").is_some() {
+            return "-".into();
+        }
+        let n = a["expirations"]["assured"].as_u64().unwrap_or(0);
+        let by: Vec<String> =
+            a["assured_expirations"].as_object().map_or(vec![], |m| m.iter().map(|(k, v)| format!("{k} {}", group(v.as_u64().unwrap_or(0)))).collect());
+        if by.is_empty() { group(n) } else { format!("{} ({})", group(n), by.join(", ")) }
     });
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w = rows.iter().flat_map(|r| r.1.iter().map(String::len)).max().unwrap_or(8).max(12);

@@ -115,6 +115,9 @@ impl Engine {
             Some(Why::Expired) => {
                 self.counters.flows_expired += 1;
                 self.counters.expirations[adm as usize] += 1;
+                if adm == Admission::Assured {
+                    self.counters.assured_expirations[c.timer_class() as usize] += 1;
+                }
             }
             Some(Why::Evicted) => self.counters.evictions[adm as usize] += 1,
             Some(Why::Revoked) => self.counters.flows_revoked += 1,

@@ -413,3 +413,35 @@ fn a_full_ipv6_pool_refuses_ipv6_flows_as_table_full_and_counts_it() {
     l.e.audit().unwrap();
     assert!(super::Engine::footprint(&EngineConfig { ipv6_slots: Some(16), ..cfg }) < super::Engine::footprint(&EngineConfig { ipv6_slots: None, ..cfg }));
 }
+
+/// An assured flow's expiry is counted by the timeout that ran out: the operator can
+/// tell "idle past tcp_established" from "data went unanswered for
+/// tcp_unacknowledged" (Linux's 300 s, shorter than every established timeout).
+#[test]
+fn assured_expirations_are_counted_by_the_timeout_that_ran_out() {
+    use crate::conntrack::TimerClass;
+    use crate::conntrack::pressure::Admission;
+    let mut l = Lab::new();
+    l.handshake();
+    assert_eq!(l.s(ACK | PSH, 100), EST, "a response the client never acknowledges");
+    let f = l.flows()[0];
+    assert!(f.assured);
+    assert_eq!(f.expires_in, Duration::from_secs(300));
+    // An assured UDP stream beside it: replied, then seen again after 2 s.
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), NEW);
+    assert_eq!(l.send(&udp("192.0.2.53", 53, SERVER, 5353), Zone::Outside), EST);
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.send(&udp(SERVER, 5353, "192.0.2.53", 53), Zone::Inside), EST);
+    l.advance(Duration::from_secs(119));
+    assert_eq!(l.e.expire(l.now, 100), 0);
+    l.advance(Duration::from_secs(1));
+    assert_eq!(l.e.expire(l.now, 100), 1, "the UDP stream, at 120 s");
+    l.advance(Duration::from_secs(177));
+    assert_eq!(l.e.expire(l.now, 100), 1, "the TCP flow, at 300 s");
+    let c = l.e.counters();
+    assert_eq!(c.expirations[Admission::Assured as usize], 2);
+    let mut want = [0; TimerClass::COUNT];
+    want[TimerClass::TcpUnack as usize] = 1;
+    want[TimerClass::UdpReplied as usize] = 1;
+    assert_eq!(c.assured_expirations, want);
+}

@@ -11,7 +11,8 @@
 //!   the entry it names (a dependent read) and the entry's counters, over arrays of
 //!   the engine's sizes, staged as the pipeline stages them, with no other work. Every
 //!   array is backed by huge pages, as the engine's tables are.
-//! - **P3** bytes allocated per entry of capacity, by part.
+//! - **P3** bytes allocated per entry of capacity, by part; and P1 at 1M again without
+//!   per-flow counters (`accounting: off`), against the same table with them.
 //! - **P5** two engines on two threads over disjoint flows against one alone.
 //! - **P6** the flood mix on a full table against the mixed burst, same table size.
 //!
@@ -200,6 +201,21 @@ fn main() {
         .map(|(name, b)| format!("{name} {:.1}", *b as f64 / cap as f64))
         .collect();
     println!("    by part, B per entry (this engine: accounting on, IPv6 place per slot): {}", parts.join(", "));
+
+    // P1 at 1M without per-flow counters, interleaved with the table above: what the
+    // counters' own cache line (a second random line a packet) costs.
+    let mut plain = Loaded::with_accounting(1_000_000, false);
+    let (mut with, mut without) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        with.push(round(&mut big, false, true));
+        without.push(round(&mut plain, false, true));
+    }
+    let (wc, nc) = (ns(median(with)) - g, ns(median(without)) - g);
+    println!(
+        "    P1 at 1M flows without per-flow counters (accounting: off): {nc:.1} ns/packet = {:.1} Mpps, against {wc:.1} with them in the same rounds",
+        1e3 / nc
+    );
+    drop(plain);
 
     // P6: the flood on a full table of the same size.
     drop(big);

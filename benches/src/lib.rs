@@ -99,9 +99,15 @@ const SIDE_POOL: u32 = 4096;
 
 impl Loaded {
     pub fn new(flows: u32) -> Loaded {
+        Loaded::with_accounting(flows, true)
+    }
+
+    /// [`Loaded::new`] with per-flow packet and byte counters kept or not
+    /// (`conntrack.accounting`).
+    pub fn with_accounting(flows: u32, accounting: bool) -> Loaded {
         let capacity = (flows + 3 * SIDE_POOL) as usize;
         let now = Instant::from_secs(1_000_000);
-        let mut engine = Engine::new(EngineConfig { capacity, ..EngineConfig::default() }, policy(), now);
+        let mut engine = Engine::new(EngineConfig { capacity, accounting, ..EngineConfig::default() }, policy(), now);
         // Huge pages for the table, as the dataplane asks for them.
         holdfast_dataplane::sys::advise_huge_pages(&engine.regions());
         let mut buf = [0u8; 60];

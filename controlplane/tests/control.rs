@@ -390,7 +390,14 @@ print(len(fams), ' '.join(sorted(labels)), ' '.join(sorted(f.name for f in fams)
     for l in rest.split_whitespace().take_while(|x| !x.starts_with("holdfast_")) {
         assert!(["class", "interface", "reason", "timeout", "worker"].contains(&l), "label {l} is not one of worker, interface, reason, class, timeout");
     }
-    for f in ["holdfast_rx_packets", "holdfast_dropped_packets", "holdfast_table_entries", "holdfast_busy_ratio", "holdfast_saturation_active", "holdfast_assured_expirations"] {
+    for f in [
+        "holdfast_rx_packets",
+        "holdfast_dropped_packets",
+        "holdfast_table_entries",
+        "holdfast_busy_ratio",
+        "holdfast_saturation_active",
+        "holdfast_assured_expirations",
+    ] {
         assert!(rest.split_whitespace().any(|x| x == f), "no {f} in {rest}");
     }
     assert!(page.contains("holdfast_rx_packets_total{worker=\"1\",interface=\"outside\"}"), "counters end in _total, per worker");

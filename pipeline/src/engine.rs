@@ -207,14 +207,15 @@ impl Engine {
         let mut staged = self.staged.take().expect("bursts do not nest");
         // Stage 1: parse, hash, prefetch the home bucket.
         for (p, s) in pkts.iter().zip(staged.iter_mut()) {
-            s.done = match parse::parse_into(p.data, &mut s.meta) {
+            s.done = match parse::parse_into(p.data, &mut s.meta, self.table.hasher()) {
                 Err(r) => Some(Verdict::Drop(r)),
                 Ok(Kind::Arp) => Some(track::action_verdict(self.cfg.arp, DropReason::Arp)),
                 Ok(Kind::NonIp) => Some(track::action_verdict(self.cfg.non_ip, DropReason::NonIp)),
-                Ok(Kind::Ip) => {
-                    s.h = match &s.meta.l4 {
-                        L4::LaterFragment | L4::IcmpOther { .. } => 0,
-                        _ => self.table.hash(&s.meta.key),
+                Ok(Kind::Ip(hashed)) => {
+                    s.h = match (hashed, &s.meta.l4) {
+                        (Some(h), _) => h,
+                        (None, L4::LaterFragment | L4::IcmpOther { .. }) => 0,
+                        (None, _) => self.table.hash(&s.meta.key),
                     };
                     self.table.prefetch_bucket(s.h);
                     None

@@ -1,7 +1,7 @@
 //! Frame -> packet metadata: everything conntrack and policy read, in one pass over the
 //! headers, without copying the payload.
 
-use crate::flow::{FlowKey, Side};
+use crate::flow::{FlowHasher, FlowKey, Side};
 use crate::verdict::DropReason;
 #[cfg(test)]
 use crate::wire::tcp::Options;
@@ -134,7 +134,7 @@ fn malformed(_: WireError) -> DropReason {
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Frame, DropReason> {
     let mut m = PacketMeta::EMPTY;
-    if fast_ipv4(frame, &mut m) {
+    if fast_ipv4(frame, &mut m, |_| 0).is_some() {
         return Ok(Frame::Ip(m));
     }
     parse_general(frame)
@@ -142,24 +142,27 @@ pub fn parse(frame: &[u8]) -> Result<Frame, DropReason> {
 
 /// What [`parse_into`] found.
 pub(crate) enum Kind {
-    /// An IP packet: its metadata is in `out`.
-    Ip,
+    /// An IP packet: its metadata is in `out`; from the fast path also its key's hash.
+    Ip(Option<u64>),
     Arp,
     NonIp,
 }
 
 /// [`parse`], writing an IP packet's metadata into `out` (a burst's staging slot)
 /// instead of returning it, so that the common case is stored once rather than moved
-/// through the result. `out` is left as it was for anything else.
+/// through the result. `out` is left as it was for anything else. The fast path also
+/// hashes the key with `hasher`, from the values in hand: hashing it after the store
+/// would read the ports and protocol back in wider loads than they were written with,
+/// which the CPU cannot forward from its store buffer (a stall on every packet).
 #[inline]
-pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta) -> Result<Kind, DropReason> {
-    if fast_ipv4(frame, out) {
-        return Ok(Kind::Ip);
+pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta, hasher: &FlowHasher) -> Result<Kind, DropReason> {
+    if let Some(h) = fast_ipv4(frame, out, |k| hasher.hash(k)) {
+        return Ok(Kind::Ip(Some(h)));
     }
     match parse_general(frame)? {
         Frame::Ip(m) => {
             *out = m;
-            Ok(Kind::Ip)
+            Ok(Kind::Ip(None))
         }
         Frame::Arp => Ok(Kind::Arp),
         Frame::NonIp(_) => Ok(Kind::NonIp),
@@ -170,18 +173,19 @@ pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta) -> Result<Kind, Dro
 /// options or fragmentation, a whole TCP (any header length) or UDP header. Anything
 /// else, including every malformed frame, takes [`parse_general`], which gives the
 /// same answer for these frames (a test checks it on mutated frames).
+///
+/// Returns `hash` of the key, or `None` for a frame left to the general parser.
 #[inline]
-fn fast_ipv4(f: &[u8], out: &mut PacketMeta) -> bool {
+fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hash: impl FnOnce(&FlowKey) -> u64) -> Option<u64> {
     // 14 + 20 + 20: every real frame is at least 60 bytes (Ethernet minimum).
-    let Some(h) = f.get(..54) else { return false };
-    let Ok(h): Result<&[u8; 54], _> = h.try_into() else { return false };
+    let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
     if be16(12) != ethernet::ethertype::IPV4 || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
-        return false;
+        return None;
     }
     let total = usize::from(be16(16));
     if total < 28 || f.len() - 14 < total {
-        return false;
+        return None;
     }
     // Header checksum (RFC 1071): the one's-complement sum of its ten 16-bit words is
     // 0xffff. Summed as five 32-bit words in the machine's byte order and folded
@@ -194,7 +198,7 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta) -> bool {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     if sum != 0xffff {
-        return false;
+        return None;
     }
     let src = u128::from(u32::from_be_bytes([h[26], h[27], h[28], h[29]]));
     let dst = u128::from(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
@@ -203,7 +207,7 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta) -> bool {
         proto::TCP => {
             let hlen = usize::from(h[46] >> 4) * 4;
             if hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
-                return false;
+                return None;
             }
             let tm = TcpMeta {
                 seq: u32::from_be_bytes([h[38], h[39], h[40], h[41]]),
@@ -219,15 +223,16 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta) -> bool {
         proto::UDP => {
             let ulen = usize::from(be16(38));
             if ulen < 8 || ulen > total - 20 {
-                return false;
+                return None;
             }
             (L4::Udp, proto::UDP)
         }
-        _ => return false,
+        _ => return None,
     };
     let (key, side) = FlowKey::new(src, sport, dst, dport, proto, false, 0);
+    let hashed = hash(&key);
     *out = PacketMeta { key, side, l4, frag: None, ip_len: total as u32 };
-    true
+    Some(hashed)
 }
 
 /// Parses any Ethernet frame: VLAN tags, ARP, IPv4 with options and fragments, IPv6
@@ -439,7 +444,7 @@ mod tests {
 
     fn fast(f: &[u8]) -> Option<PacketMeta> {
         let mut m = PacketMeta::EMPTY;
-        fast_ipv4(f, &mut m).then_some(m)
+        fast_ipv4(f, &mut m, |_| 0).map(|_| m)
     }
 
     #[test]
@@ -486,9 +491,15 @@ mod tests {
             // slot only for an IP packet.
             let before = fast(&frames()[(pick + 1) % 4]).unwrap_or(PacketMeta::EMPTY);
             let mut slot = before;
-            let into = parse_into(&f, &mut slot);
+            let hasher = FlowHasher::new(7);
+            let into = parse_into(&f, &mut slot, &hasher);
             match (parse(&f), into) {
-                (Ok(Frame::Ip(m)), Ok(Kind::Ip)) => prop_assert_eq!(m, slot),
+                (Ok(Frame::Ip(m)), Ok(Kind::Ip(hash))) => {
+                    prop_assert_eq!(m, slot);
+                    // The fast path's hash, taken before the store, is the stored key's.
+                    prop_assert!(hash.is_none_or(|h| h == hasher.hash(&slot.key)));
+                    prop_assert_eq!(hash.is_some(), fast(&f).is_some());
+                }
                 (Ok(Frame::Arp), Ok(Kind::Arp)) | (Ok(Frame::NonIp(_)), Ok(Kind::NonIp)) => prop_assert_eq!(before, slot),
                 (Err(a), Err(b)) => {
                     prop_assert_eq!(a, b);

@@ -200,8 +200,8 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hash: impl FnOnce(&FlowKey) -> u64)
     if sum != 0xffff {
         return None;
     }
-    let src = u128::from(u32::from_be_bytes([h[26], h[27], h[28], h[29]]));
-    let dst = u128::from(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
+    let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
+    let dst = u32::from_be_bytes([h[30], h[31], h[32], h[33]]);
     let (sport, dport) = (be16(34), be16(36));
     let (l4, proto) = match h[23] {
         proto::TCP => {
@@ -229,7 +229,7 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hash: impl FnOnce(&FlowKey) -> u64)
         }
         _ => return None,
     };
-    let (key, side) = FlowKey::new(src, sport, dst, dport, proto, false, 0);
+    let (key, side) = FlowKey::new_v4(src, sport, dst, dport, proto);
     let hashed = hash(&key);
     *out = PacketMeta { key, side, l4, frag: None, ip_len: total as u32 };
     Some(hashed)

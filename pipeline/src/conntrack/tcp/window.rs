@@ -204,16 +204,15 @@ fn update_peers(c: &mut Conn, dir: usize, seg: &Segment, u: Update) {
     // Check retransmissions: Linux compares (dir, seq, ack, end, window) with the last
     // in-window ACK; a 16-bit fingerprint of them stands in for the 14 bytes it keeps.
     if seg.index == Index::Ack {
+        // Written without branches: whether this ACK repeats the last one's direction
+        // is a coin toss on a busy flow, and would mispredict as often.
         let fp = fingerprint(dir, u.seq, u.ack, u.end, seg.win);
-        if last_dir(c) == dir && c.retrans_fp == fp {
-            c.set_retrans(c.retrans() + 1);
-        } else {
-            c.retrans_fp = fp;
-            c.set_retrans(0);
-        }
+        let same = (last_dir(c) == dir) & (c.retrans_fp == fp);
+        c.retrans_fp = fp;
+        c.set_retrans((c.retrans() + 1) * u8::from(same));
         // Linux keeps last_end and last_win from the same place.
         c.last_end = u.end;
-        if seg.win == 0 { c.flags |= cflag::LAST_WIN_ZERO } else { c.flags &= !cflag::LAST_WIN_ZERO }
+        c.flags = (c.flags & !cflag::LAST_WIN_ZERO) | (cflag::LAST_WIN_ZERO * u8::from(seg.win == 0));
     }
 }
 

@@ -89,25 +89,26 @@ fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
 /// a random index bucket (a 64-byte line, prefetched in stage 1), then in stage 2 the
 /// bucket's word names an entry (64 bytes) and its counters (32), both prefetched,
 /// and stage 3 reads them.
-fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64) -> f64 {
+fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64, stage: usize) -> f64 {
     let (buckets, slots) = (index.len() / 8, entries.len() / 8);
     let mut b = [0usize; 64];
     let mut e = [0usize; 64];
+    let (b, e) = (&mut b[..stage], &mut e[..stage]);
     let mut sum = 0u64;
     let t = WallClock::now();
-    for _ in 0..BURSTS {
-        for i in &mut b {
+    for _ in 0..BURSTS * 64 / stage {
+        for i in b.iter_mut() {
             *i = ((xorshift(rng) >> 11) as usize % buckets) * 8;
             holdfast_pipeline::prefetch(&index[*i]);
         }
-        for (i, s) in b.iter().zip(&mut e) {
+        for (i, s) in b.iter().zip(e.iter_mut()) {
             *s = (index[*i] as usize) % slots;
             holdfast_pipeline::prefetch(&entries[*s * 8]);
             if !counters.is_empty() {
                 holdfast_pipeline::prefetch(&counters[*s * 4]);
             }
         }
-        for &s in &e {
+        for &s in e.iter() {
             sum = sum.wrapping_add(entries[s * 8]);
             if !counters.is_empty() {
                 sum = sum.wrapping_add(counters[s * 4]);
@@ -144,12 +145,16 @@ fn main() {
     let entries = huge(part("entries"), |_| 1);
     let counters = if part("counters") == 0 { vec![] } else { huge(part("counters"), |_| 1) };
     let (mut gen_, mut p10k, mut p1m, mut fl, mut pat) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut stages: [Vec<f64>; 3] = Default::default();
     for _ in 0..ROUNDS {
         gen_.push(round(&mut small, false, false));
         p10k.push(round(&mut small, false, true));
         p1m.push(round(&mut big, false, true));
         fl.push(floor_round(&mem, &mut rng));
-        pat.push(pattern_round(&index, &entries, &counters, &mut rng));
+        pat.push(pattern_round(&index, &entries, &counters, &mut rng, holdfast_pipeline::engine::MAX_BURST));
+        for (k, stage) in [16, 32, 64].into_iter().enumerate() {
+            stages[k].push(pattern_round(&index, &entries, &counters, &mut rng, stage));
+        }
     }
     let ns = |s: f64| s * 1e9 / PACKETS;
     let g = ns(median(gen_));
@@ -171,6 +176,11 @@ fn main() {
         part("entries") >> 20,
         part("counters") >> 20,
         b / pf
+    );
+    let [s16, s32, s64] = stages.map(|v| ns(median(v)));
+    println!(
+        "    that pattern staged 16 / 32 / 64 packets at a time: {s16:.1} / {s32:.1} / {s64:.1} ns per packet (the pipeline stages {})",
+        holdfast_pipeline::engine::MAX_BURST
     );
 
     // P3.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant as WallClock;
 
 use holdfast_dataplane::offline;
-use holdfast_pipeline::conntrack::TimerClass;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::engine::FlowInfo;
 use holdfast_pipeline::steer::{FragRouter, steer};
@@ -102,7 +101,7 @@ impl Report {
             "table_full": c.dropped[DropReason::TableFull as usize],
             "evictions": by_class(&c.evictions),
             "expirations": by_class(&c.expirations),
-            "assured_expirations": crate::control::report::assured_expirations(c),
+            "assured_expirations": c.assured_expirations_named().map(|(k, n)| (k.to_string(), json!(n))).collect::<Map<String, Value>>(),
             "classes_at_end": by_class(&self.classes_at_end.map(u64::from)),
             "tombstone_hits": c.tombstone_hits,
             "ipv6_pool_full": c.ipv6_pool_full,
@@ -161,11 +160,7 @@ impl Report {
         let _ = writeln!(s, "  evicted    {}; {} refused as table_full", classes(c.evictions), c.dropped[DropReason::TableFull as usize]);
         let _ = writeln!(s, "  expired    {}", classes(c.expirations));
         if c.expirations[Admission::Assured as usize] > 0 {
-            let by: Vec<String> = TimerClass::ALL
-                .iter()
-                .filter(|t| c.assured_expirations[**t as usize] > 0)
-                .map(|t| format!("{} {}", t.name(), c.assured_expirations[*t as usize]))
-                .collect();
+            let by: Vec<String> = c.assured_expirations_named().map(|(k, n)| format!("{k} {n}")).collect();
             let _ = writeln!(s, "             assured ones by the timeout that ran out: {}", by.join(", "));
         }
         let _ = writeln!(s, "  at end     {}", classes(self.classes_at_end.map(u64::from)));

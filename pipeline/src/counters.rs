@@ -71,6 +71,12 @@ impl Counters {
         }
     }
 
+    /// The assured expirations that happened, by the name of the timeout that ran out
+    /// (its `conntrack.timeouts` key).
+    pub fn assured_expirations_named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        TimerClass::ALL.iter().map(|t| (t.name(), self.assured_expirations[*t as usize])).filter(|e| e.1 > 0)
+    }
+
     pub fn passed_total(&self) -> u64 {
         self.passed.iter().sum()
     }

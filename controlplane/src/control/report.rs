@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use holdfast_dataplane::stats::{ForwardDrop, Snapshot};
-use holdfast_pipeline::conntrack::TimerClass;
 use holdfast_pipeline::conntrack::pressure::Admission;
 use holdfast_pipeline::{Counters, DropReason};
 use serde_json::{Map, Value, json};
@@ -49,7 +48,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "flows_revoked": s.counters.flows_revoked,
         "evictions": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.evictions[*a as usize]))).collect::<Map<String, Value>>(),
         "expirations": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.counters.expirations[*a as usize]))).collect::<Map<String, Value>>(),
-        "assured_expirations": assured_expirations(&s.counters),
+        "assured_expirations": s.counters.assured_expirations_named().map(|(k, n)| (k.to_string(), json!(n))).collect::<Map<String, Value>>(),
         "tombstone_hits": s.counters.tombstone_hits,
         "ipv6_pool_full": s.counters.ipv6_pool_full,
         "table_full": s.counters.dropped[DropReason::TableFull as usize],
@@ -65,18 +64,6 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "fragments_hold_overflow": s.fragments.overflow,
         "generation": s.generation,
     })
-}
-
-/// Assured entries whose timeout ran out, by that timeout's name (`tcp_established`,
-/// `tcp_unacknowledged`, ...): only the ones that happened, so an empty map is the
-/// good news.
-pub fn assured_expirations(c: &Counters) -> Value {
-    TimerClass::ALL
-        .iter()
-        .filter(|t| c.assured_expirations[**t as usize] > 0)
-        .map(|t| (t.name().to_string(), json!(c.assured_expirations[*t as usize])))
-        .collect::<Map<String, Value>>()
-        .into()
 }
 
 pub fn final_json(snaps: &[Snapshot], uptime: Duration) -> Value {

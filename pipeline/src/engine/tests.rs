@@ -444,4 +444,5 @@ fn assured_expirations_are_counted_by_the_timeout_that_ran_out() {
     want[TimerClass::TcpUnack as usize] = 1;
     want[TimerClass::UdpReplied as usize] = 1;
     assert_eq!(c.assured_expirations, want);
+    assert_eq!(c.assured_expirations_named().collect::<Vec<_>>(), [("tcp_unacknowledged", 1), ("udp_replied", 1)]);
 }

@@ -3,7 +3,10 @@
 //!
 //! - **P1** one core, the mixed burst (`Loaded::fill_burst`: 88 % established ACKs,
 //!   SYN retransmissions, FINs, garbage; 64 frames a burst) at 10k and 1M live flows:
-//!   ns/packet and Mpps, the burst generator's own cost subtracted.
+//!   ns/packet and Mpps, the burst generator's own cost subtracted. Beside it, what
+//!   the same bursts cost before any tracking (`Engine::probe_batch`): parse and hash,
+//!   then also the index probe and key compare — how much of the target is left for
+//!   TCP tracking, policy and counters.
 //! - **P2** the memory floor: the same number of random cache-line reads over an array
 //!   as large as the 1M-flow engine, in bursts of 64 with every line prefetched first
 //!   — what no design avoids. Ratio pipeline / floor. Beside it, the floor of the
@@ -66,6 +69,23 @@ fn huge(bytes: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
     holdfast_dataplane::sys::advise_huge_pages(&[(v.as_ptr() as usize, words * 8)]);
     v.extend((0..words).map(fill));
     v
+}
+
+/// Seconds for `BURSTS` mixed bursts through [`Loaded::probe_burst`]: parse and hash
+/// only, or (`lookup`) also the index probe and key compare — the work every packet
+/// needs before any tracking.
+fn probe_round(l: &mut Loaded, lookup: bool) -> f64 {
+    let mut n = 0;
+    let t = WallClock::now();
+    for _ in 0..BURSTS {
+        l.fill_burst();
+        n += l.probe_burst(lookup);
+    }
+    let s = t.elapsed().as_secs_f64();
+    // 88 % of the mix are established ACKs of held flows: a probe that found far
+    // fewer measured something else.
+    assert!(n >= BURSTS * 64 * 8 / 10, "probe found {n} of {} packets", BURSTS * 64);
+    s
 }
 
 /// The floor: `BURSTS` × 64 random 64-byte lines of `mem`, prefetched a burst ahead
@@ -148,6 +168,8 @@ fn main() {
     let entries = huge(part("entries"), |_| 1);
     let counters = if part("counters") == 0 { vec![] } else { huge(part("counters"), |_| 1) };
     let (mut gen_, mut p10k, mut p1m, mut fl) = (vec![], vec![], vec![], vec![]);
+    // Parse + hash, and parse + hash + lookup, at 10k and 1M flows.
+    let mut probes: [Vec<f64>; 4] = Default::default();
     let mut stages: [Vec<f64>; 3] = Default::default();
     let mut stages_off: [Vec<f64>; 3] = Default::default();
     for _ in 0..ROUNDS {
@@ -155,6 +177,10 @@ fn main() {
         p10k.push(round(&mut small, false, true));
         p1m.push(round(&mut big, false, true));
         fl.push(floor_round(&mem, &mut rng));
+        probes[0].push(probe_round(&mut small, false));
+        probes[1].push(probe_round(&mut small, true));
+        probes[2].push(probe_round(&mut big, false));
+        probes[3].push(probe_round(&mut big, true));
         for (k, stage) in [16, 32, 64].into_iter().enumerate() {
             stages[k].push(pattern_round(&index, &entries, &counters, &mut rng, stage));
             stages_off[k].push(pattern_round(&index, &entries, &[], &mut rng, stage));
@@ -169,6 +195,16 @@ fn main() {
         1e3 / b
     );
     println!("    (the burst generator's own {g:.1} ns/packet subtracted)");
+    // How much of P1 is work no tracking design avoids: the engine's own parse and
+    // hash, then its index probe and key compare, on the same bursts.
+    let [q10, l10, q1m, l1m] = probes.map(|v| ns(median(v)) - g);
+    println!(
+        "    before any tracking (Engine::probe_batch): parse + hash {q10:.1} / {q1m:.1} ns, + index probe and key compare {l10:.1} / {l1m:.1} ns at 10k / 1M flows; tracking, policy and counters the rest ({:.1} / {:.1}); P1's targets leave {:.1} / {:.1} ns for all of it",
+        a - l10,
+        b - l1m,
+        1e3 / 50.0,
+        1e3 / 30.0
+    );
     println!(
         "P2  memory floor: {f:.1} ns per random line over {} MiB, 64 prefetched at a time; pipeline at 1M / floor = {:.2} (target <= 2)",
         bytes >> 20,

@@ -217,4 +217,12 @@ impl Loaded {
         let pkts: [Packet; 64] = std::array::from_fn(|k| Packet { data: &self.bufs[k], zone: self.zones[k], now });
         self.engine.process_batch(&pkts, out);
     }
+
+    /// The burst through [`Engine::probe_batch`]: parsed and hashed, and with `lookup`
+    /// looked up, but not judged. Returns the packets parsed (or found).
+    pub fn probe_burst(&mut self, lookup: bool) -> usize {
+        let now = self.now;
+        let pkts: [Packet; 64] = std::array::from_fn(|k| Packet { data: &self.bufs[k], zone: self.zones[k], now });
+        self.engine.probe_batch(&pkts, lookup)
+    }
 }

@@ -210,31 +210,7 @@ impl Engine {
     fn burst(&mut self, pkts: &[Packet], out: &mut [Verdict]) {
         self.rescale();
         let mut staged = self.staged.take().expect("bursts do not nest");
-        // Stage 1: parse, hash, prefetch the home bucket.
-        for (p, s) in pkts.iter().zip(staged.iter_mut()) {
-            s.done = match parse::parse_into(p.data, &mut s.meta, self.table.hasher()) {
-                Err(r) => Some(Verdict::Drop(r)),
-                Ok(Kind::Arp) => Some(track::action_verdict(self.cfg.arp, DropReason::Arp)),
-                Ok(Kind::NonIp) => Some(track::action_verdict(self.cfg.non_ip, DropReason::NonIp)),
-                Ok(Kind::Ip(hashed)) => {
-                    s.h = match (hashed, &s.meta.l4) {
-                        (Some(h), _) => h,
-                        (None, L4::LaterFragment | L4::IcmpOther { .. }) => 0,
-                        (None, _) => self.table.hash(&s.meta.key),
-                    };
-                    self.table.prefetch_bucket(s.h);
-                    None
-                }
-            };
-        }
-        // Stage 2: prefetch the entry the first matching tag points at, and remember
-        // where the tag was; with no tag at home but keys living elsewhere, the
-        // alternate bucket.
-        for s in &mut staged[..pkts.len()] {
-            if s.done.is_none() {
-                s.hint = self.table.prefetch_entry(s.h);
-            }
-        }
+        self.stage(pkts, &mut staged[..pkts.len()], true);
         // Stage 3: judge.
         let mut bytes = 0;
         for (i, (p, s)) in pkts.iter().zip(staged.iter()).enumerate() {
@@ -249,6 +225,66 @@ impl Engine {
         self.counters.packets += pkts.len() as u64;
         self.counters.bytes += bytes;
         self.staged = Some(staged);
+    }
+
+    /// Stages 1 and 2 of a burst. Stage 1: parse, hash, prefetch the home bucket.
+    /// Stage 2 (`lookup`): prefetch the entry the first matching tag points at, and
+    /// remember where the tag was; with no tag at home but keys living elsewhere, the
+    /// alternate bucket.
+    #[inline(always)]
+    fn stage(&self, pkts: &[Packet], staged: &mut [Stage], lookup: bool) {
+        for (p, s) in pkts.iter().zip(staged.iter_mut()) {
+            s.done = match parse::parse_into(p.data, &mut s.meta, self.table.hasher()) {
+                Err(r) => Some(Verdict::Drop(r)),
+                Ok(Kind::Arp) => Some(track::action_verdict(self.cfg.arp, DropReason::Arp)),
+                Ok(Kind::NonIp) => Some(track::action_verdict(self.cfg.non_ip, DropReason::NonIp)),
+                Ok(Kind::Ip(hashed)) => {
+                    s.h = match (hashed, &s.meta.l4) {
+                        (Some(h), _) => h,
+                        (None, L4::LaterFragment | L4::IcmpOther { .. }) => 0,
+                        (None, _) => self.table.hash(&s.meta.key),
+                    };
+                    if lookup {
+                        self.table.prefetch_bucket(s.h);
+                    }
+                    None
+                }
+            };
+        }
+        if lookup {
+            for s in staged.iter_mut() {
+                if s.done.is_none() {
+                    s.hint = self.table.prefetch_entry(s.h);
+                }
+            }
+        }
+    }
+
+    /// The work every packet costs before any tracking, for the targets bench's
+    /// breakdown of P1: the same staged pass as [`Engine::process_batch`] — parse and
+    /// hash, and with `lookup` the index probe and key compare, reading the entry found
+    /// — and nothing else: no state, timer, counter or verdict is touched. Returns the
+    /// packets that parsed as IP (without `lookup`) or found an entry (with it), so
+    /// that the work cannot be optimised away and a test can check it.
+    pub fn probe_batch(&mut self, pkts: &[Packet], lookup: bool) -> usize {
+        let mut staged = self.staged.take().expect("bursts do not nest");
+        let mut n = 0;
+        for chunk in pkts.chunks(MAX_BURST) {
+            let staged = &mut staged[..chunk.len()];
+            self.stage(chunk, staged, lookup);
+            for s in staged.iter() {
+                if s.done.is_some() || matches!(s.meta.l4, L4::LaterFragment | L4::IcmpOther { .. }) {
+                    continue;
+                }
+                if !lookup {
+                    n += 1;
+                } else if let Some(slot) = self.table.lookup_hinted(s.h, &s.meta.key, s.hint) {
+                    n += usize::from(core::hint::black_box(self.table.conns[slot as usize].last_seen) != u32::MAX);
+                }
+            }
+        }
+        self.staged = Some(staged);
+        n
     }
 
     fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64, hint: Hint) -> Verdict {

@@ -446,3 +446,26 @@ fn assured_expirations_are_counted_by_the_timeout_that_ran_out() {
     assert_eq!(c.assured_expirations, want);
     assert_eq!(c.assured_expirations_named().collect::<Vec<_>>(), [("tcp_unacknowledged", 1), ("udp_replied", 1)]);
 }
+
+/// The targets bench's breakdown of P1 runs `probe_batch` on the bench's bursts: it must
+/// find exactly the flows the engine holds (either direction), count what parses as IP
+/// without a lookup, and change nothing a later verdict depends on.
+#[test]
+fn probe_batch_finds_the_held_flows_and_changes_nothing() {
+    let mut l = Lab::new();
+    let q = udp(SERVER, 5353, "192.0.2.53", 53);
+    let reply = udp("192.0.2.53", 53, SERVER, 5353);
+    assert_eq!(l.send(&q, Zone::Inside), NEW);
+    let other = udp(SERVER, 5354, "192.0.2.53", 53);
+    let garbage = [0u8; 20];
+    let frames = [&q[..], &reply[..], &other[..], &garbage[..], &q[..]];
+    let pkts: Vec<Packet> = frames.iter().cycle().take(40).map(|f| Packet { data: f, zone: Zone::Outside, now: l.now }).collect();
+    let before = l.e.counters();
+    // 40 frames over three bursts: 8 rounds of 5, one of them garbage.
+    assert_eq!(l.e.probe_batch(&pkts, false), 32);
+    assert_eq!(l.e.probe_batch(&pkts, true), 24, "the held flow, in both directions; not the other");
+    assert_eq!(l.flows()[0].packets, [1, 0], "no counter moved");
+    assert_eq!(l.e.counters().packets, before.packets);
+    assert_eq!(l.send(&reply, Zone::Outside), EST, "the first reply is still the first");
+    assert_eq!(l.flows()[0].state, "REPLIED");
+}

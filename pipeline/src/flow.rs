@@ -127,6 +127,21 @@ impl FlowHasher {
         h.finish()
     }
 
+    /// [`FlowHasher::hash`] of an untagged IPv4 key given by its parts (`lo`, `hi` the
+    /// canonical endpoints' addresses, `port` theirs), computed from registers. The
+    /// parser's fast path hashes this way: reading back the key it has just stored
+    /// loads bytes written by several narrower stores, which the CPU cannot forward
+    /// from its store buffer — on the dev VM that stall was 16 % of the mixed burst's
+    /// time. A test checks both give the same hash.
+    #[inline(always)]
+    pub fn hash_v4(&self, lo: u32, hi: u32, port: [u16; 2], proto: u8) -> u64 {
+        let mut h = self.state.build_hasher();
+        h.write_u64(u64::from(lo));
+        h.write_u64(u64::from(hi));
+        h.write_u64(u64::from(port[0]) << 48 | u64::from(port[1]) << 32 | u64::from(proto) << 24);
+        h.finish()
+    }
+
     /// Hash of the whole canonical key — addresses, ports, protocol, VLAN: picks the
     /// owning worker, so that the connections between one client and one server (or
     /// behind one NAT address) spread over the workers. The key is canonical, so both
@@ -192,6 +207,15 @@ mod tests {
             for (s, sp, d, dp) in [(a, p, b, q), (b, q, a, p)] {
                 proptest::prop_assert_eq!(FlowKey::new_v4(s, sp, d, dp, proto), FlowKey::new(u128::from(s), sp, u128::from(d), dp, proto, false, 0));
             }
+        }
+
+        /// The parser's register-only IPv4 hash is the key's hash: the table finds by
+        /// `hash` what the fast path placed by `hash_v4`, and the other way round.
+        #[test]
+        fn the_ipv4_hash_from_parts_is_the_keys(a in proptest::prelude::any::<u32>(), b in proptest::prelude::any::<u32>(), p in proptest::prelude::any::<u16>(), q in proptest::prelude::any::<u16>(), proto in proptest::prelude::any::<u8>(), seed in proptest::prelude::any::<u64>()) {
+            let h = FlowHasher::new(seed);
+            let (k, _) = FlowKey::new_v4(a, p, b, q, proto);
+            proptest::prop_assert_eq!(h.hash_v4(k.addr[0] as u32, k.addr[1] as u32, k.port, proto), h.hash(&k));
         }
     }
 

@@ -157,7 +157,7 @@ pub(crate) enum Kind {
 /// its store buffer. (Until 2026-12 the fast path passed the key by reference to a
 /// hashing closure the compiler did not inline: the key went to the stack and the
 /// stall came back, 16 % of the mixed burst's time on the dev VM.)
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta, hasher: &FlowHasher) -> Result<Kind, DropReason> {
     if let Some(h) = fast_ipv4(frame, out, Some(hasher)) {
         return Ok(Kind::Ip(Some(h)));
@@ -179,7 +179,7 @@ pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta, hasher: &FlowHasher
 ///
 /// Returns the key's hash by `hasher` (0 without one), or `None` for a frame left to
 /// the general parser.
-#[inline]
+#[inline(always)]
 fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>) -> Option<u64> {
     // 14 + 20 + 20: every real frame is at least 60 bytes (Ethernet minimum).
     let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;

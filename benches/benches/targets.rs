@@ -16,7 +16,10 @@
 //!   other work; the ratio is against the lowest. The same pattern without the
 //!   counters' line (`accounting: off`) beside it, and both as packets per second:
 //!   what the table's layout allows before any computation. Every array is backed
-//!   by huge pages, as the engine's tables are.
+//!   by huge pages, as the engine's tables are. Then what address translation costs
+//!   here: a dependent chain through the same cached lines packed into few 4 KiB
+//!   pages or spread one to a page (docs/performance.md: on the dev VM the TLB keeps
+//!   4 KiB translations even on huge pages).
 //! - **P3** bytes allocated per entry of capacity, by part; and P1 at 1M again without
 //!   per-flow counters (`accounting: off`), against the same table with them.
 //! - **P5** two engines on two threads over disjoint flows against one alone.
@@ -88,6 +91,14 @@ fn probe_round(l: &mut Loaded, lookup: bool) -> f64 {
     s
 }
 
+/// A random `x` mapped onto `0..n` by multiply-shift, as the table picks a bucket: a
+/// 64-bit division per line (`%`) costs ~40 cycles, which the floor would otherwise
+/// count as memory time.
+#[inline]
+fn below(x: u64, n: usize) -> usize {
+    ((u128::from(x) * n as u128) >> 64) as usize
+}
+
 /// The floor: `BURSTS` × 64 random 64-byte lines of `mem`, prefetched a burst ahead
 /// of being read, as the pipeline stages its bucket and entry reads.
 fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
@@ -97,7 +108,7 @@ fn floor_round(mem: &[u64], rng: &mut u64) -> f64 {
     let t = WallClock::now();
     for _ in 0..BURSTS {
         for i in &mut idx {
-            *i = ((xorshift(rng) >> 11) as usize % lines) * 8;
+            *i = below(xorshift(rng), lines) * 8;
             holdfast_pipeline::prefetch(&mem[*i]);
         }
         for &i in &idx {
@@ -121,11 +132,11 @@ fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64
     let t = WallClock::now();
     for _ in 0..BURSTS * 64 / stage {
         for i in b.iter_mut() {
-            *i = ((xorshift(rng) >> 11) as usize % buckets) * 8;
+            *i = below(xorshift(rng), buckets) * 8;
             holdfast_pipeline::prefetch(&index[*i]);
         }
         for (i, s) in b.iter().zip(e.iter_mut()) {
-            *s = (index[*i] as usize) % slots;
+            *s = below(index[*i], slots);
             holdfast_pipeline::prefetch(&entries[*s * 8]);
             if !counters.is_empty() {
                 holdfast_pipeline::prefetch(&counters[*s * 4]);
@@ -140,6 +151,46 @@ fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64
     }
     std::hint::black_box(sum);
     t.elapsed().as_secs_f64()
+}
+
+/// Lines of the translation probe's chain: 512 KiB, in the caches whatever the span.
+const CHAIN: usize = 8192;
+
+/// Nanoseconds a step of a dependent chain through [`CHAIN`] cache lines spread over
+/// `pages` 4 KiB pages (`CHAIN / pages` lines in each, at different offsets so that
+/// they spread over the cache sets) of memory backed by huge pages. The lines are the
+/// same number in both spans the bench compares, so what differs is the translations:
+/// 1,024 pages lie in two 2 MiB pages and 8,192 in sixteen, both within any TLB —
+/// unless the TLB keeps 4 KiB translations (a VM whose host backs guest memory with
+/// small pages), when 8,192 pages overflow it and every step walks page tables.
+fn translation_ns(pages: usize, rng: &mut u64) -> f64 {
+    const HUGE: usize = 2 << 20;
+    let per = CHAIN / pages;
+    // A span starting on a 2 MiB boundary, so that all of it is on huge pages.
+    let mut mem = huge(pages * 4096 + HUGE, |_| 0);
+    let base = (HUGE - mem.as_ptr() as usize % HUGE) % HUGE / 8;
+    // Line k's word index: page k / per, line (k % per) * (64 / per) + a per-page
+    // rotation, so that the chain's lines do not all share a cache set.
+    let word = |k: usize| {
+        let (page, i) = (k / per, k % per);
+        base + page * 512 + ((i * (64 / per) + page) % 64) * 8
+    };
+    let mut order: Vec<usize> = (0..CHAIN).collect();
+    for i in (1..CHAIN).rev() {
+        order.swap(i, below(xorshift(rng), i + 1));
+    }
+    for w in order.windows(2) {
+        mem[word(w[0])] = word(w[1]) as u64;
+    }
+    mem[word(order[CHAIN - 1])] = word(order[0]) as u64;
+    let steps = 4_000_000;
+    let mut at = word(order[0]);
+    let t = WallClock::now();
+    for _ in 0..steps {
+        at = mem[at] as usize;
+    }
+    std::hint::black_box(at);
+    t.elapsed().as_secs_f64() * 1e9 / steps as f64
 }
 
 fn main() {
@@ -230,6 +281,18 @@ fn main() {
         "    the same pattern without the counters (accounting: off): {o16:.1} / {o32:.1} / {o64:.1} ns; at the lowest, the pattern alone runs at {:.1} Mpps with counters and {:.1} without (P1's 1M target: 30)",
         1e3 / with,
         1e3 / without
+    );
+
+    // Address translation: what a line of a large table costs beyond the cache miss.
+    let (mut near, mut far) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        near.push(translation_ns(CHAIN / 8, &mut rng));
+        far.push(translation_ns(CHAIN, &mut rng));
+    }
+    let (near, far) = (median(near), median(far));
+    println!(
+        "    translation: a dependent chain through {CHAIN} cached lines on huge pages, 8 lines to a 4 KiB page: {near:.1} ns a step; one line to a page: {far:.1} ns. The same lines: the {:.1} ns between them is page walks (a TLB of 2 MiB entries holds both spans)",
+        far - near
     );
 
     // P3.

@@ -172,23 +172,41 @@ pub(crate) fn parse_into(frame: &[u8], out: &mut PacketMeta, hasher: &FlowHasher
     })
 }
 
-/// The common case in one pass over fixed offsets: untagged Ethernet, IPv4 without
-/// options or fragmentation, a whole TCP (any header length) or UDP header. Anything
-/// else, including every malformed frame, takes [`parse_general`], which gives the
-/// same answer for these frames (a test checks it on mutated frames).
+/// The common case in one pass over fixed offsets: Ethernet untagged or behind one
+/// 802.1Q tag (a trunk port), IPv4 without options or fragmentation, a whole TCP (any
+/// header length) or UDP header. Anything else, including every malformed frame, takes
+/// [`parse_general`], which gives the same answer for these frames (a test checks it
+/// on mutated frames, tagged and untagged).
 ///
 /// Returns the key's hash by `hasher` (0 without one), or `None` for a frame left to
 /// the general parser.
 #[inline(always)]
 fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>) -> Option<u64> {
-    // 14 + 20 + 20: every real frame is at least 60 bytes (Ethernet minimum).
-    let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;
+    let ethertype = u16::from_be_bytes(f.get(12..14)?.try_into().ok()?);
+    if ethertype == ethernet::ethertype::IPV4 {
+        fast_ipv4_at::<0>(f, out, hasher, 0)
+    } else if ethertype == ethernet::ethertype::VLAN {
+        // The tag's VLAN id, as the general parser keeps it (`vlan::Tag::vid`).
+        let vid = u16::from_be_bytes([*f.get(14)?, *f.get(15)?]) & 0x0fff;
+        fast_ipv4_at::<4>(f, out, hasher, u32::from(vid))
+    } else {
+        None
+    }
+}
+
+/// [`fast_ipv4`] for a frame whose EtherType field (IPv4's) sits `OFF` bytes after
+/// the untagged place, with VLAN id `vlan`.
+#[inline(always)]
+fn fast_ipv4_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>, vlan: u32) -> Option<u64> {
+    // 14 + 20 + 20 (+ a tag): every real frame is at least 60 bytes (Ethernet minimum).
+    let h: &[u8; 54] = f.get(OFF..OFF + 54)?.try_into().ok()?;
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
-    if be16(12) != ethernet::ethertype::IPV4 || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
+    // Untagged, the caller has seen IPv4's EtherType; behind a tag it is here.
+    if (OFF != 0 && be16(12) != ethernet::ethertype::IPV4) || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
         return None;
     }
     let total = usize::from(be16(16));
-    if total < 28 || f.len() - 14 < total {
+    if total < 28 || f.len() - 14 - OFF < total {
         return None;
     }
     // Header checksum (RFC 1071): the one's-complement sum of its ten 16-bit words is
@@ -219,7 +237,7 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>) -> Opt
                 window: be16(48),
                 flags: h[47],
                 payload_len: (total - 20 - hlen) as u32,
-                opt_off: 54,
+                opt_off: 54 + OFF as u16,
                 opt_len: (hlen - tcp::MIN_HEADER_LEN) as u8,
             };
             (L4::Tcp(tm), proto::TCP)
@@ -233,10 +251,11 @@ fn fast_ipv4(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>) -> Opt
         }
         _ => return None,
     };
-    let (key, side) = FlowKey::new_v4(src, sport, dst, dport, proto);
+    let (mut key, side) = FlowKey::new_v4(src, sport, dst, dport, proto);
+    key.vlan = vlan;
     // From the key's parts, not from the key in memory (see `FlowHasher::hash_v4`).
     let hashed = match hasher {
-        Some(hs) => hs.hash_v4(key.addr[0] as u32, key.addr[1] as u32, key.port, proto),
+        Some(hs) => hs.hash_v4(key.addr[0] as u32, key.addr[1] as u32, key.port, proto, vlan),
         None => 0,
     };
     *out = PacketMeta { key, side, l4, frag: None, ip_len: total as u32 };
@@ -469,6 +488,18 @@ mod tests {
             FrameSpec::new(a, b, B::Tcp { sport: 1, dport: 80, seq: 9, ack: 7, flags: 0x18, window: 5, options: vec![], payload: vec![1; 100] }).build(),
             FrameSpec::udp(a, 53, b, 9, b"hello").build(),
             FrameSpec::icmp(a, b, 8, 0, 1, b"x").build(),
+            // Behind one 802.1Q tag (the fast path too), and behind two (not).
+            FrameSpec {
+                vlans: vec![0xabc],
+                ..FrameSpec::new(
+                    a,
+                    b,
+                    B::Tcp { sport: 1, dport: 80, seq: 9, ack: 7, flags: 0x18, window: 5, options: syn_options(1460, 7, 1), payload: vec![1; 10] },
+                )
+            }
+            .build(),
+            FrameSpec { vlans: vec![7], ..FrameSpec::udp(a, 53, b, 9, b"hello") }.build(),
+            FrameSpec { vlans: vec![7, 9], ..FrameSpec::udp(a, 53, b, 9, b"hello") }.build(),
         ]
     }
 
@@ -485,6 +516,14 @@ mod tests {
         let Some(m) = fast(&f[0]) else { unreachable!() };
         let L4::Tcp(t) = m.l4 else { panic!() };
         assert_eq!(Options::parse(t.options(&f[0])).wscale, Some(7));
+        // One 802.1Q tag: the fast path, with the VLAN id in the key and the options
+        // found four bytes further on; two tags: the general parser.
+        let Some(m) = fast(&f[4]) else { panic!("one tag takes the fast path") };
+        let L4::Tcp(t) = m.l4 else { panic!() };
+        assert_eq!((m.key.vlan, Options::parse(t.options(&f[4])).wscale), (0xabc, Some(7)));
+        assert_eq!(fast(&f[5]).map(|m| m.key.vlan), Some(7));
+        assert!(fast(&f[6]).is_none(), "QinQ takes the general path");
+        assert_eq!(parse(&f[6]).map(|p| matches!(p, Frame::Ip(m) if m.key.vlan == 7 | 9 << 12)), Ok(true));
     }
 
     proptest! {
@@ -507,7 +546,7 @@ mod tests {
         /// Whatever the bytes, the fast path either declines or agrees exactly with
         /// the general parser.
         #[test]
-        fn fast_path_agrees_with_the_general_parser(pick in 0usize..4, edits in prop::collection::vec((0usize..120, any::<u8>()), 0..4), cut in 40usize..200) {
+        fn fast_path_agrees_with_the_general_parser(pick in 0usize..7, edits in prop::collection::vec((0usize..120, any::<u8>()), 0..4), cut in 40usize..200) {
             let mut f = frames()[pick].clone();
             for (at, b) in edits {
                 let n = f.len();
@@ -519,7 +558,7 @@ mod tests {
             }
             // What a burst's stage 1 calls says the same as `parse`, and writes the
             // slot only for an IP packet.
-            let before = fast(&frames()[(pick + 1) % 4]).unwrap_or(PacketMeta::EMPTY);
+            let before = fast(&frames()[(pick + 1) % 7]).unwrap_or(PacketMeta::EMPTY);
             let mut slot = before;
             let hasher = FlowHasher::new(7);
             let into = parse_into(&f, &mut slot, &hasher);

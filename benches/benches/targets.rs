@@ -7,7 +7,7 @@
 //!   the same bursts cost before any tracking (`Engine::probe_batch`): parse and hash,
 //!   then also the index probe and key compare — how much of the target is left for
 //!   TCP tracking, policy and counters. And parse + hash alone by frame family:
-//!   untagged IPv4, IPv4 behind one VLAN tag, IPv6.
+//!   untagged IPv4, IPv4 behind one VLAN tag, IPv6, and QinQ for the general parser.
 //! - **P2** the memory floor: the same number of random cache-line reads over an array
 //!   as large as the 1M-flow engine, in bursts of 64 with every line prefetched first
 //!   — what no design avoids. Ratio pipeline / floor. Beside it, the floor of the
@@ -155,8 +155,9 @@ fn pattern_round(index: &[u64], entries: &[u64], counters: &[u64], rng: &mut u64
 }
 
 /// Nanoseconds a packet of parse + hash (`Engine::probe_batch` without lookup) for 64
-/// TCP ACKs of one family: `0` untagged IPv4 and `1` IPv4 behind one 802.1Q tag (the
-/// parser's fixed-offset fast path), `2` IPv6 (the general parser).
+/// TCP ACKs of one family: `0` untagged IPv4, `1` IPv4 behind one 802.1Q tag, `2`
+/// IPv6 (the parser's fixed-offset fast path), `3` IPv4 behind two tags (QinQ: the
+/// general parser).
 fn family_ns(family: usize) -> f64 {
     use holdfast_pipeline::wire::build::FrameSpec;
     use std::net::IpAddr;
@@ -174,8 +175,10 @@ fn family_ns(family: usize) -> f64 {
                 (std::net::Ipv4Addr::from(0x0a00_0001 + i).into(), std::net::Ipv4Addr::new(10, 1, 0, 80).into())
             };
             let mut f = FrameSpec::tcp(c, 40_000 + i as u16, srv, 80, holdfast_pipeline::wire::tcp::flags::ACK, i * 7, i * 13);
-            if family == 1 {
-                f.vlans = vec![100];
+            match family {
+                1 => f.vlans = vec![100],
+                3 => f.vlans = vec![100, 200],
+                _ => {}
             }
             let mut b = f.build();
             b.resize(b.len().max(60), 0);
@@ -325,15 +328,15 @@ fn main() {
     );
 
     // What the general parser costs against the fast path.
-    let mut fam: [Vec<f64>; 3] = Default::default();
+    let mut fam: [Vec<f64>; 4] = Default::default();
     for _ in 0..ROUNDS {
         for (k, v) in fam.iter_mut().enumerate() {
             v.push(family_ns(k));
         }
     }
-    let [f4, fv, f6] = fam.map(median);
+    let [f4, fv, f6, fq] = fam.map(median);
     println!(
-        "    parse + hash by frame (TCP ACKs, probe_batch): untagged IPv4 {f4:.1} ns, behind a VLAN tag {fv:.1} (the fast path), IPv6 {f6:.1} (the general parser)"
+        "    parse + hash by frame (TCP ACKs, probe_batch): untagged IPv4 {f4:.1} ns, behind a VLAN tag {fv:.1}, IPv6 {f6:.1} (the fast path); IPv4 behind two tags {fq:.1} (the general parser)"
     );
 
     // Address translation: what a line of a large table costs beyond the cache miss.

@@ -218,32 +218,8 @@ fn fast_ipv6_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option
     let src = u128::from_be_bytes(h[22..38].try_into().ok()?);
     let dst = u128::from_be_bytes(h[38..54].try_into().ok()?);
     let (sport, dport) = (be16(54), be16(56));
-    let (l4, proto) = match h[20] {
-        proto::TCP => {
-            let hlen = usize::from(h[66] >> 4) * 4;
-            if hlen < tcp::MIN_HEADER_LEN || hlen > plen {
-                return None;
-            }
-            let tm = TcpMeta {
-                seq: u32::from_be_bytes([h[58], h[59], h[60], h[61]]),
-                ack: u32::from_be_bytes([h[62], h[63], h[64], h[65]]),
-                window: be16(68),
-                flags: h[67],
-                payload_len: (plen - hlen) as u32,
-                opt_off: 74 + OFF as u16,
-                opt_len: (hlen - tcp::MIN_HEADER_LEN) as u8,
-            };
-            (L4::Tcp(tm), proto::TCP)
-        }
-        proto::UDP => {
-            let ulen = usize::from(be16(58));
-            if ulen < 8 || ulen > plen {
-                return None;
-            }
-            (L4::Udp, proto::UDP)
-        }
-        _ => return None,
-    };
+    let proto = h[20];
+    let l4 = fast_transport(proto, h[54..74].try_into().ok()?, plen, 74 + OFF as u16)?;
     let (key, side) = FlowKey::new(src, sport, dst, dport, proto, true, vlan);
     // From the key's parts, not from the key in memory (see `FlowHasher::hash_v4`).
     let hashed = match hasher {
@@ -252,6 +228,37 @@ fn fast_ipv6_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option
     };
     *out = PacketMeta { key, side, l4, frag: None, ip_len: (ipv6::HEADER_LEN + plen) as u32 };
     Some(hashed)
+}
+
+/// The fast path's transport header: a whole TCP or UDP header whose first 20 bytes
+/// are `t`, in `len` bytes of transport (what the IP header says follows it), the
+/// TCP options at `opt_off` in the frame. `None`: anything else, left to the general
+/// parser.
+#[inline(always)]
+fn fast_transport(proto: u8, t: &[u8; 20], len: usize, opt_off: u16) -> Option<L4> {
+    let be16 = |i: usize| u16::from_be_bytes([t[i], t[i + 1]]);
+    match proto {
+        proto::TCP => {
+            let hlen = usize::from(t[12] >> 4) * 4;
+            if hlen < tcp::MIN_HEADER_LEN || hlen > len {
+                return None;
+            }
+            Some(L4::Tcp(TcpMeta {
+                seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+                ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+                window: be16(14),
+                flags: t[13],
+                payload_len: (len - hlen) as u32,
+                opt_off,
+                opt_len: (hlen - tcp::MIN_HEADER_LEN) as u8,
+            }))
+        }
+        proto::UDP => {
+            let ulen = usize::from(be16(4));
+            (ulen >= 8 && ulen <= len).then_some(L4::Udp)
+        }
+        _ => None,
+    }
 }
 
 /// [`fast_path`] for a frame whose EtherType field (IPv4's) sits `OFF` bytes after
@@ -285,32 +292,8 @@ fn fast_ipv4_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
     let dst = u32::from_be_bytes([h[30], h[31], h[32], h[33]]);
     let (sport, dport) = (be16(34), be16(36));
-    let (l4, proto) = match h[23] {
-        proto::TCP => {
-            let hlen = usize::from(h[46] >> 4) * 4;
-            if hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
-                return None;
-            }
-            let tm = TcpMeta {
-                seq: u32::from_be_bytes([h[38], h[39], h[40], h[41]]),
-                ack: u32::from_be_bytes([h[42], h[43], h[44], h[45]]),
-                window: be16(48),
-                flags: h[47],
-                payload_len: (total - 20 - hlen) as u32,
-                opt_off: 54 + OFF as u16,
-                opt_len: (hlen - tcp::MIN_HEADER_LEN) as u8,
-            };
-            (L4::Tcp(tm), proto::TCP)
-        }
-        proto::UDP => {
-            let ulen = usize::from(be16(38));
-            if ulen < 8 || ulen > total - 20 {
-                return None;
-            }
-            (L4::Udp, proto::UDP)
-        }
-        _ => return None,
-    };
+    let proto = h[23];
+    let l4 = fast_transport(proto, h[34..54].try_into().ok()?, total - 20, 54 + OFF as u16)?;
     let (mut key, side) = FlowKey::new_v4(src, sport, dst, dport, proto);
     key.vlan = vlan;
     // From the key's parts, not from the key in memory (see `FlowHasher::hash_v4`).

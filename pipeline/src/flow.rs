@@ -115,44 +115,42 @@ impl FlowHasher {
     /// Hash of the whole key: picks the table bucket.
     #[inline]
     pub fn hash(&self, k: &FlowKey) -> u64 {
-        let mut h = self.state.build_hasher();
         let (a0, a1, b0, b1) = k.addr_words();
-        if k.v6 {
-            h.write_u64(a0);
-            h.write_u64(b0);
-        }
-        h.write_u64(a1);
-        h.write_u64(b1);
-        h.write_u64(u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan));
-        h.finish()
+        self.bucket_hash(k.v6.then_some([a0, b0]), [a1, b1], tail(k.port, k.proto, k.vlan))
     }
 
     /// [`FlowHasher::hash`] of an IPv4 key given by its parts (`lo`, `hi` the canonical
     /// endpoints' addresses, `port` theirs, `vlan` as in [`FlowKey::vlan`]), computed
-    /// from registers. The
-    /// parser's fast path hashes this way: reading back the key it has just stored
-    /// loads bytes written by several narrower stores, which the CPU cannot forward
-    /// from its store buffer — on the dev VM that stall was 16 % of the mixed burst's
-    /// time. A test checks both give the same hash.
+    /// from registers. The parser's fast path hashes this way: reading back the key it
+    /// has just stored loads bytes written by several narrower stores, which the CPU
+    /// cannot forward from its store buffer — on the dev VM that stall was 16 % of the
+    /// mixed burst's time. A test checks both give the same hash.
     #[inline(always)]
     pub fn hash_v4(&self, lo: u32, hi: u32, port: [u16; 2], proto: u8, vlan: u32) -> u64 {
-        let mut h = self.state.build_hasher();
-        h.write_u64(u64::from(lo));
-        h.write_u64(u64::from(hi));
-        h.write_u64(u64::from(port[0]) << 48 | u64::from(port[1]) << 32 | u64::from(proto) << 24 | u64::from(vlan));
-        h.finish()
+        self.bucket_hash(None, [u64::from(lo), u64::from(hi)], tail(port, proto, vlan))
     }
 
     /// [`FlowHasher::hash`] of an IPv6 key given by its parts, as
     /// [`FlowHasher::hash_v4`] for IPv4 (a test checks both against the key's hash).
     #[inline(always)]
     pub fn hash_v6(&self, addr: [u128; 2], port: [u16; 2], proto: u8, vlan: u32) -> u64 {
+        let [a, b] = addr;
+        self.bucket_hash(Some([(a >> 64) as u64, (b >> 64) as u64]), [a as u64, b as u64], tail(port, proto, vlan))
+    }
+
+    /// The bucket hash's words in order, the one definition [`FlowHasher::hash`],
+    /// `hash_v4` and `hash_v6` share: the addresses' high halves (IPv6 only), their low
+    /// halves, then ports, protocol and VLAN.
+    #[inline(always)]
+    fn bucket_hash(&self, high: Option<[u64; 2]>, low: [u64; 2], tail: u64) -> u64 {
         let mut h = self.state.build_hasher();
-        h.write_u64((addr[0] >> 64) as u64);
-        h.write_u64((addr[1] >> 64) as u64);
-        h.write_u64(addr[0] as u64);
-        h.write_u64(addr[1] as u64);
-        h.write_u64(u64::from(port[0]) << 48 | u64::from(port[1]) << 32 | u64::from(proto) << 24 | u64::from(vlan));
+        if let Some([a0, b0]) = high {
+            h.write_u64(a0);
+            h.write_u64(b0);
+        }
+        h.write_u64(low[0]);
+        h.write_u64(low[1]);
+        h.write_u64(tail);
         h.finish()
     }
 
@@ -165,7 +163,7 @@ impl FlowHasher {
     /// ARCHITECTURE.md, "Flow ownership".
     #[inline]
     pub fn owner_hash(&self, k: &FlowKey) -> u64 {
-        self.addresses_and(k, 0, u64::from(k.port[0]) << 48 | u64::from(k.port[1]) << 32 | u64::from(k.proto) << 24 | u64::from(k.vlan))
+        self.addresses_and(k, 0, tail(k.port, k.proto, k.vlan))
     }
 
     /// Hash of the addresses, protocol and VLAN only (what NIC RSS computes for IP
@@ -194,6 +192,13 @@ impl FlowHasher {
         h.write_u64(tail);
         h.finish()
     }
+}
+
+/// Ports, protocol and VLAN (24 bits) of a key in one word: the last word the bucket
+/// and owner hashes take.
+#[inline(always)]
+fn tail(port: [u16; 2], proto: u8, vlan: u32) -> u64 {
+    u64::from(port[0]) << 48 | u64::from(port[1]) << 32 | u64::from(proto) << 24 | u64::from(vlan)
 }
 
 /// The worker among `workers` that owns a flow whose owner hash is `h` (Lemire's

@@ -188,9 +188,10 @@ fn fast_path(f: &[u8], out: &mut PacketMeta, hasher: Option<&FlowHasher>) -> Opt
     } else if ethertype == ethernet::ethertype::IPV6 {
         fast_ipv6_at::<0>(f, out, hasher, 0)
     } else if ethertype == ethernet::ethertype::VLAN {
-        // The tag's VLAN id, as the general parser keeps it (`vlan::Tag::vid`).
-        let vid = u32::from(u16::from_be_bytes([*f.get(14)?, *f.get(15)?]) & 0x0fff);
-        match u16::from_be_bytes([*f.get(16)?, *f.get(17)?]) {
+        // The tag read as the general parser reads it.
+        let tag = vlan::Tag::new_checked(f.get(ethernet::HEADER_LEN..)?).ok()?;
+        let vid = u32::from(tag.vid());
+        match tag.ethertype() {
             ethernet::ethertype::IPV4 => fast_ipv4_at::<4>(f, out, hasher, vid),
             ethernet::ethertype::IPV6 => fast_ipv6_at::<4>(f, out, hasher, vid),
             _ => None,

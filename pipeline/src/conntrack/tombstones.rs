@@ -2,15 +2,21 @@
 //! which finds no state can say why — its flow was evicted, expired or closed — instead
 //! of looking like a new connection or a stray packet.
 //!
-//! 8-way sets of (32-bit key fingerprint, why, when, admission class). When a set is
-//! full, the record of the lowest class makes way, the oldest among those: a SYN flood
-//! churning through embryonic records does not erase the memory of the established
-//! flows it may have pushed out. The table forgets gracefully otherwise: a flow removed
-//! long ago (more removals than records since) reads as never seen. A lookup of a flow that was never removed
-//! matches a record of another flow only if their hashes agree on the set bits and the
-//! 32-bit fingerprint: about 8 / 2^32 per lookup, i.e. one false "reply_to_*" per
-//! half-billion no-state packets. Each record takes 12 bytes: `conntrack.tombstones`
-//! records cost 12 bytes each (65,536 by default: 768 KiB per worker).
+//! 8-way sets of one cache line: each record is a word of key fingerprint, why and
+//! admission class, and the tick of removal. When a set is full, the record of the
+//! lowest class makes way, the oldest among those: a SYN flood churning through
+//! embryonic records does not erase the memory of the established flows it may have
+//! pushed out. The table forgets gracefully otherwise: a flow removed long ago (more
+//! removals than records since) reads as never seen. A lookup of a flow that was never
+//! removed matches a record of another flow only if their hashes agree on the set bits
+//! and the 27 fingerprint bits: about 8 / 2^27 per lookup, i.e. one wrong `reply_to_*`
+//! reason per ~17 million no-state packets (the packet is dropped either way: a
+//! tombstone only names the reason). Each record takes 8 bytes: `conntrack.tombstones`
+//! records cost 8 bytes each (65,536 by default: 512 KiB per worker).
+//!
+//! One line a set because under a flood every eviction buries a record in a cold set:
+//! with 12-byte records a set spanned two or three lines, of which the eviction's
+//! prefetch brought one (`perf`: most of `bury`'s time waited on the second and third).
 
 /// Why an entry went away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,21 +30,59 @@ pub enum Why {
     Revoked = 4,
 }
 
+/// The low bits of a record's word: why (3 bits, never 0) and class (2 bits).
+const META_BITS: u32 = 5;
+const META: u32 = (1 << META_BITS) - 1;
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Record {
-    /// 0 = empty.
-    fp: u32,
+    /// Fingerprint in the high 27 bits, why in bits 2..5, class in bits 0..2; 0 =
+    /// empty (why is never 0).
+    word: u32,
     /// Tick of removal (wrapping).
     when: u32,
-    why: u8,
-    /// Admission class of the removed entry (higher = kept longer).
-    class: u8,
+}
+
+impl Record {
+    fn new(fp: u32, when: u32, why: u8, class: u8) -> Record {
+        Record { word: (fp & !META) | u32::from(why & 7) << 2 | u32::from(class & 3), when }
+    }
+
+    fn fp(self) -> u32 {
+        self.word & !META
+    }
+
+    fn why(self) -> u8 {
+        (self.word >> 2 & 7) as u8
+    }
+
+    fn class(self) -> u8 {
+        (self.word & 3) as u8
+    }
+
+    fn is_empty(self) -> bool {
+        self.word == 0
+    }
+
+    /// Holds the flow whose fingerprint is `fp` (an empty record holds none: its why
+    /// is 0).
+    #[inline]
+    fn holds(self, fp: u32) -> bool {
+        self.word & !META == fp && self.word != 0
+    }
 }
 
 const WAYS: usize = 8;
 
+/// One cache line of records.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Set([Record; WAYS]);
+
+const _: () = assert!(core::mem::size_of::<Set>() == 64);
+
 pub struct Tombstones {
-    sets: Box<[[Record; WAYS]]>,
+    sets: Box<[Set]>,
     mask: usize,
     pub hits: u64,
 }
@@ -51,12 +95,12 @@ impl Tombstones {
 
     /// Bytes `new(records)` allocates.
     pub fn footprint(records: usize) -> usize {
-        Self::sets_for(records).saturating_mul(core::mem::size_of::<[Record; WAYS]>())
+        Self::sets_for(records).saturating_mul(core::mem::size_of::<Set>())
     }
 
     pub fn new(records: usize) -> Tombstones {
         let nsets = Self::sets_for(records);
-        Tombstones { sets: vec![[Record::default(); WAYS]; nsets].into_boxed_slice(), mask: nsets.saturating_sub(1), hits: 0 }
+        Tombstones { sets: vec![Set::default(); nsets].into_boxed_slice(), mask: nsets.saturating_sub(1), hits: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -67,8 +111,10 @@ impl Tombstones {
         core::mem::size_of_val(&*self.sets)
     }
 
-    /// Set from a remix of the whole hash, fingerprint from its high 32 bits: the two
-    /// are independent, so the fingerprint keeps its full 32 bits inside a set.
+    /// Set from a remix of the whole hash, fingerprint from its high 27 bits: the two
+    /// are independent, so the fingerprint keeps its full 27 bits inside a set. (The
+    /// low five bits of the word carry why and class; a snapshot's fingerprint, once
+    /// all 32 bits, matches on the same high bits.)
     #[inline]
     fn split(&self, h: u64) -> (usize, u32) {
         // SplitMix64's finalizer.
@@ -76,7 +122,7 @@ impl Tombstones {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        (z as usize & self.mask, (h >> 32) as u32 | 1)
+        (z as usize & self.mask, (h >> 32) as u32 & !META)
     }
 
     /// Brings the set a key hashed to `h` would be buried in into cache.
@@ -94,12 +140,12 @@ impl Tombstones {
             return;
         }
         let (s, fp) = self.split(h);
-        let set = &mut self.sets[s];
-        let way = set.iter().position(|r| r.fp == fp || r.fp == 0).unwrap_or_else(|| {
+        let set = &mut self.sets[s].0;
+        let way = set.iter().position(|r| r.holds(fp) || r.is_empty()).unwrap_or_else(|| {
             // Lowest class first, then oldest.
-            (0..WAYS).min_by_key(|&i| (set[i].class, u32::MAX - now_ticks.wrapping_sub(set[i].when))).unwrap_or(0)
+            (0..WAYS).min_by_key(|&i| (set[i].class(), u32::MAX - now_ticks.wrapping_sub(set[i].when))).unwrap_or(0)
         });
-        set[way] = Record { fp, when: now_ticks, why: why as u8, class };
+        set[way] = Record::new(fp, now_ticks, why as u8, class);
     }
 
     /// Sets in the table (a snapshot's records restore only into as many).
@@ -108,18 +154,27 @@ impl Tombstones {
     }
 
     /// Every record, as (set, fingerprint, tick of removal, why, class): what a
-    /// snapshot keeps.
+    /// snapshot keeps. The fingerprint has its low bit set, as the format has always
+    /// written it (27 bits of hash above five the record uses for why and class).
     pub(crate) fn records(&self) -> impl Iterator<Item = (u32, u32, u32, u8, u8)> + '_ {
-        self.sets.iter().enumerate().flat_map(|(s, set)| set.iter().filter(|r| r.fp != 0).map(move |r| (s as u32, r.fp, r.when, r.why, r.class)))
+        self.sets
+            .iter()
+            .enumerate()
+            .flat_map(|(s, set)| set.0.iter().filter(|r| !r.is_empty()).map(move |r| (s as u32, r.fp() | 1, r.when, r.why(), r.class())))
     }
 
     /// Puts back a record taken by [`Tombstones::records`] in a table of as many sets;
-    /// `false` (nothing changed) when its set has no free way or `set` is out of range.
+    /// `false` (nothing changed) when its set has no free way, `set` is out of range or
+    /// `why` names no reason.
     pub(crate) fn put_back(&mut self, set: u32, fp: u32, when: u32, why: u8, class: u8) -> bool {
         let Some(ways) = self.sets.get_mut(set as usize) else { return false };
-        match ways.iter().position(|r| r.fp == fp || r.fp == 0) {
+        if !(1..=7).contains(&why) {
+            return false;
+        }
+        let fp = fp & !META;
+        match ways.0.iter().position(|r| r.holds(fp) || r.is_empty()) {
             Some(i) => {
-                ways[i] = Record { fp, when, why, class };
+                ways.0[i] = Record::new(fp, when, why, class);
                 true
             }
             None => false,
@@ -133,9 +188,9 @@ impl Tombstones {
             return None;
         }
         let (s, fp) = self.split(h);
-        let r = self.sets[s].iter_mut().find(|r| r.fp == fp)?;
+        let r = self.sets[s].0.iter().find(|r| r.holds(fp))?;
         self.hits += 1;
-        Some((why_of(r.why), r.when))
+        Some((why_of(r.why()), r.when))
     }
 
     /// What `exhume` would answer, with the removed entry's admission class, without
@@ -145,8 +200,8 @@ impl Tombstones {
             return None;
         }
         let (s, fp) = self.split(h);
-        let r = self.sets[s].iter().find(|r| r.fp == fp)?;
-        Some((why_of(r.why), r.when, r.class))
+        let r = self.sets[s].0.iter().find(|r| r.holds(fp))?;
+        Some((why_of(r.why()), r.when, r.class()))
     }
 }
 
@@ -177,7 +232,7 @@ mod tests {
     #[test]
     fn remembers_why_and_forgets_the_oldest() {
         let mut t = Tombstones::new(8); // one set
-        let h = |i: u64| (2 * i + 1) << 32 | 0x1234;
+        let h = |i: u64| (i << 40) | 0x1234;
         t.bury(h(10), Why::Evicted, 0, 100);
         t.bury(h(11), Why::Expired, 0, 101);
         assert_eq!(t.exhume(h(10)), Some((Why::Evicted, 100)));

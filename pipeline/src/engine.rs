@@ -56,7 +56,8 @@ use timers::{abs_ticks, idle_ticks};
 /// a smaller stage keeps its frames, metadata and prefetched lines in L1. Measured
 /// on the dev VM (targets bench): 16 against 64, 49.3 against 51.1 ns a packet at
 /// 10k flows and 78.0 against 80.8 at 1M; the bare access pattern with no work
-/// between its reads prefers 64 (the bench prints it at 16, 32 and 64).
+/// between its reads prefers 64 (the bench prints it at 16, 32 and 64). On an Intel
+/// host, 12 paired rounds of 16 against 32: no difference (docs/performance.md).
 pub const MAX_BURST: usize = 16;
 /// Timer-wheel entries examined per `expire` call by default: bounds the pause a burst
 /// can see, while retiring 2 million entries per second at one call per millisecond.

@@ -257,6 +257,52 @@ mod tests {
 }
 
 #[cfg(test)]
+mod records {
+    use super::*;
+
+    /// Why and class share a word with the fingerprint: every pair comes back as it
+    /// went in, through the table and through a snapshot's records.
+    #[test]
+    fn why_and_class_round_trip_through_records() {
+        let whys = [Why::Evicted, Why::Expired, Why::Closed, Why::Revoked];
+        let h = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7) | 1 << 63;
+        let mut t = Tombstones::new(1024);
+        for (i, why) in whys.iter().enumerate() {
+            for class in 0..4u8 {
+                let k = (i * 4) as u64 + u64::from(class);
+                t.bury(h(k), *why, class, 1000 + k as u32);
+            }
+        }
+        let mut copy = Tombstones::new(1024);
+        for (set, fp, when, why, class) in t.records() {
+            assert_eq!(fp & 1, 1, "the snapshot format's fingerprints have their low bit set");
+            assert!(copy.put_back(set, fp, when, why, class));
+        }
+        for (i, why) in whys.iter().enumerate() {
+            for class in 0..4u8 {
+                let k = (i * 4) as u64 + u64::from(class);
+                assert_eq!(t.peek(h(k)), Some((*why, 1000 + k as u32, class)));
+                assert_eq!(copy.peek(h(k)), Some((*why, 1000 + k as u32, class)));
+            }
+        }
+        assert_eq!(copy.peek(h(99)), None);
+    }
+
+    /// A snapshot written when a record kept all 32 bits of the fingerprint (`(h >> 32)
+    /// | 1`) restores into records that the same flows find.
+    #[test]
+    fn a_full_width_fingerprint_restores() {
+        let mut t = Tombstones::new(64);
+        let h = 0xdead_beef_1234_5678u64;
+        let (set, _) = t.split(h);
+        assert!(t.put_back(set as u32, (h >> 32) as u32 | 1, 7, Why::Expired as u8, 3));
+        assert_eq!(t.exhume(h), Some((Why::Expired, 7)));
+        assert!(!t.put_back(set as u32, 0x100, 7, 0, 0), "a record without a reason is refused");
+        assert!(!t.put_back(t.sets() as u32, 0x100, 7, 1, 0), "a set out of range is refused");
+    }
+}
+
+#[cfg(test)]
 mod churn {
     use super::*;
 

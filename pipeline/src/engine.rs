@@ -248,16 +248,15 @@ impl Engine {
                 Ok(Kind::Arp) => Some(track::action_verdict(self.cfg.arp, DropReason::Arp)),
                 Ok(Kind::NonIp) => Some(track::action_verdict(self.cfg.non_ip, DropReason::NonIp)),
                 Ok(Kind::Ip(hashed)) => {
-                    match (hashed, &s.meta.l4) {
-                        (Some(h), _) => {
+                    match hashed {
+                        Some(h) => {
                             s.h = h;
                             if lookup {
                                 self.table.prefetch_bucket(h);
                             }
                         }
-                        // Not looked up by their key (fragment table, policy).
-                        (None, L4::LaterFragment | L4::IcmpOther { .. }) => s.h = 0,
-                        (None, _) => unhashed |= 1 << i,
+                        None if s.meta.l4.keyless() => s.h = 0,
+                        None => unhashed |= 1 << i,
                     }
                     None
                 }
@@ -293,7 +292,7 @@ impl Engine {
             let staged = &mut staged[..chunk.len()];
             self.stage(chunk, staged, lookup);
             for s in staged.iter() {
-                if s.done.is_some() || matches!(s.meta.l4, L4::LaterFragment | L4::IcmpOther { .. }) {
+                if s.done.is_some() || s.meta.l4.keyless() {
                     continue;
                 }
                 if !lookup {

@@ -91,6 +91,16 @@ pub enum L4 {
     LaterFragment,
 }
 
+impl L4 {
+    /// Judged without looking its key up in the table: a later fragment follows its
+    /// first fragment (the fragment table), an ICMP message outside any flow asks the
+    /// rules or the ND setting. Such packets are not hashed or prefetched.
+    #[inline]
+    pub(crate) fn keyless(&self) -> bool {
+        matches!(self, L4::LaterFragment | L4::IcmpOther { .. })
+    }
+}
+
 /// Parsed metadata of an IP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketMeta {

@@ -284,6 +284,9 @@ fn main() {
         }
     }
     let ns = |s: f64| s * 1e9 / PACKETS;
+    // How quiet the machine was: the generator does the same work every round, so
+    // its spread is the host's (a VM's neighbours moved it 13 -> 22 ns between runs).
+    let (g_lo, g_hi) = gen_.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(ns(x)), hi.max(ns(x))));
     let g = ns(median(gen_));
     let (a, b, f) = (ns(median(p10k)) - g, ns(median(p1m)) - g, ns(median(fl)));
     println!(
@@ -291,7 +294,10 @@ fn main() {
         1e3 / a,
         1e3 / b
     );
-    println!("    (the burst generator's own {g:.1} ns/packet subtracted)");
+    println!(
+        "    (the burst generator's own {g:.1} ns/packet subtracted; over the {ROUNDS} rounds it read {g_lo:.1}-{g_hi:.1}: the same work, so a spread of {:.0} % is the machine's noise)",
+        (g_hi / g_lo - 1.0) * 100.0
+    );
     // How much of P1 is work no tracking design avoids: the engine's own parse and
     // hash, then its index probe and key compare, on the same bursts.
     let [q10, l10, q1m, l1m] = probes.map(|v| ns(median(v)) - g);

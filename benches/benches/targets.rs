@@ -19,8 +19,8 @@
 //!   what the table's layout allows before any computation. Every array is backed
 //!   by huge pages, as the engine's tables are. Then what address translation costs
 //!   here: a dependent chain through the same cached lines packed into few 4 KiB
-//!   pages or spread one to a page (docs/performance.md: on the dev VM the TLB keeps
-//!   4 KiB translations even on huge pages).
+//!   pages or spread one to a page (docs/performance.md: on the AMD dev VM the TLB
+//!   kept 4 KiB translations even on huge pages; on the Intel one it did not).
 //! - **P3** bytes allocated per entry of capacity, by part; and P1 at 1M again without
 //!   per-flow counters (`accounting: off`), against the same table with them.
 //! - **P5** two engines on two threads over disjoint flows against one alone; beside
@@ -435,12 +435,7 @@ fn main() {
     let (mut gen1, mut gen2, mut fl1, mut fl2) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         one.push(round(&mut big, false, true));
-        let (x, y) = std::thread::scope(|s| {
-            let h = s.spawn(|| round(&mut other, false, true));
-            let x = round(&mut big, false, true);
-            (x, h.join().expect("second engine"))
-        });
-        two.push(x.max(y));
+        two.push(both(|| round(&mut big, false, true), || round(&mut other, false, true)));
         gen1.push(round(&mut gen_a, false, false));
         gen2.push(both(|| round(&mut gen_a, false, false), || round(&mut gen_b, false, false)));
         fl1.push(floor_round(&mem, &mut rng));

@@ -470,7 +470,7 @@ impl TombRecord {
         if t.fp & 1 == 0 {
             return Err(bad(4, "tombstone fingerprint without its low bit (never written)"));
         }
-        if !(1..=4).contains(&t.why) {
+        if crate::conntrack::tombstones::Why::from_u8(t.why).is_none() {
             return Err(bad(12, "tombstone reason unknown"));
         }
         if t.class > 3 {

@@ -164,11 +164,11 @@ impl Tombstones {
     }
 
     /// Puts back a record taken by [`Tombstones::records`] in a table of as many sets;
-    /// `false` (nothing changed) when its set has no free way, `set` is out of range or
-    /// `why` names no reason.
+    /// `false` (nothing changed) when its set has no free way, `set` is out of range,
+    /// `why` names no reason or `class` no admission class (a record keeps two bits).
     pub(crate) fn put_back(&mut self, set: u32, fp: u32, when: u32, why: u8, class: u8) -> bool {
         let Some(ways) = self.sets.get_mut(set as usize) else { return false };
-        if !(1..=7).contains(&why) {
+        if Why::from_u8(why).is_none() || class > 3 {
             return false;
         }
         let fp = fp & !META;
@@ -205,16 +205,24 @@ impl Tombstones {
     }
 }
 
+/// A record's reason (always one [`Why::from_u8`] knows: only `bury` and a checked
+/// `put_back` write records).
 fn why_of(b: u8) -> Why {
-    match b {
-        1 => Why::Evicted,
-        2 => Why::Expired,
-        4 => Why::Revoked,
-        _ => Why::Closed,
-    }
+    Why::from_u8(b).unwrap_or(Why::Closed)
 }
 
 impl Why {
+    /// The reason numbered `b` (as records and snapshots number them), if any.
+    pub fn from_u8(b: u8) -> Option<Why> {
+        match b {
+            1 => Some(Why::Evicted),
+            2 => Some(Why::Expired),
+            3 => Some(Why::Closed),
+            4 => Some(Why::Revoked),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Why::Evicted => "evicted",
@@ -299,6 +307,7 @@ mod records {
         assert_eq!(t.exhume(h), Some((Why::Expired, 7)));
         assert!(!t.put_back(set as u32, 0x100, 7, 0, 0), "a record without a reason is refused");
         assert!(!t.put_back(t.sets() as u32, 0x100, 7, 1, 0), "a set out of range is refused");
+        assert!(!t.put_back(set as u32, 0x100, 7, 1, 4), "a class beyond two bits is refused");
     }
 }
 

@@ -289,11 +289,17 @@ impl Table {
         }
     }
 
-    /// Brings `slot`'s entry and timer node into cache (an eviction victim's).
+    /// Brings `slot`'s entry, timer node, counters and bookkeeping into cache (an
+    /// eviction victim's: the new entry that reuses its slot writes all four).
     #[inline]
     pub(crate) fn prefetch_slot(&self, slot: u32) {
-        prefetch(&self.conns[slot as usize]);
-        prefetch(&self.wheel.nodes()[slot as usize]);
+        let s = slot as usize;
+        prefetch(&self.conns[s]);
+        prefetch(&self.wheel.nodes()[s]);
+        prefetch(&self.aux[s]);
+        if let Some(st) = self.stats.get(s) {
+            prefetch(st);
+        }
     }
 
     /// Stage 1 of a burst: bring the key's home bucket into cache.

@@ -201,8 +201,9 @@ impl Engine {
     /// misses, the bucket and the set waiting on the entry (their place is its key's
     /// hash). So each eviction warms the next victim, whose entry and links the
     /// previous eviction brought in — its hash is known now: its bucket and set — and
-    /// starts on the one after it. Hints only: the next eviction still takes whatever
-    /// is oldest then.
+    /// starts on the one after it: its entry, timer node, counters and bookkeeping
+    /// (the new entry that takes over the slot writes the last two as well) and list
+    /// links. Hints only: the next eviction still takes whatever is oldest then.
     #[inline]
     fn warm_next_victim(&mut self) {
         let Some(v) = self.lists.oldest_non_assured() else { return };

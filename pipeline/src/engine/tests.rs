@@ -469,3 +469,80 @@ fn probe_batch_finds_the_held_flows_and_changes_nothing() {
     assert_eq!(l.send(&reply, Zone::Outside), EST, "the first reply is still the first");
     assert_eq!(l.flows()[0].state, "REPLIED");
 }
+
+/// `process_batch` judges a batch's packets in order, each seeing what the ones before
+/// it did, however it stages them (in pieces, the next piece's lookup running ahead of
+/// the judging): connections opened, used and closed within one batch, a table small
+/// enough that spoofed SYNs evict and slots are reused, give the verdicts, counters
+/// and table that one packet at a time gives.
+#[test]
+fn a_batch_is_judged_as_its_packets_one_at_a_time() {
+    let mut rnd = xorshift(0x5eed_0bad_cafe_f00d);
+    let mut frames: Vec<(Vec<u8>, Zone)> = vec![];
+    // (connection number, next step) of the connections in progress.
+    let mut live: Vec<(u32, u32)> = vec![];
+    let mut started = 0u32;
+    while frames.len() < 3000 {
+        if rnd().is_multiple_of(8) {
+            let r = rnd();
+            let src = format!("203.0.113.{}", r % 250 + 1);
+            frames.push((tcp_frame(&src, 1024 + (r >> 8) as u16 % 60_000, SERVER, SPORT, SYN, r as u32, 0, 512, 0), Zone::Outside));
+            continue;
+        }
+        if live.len() < 12 {
+            live.push((started, 0));
+            started += 1;
+        }
+        let k = (rnd() % live.len() as u64) as usize;
+        let (i, step) = live[k];
+        let client = format!("198.51.{}.{}", 100 + i / 250, i % 250 + 1);
+        let cport = 40_000 + (i % 1000) as u16;
+        let (ci, si) = (1000 + i * 7, 5000 + i * 11);
+        let c = |flags, seq: u32, ack: u32, len| (tcp_frame(&client, cport, SERVER, SPORT, flags, seq, ack, 64_000, len), Zone::Outside);
+        let s = |flags, seq: u32, ack: u32, len| (tcp_frame(SERVER, SPORT, &client, cport, flags, seq, ack, 64_000, len), Zone::Inside);
+        frames.push(match step {
+            0 => c(SYN, ci, 0, 0),
+            1 => s(SYN | ACK, si, ci + 1, 0),
+            2 => c(ACK, ci + 1, si + 1, 0),
+            3 => c(ACK | PSH, ci + 1, si + 1, 10),
+            4 => s(ACK, si + 1, ci + 11, 0),
+            5 => c(FIN | ACK, ci + 11, si + 1, 0),
+            6 => s(FIN | ACK, si + 1, ci + 12, 0),
+            _ => c(ACK, ci + 12, si + 2, 0),
+        });
+        if step == 7 {
+            live.swap_remove(k);
+        } else {
+            live[k].1 += 1;
+        }
+    }
+    let cfg = EngineConfig { capacity: 1024, ..EngineConfig::default() };
+    let (mut one, mut batched) = (Lab::with(cfg), Lab::with(cfg));
+    let expected: Vec<Verdict> = frames.iter().map(|(f, z)| one.send(f, *z)).collect();
+    let mut got = vec![];
+    for (n, batch) in frames.chunks(64).enumerate() {
+        // Batches of every length from 64 down, so that pieces of every length run.
+        let batch = &batch[..batch.len() - n % 17];
+        let pkts: Vec<Packet> = batch.iter().map(|(f, z)| Packet { data: f, zone: *z, now: batched.now }).collect();
+        let mut out = vec![Verdict::Drop(DropReason::Malformed); pkts.len()];
+        batched.e.process_batch(&pkts, &mut out);
+        got.extend(out);
+        for (f, z) in &frames[n * 64 + batch.len()..(n * 64 + 64).min(frames.len())] {
+            got.push(batched.send(f, *z));
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(g, e, "packet {i}");
+    }
+    let (a, b) = (one.e.counters(), batched.e.counters());
+    assert_eq!((a.passed, a.dropped, a.evictions, a.flows_created), (b.passed, b.dropped, b.evictions, b.flows_created));
+    assert!(a.evictions.iter().sum::<u64>() > 100, "the table was full and evicted: {:?}", a.evictions);
+    assert!(a.passed[PassKind::New as usize] > 300 && a.passed[PassKind::Established as usize] > 1000, "{:?} {:?}", a.passed, a.dropped);
+    let key = |f: &crate::engine::FlowInfo| (f.key, f.state, f.packets);
+    let (mut fa, mut fb): (Vec<_>, Vec<_>) = (one.flows().iter().map(key).collect(), batched.flows().iter().map(key).collect());
+    fa.sort_by_key(|f| format!("{f:?}"));
+    fb.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(fa, fb);
+    batched.e.audit().unwrap();
+}

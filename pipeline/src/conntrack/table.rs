@@ -598,7 +598,18 @@ impl Table {
         let mut done = false;
         for b in [home, other] {
             let bucket = &mut self.buckets[b];
-            if let Some(i) = (0..WAYS).find(|&i| bucket.tags[i] & !1 == tag && bucket.slots[i] == slot) {
+            // The ways holding the tag (one compare of all ten), then their slots.
+            let mut m = bucket.matches(tag);
+            let mut found = None;
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if bucket.slots[i] == slot {
+                    found = Some(i);
+                    break;
+                }
+            }
+            if let Some(i) = found {
                 let in_alt = bucket.tags[i] & 1 == 1;
                 bucket.tags[i] = 0;
                 bucket.slots[i] = 0;

@@ -56,6 +56,21 @@ pub(crate) struct Bucket {
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 
 impl Bucket {
+    /// The first way holding `tag` (one compare of all ten ways) whose slot passes
+    /// `is`: the lookup's key compare, or a removal's slot.
+    #[inline(always)]
+    fn way_where(&self, tag: u16, mut is: impl FnMut(u32) -> bool) -> Option<usize> {
+        let mut m = self.matches(tag);
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            if is(self.slots[i]) {
+                return Some(i);
+            }
+            m &= m - 1;
+        }
+        None
+    }
+
     /// Bit i set when way i holds `tag` (ignoring the in-alternate bit). `tag` is never
     /// 0 (empty) and has bit 0 clear ([`tag_of`]).
     #[cfg(not(target_arch = "x86_64"))]
@@ -366,16 +381,7 @@ impl Table {
 
     #[inline(always)]
     fn find_in(&self, b: usize, tag: u16, k: &FlowKey) -> Option<(usize, usize)> {
-        let bucket = &self.buckets[b];
-        let mut m = bucket.matches(tag);
-        while m != 0 {
-            let i = m.trailing_zeros() as usize;
-            if self.key_eq(bucket.slots[i], k) {
-                return Some((b, i));
-            }
-            m &= m - 1;
-        }
-        None
+        self.buckets[b].way_where(tag, |s| self.key_eq(s, k)).map(|i| (b, i))
     }
 
     /// The slot holding `k`, whose hash is `h`.
@@ -597,19 +603,8 @@ impl Table {
         let other = self.other(home, tag);
         let mut done = false;
         for b in [home, other] {
-            let bucket = &mut self.buckets[b];
-            // The ways holding the tag (one compare of all ten), then their slots.
-            let mut m = bucket.matches(tag);
-            let mut found = None;
-            while m != 0 {
-                let i = m.trailing_zeros() as usize;
-                m &= m - 1;
-                if bucket.slots[i] == slot {
-                    found = Some(i);
-                    break;
-                }
-            }
-            if let Some(i) = found {
+            if let Some(i) = self.buckets[b].way_where(tag, |s| s == slot) {
+                let bucket = &mut self.buckets[b];
                 let in_alt = bucket.tags[i] & 1 == 1;
                 bucket.tags[i] = 0;
                 bucket.slots[i] = 0;

@@ -242,6 +242,8 @@ impl Engine {
     /// piece (`ahead`, stage 1 done) one packet between each two verdicts.
     #[inline(always)]
     fn judge_piece(&mut self, pkts: &[Packet], staged: &[Stage], out: &mut [Verdict], ahead: &mut [Stage]) {
+        // Pieces are cut by `chunks`: only the last is shorter, and it has none ahead.
+        debug_assert!(ahead.len() <= pkts.len(), "a piece ahead longer than this one");
         self.rescale();
         let mut bytes = 0;
         for (i, (p, s)) in pkts.iter().zip(staged.iter()).enumerate() {
@@ -255,10 +257,6 @@ impl Engine {
             self.counters.count(v);
             bytes += p.data.len() as u64;
             out[i] = v;
-        }
-        // Only the last piece is shorter than the one after it could be; none is.
-        for a in ahead.iter_mut().skip(pkts.len()) {
-            self.stage2(a);
         }
         self.counters.packets += pkts.len() as u64;
         self.counters.bytes += bytes;

@@ -450,9 +450,10 @@ fn main() {
     // moves within a run (one engine alone read 87 and 156 ns a packet in one sitting),
     // so a ratio of medians taken over different rounds mixes its states; the median
     // of the rounds' own ratios does not.
-    let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| 2.0 * x / y).collect());
-    let (r, rg, rf) = (ratio(&one, &two), ratio(&gen1, &gen2), ratio(&fl1, &fl2));
-    let near = one.iter().zip(&two).zip(gen1.iter().zip(&gen2)).filter(|((o, t), (a, b))| 2.0 * *o / **t >= 0.95 * 2.0 * *a / **b).count();
+    let ratios = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| 2.0 * x / y).collect() };
+    let (engines, gens) = (ratios(&one, &two), ratios(&gen1, &gen2));
+    let near = engines.iter().zip(&gens).filter(|(e, g)| **e >= 0.95 * **g).count();
+    let (r, rg, rf) = (median(engines), median(gens), median(ratios(&fl1, &fl2)));
     let (o, t2) = (median(one), median(two));
     println!(
         "P5  two engines on two threads at 1M flows each: {r:.2}x one engine's packets per second (target >= 1.9; median of {P5_ROUNDS} rounds' ratios); one alone {:.1} ns/packet, each of two {:.1}",

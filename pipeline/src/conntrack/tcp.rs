@@ -307,6 +307,28 @@ pub(crate) fn init_new(c: &mut Conn, seg: &Segment, loose: bool) -> bool {
     true
 }
 
+/// Linux `tcp_new` and then `nf_conntrack_tcp_packet` for the SYN that creates an
+/// entry, folded into what the two leave for it: the originator known from the SYN,
+/// the responder's window edge at the SYN's window (at least 1), SYN_SENT. Every
+/// check the two run passes for a fresh SYN (its sequence number is its sender's only
+/// state, the responder has none), so what is left is the assignment; under a SYN
+/// flood every packet that creates an entry is one, and the pair cost ~200
+/// instructions more. `syn_open_equals_general` checks it against the two on random
+/// SYNs. The caller has checked the flags (`valid_flags`) and that the segment's
+/// index is SYN.
+pub(crate) fn open_with_syn(c: &mut Conn, seg: &Segment) -> TimerClass {
+    debug_assert_eq!(seg.index, Index::Syn, "open_with_syn takes a SYN");
+    let win = u32::from(seg.win).max(1);
+    c.peer = [Peer { end: seg.end, maxend: seg.end, maxwin: win }, Peer { end: 0, maxend: win, maxwin: 0 }];
+    c.maxack = [0; 2];
+    c.pflags = [0; 2];
+    c.scales = 0;
+    apply_options(c, ORIGINAL, &Options::parse(seg.opts));
+    set_state(c, SynSent);
+    set_last(c, Index::Syn, ORIGINAL);
+    TimerClass::TcpSynSent
+}
+
 /// A state change decided by `packet`, carried out by `finish` once the window allows.
 #[derive(Debug, Clone, Copy)]
 struct Transition {

@@ -201,12 +201,17 @@ impl Engine {
         // entry is created.
         let mut c = Self::blank_for(m);
         let mut aux = ConnAux::default();
-        if !tcp::init_new(&mut c, seg, loose) {
-            return Verdict::Drop(DropReason::InvalidTcpState);
-        }
-        let class = match tcp::packet(&mut c, &mut aux, ORIGINAL, seg, &self.cfg.timeouts) {
-            Outcome::Accept(class) => class,
-            _ => return Verdict::Drop(DropReason::InvalidTcpState),
+        let class = if seg.index == Index::Syn {
+            // What `init_new` and `packet` leave a fresh SYN with, without the dispatch.
+            tcp::open_with_syn(&mut c, seg)
+        } else {
+            if !tcp::init_new(&mut c, seg, loose) {
+                return Verdict::Drop(DropReason::InvalidTcpState);
+            }
+            match tcp::packet(&mut c, &mut aux, ORIGINAL, seg, &self.cfg.timeouts) {
+                Outcome::Accept(class) => class,
+                _ => return Verdict::Drop(DropReason::InvalidTcpState),
+            }
         };
         c.set_origin_inside((zone == Zone::Inside) != reverse);
         if reverse {

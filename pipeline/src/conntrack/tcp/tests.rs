@@ -486,3 +486,45 @@ fn fast_path_equals_general() {
     }
     assert!(fast_taken > 5_000, "the fast path was exercised: {fast_taken}");
 }
+
+/// The folded open of a fresh SYN leaves the entry, its aux and the timeout exactly as
+/// `init_new` and `packet` do: random sequence numbers, windows (0 included), payloads,
+/// the flag combinations a creating SYN may carry, and options well-formed, truncated
+/// or garbage, on the blanks the engine builds (either side original, either family).
+#[test]
+fn syn_open_equals_general() {
+    use crate::conntrack::conn::{Conn, ConnAux, cflag};
+    use crate::conntrack::tcp::{Index, Outcome, Segment, init_new, open_with_syn, packet, valid_flags};
+    use crate::parse::TcpMeta;
+    let to = crate::conntrack::Timeouts::default();
+    let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15);
+    let opt_sets: [&[u8]; 7] = [
+        &[],
+        &[2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7],
+        &[2, 4, 5, 0xb4, 1, 3, 3, 14],
+        &[4, 2],
+        &[3, 3],
+        &[3, 2, 9, 1],
+        &[8, 10, 1, 2],
+    ];
+    for _ in 0..20_000 {
+        let flags = SYN | [0, PSH, ECE | CWR, URG, PSH | ECE][(rnd() % 5) as usize];
+        assert!(valid_flags(flags));
+        let window = [0u16, 1, 502, 65535, rnd() as u16][(rnd() % 5) as usize];
+        let payload_len = [0u32, 1, 1000, 1460][(rnd() % 4) as usize];
+        let t = TcpMeta { seq: rnd() as u32, ack: rnd() as u32, window, flags, payload_len, opt_off: 0, opt_len: 0 };
+        let garbage: Vec<u8> = (0..rnd() % 41).map(|_| rnd() as u8).collect();
+        let opts: &[u8] = if rnd().is_multiple_of(4) { &garbage } else { opt_sets[(rnd() % 7) as usize] };
+        let seg = Segment::new(&t, opts);
+        assert_eq!(seg.index, Index::Syn);
+        let blank = Conn { flags: [0, cflag::ORIG_IS_HI, cflag::V6, cflag::V6 | cflag::ORIG_IS_HI][(rnd() % 4) as usize], ..Conn::default() };
+        let (mut g, mut ga) = (blank, ConnAux::default());
+        assert!(init_new(&mut g, &seg, false));
+        let general = packet(&mut g, &mut ga, 0, &seg, &to);
+        let mut f = blank;
+        let class = open_with_syn(&mut f, &seg);
+        assert_eq!(general, Outcome::Accept(class), "{t:?} {opts:?}");
+        assert_eq!(f, g, "entry after {t:?} {opts:?}");
+        assert_eq!(ga, ConnAux::default(), "the general path leaves aux untouched");
+    }
+}

@@ -318,12 +318,11 @@ pub(crate) fn init_new(c: &mut Conn, seg: &Segment, loose: bool) -> bool {
 /// index is SYN.
 pub(crate) fn open_with_syn(c: &mut Conn, seg: &Segment) -> TimerClass {
     debug_assert_eq!(seg.index, Index::Syn, "open_with_syn takes a SYN");
-    let win = u32::from(seg.win).max(1);
-    c.peer = [Peer { end: seg.end, maxend: seg.end, maxwin: win }, Peer { end: 0, maxend: win, maxwin: 0 }];
-    c.maxack = [0; 2];
-    c.pflags = [0; 2];
-    c.scales = 0;
-    apply_options(c, ORIGINAL, &Options::parse(seg.opts));
+    let opened = init_new(c, seg, false);
+    debug_assert!(opened, "tcp_new accepts every SYN");
+    // What `tcp_in_window`'s update leaves the responder with: its window edge at the
+    // SYN's window, one past 0 when that is 0.
+    c.peer[REPLY].maxend = u32::from(seg.win).max(1);
     set_state(c, SynSent);
     set_last(c, Index::Syn, ORIGINAL);
     TimerClass::TcpSynSent

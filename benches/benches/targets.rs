@@ -21,6 +21,11 @@
 //!   here: a dependent chain through the same cached lines packed into few 4 KiB
 //!   pages or spread one to a page (docs/performance.md: on the AMD dev VM the TLB
 //!   kept 4 KiB translations even on huge pages; on the Intel one it did not).
+//! - **The lean reference** (`benches/src/lean.rs`: the work an established ACK needs
+//!   and nothing else, one 64-byte line a flow) against the pipeline on bursts of
+//!   established ACKs only, at 10k and 1M flows, with the floor in the same rounds:
+//!   how far the pipeline is from a design doing only the necessary work, and whether
+//!   P1 and P2 are within this machine's reach.
 //! - **P3** bytes allocated per entry of capacity, by part; and P1 at 1M again without
 //!   per-flow counters (`accounting: off`), against the same table with them.
 //! - **P5** two engines on two threads over disjoint flows against one alone; beside
@@ -33,6 +38,7 @@
 
 use std::time::Instant as WallClock;
 
+use holdfast_benches::lean::{Judged, Lean};
 use holdfast_benches::{Loaded, xorshift};
 use holdfast_pipeline::{DropReason, Verdict};
 
@@ -65,6 +71,44 @@ fn round(l: &mut Loaded, flood: bool, judge: bool) -> f64 {
         std::hint::black_box(&out);
     }
     t.elapsed().as_secs_f64()
+}
+
+/// Seconds for `BURSTS` bursts of established ACKs only, generated and judged by the
+/// pipeline (`Pipe`), the lean reference (`Lean`), or only generated (`Gen`).
+enum Judge<'a> {
+    Gen,
+    Pipe,
+    Lean(&'a mut Lean),
+}
+
+fn ack_round(l: &mut Loaded, judge: Judge) -> f64 {
+    let mut out = [Verdict::Drop(DropReason::Malformed); 64];
+    let mut judged = [Judged::NotTaken; 64];
+    let mut lean = judge;
+    let before = match &lean {
+        Judge::Lean(r) => r.passed,
+        _ => 0,
+    };
+    let t = WallClock::now();
+    for _ in 0..BURSTS {
+        l.fill_ack_burst();
+        match &mut lean {
+            Judge::Gen => {}
+            Judge::Pipe => l.run_burst(&mut out),
+            Judge::Lean(r) => {
+                let frames: [&[u8]; 64] = std::array::from_fn(|k| &l.frames()[k][..]);
+                r.run(&frames, l.now.ticks(), &mut judged);
+            }
+        }
+        std::hint::black_box((&out, &judged));
+    }
+    let s = t.elapsed().as_secs_f64();
+    // Every frame is an in-window ACK of a held flow: a reference that passed fewer
+    // measured something else.
+    if let Judge::Lean(r) = &lean {
+        assert_eq!(r.passed - before, (BURSTS * 64) as u64, "the lean reference declined frames of the bench");
+    }
+    s
 }
 
 /// `bytes` of memory backed by transparent huge pages, as the engine's tables are
@@ -336,6 +380,33 @@ fn main() {
         1e3 / with,
         1e3 / without
     );
+
+    // The lean reference against the pipeline, same frames (established ACKs only),
+    // with the floor and the generator in the same rounds.
+    let mut lean_small = Lean::new(10_000, true, small.now.ticks());
+    let mut lean_big = Lean::new(1_000_000, true, big.now.ticks());
+    let mut lr: [Vec<f64>; 6] = Default::default();
+    for _ in 0..ROUNDS {
+        lr[0].push(ack_round(&mut small, Judge::Gen));
+        lr[1].push(ack_round(&mut small, Judge::Pipe));
+        lr[2].push(ack_round(&mut small, Judge::Lean(&mut lean_small)));
+        lr[3].push(ack_round(&mut big, Judge::Pipe));
+        lr[4].push(ack_round(&mut big, Judge::Lean(&mut lean_big)));
+        lr[5].push(floor_round(&mem, &mut rng));
+    }
+    let ag = ns(median(lr[0].clone()));
+    // Each round's own ratio, then their median (the host's speed moves between rounds).
+    let per_round = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| (ns(*x) - ag) / (ns(*y) - ag)).collect());
+    let (r10, r1m) = (per_round(&lr[1], &lr[2]), per_round(&lr[3], &lr[4]));
+    let [p10, l10r, p1mr, l1mr] = [1, 2, 3, 4].map(|k| ns(median(lr[k].clone())) - ag);
+    let lf = ns(median(lr[5].clone()));
+    println!(
+        "    lean reference (benches/src/lean.rs: an established ACK's necessary work, one line a flow), established ACKs only: 10k flows {l10r:.1} ns = {:.1} Mpps, 1M {l1mr:.1} ns = {:.1} Mpps; the pipeline on the same frames {p10:.1} / {p1mr:.1} ns: pipeline / lean {r10:.2} / {r1m:.2}; lean at 1M / floor ({lf:.1} ns) = {:.2}",
+        1e3 / l10r,
+        1e3 / l1mr,
+        l1mr / lf
+    );
+    drop((lean_small, lean_big));
 
     // What the general parser costs against the fast path.
     let mut fam: [Vec<f64>; 4] = Default::default();

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+pub mod lean;
+
 use holdfast_pipeline::engine::{EngineConfig, Packet};
 use holdfast_pipeline::policy::{Action, Cidr, Classifier, PortRange, ProtoMatch, Rule};
 use holdfast_pipeline::wire::{checksum_add, checksum_finish};
@@ -209,6 +211,20 @@ impl Loaded {
                 self.zones[k] = Zone::Outside;
             }
         }
+    }
+
+    /// Fills the 64 hot buffers with established ACKs only (either direction, random
+    /// flows): what [`lean::Lean`] takes, for timing the two on the same frames.
+    pub fn fill_ack_burst(&mut self) {
+        for k in 0..64 {
+            let r = self.rnd();
+            self.zones[k] = established_ack(&mut self.bufs[k], r, self.flows);
+        }
+    }
+
+    /// The current burst's frames.
+    pub fn frames(&self) -> &[[u8; 60]] {
+        &self.bufs
     }
 
     /// Judges the current burst.

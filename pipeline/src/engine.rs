@@ -38,7 +38,7 @@ use crate::conntrack::table::{Hint, Table};
 use crate::conntrack::tombstones::{Tombstones, Why};
 use crate::counters::Counters;
 use crate::flow::FlowKey;
-use crate::parse::{self, Kind, L4, PacketMeta};
+use crate::parse::{self, AckMeta, Kind, L4, PacketMeta};
 use crate::policy::{Classifier, Zone};
 use crate::time::Instant;
 use crate::verdict::{DropReason, PassKind, Verdict};
@@ -72,13 +72,17 @@ pub const DEFAULT_EXPIRE_BUDGET: usize = 2048;
 #[derive(Clone, Copy)]
 struct Stage {
     done: Option<Verdict>,
+    /// The frame took the ACK lane: its metadata is in `ack`, not `meta`.
+    lane: bool,
     meta: PacketMeta,
+    ack: AckMeta,
     h: u64,
     hint: Hint,
 }
 
 impl Stage {
-    const EMPTY: Stage = Stage { done: Some(Verdict::Drop(DropReason::Malformed)), meta: PacketMeta::EMPTY, h: 0, hint: Hint::NONE };
+    const EMPTY: Stage =
+        Stage { done: Some(Verdict::Drop(DropReason::Malformed)), lane: false, meta: PacketMeta::EMPTY, ack: AckMeta::EMPTY, h: 0, hint: Hint::NONE };
 }
 
 pub struct Engine {
@@ -252,6 +256,10 @@ impl Engine {
             }
             let v = match s.done {
                 Some(v) => v,
+                None if s.lane => match self.lane_ack(p.now, p.data, &s.ack, s.h, s.hint) {
+                    Some(v) => v,
+                    None => self.judge_off_lane(p, s.h, s.hint),
+                },
                 None => self.judge(p.now, p.zone, p.data, &s.meta, s.h, s.hint),
             };
             self.counters.count(v);
@@ -286,6 +294,16 @@ impl Engine {
         // of IPv6 ~4x the fast path's). A burst later the stores have reached the cache.
         let mut unhashed = 0u64;
         for (i, (p, s)) in pkts.iter().zip(staged.iter_mut()).enumerate() {
+            // An established flow's plain ACK, most of the traffic, stores only what
+            // its tracking reads (see `parse::ack_lane`).
+            if let Some(h) = parse::ack_lane(p.data, &mut s.ack, self.table.hasher()) {
+                (s.done, s.lane, s.h) = (None, true, h);
+                if lookup {
+                    self.table.prefetch_bucket(h);
+                }
+                continue;
+            }
+            s.lane = false;
             s.done = match parse::parse_into(p.data, &mut s.meta, self.table.hasher()) {
                 Err(r) => Some(Verdict::Drop(r)),
                 Ok(Kind::Arp) => Some(track::action_verdict(self.cfg.arp, DropReason::Arp)),
@@ -338,12 +356,17 @@ impl Engine {
             let staged = &mut staged[..chunk.len()];
             self.stage(chunk, staged, lookup);
             for s in staged.iter() {
-                if s.done.is_some() || s.meta.l4.keyless() {
+                if s.done.is_some() || (!s.lane && s.meta.l4.keyless()) {
                     continue;
                 }
+                let found = match (lookup, s.lane) {
+                    (false, _) => None,
+                    (true, true) => self.table.lookup_tcp4(s.h, s.ack.addr, s.ack.port, s.hint),
+                    (true, false) => self.table.lookup_hinted(s.h, &s.meta.key, s.hint),
+                };
                 if !lookup {
                     n += 1;
-                } else if let Some(slot) = self.table.lookup_hinted(s.h, &s.meta.key, s.hint) {
+                } else if let Some(slot) = found {
                     n += usize::from(core::hint::black_box(self.table.conns[slot as usize].last_seen) != u32::MAX);
                 }
             }
@@ -352,6 +375,31 @@ impl Engine {
         n
     }
 
+    /// A frame the ACK lane took but could not judge (its flow not found, not
+    /// established, the segment not a plain in-window ACK, the entry expired, or the
+    /// engine keeping a journal of changes): parsed again in full and judged as any
+    /// other. The same frame, so the same hash.
+    #[inline(never)]
+    fn judge_off_lane(&mut self, p: &Packet, h: u64, hint: Hint) -> Verdict {
+        let mut m = PacketMeta::EMPTY;
+        match parse::parse_into(p.data, &mut m, self.table.hasher()) {
+            Ok(Kind::Ip(Some(again))) => {
+                debug_assert_eq!(again, h, "the lane and the fast path hash alike");
+                self.judge(p.now, p.zone, p.data, &m, h, hint)
+            }
+            // `ack_lane_agrees_with_parse_into`: the lane takes only frames the fast
+            // path takes. Were it ever otherwise, the full parser's answer stands.
+            Ok(Kind::Ip(None)) => {
+                let h = self.table.hash(&m.key);
+                self.judge(p.now, p.zone, p.data, &m, h, Hint::NONE)
+            }
+            Ok(Kind::Arp) => track::action_verdict(self.cfg.arp, DropReason::Arp),
+            Ok(Kind::NonIp) => track::action_verdict(self.cfg.non_ip, DropReason::NonIp),
+            Err(r) => Verdict::Drop(r),
+        }
+    }
+
+    #[inline(always)]
     fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64, hint: Hint) -> Verdict {
         let v = match m.l4 {
             L4::LaterFragment => self.later_fragment(now, m),

@@ -232,6 +232,13 @@ impl Conn {
             && !self.is_v6()
     }
 
+    /// True when the stored key is the TCP IPv4 key with canonical endpoints
+    /// `addr`/`port`, untagged: [`Conn::matches_v4`] for the ACK lane's metadata.
+    #[inline(always)]
+    pub(crate) fn matches_tcp4(&self, addr: [u32; 2], port: [u16; 2]) -> bool {
+        self.addr == addr && self.port == port && self.proto_vlan == u32::from(crate::parse::proto::TCP) << 24 && !self.is_v6()
+    }
+
     #[inline]
     pub(crate) fn timer_class(&self) -> super::timeouts::TimerClass {
         super::timeouts::TimerClass::from_u8(self.timer)

@@ -363,6 +363,27 @@ impl Table {
         self.lookup(h, k)
     }
 
+    /// [`Table::lookup_hinted`] for the ACK lane's untagged TCP IPv4 key, given by its
+    /// canonical endpoints: the hinted way compared field by field, without building
+    /// a [`FlowKey`]; a hint that does not hold takes the whole search.
+    #[inline(always)]
+    pub(crate) fn lookup_tcp4(&self, h: u64, addr: [u32; 2], port: [u16; 2], hint: Hint) -> Option<u32> {
+        if let Some(b) = self.buckets.get(hint.bucket as usize)
+            && let Some(&slot) = b.slots.get(hint.way as usize)
+            && b.tags[hint.way as usize] & !1 == tag_of(h)
+            && self.conns[slot as usize].matches_tcp4(addr, port)
+        {
+            return Some(slot);
+        }
+        self.lookup_tcp4_searched(h, addr, port)
+    }
+
+    #[inline(never)]
+    fn lookup_tcp4_searched(&self, h: u64, addr: [u32; 2], port: [u16; 2]) -> Option<u32> {
+        let key = FlowKey { addr: [u128::from(addr[0]), u128::from(addr[1])], port, proto: crate::parse::proto::TCP, v6: false, vlan: 0 };
+        self.lookup(h, &key)
+    }
+
     #[inline(always)]
     fn key_eq(&self, slot: u32, k: &FlowKey) -> bool {
         if !k.v6 {

@@ -162,6 +162,14 @@ impl<'a> Segment<'a> {
         Segment { seq: t.seq, ack: t.ack, end, win: t.window, flags: t.flags, index: index_of(t.flags), opts }
     }
 
+    /// [`Segment::new`] for a segment whose control flags are ACK alone (the ACK
+    /// lane's): no SYN or FIN to count in its end, index ACK.
+    #[inline(always)]
+    pub(crate) fn plain_ack(seq: u32, ack: u32, payload_len: u32, win: u16, flags: u8, opts: &'a [u8]) -> Segment<'a> {
+        debug_assert_eq!(index_of(flags), Index::Ack, "plain_ack takes ACKs without SYN, FIN or RST");
+        Segment { seq, ack, end: seq.wrapping_add(payload_len), win, flags, index: Index::Ack, opts }
+    }
+
     #[inline]
     fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0

@@ -82,11 +82,12 @@ impl Engine {
         c
     }
 
-    /// Adds the packet to the entry's counters (with `conntrack.accounting`).
+    /// Adds a packet of `ip_len` bytes to the entry's counters (with
+    /// `conntrack.accounting`).
     #[inline(always)]
-    pub(super) fn count_packet(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
+    pub(super) fn count_bytes(&mut self, slot: u32, dir: usize, ip_len: u32) {
         if let Some(s) = self.table.stats.get_mut(slot as usize) {
-            s.count(dir, u64::from(m.ip_len));
+            s.count(dir, u64::from(ip_len));
         }
     }
 
@@ -94,7 +95,13 @@ impl Engine {
     /// class its new state calls for.
     #[inline]
     pub(super) fn account(&mut self, slot: u32, dir: usize, m: &PacketMeta) {
-        self.count_packet(slot, dir, m);
+        self.account_bytes(slot, dir, m.ip_len);
+    }
+
+    /// [`Engine::account`] for a packet of `ip_len` bytes.
+    #[inline]
+    pub(super) fn account_bytes(&mut self, slot: u32, dir: usize, ip_len: u32) {
+        self.count_bytes(slot, dir, ip_len);
         let c = &mut self.table.conns[slot as usize];
         if dir == REPLY {
             c.flags |= cflag::SEEN_REPLY;

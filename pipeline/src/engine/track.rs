@@ -3,15 +3,16 @@
 //! new one (the rules decide; TCP also through `tcp_new` and a pickup mode), later
 //! fragments, and the questions asked of the rules.
 
-use super::{Engine, Pickup};
+use super::{Engine, Pickup, idle_ticks};
 use crate::conntrack::conn::{Conn, ConnAux, ORIGINAL, REPLY, cflag};
 use crate::conntrack::frag::Datagram;
 use crate::conntrack::pressure::Admission;
+use crate::conntrack::table::Hint;
 use crate::conntrack::tcp::{self, Index, Outcome, Segment};
 use crate::conntrack::timeouts::TimerClass;
 use crate::conntrack::tombstones::Why;
 use crate::flow::Side;
-use crate::parse::{L4, PacketMeta};
+use crate::parse::{AckMeta, L4, PacketMeta};
 use crate::policy::{Action, Query, Zone};
 use crate::time::Instant;
 use crate::verdict::{DropReason, PassKind, Verdict};
@@ -74,18 +75,44 @@ impl Engine {
     #[inline(always)]
     pub(super) fn established_ack(&mut self, now: Instant, frame: &[u8], slot: u32, m: &PacketMeta) -> Option<Verdict> {
         let L4::Tcp(t) = &m.l4 else { return None };
+        self.accept_ack(now, slot, m.side == Side::FromHi, &Segment::new(t, t.options(frame)), m.ip_len)
+    }
+
+    /// The ACK lane's judging (`parse::ack_lane`): the lookup, the expiry check and
+    /// [`Engine::established_ack`] on the lane's metadata. `None`, with nothing
+    /// changed, for anything else — the flow not found or expired, a journal of
+    /// changes kept (`existing_noted`'s work), a segment the fast path declines —
+    /// and the caller judges the frame as any other, which gives the same verdict the
+    /// general path gives here.
+    #[inline(always)]
+    pub(super) fn lane_ack(&mut self, now: Instant, frame: &[u8], a: &AckMeta, h: u64, hint: Hint) -> Option<Verdict> {
+        if self.changes.on() {
+            return None;
+        }
+        let slot = self.table.lookup_tcp4(h, a.addr, a.port, hint)?;
+        let c = &self.table.conns[slot as usize];
+        let idle = idle_ticks(now.ticks(), c.last_seen);
+        if idle >= self.shortest_timeout() && idle >= self.timeout_of(c) {
+            return None; // `live_lookup` retires it
+        }
+        let seg = Segment::plain_ack(a.seq, a.ack, a.payload_len, a.window, a.flags, a.options(frame));
+        self.accept_ack(now, slot, a.from_hi, &seg, a.ip_len)
+    }
+
+    #[inline(always)]
+    fn accept_ack(&mut self, now: Instant, slot: u32, from_hi: bool, seg: &Segment, ip_len: u32) -> Option<Verdict> {
         let c = &mut self.table.conns[slot as usize];
-        let dir = c.dir_of(m.side == Side::FromHi);
-        let class = tcp::fast_established(c, dir, &Segment::new(t, t.options(frame)), &self.cfg.timeouts)?;
+        let dir = c.dir_of(from_hi);
+        let class = tcp::fast_established(c, dir, seg, &self.cfg.timeouts)?;
         // Every replied, ASSURED, ESTABLISHED TCP entry the fast path takes is assured:
         // of `account` only the counters are left to do (its flag is set, its class
         // stays), and they are all of it unless an admission is out of date.
         let assured = c.admission() == Admission::Assured;
         self.refresh(slot, now, class);
         if assured {
-            self.count_packet(slot, dir, m);
+            self.count_bytes(slot, dir, ip_len);
         } else {
-            self.account(slot, dir, m);
+            self.account_bytes(slot, dir, ip_len);
         }
         Some(Verdict::Pass(PassKind::Established))
     }

@@ -24,9 +24,11 @@
 //! classes, tombstones, policy, IPv6, VLANs, snapshots or sync, and the table may not
 //! be filled beyond a quarter (256 B of lines a flow at 1M flows, and 128 more for the
 //! counters, against the pipeline's 128 B for everything). Nor is it a proven
-//! minimum: it is plain Rust, not hand-scheduled, and counts ~400 instructions a
+//! minimum: it is plain Rust, not hand-scheduled, and counts ~390 instructions a
 //! packet (docs/performance.md).
 
+use holdfast_pipeline::flow::order_v4;
+use holdfast_pipeline::wire::ipv4_header_checksum_ok;
 use holdfast_pipeline::{FlowHasher, prefetch};
 
 use crate::{ACK, flow};
@@ -350,13 +352,10 @@ impl Lean {
 }
 
 /// The canonical key of a TCP packet from `src:sport` to `dst:dport` (the lower
-/// endpoint first, without a branch) and whether the source is `hi`.
+/// endpoint first, without a branch: `flow::order_v4`) and whether the source is `hi`.
 #[inline(always)]
 fn canonical(src: u32, sport: u16, dst: u32, dport: u16) -> (u64, u64, bool) {
-    let (s, d) = (u64::from(src) << 16 | u64::from(sport), u64::from(dst) << 16 | u64::from(dport));
-    let swap = s > d;
-    let m = u64::from(swap).wrapping_neg();
-    let (lo, hi) = (s ^ ((s ^ d) & m), d ^ ((s ^ d) & m));
+    let (lo, hi, swap) = order_v4(src, sport, dst, dport);
     (lo | 6 << 48, hi | 6 << 48, swap)
 }
 
@@ -375,14 +374,8 @@ fn parse(f: &[u8], m: &mut Meta) -> bool {
     if total < 40 || f.len() - 14 < total {
         return false;
     }
-    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let mut sum = w(14) + w(18) + w(22) + w(26) + w(30);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
     let hlen = usize::from(h[46] >> 4) * 4;
-    if sum != 0xffff || hlen < 20 || hlen > total - 20 {
+    if !ipv4_header_checksum_ok(h[14..34].try_into().expect("20 bytes")) || hlen < 20 || hlen > total - 20 {
         return false;
     }
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);

@@ -37,15 +37,10 @@ impl FlowKey {
         }
     }
 
-    /// [`FlowKey::new`] for IPv4, without a branch: which endpoint sorts first is a
-    /// coin toss per packet (both directions of a flow), so a branch on it mispredicts
-    /// half the time on the packet path. Masks pick the order instead.
+    /// [`FlowKey::new`] for IPv4, without a branch ([`order_v4`]).
     #[inline]
     pub fn new_v4(src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> (FlowKey, Side) {
-        let (s, d) = (u64::from(src) << 16 | u64::from(sport), u64::from(dst) << 16 | u64::from(dport));
-        let swap = s > d;
-        let m = u64::from(swap).wrapping_neg();
-        let (lo, hi) = (s ^ ((s ^ d) & m), d ^ ((s ^ d) & m));
+        let (lo, hi, swap) = order_v4(src, sport, dst, dport);
         let key = FlowKey { addr: [u128::from((lo >> 16) as u32), u128::from((hi >> 16) as u32)], port: [lo as u16, hi as u16], proto, v6: false, vlan: 0 };
         (key, if swap { Side::FromHi } else { Side::FromLo })
     }
@@ -85,6 +80,18 @@ impl FlowKey {
         let [a, b] = self.addr;
         ((a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64)
     }
+}
+
+/// The canonical order of two IPv4 endpoints, each as `address << 16 | port`: the lower
+/// first, and whether the source was the higher (`FromHi`). Without a branch: which
+/// endpoint sorts first is a coin toss per packet (both directions of a flow), so a
+/// branch on it mispredicts half the time on the packet path; masks pick the order.
+#[inline(always)]
+pub fn order_v4(src: u32, sport: u16, dst: u32, dport: u16) -> (u64, u64, bool) {
+    let (s, d) = (u64::from(src) << 16 | u64::from(sport), u64::from(dst) << 16 | u64::from(dport));
+    let swap = s > d;
+    let m = u64::from(swap).wrapping_neg();
+    (s ^ ((s ^ d) & m), d ^ ((s ^ d) & m), swap)
 }
 
 /// An address as stored in keys: IPv4 in the low 32 bits.

@@ -261,23 +261,12 @@ pub(crate) fn ack_lane(f: &[u8], out: &mut AckMeta, hasher: &FlowHasher) -> Opti
     if total < 28 || f.len() - 14 < total || hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
         return None;
     }
-    // The header checksum, as the fast path sums it.
-    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let mut sum = w(14) + w(18) + w(22) + w(26) + w(30);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
+    if !ipv4::header_checksum_ok(h[14..34].try_into().ok()?) {
         return None;
     }
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
     let dst = u32::from_be_bytes([h[30], h[31], h[32], h[33]]);
-    // `FlowKey::new_v4`'s order, without a branch.
-    let (s, d) = (u64::from(src) << 16 | u64::from(be16(34)), u64::from(dst) << 16 | u64::from(be16(36)));
-    let swap = s > d;
-    let m = u64::from(swap).wrapping_neg();
-    let (lo, hi) = (s ^ ((s ^ d) & m), d ^ ((s ^ d) & m));
+    let (lo, hi, swap) = crate::flow::order_v4(src, be16(34), dst, be16(36));
     let (addr, port) = ([(lo >> 16) as u32, (hi >> 16) as u32], [lo as u16, hi as u16]);
     *out = AckMeta {
         addr,
@@ -399,17 +388,7 @@ fn fast_ipv4_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option
     if total < 28 || f.len() - 14 - OFF < total {
         return None;
     }
-    // Header checksum (RFC 1071): the one's-complement sum of its ten 16-bit words is
-    // 0xffff. Summed as five 32-bit words in the machine's byte order and folded
-    // (RFC 1071 2(B), 2(C): the sum does not depend on byte order, and wider words fold
-    // to the same sum); 0xffff reads the same in either order.
-    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let mut sum = w(14) + w(18) + w(22) + w(26) + w(30);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
+    if !ipv4::header_checksum_ok(h[14..34].try_into().ok()?) {
         return None;
     }
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);

@@ -14,6 +14,8 @@ pub mod tcp;
 pub(crate) mod udp;
 pub(crate) mod vlan;
 
+pub use ipv4::header_checksum_ok as ipv4_header_checksum_ok;
+
 /// Why a header could not be viewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireError {

@@ -359,14 +359,13 @@ impl Engine {
                 if s.done.is_some() || (!s.lane && s.meta.l4.keyless()) {
                     continue;
                 }
-                let found = match (lookup, s.lane) {
-                    (false, _) => None,
-                    (true, true) => self.table.lookup_tcp4(s.h, s.ack.addr, s.ack.port, s.hint),
-                    (true, false) => self.table.lookup_hinted(s.h, &s.meta.key, s.hint),
-                };
                 if !lookup {
                     n += 1;
-                } else if let Some(slot) = found {
+                    continue;
+                }
+                let found =
+                    if s.lane { self.table.lookup_tcp4(s.h, s.ack.addr, s.ack.port, s.hint) } else { self.table.lookup_hinted(s.h, &s.meta.key, s.hint) };
+                if let Some(slot) = found {
                     n += usize::from(core::hint::black_box(self.table.conns[slot as usize].last_seen) != u32::MAX);
                 }
             }

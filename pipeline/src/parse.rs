@@ -54,9 +54,16 @@ impl TcpMeta {
     /// The option bytes, from the frame this metadata was parsed from.
     #[inline]
     pub fn options<'f>(&self, frame: &'f [u8]) -> &'f [u8] {
-        let start = usize::from(self.opt_off);
-        frame.get(start..start + usize::from(self.opt_len)).unwrap_or(&[])
+        option_bytes(frame, self.opt_off, self.opt_len)
     }
+}
+
+/// `len` option bytes at `off` in `frame` (none if the frame is shorter: the parser
+/// has checked they are there).
+#[inline(always)]
+fn option_bytes(frame: &[u8], off: u16, len: u8) -> &[u8] {
+    let start = usize::from(off);
+    frame.get(start..start + usize::from(len)).unwrap_or(&[])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +225,7 @@ impl AckMeta {
     /// The TCP option bytes, from the frame this metadata was parsed from.
     #[inline(always)]
     pub(crate) fn options<'f>(&self, frame: &'f [u8]) -> &'f [u8] {
-        let start = usize::from(ACK_LANE_OPTIONS);
-        frame.get(start..start + usize::from(self.opt_len)).unwrap_or(&[])
+        option_bytes(frame, ACK_LANE_OPTIONS, self.opt_len)
     }
 
     /// The TCP fields, as [`parse_into`] reads them for the same frame.
@@ -248,20 +254,13 @@ pub(crate) fn ack_lane(f: &[u8], out: &mut AckMeta, hasher: &FlowHasher) -> Opti
     const CONTROL: u8 = tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST | tcp::flags::ACK;
     let h: &[u8; 54] = f.get(..54)?.try_into().ok()?;
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
-    if be16(12) != ethernet::ethertype::IPV4 || h[14] != 0x45 || be16(20) & 0x3fff != 0 || h[23] != proto::TCP {
+    if be16(12) != ethernet::ethertype::IPV4 || h[23] != proto::TCP || h[47] & CONTROL != tcp::flags::ACK {
         return None;
     }
-    if h[47] & CONTROL != tcp::flags::ACK {
-        return None;
-    }
-    let total = usize::from(be16(16));
+    let total = plain_ipv4(h, f.len() - 14)?;
+    // The fast path's TCP check (`fast_transport`): a header that fits the IP payload.
     let hlen = usize::from(h[46] >> 4) * 4;
-    // The fast path's length checks: an IP total that fits the frame, a TCP header
-    // that fits the IP payload.
-    if total < 28 || f.len() - 14 < total || hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
-        return None;
-    }
-    if !ipv4::header_checksum_ok(h[14..34].try_into().ok()?) {
+    if hlen < tcp::MIN_HEADER_LEN || hlen > total - 20 {
         return None;
     }
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
@@ -373,6 +372,24 @@ fn fast_transport(proto: u8, t: &[u8; 20], len: usize, opt_off: u16) -> Option<L
     }
 }
 
+/// The IPv4 header at byte 14 of `h` (a frame from its Ethernet header, or from 4
+/// bytes in behind a tag), with `room` bytes of frame from that header on: version 4
+/// with a 20-byte header, not a fragment, a total length of at least 28 that fits,
+/// the header checksum. Returns the total length; `None` leaves the frame to the
+/// general parser. The fixed-offset paths' (`fast_ipv4_at`, `ack_lane`) one check.
+#[inline(always)]
+fn plain_ipv4(h: &[u8; 54], room: usize) -> Option<usize> {
+    let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+    if h[14] != 0x45 || be16(20) & 0x3fff != 0 {
+        return None;
+    }
+    let total = usize::from(be16(16));
+    if total < 28 || room < total || !ipv4::header_checksum_ok(h[14..34].try_into().ok()?) {
+        return None;
+    }
+    Some(total)
+}
+
 /// [`fast_path`] for a frame whose EtherType field (IPv4's) sits `OFF` bytes after
 /// the untagged place, with VLAN id `vlan`.
 #[inline(always)]
@@ -381,16 +398,10 @@ fn fast_ipv4_at<const OFF: usize>(f: &[u8], out: &mut PacketMeta, hasher: Option
     let h: &[u8; 54] = f.get(OFF..OFF + 54)?.try_into().ok()?;
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
     // Untagged, the caller has seen IPv4's EtherType; behind a tag it is here.
-    if (OFF != 0 && be16(12) != ethernet::ethertype::IPV4) || h[14] != 0x45 || be16(20) & 0x3fff != 0 {
+    if OFF != 0 && be16(12) != ethernet::ethertype::IPV4 {
         return None;
     }
-    let total = usize::from(be16(16));
-    if total < 28 || f.len() - 14 - OFF < total {
-        return None;
-    }
-    if !ipv4::header_checksum_ok(h[14..34].try_into().ok()?) {
-        return None;
-    }
+    let total = plain_ipv4(h, f.len() - 14 - OFF)?;
     let src = u32::from_be_bytes([h[26], h[27], h[28], h[29]]);
     let dst = u32::from_be_bytes([h[30], h[31], h[32], h[33]]);
     let (sport, dport) = (be16(34), be16(36));

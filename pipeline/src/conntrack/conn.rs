@@ -225,18 +225,19 @@ impl Conn {
     /// True when the stored key equals `k` (IPv6 addresses are compared by the table).
     #[inline]
     pub(crate) fn matches_v4(&self, k: &FlowKey) -> bool {
-        self.addr[0] == k.addr[0] as u32
-            && self.addr[1] == k.addr[1] as u32
-            && self.port == k.port
-            && self.proto_vlan == (u32::from(k.proto) << 24 | k.vlan)
-            && !self.is_v6()
+        self.matches_v4_parts([k.addr[0] as u32, k.addr[1] as u32], k.port, u32::from(k.proto) << 24 | k.vlan)
     }
 
     /// True when the stored key is the TCP IPv4 key with canonical endpoints
     /// `addr`/`port`, untagged: [`Conn::matches_v4`] for the ACK lane's metadata.
     #[inline(always)]
     pub(crate) fn matches_tcp4(&self, addr: [u32; 2], port: [u16; 2]) -> bool {
-        self.addr == addr && self.port == port && self.proto_vlan == u32::from(crate::parse::proto::TCP) << 24 && !self.is_v6()
+        self.matches_v4_parts(addr, port, u32::from(crate::parse::proto::TCP) << 24)
+    }
+
+    #[inline(always)]
+    fn matches_v4_parts(&self, addr: [u32; 2], port: [u16; 2], proto_vlan: u32) -> bool {
+        self.addr == addr && self.port == port && self.proto_vlan == proto_vlan && !self.is_v6()
     }
 
     #[inline]

@@ -353,9 +353,7 @@ impl Table {
     /// compared instead of a bucket searched).
     #[inline]
     pub(crate) fn lookup_hinted(&self, h: u64, k: &FlowKey, hint: Hint) -> Option<u32> {
-        if let Some(b) = self.buckets.get(hint.bucket as usize)
-            && let Some(&slot) = b.slots.get(hint.way as usize)
-            && b.tags[hint.way as usize] & !1 == tag_of(h)
+        if let Some(slot) = self.hinted(h, hint)
             && self.key_eq(slot, k)
         {
             return Some(slot);
@@ -363,14 +361,21 @@ impl Table {
         self.lookup(h, k)
     }
 
+    /// The slot in the way stage 2 found, when that way still holds the key's tag (the
+    /// index may have changed since): a candidate whose key the caller compares.
+    #[inline(always)]
+    fn hinted(&self, h: u64, hint: Hint) -> Option<u32> {
+        let b = self.buckets.get(hint.bucket as usize)?;
+        let slot = *b.slots.get(hint.way as usize)?;
+        (b.tags[hint.way as usize] & !1 == tag_of(h)).then_some(slot)
+    }
+
     /// [`Table::lookup_hinted`] for the ACK lane's untagged TCP IPv4 key, given by its
     /// canonical endpoints: the hinted way compared field by field, without building
     /// a [`FlowKey`]; a hint that does not hold takes the whole search.
     #[inline(always)]
     pub(crate) fn lookup_tcp4(&self, h: u64, addr: [u32; 2], port: [u16; 2], hint: Hint) -> Option<u32> {
-        if let Some(b) = self.buckets.get(hint.bucket as usize)
-            && let Some(&slot) = b.slots.get(hint.way as usize)
-            && b.tags[hint.way as usize] & !1 == tag_of(h)
+        if let Some(slot) = self.hinted(h, hint)
             && self.conns[slot as usize].matches_tcp4(addr, port)
         {
             return Some(slot);

@@ -748,3 +748,62 @@ for k in range(5):
     assert_eq!(t["dropped"], 0, "nothing dropped, fragment_unmatched least of all: {}", t["drops"]);
     assert!(t["passed"].as_u64().unwrap() >= 4 * 3 * 2 + 5 * 3, "{t}");
 }
+
+/// A worker that falls behind its RX ring under a spoofed SYN flood (injected in debug
+/// builds: `HOLDFAST_TEST_SLOW_WORKER` makes it sleep 2 ms after each busy poll, so it
+/// drains ~30,000 frames a second a side against a 60,000/s flood). With
+/// `workers.shed_syns: on` (the default) the XDP program sheds the flood's SYNs while
+/// the ring is over half full, raises `syn_shed`, and every ping through the same
+/// ring is answered; the same run with `off` overflows the ring and loses pings — what
+/// the shedding is for.
+#[test]
+fn a_worker_behind_its_ring_sheds_syns_and_keeps_room_for_established_traffic() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    for shed in ["on", "off"] {
+        let mut lab = Lab::up(&format!("shed-{shed}"), 1);
+        let cfg = lab.config(&(WEB.to_string() + PING), "").replace("workers: { cores:", &format!("workers: {{ shed_syns: {shed}, cores:"));
+        assert!(cfg.contains(&format!("shed_syns: {shed}")));
+        lab.write_config(&cfg);
+        lab.start(&[("HOLDFAST_TEST_SLOW_WORKER", "0:2000")]);
+        let flood =
+            lab.ns("hf-out", &[HF, "load", "flood", "--pps", "60000", "--count", "240000", "--target", "10.0.2.1:80"]).stdout(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let ping = lab.ns("hf-out", &["ping", "-q", "-c", "100", "-i", "0.02", "-W", "2", "10.0.2.1"]).output().unwrap();
+        let ping = String::from_utf8_lossy(&ping.stdout).into_owned();
+        let received: u64 =
+            ping.split(", ").find_map(|p| p.strip_suffix(" received")).and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("ping's summary: {ping}"));
+        let status_during = lab.status();
+        let flood = flood.wait_with_output().unwrap();
+        let sent: Value = serde_json::from_slice(&flood.stdout).unwrap_or_else(|_| panic!("load flood: {}", String::from_utf8_lossy(&flood.stdout)));
+        assert!(sent["sent"].as_u64().unwrap() >= 100_000, "{sent}");
+        // The ring drains once the flood stops: the flag comes down and the event clears.
+        let t = Instant::now();
+        while shed == "on" {
+            let s = lab.status();
+            if s["total"]["counters"]["shed"]["active"]["outside"] == false && s["saturation"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "shedding never stopped: {}", s["total"]["counters"]["shed"]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let fin = lab.stop();
+        let x = &fin["totals"]["xdp"]["outside"];
+        let (shed_n, ring_full) = (x["syn_shed"].as_u64().unwrap(), x["rx_ring_full"].as_u64().unwrap());
+        let log = lab.stderr();
+        eprintln!("shed_syns {shed}: {received}/100 pings, {shed_n} SYNs shed, {ring_full} frames lost at the full ring, {sent}");
+        if shed == "on" {
+            assert_eq!(received, 100, "every ping answered while the flood was shed: {ping}\n{x}");
+            assert!(shed_n > 10_000, "the flood was shed: {x}");
+            assert!(fin["totals"]["shed"]["episodes"]["outside"].as_u64().unwrap() >= 1, "{}", fin["totals"]["shed"]);
+            assert!(status_during["total"]["syn_shed_per_s"].as_f64().unwrap() > 0.0 || shed_n > 0, "{}", status_during["total"]);
+            assert!(log.contains("saturation RAISED syn_shed on worker 0") && log.contains("saturation cleared syn_shed on worker 0"), "{log}");
+            // The inside ring carried only the pings' replies: never shed there.
+            assert_eq!(fin["totals"]["xdp"]["inside"]["syn_shed"], 0);
+        } else {
+            assert_eq!(shed_n, 0, "{x}");
+            assert!(ring_full > 10_000, "without shedding the flood overflows the ring: {x}");
+            assert!(received < 100, "and established traffic loses frames with it: {ping}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Instant as WallClock;
 
 use holdfast_pipeline::{Classifier, Engine, EngineConfig, FlowHasher, Instant};
 
-use crate::bpf::{self, Link, Program, XdpMode, XskMap};
+use crate::bpf::{self, Link, Program, ShedMap, XdpMode, XskMap};
 use crate::control::{ChangeFeed, Command, DenyEvent, LinkFlags};
 pub use crate::error::{AttachError, OsError, StartError, WorkerError};
 use crate::handoff;
@@ -34,6 +34,9 @@ pub struct Config {
     pub idle: Idle,
     pub umem_frames: u32,
     pub ring_size: u32,
+    /// `workers.shed_syns`: while a worker's RX ring is over half full, its queue's
+    /// XDP program drops TCP SYNs (no ACK, no RST) before the ring, counted.
+    pub shed_syns: bool,
     pub engine: EngineConfig,
     pub policy: Arc<Classifier>,
     /// Keep a deny log queue per worker (the caller drains it with `take_denials`).
@@ -73,6 +76,7 @@ pub struct Running {
     /// The XDP link of each side (`None` while its interface is gone).
     links: [Option<Link>; 2],
     maps: [Arc<XskMap>; 2],
+    shed: Option<[Arc<ShedMap>; 2]>,
     interfaces: [Interface; 2],
     /// The interface indexes the workers' sockets are bound to.
     ifindex: [u32; 2],
@@ -190,6 +194,14 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         Arc::new(XskMap::new(cfg.interfaces[0].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),
         Arc::new(XskMap::new(cfg.interfaces[1].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),
     ];
+    let shed = if cfg.shed_syns {
+        Some([
+            Arc::new(ShedMap::new(cfg.interfaces[0].queues).map_err(|e| OsError::new("creating the shed map", e))?),
+            Arc::new(ShedMap::new(cfg.interfaces[1].queues).map_err(|e| OsError::new("creating the shed map", e))?),
+        ])
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let Prepared { engines, seed, epoch, started_at } = prepared;
     let (mut producers, mut consumers) = handoff::mesh(n, HANDOFF_RING);
@@ -228,6 +240,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
             engine,
             hasher: FlowHasher::new(seed),
             maps: [Arc::clone(&maps[0]), Arc::clone(&maps[1])],
+            shed: shed.clone(),
             links: Arc::clone(&flags),
             to: std::mem::take(&mut producers[w]),
             from: std::mem::take(&mut consumers[w]),
@@ -270,7 +283,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     let events = LinkEvents::open().ok();
     let mut links: [Option<Link>; 2] = [None, None];
     for (k, i) in cfg.interfaces.iter().enumerate() {
-        match attach(&maps[k], ifindex[k], i) {
+        match attach(&maps[k], shed.as_ref().map(|m| &*m[k]), ifindex[k], i) {
             Ok(l) => links[k] = Some(l),
             Err(e) => {
                 stop_all(workers);
@@ -291,6 +304,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         stop,
         links,
         maps,
+        shed,
         interfaces: cfg.interfaces.clone(),
         ifindex,
         states,
@@ -303,10 +317,14 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     })
 }
 
-/// Loads the redirect program over `map` and attaches it to interface `i`, now at
-/// `ifindex`.
-fn attach(map: &XskMap, ifindex: u32, i: &Interface) -> Result<Link, OsError> {
-    let prog = Program::load_redirect(map).map_err(|e| OsError::new("loading the XDP program", e))?;
+/// Loads the redirect program over `map` (the shedding one with `shed`) and attaches it
+/// to interface `i`, now at `ifindex`.
+fn attach(map: &XskMap, shed: Option<&ShedMap>, ifindex: u32, i: &Interface) -> Result<Link, OsError> {
+    let prog = match shed {
+        Some(s) => Program::load_shedding(map, s),
+        None => Program::load_redirect(map),
+    }
+    .map_err(|e| OsError::new("loading the XDP program", e))?;
     Link::attach(&prog, ifindex, i.mode).map_err(|e| OsError::new(format!("attaching XDP to {} ({:?} mode)", i.name, i.mode), e))
 }
 
@@ -409,7 +427,7 @@ impl Running {
                 continue;
             }
             self.links[k] = None;
-            self.links[k] = Some(attach(&self.maps[k], index, &self.interfaces[k])?);
+            self.links[k] = Some(attach(&self.maps[k], self.shed.as_ref().map(|m| &*m[k]), index, &self.interfaces[k])?);
         }
         Ok(())
     }

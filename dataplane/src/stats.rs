@@ -73,6 +73,12 @@ pub struct Snapshot {
     pub handoff_out: u64,
     pub handoff_in: u64,
     pub xdp: [XdpStats; 2],
+    /// Whether the XDP program sheds SYNs on this worker's queue now, per side, and
+    /// how many times the flag went up (`xdp[side].syn_shed` counts the SYNs).
+    pub shedding: [bool; 2],
+    pub shed_episodes: [u64; 2],
+    /// bpf(2) calls on the shed map that failed (a flag left as it was, a count unread).
+    pub shed_flag_errors: u64,
     pub table_len: usize,
     pub table_capacity: usize,
     pub classes: [u32; 4],
@@ -102,6 +108,11 @@ pub struct Snapshot {
     pub log_suppressed: u64,
     /// Time spent publishing snapshots (counters, XDP statistics), ns.
     pub publish_ns: u64,
+    /// The longest time between the starts of two polls, ns, and how many were longer
+    /// than 10 ms: the worker away from its rings (a poll's own work, a sleep of 1 ms
+    /// at most when idle, or the thread kept off its core).
+    pub max_poll_gap_ns: u64,
+    pub slow_polls: u64,
     pub publications: u64,
     /// Who held the most entries in the last full sweep of the table.
     pub holders: holdfast_pipeline::holders::Holders,
@@ -118,7 +129,12 @@ impl Snapshot {
             self.tx_bytes[k] += o.tx_bytes[k];
             self.tx_lost[k] += o.tx_lost[k];
             self.xdp[k].merge(&o.xdp[k]);
+            self.shedding[k] |= o.shedding[k];
+            self.shed_episodes[k] += o.shed_episodes[k];
         }
+        self.shed_flag_errors += o.shed_flag_errors;
+        self.max_poll_gap_ns = self.max_poll_gap_ns.max(o.max_poll_gap_ns);
+        self.slow_polls += o.slow_polls;
         for (a, b) in self.forward_drops.iter_mut().zip(o.forward_drops) {
             *a += b;
         }

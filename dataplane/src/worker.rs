@@ -15,7 +15,7 @@ use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::steer::{self, FragRouter, Steering, maybe_fragment, steer};
 use holdfast_pipeline::{DropReason, Engine, FlowHasher, Instant, Verdict, Zone};
 
-use crate::bpf::XskMap;
+use crate::bpf::{ShedMap, XskMap};
 use crate::control::{Bucket, ChangeSink, Command, DenyEvent, LinkFlags};
 use crate::error::WorkerError;
 use crate::handoff::{self, Consumer, Producer, Refused};
@@ -49,6 +49,14 @@ const HOUSEKEEPING: StdDuration = StdDuration::from_millis(2);
 pub const HANDOFF_RING: usize = 1024;
 /// Denials a worker can queue for the logger before it counts them as suppressed.
 pub const DENY_RING: usize = 4096;
+/// A gap between two polls longer than this is counted (`slow_polls`).
+const SLOW_POLL: StdDuration = StdDuration::from_millis(10);
+/// How long SYNs stay shed after a worker saw its RX ring overflow (the kernel's
+/// `rx_ring_full` count grew): the ring filled between two looks, so the occupancy seen
+/// after a burst understates the load — a worker starved of its core by the kernel's
+/// own receive work looks only now and then. A client whose SYN is shed retries after
+/// Linux's initial RTO, 1 s.
+const SHED_HOLD: StdDuration = StdDuration::from_secs(1);
 /// IP fragments a worker holds for their first fragment (which names the worker that
 /// judges the datagram) before it lets the oldest go.
 pub const FRAGMENT_HOLD: usize = 256;
@@ -62,6 +70,8 @@ pub struct Spec {
     pub engine: Engine,
     pub hasher: FlowHasher,
     pub maps: [Arc<XskMap>; 2],
+    /// Each interface's shed flags and counts (`None`: the plain program, no shedding).
+    pub shed: Option<[Arc<ShedMap>; 2]>,
     /// Which interfaces can take frames (set by the control side's link watch).
     pub links: Arc<LinkFlags>,
     pub to: Vec<Option<Producer>>,
@@ -113,6 +123,13 @@ struct Worker {
     holders: HolderSweep,
     links: Arc<LinkFlags>,
     maps: [Arc<XskMap>; 2],
+    shed: Option<[Arc<ShedMap>; 2]>,
+    /// Whether this worker's queue has its shed flag up, per side; until when (ns of
+    /// the pipeline's clock) it stays up after the ring was seen to overflow; the
+    /// ring's `rx_ring_full` count when last looked at.
+    shedding: [bool; 2],
+    shed_hold_until: [u64; 2],
+    ring_full_seen: [u64; 2],
     binding: Binding,
     /// Frames queued on each side's TX ring and not yet completed.
     in_flight: [u64; 2],
@@ -129,6 +146,12 @@ struct Worker {
     /// Handed-in frames (taken off the ring first, then routed or judged in order):
     /// whether to route it, and its frame.
     route_pending: Vec<(bool, Desc)>,
+}
+
+/// Whether a queue's shed flag should be up: raised above half the ring, kept up
+/// until the ring is down to an eighth and no overflow is being held for.
+fn shed_wanted(up: bool, waiting: u32, ring: u32, holding: bool) -> bool {
+    if up { waiting > ring / 8 || holding } else { waiting > ring / 2 }
 }
 
 /// A fragment in the router's hands: the side it came in on, and its frame.
@@ -186,6 +209,10 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         holders: HolderSweep::default(),
         links: spec.links,
         maps: [Arc::clone(&spec.maps[0]), Arc::clone(&spec.maps[1])],
+        shed: spec.shed,
+        shedding: [false; 2],
+        shed_hold_until: [0; 2],
+        ring_full_seen: [0; 2],
         binding: spec.binding,
         in_flight: [0; 2],
         xdp_base: [XdpStats::default(); 2],
@@ -204,14 +231,26 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
 
     let mut empty = 0u32;
     let mut last_house = WallClock::now();
+    let mut last_poll = last_house;
     #[cfg(debug_assertions)]
     let stall_at = fault::stall_at(spec.index, last_house);
+    #[cfg(debug_assertions)]
+    let slow = fault::slow(spec.index);
     while !spec.stop.load(Ordering::Relaxed) {
         #[cfg(debug_assertions)]
         fault::maybe_stall(stall_at);
         // One clock read per poll (two when it found work): the pipeline's time is in
         // 1/64 s ticks, far coarser than a poll.
         let t = WallClock::now();
+        // Time from the last poll's start: the poll itself, a sleep in poll() (1 ms at
+        // most) — or the thread kept off its core (the kernel's own receive work runs
+        // there too), while its RX rings fill.
+        let gap = t.duration_since(last_poll).as_nanos() as u64;
+        last_poll = t;
+        w.snap.max_poll_gap_ns = w.snap.max_poll_gap_ns.max(gap);
+        if gap > SLOW_POLL.as_nanos() as u64 {
+            w.snap.slow_polls += 1;
+        }
         let mut did = w.poll_once(since(spec.epoch, t), per_side);
         w.snap.polls += 1;
         if did == 0 && (w.ports.rx_waiting(0) || w.ports.rx_waiting(1)) {
@@ -219,6 +258,10 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             // (the kernel's transmit is the bottleneck).
             w.snap.tx_blocked_polls += 1;
             did = 1;
+        }
+        #[cfg(debug_assertions)]
+        if let Some(d) = slow.filter(|_| did > 0) {
+            std::thread::sleep(d);
         }
         if did > 0 {
             w.snap.busy_polls += 1;
@@ -240,6 +283,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             w.scan(now);
             w.sweep_holders();
             w.publish(&mut publisher);
+            w.shed_on_overflow(now);
         }
         w.hand_changes(since(spec.epoch, t));
         if did == 0 {
@@ -266,6 +310,9 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
     }
     for side in 0..2 {
         let _ = spec.maps[side].clear(spec.binding.queue);
+        if w.shedding[side] {
+            w.set_shedding(side, false);
+        }
     }
     let end = since(spec.epoch, WallClock::now());
     w.snap.foreign_flows = w.engine.flows(end).filter(|f| owner_of(w.hasher.owner_hash(&f.key), w.workers) != w.index).count() as u64;
@@ -302,12 +349,63 @@ impl Worker {
         did += self.handed_in(now);
         for side in 0..2 {
             did += self.receive(side, now);
+            self.watch_ring(side, now);
         }
         for side in 0..2 {
             self.ports.fill(side, &mut self.free, per_side);
             self.ports.kick(side);
         }
         did
+    }
+
+    /// Raises side's shed flag when its RX ring is more than half full after a burst
+    /// was taken (frames arrive faster than this worker drains them: the kernel is
+    /// about to drop whatever comes, established or not), lowers it once the ring is
+    /// down to an eighth and [`SHED_HOLD`] has passed since an overflow. While it is up
+    /// the XDP program drops new TCP connections' SYNs before they take ring slots
+    /// (`bpf::shedding_program`). Two relaxed loads a poll; a bpf(2) call only on a
+    /// change.
+    fn watch_ring(&mut self, side: usize, now: Instant) {
+        if self.shed.is_none() {
+            return;
+        }
+        let want = shed_wanted(self.shedding[side], self.ports.rx_pending(side), self.binding.ring_size, now.as_nanos() < self.shed_hold_until[side]);
+        if want != self.shedding[side] {
+            self.set_shedding(side, want);
+        }
+    }
+
+    /// After each publication: a ring that overflowed since the last one (its
+    /// `rx_ring_full` grew) raises the flag at once and holds it [`SHED_HOLD`].
+    fn shed_on_overflow(&mut self, now: Instant) {
+        if self.shed.is_none() {
+            return;
+        }
+        for side in 0..2 {
+            let full = self.snap.xdp[side].rx_ring_full;
+            if full > self.ring_full_seen[side] {
+                self.ring_full_seen[side] = full;
+                self.shed_hold_until[side] = now.as_nanos().saturating_add(SHED_HOLD.as_nanos() as u64);
+                if !self.shedding[side] {
+                    self.set_shedding(side, true);
+                }
+            }
+        }
+    }
+
+    fn set_shedding(&mut self, side: usize, on: bool) {
+        let Some(maps) = &self.shed else { return };
+        match maps[side].set(self.binding.queue, on) {
+            Ok(()) => {
+                self.shedding[side] = on;
+                self.snap.shedding[side] = on;
+                if on {
+                    self.snap.shed_episodes[side] += 1;
+                }
+            }
+            // Left as it was; counted (a map that cannot be written is a fault).
+            Err(_) => self.snap.shed_flag_errors += 1,
+        }
     }
 
     /// Receives a burst on `side`, never more than the other side can transmit.
@@ -545,5 +643,26 @@ impl Worker {
             Ok(()) => self.snap.log_events += 1,
             Err(_) => self.snap.log_suppressed += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shed_wanted;
+
+    #[test]
+    fn the_shed_flag_rises_above_half_the_ring_and_falls_at_an_eighth_after_any_hold() {
+        let ring = 2048;
+        // Down: stays down up to half the ring, whatever the hold says (a hold only
+        // keeps a raised flag up; the overflow itself raises it).
+        assert!(!shed_wanted(false, 0, ring, false));
+        assert!(!shed_wanted(false, 1024, ring, false));
+        assert!(shed_wanted(false, 1025, ring, false));
+        // Up: stays up down to an eighth, and below it while an overflow is held for.
+        assert!(shed_wanted(true, 1024, ring, false));
+        assert!(shed_wanted(true, 257, ring, false));
+        assert!(!shed_wanted(true, 256, ring, false));
+        assert!(shed_wanted(true, 0, ring, true));
+        assert!(!shed_wanted(true, 0, ring, false));
     }
 }

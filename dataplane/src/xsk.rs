@@ -34,6 +34,9 @@ pub struct XdpStats {
     pub rx_ring_full: u64,
     pub rx_fill_ring_empty_descs: u64,
     pub tx_ring_empty_descs: u64,
+    /// Not the socket's: SYNs the shedding XDP program dropped on this queue before
+    /// they reached the ring (`bpf::ShedMap`), while the worker had its flag up.
+    pub syn_shed: u64,
 }
 
 impl XdpStats {
@@ -45,6 +48,7 @@ impl XdpStats {
         self.rx_ring_full += o.rx_ring_full;
         self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
         self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+        self.syn_shed += o.syn_shed;
     }
 }
 
@@ -57,6 +61,7 @@ impl From<XdpStatisticsV2> for XdpStats {
             rx_ring_full: s.rx_ring_full,
             rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
             tx_ring_empty_descs: s.tx_ring_empty_descs,
+            syn_shed: 0,
         }
     }
 }
@@ -328,6 +333,11 @@ impl Ports {
     /// Whether side's RX ring holds frames (an advisory, relaxed read).
     pub fn rx_waiting(&self, side: usize) -> bool {
         self.inner.as_ref().is_some_and(|i| i.ports[side].rx.available() > 0)
+    }
+
+    /// Descriptors waiting in side's RX ring (an advisory, relaxed read).
+    pub fn rx_pending(&self, side: usize) -> u32 {
+        self.inner.as_ref().map_or(0, |i| i.ports[side].rx.available())
     }
 
     /// Takes up to `max` received descriptors from side's RX ring.

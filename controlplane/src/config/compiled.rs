@@ -110,6 +110,8 @@ pub struct Thresholds {
     pub handoff_drops_per_s: f64,
     /// New flows refused per second by `per_source_limit` (or a full per-source table).
     pub source_limit_per_s: f64,
+    /// SYNs the XDP program shed per second (`workers.shed_syns`).
+    pub syn_shed_per_s: f64,
 }
 
 /// Where denials are logged.
@@ -148,6 +150,9 @@ pub struct Dataplane {
     pub idle: Idle,
     pub umem_frames: u32,
     pub ring_size: u32,
+    /// `workers.shed_syns`: the XDP program drops SYNs while a worker's RX ring is
+    /// over half full.
+    pub shed_syns: bool,
 }
 
 impl Config {
@@ -187,6 +192,7 @@ impl Config {
         cmp("workers.idle", format!("{:?}", d.idle), format!("{:?}", m.idle));
         cmp("workers.umem_frames", d.umem_frames.to_string(), m.umem_frames.to_string());
         cmp("workers.ring_size", d.ring_size.to_string(), m.ring_size.to_string());
+        cmp("workers.shed_syns", d.shed_syns.to_string(), m.shed_syns.to_string());
         let show = |l: Option<std::net::SocketAddr>| l.map_or("off".to_string(), |a| a.to_string());
         cmp("control.listen", show(self.control.listen), show(new.control.listen));
         cmp("sync", format!("{:?}", self.sync), format!("{:?}", new.sync));

@@ -32,9 +32,12 @@ pub(super) fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, Config
             return Err(cx.at(v.referenced, format!("control.saturation.{name} is a fraction in (0, 1]")));
         }
     }
-    for (name, v) in
-        [("rx_ring_full_per_s", &s.rx_ring_full_per_s), ("handoff_drops_per_s", &s.handoff_drops_per_s), ("source_limit_per_s", &s.source_limit_per_s)]
-    {
+    for (name, v) in [
+        ("rx_ring_full_per_s", &s.rx_ring_full_per_s),
+        ("handoff_drops_per_s", &s.handoff_drops_per_s),
+        ("source_limit_per_s", &s.source_limit_per_s),
+        ("syn_shed_per_s", &s.syn_shed_per_s),
+    ] {
         if !(v.value > 0.0 && v.value.is_finite()) {
             return Err(cx.at(v.referenced, format!("control.saturation.{name} is a rate above 0 (events per second)")));
         }
@@ -57,6 +60,7 @@ pub(super) fn control(cx: &Ctx, c: &model::ControlCfg) -> Result<Control, Config
             rx_ring_full_per_s: s.rx_ring_full_per_s.value,
             handoff_drops_per_s: s.handoff_drops_per_s.value,
             source_limit_per_s: s.source_limit_per_s.value,
+            syn_shed_per_s: s.syn_shed_per_s.value,
         },
     })
 }

@@ -71,6 +71,7 @@ pub struct SaturationCfg {
     pub rx_ring_full_per_s: Spanned<f64>,
     pub handoff_drops_per_s: Spanned<f64>,
     pub source_limit_per_s: Spanned<f64>,
+    pub syn_shed_per_s: Spanned<f64>,
 }
 
 impl Default for SaturationCfg {
@@ -82,6 +83,7 @@ impl Default for SaturationCfg {
             rx_ring_full_per_s: unknown(1000.0),
             handoff_drops_per_s: unknown(1.0),
             source_limit_per_s: unknown(1.0),
+            syn_shed_per_s: unknown(1.0),
         }
     }
 }
@@ -132,6 +134,7 @@ pub struct WorkersCfg {
     pub idle: IdleCfg,
     pub umem_frames: Spanned<Count>,
     pub ring_size: Spanned<Count>,
+    pub shed_syns: OnOff,
 }
 
 impl Default for WorkersCfg {
@@ -142,6 +145,7 @@ impl Default for WorkersCfg {
             idle: IdleCfg::Adaptive,
             umem_frames: unknown(Count(8192)),
             ring_size: unknown(Count(2048)),
+            shed_syns: OnOff::On,
         }
     }
 }

@@ -153,6 +153,20 @@ fn dataplane_keys_are_validated_where_they_are_written() {
 }
 
 #[test]
+fn syn_shedding_is_on_unless_turned_off_and_its_threshold_is_a_rate() {
+    let on = parse("", "x.yaml").unwrap();
+    assert!(on.dataplane.shed_syns);
+    assert_eq!(on.control.saturation.syn_shed_per_s, 1.0);
+    let off = parse("workers:\n  shed_syns: off\n", "x.yaml").unwrap();
+    assert!(!off.dataplane.shed_syns);
+    assert_eq!(on.restart_needed(&off), vec!["workers.shed_syns: true -> false".to_string()]);
+    let e = err("workers:\n  shed_syns: sometimes\n");
+    assert!(e.message.contains("sometimes") && e.to_string().contains(":2:"), "{e}");
+    let e = err("control:\n  saturation:\n    syn_shed_per_s: 0\n");
+    assert!(e.message.contains("control.saturation.syn_shed_per_s"), "{e}");
+}
+
+#[test]
 fn control_and_log_keys_have_defaults_and_are_checked() {
     let c = parse("", "t.yaml").unwrap();
     assert_eq!(c.control.listen, Some("127.0.0.1:9477".parse().unwrap()));

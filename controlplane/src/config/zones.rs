@@ -8,7 +8,7 @@ use holdfast_pipeline::policy::Cidr;
 use super::ConfigError;
 use super::compile::Ctx;
 use super::compiled::Dataplane;
-use super::model::{File, IdleCfg, XdpModeCfg, Zones};
+use super::model::{File, IdleCfg, OnOff, XdpModeCfg, Zones};
 
 /// Checks the interface names and returns `zones.inside.networks`.
 pub(super) fn inside(cx: &Ctx, zones: &Zones) -> Result<Vec<Cidr>, ConfigError> {
@@ -89,5 +89,6 @@ pub(super) fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
         },
         umem_frames: w.umem_frames.value.0 as u32,
         ring_size: w.ring_size.value.0 as u32,
+        shed_syns: w.shed_syns == OnOff::On,
     })
 }

@@ -101,13 +101,16 @@ impl Collector for Metrics {
         }
         write(&mut e, "forward_drops", "Frames lost between the NIC and the pipeline or after it, by reason.", Counter, rows)?;
         type Field = fn(&holdfast_dataplane::xsk::XdpStats) -> u64;
-        let xdp: [(&str, &str, Field); 6] = [
+        let xdp: [(&str, &str, Field); 7] = [
             ("xdp_rx_dropped", "Kernel XDP_STATISTICS rx_dropped.", |x| x.rx_dropped),
             ("xdp_rx_ring_full", "Kernel XDP_STATISTICS rx_ring_full: frames dropped for a full RX ring.", |x| x.rx_ring_full),
             ("xdp_rx_fill_ring_empty", "Kernel XDP_STATISTICS rx_fill_ring_empty_descs.", |x| x.rx_fill_ring_empty_descs),
             ("xdp_rx_invalid_descs", "Kernel XDP_STATISTICS rx_invalid_descs.", |x| x.rx_invalid_descs),
             ("xdp_tx_invalid_descs", "Kernel XDP_STATISTICS tx_invalid_descs.", |x| x.tx_invalid_descs),
             ("xdp_tx_ring_empty", "Kernel XDP_STATISTICS tx_ring_empty_descs.", |x| x.tx_ring_empty_descs),
+            ("xdp_syn_shed", "TCP SYNs the XDP program dropped before the RX ring while the worker's ring was over half full (workers.shed_syns).", |x| {
+                x.syn_shed
+            }),
         ];
         for (name, help, f) in xdp {
             write(&mut e, name, help, Counter, per_side(&|i, k| f(&s[i].xdp[k])))?;

@@ -84,6 +84,7 @@ pub fn dataplane_config(cfg: &Config) -> Result<run::Config, ServeError> {
         idle: cfg.dataplane.idle,
         umem_frames: cfg.dataplane.umem_frames,
         ring_size: cfg.dataplane.ring_size,
+        shed_syns: cfg.dataplane.shed_syns,
         engine: cfg.engine,
         policy: cfg.classifier.clone(),
         deny_log: cfg.log.denials != DenyOutput::Off,

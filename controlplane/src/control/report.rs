@@ -19,9 +19,16 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
     let xdp = |k: usize| {
         let x = &s.xdp[k];
         json!({"rx_dropped": x.rx_dropped, "rx_ring_full": x.rx_ring_full, "rx_fill_ring_empty_descs": x.rx_fill_ring_empty_descs,
-               "rx_invalid_descs": x.rx_invalid_descs, "tx_invalid_descs": x.tx_invalid_descs, "tx_ring_empty_descs": x.tx_ring_empty_descs})
+               "rx_invalid_descs": x.rx_invalid_descs, "tx_invalid_descs": x.tx_invalid_descs, "tx_ring_empty_descs": x.tx_ring_empty_descs,
+               "syn_shed": x.syn_shed})
     };
-    json!({
+    // SYN shedding at the XDP hook (the counts are in `xdp.*.syn_shed`).
+    let shed = json!({
+        "active": {"outside": s.shedding[0], "inside": s.shedding[1]},
+        "episodes": {"outside": s.shed_episodes[0], "inside": s.shed_episodes[1]},
+        "flag_errors": s.shed_flag_errors,
+    });
+    let mut v = json!({
         "worker": s.worker,
         "core": s.core,
         "queue": s.queue,
@@ -42,6 +49,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "table": {"entries": s.table_len, "capacity": s.table_capacity,
                   "classes": Admission::ALL.iter().map(|a| (a.name().to_string(), json!(s.classes[*a as usize]))).collect::<Map<String, Value>>()},
         "xdp": {"outside": xdp(0), "inside": xdp(1)},
+        "shed": shed,
         "busy_ratio": if s.polls > 0 { s.busy_polls as f64 / s.polls as f64 } else { 0.0 },
         "busy_ns": s.busy_ns,
         "foreign_flows": s.foreign_flows,
@@ -63,7 +71,10 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "fragments_hold_expired": s.fragments.expired,
         "fragments_hold_overflow": s.fragments.overflow,
         "generation": s.generation,
-    })
+    });
+    // Outside the macro: one more key there passes its recursion limit.
+    v["polls"] = json!({"max_gap_ns": s.max_poll_gap_ns, "slower_than_10ms": s.slow_polls});
+    v
 }
 
 pub fn final_json(snaps: &[Snapshot], uptime: Duration) -> Value {

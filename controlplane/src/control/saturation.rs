@@ -47,6 +47,8 @@ pub struct CoreReport {
     pub handoff_drops_per_s: f64,
     /// New flows refused by the per-source limit (or a full per-source table), per s.
     pub source_limit_per_s: f64,
+    /// SYNs the XDP program shed before the RX rings, per second.
+    pub syn_shed_per_s: f64,
     pub adaptive_scale: f64,
     /// Who held the most entries in the worker's last sweep (merged for the total).
     pub holders: Holders,
@@ -114,6 +116,7 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
         ),
         handoff_drops_per_s: rate(handoff_drops(now), handoff_drops(prev), dt),
         source_limit_per_s: rate(source_refused(now), source_refused(prev), dt),
+        syn_shed_per_s: rate(now.xdp[0].syn_shed + now.xdp[1].syn_shed, prev.xdp[0].syn_shed + prev.xdp[1].syn_shed, dt),
         adaptive_scale: now.adaptive_scale,
         holders: now.holders,
     }
@@ -132,7 +135,7 @@ pub fn report(prev: &[Snapshot], now: &[Snapshot], dt: f64) -> Report {
 }
 
 /// The kinds of saturation event, as named in logs and in the `reason` label.
-pub const EVENTS: [&str; 6] = ["table_fill", "embryonic_share", "busy", "rx_ring_full", "handoff_drops", "source_limit"];
+pub const EVENTS: [&str; 7] = ["table_fill", "embryonic_share", "busy", "rx_ring_full", "handoff_drops", "source_limit", "syn_shed"];
 
 /// Faults: events that are not a rate crossing a configured threshold but something
 /// broken — a worker whose loop stopped, an interface that went away, a log that
@@ -145,7 +148,7 @@ pub fn all_events() -> impl Iterator<Item = &'static str> {
     EVENTS.iter().chain(FAULTS.iter()).copied()
 }
 
-fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 6] {
+fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 7] {
     [
         (r.table_fill, t.table_fill),
         (r.embryonic_share, t.embryonic_share),
@@ -153,6 +156,7 @@ fn values(r: &CoreReport, t: &Thresholds) -> [(f64, f64); 6] {
         (r.rx_ring_full_per_s, t.rx_ring_full_per_s),
         (r.handoff_drops_per_s, t.handoff_drops_per_s),
         (r.source_limit_per_s, t.source_limit_per_s),
+        (r.syn_shed_per_s, t.syn_shed_per_s),
     ]
 }
 
@@ -319,7 +323,15 @@ mod tests {
     use super::*;
 
     fn th() -> Thresholds {
-        Thresholds { table_fill: 0.8, embryonic_share: 0.2, busy: 0.9, rx_ring_full_per_s: 1000.0, handoff_drops_per_s: 1.0, source_limit_per_s: 1.0 }
+        Thresholds {
+            table_fill: 0.8,
+            embryonic_share: 0.2,
+            busy: 0.9,
+            rx_ring_full_per_s: 1000.0,
+            handoff_drops_per_s: 1.0,
+            source_limit_per_s: 1.0,
+            syn_shed_per_s: 1.0,
+        }
     }
 
     fn snap(entries: usize, created: u64, expired: u64) -> Snapshot {
@@ -390,7 +402,15 @@ mod flood_tests {
         s.classes[Admission::Unreplied as usize] = 250;
         let r = report(&[s], &[s], 1.0);
         assert_eq!(r.workers[0].embryonic_share, 0.25);
-        let th = Thresholds { table_fill: 0.8, embryonic_share: 0.2, busy: 0.9, rx_ring_full_per_s: 1000.0, handoff_drops_per_s: 1.0, source_limit_per_s: 1.0 };
+        let th = Thresholds {
+            table_fill: 0.8,
+            embryonic_share: 0.2,
+            busy: 0.9,
+            rx_ring_full_per_s: 1000.0,
+            handoff_drops_per_s: 1.0,
+            source_limit_per_s: 1.0,
+            syn_shed_per_s: 1.0,
+        };
         let t = Saturation::default().update(&r, &th, SystemTime::UNIX_EPOCH);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].event.name, "embryonic_share");

@@ -120,6 +120,7 @@ pub fn status_json(v: &View) -> Value {
             "handoff_drops_per_s": r.handoff_drops_per_s,
             "adaptive_scale": r.adaptive_scale,
             "source_limit_per_s": r.source_limit_per_s,
+            "syn_shed_per_s": r.syn_shed_per_s,
             "holders": holders_json(&r.holders),
         });
         if let Some(s) = s {

@@ -3,6 +3,9 @@
 //! starts — publishing nothing, ignoring stop — the way a worker caught in an endless
 //! loop on the packet path would. What the rest of the appliance must then do (raise a
 //! fault event, starve systemd's watchdog, still exit on SIGTERM) is tested with it.
+//! `HOLDFAST_TEST_SLOW_WORKER=W:US` makes worker `W` sleep `US` µs after every poll
+//! that found work: a worker that falls behind its RX rings (SYN shedding is tested
+//! with it).
 
 use std::time::{Duration, Instant};
 
@@ -20,4 +23,11 @@ pub fn maybe_stall(at: Option<Instant>) {
             std::hint::spin_loop();
         }
     }
+}
+
+pub fn slow(worker: usize) -> Option<Duration> {
+    let v = std::env::var("HOLDFAST_TEST_SLOW_WORKER").ok()?;
+    let (w, us) = v.split_once(':')?;
+    let us: u64 = us.parse().ok()?;
+    (w.parse::<usize>().ok()? == worker).then(|| Duration::from_micros(us))
 }

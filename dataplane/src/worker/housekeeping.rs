@@ -112,6 +112,13 @@ impl Worker {
         for side in 0..2 {
             let mut x = self.xdp_base[side];
             x.merge(&self.ports.stats(side));
+            // The shed map outlives sockets (a rebind): its count is the whole run's.
+            if let Some(maps) = &self.shed {
+                match maps[side].shed(self.binding.queue) {
+                    Ok(n) => x.syn_shed = n,
+                    Err(_) => self.snap.shed_flag_errors += 1,
+                }
+            }
             self.snap.xdp[side] = x;
         }
         self.snap.handoff_depth = self.from.iter().flatten().map(|c| c.slots() as u64).sum();

@@ -754,15 +754,22 @@ for k in range(5):
 /// drains ~30,000 frames a second a side against a 60,000/s flood). With
 /// `workers.shed_syns: on` (the default) the XDP program sheds the flood's SYNs while
 /// the ring is over half full, raises `syn_shed`, and every ping through the same
-/// ring is answered; the same run with `off` overflows the ring and loses pings — what
+/// ring is answered (97 or more of 100: a stall of the whole VM can still cost a few);
+/// the same run with `off` overflows the ring and loses pings — what
 /// the shedding is for.
 #[test]
 fn a_worker_behind_its_ring_sheds_syns_and_keeps_room_for_established_traffic() {
     need_lab!();
     let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    // (pings answered, frames lost at the full ring) with shedding on, then off.
+    let mut seen = Vec::new();
     for shed in ["on", "off"] {
         let mut lab = Lab::up(&format!("shed-{shed}"), 1);
-        let cfg = lab.config(&(WEB.to_string() + PING), "").replace("workers: { cores:", &format!("workers: {{ shed_syns: {shed}, cores:"));
+        // Rings of 8,192: half of one is ~70 ms of the flood, so that a stall of the
+        // test's own processes on this 2-core machine does not fill it between two looks.
+        let cfg = lab
+            .config(&(WEB.to_string() + PING), "")
+            .replace("workers: { cores:", &format!("workers: {{ shed_syns: {shed}, ring_size: 8192, umem_frames: 32768, cores:"));
         assert!(cfg.contains(&format!("shed_syns: {shed}")));
         lab.write_config(&cfg);
         lab.start(&[("HOLDFAST_TEST_SLOW_WORKER", "0:2000")]);
@@ -779,31 +786,43 @@ fn a_worker_behind_its_ring_sheds_syns_and_keeps_room_for_established_traffic() 
         assert!(sent["sent"].as_u64().unwrap() >= 100_000, "{sent}");
         // The ring drains once the flood stops: the flag comes down and the event clears.
         let t = Instant::now();
-        while shed == "on" {
-            let s = lab.status();
-            if s["total"]["counters"]["shed"]["active"]["outside"] == false && s["saturation"].as_array().unwrap().is_empty() {
-                break;
+        if shed == "on" {
+            loop {
+                let s = lab.status();
+                if s["total"]["counters"]["shed"]["active"]["outside"] == false && s["saturation"].as_array().unwrap().is_empty() {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "shedding never stopped: {}", s["total"]["counters"]["shed"]);
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "shedding never stopped: {}", s["total"]["counters"]["shed"]);
-            std::thread::sleep(Duration::from_millis(100));
         }
         let fin = lab.stop();
         let x = &fin["totals"]["xdp"]["outside"];
         let (shed_n, ring_full) = (x["syn_shed"].as_u64().unwrap(), x["rx_ring_full"].as_u64().unwrap());
         let log = lab.stderr();
-        eprintln!("shed_syns {shed}: {received}/100 pings, {shed_n} SYNs shed, {ring_full} frames lost at the full ring, {sent}");
+        eprintln!(
+            "shed_syns {shed}: {received}/100 pings, {shed_n} SYNs shed, {ring_full} frames lost at the full ring, {sent}, polls {}, episodes {}",
+            fin["totals"]["polls"], fin["totals"]["shed"]
+        );
         if shed == "on" {
-            assert_eq!(received, 100, "every ping answered while the flood was shed: {ping}\n{x}");
+            // A few may still go where the whole VM stalls for longer than that (a
+            // stall of 76 ms was seen in this test's debug build); the difference
+            // with `off` is checked below.
+            assert!(received >= 97, "the pings answered while the flood was shed: {ping}\n{x}");
             assert!(shed_n > 10_000, "the flood was shed: {x}");
             assert!(fin["totals"]["shed"]["episodes"]["outside"].as_u64().unwrap() >= 1, "{}", fin["totals"]["shed"]);
-            assert!(status_during["total"]["syn_shed_per_s"].as_f64().unwrap() > 0.0 || shed_n > 0, "{}", status_during["total"]);
+            // The report taken while the flood still ran shows the rate.
+            assert!(status_during["total"]["syn_shed_per_s"].as_f64().unwrap() > 0.0, "{}", status_during["total"]);
             assert!(log.contains("saturation RAISED syn_shed on worker 0") && log.contains("saturation cleared syn_shed on worker 0"), "{log}");
             // The inside ring carried only the pings' replies: never shed there.
             assert_eq!(fin["totals"]["xdp"]["inside"]["syn_shed"], 0);
         } else {
             assert_eq!(shed_n, 0, "{x}");
             assert!(ring_full > 10_000, "without shedding the flood overflows the ring: {x}");
-            assert!(received < 100, "and established traffic loses frames with it: {ping}");
+            assert!(received <= 80, "and established traffic loses frames with it: {ping}");
         }
+        seen.push((received, ring_full));
     }
+    let (on, off) = (seen[0], seen[1]);
+    assert!(off.1 > 10 * on.1.max(1), "shedding kept the ring from overflowing: lost {} with it, {} without", on.1, off.1);
 }

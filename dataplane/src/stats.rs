@@ -113,6 +113,11 @@ pub struct Snapshot {
     /// at most when idle, or the thread kept off its core).
     pub max_poll_gap_ns: u64,
     pub slow_polls: u64,
+    /// The longest single poll (receive, judge, transmit), and the longest poll with
+    /// housekeeping after it (timers, commands, table walks, publishing), ns: what of a
+    /// gap was the worker's own work.
+    pub max_poll_ns: u64,
+    pub max_housekeeping_ns: u64,
     pub publications: u64,
     /// Who held the most entries in the last full sweep of the table.
     pub holders: holdfast_pipeline::holders::Holders,
@@ -135,6 +140,8 @@ impl Snapshot {
         self.shed_flag_errors += o.shed_flag_errors;
         self.max_poll_gap_ns = self.max_poll_gap_ns.max(o.max_poll_gap_ns);
         self.slow_polls += o.slow_polls;
+        self.max_poll_ns = self.max_poll_ns.max(o.max_poll_ns);
+        self.max_housekeeping_ns = self.max_housekeeping_ns.max(o.max_housekeeping_ns);
         for (a, b) in self.forward_drops.iter_mut().zip(o.forward_drops) {
             *a += b;
         }

@@ -252,6 +252,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             w.snap.slow_polls += 1;
         }
         let mut did = w.poll_once(since(spec.epoch, t), per_side);
+        w.snap.max_poll_ns = w.snap.max_poll_ns.max(t.elapsed().as_nanos() as u64);
         w.snap.polls += 1;
         if did == 0 && (w.ports.rx_waiting(0) || w.ports.rx_waiting(1)) {
             // Frames wait but the other side's TX ring has no room: busy, not idle
@@ -284,6 +285,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             w.sweep_holders();
             w.publish(&mut publisher);
             w.shed_on_overflow(now);
+            w.snap.max_housekeeping_ns = w.snap.max_housekeeping_ns.max(t.elapsed().as_nanos() as u64);
         }
         w.hand_changes(since(spec.epoch, t));
         if did == 0 {

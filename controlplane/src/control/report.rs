@@ -73,7 +73,12 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "generation": s.generation,
     });
     // Outside the macro: one more key there passes its recursion limit.
-    v["polls"] = json!({"max_gap_ns": s.max_poll_gap_ns, "slower_than_10ms": s.slow_polls});
+    v["polls"] = json!({
+        "max_gap_ns": s.max_poll_gap_ns,
+        "slower_than_10ms": s.slow_polls,
+        "max_poll_ns": s.max_poll_ns,
+        "max_with_housekeeping_ns": s.max_housekeeping_ns,
+    });
     v
 }
 

@@ -630,6 +630,10 @@ pub struct Rfc9411Args {
     /// With --rfc9411: the response body's size in bytes.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)), requires = "rfc9411")]
     pub object: u64,
+    /// With --rfc9411: Holdfast's `workers.shed_syns` (SYNs dropped at the XDP hook
+    /// while the worker's RX ring is over half full).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], requires = "rfc9411")]
+    pub shed_syns: String,
 }
 
 fn bench_seconds(s: &str) -> Result<f64, String> {

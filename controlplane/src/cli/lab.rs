@@ -51,6 +51,7 @@ impl LabArgs {
                 object: b.object as usize,
                 report: self.report.clone(),
                 rate_table: b.rate_table as usize,
+                shed_syns: b.shed_syns == "on",
             };
             let v = lab::rfc9411::run(&exe, &o).map_err(|e| {
                 lab::down();

@@ -64,6 +64,8 @@ pub struct Options {
     /// The tables' size for the rate phases (closed connections stay in TIME_WAIT for
     /// 120 s in both systems: the cps phase leaves rate x 120 s of them).
     pub rate_table: usize,
+    /// Holdfast's `workers.shed_syns`.
+    pub shed_syns: bool,
 }
 
 /// The tools besides the lab's own: the Linux system's rules, and pinning the load.
@@ -135,6 +137,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         "object": o.object,
         "flood_syns": (o.flood * capacity(o.connections) as f64) as u64,
         "flood_pps": o.flood_pps,
+        "shed_syns": o.shed_syns,
         "per_process": per,
         "systems": results,
         "skipped": skipped,
@@ -165,6 +168,13 @@ fn load_cores() -> String {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores: Vec<String> = (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).map(|c| c.to_string()).collect();
     cores.join(",")
+}
+
+/// [`load_cores`] as a CPU mask for `rps_cpus`.
+fn load_mask() -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+    let mask = (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).fold(0u64, |m, c| m | 1 << c);
+    format!("{mask:x}")
 }
 
 fn spawn(ns: &str, exe: &Path, args: &[String]) -> Result<Child, LabError> {
@@ -234,13 +244,19 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize, 
         ip(&["-n", "hf-out", "addr", "add", &format!("10.0.1.{k}/16"), "dev", "hf-out1"])?;
     }
     sysctl("hf-out", &["net.ipv4.ip_local_port_range=1024 65535"])?;
+    // The end hosts are other machines: what either system forwards to them is
+    // received (TCP, the servers' and clients' timers) on the load's cores (RPS), not
+    // on the firewall's, where a veth transmit would otherwise run it.
+    for (ns, ifc) in [("hf-out", "hf-out1"), ("hf-in", "hf-in1")] {
+        run_in(ns, &["sh", "-c", &format!("echo {} > /sys/class/net/{ifc}/queues/rx-0/rps_cpus", load_mask())])?;
+    }
     for ns in ["hf-out", "hf-in"] {
         sysctl(ns, &["net.core.somaxconn=65535", "net.ipv4.tcp_max_syn_backlog=65535"])?;
     }
     match system {
         System::Holdfast => {
             let cfg = dir.join("lab.yaml");
-            std::fs::write(&cfg, appliance_config(cap)).map_err(LabError::io(cfg.display()))?;
+            std::fs::write(&cfg, appliance_config(cap, o.shed_syns)).map_err(LabError::io(cfg.display()))?;
             start_appliance(&mut env.g, exe, &cfg)?;
         }
         System::Linux => {
@@ -301,13 +317,15 @@ fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize, 
 /// flood (docs/rfc9411.md).
 const QUEUE: usize = 16_384;
 
-/// configs/lab.yaml for this benchmark: a table of `cap` entries, rings of [`QUEUE`].
-fn appliance_config(cap: usize) -> String {
+/// configs/lab.yaml for this benchmark: a table of `cap` entries, rings of [`QUEUE`],
+/// SYN shedding as asked.
+fn appliance_config(cap: usize, shed_syns: bool) -> String {
     let mut text = config_text(1);
     for (from, to) in [
         ("capacity: 65536", format!("capacity: {cap}")),
         ("umem_frames: 8192 ", format!("umem_frames: {} ", 4 * QUEUE)),
         ("ring_size: 2048 ", format!("ring_size: {QUEUE} ")),
+        ("shed_syns: on ", format!("shed_syns: {} ", if shed_syns { "on" } else { "off" })),
     ] {
         // A test parses the result: a setting the lab's file no longer spells this way
         // fails it instead of leaving the default.
@@ -577,6 +595,13 @@ pub fn human(v: &Value) -> String {
         }
     });
     row("  frames lost: RX ring / backlog", &|s| lost(&s["hold_counters"]["appliance"]));
+    row("  SYNs shed before the RX ring (workers.shed_syns)", &|s| {
+        let a = &s["hold_counters"]["appliance"];
+        if a.get("conntrack_after").is_some() {
+            return "-".into();
+        }
+        group(["inside", "outside"].iter().map(|z| a["totals"]["xdp"][z]["syn_shed"].as_u64().unwrap_or(0)).sum::<u64>())
+    });
     row("  firewall: legitimate flows lost", &|s| {
         let a = &s["hold_counters"]["appliance"];
         if a.get("conntrack_after").is_some() {
@@ -669,9 +694,12 @@ mod tests {
 
     #[test]
     fn the_appliance_gets_the_table_and_the_rings_the_benchmark_asks_for() {
-        let c = crate::config::parse(&appliance_config(1_125_000), "lab.yaml").expect("the benchmark's configuration parses");
+        let c = crate::config::parse(&appliance_config(1_125_000, true), "lab.yaml").expect("the benchmark's configuration parses");
         assert_eq!(c.engine.capacity, 1_125_000);
         assert_eq!(c.dataplane.ring_size as usize, QUEUE);
         assert_eq!(c.dataplane.umem_frames as usize, 4 * QUEUE);
+        assert!(c.dataplane.shed_syns);
+        let off = crate::config::parse(&appliance_config(1_125_000, false), "lab.yaml").unwrap();
+        assert!(!off.dataplane.shed_syns, "--shed-syns off reaches the appliance");
     }
 }

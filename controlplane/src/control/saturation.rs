@@ -322,7 +322,7 @@ impl Saturation {
 mod tests {
     use super::*;
 
-    fn th() -> Thresholds {
+    pub(super) fn th() -> Thresholds {
         Thresholds {
             table_fill: 0.8,
             embryonic_share: 0.2,
@@ -402,15 +402,7 @@ mod flood_tests {
         s.classes[Admission::Unreplied as usize] = 250;
         let r = report(&[s], &[s], 1.0);
         assert_eq!(r.workers[0].embryonic_share, 0.25);
-        let th = Thresholds {
-            table_fill: 0.8,
-            embryonic_share: 0.2,
-            busy: 0.9,
-            rx_ring_full_per_s: 1000.0,
-            handoff_drops_per_s: 1.0,
-            source_limit_per_s: 1.0,
-            syn_shed_per_s: 1.0,
-        };
+        let th = super::tests::th();
         let t = Saturation::default().update(&r, &th, SystemTime::UNIX_EPOCH);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].event.name, "embryonic_share");

@@ -173,6 +173,8 @@ pub fn appliance_panels(samples: &[(f64, Value)]) -> Vec<Panel> {
             .map(|s| tot["counters"]["xdp"][s]["rx_ring_full"].as_f64().unwrap_or(0.0) + tot["counters"]["xdp"][s]["rx_dropped"].as_f64().unwrap_or(0.0))
             .sum();
         drops.entry("RX rings".into()).or_default().push((*t, ring));
+        let shed: f64 = ["outside", "inside"].iter().map(|s| tot["counters"]["xdp"][s]["syn_shed"].as_f64().unwrap_or(0.0)).sum();
+        drops.entry("SYNs shed at XDP".into()).or_default().push((*t, shed));
         if let Some(m) = tot["classes"].as_object() {
             for (k, f) in m {
                 fill.entry(k.clone()).or_default().push((*t, f.as_f64().unwrap_or(0.0) * 100.0));

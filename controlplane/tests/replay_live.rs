@@ -195,7 +195,7 @@ fn at_top_speed_every_frame_that_did_not_come_out_was_counted() {
     let v = lab_replay(&shipped(), cfg, None, &["--topspeed", "--loop", "5", "--unique-ip"]);
     let n = |x: &Value| x.as_u64().unwrap();
     let c = &v["appliance_drops"];
-    let counted = n(&c["pipeline"]) + n(&c["rx_rings"]) + n(&c["forwarding"]) + n(&c["tx_lost"]);
+    let counted = n(&c["pipeline"]) + n(&c["rx_rings"]) + n(&c["syn_shed"]) + n(&c["forwarding"]) + n(&c["tx_lost"]);
     assert_eq!(n(&v["replay"]["emerged"]["dropped"]), counted, "{v}");
     for dev in v["replay"]["devices"].as_array().unwrap() {
         assert_eq!((n(&dev["rx_dropped"]), n(&dev["rx_ring_full"])), (0, 0), "the replayer lost nothing itself: {dev}");

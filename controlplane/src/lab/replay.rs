@@ -42,14 +42,17 @@ pub struct Options {
 }
 
 /// What the appliance counted as dropped, by where: the pipeline's verdicts, its RX
-/// rings (full, or no free frame in the fill ring), the forwarding stage.
+/// rings (full, or no free frame in the fill ring), SYNs its XDP program shed before
+/// the rings (`workers.shed_syns`), the forwarding stage.
 fn appliance_drops(t: &Value) -> Value {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let sum = |v: &Value| v.as_object().map_or(0, |m| m.values().map(n).sum::<u64>());
     let rings: u64 = ["outside", "inside"].iter().map(|s| n(&t["xdp"][s]["rx_ring_full"]) + n(&t["xdp"][s]["rx_dropped"])).sum();
+    let shed: u64 = ["outside", "inside"].iter().map(|s| n(&t["xdp"][s]["syn_shed"])).sum();
     json!({
         "pipeline": n(&t["dropped"]),
         "rx_rings": rings,
+        "syn_shed": shed,
         "forwarding": sum(&t["forward_drops"]),
         "tx_lost": sum(&t["tx_lost"]),
     })
@@ -214,7 +217,7 @@ pub fn human(v: &Value) -> String {
          \x20 sent       {} frames ({} bytes) in {:.2} s: {:.0} pps, {:.2} Mbps; {} flows; order {}; rate {}\n\
          \x20 came out   {} forwarded, {} not (late {}, unmatched {})\n\
          \x20 appliance  passed {}, dropped {}: {}\n\
-         \x20 its losses pipeline {}, RX rings {}, forwarding {}, TX {}; unexplained {}\n\
+         \x20 its losses pipeline {}, RX rings {}, SYNs shed {}, forwarding {}, TX {}; unexplained {}\n\
          \x20 teardown   {} ({:.1} s in all)",
         r["source"].as_str().unwrap_or("?"),
         v["workers"],
@@ -235,6 +238,7 @@ pub fn human(v: &Value) -> String {
         t["drops"],
         d["pipeline"],
         d["rx_rings"],
+        d["syn_shed"],
         d["forwarding"],
         d["tx_lost"],
         v["unexplained"],

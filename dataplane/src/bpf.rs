@@ -6,9 +6,11 @@
 //! puts one check in front of it: while the worker of this queue has raised the queue's
 //! flag in the [`ShedMap`] (its RX ring is filling faster than it drains), a TCP SYN
 //! without ACK or RST is dropped here and counted, before the kernel copies it into
-//! the ring, so that the ring keeps room for the segments of established flows. It is attached with BPF_LINK_CREATE, so it stays attached only
-//! while the link's file descriptor is open: when the process exits or dies, the kernel
-//! detaches it. Nothing is left behind, crash included.
+//! the ring, so that the ring keeps room for the segments of established flows.
+//!
+//! Either is attached with BPF_LINK_CREATE, so it stays attached only while the link's
+//! file descriptor is open: when the process exits or dies, the kernel detaches it.
+//! Nothing is left behind, crash included.
 //!
 //! Every `unsafe` here is a bpf(2) system call on a zeroed, correctly sized attribute
 //! block that lives across the call.
@@ -74,6 +76,14 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
+/// BPF_MAP_UPDATE_ELEM of `map`'s entry `key` (a u32 key) with the bytes of `value`,
+/// which must be the map's value size.
+fn update_elem(map: &OwnedFd, key: u32, value: &[u8]) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32).u64(8, &key as *const u32 as u64).u64(16, value.as_ptr() as u64).u64(24, 0);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
+}
+
 fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: `fd` was just returned by bpf(2) as a new file descriptor that nothing else
     // owns.
@@ -94,11 +104,7 @@ impl XskMap {
 
     /// Directs queue `queue`'s frames to the socket `sock`.
     pub fn set(&self, queue: u32, sock: RawFd) -> io::Result<()> {
-        let key = queue;
-        let value = sock as u32;
-        let mut a = Attr::new();
-        a.u32(0, self.fd.as_raw_fd() as u32).u64(8, &key as *const u32 as u64).u64(16, &value as *const u32 as u64).u64(24, 0);
-        bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
+        update_elem(&self.fd, queue, &(sock as u32).to_ne_bytes())
     }
 
     pub fn clear(&self, queue: u32) -> io::Result<()> {
@@ -122,18 +128,19 @@ pub struct ShedMap {
     queues: u32,
 }
 
+/// The most queues a shed map serves: `2 * queues` entries, and `queues` an immediate
+/// of the shedding program.
+const SHED_QUEUES_MAX: u32 = 1 << 16;
+
 impl ShedMap {
     pub fn new(queues: u32) -> io::Result<ShedMap> {
+        if queues > SHED_QUEUES_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a shed map for {queues} queues: at most {SHED_QUEUES_MAX}")));
+        }
         let queues = queues.max(1);
         let mut a = Attr::new();
         a.u32(0, BPF_MAP_TYPE_ARRAY).u32(4, 4).u32(8, 8).u32(12, 2 * queues).name(28, "hf_shed");
         Ok(ShedMap { fd: owned(bpf(BPF_MAP_CREATE, &mut a)?), queues })
-    }
-
-    fn write(&self, slot: u32, value: u64) -> io::Result<()> {
-        let mut a = Attr::new();
-        a.u32(0, self.fd.as_raw_fd() as u32).u64(8, &slot as *const u32 as u64).u64(16, &value as *const u64 as u64).u64(24, 0);
-        bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
     }
 
     fn read(&self, slot: u32) -> io::Result<u64> {
@@ -146,7 +153,7 @@ impl ShedMap {
 
     /// Raises or lowers queue `queue`'s flag.
     pub fn set(&self, queue: u32, on: bool) -> io::Result<()> {
-        self.write(queue, u64::from(on))
+        update_elem(&self.fd, queue, &u64::from(on).to_ne_bytes())
     }
 
     /// SYNs dropped on queue `queue` while its flag was up, since the map was made.
@@ -344,7 +351,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     a.jump(JNE_K, R5, 0, SYN, redirect);
     // Shed: count it in the queue's count slot, drop it.
     a.op(LDX_W, R2, R6, 16, 0);
-    a.op(ADD_K, R2, 0, 0, queues as i32);
+    a.op(ADD_K, R2, 0, 0, i32::try_from(queues).expect("a shed map's queue count (at most SHED_QUEUES_MAX)"));
     a.op(STX_W, R10, R2, -8, 0);
     a.op(MOV_X, R2, R10, 0, 0);
     a.op(ADD_K, R2, 0, 0, -8);
@@ -489,6 +496,13 @@ mod shedding {
         f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         f.extend_from_slice(&[0x30, 0x39, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
         f
+    }
+
+    #[test]
+    fn a_shed_map_for_more_queues_than_the_program_can_name_is_refused() {
+        let e = ShedMap::new(SHED_QUEUES_MAX + 1).err().expect("refused before any bpf(2) call");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("65537 queues"), "{e}");
     }
 
     #[test]

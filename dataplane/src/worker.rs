@@ -124,10 +124,9 @@ struct Worker {
     links: Arc<LinkFlags>,
     maps: [Arc<XskMap>; 2],
     shed: Option<[Arc<ShedMap>; 2]>,
-    /// Whether this worker's queue has its shed flag up, per side; until when (ns of
-    /// the pipeline's clock) it stays up after the ring was seen to overflow; the
-    /// ring's `rx_ring_full` count when last looked at.
-    shedding: [bool; 2],
+    /// Until when (ns of the pipeline's clock) side's shed flag (`snap.shedding`) stays
+    /// up after the ring was seen to overflow; the ring's `rx_ring_full` count when
+    /// last looked at.
     shed_hold_until: [u64; 2],
     ring_full_seen: [u64; 2],
     binding: Binding,
@@ -210,7 +209,6 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         links: spec.links,
         maps: [Arc::clone(&spec.maps[0]), Arc::clone(&spec.maps[1])],
         shed: spec.shed,
-        shedding: [false; 2],
         shed_hold_until: [0; 2],
         ring_full_seen: [0; 2],
         binding: spec.binding,
@@ -312,7 +310,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
     }
     for side in 0..2 {
         let _ = spec.maps[side].clear(spec.binding.queue);
-        if w.shedding[side] {
+        if w.snap.shedding[side] {
             w.set_shedding(side, false);
         }
     }
@@ -371,8 +369,9 @@ impl Worker {
         if self.shed.is_none() {
             return;
         }
-        let want = shed_wanted(self.shedding[side], self.ports.rx_pending(side), self.binding.ring_size, now.as_nanos() < self.shed_hold_until[side]);
-        if want != self.shedding[side] {
+        let up = self.snap.shedding[side];
+        let want = shed_wanted(up, self.ports.rx_pending(side), self.binding.ring_size, now.as_nanos() < self.shed_hold_until[side]);
+        if want != up {
             self.set_shedding(side, want);
         }
     }
@@ -388,7 +387,7 @@ impl Worker {
             if full > self.ring_full_seen[side] {
                 self.ring_full_seen[side] = full;
                 self.shed_hold_until[side] = now.as_nanos().saturating_add(SHED_HOLD.as_nanos() as u64);
-                if !self.shedding[side] {
+                if !self.snap.shedding[side] {
                     self.set_shedding(side, true);
                 }
             }
@@ -399,7 +398,6 @@ impl Worker {
         let Some(maps) = &self.shed else { return };
         match maps[side].set(self.binding.queue, on) {
             Ok(()) => {
-                self.shedding[side] = on;
                 self.snap.shedding[side] = on;
                 if on {
                     self.snap.shed_episodes[side] += 1;

@@ -332,7 +332,7 @@ impl Ports {
 
     /// Whether side's RX ring holds frames (an advisory, relaxed read).
     pub fn rx_waiting(&self, side: usize) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.ports[side].rx.available() > 0)
+        self.rx_pending(side) > 0
     }
 
     /// Descriptors waiting in side's RX ring (an advisory, relaxed read).

@@ -9,11 +9,16 @@
 
 use std::time::{Duration, Instant};
 
+/// `var`'s `W:N` when `W` is `worker`: `N`.
+fn for_worker(var: &str, worker: usize) -> Option<u64> {
+    let v = std::env::var(var).ok()?;
+    let (w, n) = v.split_once(':')?;
+    let n: u64 = n.parse().ok()?;
+    (w.parse::<usize>().ok()? == worker).then_some(n)
+}
+
 pub fn stall_at(worker: usize, start: Instant) -> Option<Instant> {
-    let v = std::env::var("HOLDFAST_TEST_STALL_WORKER").ok()?;
-    let (w, ms) = v.split_once(':')?;
-    let ms: u64 = ms.parse().ok()?;
-    (w.parse::<usize>().ok()? == worker).then(|| start + Duration::from_millis(ms))
+    for_worker("HOLDFAST_TEST_STALL_WORKER", worker).map(|ms| start + Duration::from_millis(ms))
 }
 
 #[inline]
@@ -26,8 +31,5 @@ pub fn maybe_stall(at: Option<Instant>) {
 }
 
 pub fn slow(worker: usize) -> Option<Duration> {
-    let v = std::env::var("HOLDFAST_TEST_SLOW_WORKER").ok()?;
-    let (w, us) = v.split_once(':')?;
-    let us: u64 = us.parse().ok()?;
-    (w.parse::<usize>().ok()? == worker).then(|| Duration::from_micros(us))
+    for_worker("HOLDFAST_TEST_SLOW_WORKER", worker).map(Duration::from_micros)
 }

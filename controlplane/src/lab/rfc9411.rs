@@ -164,21 +164,18 @@ const APPLIANCE_CORE: usize = 1;
 /// The cores the load (clients, servers, flood) runs on: all but the appliance's, so
 /// that the system under test has one core to itself in both runs; all on a 1-core
 /// machine.
-fn load_cores() -> String {
+fn load_cores() -> Vec<usize> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cores: Vec<String> = (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).map(|c| c.to_string()).collect();
-    cores.join(",")
+    (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).collect()
 }
 
-/// [`load_cores`] as a CPU mask for `rps_cpus`.
+/// [`load_cores`] as a CPU mask for `rps_cpus` (the first 64 cores).
 fn load_mask() -> String {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
-    let mask = (0..n).filter(|&c| c != APPLIANCE_CORE || n == 1).fold(0u64, |m, c| m | 1 << c);
-    format!("{mask:x}")
+    format!("{:x}", load_cores().into_iter().filter(|&c| c < 64).fold(0u64, |m, c| m | 1 << c))
 }
 
 fn spawn(ns: &str, exe: &Path, args: &[String]) -> Result<Child, LabError> {
-    let cores = load_cores();
+    let cores = load_cores().iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let mut cmd: Vec<&str> = vec!["taskset", "-c", &cores, exe.to_str().unwrap_or("holdfast")];
     cmd.extend(args.iter().map(String::as_str));
     in_ns(ns, &cmd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(LabError::io(format!("starting {}", args.join(" "))))

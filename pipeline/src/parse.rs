@@ -17,6 +17,9 @@ pub mod proto {
 /// At most two VLAN tags (802.1ad outer + 802.1Q inner) are accepted.
 pub const MAX_VLAN_TAGS: usize = 2;
 
+/// IPv6 extension headers walked before a packet is called malformed.
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = crate::wire::ipv6::MAX_EXTENSION_HEADERS;
+
 /// What a frame turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame {

@@ -596,6 +596,17 @@ pub struct FloodArgs {
     pub duration: Option<holdfast_pipeline::Duration>,
     #[arg(long, default_value_t = 9411)]
     pub seed: u64,
+    /// Bytes of IPv4 options (NOPs) in each SYN: 0, or a multiple of 4 up to 40.
+    #[arg(long, default_value_t = 0, value_parser = ip_options)]
+    pub ip_options: u8,
+}
+
+fn ip_options(s: &str) -> Result<u8, String> {
+    let max = holdfast_controlplane::load::flood::IP_OPTIONS_MAX;
+    match s.parse::<u8>() {
+        Ok(n) if n <= max && n.is_multiple_of(4) => Ok(n),
+        _ => Err(format!("{s:?}: a multiple of 4 from 0 to {max}")),
+    }
 }
 
 /// `holdfast lab --rfc9411`'s settings.

@@ -72,7 +72,15 @@ impl LoadCmd {
             }
             LoadCmd::Flood(a) => {
                 let sources = parse_net(&a.sources).map_err(|msg| Error::Usage { cmd: "load flood", msg })?;
-                let o = flood::FloodOptions { targets: a.target, sources, pps: a.pps, count: a.count, duration: a.duration.map(Into::into), seed: a.seed };
+                let o = flood::FloodOptions {
+                    targets: a.target,
+                    sources,
+                    pps: a.pps,
+                    count: a.count,
+                    duration: a.duration.map(Into::into),
+                    seed: a.seed,
+                    ip_options: a.ip_options,
+                };
                 let v = flood::run(&o, sys::stop_requested).map_err(|e| Error::failed("load flood", e))?;
                 println!("{v}");
                 Ok(())

@@ -27,7 +27,13 @@ pub struct FloodOptions {
     pub count: u64,
     pub duration: Option<Duration>,
     pub seed: u64,
+    /// Bytes of IPv4 options in each SYN (NOPs, a multiple of 4 up to 40): the shape a
+    /// hook that reads TCP at a fixed offset misses.
+    pub ip_options: u8,
 }
+
+/// The most IPv4 option bytes a header holds (a 60-byte header).
+pub const IP_OPTIONS_MAX: u8 = 40;
 
 /// The IPv4 packet of one spoofed SYN.
 pub fn syn(rng: &mut Rng, o: &FloodOptions, target: SocketAddrV4) -> Vec<u8> {
@@ -40,13 +46,27 @@ pub fn syn(rng: &mut Rng, o: &FloodOptions, target: SocketAddrV4) -> Vec<u8> {
     // The packet: without the Ethernet header and without the padding to Ethernet's
     // minimum (the kernel takes the buffer's length as the IP total length).
     let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-    frame[14..14 + total].to_vec()
+    let mut p = frame[14..14 + total].to_vec();
+    if o.ip_options > 0 {
+        let n = usize::from(o.ip_options.min(IP_OPTIONS_MAX) & !3);
+        p.splice(20..20, std::iter::repeat_n(1u8, n)); // NOPs: the TCP checksum is unchanged
+        p[0] = 0x40 | (5 + n / 4) as u8;
+        p[2..4].copy_from_slice(&((total + n) as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = p[..20 + n].chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+        let sum = (sum & 0xffff) + (sum >> 16);
+        p[10..12].copy_from_slice(&(!(((sum & 0xffff) + (sum >> 16)) as u16)).to_be_bytes());
+    }
+    p
 }
 
 /// Sends until `count`, `duration` or `stop()`; `{sent, send_errors, seconds, pps}`.
 pub fn run(o: &FloodOptions, stop: impl Fn() -> bool) -> io::Result<Value> {
     if o.targets.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no --target"));
+    }
+    if o.ip_options > IP_OPTIONS_MAX || !o.ip_options.is_multiple_of(4) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--ip-options {}: a multiple of 4 up to {IP_OPTIONS_MAX}", o.ip_options)));
     }
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
     let mut rng = Rng::new(o.seed);
@@ -90,6 +110,13 @@ mod tests {
 
     #[test]
     fn spoofed_syns_parse_as_syns_from_the_prefix() {
+        for ip_options in [0, 4, IP_OPTIONS_MAX] {
+            spoofed_syns_with(ip_options);
+        }
+    }
+
+    fn spoofed_syns_with(ip_options: u8) {
+        let hl = 20 + usize::from(ip_options);
         let o = FloodOptions {
             targets: vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 80)],
             sources: (Ipv4Addr::new(198, 18, 0, 0), 15),
@@ -97,6 +124,7 @@ mod tests {
             count: 0,
             duration: None,
             seed: 1,
+            ip_options,
         };
         let mut rng = Rng::new(1);
         let mut srcs = std::collections::HashSet::new();
@@ -107,15 +135,17 @@ mod tests {
             frame.extend_from_slice(&[0x08, 0x00]);
             frame.extend_from_slice(&p);
             let f = holdfast_pipeline::parse::parse(&frame).expect("a valid SYN");
+            let holdfast_pipeline::parse::Frame::Ip(m) = f else { panic!("{f:?}") };
+            assert!(matches!(m.l4, holdfast_pipeline::parse::L4::Tcp(t) if t.flags == SYN), "{m:?}");
+            assert_eq!(usize::from(p[0] & 0x0f) * 4, hl, "the header length counts the options");
             let src = u32::from_be_bytes(p[12..16].try_into().unwrap());
             assert_eq!(src >> 17, u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 17);
             assert_eq!(&p[16..20], &[10, 0, 2, 1]);
-            assert_eq!(p[33], SYN);
-            assert_eq!(p.len(), 40, "no padding: the kernel takes the buffer's length as the packet's");
-            let _ = f;
+            assert_eq!(p[hl + 13], SYN);
+            assert_eq!(p.len(), hl + 20, "no padding: the kernel takes the buffer's length as the packet's");
             // The TCP checksum over the pseudo-header and segment adds up to 0xffff.
             let mut sum: u32 = 6 + 20;
-            for c in p[12..20].chunks(2).chain(p[20..].chunks(2)) {
+            for c in p[12..20].chunks(2).chain(p[hl..].chunks(2)) {
                 sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
             }
             while sum > 0xffff {

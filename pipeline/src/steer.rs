@@ -54,19 +54,26 @@ pub fn steer(frame: &[u8], hasher: &FlowHasher) -> Steering {
 }
 
 /// Whether `frame` may be an IP fragment, from its headers' fixed fields only (up to
-/// two VLAN tags; IPv4 flags and offset, or an IPv6 fragment header right after the
-/// fixed header): what a single worker checks before it asks [`steer`].
+/// two VLAN tags; IPv4 flags and offset, or an IPv6 extension header after the fixed
+/// header — a fragment header may stand behind others): what a single worker checks
+/// before it asks [`steer`]. It must name every frame `steer` routes as a fragment.
 pub fn maybe_fragment(frame: &[u8]) -> bool {
     let Some((ty, ip)) = network_header(frame) else { return false };
     match ty {
         // MF, or a non-zero offset.
         0x0800 => frame.get(ip + 6..ip + 8).is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) & 0x3fff != 0),
-        0x86dd => frame.get(ip + 6) == Some(&44),
+        // A fragment header, or an extension header that may stand before one: the
+        // full parse (`steer`) tells. Rare, so the cost of asking is too.
+        0x86dd => frame.get(ip + 6).is_some_and(|&next| {
+            use crate::wire::ipv6::next_header::*;
+            matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AH | DEST_OPTS | MOBILITY | HIP | SHIM6)
+        }),
         _ => false,
     }
 }
 
-/// A frame's EtherType past up to two VLAN tags (802.1Q, 802.1ad), and where the
+/// A frame's EtherType past up to two VLAN tags (802.1Q, 802.1ad, the older 0x9100:
+/// those the parser takes), and where the
 /// network header starts; `None` when the frame ends before the EtherType. Fixed
 /// fields only: nothing after the EtherType is checked.
 #[inline]
@@ -74,7 +81,7 @@ pub fn network_header(frame: &[u8]) -> Option<(u16, usize)> {
     let mut at = 12;
     let mut ty = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
     for _ in 0..2 {
-        if ty != 0x8100 && ty != 0x88a8 {
+        if !matches!(ty, 0x8100 | 0x88a8 | 0x9100) {
             break;
         }
         at += 4;
@@ -269,6 +276,77 @@ mod tests {
         assert!(big.fragments(1400).iter().all(|f| maybe_fragment(f)));
         assert!(!maybe_fragment(&FrameSpec::udp(ip(CLIENT), 5, ip(SERVER), 53, b"x").build()));
         assert!(!maybe_fragment(&[0u8; 10]));
+    }
+
+    /// IPv6 fragments with `ext` (an extension header's next-header value) in front of
+    /// the fragment header: its 8 bytes spliced in after the fixed header.
+    fn v6_fragments_behind(ext: u8) -> Vec<Vec<u8>> {
+        let big = FrameSpec::udp(ip("2001:db8::7"), 5, ip("2001:db8:2::1"), 53, &[0; 3000]);
+        big.fragments(1400)
+            .into_iter()
+            .map(|mut f| {
+                let fixed = 14 + 40;
+                let next = f[14 + 6];
+                f.splice(fixed..fixed, [next, 0, 1, 4, 0, 0, 0, 0]); // PadN over the rest
+                f[14 + 6] = ext;
+                let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+                f[18..20].copy_from_slice(&len.to_be_bytes());
+                f
+            })
+            .collect()
+    }
+
+    /// A single worker asks `steer` only about frames `maybe_fragment` names, so every
+    /// frame `steer` routes as a fragment must be named — or its later fragments, with
+    /// one worker, would not wait for a first that comes last, as they do with two.
+    #[test]
+    fn every_fragment_steer_routes_is_named_from_fixed_fields() {
+        let h = FlowHasher::new(11);
+        let big = FrameSpec::udp(ip(CLIENT), 5, ip(SERVER), 53, &[0; 3000]);
+        let mut shapes: Vec<(String, Vec<Vec<u8>>)> = vec![("IPv4".into(), big.fragments(1400))];
+        for tags in [vec![0x8100u16], vec![0x88a8, 0x8100], vec![0x9100, 0x8100], vec![0x9100]] {
+            let tagged = big
+                .fragments(1400)
+                .into_iter()
+                .map(|f| {
+                    let mut t = f[..12].to_vec();
+                    for tpid in &tags {
+                        t.extend_from_slice(&tpid.to_be_bytes());
+                        t.extend_from_slice(&[0, 7]);
+                    }
+                    t.extend_from_slice(&f[12..]);
+                    t
+                })
+                .collect();
+            shapes.push((format!("IPv4 behind {tags:04x?}"), tagged));
+        }
+        for (ext, name) in [(0u8, "hop-by-hop"), (60, "destination options"), (43, "routing")] {
+            shapes.push((format!("IPv6 behind {name}"), v6_fragments_behind(ext)));
+        }
+        for (what, frames) in &shapes {
+            assert_eq!(frames.len(), 3, "{what}");
+            for (i, f) in frames.iter().enumerate() {
+                let st = steer(f, &h);
+                assert!(st.frag.is_some_and(|s| s.first == (i == 0)), "{what}, fragment {i}: steer routes it as a fragment");
+                assert!(maybe_fragment(f), "{what}, fragment {i}: a single worker must ask steer");
+            }
+        }
+        // And so for any bytes near those shapes.
+        let mut rng = xorshift(0x5eed);
+        let mut routed = 0;
+        for _ in 0..50_000 {
+            let (_, frames) = &shapes[rng() as usize % shapes.len()];
+            let mut f = frames[rng() as usize % frames.len()].clone();
+            for _ in 0..1 + rng() % 3 {
+                let at = rng() as usize % 80.min(f.len());
+                f[at] = rng() as u8;
+            }
+            if steer(&f, &h).frag.is_some() {
+                routed += 1;
+                assert!(maybe_fragment(&f), "routed as a fragment, not named: {f:02x?}");
+            }
+        }
+        assert!(routed > 10_000, "{routed}");
     }
 
     fn f(datagram: u64, first: bool) -> FragSteer {

@@ -483,16 +483,15 @@ impl Worker {
                 self.router.route(Routed { side, desc: d }, &f, owner, now.as_nanos(), |r, to| routed.push((r, to)));
             }
         }
-        let mut k = 0;
-        while k < self.routed.len() {
-            let (r, to) = self.routed[k];
-            if to == self.index && r.side & 1 == side & 1 {
-                self.mine.push(r.desc);
-                self.routed.remove(k);
-            } else {
-                k += 1;
+        // Ours, from this side, are judged with this poll's frames; one pass.
+        let (index, mine) = (self.index, &mut self.mine);
+        self.routed.retain(|&(r, to)| {
+            let here = to == index && r.side & 1 == side & 1;
+            if here {
+                mine.push(r.desc);
             }
-        }
+            !here
+        });
     }
 
     /// Judges here, or hands to their worker, the fragments routing let go of, in order.

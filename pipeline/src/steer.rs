@@ -178,17 +178,18 @@ impl<T: Copy> FragRouter<T> {
             }
             *r = Route { datagram: f.datagram, owner: owner as u32, until: now.saturating_add(self.timeout) };
             out(item, owner);
-            // What waited for it, in the order it came. Bounded by the hold's size.
-            let mut i = 0;
-            while i < self.held.len() {
-                if self.held[i].datagram == f.datagram {
-                    let h = self.held.remove(i).expect("index checked");
-                    self.stats.released += 1;
+            // What waited for it, in the order it came: one pass over the hold (a
+            // removal at a time would move the rest each time: quadratic in the
+            // hold's size for a datagram that filled it).
+            let before = self.held.len();
+            self.held.retain(|h| {
+                let mine = h.datagram == f.datagram;
+                if mine {
                     out(h.item, owner);
-                } else {
-                    i += 1;
                 }
-            }
+                !mine
+            });
+            self.stats.released += (before - self.held.len()) as u64;
             return;
         }
         let r = self.routes[s];

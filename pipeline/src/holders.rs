@@ -59,19 +59,47 @@ impl Holders {
     }
 }
 
+/// Slots of [`SpaceSaving`]'s key index: four per counter, so that with as many stale
+/// entries as live ones (then it is rebuilt) it is at most half full.
+const INDEX: usize = 4 * COUNTERS;
+
 /// Space-Saving over [`COUNTERS`] counters.
+///
+/// A sweep adds every live entry twice (its source, its port), so `add` is what a
+/// sweep costs, and under a flood of fresh sources nearly every add is a miss that
+/// replaces the smallest counter. So a key is found through a small open-addressed
+/// index (a few probes, not a search of every counter), and the counters at the
+/// smallest count are kept as a bit set (found by one bit scan; rebuilt only when
+/// they have all moved up, which amortises to a few operations an add). It chooses
+/// exactly as the plain algorithm does — the first counter at the smallest count —
+/// which `the_index_and_the_minimum_set_change_nothing` checks against it.
 #[derive(Debug, Clone)]
 pub struct SpaceSaving {
     keys: [(u128, bool, u8); COUNTERS],
     counts: [u32; COUNTERS],
     errors: [u32; COUNTERS],
     len: usize,
+    /// Open addressing, linear probing: 0 empty, else a counter's index + 1. An entry
+    /// whose counter took another key since is stale: a lookup checks the key.
+    index: [u8; INDEX],
+    /// Stale entries in `index`; past [`COUNTERS`] the index is rebuilt.
+    stale: usize,
+    /// With every counter in use: the smallest count, and the counters that hold it.
+    min: u32,
+    at_min: u64,
 }
 
 impl Default for SpaceSaving {
     fn default() -> Self {
-        SpaceSaving { keys: [(0, false, 0); COUNTERS], counts: [0; COUNTERS], errors: [0; COUNTERS], len: 0 }
+        SpaceSaving { keys: [(0, false, 0); COUNTERS], counts: [0; COUNTERS], errors: [0; COUNTERS], len: 0, index: [0; INDEX], stale: 0, min: 0, at_min: 0 }
     }
+}
+
+/// A key's home slot in the index.
+#[inline]
+fn slot_of(k: &(u128, bool, u8)) -> usize {
+    let x = (k.0 as u64) ^ ((k.0 >> 64) as u64).rotate_left(29) ^ (u64::from(k.1) << 8 | u64::from(k.2));
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize & (INDEX - 1)
 }
 
 impl SpaceSaving {
@@ -80,24 +108,76 @@ impl SpaceSaving {
     }
 
     fn add_n(&mut self, what: u128, v6: bool, proto: u8, n: u32, err: u32) {
+        const _: () = assert!(COUNTERS <= 64 && INDEX <= 256 && INDEX >= 3 * COUNTERS, "bit set in a u64, counters in a u8, room in the index");
         let k = (what, v6, proto);
-        if let Some(i) = self.keys[..self.len].iter().position(|&x| x == k) {
-            self.counts[i] = self.counts[i].saturating_add(n);
-            self.errors[i] = self.errors[i].saturating_add(err);
-            return;
+        let mut s = slot_of(&k);
+        // At most 2 x COUNTERS + 1 entries are ever in use, so an empty slot ends this.
+        for _ in 0..INDEX {
+            let e = self.index[s];
+            if e == 0 {
+                break;
+            }
+            let i = usize::from(e - 1);
+            if self.keys[i] == k {
+                self.counts[i] = self.counts[i].saturating_add(n);
+                self.errors[i] = self.errors[i].saturating_add(err);
+                if self.len == COUNTERS && self.at_min & (1 << i) != 0 && self.counts[i] != self.min {
+                    self.at_min &= !(1 << i);
+                    if self.at_min == 0 {
+                        self.find_min();
+                    }
+                }
+                return;
+            }
+            s = (s + 1) & (INDEX - 1);
         }
-        if self.len < COUNTERS {
-            self.keys[self.len] = k;
-            self.counts[self.len] = n;
-            self.errors[self.len] = err;
+        // A new key, and `s` an empty slot of the index.
+        let i = if self.len < COUNTERS {
+            let i = self.len;
+            (self.keys[i], self.counts[i], self.errors[i]) = (k, n, err);
             self.len += 1;
-            return;
+            if self.len == COUNTERS {
+                self.find_min();
+            }
+            i
+        } else {
+            // Replace the first counter at the smallest: the newcomer inherits its count
+            // as error. The old key's index entry goes stale.
+            let i = self.at_min.trailing_zeros() as usize;
+            let min = self.min;
+            (self.keys[i], self.counts[i], self.errors[i]) = (k, min.saturating_add(n), min.saturating_add(err));
+            if self.counts[i] != min {
+                self.at_min &= !(1 << i);
+                if self.at_min == 0 {
+                    self.find_min();
+                }
+            }
+            self.stale += 1;
+            i
+        };
+        self.index[s] = i as u8 + 1;
+        if self.stale > COUNTERS {
+            self.reindex();
         }
-        // Replace the smallest counter: the newcomer inherits its count as error.
-        let (i, &min) = self.counts.iter().enumerate().min_by_key(|&(_, c)| *c).expect("COUNTERS > 0");
-        self.keys[i] = k;
-        self.counts[i] = min.saturating_add(n);
-        self.errors[i] = min.saturating_add(err);
+    }
+
+    /// The smallest count and the counters at it (every counter in use).
+    fn find_min(&mut self) {
+        self.min = self.counts.iter().fold(u32::MAX, |m, &c| m.min(c));
+        self.at_min = self.counts.iter().enumerate().fold(0u64, |b, (i, &c)| b | u64::from(c == self.min) << i);
+    }
+
+    /// The index again from the counters' keys, without stale entries.
+    fn reindex(&mut self) {
+        self.index = [0; INDEX];
+        for i in 0..self.len {
+            let mut s = slot_of(&self.keys[i]);
+            while self.index[s] != 0 {
+                s = (s + 1) & (INDEX - 1);
+            }
+            self.index[s] = i as u8 + 1;
+        }
+        self.stale = 0;
     }
 
     /// The [`TOP`] heaviest, heaviest first.
@@ -117,7 +197,7 @@ impl SpaceSaving {
     }
 
     pub fn clear(&mut self) {
-        self.len = 0;
+        *self = SpaceSaving::default();
     }
 }
 
@@ -145,6 +225,56 @@ mod tests {
                 _ => 1500,
             };
             assert!(h.entries >= truth && h.entries - h.error <= truth, "{h:?}");
+        }
+    }
+
+    /// The plain algorithm: a search of every counter, the first smallest replaced.
+    struct Plain {
+        keys: Vec<(u128, bool, u8)>,
+        counts: Vec<u32>,
+        errors: Vec<u32>,
+    }
+
+    impl Plain {
+        fn add_n(&mut self, k: (u128, bool, u8), n: u32, err: u32) {
+            if let Some(i) = self.keys.iter().position(|&x| x == k) {
+                self.counts[i] = self.counts[i].saturating_add(n);
+                self.errors[i] = self.errors[i].saturating_add(err);
+            } else if self.keys.len() < COUNTERS {
+                self.keys.push(k);
+                self.counts.push(n);
+                self.errors.push(err);
+            } else {
+                let (i, &min) = self.counts.iter().enumerate().min_by_key(|&(_, c)| *c).unwrap();
+                self.keys[i] = k;
+                self.counts[i] = min.saturating_add(n);
+                self.errors[i] = min.saturating_add(err);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Streams of heavy keys among many light ones (a flood's fresh sources),
+        /// with weights, errors and counts near saturation: every counter, key and
+        /// error as the plain algorithm leaves them, after every add.
+        #[test]
+        fn the_index_and_the_minimum_set_change_nothing(
+            adds in proptest::collection::vec((0u32..400, 0u32..4, proptest::bool::weighted(0.05)), 1..3000),
+            big in proptest::bool::weighted(0.1),
+        ) {
+            let mut s = SpaceSaving::default();
+            let mut p = Plain { keys: vec![], counts: vec![], errors: vec![] };
+            for (i, &(key, w, heavy)) in adds.iter().enumerate() {
+                // Keys 0..8 are heavy hitters; the rest mostly new.
+                let what = if heavy || key < 8 { u128::from(key % 8) } else { u128::from(key) + (i as u128) * 1000 };
+                let k = (what << 64 | what, key % 3 == 0, (key % 5) as u8);
+                let n = if big { u32::MAX - 3 + w } else { w.max(1) };
+                s.add_n(k.0, k.1, k.2, n, w);
+                p.add_n(k, n, w);
+                proptest::prop_assert_eq!(&s.keys[..s.len], &p.keys[..]);
+                proptest::prop_assert_eq!(&s.counts[..s.len], &p.counts[..]);
+                proptest::prop_assert_eq!(&s.errors[..s.len], &p.errors[..]);
+            }
         }
     }
 

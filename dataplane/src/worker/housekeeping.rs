@@ -18,9 +18,17 @@ use holdfast_pipeline::snapshot::chunks;
 /// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
 const SCAN_SLOTS: u32 = 16_384;
 
-/// Table slots the sweep for the top holders examines per housekeeping round: a
-/// 1M-entry table in about a quarter of a second.
-const HOLDER_SLOTS: u32 = 8192;
+/// Housekeeping rounds one sweep for the top holders is spread over: a round every
+/// `HOUSEKEEPING` (2 ms), so a pass takes about two seconds whatever the table's size
+/// (the report is read by people; the sweep is not free: ~56 ns a live entry, and a
+/// full 1M table at the old 8,192 slots a round took ~1.5 ms of every round).
+const HOLDER_ROUNDS: u32 = 1000;
+
+/// Table slots one round of the holders' sweep examines: the table over
+/// [`HOLDER_ROUNDS`], at least 256 (a small table in fewer rounds), at most 8,192.
+fn holder_slots(cap: u32) -> u32 {
+    (cap / HOLDER_ROUNDS).clamp(256, 8192)
+}
 
 /// The sweep that names who holds the table (`holders`): a slice per round, counted
 /// into bounded Space-Saving counters; published when it wraps.
@@ -93,7 +101,7 @@ impl Worker {
     pub(super) fn sweep_holders(&mut self) {
         let cap = self.engine.table().capacity() as u32;
         let h = &mut self.holders;
-        let range = h.cursor..h.cursor.saturating_add(HOLDER_SLOTS).min(cap);
+        let range = h.cursor..h.cursor.saturating_add(holder_slots(cap)).min(cap);
         h.cursor = range.end;
         h.counted = h.counted.saturating_add(self.engine.count_holders(range, &mut h.sources, &mut h.ports));
         if h.cursor >= cap {

@@ -319,6 +319,13 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     let ipv4 = a.label();
     let tcp = a.label();
     let drop = a.label();
+    // Frames shorter than `base + len` go to the socket: r4 = base + len, compared with
+    // data_end (r3), as the verifier asks before any read below it.
+    let need = |a: &mut Asm, base: u8, len: i32| {
+        a.op(MOV_X, R4, base, 0, 0);
+        a.op(ADD_K, R4, 0, 0, len);
+        a.jump(JGT_X, R4, R3, 0, redirect);
+    };
 
     a.op(MOV_X, R6, R1, 0, 0); // r6 = ctx
     // The queue's flag.
@@ -335,9 +342,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     // r5 = the EtherType.
     a.op(LDX_W, R2, R6, 0, 0);
     a.op(LDX_W, R3, R6, 4, 0);
-    a.op(MOV_X, R4, R2, 0, 0);
-    a.op(ADD_K, R4, 0, 0, i32::from(ETH));
-    a.jump(JGT_X, R4, R3, 0, redirect);
+    need(&mut a, R2, i32::from(ETH));
     a.op(LDX_H, R5, R2, 12, 0);
     // Up to two tags, as the pipeline takes; a third leaves an EtherType that is
     // neither IPv4 nor IPv6.
@@ -348,9 +353,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
         a.jump(JNE_K, R5, 0, wire16(0x9100), ip);
         a.place(tagged);
         a.op(ADD_K, R2, 0, 0, 4);
-        a.op(MOV_X, R4, R2, 0, 0);
-        a.op(ADD_K, R4, 0, 0, i32::from(ETH));
-        a.jump(JGT_X, R4, R3, 0, redirect);
+        need(&mut a, R2, i32::from(ETH));
         a.op(LDX_H, R5, R2, 12, 0); // the tag's EtherType
     }
     a.place(ip);
@@ -358,12 +361,17 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     a.jump(JNE_K, R5, 0, wire16(0x86dd), redirect);
     // IPv6: r7 = r2 + the bytes of IPv6 headers so far (the next header at r7 + ETH),
     // r5 = the next-header value.
-    a.op(MOV_X, R4, R2, 0, 0);
-    a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 40);
-    a.jump(JGT_X, R4, R3, 0, redirect);
+    need(&mut a, R2, i32::from(ETH) + 40);
     a.op(LDX_B, R5, R2, ETH + 6, 0);
     a.op(MOV_X, R7, R2, 0, 0);
     a.op(ADD_K, R7, 0, 0, 40);
+    // r8 = an extension header's length from its length byte: (byte + add) << shift.
+    let length = |a: &mut Asm, add: i32, shift: i32| {
+        need(a, R7, i32::from(ETH) + 2);
+        a.op(LDX_B, R8, R7, ETH + 1, 0);
+        a.op(ADD_K, R8, 0, 0, add);
+        a.op(LSH_K, R8, 0, 0, shift);
+    };
     for _ in 0..=SHED_IPV6_EXTENSION_HEADERS {
         let generic = a.label();
         let ah = a.label();
@@ -378,9 +386,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
         a.jump(JA, 0, 0, 0, redirect); // ESP, no next header, UDP, ICMPv6, ...
         // A fragment header: 8 bytes; the walk goes on only in the first fragment.
         a.place(fragment);
-        a.op(MOV_X, R4, R7, 0, 0);
-        a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 8);
-        a.jump(JGT_X, R4, R3, 0, redirect);
+        need(&mut a, R7, i32::from(ETH) + 8);
         a.op(LDX_B, R8, R7, ETH + 2, 0); // offset, high byte
         a.jump(JNE_K, R8, 0, 0, redirect);
         a.op(LDX_B, R8, R7, ETH + 3, 0); // offset's low bits, reserved, M
@@ -390,21 +396,11 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
         a.jump(JA, 0, 0, 0, step);
         // AH (RFC 4302): its length in 4-byte units, minus 2.
         a.place(ah);
-        a.op(MOV_X, R4, R7, 0, 0);
-        a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 2);
-        a.jump(JGT_X, R4, R3, 0, redirect);
-        a.op(LDX_B, R8, R7, ETH + 1, 0);
-        a.op(ADD_K, R8, 0, 0, 2);
-        a.op(LSH_K, R8, 0, 0, 2);
+        length(&mut a, 2, 2);
         a.jump(JA, 0, 0, 0, step);
         // (next, len): its length in 8-byte units, minus 1.
         a.place(generic);
-        a.op(MOV_X, R4, R7, 0, 0);
-        a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 2);
-        a.jump(JGT_X, R4, R3, 0, redirect);
-        a.op(LDX_B, R8, R7, ETH + 1, 0);
-        a.op(ADD_K, R8, 0, 0, 1);
-        a.op(LSH_K, R8, 0, 0, 3);
+        length(&mut a, 1, 3);
         a.place(step);
         a.op(LDX_B, R5, R7, ETH, 0); // its next header
         a.op(ADD_X, R7, R8, 0, 0);
@@ -412,9 +408,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     a.jump(JA, 0, 0, 0, redirect); // a longer chain: the pipeline calls it malformed
     // IPv4, any header length; the first fragment or none. r7 = r2 + header length.
     a.place(ipv4);
-    a.op(MOV_X, R4, R2, 0, 0);
-    a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 20);
-    a.jump(JGT_X, R4, R3, 0, redirect);
+    need(&mut a, R2, i32::from(ETH) + 20);
     a.op(LDX_B, R5, R2, ETH, 0); // version and header length
     a.op(MOV_X, R7, R5, 0, 0);
     a.op(AND_K, R7, 0, 0, 0xf0);
@@ -431,9 +425,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     a.op(ADD_X, R7, R5, 0, 0);
     // TCP at r7 + ETH.
     a.place(tcp);
-    a.op(MOV_X, R4, R7, 0, 0);
-    a.op(ADD_K, R4, 0, 0, i32::from(ETH) + 14);
-    a.jump(JGT_X, R4, R3, 0, redirect);
+    need(&mut a, R7, i32::from(ETH) + 14);
     a.op(LDX_B, R5, R7, ETH + 13, 0); // TCP flags
     a.op(AND_K, R5, 0, 0, RST_SYN_ACK);
     a.jump(JNE_K, R5, 0, SYN, redirect);

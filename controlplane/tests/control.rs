@@ -810,9 +810,10 @@ fn a_worker_behind_its_ring_sheds_syns_and_keeps_room_for_established_traffic() 
             fin["totals"]["polls"], fin["totals"]["shed"]
         );
         if shed == "on" {
-            // A few may still go where the whole VM stalls for longer than that (a
-            // stall of 76 ms was seen in this test's debug build); the difference
-            // with `off` is checked below.
+            // A few may still go where the whole VM stalls for longer than that (the
+            // 50-76 ms stalls once seen here were the holders' sweep of a debug build,
+            // since cut to under 10 ms; the VM's own agent can still take the core);
+            // the difference with `off` is checked below.
             assert!(received >= 97, "the pings answered while the flood was shed: {ping}\n{x}");
             assert!(shed_n > 10_000, "the flood was shed: {x}");
             assert!(fin["totals"]["shed"]["episodes"]["outside"].as_u64().unwrap() >= 1, "{}", fin["totals"]["shed"]);

@@ -257,7 +257,8 @@ pub const SHED_IPV6_EXTENSION_HEADERS: usize = holdfast_pipeline::parse::MAX_IPV
 ///    over IPv4 (any header length; the first fragment or none) or over IPv6 (behind
 ///    up to SHED_IPV6_EXTENSION_HEADERS extension headers: hop-by-hop, routing,
 ///    destination options, mobility, HIP, shim6, AH, a first fragment's header),
-///    untagged or behind one or two VLAN tags (0x8100, 0x88a8, 0x9100):
+///    untagged or behind one or two VLAN tags (0x8100, 0x88a8, 0x9100) — the parser's
+///    own lists (`parse::VLAN_TPIDS`, `parse::ipv6_extension`):
 ///     shed[queues + rx_queue_index] += 1 (atomic); return XDP_DROP
 /// return bpf_redirect_map(&xsks_map, rx_queue_index, XDP_PASS)
 /// ```
@@ -308,10 +309,8 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     const SYN: i32 = 0x02;
     const TCP: i32 = 6;
     const ETH: i16 = 14;
-    // IPv6 next-header values the walk steps over ((next, len) layout, AH, fragment).
-    const V6_GENERIC: [i32; 6] = [0, 43, 60, 135, 139, 140];
-    const V6_AH: i32 = 51;
-    const V6_FRAGMENT: i32 = 44;
+    // What the walk steps over is what the parser steps over.
+    use holdfast_pipeline::parse::{VLAN_TPIDS, ipv6_extension as v6};
 
     let mut a = Asm::new();
     let redirect = a.label();
@@ -348,9 +347,11 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     // neither IPv4 nor IPv6.
     for _ in 0..holdfast_pipeline::parse::MAX_VLAN_TAGS {
         let tagged = a.label();
-        a.jump(JEQ_K, R5, 0, wire16(0x8100), tagged);
-        a.jump(JEQ_K, R5, 0, wire16(0x88a8), tagged);
-        a.jump(JNE_K, R5, 0, wire16(0x9100), ip);
+        let (last, others) = VLAN_TPIDS.split_last().expect("tag types");
+        for &tpid in others {
+            a.jump(JEQ_K, R5, 0, wire16(tpid), tagged);
+        }
+        a.jump(JNE_K, R5, 0, wire16(*last), ip);
         a.place(tagged);
         a.op(ADD_K, R2, 0, 0, 4);
         need(&mut a, R2, i32::from(ETH));
@@ -378,10 +379,10 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
         let fragment = a.label();
         let step = a.label();
         a.jump(JEQ_K, R5, 0, TCP, tcp);
-        a.jump(JEQ_K, R5, 0, V6_FRAGMENT, fragment);
-        a.jump(JEQ_K, R5, 0, V6_AH, ah);
-        for v in V6_GENERIC {
-            a.jump(JEQ_K, R5, 0, v, generic);
+        a.jump(JEQ_K, R5, 0, i32::from(v6::FRAGMENT), fragment);
+        a.jump(JEQ_K, R5, 0, i32::from(v6::AH), ah);
+        for v in v6::GENERIC {
+            a.jump(JEQ_K, R5, 0, i32::from(v), generic);
         }
         a.jump(JA, 0, 0, 0, redirect); // ESP, no next header, UDP, ICMPv6, ...
         // A fragment header: 8 bytes; the walk goes on only in the first fragment.
@@ -572,6 +573,17 @@ mod shedding {
         V6 { chain: Vec<Ext>, proto: u8 },
     }
 
+    impl Ext {
+        /// The next-header value that names this header.
+        fn kind(&self) -> u8 {
+            match *self {
+                Ext::Generic(t, _) => t,
+                Ext::Ah(_) => 51,
+                Ext::Fragment(_) => 44,
+            }
+        }
+    }
+
     /// Ethernet behind `tags` (each tag's TPID), then `l3`, then a 20-byte TCP header
     /// with `flags`. Lengths and the IPv4 header checksum are right, so the pipeline's
     /// parser takes it whenever its shape is valid.
@@ -591,26 +603,16 @@ mod shedding {
                 ip[2..4].copy_from_slice(&total.to_be_bytes());
                 ip[6..8].copy_from_slice(&frag.to_be_bytes());
                 ip.resize(hl.max(20), 1); // options: NOPs
-                let sum = ip[..hl.max(20)].chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
-                let sum = (sum & 0xffff) + (sum >> 16);
-                let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+                let sum = holdfast_pipeline::wire::checksum_finish(holdfast_pipeline::wire::checksum_add(0, &ip));
                 ip[10..12].copy_from_slice(&sum.to_be_bytes());
                 f.extend_from_slice(&ip);
             }
             L3::V6 { chain, proto } => {
                 f.extend_from_slice(&[0x86, 0xdd]);
                 let mut ext = Vec::new();
-                let first = chain.first().map_or(*proto, |e| match *e {
-                    Ext::Generic(t, _) => t,
-                    Ext::Ah(_) => 51,
-                    Ext::Fragment(_) => 44,
-                });
+                let first = chain.first().map_or(*proto, Ext::kind);
                 for (i, e) in chain.iter().enumerate() {
-                    let next = chain.get(i + 1).map_or(*proto, |e| match *e {
-                        Ext::Generic(t, _) => t,
-                        Ext::Ah(_) => 51,
-                        Ext::Fragment(_) => 44,
-                    });
+                    let next = chain.get(i + 1).map_or(*proto, Ext::kind);
                     let (len, field) = match *e {
                         Ext::Generic(_, l) => ((usize::from(l) + 1) * 8, l),
                         Ext::Ah(l) => ((usize::from(l) + 2) * 4, l),

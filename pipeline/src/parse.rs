@@ -17,8 +17,21 @@ pub mod proto {
 /// At most two VLAN tags (802.1ad outer + 802.1Q inner) are accepted.
 pub const MAX_VLAN_TAGS: usize = 2;
 
+/// The VLAN tag EtherTypes (TPIDs) the parser reads past: 802.1Q, 802.1ad, the older
+/// 0x9100.
+pub const VLAN_TPIDS: [u16; 3] = [ethernet::ethertype::VLAN, ethernet::ethertype::QINQ, ethernet::ethertype::QINQ_OLD];
+
 /// IPv6 extension headers walked before a packet is called malformed.
 pub const MAX_IPV6_EXTENSION_HEADERS: usize = crate::wire::ipv6::MAX_EXTENSION_HEADERS;
+
+/// The IPv6 next-header values the parser steps over to reach the upper layer: those
+/// with the (next, len) layout, then AH and the fragment header (RFC 8200 section 4).
+pub mod ipv6_extension {
+    use crate::wire::ipv6::next_header as nh;
+    pub const GENERIC: [u8; 6] = [nh::HOP_BY_HOP, nh::ROUTING, nh::DEST_OPTS, nh::MOBILITY, nh::HIP, nh::SHIM6];
+    pub const AH: u8 = nh::AH;
+    pub const FRAGMENT: u8 = nh::FRAGMENT;
+}
 
 /// What a frame turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

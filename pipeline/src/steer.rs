@@ -65,23 +65,22 @@ pub fn maybe_fragment(frame: &[u8]) -> bool {
         // A fragment header, or an extension header that may stand before one: the
         // full parse (`steer`) tells. Rare, so the cost of asking is too.
         0x86dd => frame.get(ip + 6).is_some_and(|&next| {
-            use crate::wire::ipv6::next_header::*;
-            matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AH | DEST_OPTS | MOBILITY | HIP | SHIM6)
+            use crate::parse::ipv6_extension::{AH, FRAGMENT, GENERIC};
+            next == FRAGMENT || next == AH || GENERIC.contains(&next)
         }),
         _ => false,
     }
 }
 
-/// A frame's EtherType past up to two VLAN tags (802.1Q, 802.1ad, the older 0x9100:
-/// those the parser takes), and where the
-/// network header starts; `None` when the frame ends before the EtherType. Fixed
+/// A frame's EtherType past up to two VLAN tags (those the parser takes:
+/// [`crate::parse::VLAN_TPIDS`]), and where the network header starts; `None` when the frame ends before the EtherType. Fixed
 /// fields only: nothing after the EtherType is checked.
 #[inline]
 pub fn network_header(frame: &[u8]) -> Option<(u16, usize)> {
     let mut at = 12;
     let mut ty = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
-    for _ in 0..2 {
-        if !matches!(ty, 0x8100 | 0x88a8 | 0x9100) {
+    for _ in 0..crate::parse::MAX_VLAN_TAGS {
+        if !crate::parse::VLAN_TPIDS.contains(&ty) {
             break;
         }
         at += 4;

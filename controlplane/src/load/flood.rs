@@ -53,9 +53,8 @@ pub fn syn(rng: &mut Rng, o: &FloodOptions, target: SocketAddrV4) -> Vec<u8> {
         p[0] = 0x40 | (5 + n / 4) as u8;
         p[2..4].copy_from_slice(&((total + n) as u16).to_be_bytes());
         p[10..12].copy_from_slice(&[0, 0]);
-        let sum = p[..20 + n].chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
-        let sum = (sum & 0xffff) + (sum >> 16);
-        p[10..12].copy_from_slice(&(!(((sum & 0xffff) + (sum >> 16)) as u16)).to_be_bytes());
+        let sum = holdfast_pipeline::wire::checksum_finish(holdfast_pipeline::wire::checksum_add(0, &p[..20 + n]));
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
     }
     p
 }

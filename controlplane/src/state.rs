@@ -126,6 +126,7 @@ impl Writer {
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             temp,
             header: Header {
+                seed_policy: snapshot::SEED_AND_CONSTANTS_CARRIED,
                 seed,
                 written_unix_ns: 0,
                 workers: u16::try_from(workers.max(1)).unwrap_or(u16::MAX),
@@ -316,7 +317,10 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
     };
     let down_p = holdfast_pipeline::Duration::from(down);
     let n = engines.len();
-    let same_sets = engines.iter().all(|e| e.tombstone_sets() == h.tomb_sets);
+    // Tombstones are fingerprints of the writer's hash: of no use to engines with
+    // another number of sets, or when the writer hashed with foldhash's public
+    // constants (policy 1) and this build with constants drawn from the seed.
+    let same_sets = engines.iter().all(|e| e.tombstone_sets() == h.tomb_sets) && h.seed_policy == snapshot::SEED_AND_CONSTANTS_CARRIED;
     let mut r = Report { path: path.clone(), down, clock_went_back, workers_before: h.workers, workers_now: n, build: h.build_str(), ..Report::default() };
     let (mut flows_seen, mut tombs_seen) = (0u64, 0u64);
     let mut offset = HEADER_LEN as u64;

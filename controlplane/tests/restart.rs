@@ -267,6 +267,7 @@ fn a_damaged_snapshot_is_refused_whole_and_the_start_is_clean() {
     lab::up(1).unwrap();
     // A snapshot of another format version (its header otherwise intact).
     let mut h = holdfast_pipeline::snapshot::Header {
+        seed_policy: holdfast_pipeline::snapshot::SEED_AND_CONSTANTS_CARRIED,
         seed: 1,
         written_unix_ns: 0,
         workers: 1,

@@ -1,7 +1,7 @@
 //! Flow keys in canonical order, so that both directions of a connection find the same
 //! entry, and the seeded symmetric hashes that pick a table bucket and an owning worker.
 
-use core::hash::{BuildHasher, Hasher};
+use core::hash::Hasher;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Canonical 5-tuple plus VLAN.
@@ -109,14 +109,30 @@ pub fn from_ip(ip: IpAddr) -> (u128, bool) {
 /// Seeded hashes of flow keys. Symmetric because keys are canonical. The seed is chosen
 /// per process by the caller (from the OS's randomness), so an attacker cannot aim
 /// flows at one bucket or one worker.
+///
+/// Every constant the hash mixes with comes from the seed, not only its starting
+/// value. foldhash folds each pair of words as `(a ^ acc) * (b ^ k)`; with
+/// `FixedState` the multiplier constant `k` is foldhash's public `0xc0ac29b7c97c50dd`,
+/// so a key whose second word of a pair equals it multiplies by zero and forgets the
+/// seed folded in before. An IPv6 address half is such a word, and its owner picks it:
+/// spoofed sources with that interface identifier got one seed-independent owner per
+/// server and ports (a flood aimed at one worker), and with that upper half one
+/// seed-independent bucket hash (a flood aimed at one bucket pair and the stash).
+/// [`foldhash::SharedSeed::from_u64`] makes the constants secret too (and never 0).
 #[derive(Debug, Clone)]
 pub struct FlowHasher {
-    state: foldhash::fast::FixedState,
+    seed: u64,
+    shared: foldhash::SharedSeed,
 }
 
 impl FlowHasher {
     pub fn new(seed: u64) -> Self {
-        FlowHasher { state: foldhash::fast::FixedState::with_seed(seed) }
+        FlowHasher { seed, shared: foldhash::SharedSeed::from_u64(seed) }
+    }
+
+    #[inline(always)]
+    fn build_hasher(&self) -> foldhash::fast::FoldHasher<'_> {
+        foldhash::fast::FoldHasher::with_seed(self.seed, &self.shared)
     }
 
     /// Hash of the whole key: picks the table bucket.
@@ -150,7 +166,7 @@ impl FlowHasher {
     /// halves, then ports, protocol and VLAN.
     #[inline(always)]
     fn bucket_hash(&self, high: Option<[u64; 2]>, low: [u64; 2], tail: u64) -> u64 {
-        let mut h = self.state.build_hasher();
+        let mut h = self.build_hasher();
         if let Some([a0, b0]) = high {
             h.write_u64(a0);
             h.write_u64(b0);
@@ -191,7 +207,7 @@ impl FlowHasher {
     /// folded into the low address words, then `tail`: the worker-choosing hashes.
     #[inline]
     fn addresses_and(&self, k: &FlowKey, mix: u64, tail: u64) -> u64 {
-        let mut h = self.state.build_hasher();
+        let mut h = self.build_hasher();
         let (a0, a1, b0, b1) = k.addr_words();
         h.write_u64(a0 ^ b0.rotate_left(32));
         h.write_u64(a1 ^ mix);
@@ -274,6 +290,75 @@ mod tests {
         // B pinging A with the same identifier is a different flow.
         let (k3, _) = FlowKey::icmp_query(B, A, 99, 8, true, 1, false, 0);
         assert_ne!(k1, k3);
+    }
+
+    /// An attacker who cannot learn the seed computes hashes under a seed of its own
+    /// (`model`) and keeps the keys that land where it aims: the first 1/1024 of any
+    /// table's buckets (a bucket is `(h as u32) * n >> 32`), worker 0 of 4, one
+    /// datagram route. Under the real seed those keys must spread as any keys do. The
+    /// keys are the shapes that once cancelled the seed (see [`FlowHasher`]): IPv6
+    /// sources whose upper half, or whose interface identifier, is foldhash's fixed
+    /// multiplier; IPv4 keys ride along as a control. With `FixedState` the bucket
+    /// and owner counts below were 64 of 64.
+    #[test]
+    fn keys_chosen_under_another_seed_do_not_keep_their_bucket_or_worker() {
+        const FOLDHASH_FIXED_MULTIPLIER: u128 = 0xc0ac_29b7_c97c_50dd;
+        let server: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0001;
+        let (model, real) = (FlowHasher::new(1), FlowHasher::new(0x0123_4567_89ab_cdef));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Sources above the server (the key's second address) with the multiplier as
+        // their upper half; sources below it with the multiplier as their identifier.
+        let mut above = || (FOLDHASH_FIXED_MULTIPLIER << 64 | u128::from(next()), next() as u16);
+        let mut keys_above = Vec::new();
+        while keys_above.len() < 64 {
+            let (src, port) = above();
+            let (k, _) = FlowKey::new(src, port, server, 80, 6, true, 0);
+            if (model.hash(&k) as u32) < 1 << 22 {
+                keys_above.push(k);
+            }
+        }
+        let in_first_buckets = keys_above.iter().filter(|k| (real.hash(k) as u32) < 1 << 22).count();
+        assert!(in_first_buckets < 8, "{in_first_buckets} of 64 keys aimed at the first buckets stay there");
+
+        let mut below = Vec::new();
+        for i in 0u128.. {
+            if below.len() == 64 {
+                break;
+            }
+            let src = (0x2000u128 << 112) | (i << 64) | FOLDHASH_FIXED_MULTIPLIER;
+            let (k, _) = FlowKey::new(src, 1024 + i as u16, server, 80, 6, true, 0);
+            if owner_of(model.owner_hash(&k), 4) == 0 {
+                below.push(k);
+            }
+        }
+        let on_worker_0 = below.iter().filter(|k| owner_of(real.owner_hash(k), 4) == 0).count();
+        assert!(on_worker_0 < 40, "{on_worker_0} of 64 keys aimed at worker 0 stay there");
+        // The fragment router's hashes ignore ports: sources that differ only in the
+        // cancelled upper half must still differ (the IP ID is folded into the
+        // identifier's word, so the datagram's sources carry the multiplier ^ ID).
+        let pairs: std::collections::HashSet<u64> = below.iter().map(|k| real.pair_hash(k)).collect();
+        assert!(pairs.len() > 60, "{} distinct pair hashes for 64 sources", pairs.len());
+        let routes: std::collections::HashSet<u64> = (0u128..64)
+            .map(|i| FlowKey::new((0x2000u128 << 112) | (i << 64) | (FOLDHASH_FIXED_MULTIPLIER ^ 7), 0, server, 0, 17, true, 0).0)
+            .map(|k| real.datagram_hash(&k, 7))
+            .collect();
+        assert!(routes.len() > 60, "{} distinct datagram routes for 64 sources", routes.len());
+
+        // IPv4 keys aimed the same way (no word of theirs can cancel anything).
+        let mut v4 = Vec::new();
+        while v4.len() < 64 {
+            let (k, _) = FlowKey::new(u128::from(next() as u32), next() as u16, 0x0a00_0001, 80, 6, false, 0);
+            if (model.hash(&k) as u32) < 1 << 22 {
+                v4.push(k);
+            }
+        }
+        assert!(v4.iter().filter(|k| (real.hash(k) as u32) < 1 << 22).count() < 8);
     }
 
     #[test]

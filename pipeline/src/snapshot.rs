@@ -38,10 +38,15 @@ pub const FLOW_V4: usize = 111;
 pub const FLOW_V6: usize = FLOW_V4 + 24;
 pub const TOMB: usize = 14;
 
-/// `seed_policy`: the hash seed travels with the table, so that the restarted process
+/// `seed_policy` 1: the hash seed travels with the table, so that the restarted process
 /// hashes flows and tombstones as the stopped one did. The file is therefore as secret
-/// as the seed (mode 0600).
+/// as the seed (mode 0600). Written by builds whose `FlowHasher` mixed with foldhash's
+/// public constants; still read: flows are hashed again from their keys, but
+/// tombstones (fingerprints of the old hash) cannot be and are dropped, counted.
 pub const SEED_CARRIED: u8 = 1;
+/// `seed_policy` 2: as 1, and the hash's constants are drawn from the seed as well
+/// (`FlowHasher`, see there): what this build writes.
+pub const SEED_AND_CONSTANTS_CARRIED: u8 = 2;
 
 /// What is wrong with a snapshot, with the offset of the byte that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,9 @@ impl std::error::Error for FormatError {}
 /// The file's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// [`SEED_AND_CONSTANTS_CARRIED`] when written by this build; [`SEED_CARRIED`]
+    /// from an older one, whose tombstones this build cannot use.
+    pub seed_policy: u8,
     pub seed: u64,
     /// When it was written, in nanoseconds since the Unix epoch (wall clock).
     pub written_unix_ns: u64,
@@ -111,7 +119,7 @@ impl Header {
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-        h[12] = SEED_CARRIED;
+        h[12] = self.seed_policy;
         h[16..24].copy_from_slice(&self.seed.to_le_bytes());
         h[24..32].copy_from_slice(&self.written_unix_ns.to_le_bytes());
         h[32..34].copy_from_slice(&self.workers.to_le_bytes());
@@ -141,7 +149,7 @@ impl Header {
         if usize::from(u16_at(h, 10)) != HEADER_LEN {
             return Err(FormatError::BadHeader { what: "header length (bytes 10..12) is not 72" });
         }
-        if h[12] != SEED_CARRIED || h[13..16] != [0; 3] || h[34..36] != [0; 2] {
+        if !matches!(h[12], SEED_CARRIED | SEED_AND_CONSTANTS_CARRIED) || h[13..16] != [0; 3] || h[34..36] != [0; 2] {
             return Err(FormatError::BadHeader { what: "unknown seed policy or non-zero padding (bytes 12..16, 34..36)" });
         }
         let workers = u16_at(h, 32);
@@ -151,6 +159,7 @@ impl Header {
         let mut build = [0u8; 12];
         build.copy_from_slice(&h[56..68]);
         Ok(Header {
+            seed_policy: h[12],
             seed: u64_at(h, 16),
             written_unix_ns: u64_at(h, 24),
             workers,

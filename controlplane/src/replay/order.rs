@@ -11,7 +11,7 @@
 //! and reads the clock (tested without interfaces).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 
 use holdfast_pipeline::FlowHasher;
 use holdfast_pipeline::steer::steer;
@@ -90,7 +90,9 @@ pub struct Tracker {
     order: bool,
     timeout_ns: u64,
     hasher: FlowHasher,
-    key_state: foldhash::fast::FixedState,
+    /// The match key's seed and constants, all from the run's seed (as `FlowHasher`'s:
+    /// `FixedState`'s public constants let chosen bytes cancel the seed).
+    key_seed: (u64, foldhash::SharedSeed),
     /// Slots from `base` on.
     window: VecDeque<Slot>,
     base: u64,
@@ -130,7 +132,7 @@ impl Tracker {
             order,
             timeout_ns,
             hasher: FlowHasher::new(seed),
-            key_state: foldhash::fast::FixedState::with_seed(seed ^ 0x6d61_7463_6865_7321),
+            key_seed: (seed ^ 0x6d61_7463_6865_7321, foldhash::SharedSeed::from_u64(seed ^ 0x6d61_7463_6865_7321)),
             window: VecDeque::with_capacity(window),
             base: 0,
             sent_order: VecDeque::with_capacity(window),
@@ -157,7 +159,7 @@ impl Tracker {
     /// Ethernet addresses (a router rewrites them), the TTL (hop limit) and the IPv4
     /// header checksum left out, its length, and the side.
     pub fn match_key(&self, rx_side: usize, f: &[u8]) -> u64 {
-        let mut h = self.key_state.build_hasher();
+        let mut h = foldhash::fast::FoldHasher::with_seed(self.key_seed.0, &self.key_seed.1);
         h.write_usize(rx_side);
         match mutable_bytes(f) {
             Some((ttl, Some(csum), end)) => {

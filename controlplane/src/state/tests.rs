@@ -196,3 +196,41 @@ fn flows_idle_past_their_timeout_while_down_are_counted_not_restored() {
     assert_eq!(es[0].table().len(), 10);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A file written before the hash drew its constants from the seed (seed policy 1):
+/// its flows come back (hashed again from their keys), its tombstones — fingerprints
+/// of the old hash, which nothing can hash again — are dropped and counted; a policy
+/// this build does not know is refused by name.
+#[test]
+fn tombstones_of_the_old_hash_are_dropped_and_its_flows_restored() {
+    // 64 entries and 300 SYNs from as many clients: evictions leave tombstones.
+    let mut es = engines(1, 64);
+    for i in 0..300u32 {
+        let c = IpAddr::V4(Ipv4Addr::from(0xc633_0000 + i));
+        let syn = FrameSpec::tcp(c, 40000, IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), 80, SYN, 100, 0).build();
+        es[0].process(&Packet { data: &syn, zone: Zone::Outside, now: Instant::from_secs(10) });
+    }
+    let d = written("policy", &es);
+    let p = d.join(FILE);
+    let now_policy = restore_into(&d, 1, 64).unwrap().0;
+    assert!(now_policy.flows > 0 && now_policy.tombstones > 0, "{now_policy:?}");
+    assert_eq!(now_policy.tombstones_dropped, 0);
+
+    let mut b = std::fs::read(&p).unwrap();
+    let mut h = Header::decode(&b).unwrap();
+    assert_eq!(h.seed_policy, snapshot::SEED_AND_CONSTANTS_CARRIED, "what this build writes");
+    h.seed_policy = snapshot::SEED_CARRIED;
+    b[..HEADER_LEN].copy_from_slice(&h.encode());
+    std::fs::write(&p, &b).unwrap();
+    let (old, es) = restore_into(&d, 1, 64).unwrap();
+    assert_eq!(old.flows, now_policy.flows, "{old:?}");
+    assert_eq!((old.tombstones, old.tombstones_dropped), (0, now_policy.tombstones), "{old:?}");
+    es[0].audit().unwrap();
+
+    h.seed_policy = 3;
+    b[..HEADER_LEN].copy_from_slice(&h.encode());
+    std::fs::write(&p, &b).unwrap();
+    let e = restore_into(&d, 1, 64).map(|(r, _)| r).unwrap_err();
+    assert!(e.to_string().contains("unknown seed policy"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}

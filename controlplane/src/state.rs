@@ -48,6 +48,8 @@ pub enum StateError {
     TooBig { path: PathBuf, flows: u64, capacity: u64 },
     #[error("{}: worker {worker}'s table (conntrack.capacity {capacity}) is full: the flows it owns under {workers} worker(s) do not fit", .path.display())]
     TableFull { path: PathBuf, worker: usize, capacity: usize, workers: usize },
+    #[error("{}: worker {worker}'s IPv6 address pool ({places} places, conntrack.ipv6_share) is full: the IPv6 flows it owns under {workers} worker(s) do not fit", .path.display())]
+    Ipv6Pool { path: PathBuf, worker: usize, places: usize, workers: usize },
     #[error("{}: the flow at byte {offset} is listed twice: the file is damaged", .path.display())]
     Duplicate { path: PathBuf, offset: u64 },
     #[error("{}: {trailing} bytes after the end block", .path.display())]
@@ -360,6 +362,9 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
                         Ok(Restored::OverSourceLimit) => r.over_source_limit += 1,
                         Err(RestoreError::TableFull) => {
                             return Err(StateError::TableFull { path, worker: w, capacity: engines[w].table().capacity(), workers: n });
+                        }
+                        Err(RestoreError::Ipv6Pool) => {
+                            return Err(StateError::Ipv6Pool { path, worker: w, places: engines[w].config().ipv6_places(), workers: n });
                         }
                         Err(RestoreError::Duplicate) => return Err(StateError::Duplicate { path, offset: body + at as u64 }),
                     }

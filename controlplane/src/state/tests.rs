@@ -234,3 +234,17 @@ fn tombstones_of_the_old_hash_are_dropped_and_its_flows_restored() {
     assert!(e.to_string().contains("unknown seed policy"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A restart with a smaller `conntrack.ipv6_share` than the IPv6 flows need is refused
+/// by that setting's name, not as a full table (the table has room).
+#[test]
+fn too_many_ipv6_flows_for_the_pool_are_refused_by_the_settings_name() {
+    let d = written("pool", &loaded(1, 100));
+    let found = find(&d).unwrap().expect("a snapshot");
+    let cfg = EngineConfig { capacity: 4096, seed: SEED, tombstones: 4096, ipv6_slots: Some(10), ..EngineConfig::default() };
+    let mut es = vec![Engine::new(cfg, Arc::new(Classifier::new(vec![], Action::Allow)), Instant::from_secs(0))];
+    let e = restore(found, &mut es, &FlowHasher::new(SEED), Instant::from_secs(0)).map(|r| r.flows).unwrap_err();
+    assert!(matches!(e, StateError::Ipv6Pool { places: 10, .. }), "{e:?}");
+    assert!(e.to_string().contains("IPv6 address pool (10 places, conntrack.ipv6_share) is full"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}

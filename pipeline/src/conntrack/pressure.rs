@@ -106,19 +106,31 @@ struct Link {
     next: u32,
 }
 
+/// Lists: one per admission class (one for all in `lru` and `none` modes), for each
+/// address family.
+const LISTS: usize = 2 * Admission::COUNT;
+
 /// FIFO lists of entries by admission class (or one list for all, in `lru` and `none`
-/// modes), and live counts per class in every mode.
+/// modes) and address family, and live counts per class in every mode.
+///
+/// The families have lists of their own because IPv6 flows have a room of their own
+/// to make: a limited IPv6 address pool (`conntrack.ipv6_share`) fills before the
+/// table does, and then a new IPv6 flow needs an IPv6 victim — found in O(1) at the
+/// head of its family's lists, as a new flow on a full table finds any. Which of two
+/// families' heads of one class is older is the engine's call (it reads their entries).
 pub struct ClassLists {
     links: Zeroed<Link>,
-    head: [u32; Admission::COUNT],
-    tail: [u32; Admission::COUNT],
-    counts: [u32; Admission::COUNT],
+    /// By [`ClassLists::list`]: IPv4 lists first, then IPv6.
+    head: [u32; LISTS],
+    tail: [u32; LISTS],
+    /// Entries per class and family (`[v6][class]`).
+    counts: [[u32; Admission::COUNT]; 2],
     per_class: bool,
 }
 
 impl ClassLists {
     pub fn new(capacity: usize, evict: Evict) -> ClassLists {
-        ClassLists { links: zeroed_slice(capacity), head: [NIL; 4], tail: [NIL; 4], counts: [0; 4], per_class: evict == Evict::ByClass }
+        ClassLists { links: zeroed_slice(capacity), head: [NIL; LISTS], tail: [NIL; LISTS], counts: [[0; 4]; 2], per_class: evict == Evict::ByClass }
     }
 
     pub fn bytes(&self) -> usize {
@@ -140,32 +152,34 @@ impl ClassLists {
         capacity.saturating_mul(core::mem::size_of::<Link>())
     }
 
+    /// Entries per class, both families.
     pub fn counts(&self) -> [u32; Admission::COUNT] {
-        self.counts
+        core::array::from_fn(|i| self.counts[0][i] + self.counts[1][i])
     }
 
     pub fn count(&self, a: Admission) -> u32 {
-        self.counts[a as usize]
+        self.counts[0][a as usize] + self.counts[1][a as usize]
     }
 
     /// Entries in classes below `a` (by-class eviction takes room from those first).
     #[inline]
     pub fn below(&self, a: Admission) -> u32 {
-        self.counts[..a as usize].iter().sum()
+        self.counts[0][..a as usize].iter().sum::<u32>() + self.counts[1][..a as usize].iter().sum::<u32>()
     }
 
     /// Entries that are not assured.
     pub fn non_assured(&self) -> u32 {
-        self.counts[0] + self.counts[1] + self.counts[2]
+        let [v4, v6] = &self.counts;
+        v4[0] + v4[1] + v4[2] + v6[0] + v6[1] + v6[2]
     }
 
-    fn list(&self, a: Admission) -> usize {
-        if self.per_class { a as usize } else { 0 }
+    fn list(&self, a: Admission, v6: bool) -> usize {
+        usize::from(v6) * Admission::COUNT + if self.per_class { a as usize } else { 0 }
     }
 
     /// Appends `slot` (a new entry, or one that changed class) at the tail.
-    pub fn push(&mut self, slot: u32, a: Admission) {
-        let l = self.list(a);
+    pub fn push(&mut self, slot: u32, a: Admission, v6: bool) {
+        let l = self.list(a, v6);
         let t = self.tail[l];
         self.links[slot as usize] = Link { prev: t, next: NIL };
         if t == NIL {
@@ -174,11 +188,11 @@ impl ClassLists {
             self.links[t as usize].next = slot;
         }
         self.tail[l] = slot;
-        self.counts[a as usize] += 1;
+        self.counts[usize::from(v6)][a as usize] += 1;
     }
 
-    pub fn remove(&mut self, slot: u32, a: Admission) {
-        let l = self.list(a);
+    pub fn remove(&mut self, slot: u32, a: Admission, v6: bool) {
+        let l = self.list(a, v6);
         let Link { prev, next } = self.links[slot as usize];
         if prev == NIL {
             self.head[l] = next;
@@ -190,27 +204,40 @@ impl ClassLists {
         } else {
             self.links[next as usize].prev = prev;
         }
-        self.counts[a as usize] -= 1;
+        self.counts[usize::from(v6)][a as usize] -= 1;
     }
 
     /// Moves an entry to another class (to the tail of its list).
-    pub fn change(&mut self, slot: u32, from: Admission, to: Admission) {
+    pub fn change(&mut self, slot: u32, from: Admission, to: Admission, v6: bool) {
         if from == to {
             return;
         }
         if self.per_class {
-            self.remove(slot, from);
-            self.push(slot, to);
+            self.remove(slot, from, v6);
+            self.push(slot, to, v6);
         } else {
-            self.counts[from as usize] -= 1;
-            self.counts[to as usize] += 1;
+            self.counts[usize::from(v6)][from as usize] -= 1;
+            self.counts[usize::from(v6)][to as usize] += 1;
         }
     }
 
-    /// The oldest entry of the lowest non-empty class below `Assured` (by-class).
-    pub fn oldest_non_assured(&self) -> Option<u32> {
+    /// The oldest IPv4 and IPv6 entries (list heads) of the lowest class below
+    /// `Assured` that either family has (by-class): the victim is one of the two.
+    #[inline]
+    pub fn oldest_non_assured(&self) -> Option<(Option<u32>, Option<u32>)> {
         debug_assert!(self.per_class);
-        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().map(|&a| self.head[a as usize]).find(|&h| h != NIL)
+        let head = |l: usize| (self.head[l] != NIL).then_some(self.head[l]);
+        [Admission::Embryonic, Admission::Unreplied, Admission::Closing]
+            .iter()
+            .map(|&a| (head(a as usize), head(Admission::COUNT + a as usize)))
+            .find(|&(v4, v6)| v4.is_some() || v6.is_some())
+    }
+
+    /// The oldest IPv6 entry of the lowest non-empty class below `Assured` (by-class):
+    /// the victim when the IPv6 address pool is full.
+    pub fn oldest_non_assured_v6(&self) -> Option<u32> {
+        debug_assert!(self.per_class);
+        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().map(|&a| self.head[Admission::COUNT + a as usize]).find(|&h| h != NIL)
     }
 
     /// The entry after `slot` in its list (the next oldest).
@@ -226,10 +253,10 @@ impl ClassLists {
         crate::raw::prefetch(&self.links[slot as usize]);
     }
 
-    /// The oldest entry of class `a` (by-class mode).
-    pub fn head(&self, a: Admission) -> Option<u32> {
+    /// The oldest entry of class `a` and family `v6` (by-class mode).
+    pub fn head(&self, a: Admission, v6: bool) -> Option<u32> {
         debug_assert!(self.per_class);
-        let h = self.head[a as usize];
+        let h = self.head[self.list(a, v6)];
         (h != NIL).then_some(h)
     }
 
@@ -238,17 +265,18 @@ impl ClassLists {
         self.per_class
     }
 
-    /// The head of the single list (`lru` mode).
-    pub fn head_all(&self) -> Option<u32> {
-        (self.head[0] != NIL).then_some(self.head[0])
+    /// The head of the family's single list (`lru` mode).
+    pub fn head_all(&self, v6: bool) -> Option<u32> {
+        let h = self.head[self.list(Admission::Embryonic, v6)];
+        (h != NIL).then_some(h)
     }
 
     /// Every listed entry, each list from its head (oldest first): the order a
     /// snapshot keeps, so that eviction picks the same victims after a restart. At
     /// most `capacity` entries per list, whatever the links say.
     pub fn in_order(&self) -> impl Iterator<Item = u32> + '_ {
-        let lists = if self.per_class { Admission::COUNT } else { 1 };
-        (0..lists).flat_map(move |l| {
+        let lists: &'static [usize] = if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] };
+        lists.iter().flat_map(move |&l| {
             let mut at = self.head[l];
             core::iter::from_fn(move || {
                 let s = (at != NIL).then_some(at)?;
@@ -263,9 +291,10 @@ impl ClassLists {
     /// `capacity` steps, so a cycle is an error, not a hang) has the length its
     /// classes count, and every link points back. For tests and audits: O(capacity).
     pub fn audit(&self) -> Result<(), String> {
-        let lists = if self.per_class { Admission::COUNT } else { 1 };
-        for l in 0..lists {
-            let expect: u32 = if self.per_class { self.counts[l] } else { self.counts.iter().sum() };
+        let lists: &[usize] = if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] };
+        for &l in lists {
+            let family = &self.counts[l / Admission::COUNT];
+            let expect: u32 = if self.per_class { family[l % Admission::COUNT] } else { family.iter().sum() };
             let (mut n, mut prev, mut at) = (0u32, NIL, self.head[l]);
             while at != NIL {
                 if n as usize >= self.links.len() {
@@ -289,10 +318,10 @@ impl ClassLists {
         Ok(())
     }
 
-    /// Moves the head of the single list to its tail (a second chance).
-    pub fn rotate(&mut self, slot: u32, a: Admission) {
-        self.remove(slot, a);
-        self.push(slot, a);
+    /// Moves the head of the family's single list to its tail (a second chance).
+    pub fn rotate(&mut self, slot: u32, a: Admission, v6: bool) {
+        self.remove(slot, a, v6);
+        self.push(slot, a, v6);
     }
 }
 
@@ -303,31 +332,53 @@ mod tests {
     #[test]
     fn fifo_per_class_and_lowest_class_first() {
         let mut l = ClassLists::new(8, Evict::ByClass);
-        l.push(0, Admission::Assured);
-        l.push(1, Admission::Closing);
-        l.push(2, Admission::Embryonic);
-        l.push(3, Admission::Embryonic);
-        assert_eq!(l.oldest_non_assured(), Some(2));
-        l.remove(2, Admission::Embryonic);
-        assert_eq!(l.oldest_non_assured(), Some(3));
-        l.change(3, Admission::Embryonic, Admission::Assured);
-        assert_eq!(l.oldest_non_assured(), Some(1));
+        l.push(0, Admission::Assured, false);
+        l.push(1, Admission::Closing, false);
+        l.push(2, Admission::Embryonic, false);
+        l.push(3, Admission::Embryonic, false);
+        assert_eq!(l.oldest_non_assured(), Some((Some(2), None)));
+        l.remove(2, Admission::Embryonic, false);
+        assert_eq!(l.oldest_non_assured(), Some((Some(3), None)));
+        l.change(3, Admission::Embryonic, Admission::Assured, false);
+        assert_eq!(l.oldest_non_assured(), Some((Some(1), None)));
         assert_eq!(l.counts(), [0, 0, 1, 2]);
         assert_eq!(l.non_assured(), 1);
-        l.remove(1, Admission::Closing);
+        l.remove(1, Admission::Closing, false);
         assert_eq!(l.oldest_non_assured(), None);
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn each_family_has_its_lists_and_the_lowest_class_of_either_comes_first() {
+        let mut l = ClassLists::new(8, Evict::ByClass);
+        l.push(0, Admission::Unreplied, false);
+        l.push(1, Admission::Unreplied, true);
+        l.push(2, Admission::Closing, true);
+        assert_eq!(l.oldest_non_assured(), Some((Some(0), Some(1))));
+        assert_eq!(l.oldest_non_assured_v6(), Some(1));
+        l.push(3, Admission::Embryonic, true);
+        assert_eq!(l.oldest_non_assured(), Some((None, Some(3))), "an IPv6 embryonic entry before IPv4 unreplied ones");
+        assert_eq!(l.oldest_non_assured_v6(), Some(3));
+        l.change(3, Admission::Embryonic, Admission::Assured, true);
+        l.remove(1, Admission::Unreplied, true);
+        assert_eq!(l.oldest_non_assured_v6(), Some(2));
+        assert_eq!((l.counts(), l.non_assured(), l.below(Admission::Closing)), ([0, 1, 1, 1], 2, 1));
+        assert_eq!(l.in_order().collect::<Vec<_>>(), [0, 2, 3]);
+        l.audit().unwrap();
     }
 
     #[test]
     fn one_list_in_lru_mode() {
         let mut l = ClassLists::new(4, Evict::Lru);
-        l.push(0, Admission::Assured);
-        l.push(1, Admission::Embryonic);
-        assert_eq!(l.head_all(), Some(0));
-        l.rotate(0, Admission::Assured);
-        assert_eq!(l.head_all(), Some(1));
-        l.change(1, Admission::Embryonic, Admission::Assured);
-        assert_eq!(l.counts(), [0, 0, 0, 2]);
+        l.push(0, Admission::Assured, false);
+        l.push(1, Admission::Embryonic, false);
+        l.push(2, Admission::Embryonic, true);
+        assert_eq!((l.head_all(false), l.head_all(true)), (Some(0), Some(2)));
+        l.rotate(0, Admission::Assured, false);
+        assert_eq!(l.head_all(false), Some(1));
+        l.change(1, Admission::Embryonic, Admission::Assured, false);
+        assert_eq!(l.counts(), [1, 0, 0, 2]);
+        l.audit().unwrap();
     }
 
     #[test]

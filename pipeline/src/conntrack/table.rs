@@ -667,6 +667,12 @@ impl Table {
         FlowKey { addr, port: c.port, proto: c.proto(), v6, vlan: c.vlan() }
     }
 
+    /// True when the IPv6 address pool (`conntrack.ipv6_share`) has no free place.
+    #[inline]
+    pub(crate) fn v6_pool_full(&self) -> bool {
+        !self.v6_per_slot && self.v6_free.is_empty()
+    }
+
     /// True when `slot` holds a live entry (every live entry has an armed timer).
     pub(crate) fn is_live(&self, slot: u32) -> bool {
         self.wheel.is_armed(slot)

@@ -188,7 +188,7 @@ impl Engine {
             return Err(AdoptError::OverSourceLimit);
         }
         let slot = self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|_| AdoptError::TableFull)?;
-        self.lists.push(slot, adm);
+        self.lists.push(slot, adm, key.v6);
         self.note_new(slot, key);
         let charged = self.sources.add(src, key.v6);
         debug_assert!(charged, "checked above");

@@ -53,16 +53,18 @@ impl Engine {
             for a in [Admission::Embryonic, Admission::Unreplied, Admission::Closing] {
                 // What the classes below gave back lowers the pressure on this one.
                 self.rescale();
-                while budget > 0 {
-                    budget -= 1;
-                    let Some(slot) = self.lists.head(a) else { break };
-                    let c = self.table.conns[slot as usize];
-                    if idle_ticks(now32, c.last_seen) < self.timeout_of(&c) {
-                        break;
+                for v6 in [false, true] {
+                    while budget > 0 {
+                        let Some(slot) = self.lists.head(a, v6) else { break };
+                        let c = self.table.conns[slot as usize];
+                        if idle_ticks(now32, c.last_seen) < self.timeout_of(&c) {
+                            break;
+                        }
+                        budget -= 1;
+                        let h = self.table.hash(&self.table.key_of(slot));
+                        self.retire(slot, h, Some(Why::Expired), now);
+                        removed += 1;
                     }
-                    let h = self.table.hash(&self.table.key_of(slot));
-                    self.retire(slot, h, Some(Why::Expired), now);
-                    removed += 1;
                 }
             }
         }

@@ -65,7 +65,7 @@ impl Engine {
                 return Err(DropReason::TableFull);
             }
         };
-        self.lists.push(slot, adm);
+        self.lists.push(slot, adm, m.key.v6);
         self.note_new(slot, m.key);
         let charged = self.sources.add(src, m.key.v6);
         debug_assert!(charged, "make_room checked the source");
@@ -109,7 +109,8 @@ impl Engine {
         let (old, new) = (c.admission(), admission_of(c));
         if old != new {
             c.set_admission(new);
-            self.lists.change(slot, old, new);
+            let v6 = c.is_v6();
+            self.lists.change(slot, old, new, v6);
         }
     }
 
@@ -138,7 +139,7 @@ impl Engine {
             self.sources.sub(key.addr[c.charged()], key.v6);
         }
         self.note_removal(slot, now);
-        self.lists.remove(slot, adm);
+        self.lists.remove(slot, adm, c.is_v6());
         self.table.remove_hashed(slot, h);
     }
 
@@ -155,7 +156,8 @@ impl Engine {
     }
 
     /// Makes room for one new entry whose original source is `src`: applies the
-    /// per-source limit, the non-assured quota, and the eviction policy when full.
+    /// per-source limit, the non-assured quota, and the eviction policy when the table
+    /// — or, for an IPv6 flow, the IPv6 address pool — is full.
     fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
         match self.sources.check(src, v6) {
             Ok(()) => {}
@@ -167,21 +169,35 @@ impl Engine {
                 // New entries are never assured: hold them to their quota by recycling
                 // the oldest of their kind.
                 if self.lists.non_assured() >= self.quota
-                    && let Some(v) = self.lists.oldest_non_assured()
+                    && let Some(v) = self.oldest_non_assured()
                 {
                     self.evict(v, now);
                 }
                 if self.table.is_full() {
-                    match self.lists.oldest_non_assured() {
+                    match self.oldest_non_assured() {
                         Some(v) => self.evict(v, now),
                         // Only assured flows left: they are never evicted for a newcomer.
                         None => return Err(DropReason::TableFull),
                     }
                 }
+                // A full IPv6 pool is room like a full table (see `ClassLists`).
+                if v6 && self.table.v6_pool_full() {
+                    match self.lists.oldest_non_assured_v6() {
+                        Some(v) => self.evict(v, now),
+                        None => return Err(self.pool_full()),
+                    }
+                }
             }
             Evict::Lru => {
-                if self.table.is_full()
-                    && let Some(v) = self.second_chance()
+                if self.table.is_full() {
+                    let older_v6 = self.older(self.lists.head_all(false), self.lists.head_all(true)).is_some_and(|s| self.table.conns[s as usize].is_v6());
+                    if let Some(v) = self.second_chance(older_v6) {
+                        self.evict(v, now);
+                    }
+                }
+                if v6
+                    && self.table.v6_pool_full()
+                    && let Some(v) = self.second_chance(true)
                 {
                     self.evict(v, now);
                 }
@@ -190,9 +206,38 @@ impl Engine {
                 if self.table.is_full() {
                     return Err(DropReason::TableFull);
                 }
+                if v6 && self.table.v6_pool_full() {
+                    return Err(self.pool_full());
+                }
             }
         }
         Ok(())
+    }
+
+    /// Counts a new IPv6 flow refused for want of a place in the IPv6 pool.
+    fn pool_full(&mut self) -> DropReason {
+        self.counters.ipv6_pool_full += 1;
+        DropReason::TableFull
+    }
+
+    /// The oldest non-assured entry of the lowest class either family has.
+    #[inline]
+    fn oldest_non_assured(&self) -> Option<u32> {
+        let (v4, v6) = self.lists.oldest_non_assured()?;
+        self.older(v4, v6)
+    }
+
+    /// Of two list heads (an IPv4 and an IPv6 one), the one seen longer ago; IPv4 on a
+    /// tie. Each list is oldest first, so the older head is the older entry of both.
+    #[inline]
+    fn older(&self, v4: Option<u32>, v6: Option<u32>) -> Option<u32> {
+        match (v4, v6) {
+            (Some(a), Some(b)) => {
+                let (la, lb) = (self.table.conns[a as usize].last_seen, self.table.conns[b as usize].last_seen);
+                Some(if (lb.wrapping_sub(la) as i32) < 0 { b } else { a })
+            }
+            (a, b) => a.or(b),
+        }
     }
 
     fn evict(&mut self, slot: u32, now: Instant) {
@@ -213,7 +258,7 @@ impl Engine {
     /// links. Hints only: the next eviction still takes whatever is oldest then.
     #[inline]
     fn warm_next_victim(&mut self) {
-        let Some(v) = self.lists.oldest_non_assured() else { return };
+        let Some(v) = self.oldest_non_assured() else { return };
         let h = self.table.hash(&self.table.key_of(v));
         self.table.prefetch_bucket(h);
         self.tombs.prefetch(h);
@@ -223,18 +268,19 @@ impl Engine {
         }
     }
 
-    /// The LRU model's victim: the oldest entry not used since the clock last passed.
-    fn second_chance(&mut self) -> Option<u32> {
+    /// The LRU model's victim in one family's list: the oldest entry not used since
+    /// the clock last passed.
+    fn second_chance(&mut self, v6: bool) -> Option<u32> {
         for _ in 0..SECOND_CHANCE_TRIES {
-            let s = self.lists.head_all()?;
+            let s = self.lists.head_all(v6)?;
             let c = &mut self.table.conns[s as usize];
             if c.flags & cflag::REFERENCED == 0 {
                 return Some(s);
             }
             c.flags &= !cflag::REFERENCED;
             let adm = c.admission();
-            self.lists.rotate(s, adm);
+            self.lists.rotate(s, adm, v6);
         }
-        self.lists.head_all()
+        self.lists.head_all(v6)
     }
 }

@@ -6,6 +6,7 @@ use super::Engine;
 use super::lifecycle::admission_of;
 use super::timers::{abs_ticks, idle_ticks};
 use crate::conntrack::conn::cflag;
+use crate::conntrack::table::IndexFull;
 use crate::parse::proto;
 use crate::snapshot::{FlowRecord, TombRecord};
 use crate::time::{Duration, Instant};
@@ -16,6 +17,9 @@ pub enum RestoreError {
     /// No free slot: the snapshot holds more flows than this table (or this worker's
     /// share of them) can take.
     TableFull,
+    /// An IPv6 flow, and the IPv6 address pool (`conntrack.ipv6_share`) is full: the
+    /// snapshot holds more IPv6 flows than this worker's pool can take.
+    Ipv6Pool,
     /// The flow is already in the table: the snapshot lists it twice.
     Duplicate,
 }
@@ -120,8 +124,11 @@ impl Engine {
         stats.set_created(t.wrapping_sub(rec.age.saturating_add(down).min(half)));
         let left = timeout - idle;
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(conn.timer_class())));
-        let slot = self.table.insert(h, &rec.key, conn, rec.aux, stats, when).map_err(|_| RestoreError::TableFull)?;
-        self.lists.push(slot, adm);
+        let slot = self.table.insert(h, &rec.key, conn, rec.aux, stats, when).map_err(|e| match e {
+            IndexFull::Ipv6Pool => RestoreError::Ipv6Pool,
+            IndexFull::Index => RestoreError::TableFull,
+        })?;
+        self.lists.push(slot, adm, rec.key.v6);
         let charged = self.sources.add(src, rec.key.v6);
         debug_assert!(charged, "checked above");
         Ok(Restored::Flow)

@@ -1,5 +1,7 @@
 //! Engine behaviour for UDP, ICMP, fragments, L2 and addressing, on a fake clock.
 
+use core::net::IpAddr;
+
 use crate::engine::{EngineConfig, Packet};
 use crate::policy::{Action, Zone};
 use crate::testutil::*;
@@ -400,18 +402,110 @@ fn without_accounting_an_entry_costs_32_bytes_less_and_tracking_is_the_same() {
     b2.e.audit().unwrap();
 }
 
+/// In the naive models a full IPv6 pool behaves as their full table does: `none`
+/// (pf) refuses the flow as table_full and counts it, `lru` evicts the longest idle.
 #[test]
-fn a_full_ipv6_pool_refuses_ipv6_flows_as_table_full_and_counts_it() {
-    let cfg = EngineConfig { capacity: 64, ipv6_slots: Some(1), ..EngineConfig::default() };
-    let mut l = Lab::with(cfg);
+fn a_full_ipv6_pool_refuses_in_the_none_model_and_evicts_in_lru() {
+    use crate::conntrack::pressure::{Evict, Pressure};
     let ping6 = |id: u32| crate::wire::build::FrameSpec::icmp(ip("2001:db8:1::7"), ip("2001:db8:2::1"), 128, 0, id << 16 | 1, b"p").build();
-    assert!(l.send(&ping6(1), Zone::Outside).is_pass());
-    assert_eq!(l.send(&ping6(2), Zone::Outside), Verdict::Drop(DropReason::TableFull));
+    for evict in [Evict::None, Evict::Lru] {
+        let pressure = Pressure { evict, embryonic_share: 1.0, ..Pressure::default() };
+        let cfg = EngineConfig { capacity: 64, ipv6_slots: Some(1), pressure, ..EngineConfig::default() };
+        let mut l = Lab::with(cfg);
+        assert!(l.send(&ping6(1), Zone::Outside).is_pass());
+        if evict == Evict::None {
+            assert_eq!(l.send(&ping6(2), Zone::Outside), Verdict::Drop(DropReason::TableFull));
+            assert_eq!(l.e.counters().ipv6_pool_full, 1);
+        } else {
+            assert_eq!(l.send(&ping6(2), Zone::Outside), NEW);
+            assert_eq!(l.e.counters().ipv6_pool_full, 0);
+            assert_eq!(l.e.table().len(), 1, "the first ping's entry made room");
+        }
+        l.handshake();
+        assert_eq!(l.e.table().len(), 2, "IPv4 flows still fit");
+        l.e.audit().unwrap();
+        assert!(super::Engine::footprint(&EngineConfig { ipv6_slots: Some(16), ..cfg }) < super::Engine::footprint(&EngineConfig { ipv6_slots: None, ..cfg }));
+    }
+}
+
+/// A full IPv6 pool is room like a full table: a spoofed IPv6 flood that fills it
+/// (here 8 places of a 64-entry table, far below the table's size and the
+/// non-assured quota, so neither eviction rule fired) must not lock every new IPv6
+/// flow out until the flood's entries time out. A new flow takes the place of a
+/// non-assured IPv6 entry, as a new flow on a full table does; assured IPv6 flows
+/// are never evicted for it.
+#[test]
+fn a_flood_that_fills_the_ipv6_pool_does_not_lock_new_ipv6_flows_out() {
+    let cfg = EngineConfig { capacity: 64, ipv6_slots: Some(8), ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    let request = |from: &str, id: u32| crate::wire::build::FrameSpec::icmp(ip(from), ip("2001:db8:2::1"), 128, 0, id << 16 | 1, b"p").build();
+    let reply = |to: &str, id: u32| crate::wire::build::FrameSpec::icmp(ip("2001:db8:2::1"), ip(to), 129, 0, id << 16 | 1, b"p").build();
+    for i in 0..8 {
+        assert!(l.send(&request(&format!("2001:db8:66::{}", i + 1), i), Zone::Outside).is_pass());
+    }
+    l.advance(Duration::from_secs(1));
+    // The pool is full of unanswered pings; a real client's ping and its reply.
+    assert_eq!(l.send(&request("2001:db8:1::7", 100), Zone::Outside), NEW);
+    assert_eq!(l.send(&reply("2001:db8:1::7", 100), Zone::Inside), EST);
+    assert_eq!(l.e.table().len(), 8, "one flood entry made room");
+    assert_eq!(l.e.counters().ipv6_pool_full, 0);
+    // Every other flood ping answered too (the evicted one's reply finds no state):
+    // the pool now holds 8 replied (assured-class) flows, and a new IPv6 flow is refused, and
+    // counted, rather than evicting one.
+    for i in 0..8 {
+        l.send(&reply(&format!("2001:db8:66::{}", i + 1), i), Zone::Inside);
+    }
+    assert_eq!(l.flows().iter().filter(|f| f.class == crate::conntrack::pressure::Admission::Assured).count(), 8);
+    assert_eq!(l.send(&request("2001:db8:1::8", 300), Zone::Outside), Verdict::Drop(DropReason::TableFull));
     assert_eq!(l.e.counters().ipv6_pool_full, 1);
     l.handshake();
-    assert_eq!(l.e.table().len(), 2, "IPv4 flows still fit");
+    assert_eq!(l.e.table().len(), 9, "IPv4 flows still fit");
     l.e.audit().unwrap();
-    assert!(super::Engine::footprint(&EngineConfig { ipv6_slots: Some(16), ..cfg }) < super::Engine::footprint(&EngineConfig { ipv6_slots: None, ..cfg }));
+}
+
+/// The seed's story over IPv6 with a limited pool: 100 established connections hold
+/// part of the pool, a spoofed SYN flood keeps coming (40 SYNs every 20 ms, ten times
+/// the pool's 156 other places over the test), and a real client opens a connection
+/// in the middle of it. Every established connection keeps passing, the client's
+/// handshake completes, and no new flow is refused for want of a place. (As on a
+/// full table, a handshake survives as long as the flood needs to send as many SYNs
+/// as there is non-assured room: here 120 SYNs go by between its SYN and its ACK.)
+#[test]
+fn an_ipv6_syn_flood_on_a_limited_pool_spares_established_flows_and_a_new_handshake() {
+    let cfg = EngineConfig { capacity: 4096, ipv6_slots: Some(256), ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    let server = ip("2001:db8:2::80");
+    let seg = |c: IpAddr, port: u16, to_server: bool, flags: u8, seq: u32, ack: u32| {
+        if to_server { FrameSpec::tcp(c, port, server, 80, flags, seq, ack).build() } else { FrameSpec::tcp(server, 80, c, port, flags, seq, ack).build() }
+    };
+    let client = |i: u32| ip(&format!("2001:db8:1::{:x}", i + 1));
+    for i in 0..100 {
+        let c = client(i);
+        assert_eq!(l.send(&seg(c, 40000, true, SYN, 100, 0), Zone::Outside), NEW);
+        assert_eq!(l.send(&seg(c, 40000, false, SYN | ACK, 900, 101), Zone::Inside), EST);
+        assert_eq!(l.send(&seg(c, 40000, true, ACK, 101, 901), Zone::Outside), EST);
+    }
+    let mut spoofed = 0u32;
+    let real = ip("2001:db8:1::beef");
+    for round in 0..40 {
+        for _ in 0..40 {
+            spoofed += 1;
+            let src = ip(&format!("2001:db8:66:{:x}::{:x}", spoofed >> 16, spoofed & 0xffff));
+            assert!(l.send(&seg(src, 1024 + (spoofed % 60000) as u16, true, SYN, spoofed, 0), Zone::Outside).is_pass());
+        }
+        match round {
+            10 => assert_eq!(l.send(&seg(real, 50000, true, SYN, 7, 0), Zone::Outside), NEW),
+            11 => assert_eq!(l.send(&seg(real, 50000, false, SYN | ACK, 70, 8), Zone::Inside), EST, "the handshake's state survived the flood"),
+            12 => assert_eq!(l.send(&seg(real, 50000, true, ACK, 8, 71), Zone::Outside), EST),
+            _ => {}
+        }
+        l.advance(Duration::from_millis(20));
+    }
+    for i in 0..100 {
+        assert_eq!(l.send(&seg(client(i), 40000, false, ACK, 901, 101), Zone::Inside), EST, "established connection {i}");
+    }
+    assert_eq!(l.e.counters().ipv6_pool_full, 0);
+    l.e.audit().unwrap();
 }
 
 /// An assured flow's expiry is counted by the timeout that ran out: the operator can

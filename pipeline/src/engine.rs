@@ -113,7 +113,7 @@ impl Engine {
             frags: FragTable::new(cfg.fragments, cfg.fragment_timeout.ticks(), cfg.seed),
             lists: ClassLists::new(cfg.capacity.max(1), cfg.pressure.evict),
             tombs: Tombstones::new(cfg.tombstones),
-            sources: Sources::new(cfg.capacity.max(1), cfg.per_source_limit, cfg.seed),
+            sources: Sources::new(cfg.capacity.max(1), cfg.per_source_limit, cfg.source_prefix_v6, cfg.seed),
             quota: quota(&cfg),
             scale: 1024,
             policy,

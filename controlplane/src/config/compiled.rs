@@ -182,6 +182,7 @@ impl Config {
         if (e.per_source_limit == 0) != (n.per_source_limit == 0) {
             cmp("conntrack.per_source_limit", e.per_source_limit.to_string(), n.per_source_limit.to_string());
         }
+        cmp("conntrack.per_source_ipv6_prefix", e.source_prefix_v6.to_string(), n.source_prefix_v6.to_string());
         cmp("zones.outside.interface", format!("{:?}", self.outside_interface), format!("{:?}", new.outside_interface));
         cmp("zones.inside.interface", format!("{:?}", self.inside_interface), format!("{:?}", new.inside_interface));
         let (d, m) = (&self.dataplane, &new.dataplane);

@@ -74,6 +74,13 @@ pub(super) fn engine(cx: &Ctx, f: &File) -> Result<EngineConfig, ConfigError> {
         return Err(cx.at(ct.per_source_limit.referenced, "conntrack.per_source_limit must be at most 4294967295 (0 = no limit)"));
     }
     engine.per_source_limit = ct.per_source_limit.value.0 as u32;
+    if !(1..=128).contains(&ct.per_source_ipv6_prefix.value.0) {
+        return Err(cx.at(
+            ct.per_source_ipv6_prefix.referenced,
+            format!("conntrack.per_source_ipv6_prefix must be a prefix length from 1 to 128 (64: one per /64), not {}", ct.per_source_ipv6_prefix.value.0),
+        ));
+    }
+    engine.source_prefix_v6 = ct.per_source_ipv6_prefix.value.0 as u8;
     if ct.tombstones.value.0 > (1 << 26) {
         return Err(cx.at(ct.tombstones.referenced, "conntrack.tombstones must be at most 67108864 (0 = none)"));
     }

@@ -183,6 +183,8 @@ pub struct Conntrack {
     pub fragments: Spanned<Count>,
     pub timeouts: TimeoutsCfg,
     pub per_source_limit: Spanned<Count>,
+    /// The prefix length an IPv6 source is counted by for `per_source_limit`.
+    pub per_source_ipv6_prefix: Spanned<Count>,
     pub tombstones: Spanned<Count>,
     pub pressure: PressureCfg,
     /// Per-flow packet and byte counters (Linux `nf_conntrack_acct`).
@@ -212,6 +214,7 @@ impl Default for Conntrack {
             fragments: unknown(Count(4096)),
             timeouts: TimeoutsCfg::default(),
             per_source_limit: unknown(Count(0)),
+            per_source_ipv6_prefix: unknown(Count(64)),
             tombstones: unknown(Count(65_536)),
             pressure: PressureCfg::default(),
             accounting: OnOff::On,

@@ -431,3 +431,16 @@ fn the_ipv6_share_sizes_the_address_pool_and_is_checked() {
         assert!(e.message.contains("conntrack.ipv6_share must be between 0 and 1") && e.to_string().contains(":2:"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn ipv6_sources_are_counted_by_a_prefix_that_is_checked_and_needs_a_restart() {
+    let d = parse("conntrack:\n  per_source_limit: 100\n", "x.yaml").unwrap();
+    assert_eq!(d.engine.source_prefix_v6, 64, "a /64 by default");
+    let host = parse("conntrack:\n  per_source_limit: 100\n  per_source_ipv6_prefix: 128\n", "x.yaml").unwrap();
+    assert_eq!(host.engine.source_prefix_v6, 128);
+    for bad in ["0", "129", "100000"] {
+        let e = err(&format!("conntrack:\n  per_source_limit: 100\n  per_source_ipv6_prefix: {bad}\n"));
+        assert!(e.message.contains("conntrack.per_source_ipv6_prefix must be a prefix length from 1 to 128") && e.to_string().contains(":3:"), "{bad}: {e}");
+    }
+    assert_eq!(d.restart_needed(&host), vec!["conntrack.per_source_ipv6_prefix: 64 -> 128".to_string()]);
+}

@@ -1,5 +1,8 @@
 //! Per-source accounting for `conntrack.per_source_limit`: how many live entries each
-//! source address created, exactly.
+//! source address created, exactly. An IPv6 source is its address's
+//! `per_source_ipv6_prefix` (a /64 by default): one host commonly holds a whole /64,
+//! and counting each of its addresses apart gave it 2^64 limits — a flood from one
+//! prefix was never held back by the limit.
 //!
 //! Every live entry is charged to one source, so there are never more distinct
 //! sources than entries: an open-addressing table of at least twice the capacity
@@ -46,6 +49,8 @@ pub(crate) struct Sources {
     mask: usize,
     hasher: FlowHasher,
     pub limit: u32,
+    /// The bits of an IPv6 address that name its source.
+    v6_mask: u128,
 }
 
 enum Probe {
@@ -65,9 +70,11 @@ impl Sources {
     }
 
     /// `limit` 0 disables accounting (and allocates nothing).
-    pub(crate) fn new(capacity: usize, limit: u32, seed: u64) -> Sources {
+    /// `prefix_v6` (1..=128, clamped) is how many leading bits name an IPv6 source.
+    pub(crate) fn new(capacity: usize, limit: u32, prefix_v6: u8, seed: u64) -> Sources {
         let n = Self::slots_for(capacity, limit);
-        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit }
+        let v6_mask = u128::MAX << (128 - u32::from(prefix_v6.clamp(1, 128)));
+        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit, v6_mask }
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -90,6 +97,7 @@ impl Sources {
 
     #[inline]
     fn key(&self, addr: u128, v6: bool) -> u64 {
+        let addr = if v6 { addr & self.v6_mask } else { addr };
         let k = crate::flow::FlowKey { addr: [addr, 0], port: [0, 0], proto: 0, v6, vlan: 0 };
         self.hasher.hash(&k) | 1
     }
@@ -205,7 +213,7 @@ mod tests {
 
     #[test]
     fn counts_exactly_with_churn() {
-        let mut s = Sources::new(64, 3, 5);
+        let mut s = Sources::new(64, 3, 64, 5);
         let mut model = std::collections::HashMap::new();
         let mut rnd = crate::testutil::xorshift(99);
         for _ in 0..20_000 {
@@ -224,14 +232,14 @@ mod tests {
             }
             assert_eq!(s.len(), model.values().filter(|c| **c > 0).count());
         }
-        assert!(Sources::new(10, 0, 1).check(1, false).is_ok());
+        assert!(Sources::new(10, 0, 64, 1).check(1, false).is_ok());
     }
 
     #[test]
     fn a_full_table_refuses_instead_of_searching_forever() {
         // Charge far more distinct sources than the table was sized for (what leaked
         // accounting once did): every call returns, and the overflow is a refusal.
-        let mut s = Sources::new(16, 1000, 7);
+        let mut s = Sources::new(16, 1000, 64, 7);
         let slots = s.slots.len();
         let (mut added, mut refused) = (0, 0);
         for a in 0..(4 * slots) as u128 {
@@ -262,11 +270,36 @@ mod tests {
 
     #[test]
     fn the_limit_is_a_refusal_of_its_own() {
-        let mut s = Sources::new(64, 2, 1);
+        let mut s = Sources::new(64, 2, 64, 1);
         assert!(s.add(9, false) && s.add(9, false));
         assert_eq!(s.check(9, false), Err(Refusal::Limit));
         assert_eq!(s.check(10, false), Ok(()));
         s.sub(9, false);
         assert_eq!(s.check(9, false), Ok(()));
+    }
+
+    /// The addresses of one IPv6 /64 are one source at the default prefix (a host
+    /// choosing a fresh address per flow gains nothing), each address its own at
+    /// /128; IPv4 addresses are always their own.
+    #[test]
+    fn an_ipv6_source_is_its_prefix() {
+        let net: u128 = 0x2001_0db8_0066_0001 << 64;
+        let mut by64 = Sources::new(64, 3, 64, 1);
+        for host in 1..=3u128 {
+            assert!(by64.add(net | host, true));
+        }
+        assert_eq!(by64.check(net | 0xdead_beef, true), Err(Refusal::Limit), "a fourth address of the /64");
+        assert_eq!(by64.count(net | 77, true), 3);
+        assert_eq!(by64.check(net + (1 << 64), true), Ok(()), "the next /64");
+        by64.sub(net | 2, true);
+        assert_eq!(by64.check(net | 0xdead_beef, true), Ok(()), "released by any address of the prefix");
+        let mut by128 = Sources::new(64, 3, 128, 1);
+        for host in 1..=10u128 {
+            assert!(by128.add(net | host, true));
+        }
+        assert_eq!(by128.count(net | 1, true), 1);
+        let mut v4 = Sources::new(64, 1, 1, 1);
+        assert!(v4.add(0x0a00_0001, false));
+        assert_eq!(v4.check(0x0a00_0002, false), Ok(()), "the IPv6 prefix does not touch IPv4");
     }
 }

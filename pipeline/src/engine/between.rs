@@ -91,6 +91,7 @@ impl Engine {
             seed: old.seed,
             pressure: Pressure { evict: old.pressure.evict, ..cfg.pressure },
             per_source_limit: if old.per_source_limit == 0 || cfg.per_source_limit == 0 { old.per_source_limit } else { cfg.per_source_limit },
+            source_prefix_v6: old.source_prefix_v6,
             ..*cfg
         };
         self.sources.limit = self.cfg.per_source_limit;

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub pressure: Pressure,
     /// Most live entries one source address may create (0: no limit).
     pub per_source_limit: u32,
+    /// IPv6 sources are counted by this prefix (`conntrack.per_source_ipv6_prefix`,
+    /// 1..=128): one host commonly holds a whole /64, so counting each address would
+    /// give it 2^64 limits.
+    pub source_prefix_v6: u8,
     /// Records of recently removed flows (0: none).
     pub tombstones: usize,
     /// Keep per-flow packet and byte counters (Linux `nf_conntrack_acct`): 32 bytes
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             seed: 0x5eed,
             pressure: Pressure::default(),
             per_source_limit: 0,
+            source_prefix_v6: 64,
             tombstones: 65_536,
             accounting: true,
             ipv6_slots: None,

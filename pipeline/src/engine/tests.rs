@@ -508,6 +508,27 @@ fn an_ipv6_syn_flood_on_a_limited_pool_spares_established_flows_and_a_new_handsh
     l.e.audit().unwrap();
 }
 
+/// `per_source_limit` against one IPv6 host: 1,000 SYNs from 1,000 addresses of one
+/// /64 create 10 entries, and a client in another /64 still connects.
+#[test]
+fn the_per_source_limit_holds_a_whole_ipv6_prefix() {
+    let cfg = EngineConfig { capacity: 4096, per_source_limit: 10, ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    let server = ip("2001:db8:2::80");
+    let mut limited = 0;
+    for i in 0..1000u32 {
+        let src = ip(&format!("2001:db8:66:1:{:x}:{:x}::1", i >> 8, i & 0xff));
+        match l.send(&FrameSpec::tcp(src, 40000, server, 80, SYN, 1, 0).build(), Zone::Outside) {
+            NEW => {}
+            Verdict::Drop(DropReason::SourceLimit) => limited += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!((l.e.table().len(), limited), (10, 990));
+    assert_eq!(l.send(&FrameSpec::tcp(ip("2001:db8:66:2::1"), 40000, server, 80, SYN, 1, 0).build(), Zone::Outside), NEW);
+    l.e.audit().unwrap();
+}
+
 /// An assured flow's expiry is counted by the timeout that ran out: the operator can
 /// tell "idle past tcp_established" from "data went unanswered for
 /// tcp_unacknowledged" (Linux's 300 s, shorter than every established timeout).

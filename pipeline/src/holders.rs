@@ -29,6 +29,9 @@ pub struct Holders {
     pub ports: [Held; TOP],
     /// Entries the sweep counted (0: no sweep finished yet).
     pub swept: u32,
+    /// The prefix length an IPv6 source was counted by (`per_source_ipv6_prefix`:
+    /// `what` is that prefix's first address); 0 when unknown, read as 128.
+    pub v6_prefix: u8,
 }
 
 impl Holders {
@@ -41,13 +44,21 @@ impl Holders {
         self.ports.iter().filter(|h| h.entries > 0)
     }
 
+    /// A source holder as text: its address, or for IPv6 counted by a prefix shorter
+    /// than 128, the prefix (`2001:db8:66:1::/64`).
+    pub fn source_text(&self, x: &Held) -> String {
+        let ip = crate::flow::to_ip(x.what, x.v6);
+        if x.v6 && (1..128).contains(&self.v6_prefix) { format!("{ip}/{}", self.v6_prefix) } else { ip.to_string() }
+    }
+
     /// Several workers' holders as one: counts of the same key added, heaviest first.
     pub fn merged<'a>(all: impl IntoIterator<Item = &'a Holders>) -> Holders {
         let mut s = SpaceSaving::default();
         let mut p = SpaceSaving::default();
-        let mut swept = 0u32;
+        let (mut swept, mut v6_prefix) = (0u32, 0u8);
         for h in all {
             swept = swept.saturating_add(h.swept);
+            v6_prefix = v6_prefix.max(h.v6_prefix);
             for x in h.top_sources() {
                 s.add_n(x.what, x.v6, x.proto, x.entries, x.error);
             }
@@ -55,7 +66,7 @@ impl Holders {
                 p.add_n(x.what, x.v6, x.proto, x.entries, x.error);
             }
         }
-        Holders { sources: s.top(), ports: p.top(), swept }
+        Holders { sources: s.top(), ports: p.top(), swept, v6_prefix }
     }
 }
 
@@ -288,8 +299,8 @@ mod tests {
         }
         b.add(9, true, 0);
         let m = Holders::merged([
-            &Holders { sources: a.top(), ports: [Held::default(); TOP], swept: 5 },
-            &Holders { sources: b.top(), ports: [Held::default(); TOP], swept: 6 },
+            &Holders { sources: a.top(), ports: [Held::default(); TOP], swept: 5, v6_prefix: 64 },
+            &Holders { sources: b.top(), ports: [Held::default(); TOP], swept: 6, v6_prefix: 64 },
         ]);
         assert_eq!((m.sources[0].what, m.sources[0].entries, m.swept), (7, 10, 11));
         assert_eq!((m.sources[1].what, m.sources[1].v6), (9, true));

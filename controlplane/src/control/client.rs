@@ -164,7 +164,7 @@ pub fn holders_lines(h: &Value) -> String {
     };
     format!(
         "sources   {}\nports     {}\n          (entries held, of {} swept; each at most `error` over)\n",
-        list("sources", &|x| x["addr"].as_str().unwrap_or("?").to_string()),
+        list("sources", &|x| x["source"].as_str().or(x["addr"].as_str()).unwrap_or("?").to_string()),
         list("ports", &|x| format!("{}/{}", x["proto"].as_str().map_or_else(|| x["proto"].to_string(), String::from), x["port"])),
         h["swept"]
     )

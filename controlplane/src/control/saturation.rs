@@ -232,7 +232,7 @@ pub fn holders_line(h: &Holders) -> String {
     if h.swept == 0 {
         return "holders: no sweep of the table finished yet".into();
     }
-    let src: Vec<String> = h.top_sources().take(5).map(|x| format!("{} ({})", holdfast_pipeline::flow::to_ip(x.what, x.v6), x.entries)).collect();
+    let src: Vec<String> = h.top_sources().take(5).map(|x| format!("{} ({})", h.source_text(x), x.entries)).collect();
     let ports: Vec<String> = h.top_ports().take(5).map(|x| format!("{}/{} ({})", proto_text(x.proto), x.what, x.entries)).collect();
     format!("top sources by entries held: {}; top destination ports: {} (of {} entries swept)", src.join(", "), ports.join(", "), h.swept)
 }

@@ -93,7 +93,7 @@ pub(super) fn rfc3339(t: SystemTime) -> String {
 pub fn holders_json(h: &holdfast_pipeline::holders::Holders) -> Value {
     json!({
         "swept": h.swept,
-        "sources": h.top_sources().map(|x| json!({"addr": holdfast_pipeline::flow::to_ip(x.what, x.v6).to_string(), "entries": x.entries, "error": x.error})).collect::<Vec<_>>(),
+        "sources": h.top_sources().map(|x| json!({"addr": holdfast_pipeline::flow::to_ip(x.what, x.v6).to_string(), "source": h.source_text(x), "entries": x.entries, "error": x.error})).collect::<Vec<_>>(),
         "ports": h.top_ports().map(|x| json!({"proto": crate::replay::proto_name(x.proto), "port": x.what as u64, "entries": x.entries, "error": x.error})).collect::<Vec<_>>(),
     })
 }

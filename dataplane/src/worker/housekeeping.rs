@@ -105,7 +105,7 @@ impl Worker {
         h.cursor = range.end;
         h.counted = h.counted.saturating_add(self.engine.count_holders(range, &mut h.sources, &mut h.ports));
         if h.cursor >= cap {
-            self.snap.holders = Holders { sources: h.sources.top(), ports: h.ports.top(), swept: h.counted };
+            self.snap.holders = Holders { sources: h.sources.top(), ports: h.ports.top(), swept: h.counted, v6_prefix: self.engine.config().source_prefix_v6 };
             *h = HolderSweep::default();
         }
     }

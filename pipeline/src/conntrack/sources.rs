@@ -22,6 +22,13 @@
 use crate::flow::FlowHasher;
 use crate::raw::{Zeroed, region_of, touch, zeroed_slice};
 
+/// The source an address counts as: an IPv4 address itself, an IPv6 address its
+/// first `prefix_v6` bits (1..=128, clamped), the rest zero.
+#[inline]
+pub(crate) fn source_of(addr: u128, v6: bool, prefix_v6: u8) -> u128 {
+    if v6 { addr & u128::MAX << (128 - u32::from(prefix_v6.clamp(1, 128))) } else { addr }
+}
+
 /// Most slots one search examines.
 pub(crate) const MAX_PROBE: usize = 64;
 
@@ -49,8 +56,8 @@ pub(crate) struct Sources {
     mask: usize,
     hasher: FlowHasher,
     pub limit: u32,
-    /// The bits of an IPv6 address that name its source.
-    v6_mask: u128,
+    /// How many leading bits of an IPv6 address name its source ([`source_of`]).
+    prefix_v6: u8,
 }
 
 enum Probe {
@@ -73,8 +80,7 @@ impl Sources {
     /// `prefix_v6` (1..=128, clamped) is how many leading bits name an IPv6 source.
     pub(crate) fn new(capacity: usize, limit: u32, prefix_v6: u8, seed: u64) -> Sources {
         let n = Self::slots_for(capacity, limit);
-        let v6_mask = u128::MAX << (128 - u32::from(prefix_v6.clamp(1, 128)));
-        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit, v6_mask }
+        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit, prefix_v6 }
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -97,7 +103,7 @@ impl Sources {
 
     #[inline]
     fn key(&self, addr: u128, v6: bool) -> u64 {
-        let addr = if v6 { addr & self.v6_mask } else { addr };
+        let addr = source_of(addr, v6, self.prefix_v6);
         let k = crate::flow::FlowKey { addr: [addr, 0], port: [0, 0], proto: 0, v6, vlan: 0 };
         self.hasher.hash(&k) | 1
     }

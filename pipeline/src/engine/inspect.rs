@@ -76,7 +76,8 @@ impl Engine {
     }
 
     /// Counts the live entries among slots `range` (clamped) by who holds them: the
-    /// address that opened each flow, and the port it was opened to (0 for ICMP and
+    /// source that opened each flow (an IPv6 one by its `per_source_ipv6_prefix`, as
+    /// the per-source limit counts it), and the port it was opened to (0 for ICMP and
     /// others). For the sweep that names the top holders between bursts.
     pub fn count_holders(&self, range: std::ops::Range<u32>, sources: &mut crate::holders::SpaceSaving, ports: &mut crate::holders::SpaceSaving) -> u32 {
         let end = range.end.min(self.table.capacity() as u32);
@@ -89,7 +90,7 @@ impl Engine {
             let k = self.table.key_of(s);
             let o = usize::from(c.has(cflag::ORIG_IS_HI));
             let port = if matches!(k.proto, parse::proto::TCP | parse::proto::UDP) { k.port[1 - o] } else { 0 };
-            sources.add(k.addr[o], k.v6, 0);
+            sources.add(crate::conntrack::sources::source_of(k.addr[o], k.v6, self.cfg.source_prefix_v6), k.v6, 0);
             ports.add(u128::from(port), false, k.proto);
             n += 1;
         }

@@ -525,6 +525,12 @@ fn the_per_source_limit_holds_a_whole_ipv6_prefix() {
         }
     }
     assert_eq!((l.e.table().len(), limited), (10, 990));
+    // Who holds the table names the prefix, as the limit counts it.
+    let (mut sources, mut ports) = (crate::holders::SpaceSaving::default(), crate::holders::SpaceSaving::default());
+    l.e.count_holders(0..4096, &mut sources, &mut ports);
+    let h = crate::holders::Holders { sources: sources.top(), ports: ports.top(), swept: 10, v6_prefix: 64 };
+    let top: Vec<_> = h.top_sources().map(|x| (h.source_text(x), x.entries)).collect();
+    assert_eq!(top, [("2001:db8:66:1::/64".to_string(), 10)]);
     assert_eq!(l.send(&FrameSpec::tcp(ip("2001:db8:66:2::1"), 40000, server, 80, SYN, 1, 0).build(), Zone::Outside), NEW);
     l.e.audit().unwrap();
 }

@@ -105,6 +105,7 @@ impl Report {
             "classes_at_end": by_class(&self.classes_at_end.map(u64::from)),
             "tombstone_hits": c.tombstone_hits,
             "ipv6_pool_full": c.ipv6_pool_full,
+            "source_recycled": c.source_recycled,
             "min_adaptive_scale": self.min_adaptive_scale,
             "bytes_per_entry": self.bytes_per_entry,
             "passed": c.passed_total(),

@@ -23,6 +23,9 @@ pub struct Counters {
     /// IPv6 flows refused because the IPv6 address pool (`conntrack.ipv6_share`) was
     /// full: counted inside `table_full` drops as well.
     pub ipv6_pool_full: u64,
+    /// New flows of a source at `per_source_limit` that took the place of that
+    /// source's oldest non-assured entry (by-class).
+    pub source_recycled: u64,
     /// Fragment records replaced while still live (the fragment table's limit).
     pub fragment_evictions: u64,
     /// Entries evicted to make room, by admission class (embryonic, unreplied,
@@ -51,6 +54,7 @@ impl Default for Counters {
             flows_revoked: 0,
             index_full: 0,
             ipv6_pool_full: 0,
+            source_recycled: 0,
             fragment_evictions: 0,
             evictions: [0; 4],
             expirations: [0; 4],
@@ -107,6 +111,7 @@ impl Counters {
         self.flows_revoked += o.flows_revoked;
         self.index_full += o.index_full;
         self.ipv6_pool_full += o.ipv6_pool_full;
+        self.source_recycled += o.source_recycled;
         self.fragment_evictions += o.fragment_evictions;
         for i in 0..4 {
             self.evictions[i] += o.evictions[i];

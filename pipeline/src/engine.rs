@@ -195,7 +195,7 @@ impl Engine {
     pub fn regions(&self) -> Vec<(usize, usize)> {
         let mut r = self.table.regions();
         r.push(self.lists.region());
-        r.push(self.sources.region());
+        r.extend(self.sources.regions());
         r
     }
 

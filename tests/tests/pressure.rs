@@ -167,7 +167,10 @@ fn a_stray_ack_is_midstream_no_state() {
     assert_eq!(f.e.counters().reply_denied(), 0);
 }
 
-/// (d) The per-source limit holds exactly at its bound, and frees up with the flows.
+/// (d) The per-source limit holds exactly at its bound: one more flow of the source
+/// takes the place of its oldest embryonic entry (so SYNs spoofed from an address do
+/// not lock it out), a source whose entries are all assured is refused, and the
+/// count frees up with the flows.
 #[test]
 fn the_per_source_limit_holds_exactly() {
     let now = Instant::from_secs(10);
@@ -178,13 +181,28 @@ fn the_per_source_limit_holds_exactly() {
     for p in 0..100 {
         assert!(e.process(&Packet { data: &syn(1000 + p), zone: Zone::Outside, now }).is_pass(), "flow {p}");
     }
-    assert_eq!(e.process(&Packet { data: &syn(2000), zone: Zone::Outside, now }), Verdict::Drop(DropReason::SourceLimit));
+    assert!(e.process(&Packet { data: &syn(2000), zone: Zone::Outside, now }).is_pass());
+    assert_eq!((e.table().len(), e.counters().source_recycled), (100, 1), "the bound holds");
+    // The recycled entry was the oldest: its SYN-ACK finds no state.
+    let synack = |p: u16| tcp(server(1), 80, src, p, SYN | ACK, 9, 2, 0);
+    assert_eq!(e.process(&Packet { data: &synack(1000), zone: Zone::Inside, now }), Verdict::Drop(DropReason::ReplyToEvicted));
+    assert!(e.process(&Packet { data: &synack(1001), zone: Zone::Inside, now }).is_pass());
     let other = tcp(client(4), 1000, server(1), 80, SYN, 1, 0, 0);
     assert!(e.process(&Packet { data: &other, zone: Zone::Outside, now }).is_pass(), "other sources are not affected");
     // SYN_SENT entries expire after 120 s; the source may then open new ones.
     let later = now + Duration::from_secs(120);
     e.expire(later, usize::MAX);
     assert!(e.process(&Packet { data: &syn(2000), zone: Zone::Outside, now: later }).is_pass());
+
+    // Two assured connections at a limit of two: a third is refused.
+    let mut e = Engine::new(EngineConfig { capacity: 1024, per_source_limit: 2, ..EngineConfig::default() }, webfarm_policy(), now);
+    for p in [1000, 1001] {
+        assert!(e.process(&Packet { data: &syn(p), zone: Zone::Outside, now }).is_pass());
+        assert!(e.process(&Packet { data: &synack(p), zone: Zone::Inside, now }).is_pass());
+        assert!(e.process(&Packet { data: &tcp(src, p, server(1), 80, ACK, 2, 10, 0), zone: Zone::Outside, now }).is_pass());
+    }
+    assert_eq!(e.class_counts()[Admission::Assured as usize], 2);
+    assert_eq!(e.process(&Packet { data: &syn(1002), zone: Zone::Outside, now }), Verdict::Drop(DropReason::SourceLimit));
 }
 
 /// (d) The embryonic quota holds exactly: one more SYN recycles the oldest one.

@@ -158,6 +158,13 @@ impl Collector for Metrics {
             Counter,
             per(&|i| s[i].counters.ipv6_pool_full),
         )?;
+        write(
+            &mut e,
+            "source_recycled",
+            "New flows of a source at conntrack.per_source_limit that took the place of that source's oldest non-assured entry.",
+            Counter,
+            per(&|i| s[i].counters.source_recycled),
+        )?;
         let scale = s.iter().enumerate().map(|(i, x)| (w(i), x.adaptive_scale)).collect();
         write(&mut e, "adaptive_timeout_scale", "Factor applied to non-assured timeouts under pressure (1 = none).", Gauge, scale)?;
         write(&mut e, "handoff_out", "Frames handed to the worker that owns their flow.", Counter, per(&|i| s[i].handoff_out))?;

@@ -79,6 +79,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "max_poll_ns": s.max_poll_ns,
         "max_with_housekeeping_ns": s.max_housekeeping_ns,
     });
+    v["source_recycled"] = json!(s.counters.source_recycled);
     v
 }
 

@@ -38,7 +38,19 @@ struct Slot {
     /// Hash of the address; 0 = empty.
     key: u64,
     count: u32,
+    /// The source's non-assured entries, oldest first: the first and last entry's slot
+    /// + 1 (0: none), linked through [`Sources::links`].
+    head: u32,
+    tail: u32,
     _pad: u32,
+}
+
+/// A listed entry's neighbours in its source's list (slot + 1; 0: none).
+#[derive(Debug, Clone, Copy, Default, bytemuck::Zeroable)]
+#[repr(C)]
+struct Link {
+    prev: u32,
+    next: u32,
 }
 
 /// Why a source may not create another entry.
@@ -53,6 +65,11 @@ pub(crate) enum Refusal {
 pub(crate) struct Sources {
     /// Zeroed (every slot empty) and untouched at allocation, like the table.
     slots: Zeroed<Slot>,
+    /// Per table entry: its links in its source's list of non-assured entries, so that
+    /// a source at its limit recycles its own oldest one ([`Sources::oldest_unassured`])
+    /// instead of being refused — SYNs spoofed from an address then cannot lock that
+    /// address out. Meaningful only for listed entries.
+    links: Zeroed<Link>,
     mask: usize,
     hasher: FlowHasher,
     pub limit: u32,
@@ -73,28 +90,32 @@ impl Sources {
 
     /// Bytes `new(capacity, limit, …)` allocates.
     pub(crate) fn footprint(capacity: usize, limit: u32) -> usize {
-        Self::slots_for(capacity, limit).saturating_mul(core::mem::size_of::<Slot>())
+        let links = if limit == 0 { 0 } else { capacity.saturating_mul(core::mem::size_of::<Link>()) };
+        Self::slots_for(capacity, limit).saturating_mul(core::mem::size_of::<Slot>()).saturating_add(links)
     }
 
     /// `limit` 0 disables accounting (and allocates nothing).
     /// `prefix_v6` (1..=128, clamped) is how many leading bits name an IPv6 source.
     pub(crate) fn new(capacity: usize, limit: u32, prefix_v6: u8, seed: u64) -> Sources {
         let n = Self::slots_for(capacity, limit);
-        Sources { slots: zeroed_slice(n), mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit, prefix_v6 }
+        let links = zeroed_slice(if limit == 0 { 0 } else { capacity });
+        Sources { slots: zeroed_slice(n), links, mask: n.saturating_sub(1), hasher: FlowHasher::new(seed ^ 0x5eed_50c5), limit, prefix_v6 }
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        core::mem::size_of_val(&*self.slots)
+        core::mem::size_of_val(&*self.slots) + core::mem::size_of_val(&*self.links)
     }
 
-    /// The slot array, as (address, length), so the dataplane can `madvise` it.
-    pub(crate) fn region(&self) -> (usize, usize) {
-        region_of(&self.slots)
+    /// The slot and link arrays, as (address, length), so the dataplane can `madvise`
+    /// them.
+    pub(crate) fn regions(&self) -> [(usize, usize); 2] {
+        [region_of(&self.slots), region_of(&self.links)]
     }
 
-    /// Writes every page of the slot array (see `Engine::commit`).
+    /// Writes every page of the slot and link arrays (see `Engine::commit`).
     pub(crate) fn commit(&mut self) {
         touch(&mut self.slots);
+        touch(&mut self.links);
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -147,23 +168,84 @@ impl Sources {
         }
     }
 
-    /// Charges one entry to the source. Succeeds whenever [`Sources::check`] did
-    /// (removals in between only free slots); `false` otherwise, with nothing charged.
-    pub(crate) fn add(&mut self, addr: u128, v6: bool) -> bool {
+    /// The oldest non-assured entry charged to the source, if any: what a new flow of
+    /// a source at its limit replaces.
+    pub(crate) fn oldest_unassured(&self, addr: u128, v6: bool) -> Option<u32> {
+        if !self.enabled() {
+            return None;
+        }
+        match self.find(self.key(addr, v6)) {
+            Probe::Found(i) if self.slots[i].head != 0 => Some(self.slots[i].head - 1),
+            _ => None,
+        }
+    }
+
+    /// Charges entry `slot` to the source, in its list of non-assured entries when
+    /// `unassured`. Succeeds whenever [`Sources::check`] did (removals in between only
+    /// free slots); `false` otherwise, with nothing charged.
+    pub(crate) fn add(&mut self, addr: u128, v6: bool, slot: u32, unassured: bool) -> bool {
         if !self.enabled() {
             return true;
         }
         let key = self.key(addr, v6);
-        match self.find(key) {
-            Probe::Found(i) => self.slots[i].count += 1,
-            Probe::Free(i) => self.slots[i] = Slot { key, count: 1, _pad: 0 },
+        let i = match self.find(key) {
+            Probe::Found(i) => {
+                self.slots[i].count += 1;
+                i
+            }
+            Probe::Free(i) => {
+                self.slots[i] = Slot { key, count: 1, head: 0, tail: 0, _pad: 0 };
+                i
+            }
             Probe::Exhausted => return false,
+        };
+        if unassured {
+            self.push(i, slot);
         }
         true
     }
 
-    /// Releases one entry charged to the source.
-    pub(crate) fn sub(&mut self, addr: u128, v6: bool) {
+    /// Entry `slot`, charged to the source, became assured (`unassured` false: it
+    /// leaves the source's list) or stopped being so (it joins at the tail).
+    pub(crate) fn relist(&mut self, addr: u128, v6: bool, slot: u32, unassured: bool) {
+        if !self.enabled() {
+            return;
+        }
+        let Probe::Found(i) = self.find(self.key(addr, v6)) else {
+            debug_assert!(false, "an entry of a source that holds none");
+            return;
+        };
+        if unassured { self.push(i, slot) } else { self.unlink(i, slot) }
+    }
+
+    fn push(&mut self, i: usize, slot: u32) {
+        let (l, t) = (slot + 1, self.slots[i].tail);
+        self.links[slot as usize] = Link { prev: t, next: 0 };
+        if t == 0 {
+            self.slots[i].head = l;
+        } else {
+            self.links[t as usize - 1].next = l;
+        }
+        self.slots[i].tail = l;
+    }
+
+    fn unlink(&mut self, i: usize, slot: u32) {
+        let Link { prev, next } = self.links[slot as usize];
+        if prev == 0 {
+            self.slots[i].head = next;
+        } else {
+            self.links[prev as usize - 1].next = next;
+        }
+        if next == 0 {
+            self.slots[i].tail = prev;
+        } else {
+            self.links[next as usize - 1].prev = prev;
+        }
+    }
+
+    /// Releases entry `slot` charged to the source (`unassured`: it is in the
+    /// source's list).
+    pub(crate) fn sub(&mut self, addr: u128, v6: bool, slot: u32, unassured: bool) {
         if !self.enabled() {
             return;
         }
@@ -171,10 +253,14 @@ impl Sources {
             debug_assert!(false, "releasing an entry of a source that holds none");
             return;
         };
+        if unassured {
+            self.unlink(i, slot);
+        }
         self.slots[i].count -= 1;
         if self.slots[i].count > 0 {
             return;
         }
+        debug_assert_eq!((self.slots[i].head, self.slots[i].tail), (0, 0), "a source without entries lists none");
         // Backward-shift deletion: pull later members of the cluster into the hole.
         // Keys sit at most MAX_PROBE - 1 slots past their home, so none further than
         // that from the hole can move into it; and the scan never passes the table.
@@ -199,6 +285,34 @@ impl Sources {
     /// Entries charged over all sources (a walk over the table, for audits).
     pub(crate) fn total(&self) -> u64 {
         self.slots.iter().map(|s| u64::from(s.count)).sum()
+    }
+
+    /// Checks every source's list (for audits; each walk bounded by the table's
+    /// size, so a cycle is an error, not a hang): links that point back, no more
+    /// entries than the source holds, each one `unassured`; returns how many are
+    /// listed in all.
+    pub(crate) fn audit_lists(&self, unassured: impl Fn(u32) -> bool) -> Result<u64, String> {
+        let mut listed = 0u64;
+        for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.key != 0) {
+            let (mut n, mut prev, mut at) = (0u32, 0u32, s.head);
+            while at != 0 {
+                if n >= s.count || at as usize > self.links.len() {
+                    return Err(format!("source slot {i}: its list is longer than its {} entries, or leaves the table", s.count));
+                }
+                let link = self.links[at as usize - 1];
+                if link.prev != prev || !unassured(at - 1) {
+                    return Err(format!("source slot {i}: entry {} links back to {} instead of {prev}, or is assured", at - 1, link.prev));
+                }
+                n += 1;
+                prev = at;
+                at = link.next;
+            }
+            if s.tail != prev {
+                return Err(format!("source slot {i}: tail {} but the walk ended at {prev}", s.tail));
+            }
+            listed += u64::from(n);
+        }
+        Ok(listed)
     }
 
     /// Distinct sources holding entries (a walk over the table, for tests).
@@ -227,10 +341,10 @@ mod tests {
             let a = u128::from(x % 40);
             let live: u32 = model.values().sum();
             if !x.is_multiple_of(3) && live < 64 {
-                assert!(s.add(a, false));
+                assert!(s.add(a, false, 0, false));
                 *model.entry(a).or_insert(0u32) += 1;
             } else if let Some((&k, _)) = model.iter().find(|(_, c)| **c > 0) {
-                s.sub(k, false);
+                s.sub(k, false, 0, false);
                 *model.get_mut(&k).unwrap() -= 1;
             }
             for (k, c) in &model {
@@ -251,12 +365,12 @@ mod tests {
         for a in 0..(4 * slots) as u128 {
             match s.check(a, false) {
                 Ok(()) => {
-                    assert!(s.add(a, false));
+                    assert!(s.add(a, false, 0, false));
                     added += 1;
                 }
                 Err(r) => {
                     assert_eq!(r, Refusal::TableFull);
-                    assert!(!s.add(a, false), "add agrees with check");
+                    assert!(!s.add(a, false, 0, false), "add agrees with check");
                     refused += 1;
                 }
             }
@@ -268,7 +382,7 @@ mod tests {
         // And the table drains back to empty.
         for a in 0..(4 * slots) as u128 {
             if s.count(a, false) > 0 {
-                s.sub(a, false);
+                s.sub(a, false, 0, false);
             }
         }
         assert!(s.is_empty());
@@ -277,10 +391,10 @@ mod tests {
     #[test]
     fn the_limit_is_a_refusal_of_its_own() {
         let mut s = Sources::new(64, 2, 64, 1);
-        assert!(s.add(9, false) && s.add(9, false));
+        assert!(s.add(9, false, 0, false) && s.add(9, false, 0, false));
         assert_eq!(s.check(9, false), Err(Refusal::Limit));
         assert_eq!(s.check(10, false), Ok(()));
-        s.sub(9, false);
+        s.sub(9, false, 0, false);
         assert_eq!(s.check(9, false), Ok(()));
     }
 
@@ -292,20 +406,64 @@ mod tests {
         let net: u128 = 0x2001_0db8_0066_0001 << 64;
         let mut by64 = Sources::new(64, 3, 64, 1);
         for host in 1..=3u128 {
-            assert!(by64.add(net | host, true));
+            assert!(by64.add(net | host, true, 0, false));
         }
         assert_eq!(by64.check(net | 0xdead_beef, true), Err(Refusal::Limit), "a fourth address of the /64");
         assert_eq!(by64.count(net | 77, true), 3);
         assert_eq!(by64.check(net + (1 << 64), true), Ok(()), "the next /64");
-        by64.sub(net | 2, true);
+        by64.sub(net | 2, true, 0, false);
         assert_eq!(by64.check(net | 0xdead_beef, true), Ok(()), "released by any address of the prefix");
         let mut by128 = Sources::new(64, 3, 128, 1);
         for host in 1..=10u128 {
-            assert!(by128.add(net | host, true));
+            assert!(by128.add(net | host, true, 0, false));
         }
         assert_eq!(by128.count(net | 1, true), 1);
         let mut v4 = Sources::new(64, 1, 1, 1);
-        assert!(v4.add(0x0a00_0001, false));
+        assert!(v4.add(0x0a00_0001, false, 0, false));
         assert_eq!(v4.check(0x0a00_0002, false), Ok(()), "the IPv6 prefix does not touch IPv4");
+    }
+
+    /// Each source lists its non-assured entries oldest first, through churn that
+    /// moves sources between slots (backward-shift deletion): checked against a model
+    /// after every step.
+    #[test]
+    fn each_source_lists_its_unassured_entries_oldest_first() {
+        let cap = 48u32;
+        let mut s = Sources::new(cap as usize, 1000, 64, 3);
+        // entry slot -> (source, unassured); per source, its unassured slots in order.
+        let mut live: std::collections::BTreeMap<u32, (u128, bool)> = Default::default();
+        let mut order: std::collections::HashMap<u128, Vec<u32>> = Default::default();
+        let mut rnd = crate::testutil::xorshift(7);
+        for _ in 0..20_000 {
+            let x = rnd();
+            let slot = (x % u64::from(cap)) as u32;
+            let src = u128::from((x >> 8) % 12);
+            match live.get(&slot).copied() {
+                None => {
+                    let un = (x >> 16) & 1 == 0;
+                    assert!(s.add(src, false, slot, un));
+                    live.insert(slot, (src, un));
+                    if un {
+                        order.entry(src).or_default().push(slot);
+                    }
+                }
+                Some((a, un)) if (x >> 20).is_multiple_of(3) => {
+                    s.relist(a, false, slot, !un);
+                    live.insert(slot, (a, !un));
+                    let o = order.entry(a).or_default();
+                    if un { o.retain(|&e| e != slot) } else { o.push(slot) }
+                }
+                Some((a, un)) => {
+                    s.sub(a, false, slot, un);
+                    live.remove(&slot);
+                    order.entry(a).or_default().retain(|&e| e != slot);
+                }
+            }
+            for (&a, o) in &order {
+                assert_eq!(s.oldest_unassured(a, false), o.first().copied(), "source {a}");
+            }
+            let listed = s.audit_lists(|e| live.get(&e).is_some_and(|l| l.1)).unwrap();
+            assert_eq!(listed as usize, live.values().filter(|l| l.1).count());
+        }
     }
 }

@@ -190,7 +190,7 @@ impl Engine {
         let slot = self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|_| AdoptError::TableFull)?;
         self.lists.push(slot, adm, key.v6);
         self.note_new(slot, key);
-        let charged = self.sources.add(src, key.v6);
+        let charged = self.sources.add(src, key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
         debug_assert!(charged, "checked above");
         Ok(())
     }

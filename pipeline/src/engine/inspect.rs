@@ -204,6 +204,12 @@ impl Engine {
         if self.sources.enabled() && self.sources.total() != live as u64 {
             return Err(format!("per-source counts add up to {}, {live} entries live", self.sources.total()));
         }
+        if self.sources.enabled() {
+            let listed = self.sources.audit_lists(|s| self.table.is_live(s) && self.table.conns[s as usize].admission() != Admission::Assured)?;
+            if listed != u64::from(self.lists.non_assured()) {
+                return Err(format!("per-source lists hold {listed} entries, {} are not assured", self.lists.non_assured()));
+            }
+        }
         Ok(())
     }
 }

@@ -67,7 +67,7 @@ impl Engine {
         };
         self.lists.push(slot, adm, m.key.v6);
         self.note_new(slot, m.key);
-        let charged = self.sources.add(src, m.key.v6);
+        let charged = self.sources.add(src, m.key.v6, slot, adm != Admission::Assured);
         debug_assert!(charged, "make_room checked the source");
         self.counters.flows_created += 1;
         Ok(slot)
@@ -109,8 +109,12 @@ impl Engine {
         let (old, new) = (c.admission(), admission_of(c));
         if old != new {
             c.set_admission(new);
-            let v6 = c.is_v6();
+            let (v6, charged) = (c.is_v6(), c.charged());
             self.lists.change(slot, old, new, v6);
+            if (old == Admission::Assured) != (new == Admission::Assured) && self.sources.enabled() {
+                let key = self.table.key_of(slot);
+                self.sources.relist(key.addr[charged], v6, slot, new != Admission::Assured);
+            }
         }
     }
 
@@ -136,7 +140,7 @@ impl Engine {
         }
         if self.sources.enabled() {
             let key = self.table.key_of(slot);
-            self.sources.sub(key.addr[c.charged()], key.v6);
+            self.sources.sub(key.addr[c.charged()], key.v6, slot, adm != Admission::Assured);
         }
         self.note_removal(slot, now);
         self.lists.remove(slot, adm, c.is_v6());
@@ -161,6 +165,17 @@ impl Engine {
     fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
         match self.sources.check(src, v6) {
             Ok(()) => {}
+            // At its limit a source's new flow recycles that source's oldest
+            // non-assured entry (by-class): the limit still holds, and SYNs spoofed
+            // from an address cannot lock that address out of its own limit. A source
+            // whose entries are all assured is refused.
+            Err(Refusal::Limit) if self.cfg.pressure.evict == Evict::ByClass => match self.sources.oldest_unassured(src, v6) {
+                Some(v) => {
+                    self.evict(v, now);
+                    self.counters.source_recycled += 1;
+                }
+                None => return Err(DropReason::SourceLimit),
+            },
             Err(Refusal::Limit) => return Err(DropReason::SourceLimit),
             Err(Refusal::TableFull) => return Err(DropReason::SourceTableFull),
         }

@@ -129,7 +129,7 @@ impl Engine {
             IndexFull::Index => RestoreError::TableFull,
         })?;
         self.lists.push(slot, adm, rec.key.v6);
-        let charged = self.sources.add(src, rec.key.v6);
+        let charged = self.sources.add(src, rec.key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
         debug_assert!(charged, "checked above");
         Ok(Restored::Flow)
     }

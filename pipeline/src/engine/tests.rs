@@ -509,22 +509,18 @@ fn an_ipv6_syn_flood_on_a_limited_pool_spares_established_flows_and_a_new_handsh
 }
 
 /// `per_source_limit` against one IPv6 host: 1,000 SYNs from 1,000 addresses of one
-/// /64 create 10 entries, and a client in another /64 still connects.
+/// /64 hold 10 entries (each past the limit recycles the host's oldest embryonic
+/// one), and a client in another /64 still connects.
 #[test]
 fn the_per_source_limit_holds_a_whole_ipv6_prefix() {
     let cfg = EngineConfig { capacity: 4096, per_source_limit: 10, ..EngineConfig::default() };
     let mut l = Lab::with(cfg);
     let server = ip("2001:db8:2::80");
-    let mut limited = 0;
     for i in 0..1000u32 {
         let src = ip(&format!("2001:db8:66:1:{:x}:{:x}::1", i >> 8, i & 0xff));
-        match l.send(&FrameSpec::tcp(src, 40000, server, 80, SYN, 1, 0).build(), Zone::Outside) {
-            NEW => {}
-            Verdict::Drop(DropReason::SourceLimit) => limited += 1,
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(l.send(&FrameSpec::tcp(src, 40000, server, 80, SYN, 1, 0).build(), Zone::Outside), NEW);
     }
-    assert_eq!((l.e.table().len(), limited), (10, 990));
+    assert_eq!((l.e.table().len(), l.e.counters().source_recycled), (10, 990));
     // Who holds the table names the prefix, as the limit counts it.
     let (mut sources, mut ports) = (crate::holders::SpaceSaving::default(), crate::holders::SpaceSaving::default());
     l.e.count_holders(0..4096, &mut sources, &mut ports);
@@ -532,6 +528,48 @@ fn the_per_source_limit_holds_a_whole_ipv6_prefix() {
     let top: Vec<_> = h.top_sources().map(|x| (h.source_text(x), x.entries)).collect();
     assert_eq!(top, [("2001:db8:66:1::/64".to_string(), 10)]);
     assert_eq!(l.send(&FrameSpec::tcp(ip("2001:db8:66:2::1"), 40000, server, 80, SYN, 1, 0).build(), Zone::Outside), NEW);
+    l.e.audit().unwrap();
+}
+
+/// `per_source_limit` counts every entry a source created, so SYNs spoofed from a
+/// victim's address could fill its share (10,000 SYNs every 120 s: 83 a second) and
+/// lock the victim out of every new connection. At its limit a source's new flow
+/// takes the place of that source's oldest non-assured entry instead: the victim's
+/// own SYN gets in, its established connections are never touched, and a source
+/// whose entries are all assured is still refused.
+#[test]
+fn spoofed_syns_do_not_lock_a_source_out_of_its_own_limit() {
+    let cfg = EngineConfig { capacity: 4096, per_source_limit: 10, ..EngineConfig::default() };
+    let mut l = Lab::with(cfg);
+    let (victim, server) = (ip("198.51.100.7"), ip("10.0.2.80"));
+    // Three real connections of the victim's, then the spoofer fills the rest.
+    for p in 0..3u16 {
+        assert_eq!(l.send(&FrameSpec::tcp(victim, 50_000 + p, server, 80, SYN, 7, 0).build(), Zone::Outside), NEW);
+        assert_eq!(l.send(&FrameSpec::tcp(server, 80, victim, 50_000 + p, SYN | ACK, 70, 8).build(), Zone::Inside), EST);
+        assert_eq!(l.send(&FrameSpec::tcp(victim, 50_000 + p, server, 80, ACK, 8, 71).build(), Zone::Outside), EST);
+    }
+    for p in 0..100u16 {
+        l.send(&FrameSpec::tcp(victim, 1024 + p, server, 80, SYN, 1, 0).build(), Zone::Outside);
+    }
+    assert_eq!(l.e.table().len(), 10);
+    assert_eq!(l.e.counters().source_recycled, 93, "each spoofed SYN past the limit recycled the oldest spoofed entry");
+    // The victim's next connection gets in and completes.
+    assert_eq!(l.send(&FrameSpec::tcp(victim, 60_000, server, 80, SYN, 9, 0).build(), Zone::Outside), NEW);
+    assert_eq!(l.send(&FrameSpec::tcp(server, 80, victim, 60_000, SYN | ACK, 90, 10).build(), Zone::Inside), EST);
+    assert_eq!(l.send(&FrameSpec::tcp(victim, 60_000, server, 80, ACK, 10, 91).build(), Zone::Outside), EST);
+    for p in 0..3u16 {
+        assert_eq!(l.send(&FrameSpec::tcp(server, 80, victim, 50_000 + p, ACK, 71, 8).build(), Zone::Inside), EST, "connection {p}");
+    }
+    l.e.audit().unwrap();
+    // Once all ten are assured, the limit refuses as before.
+    for p in 0..6u16 {
+        let sp = 61_000 + p;
+        assert_eq!(l.send(&FrameSpec::tcp(victim, sp, server, 80, SYN, 9, 0).build(), Zone::Outside), NEW);
+        assert_eq!(l.send(&FrameSpec::tcp(server, 80, victim, sp, SYN | ACK, 90, 10).build(), Zone::Inside), EST);
+        assert_eq!(l.send(&FrameSpec::tcp(victim, sp, server, 80, ACK, 10, 91).build(), Zone::Outside), EST);
+    }
+    assert_eq!(l.flows().iter().filter(|f| f.class == crate::conntrack::pressure::Admission::Assured).count(), 10);
+    assert_eq!(l.send(&FrameSpec::tcp(victim, 62_000, server, 80, SYN, 9, 0).build(), Zone::Outside), Verdict::Drop(DropReason::SourceLimit));
     l.e.audit().unwrap();
 }
 

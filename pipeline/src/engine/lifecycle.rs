@@ -243,7 +243,8 @@ impl Engine {
     }
 
     /// Of two list heads (an IPv4 and an IPv6 one), the one seen longer ago; IPv4 on a
-    /// tie. Each list is oldest first, so the older head is the older entry of both.
+    /// tie. Each list keeps the order its entries joined it; across the two families
+    /// "older" is judged by the heads' last packets (ticks of 1/64 s).
     #[inline]
     fn older(&self, v4: Option<u32>, v6: Option<u32>) -> Option<u32> {
         match (v4, v6) {

@@ -130,8 +130,10 @@ impl FlowHasher {
         FlowHasher { seed, shared: foldhash::SharedSeed::from_u64(seed) }
     }
 
+    /// A foldhash hasher with this seed and its secret constants, for other keys than
+    /// flows (the replay's frame match key).
     #[inline(always)]
-    fn build_hasher(&self) -> foldhash::fast::FoldHasher<'_> {
+    pub fn build_hasher(&self) -> foldhash::fast::FoldHasher<'_> {
         foldhash::fast::FoldHasher::with_seed(self.seed, &self.shared)
     }
 

@@ -90,9 +90,9 @@ pub struct Tracker {
     order: bool,
     timeout_ns: u64,
     hasher: FlowHasher,
-    /// The match key's seed and constants, all from the run's seed (as `FlowHasher`'s:
-    /// `FixedState`'s public constants let chosen bytes cancel the seed).
-    key_seed: (u64, foldhash::SharedSeed),
+    /// The match key's hasher: a `FlowHasher`'s, whose constants all come from the seed
+    /// (`FixedState`'s public constants let chosen bytes cancel the seed).
+    key_hasher: FlowHasher,
     /// Slots from `base` on.
     window: VecDeque<Slot>,
     base: u64,
@@ -132,7 +132,7 @@ impl Tracker {
             order,
             timeout_ns,
             hasher: FlowHasher::new(seed),
-            key_seed: (seed ^ 0x6d61_7463_6865_7321, foldhash::SharedSeed::from_u64(seed ^ 0x6d61_7463_6865_7321)),
+            key_hasher: FlowHasher::new(seed ^ 0x6d61_7463_6865_7321),
             window: VecDeque::with_capacity(window),
             base: 0,
             sent_order: VecDeque::with_capacity(window),
@@ -159,7 +159,7 @@ impl Tracker {
     /// Ethernet addresses (a router rewrites them), the TTL (hop limit) and the IPv4
     /// header checksum left out, its length, and the side.
     pub fn match_key(&self, rx_side: usize, f: &[u8]) -> u64 {
-        let mut h = foldhash::fast::FoldHasher::with_seed(self.key_seed.0, &self.key_seed.1);
+        let mut h = self.key_hasher.build_hasher();
         h.write_usize(rx_side);
         match mutable_bytes(f) {
             Some((ttl, Some(csum), end)) => {

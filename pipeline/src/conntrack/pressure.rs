@@ -173,6 +173,12 @@ impl ClassLists {
         v4[0] + v4[1] + v4[2] + v6[0] + v6[1] + v6[2]
     }
 
+    /// The lists in use: every class of both families, or one per family.
+    fn lists(&self) -> &'static [usize] {
+        const _: () = assert!(LISTS == 8);
+        if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] }
+    }
+
     fn list(&self, a: Admission, v6: bool) -> usize {
         usize::from(v6) * Admission::COUNT + if self.per_class { a as usize } else { 0 }
     }
@@ -225,19 +231,16 @@ impl ClassLists {
     /// `Assured` that either family has (by-class): the victim is one of the two.
     #[inline]
     pub fn oldest_non_assured(&self) -> Option<(Option<u32>, Option<u32>)> {
-        debug_assert!(self.per_class);
-        let head = |l: usize| (self.head[l] != NIL).then_some(self.head[l]);
         [Admission::Embryonic, Admission::Unreplied, Admission::Closing]
             .iter()
-            .map(|&a| (head(a as usize), head(Admission::COUNT + a as usize)))
+            .map(|&a| (self.head(a, false), self.head(a, true)))
             .find(|&(v4, v6)| v4.is_some() || v6.is_some())
     }
 
     /// The oldest IPv6 entry of the lowest non-empty class below `Assured` (by-class):
     /// the victim when the IPv6 address pool is full.
     pub fn oldest_non_assured_v6(&self) -> Option<u32> {
-        debug_assert!(self.per_class);
-        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().map(|&a| self.head[Admission::COUNT + a as usize]).find(|&h| h != NIL)
+        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().find_map(|&a| self.head(a, true))
     }
 
     /// The entry after `slot` in its list (the next oldest).
@@ -275,8 +278,7 @@ impl ClassLists {
     /// snapshot keeps, so that eviction picks the same victims after a restart. At
     /// most `capacity` entries per list, whatever the links say.
     pub fn in_order(&self) -> impl Iterator<Item = u32> + '_ {
-        let lists: &'static [usize] = if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] };
-        lists.iter().flat_map(move |&l| {
+        self.lists().iter().flat_map(move |&l| {
             let mut at = self.head[l];
             core::iter::from_fn(move || {
                 let s = (at != NIL).then_some(at)?;
@@ -291,8 +293,7 @@ impl ClassLists {
     /// `capacity` steps, so a cycle is an error, not a hang) has the length its
     /// classes count, and every link points back. For tests and audits: O(capacity).
     pub fn audit(&self) -> Result<(), String> {
-        let lists: &[usize] = if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] };
-        for &l in lists {
+        for &l in self.lists() {
             let family = &self.counts[l / Admission::COUNT];
             let expect: u32 = if self.per_class { family[l % Admission::COUNT] } else { family.iter().sum() };
             let (mut n, mut prev, mut at) = (0u32, NIL, self.head[l]);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_controlplane::config::{Role, Sync, SyncMode};
 use holdfast_controlplane::sync::endpoint::{Endpoint, Tables};
-use holdfast_pipeline::engine::{Change, SyncedFlow};
+use holdfast_pipeline::engine::{AdoptTally, Change, SyncedFlow};
 use holdfast_pipeline::policy::{Action, Classifier};
 use holdfast_pipeline::wire::build::FrameSpec;
 use holdfast_pipeline::wire::tcp::flags::{ACK, PSH, SYN};
@@ -44,11 +44,9 @@ impl Tables for Mem {
         e.drain_changes(pnow(self.start), |c| out.push(c));
         e.change_stats().lost
     }
-    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String> {
-        let mut e = self.e.lock().unwrap();
+    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<AdoptTally, String> {
         let now = pnow(self.start);
-        let ok = flows.iter().filter(|f| e.adopt(f, now).is_ok()).count() as u64;
-        Ok((ok, flows.len() as u64 - ok))
+        Ok(self.e.lock().unwrap().adopt_all(&flows, now))
     }
 }
 
@@ -189,6 +187,8 @@ fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
     // Takeover: the standby's table gets every flow; their next packets pass there.
     let v = b.takeover(Duration::from_secs(10)).unwrap();
     assert_eq!(v["adopted"], ALL - 1, "{v}");
+    assert_eq!((v["refused"].as_u64(), v["evicted"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert_eq!(v["refused_by"], serde_json::json!({"table_full": 0, "ipv6_pool_full": 0, "source_limit": 0, "invalid": 0}), "{v}");
     let mut e = standby_e.lock().unwrap();
     e.audit().unwrap();
     for i in [0u32, 1, 2999, 3050, ALL - 1] {

@@ -54,7 +54,7 @@ pub enum Command {
     Export { reply: crossbeam_channel::Sender<ExportReply> },
     /// Put these synced flows into the table (a takeover), between bursts; the answer
     /// is (adopted, refused).
-    Adopt { flows: Vec<holdfast_pipeline::engine::SyncedFlow>, reply: crossbeam_channel::Sender<(u64, u64)> },
+    Adopt { flows: Vec<holdfast_pipeline::engine::SyncedFlow>, reply: crossbeam_channel::Sender<holdfast_pipeline::engine::AdoptTally> },
     /// Close the sockets and open them again on these interface indexes (outside,
     /// inside): an interface was deleted and has come back. The table is kept.
     Rebind { ifindex: [u32; 2], reply: crossbeam_channel::Sender<Result<(), crate::error::WorkerError>> },

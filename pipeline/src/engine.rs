@@ -43,7 +43,7 @@ use crate::policy::{Classifier, Zone};
 use crate::time::Instant;
 use crate::verdict::{DropReason, PassKind, Verdict};
 
-pub use adopt::{AdoptError, SyncedFlow, ips};
+pub use adopt::{AdoptError, AdoptTally, SyncedFlow, ips};
 pub use between::Maintained;
 pub use changes::{Change, ChangeKind, ChangeStats};
 pub use config::{EngineConfig, Packet, Pickup};

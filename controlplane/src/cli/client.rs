@@ -123,11 +123,13 @@ impl ClientCmd {
                     println!("{v}");
                 } else {
                     println!(
-                        "holdfast: takeover: {} of {} flow(s) committed in {:.3} s ({} refused)",
+                        "holdfast: takeover: {} of {} flow(s) committed in {:.3} s ({} refused: {}; {} non-assured entries evicted for them)",
                         v["adopted"],
                         v["flows"],
                         v["seconds"].as_f64().unwrap_or(0.0),
-                        v["refused"]
+                        v["refused"],
+                        v["refused_by"],
+                        v["evicted"]
                     );
                 }
             }

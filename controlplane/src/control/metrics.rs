@@ -250,6 +250,11 @@ impl Collector for Metrics {
             write(&mut e, "sync_last_heard_seconds", "Seconds since the sync peer was last heard (-1: never).", Gauge, vec![(vec![], last)])?;
             let took = v.sync["takeover"]["seconds"].as_f64().unwrap_or(0.0);
             write(&mut e, "sync_takeover_seconds", "How long the last takeover's commit took (0: none).", Gauge, vec![(vec![], took)])?;
+            let refused: Vec<(Labels, u64)> = ["table_full", "ipv6_pool_full", "source_limit", "invalid"]
+                .iter()
+                .map(|k| (vec![("reason", k.to_string())], v.sync["takeover"]["refused_by"][*k].as_u64().unwrap_or(0)))
+                .collect();
+            write(&mut e, "sync_takeover_refused", "Synced flows the last takeover could not commit, by reason.", Gauge, refused)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use holdfast_dataplane::control::{ChangeFeed, Command, ExportReply, LinkFlags};
 use holdfast_dataplane::run::Commander;
 use holdfast_pipeline::FlowHasher;
 use holdfast_pipeline::conntrack::Timeouts;
-use holdfast_pipeline::engine::{Change, SyncedFlow};
+use holdfast_pipeline::engine::{AdoptTally, Change, SyncedFlow};
 use holdfast_pipeline::flow::owner_of;
 use holdfast_pipeline::snapshot::FlowRecord;
 
@@ -66,7 +66,7 @@ impl Tables for ApplianceTables {
         self.feeds.iter().map(|f| f.lost.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
-    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String> {
+    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<AdoptTally, String> {
         let n = self.commander.workers();
         let mut per: Vec<Vec<SyncedFlow>> = vec![Vec::new(); n];
         for f in flows {
@@ -76,16 +76,15 @@ impl Tables for ApplianceTables {
         // Nothing is judged against a table that does not hold the flows yet.
         self.flags.set_syncing(true);
         let result = (|| {
-            let mut done = (0u64, 0u64);
+            let mut done = AdoptTally::default();
             for (w, flows) in per.into_iter().enumerate() {
                 for chunk in flows.chunks(ADOPT_CHUNK) {
                     let (tx, rx) = crossbeam_channel::bounded(1);
                     if !self.commander.send(w, Command::Adopt { flows: chunk.to_vec(), reply: tx }) {
                         return Err(format!("worker {w} did not take its flows"));
                     }
-                    let (ok, refused) = rx.recv_timeout(WORKER_ANSWER).map_err(|_| format!("worker {w} did not answer for {} s", WORKER_ANSWER.as_secs()))?;
-                    done.0 += ok;
-                    done.1 += refused;
+                    let t = rx.recv_timeout(WORKER_ANSWER).map_err(|_| format!("worker {w} did not answer for {} s", WORKER_ANSWER.as_secs()))?;
+                    done.add(&t);
                 }
             }
             Ok(done)

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_pipeline::FlowKey;
-use holdfast_pipeline::engine::{Change, ChangeKind, SyncedFlow};
+use holdfast_pipeline::engine::{AdoptTally, Change, ChangeKind, SyncedFlow};
 use serde_json::{Value, json};
 
 use super::ftfw::{self, Receiver, Reply, Sender};
@@ -38,8 +38,8 @@ pub trait Tables: Send + 'static {
     /// Moves up to `max` changes the workers queued into `out`; returns how many
     /// changes were lost so far (a total that never goes down: queues that were full).
     fn changes(&mut self, out: &mut Vec<Change>, max: usize) -> u64;
-    /// Commits `flows` (a takeover); returns (adopted, refused).
-    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<(u64, u64), String>;
+    /// Commits `flows` (a takeover): what became of them.
+    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<AdoptTally, String>;
 }
 
 /// A flow the peer sent, and when.
@@ -592,9 +592,27 @@ impl Loop {
             s.cache.values().map(|c| SyncedFlow { timeout_s: c.left(now), ..c.flow }).filter(|f| f.timeout_s > 0).collect()
         };
         let n = flows.len();
-        let (adopted, refused) = self.tables.adopt(flows)?;
+        let d = self.tables.adopt(flows)?;
         self.took_over = true;
-        let v = json!({"flows": n, "adopted": adopted, "refused": refused, "seconds": t.elapsed().as_secs_f64()});
+        let v = json!({
+            "flows": n,
+            "adopted": d.adopted,
+            "refused": d.refused(),
+            "refused_by": {"table_full": d.table_full, "ipv6_pool_full": d.ipv6_pool_full, "source_limit": d.source_limit, "invalid": d.invalid},
+            "evicted": d.evicted,
+            "seconds": t.elapsed().as_secs_f64(),
+        });
+        if d.refused() > 0 {
+            // Each refused flow is a connection whose next packets are denied here.
+            eprintln!(
+                "holdfast: sync: takeover refused {} of {n} synced flow(s) (table_full {}, ipv6_pool_full {}, source_limit {}, invalid {}); their next packets are denied here. Full: conntrack.capacity or conntrack.ipv6_share is smaller than the peer's; source_limit: conntrack.per_source_limit",
+                d.refused(),
+                d.table_full,
+                d.ipv6_pool_full,
+                d.source_limit,
+                d.invalid
+            );
+        }
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.active = true;
         s.takeover = Some(v.clone());

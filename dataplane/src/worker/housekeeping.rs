@@ -155,14 +155,7 @@ impl Worker {
                 self.scans.push_back(Scan { job, cursor: 0 });
             }
             Command::Adopt { flows, reply } => {
-                let mut done = (0u64, 0u64);
-                for f in &flows {
-                    match self.engine.adopt(f, now) {
-                        Ok(()) => done.0 += 1,
-                        Err(_) => done.1 += 1,
-                    }
-                }
-                let _ = reply.send(done);
+                let _ = reply.send(self.engine.adopt_all(&flows, now));
             }
             Command::Export { reply } => {
                 self.scans.push_back(Scan { job: Job::Export { pending: VecDeque::new(), reply }, cursor: 0 });

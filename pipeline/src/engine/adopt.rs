@@ -9,13 +9,14 @@ use super::Engine;
 use super::lifecycle::admission_of;
 use super::timers::abs_ticks;
 use crate::conntrack::conn::{ConnAux, ConnStats, cflag, pflag};
-use crate::conntrack::table::Table;
+use crate::conntrack::table::{IndexFull, Table};
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::{Timeouts, TimerClass};
 use crate::flow::{FlowKey, Side};
 use crate::parse::proto;
 use crate::snapshot::FlowRecord;
 use crate::time::{Duration, Instant};
+use crate::verdict::DropReason;
 
 /// Linux `IPS_*` status bits a synced flow carries.
 pub mod ips {
@@ -58,6 +59,40 @@ pub enum AdoptError {
     Invalid,
     /// Its source is at `per_source_limit` here.
     OverSourceLimit,
+    /// An IPv6 flow and no place in the IPv6 address pool (`conntrack.ipv6_share`).
+    Ipv6PoolFull,
+}
+
+/// What committing a batch of synced flows made of them ([`Engine::adopt_all`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdoptTally {
+    pub adopted: u64,
+    /// Non-assured entries evicted to make room for them.
+    pub evicted: u64,
+    /// Refused: no room left but assured entries ([`AdoptError::TableFull`]).
+    pub table_full: u64,
+    /// Refused: [`AdoptError::Ipv6PoolFull`].
+    pub ipv6_pool_full: u64,
+    /// Refused: [`AdoptError::OverSourceLimit`].
+    pub source_limit: u64,
+    /// Refused: [`AdoptError::Invalid`].
+    pub invalid: u64,
+}
+
+impl AdoptTally {
+    pub fn refused(&self) -> u64 {
+        self.table_full + self.ipv6_pool_full + self.source_limit + self.invalid
+    }
+
+    /// Adds another batch's tally.
+    pub fn add(&mut self, o: &AdoptTally) {
+        self.adopted += o.adopted;
+        self.evicted += o.evicted;
+        self.table_full += o.table_full;
+        self.ipv6_pool_full += o.ipv6_pool_full;
+        self.source_limit += o.source_limit;
+        self.invalid += o.invalid;
+    }
 }
 
 impl SyncedFlow {
@@ -124,6 +159,24 @@ impl FlowRecord {
 }
 
 impl Engine {
+    /// [`Engine::adopt`] for each of `flows`, counted by outcome.
+    pub fn adopt_all(&mut self, flows: &[SyncedFlow], now: Instant) -> AdoptTally {
+        let evictions = |e: &Engine| e.counters.evictions.iter().sum::<u64>();
+        let before = evictions(self);
+        let mut t = AdoptTally::default();
+        for f in flows {
+            match self.adopt(f, now) {
+                Ok(()) => t.adopted += 1,
+                Err(AdoptError::TableFull) => t.table_full += 1,
+                Err(AdoptError::Ipv6PoolFull) => t.ipv6_pool_full += 1,
+                Err(AdoptError::OverSourceLimit) => t.source_limit += 1,
+                Err(AdoptError::Invalid) => t.invalid += 1,
+            }
+        }
+        t.evicted = evictions(self) - before;
+        t
+    }
+
     /// Puts a synced flow into the table at `now` (a takeover): its state and status
     /// as synced, its timer at what the peer said is left (never longer than this
     /// engine's timeout for the state), TCP windows relearned from the next packet
@@ -136,9 +189,6 @@ impl Engine {
         let h = self.table.hash(&key);
         if let Some(slot) = self.table.lookup(h, &key) {
             self.retire(slot, h, None, now);
-        }
-        if self.table.is_full() {
-            return Err(AdoptError::TableFull);
         }
         let mut c = Table::blank(&key);
         if side == Side::FromHi {
@@ -184,10 +234,27 @@ impl Engine {
         c.set_charged(side == Side::FromHi);
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
         let src = key.addr[side as usize];
-        if self.sources.check(src, key.v6).is_err() {
-            return Err(AdoptError::OverSourceLimit);
+        // Room is made as for a packet's new flow (docs/sync.md): under a flood that
+        // filled the table, an assured synced flow takes the place of the oldest
+        // non-assured entry instead of being refused; only assured entries are kept.
+        if let Err(why) = self.make_room(now, src, key.v6, adm) {
+            return Err(match why {
+                DropReason::SourceLimit | DropReason::SourceTableFull => AdoptError::OverSourceLimit,
+                _ if key.v6 && !self.table.is_full() => AdoptError::Ipv6PoolFull,
+                _ => AdoptError::TableFull,
+            });
         }
-        let slot = self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|_| AdoptError::TableFull)?;
+        let slot = match self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when) {
+            Ok(s) => s,
+            Err(IndexFull::Ipv6Pool) => {
+                self.counters.ipv6_pool_full += 1;
+                return Err(AdoptError::Ipv6PoolFull);
+            }
+            Err(IndexFull::Index) => {
+                self.counters.index_full += 1;
+                return Err(AdoptError::TableFull);
+            }
+        };
         self.lists.push(slot, adm, key.v6);
         self.note_new(slot, key);
         let charged = self.sources.add(src, key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
@@ -199,6 +266,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntrack::pressure::Admission;
     use crate::engine::EngineConfig;
     use crate::policy::Zone;
     use crate::testutil::*;
@@ -266,6 +334,95 @@ mod tests {
         let left = b.flows().iter().find(|f| f.key.proto == 17).unwrap().expires_in;
         assert_eq!(left, Duration::from_secs(30), "the reply refreshed it");
         b.e.audit().unwrap();
+    }
+
+    /// An established flow as the active peer would sync it: `CLIENT:sport` → `SERVER:80`
+    /// (`v6`: the policy's IPv6 web server, 2001:db8:2::1).
+    fn established(sport: u16, v6: bool) -> SyncedFlow {
+        let (src, dst) = if v6 { (0x2001_0db8_0bad_u128 << 80 | 7, 0x2001_0db8_0002_u128 << 80 | 1) } else { (0xc633_6407, 0x0a00_0201) };
+        SyncedFlow {
+            v6,
+            src,
+            dst,
+            proto: 6,
+            sport,
+            dport: 80,
+            icmp: None,
+            tcp_state: 3,
+            status: ips::CONFIRMED | ips::SEEN_REPLY | ips::ASSURED,
+            timeout_s: 3600,
+            wscale: [None, None],
+            vlan: 0,
+        }
+    }
+
+    /// Fills the table with a spoofed SYN flood's embryonic entries (`v6`: to the IPv6
+    /// web server).
+    fn flood(b: &mut Lab, n: u32, v6: bool) {
+        for i in 0..n {
+            let (src, dst) =
+                if v6 { (format!("2001:db8:bad:{:x}::1", i + 1), "2001:db8:2::1") } else { (format!("203.0.{}.{}", i / 250, i % 250 + 1), SERVER) };
+            assert!(b.seg(&src, 1024 + i as u16, dst, 80, SYN, i, 0, 1000, 0, Zone::Outside).is_pass());
+        }
+    }
+
+    /// `n` connections of the standby's own, established (from 192.0.2.9 or
+    /// 2001:db8:9::9).
+    fn own(b: &mut Lab, n: u16, v6: bool) {
+        let (client, server) = if v6 { ("2001:db8:9::9", "2001:db8:2::1") } else { ("192.0.2.9", SERVER) };
+        for p in 1000..1000 + n {
+            assert!(b.seg(client, p, server, 80, SYN, 100, 0, 1000, 0, Zone::Outside).is_pass());
+            assert!(b.seg(server, 80, client, p, SYN | ACK, 500, 101, 1000, 0, Zone::Inside).is_pass());
+            assert!(b.seg(client, p, server, 80, ACK, 101, 501, 1000, 0, Zone::Outside).is_pass());
+        }
+    }
+
+    #[test]
+    fn a_takeover_under_a_syn_flood_keeps_every_established_flow() {
+        // The seed's failover: the flood that pushed the active peer over also filled
+        // the standby's table with embryonic entries before the takeover. The synced
+        // established flows take their places as a new SYN would — they are never
+        // refused while a non-assured entry could make room.
+        for v6 in [false, true] {
+            let cfg = EngineConfig { capacity: 64, ipv6_slots: Some(32), ..EngineConfig::default() };
+            let mut b = Lab::with(cfg);
+            // The standby's own connections, then the flood up to the quota (a quarter).
+            own(&mut b, if v6 { 16 } else { 48 }, v6);
+            flood(&mut b, 200, v6);
+            assert!(if v6 { b.e.table().v6_pool_full() } else { b.e.table().is_full() }, "the flood filled the {}", if v6 { "IPv6 pool" } else { "table" });
+            let before = b.e.counters().evictions[Admission::Embryonic as usize];
+            let synced: Vec<SyncedFlow> = (0..16).map(|i| established(40_000 + i, v6)).collect();
+            let t = b.e.adopt_all(&synced, b.now);
+            assert_eq!(t, AdoptTally { adopted: 16, evicted: 16, ..AdoptTally::default() }, "v6: {v6}");
+            b.e.audit().unwrap();
+            assert_eq!(b.e.counters().evictions[Admission::Embryonic as usize] - before, 16, "each took an embryonic entry's place");
+            let (client, server) = if v6 { ("2001:db8:bad::7", "2001:db8:2::1") } else { (CLIENT, SERVER) };
+            for i in 0..16 {
+                assert_eq!(b.seg(server, 80, client, 40_000 + i, ACK | PSH, 9, 9, 1000, 100, Zone::Inside), EST, "the reply of synced flow {i} (v6: {v6})");
+            }
+            // A peer under the flood syncs its embryonic entries too, and a takeover
+            // commits the cache in no particular order: however many come first, every
+            // established flow finds its place.
+            let mut c = Lab::with(EngineConfig { capacity: 64, ipv6_slots: Some(64), ..EngineConfig::default() });
+            let embryonic =
+                |i: u16| SyncedFlow { tcp_state: 1, status: ips::CONFIRMED, sport: 1024 + i, src: 0xcb00_7100 + u128::from(i), ..established(0, v6) };
+            let mixed: Vec<SyncedFlow> = (0..64).map(embryonic).chain((0..64).map(|i| established(40_000 + i, v6))).collect();
+            let t = c.e.adopt_all(&mixed, c.now);
+            assert_eq!((t.adopted, t.refused(), t.evicted), (128, 0, 64), "v6: {v6}");
+            assert!(c.flows().iter().all(|f| f.assured), "only the established flows are left");
+            c.e.audit().unwrap();
+            // With only assured entries left, a synced flow is refused and says why.
+            let mut full = Lab::with(EngineConfig { capacity: 4, ipv6_slots: Some(2), ..EngineConfig::default() });
+            let cap = if v6 { 2 } else { 4 };
+            for i in 0..cap {
+                full.e.adopt(&established(40_000 + i, v6), full.now).unwrap();
+            }
+            let why = if v6 { AdoptError::Ipv6PoolFull } else { AdoptError::TableFull };
+            assert_eq!(full.e.adopt(&established(50_000, v6), full.now), Err(why));
+            let t = full.e.adopt_all(&[established(50_001, v6), SyncedFlow { tcp_state: 10, ..established(50_002, v6) }], full.now);
+            assert_eq!((t.adopted, t.refused(), t.table_full + t.ipv6_pool_full, t.invalid, t.evicted), (0, 2, 1, 1, 0));
+            full.e.audit().unwrap();
+        }
     }
 
     #[test]

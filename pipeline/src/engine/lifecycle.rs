@@ -44,12 +44,12 @@ impl Engine {
     pub(super) fn create(&mut self, now: Instant, m: &PacketMeta, h: u64, mut conn: Conn, aux: ConnAux) -> Result<u32, DropReason> {
         let sender = m.side;
         let src = m.key.addr[sender as usize];
-        self.make_room(now, src, m.key.v6)?;
+        let adm = admission_of(&conn);
+        self.make_room(now, src, m.key.v6, adm)?;
         conn.last_seen = now.ticks();
         // The sender of the creating packet pays for the entry, whatever direction
         // tracking calls original (a reverse pickup swapped them).
         conn.set_charged(sender == Side::FromHi);
-        let adm = admission_of(&conn);
         conn.set_admission(adm);
         let when = self.arm_at(&conn, now);
         let slot = match self.table.insert(h, &m.key, conn, aux, ConnStats::new(now.ticks()), when) {
@@ -159,10 +159,12 @@ impl Engine {
         })
     }
 
-    /// Makes room for one new entry whose original source is `src`: applies the
-    /// per-source limit, the non-assured quota, and the eviction policy when the table
-    /// — or, for an IPv6 flow, the IPv6 address pool — is full.
-    fn make_room(&mut self, now: Instant, src: u128, v6: bool) -> Result<(), DropReason> {
+    /// Makes room for one new entry of class `adm` whose original source is `src`:
+    /// applies the per-source limit, the non-assured quota (to a non-assured
+    /// newcomer), and the eviction policy when the table — or, for an IPv6 flow, the
+    /// IPv6 address pool — is full. A packet's new entry is never assured; a synced
+    /// flow adopted at a takeover often is.
+    pub(super) fn make_room(&mut self, now: Instant, src: u128, v6: bool, adm: Admission) -> Result<(), DropReason> {
         match self.sources.check(src, v6) {
             Ok(()) => {}
             // At its limit a source's new flow recycles that source's oldest
@@ -181,9 +183,10 @@ impl Engine {
         }
         match self.cfg.pressure.evict {
             Evict::ByClass => {
-                // New entries are never assured: hold them to their quota by recycling
-                // the oldest of their kind.
-                if self.lists.non_assured() >= self.quota
+                // Hold non-assured newcomers to their quota by recycling the oldest of
+                // their kind.
+                if adm != Admission::Assured
+                    && self.lists.non_assured() >= self.quota
                     && let Some(v) = self.oldest_non_assured()
                 {
                     self.evict(v, now);

@@ -402,8 +402,8 @@ impl Engine {
     fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64, hint: Hint) -> Verdict {
         let v = match m.l4 {
             L4::LaterFragment => self.later_fragment(now, m),
-            L4::IcmpError { .. } => match self.live_lookup(now, h, &m.key, hint) {
-                Some(_) => Verdict::Pass(PassKind::Related),
+            L4::IcmpError { inner_side, quoted_seq, .. } => match self.live_lookup(now, h, &m.key, hint) {
+                Some(slot) => self.related_error(slot, m.key.proto, inner_side, quoted_seq),
                 None => Verdict::Drop(DropReason::IcmpUnrelated),
             },
             L4::IcmpOther { nd: true, .. } => track::action_verdict(self.cfg.ndp, DropReason::Ndp),
@@ -429,6 +429,21 @@ impl Engine {
             self.frags.record(&track::datagram(m), v, now.ticks());
         }
         v
+    }
+
+    /// An ICMP error quoting a packet of the flow in `slot`, sent from `inner_side`:
+    /// related, unless it quotes a TCP segment outside the flow's window
+    /// (`conntrack.icmp_error_window`). It changes nothing in the entry.
+    #[cold]
+    fn related_error(&self, slot: u32, proto: u8, inner_side: crate::flow::Side, seq: u32) -> Verdict {
+        let c = &self.table.conns[slot as usize];
+        if self.cfg.icmp_error_window
+            && proto == parse::proto::TCP
+            && !crate::conntrack::tcp::quoted_in_window(c, c.dir_of(inner_side == crate::flow::Side::FromHi), seq)
+        {
+            return Verdict::Drop(DropReason::IcmpOutOfWindow);
+        }
+        Verdict::Pass(PassKind::Related)
     }
 
     /// Looks a key up; an entry found past its timeout is retired on contact, so that

@@ -94,11 +94,13 @@ pub enum L4 {
     },
     /// An ICMP error quoting a packet of the flow in `PacketMeta::key` (the quoted
     /// packet's flow, not the error's own addresses) sent from `inner_side`. The
-    /// error's own source address is `outer_src` (IPv4 in the last word).
+    /// error's own source address is `outer_src` (IPv4 in the last word). For a quoted
+    /// TCP segment, `quoted_seq` is its sequence number (0 for other protocols).
     IcmpError {
         ty: u8,
         code: u8,
         inner_side: Side,
+        quoted_seq: u32,
         outer_src: [u32; 4],
     },
     /// An ICMP message that neither starts nor belongs to a flow (router advertisement,
@@ -569,14 +571,14 @@ fn l4(
                 if frag.is_some() {
                     return Err(DropReason::IcmpInvalid);
                 }
-                let (inner, inner_side) = quoted_flow(m.payload(), v6, vlan)?;
+                let ((inner, inner_side), quoted_seq) = quoted_flow(m.payload(), v6, vlan)?;
                 // The error must travel back to whoever sent the quoted packet (Linux
                 // `nf_conntrack_inet_error` checks the outer destination likewise).
                 if inner.addr[inner_side as usize] != dst {
                     return Err(DropReason::IcmpInvalid);
                 }
                 let outer_src = [(src >> 96) as u32, (src >> 64) as u32, (src >> 32) as u32, src as u32];
-                return meta((inner, Side::FromLo), L4::IcmpError { ty, code, inner_side, outer_src });
+                return meta((inner, Side::FromLo), L4::IcmpError { ty, code, inner_side, quoted_seq, outer_src });
             }
             if let Some(req) = request_of(ty, v6) {
                 let key = FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan);
@@ -613,7 +615,7 @@ pub fn request_of(ty: u8, v6: bool) -> Option<u8> {
 /// The flow of the packet quoted inside an ICMP error. The quote holds the IP header
 /// and at least 8 bytes of transport header (RFC 792, RFC 4443 section 2.4(c)); its
 /// total length may claim more than is quoted, so it is read leniently.
-fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropReason> {
+fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<((FlowKey, Side), u32), DropReason> {
     let bad = DropReason::IcmpInvalid;
     let (src, dst, proto, l4) = if v6 {
         let ip = ipv6::Packet::new_quoted(q).map_err(|_| bad)?;
@@ -630,18 +632,25 @@ fn quoted_flow(q: &[u8], v6: bool, vlan: u32) -> Result<(FlowKey, Side), DropRea
         (u128::from(u32::from_be_bytes(ip.src())), u128::from(u32::from_be_bytes(ip.dst())), ip.protocol(), &q[ip.header_len()..])
     };
     match proto {
-        proto::TCP | proto::UDP => {
+        proto::TCP => {
+            // The ports and the sequence number: the 8 bytes RFC 792 quotes, and what a
+            // host's TCP needs before it acts on the error (pf drops shorter quotes).
+            let seq = l4.get(4..8).ok_or(bad)?;
             let (sport, dport) = udp::ports(l4).map_err(|_| bad)?;
-            Ok(FlowKey::new(src, sport, dst, dport, proto, v6, vlan))
+            Ok((FlowKey::new(src, sport, dst, dport, proto, v6, vlan), u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]])))
+        }
+        proto::UDP => {
+            let (sport, dport) = udp::ports(l4).map_err(|_| bad)?;
+            Ok((FlowKey::new(src, sport, dst, dport, proto, v6, vlan), 0))
         }
         proto::ICMP | proto::ICMPV6 if (proto == proto::ICMP) != v6 => {
             let m = icmp::Packet::new_checked(l4).map_err(|_| bad)?;
             let ty = m.msg_type();
             // An error about an error is never answered (RFC 1122 3.2.2).
             let req = request_of(ty, v6).ok_or(bad)?;
-            Ok(FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan))
+            Ok((FlowKey::icmp_query(src, dst, m.echo_ident(), req, req == ty, proto, v6, vlan), 0))
         }
-        _ => Ok(FlowKey::new(src, 0, dst, 0, proto, v6, vlan)),
+        _ => Ok((FlowKey::new(src, 0, dst, 0, proto, v6, vlan), 0)),
     }
 }
 

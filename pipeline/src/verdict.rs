@@ -84,10 +84,14 @@ pub enum DropReason {
     /// A packet of a flow whose entry a reload removed because the new rules deny it
     /// (`policy.on_reload: recheck`).
     Revoked,
+    /// An ICMP error quoting a TCP segment whose sequence number the tracked flow's
+    /// sender cannot have sent lately (`conntrack.icmp_error_window`): forged by
+    /// someone who knows only the addresses and ports (RFC 5927; pf checks likewise).
+    IcmpOutOfWindow,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::NonIp,
@@ -109,6 +113,7 @@ impl DropReason {
         DropReason::ReplyToExpired,
         DropReason::ReplyToClosed,
         DropReason::Revoked,
+        DropReason::IcmpOutOfWindow,
     ];
 
     /// The name used in JSON output, logs and metrics labels.
@@ -134,6 +139,7 @@ impl DropReason {
             DropReason::ReplyToExpired => "reply_to_expired",
             DropReason::ReplyToClosed => "reply_to_closed",
             DropReason::Revoked => "revoked",
+            DropReason::IcmpOutOfWindow => "icmp_out_of_window",
         }
     }
 }

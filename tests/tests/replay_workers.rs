@@ -63,18 +63,28 @@ fn fragments_and_icmp_errors_are_judged_alike_on_one_two_and_four_workers() {
         }
     }
     // ICMP errors from a router outside about the servers' replies to real clients
-    // (related) and about connections that never were (unrelated).
+    // (related: they quote the SYN-ACK as the server sent it) and about connections
+    // that never were (unrelated).
+    let tcp_of = |f: &[u8]| match holdfast_pipeline::parse::parse(f) {
+        Ok(holdfast_pipeline::parse::Frame::Ip(m)) => match m.l4 {
+            holdfast_pipeline::parse::L4::Tcp(tcp) => Some((m, tcp)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let syn_acks: std::collections::HashMap<_, u32> =
+        ev.iter().filter_map(|(_, f)| tcp_of(f)).filter(|(_, tcp)| tcp.flags == SYN | ACK).map(|(m, tcp)| (m.key, tcp.seq)).collect();
     let mut quoted = 0;
     for (t, f) in ev.clone() {
-        let Ok(holdfast_pipeline::parse::Frame::Ip(m)) = holdfast_pipeline::parse::parse(&f) else { continue };
-        let holdfast_pipeline::parse::L4::Tcp(tcp) = m.l4 else { continue };
+        let Some((m, tcp)) = tcp_of(&f) else { continue };
+        let Some(&server_seq) = syn_acks.get(&m.key) else { continue };
         if tcp.flags != SYN || quoted == 40 {
             continue;
         }
         quoted += 1;
         let (c, cp) = m.key.src(m.side);
         let (s, sp) = m.key.dst(m.side);
-        let reply = FrameSpec::tcp(s, sp, c, cp, SYN | ACK, 7, 8).ip_packet();
+        let reply = FrameSpec::tcp(s, sp, c, cp, SYN | ACK, server_seq, tcp.seq.wrapping_add(1)).ip_packet();
         ev.push((t + 2_000_000, FrameSpec::icmp(ip("203.0.113.1"), s, 3, 4, 1400, &reply[..28]).build()));
         let never = FrameSpec::tcp(s, sp, ip("192.0.2.99"), cp, ACK, 7, 8).ip_packet();
         ev.push((t + 3_000_000, FrameSpec::icmp(ip("203.0.113.1"), s, 3, 1, 0, &never[..28]).build()));

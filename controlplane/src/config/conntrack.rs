@@ -32,6 +32,7 @@ pub(super) fn engine(cx: &Ctx, f: &File) -> Result<EngineConfig, ConfigError> {
         ndp: action(f.policy.ndp),
         non_ip: action(f.policy.non_ip),
         accounting: ct.accounting == model::OnOff::On,
+        icmp_error_window: ct.icmp_error_window == model::OnOff::On,
         ipv6_slots: match &ct.ipv6_share {
             None => None,
             Some(s) if !(0.0..=1.0).contains(&s.value) || s.value.is_nan() => {

@@ -192,6 +192,8 @@ pub struct Conntrack {
     /// The share of entries that may hold IPv6 flows (their addresses live in a pool
     /// of that size); absent: all.
     pub ipv6_share: Option<Spanned<f64>>,
+    /// ICMP errors about TCP flows pass only when they quote a segment in the window.
+    pub icmp_error_window: OnOff,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -219,6 +221,7 @@ impl Default for Conntrack {
             pressure: PressureCfg::default(),
             accounting: OnOff::On,
             ipv6_share: None,
+            icmp_error_window: OnOff::On,
         }
     }
 }

@@ -411,6 +411,17 @@ fn sync_keys_are_checked_where_they_are_written() {
 }
 
 #[test]
+fn the_icmp_error_window_check_is_on_unless_turned_off_and_reloads() {
+    let on = parse("conntrack:\n  capacity: 1000\n", "x.yaml").unwrap();
+    assert!(on.engine.icmp_error_window);
+    let off = parse("conntrack:\n  capacity: 1000\n  icmp_error_window: off\n", "x.yaml").unwrap();
+    assert!(!off.engine.icmp_error_window);
+    assert!(on.restart_needed(&off).is_empty(), "a reload changes it");
+    let e = err("conntrack:\n  icmp_error_window: linux\n");
+    assert!(e.message.contains("linux") && e.to_string().contains(":2:"), "{e}");
+}
+
+#[test]
 fn accounting_is_on_unless_turned_off_and_nothing_else_is_taken() {
     let on = parse("conntrack:\n  capacity: 1000\n", "x.yaml").unwrap();
     assert!(on.engine.accounting);

@@ -230,6 +230,25 @@ pub(crate) fn index_of(flags: u8) -> Index {
     }
 }
 
+/// Whether an ICMP error's quoted segment, sent by peer `s` with sequence number
+/// `seq`, can be one that peer sent lately: from the sender's highest end less the
+/// receiver's largest window (at least one: the SYN of a SYN_SENT flow) up to the
+/// right edge the receiver allowed it. pf's check of ICMP errors against the state
+/// (`pf_icmp_state_lookup`'s callers); Linux checks none. A flow tracked liberally
+/// (a mid-stream pickup, a synced flow) passes; a peer that never sent fails.
+pub(crate) fn quoted_in_window(c: &Conn, s: usize, seq: u32) -> bool {
+    let (p, r) = (&c.peer[s], &c.peer[1 - s]);
+    if c.pflags[s] & pflag::BE_LIBERAL != 0 {
+        return true;
+    }
+    if p.maxwin == 0 {
+        return false;
+    }
+    let lo = p.end.wrapping_sub(r.maxwin.max(1));
+    let hi = if after(p.maxend, p.end) { p.maxend } else { p.end };
+    !before(seq, lo) && !after(seq, hi)
+}
+
 /// `a` comes before `b` in sequence space (Linux `before()`).
 #[inline]
 fn before(a: u32, b: u32) -> bool {

@@ -49,6 +49,9 @@ pub struct EngineConfig {
     /// Entries that may hold IPv6 flows (their addresses live in a pool of this
     /// size, 36 bytes a place); `None`: every entry (`conntrack.ipv6_share`).
     pub ipv6_slots: Option<usize>,
+    /// An ICMP error about a TCP flow passes only when the segment it quotes lies in
+    /// the flow's window (`conntrack.icmp_error_window`; Linux does not check).
+    pub icmp_error_window: bool,
 }
 
 impl EngineConfig {
@@ -77,6 +80,7 @@ impl Default for EngineConfig {
             tombstones: 65_536,
             accounting: true,
             ipv6_slots: None,
+            icmp_error_window: true,
         }
     }
 }

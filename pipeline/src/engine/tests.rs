@@ -115,6 +115,67 @@ fn icmp_errors_are_related_only_to_existing_flows() {
     assert_eq!(l.state(), Some("ESTABLISHED"), "related errors do not change the flow");
 }
 
+/// RFC 5927's blind attacks: whoever knows a connection's addresses and ports (a
+/// client's address and a server's port 80, the client port guessed from a range) can
+/// forge "fragmentation needed" or "host unreachable" about it. Only an error quoting
+/// a sequence number the flow's sender sent lately passes — pf's check; Linux has none
+/// (`conntrack.icmp_error_window: off` judges as Linux does).
+#[test]
+fn icmp_errors_quoting_a_segment_outside_the_window_are_forged() {
+    for check in [true, false] {
+        let mut l = Lab::with(EngineConfig { capacity: 64, icmp_error_window: check, ..EngineConfig::default() });
+        let syn = FrameSpec::tcp(ip(CLIENT), CPORT, ip(SERVER), SPORT, SYN, l.cseq, 0);
+        // Host unreachable about the client's SYN, before any answer: its sequence
+        // number is the one the SYN had.
+        assert!(l.c(SYN, 0).is_pass());
+        assert_eq!(l.send(&icmp_error("10.0.2.254", CLIENT, 3, 1, &syn), Zone::Inside), REL, "check {check}");
+        // The server has sent nothing: nothing of its can be quoted yet.
+        let none = FrameSpec::tcp(ip(SERVER), SPORT, ip(CLIENT), CPORT, SYN | ACK, 77, l.cseq);
+        let forged_early = l.send(&icmp_error("203.0.113.1", SERVER, 3, 4, &none), Zone::Outside);
+        assert!(l.s(SYN | ACK, 0).is_pass() && l.c(ACK, 0).is_pass());
+        // Data in flight both ways; the errors quote the segments as sent.
+        let (c0, s0) = (l.cseq, l.sseq);
+        assert!(l.c(ACK | PSH, 1000).is_pass() && l.s(ACK | PSH, 1400).is_pass());
+        let from_server = |seq| FrameSpec::tcp(ip(SERVER), SPORT, ip(CLIENT), CPORT, ACK | PSH, seq, c0);
+        let from_client = |seq| FrameSpec::tcp(ip(CLIENT), CPORT, ip(SERVER), SPORT, ACK | PSH, seq, s0);
+        assert_eq!(l.send(&icmp_error("203.0.113.1", SERVER, 3, 4, &from_server(s0)), Zone::Outside), REL, "check {check}");
+        assert_eq!(l.send(&icmp_error("10.0.2.254", CLIENT, 3, 4, &from_client(c0)), Zone::Inside), REL, "check {check}");
+        // A retransmission of the handshake's last segment is still within a window.
+        assert_eq!(l.send(&icmp_error("203.0.113.1", SERVER, 11, 0, &from_server(s0.wrapping_sub(1))), Zone::Outside), REL);
+        // Forged: sequence numbers more than the largest window (64,000 << 7, 8 MB)
+        // away from anything either side sent. A blind forger hits a window by chance
+        // about once in 500 tries at this window size; Linux lets every try through.
+        let mut rng = xorshift(0x1c3b);
+        let mut forged = Vec::new();
+        let far = |r: u64| (16 << 20) + (r as u32 % (u32::MAX - (32 << 20)));
+        for _ in 0..200 {
+            let seq = s0.wrapping_add(far(rng()));
+            forged.push(l.send(&icmp_error("203.0.113.1", SERVER, 3, 4, &from_server(seq)), Zone::Outside));
+            let seq = c0.wrapping_add(far(rng()));
+            forged.push(l.send(&icmp_error("10.0.2.254", CLIENT, 3, 1, &from_client(seq)), Zone::Inside));
+        }
+        forged.push(forged_early);
+        let want = if check { Verdict::Drop(DropReason::IcmpOutOfWindow) } else { REL };
+        let wrong = forged.iter().filter(|v| **v != want).count();
+        assert_eq!(wrong, 0, "of {} forged errors, {wrong} were not {want:?} (check {check})", forged.len());
+        // A quote too short to hold the sequence number helps no host's TCP either
+        // (RFC 792 quotes 8 bytes): refused whatever the setting.
+        let q = from_server(s0).ip_packet();
+        let short = FrameSpec::icmp(ip("203.0.113.1"), ip(SERVER), 3, 4, 0, &q[..26]).build();
+        assert_eq!(l.send(&short, Zone::Outside), Verdict::Drop(DropReason::IcmpInvalid));
+        assert_eq!(l.state(), Some("ESTABLISHED"), "errors change nothing");
+    }
+    // IPv6 too: a forged "packet too big" about a web connection.
+    let mut l = Lab::new();
+    let (c6, s6) = ("2001:db8:1::7", "2001:db8:2::1");
+    assert!(l.seg(c6, 40000, s6, 80, SYN, 100, 0, 1000, 0, Zone::Outside).is_pass());
+    assert!(l.seg(s6, 80, c6, 40000, SYN | ACK, 500, 101, 1000, 0, Zone::Inside).is_pass());
+    assert!(l.seg(c6, 40000, s6, 80, ACK, 101, 501, 1000, 0, Zone::Outside).is_pass());
+    let ptb = |seq| icmp_error("2001:db8:ffff::1", s6, 2, 0, &FrameSpec::tcp(ip(s6), 80, ip(c6), 40000, ACK, seq, 101));
+    assert_eq!(l.send(&ptb(501), Zone::Outside), REL);
+    assert_eq!(l.send(&ptb(501 + 3_000_000), Zone::Outside), Verdict::Drop(DropReason::IcmpOutOfWindow));
+}
+
 #[test]
 fn icmpv6_packet_too_big_is_related_and_neighbor_discovery_passes() {
     let mut l = Lab::new();

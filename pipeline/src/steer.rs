@@ -410,7 +410,7 @@ mod tests {
             // 40 datagrams over 16 route slots and 2048 buckets (collisions in both),
             // later fragments 3 times as often.
             let d = ((1 + rng() % 40) * 1024 + rng() % 2) << 17;
-            r.route(i, &f(d, rng() % 4 == 0), (d >> 17) as usize, now, |i, w| out.push((i, w)));
+            r.route(i, &f(d, rng().is_multiple_of(4)), (d >> 17) as usize, now, |i, w| out.push((i, w)));
             let mut want = vec![0u16; r.waiting.len()];
             for h in &r.held {
                 want[r.bucket(h.datagram)] += 1;

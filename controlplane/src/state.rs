@@ -3,12 +3,15 @@
 //! is judged (the bytes are `holdfast_pipeline::snapshot`'s; docs/snapshots.md).
 //!
 //! Writing never damages a good file: the snapshot goes to a temporary file, is synced,
-//! and renamed over the old one (then the directory is synced). Reading is all or
-//! nothing: a file from another format version, truncated, failing a checksum, or
-//! holding more than the tables can take is an error that names the byte, the tables
-//! are thrown away and the appliance starts clean — never with half a table. A file
-//! that was read (or refused) is renamed aside, so that a later crash does not bring
-//! back flows that have ended since.
+//! and renamed over the old one (then the directory is synced). Reading a damaged
+//! file is all or nothing: a file from another format version, truncated, or failing
+//! a checksum is an error that names the byte, the tables are thrown away and the
+//! appliance starts clean — never with half a file. A good file holding more than the
+//! tables can take (a smaller `conntrack.capacity` or `ipv6_share`, or one worker's
+//! share under another worker count) keeps what a full table keeps at run time —
+//! assured flows first — and says loudly how many were left out: refusing it would
+//! lose every flow. A file that was read (or refused) is renamed aside, so that a
+//! later crash does not bring back flows that have ended since.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -44,12 +47,6 @@ pub enum StateError {
         #[source]
         source: FormatError,
     },
-    #[error("{}: the snapshot holds {flows} flows, more than the {capacity} entries of the configured tables (conntrack.capacity x workers)", .path.display())]
-    TooBig { path: PathBuf, flows: u64, capacity: u64 },
-    #[error("{}: worker {worker}'s table (conntrack.capacity {capacity}) is full: the flows it owns under {workers} worker(s) do not fit", .path.display())]
-    TableFull { path: PathBuf, worker: usize, capacity: usize, workers: usize },
-    #[error("{}: worker {worker}'s IPv6 address pool ({places} places, conntrack.ipv6_share) is full: the IPv6 flows it owns under {workers} worker(s) do not fit", .path.display())]
-    Ipv6Pool { path: PathBuf, worker: usize, places: usize, workers: usize },
     #[error("{}: the flow at byte {offset} is listed twice: the file is damaged", .path.display())]
     Duplicate { path: PathBuf, offset: u64 },
     #[error("{}: {trailing} bytes after the end block", .path.display())]
@@ -258,6 +255,20 @@ pub struct Report {
     pub expired: u64,
     /// Flows over a (lowered) `per_source_limit`.
     pub over_source_limit: u64,
+    /// Flows left out for want of room: only assured entries were left in their
+    /// worker's table (a smaller `conntrack.capacity`, or that worker's share under
+    /// another worker count).
+    pub no_room: u64,
+    /// IPv6 flows left out: their worker's IPv6 pool (`conntrack.ipv6_share`) held
+    /// only assured flows.
+    pub no_ipv6_room: u64,
+    /// Restored non-assured entries evicted again to make room for later ones (as a
+    /// full table does at run time).
+    pub evicted: u64,
+    /// Entries of the tables restored into (`conntrack.capacity` x workers), and the
+    /// flows the snapshot held.
+    pub capacity: u64,
+    pub snapshot_flows: u64,
     pub tombstones: u64,
     /// Tombstones with no room (sets merged from more workers, or another
     /// `conntrack.tombstones` size).
@@ -276,7 +287,8 @@ impl Report {
     pub fn json(&self) -> Value {
         json!({
             "path": self.path, "flows": self.flows, "expired_while_down": self.expired,
-            "over_source_limit": self.over_source_limit, "tombstones": self.tombstones,
+            "over_source_limit": self.over_source_limit, "no_room": self.no_room, "no_ipv6_room": self.no_ipv6_room,
+            "evicted": self.evicted, "snapshot_flows": self.snapshot_flows, "capacity": self.capacity, "tombstones": self.tombstones,
             "tombstones_dropped": self.tombstones_dropped, "down_s": self.down.as_secs_f64(),
             "clock_went_back": self.clock_went_back, "workers_before": self.workers_before,
             "workers_now": self.workers_now, "written_by": self.build, "seconds": self.seconds,
@@ -284,7 +296,7 @@ impl Report {
     }
 
     pub fn describe(&self) -> String {
-        format!(
+        let mut d = format!(
             "state: restored {} flow(s) and {} tombstone(s) from {} in {:.2} s ({} expired during the {:.1} s down{}{}; {} worker(s) then, {} now)",
             self.flows,
             self.tombstones,
@@ -296,7 +308,16 @@ impl Report {
             if self.clock_went_back { ", the wall clock went back: counted as 0 s" } else { "" },
             self.workers_before,
             self.workers_now,
-        )
+        );
+        if self.no_room + self.no_ipv6_room + self.evicted > 0 {
+            d += &format!(
+                "\nholdfast: state: WARNING: the snapshot's {} flow(s) did not all fit in these tables ({} entries: conntrack.capacity x workers, each worker its share): \
+                 {} left out with only assured flows in their worker's table, {} IPv6 flow(s) left out for conntrack.ipv6_share, {} non-assured entries evicted for later ones; \
+                 kept by admission class as a full table keeps them (assured first). Their packets will be judged as new",
+                self.snapshot_flows, self.capacity, self.no_room, self.no_ipv6_room, self.evicted
+            );
+        }
+        d
     }
 }
 
@@ -309,9 +330,6 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
     let h = found.header;
     let path = found.path.clone();
     let capacity: u64 = engines.iter().map(|e| e.table().capacity() as u64).sum();
-    if h.flows > capacity {
-        return Err(StateError::TooBig { path, flows: h.flows, capacity });
-    }
     let written = UNIX_EPOCH + Duration::from_nanos(h.written_unix_ns);
     let (down, clock_went_back) = match SystemTime::now().duration_since(written) {
         Ok(d) => (d, false),
@@ -357,15 +375,11 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
                     }
                     let w = if n == 1 { 0 } else { owner_of(hasher.owner_hash(&rec.key), n) };
                     match engines[w].restore(&rec, now, down_p) {
-                        Ok(Restored::Flow) => r.flows += 1,
+                        Ok(Restored::Flow) => {} // counted from the tables at the end
                         Ok(Restored::Expired) => r.expired += 1,
                         Ok(Restored::OverSourceLimit) => r.over_source_limit += 1,
-                        Err(RestoreError::TableFull) => {
-                            return Err(StateError::TableFull { path, worker: w, capacity: engines[w].table().capacity(), workers: n });
-                        }
-                        Err(RestoreError::Ipv6Pool) => {
-                            return Err(StateError::Ipv6Pool { path, worker: w, places: engines[w].config().ipv6_places(), workers: n });
-                        }
+                        Ok(Restored::NoRoom) => r.no_room += 1,
+                        Ok(Restored::NoIpv6Room) => r.no_ipv6_room += 1,
                         Err(RestoreError::Duplicate) => return Err(StateError::Duplicate { path, offset: body + at as u64 }),
                     }
                     at += used;
@@ -413,6 +427,11 @@ pub fn restore(mut found: Found, engines: &mut [Engine], hasher: &FlowHasher, no
     if offset != found.len {
         return Err(StateError::Trailing { path, trailing: found.len.saturating_sub(offset) });
     }
+    r.evicted = engines.iter().map(|e| e.counters().evictions.iter().sum::<u64>()).sum();
+    // What is in the tables now: put back, less what later ones evicted again.
+    r.flows = engines.iter().map(|e| e.table().len() as u64).sum();
+    r.capacity = capacity;
+    r.snapshot_flows = h.flows;
     r.seconds = started.elapsed().as_secs_f64();
     Ok(r)
 }

@@ -10,16 +10,11 @@ use crate::conntrack::table::IndexFull;
 use crate::parse::proto;
 use crate::snapshot::{FlowRecord, TombRecord};
 use crate::time::{Duration, Instant};
+use crate::verdict::DropReason;
 
-/// Why a flow record was not put back.
+/// Why a flow record was not put back: the file is damaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreError {
-    /// No free slot: the snapshot holds more flows than this table (or this worker's
-    /// share of them) can take.
-    TableFull,
-    /// An IPv6 flow, and the IPv6 address pool (`conntrack.ipv6_share`) is full: the
-    /// snapshot holds more IPv6 flows than this worker's pool can take.
-    Ipv6Pool,
     /// The flow is already in the table: the snapshot lists it twice.
     Duplicate,
 }
@@ -32,6 +27,12 @@ pub enum Restored {
     Expired,
     /// Its source is over `per_source_limit` (a lower limit than when it was taken).
     OverSourceLimit,
+    /// No room left but assured entries (a smaller `conntrack.capacity`, or this
+    /// worker's share of the flows under another worker count): not put back.
+    NoRoom,
+    /// An IPv6 flow, and the IPv6 address pool (`conntrack.ipv6_share`) holds only
+    /// assured flows: not put back.
+    NoIpv6Room,
 }
 
 impl Engine {
@@ -90,7 +91,10 @@ impl Engine {
     /// Puts a flow back at `now`, `down` after the snapshot was taken: its times
     /// rebased on this engine's clock, its timer armed at what is left, its admission
     /// class as its state says, charged to its source again. Not put back when its
-    /// timeout ran out meanwhile.
+    /// timeout ran out meanwhile. Room is made as for a packet's new flow: a table
+    /// smaller than the snapshot keeps what a full table keeps at run time (by-class:
+    /// an assured flow takes the place of the oldest non-assured entry; a flow finding
+    /// only assured entries is left out, counted by the caller).
     pub fn restore(&mut self, rec: &FlowRecord, now: Instant, down: Duration) -> Result<Restored, RestoreError> {
         let down = down.ticks();
         let t = now.ticks();
@@ -109,12 +113,12 @@ impl Engine {
         if self.table.lookup(h, &rec.key).is_some() {
             return Err(RestoreError::Duplicate);
         }
-        if self.table.is_full() {
-            return Err(RestoreError::TableFull);
-        }
         let src = rec.key.addr[conn.charged()];
-        if self.sources.check(src, rec.key.v6).is_err() {
-            return Ok(Restored::OverSourceLimit);
+        match self.make_room(now, src, rec.key.v6, adm) {
+            Ok(()) => {}
+            Err(DropReason::SourceLimit | DropReason::SourceTableFull) => return Ok(Restored::OverSourceLimit),
+            Err(_) if rec.key.v6 && !self.table.is_full() => return Ok(Restored::NoIpv6Room),
+            Err(_) => return Ok(Restored::NoRoom),
         }
         conn.last_seen = t.wrapping_sub(idle);
         if conn.proto() != proto::TCP {
@@ -124,10 +128,17 @@ impl Engine {
         stats.set_created(t.wrapping_sub(rec.age.saturating_add(down).min(half)));
         let left = timeout - idle;
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(conn.timer_class())));
-        let slot = self.table.insert(h, &rec.key, conn, rec.aux, stats, when).map_err(|e| match e {
-            IndexFull::Ipv6Pool => RestoreError::Ipv6Pool,
-            IndexFull::Index => RestoreError::TableFull,
-        })?;
+        let slot = match self.table.insert(h, &rec.key, conn, rec.aux, stats, when) {
+            Ok(s) => s,
+            Err(IndexFull::Ipv6Pool) => {
+                self.counters.ipv6_pool_full += 1;
+                return Ok(Restored::NoIpv6Room);
+            }
+            Err(IndexFull::Index) => {
+                self.counters.index_full += 1;
+                return Ok(Restored::NoRoom);
+            }
+        };
         self.lists.push(slot, adm, rec.key.v6);
         let charged = self.sources.add(src, rec.key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
         debug_assert!(charged, "checked above");
@@ -265,15 +276,20 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_or_a_duplicate_is_an_error_not_a_silent_half() {
+    fn a_smaller_table_keeps_what_a_full_table_keeps_and_a_duplicate_is_an_error() {
         let mut l = Lab::new();
-        l.handshake();
         let q = FrameSpec::udp(ip(SERVER), 5353, ip("192.0.2.53"), 53, b"q").build();
         assert!(l.send(&q, Zone::Inside).is_pass());
+        l.handshake();
         let recs = through_bytes(&l);
+        // Exported by class: the unreplied UDP query, then the assured connection.
+        assert_eq!(recs.iter().map(|r| r.key.proto).collect::<Vec<_>>(), [17, 6]);
         let mut small = Lab::with(EngineConfig { capacity: 1, ..EngineConfig::default() });
         assert_eq!(small.e.restore(&recs[0], small.now, Duration::ZERO), Ok(Restored::Flow));
-        assert_eq!(small.e.restore(&recs[1], small.now, Duration::ZERO), Err(RestoreError::TableFull));
+        assert_eq!(small.e.restore(&recs[1], small.now, Duration::ZERO), Ok(Restored::Flow), "the assured flow takes the unreplied one's place");
+        assert_eq!(small.state(), Some("ESTABLISHED"));
+        assert_eq!(small.e.restore(&recs[0], small.now, Duration::ZERO), Ok(Restored::NoRoom), "and keeps it");
+        small.e.audit().unwrap();
         let mut dup = Lab::new();
         assert_eq!(dup.e.restore(&recs[0], dup.now, Duration::ZERO), Ok(Restored::Flow));
         assert_eq!(dup.e.restore(&recs[0], dup.now, Duration::ZERO), Err(RestoreError::Duplicate));

@@ -402,10 +402,7 @@ impl Engine {
     fn judge(&mut self, now: Instant, zone: Zone, frame: &[u8], m: &PacketMeta, h: u64, hint: Hint) -> Verdict {
         let v = match m.l4 {
             L4::LaterFragment => self.later_fragment(now, m),
-            L4::IcmpError { inner_side, quoted_seq, .. } => match self.live_lookup(now, h, &m.key, hint) {
-                Some(slot) => self.related_error(slot, m.key.proto, inner_side, quoted_seq),
-                None => Verdict::Drop(DropReason::IcmpUnrelated),
-            },
+            L4::IcmpError { inner_side, quoted_seq, .. } => self.icmp_error(now, h, m, hint, inner_side, quoted_seq),
             L4::IcmpOther { nd: true, .. } => track::action_verdict(self.cfg.ndp, DropReason::Ndp),
             L4::IcmpOther { ty, .. } => {
                 if self.allowed(&self.query(zone, m, false, Some(ty))) {
@@ -431,14 +428,16 @@ impl Engine {
         v
     }
 
-    /// An ICMP error quoting a packet of the flow in `slot`, sent from `inner_side`:
-    /// related, unless it quotes a TCP segment outside the flow's window
-    /// (`conntrack.icmp_error_window`). It changes nothing in the entry.
-    #[cold]
-    fn related_error(&self, slot: u32, proto: u8, inner_side: crate::flow::Side, seq: u32) -> Verdict {
+    /// An ICMP error quoting a packet of the flow in `m.key`, sent from `inner_side`:
+    /// related when that flow is tracked, unless it quotes a TCP segment outside the
+    /// flow's window (`conntrack.icmp_error_window`). It changes nothing in the entry.
+    /// Out of line: the packet path's other arms do not pay for it.
+    #[inline(never)]
+    fn icmp_error(&mut self, now: Instant, h: u64, m: &PacketMeta, hint: Hint, inner_side: crate::flow::Side, seq: u32) -> Verdict {
+        let Some(slot) = self.live_lookup(now, h, &m.key, hint) else { return Verdict::Drop(DropReason::IcmpUnrelated) };
         let c = &self.table.conns[slot as usize];
         if self.cfg.icmp_error_window
-            && proto == parse::proto::TCP
+            && m.key.proto == parse::proto::TCP
             && !crate::conntrack::tcp::quoted_in_window(c, c.dir_of(inner_side == crate::flow::Side::FromHi), seq)
         {
             return Verdict::Drop(DropReason::IcmpOutOfWindow);

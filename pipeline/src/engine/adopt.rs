@@ -6,17 +6,16 @@
 //! committed flow "be liberal" the same way).
 
 use super::Engine;
-use super::lifecycle::admission_of;
+use super::lifecycle::{NoRoom, admission_of};
 use super::timers::abs_ticks;
 use crate::conntrack::conn::{ConnAux, ConnStats, cflag, pflag};
-use crate::conntrack::table::{IndexFull, Table};
+use crate::conntrack::table::Table;
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::{Timeouts, TimerClass};
 use crate::flow::{FlowKey, Side};
 use crate::parse::proto;
 use crate::snapshot::FlowRecord;
 use crate::time::{Duration, Instant};
-use crate::verdict::DropReason;
 
 /// Linux `IPS_*` status bits a synced flow carries.
 pub mod ips {
@@ -237,24 +236,15 @@ impl Engine {
         // Room is made as for a packet's new flow (docs/sync.md): under a flood that
         // filled the table, an assured synced flow takes the place of the oldest
         // non-assured entry instead of being refused; only assured entries are kept.
-        if let Err(why) = self.make_room(now, src, key.v6, adm) {
-            return Err(match why {
-                DropReason::SourceLimit | DropReason::SourceTableFull => AdoptError::OverSourceLimit,
-                _ if key.v6 && !self.table.is_full() => AdoptError::Ipv6PoolFull,
-                _ => AdoptError::TableFull,
-            });
-        }
-        let slot = match self.table.insert(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when) {
-            Ok(s) => s,
-            Err(IndexFull::Ipv6Pool) => {
-                self.counters.ipv6_pool_full += 1;
-                return Err(AdoptError::Ipv6PoolFull);
-            }
-            Err(IndexFull::Index) => {
-                self.counters.index_full += 1;
-                return Err(AdoptError::TableFull);
-            }
+        let refused = |r: NoRoom| match r {
+            NoRoom::Source => AdoptError::OverSourceLimit,
+            NoRoom::Ipv6Pool => AdoptError::Ipv6PoolFull,
+            NoRoom::Table => AdoptError::TableFull,
         };
+        if let Err(why) = self.make_room(now, src, key.v6, adm) {
+            return Err(refused(self.no_room(why, key.v6)));
+        }
+        let slot = self.insert_counted(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|e| refused(e.into()))?;
         self.lists.push(slot, adm, key.v6);
         self.note_new(slot, key);
         let charged = self.sources.add(src, key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);

@@ -9,10 +9,27 @@ use crate::conntrack::sources::Refusal;
 use crate::conntrack::table::{IndexFull, Table};
 use crate::conntrack::tcp;
 use crate::conntrack::tombstones::Why;
-use crate::flow::Side;
+use crate::flow::{FlowKey, Side};
 use crate::parse::{self, PacketMeta};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
+
+/// What kept a flow put in without a packet out of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoRoom {
+    Source,
+    Ipv6Pool,
+    Table,
+}
+
+impl From<IndexFull> for NoRoom {
+    fn from(e: IndexFull) -> NoRoom {
+        match e {
+            IndexFull::Ipv6Pool => NoRoom::Ipv6Pool,
+            IndexFull::Index => NoRoom::Table,
+        }
+    }
+}
 
 /// Entries the LRU model's second-chance clock may pass over before it evicts the
 /// head regardless: bounds the work of one insert.
@@ -52,25 +69,36 @@ impl Engine {
         conn.set_charged(sender == Side::FromHi);
         conn.set_admission(adm);
         let when = self.arm_at(&conn, now);
-        let slot = match self.table.insert(h, &m.key, conn, aux, ConnStats::new(now.ticks()), when) {
-            Ok(s) => s,
-            Err(IndexFull::Ipv6Pool) => {
-                self.counters.ipv6_pool_full += 1;
-                return Err(DropReason::TableFull);
-            }
-            Err(IndexFull::Index) => {
-                if !self.table.is_full() {
-                    self.counters.index_full += 1;
-                }
-                return Err(DropReason::TableFull);
-            }
-        };
+        let slot = self.insert_counted(h, &m.key, conn, aux, ConnStats::new(now.ticks()), when).map_err(|_| DropReason::TableFull)?;
         self.lists.push(slot, adm, m.key.v6);
         self.note_new(slot, m.key);
         let charged = self.sources.add(src, m.key.v6, slot, adm != Admission::Assured);
         debug_assert!(charged, "make_room checked the source");
         self.counters.flows_created += 1;
         Ok(slot)
+    }
+
+    /// [`Table::insert`], counting a refusal (`ipv6_pool_full`, or `index_full` when
+    /// the index found no place although the table has room).
+    #[inline(always)]
+    pub(super) fn insert_counted(&mut self, h: u64, key: &FlowKey, conn: Conn, aux: ConnAux, stats: ConnStats, when: u64) -> Result<u32, IndexFull> {
+        let r = self.table.insert(h, key, conn, aux, stats, when);
+        match r {
+            Err(IndexFull::Ipv6Pool) => self.counters.ipv6_pool_full += 1,
+            Err(IndexFull::Index) if !self.table.is_full() => self.counters.index_full += 1,
+            _ => {}
+        }
+        r
+    }
+
+    /// Why [`Engine::make_room`] found none, for a flow put in without a packet (a
+    /// synced or restored one): the source's limit, the IPv6 pool, or the table.
+    pub(super) fn no_room(&self, why: DropReason, v6: bool) -> NoRoom {
+        match why {
+            DropReason::SourceLimit | DropReason::SourceTableFull => NoRoom::Source,
+            _ if v6 && !self.table.is_full() => NoRoom::Ipv6Pool,
+            _ => NoRoom::Table,
+        }
     }
 
     /// A blank entry for the packet's key whose original direction is the packet's.

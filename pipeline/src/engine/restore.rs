@@ -3,14 +3,12 @@
 //! tick of the new clock on the way in, moved on by the time the process was down.
 
 use super::Engine;
-use super::lifecycle::admission_of;
+use super::lifecycle::{NoRoom, admission_of};
 use super::timers::{abs_ticks, idle_ticks};
 use crate::conntrack::conn::cflag;
-use crate::conntrack::table::IndexFull;
 use crate::parse::proto;
 use crate::snapshot::{FlowRecord, TombRecord};
 use crate::time::{Duration, Instant};
-use crate::verdict::DropReason;
 
 /// Why a flow record was not put back: the file is damaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,11 +112,13 @@ impl Engine {
             return Err(RestoreError::Duplicate);
         }
         let src = rec.key.addr[conn.charged()];
-        match self.make_room(now, src, rec.key.v6, adm) {
-            Ok(()) => {}
-            Err(DropReason::SourceLimit | DropReason::SourceTableFull) => return Ok(Restored::OverSourceLimit),
-            Err(_) if rec.key.v6 && !self.table.is_full() => return Ok(Restored::NoIpv6Room),
-            Err(_) => return Ok(Restored::NoRoom),
+        let left_out = |r: NoRoom| match r {
+            NoRoom::Source => Restored::OverSourceLimit,
+            NoRoom::Ipv6Pool => Restored::NoIpv6Room,
+            NoRoom::Table => Restored::NoRoom,
+        };
+        if let Err(why) = self.make_room(now, src, rec.key.v6, adm) {
+            return Ok(left_out(self.no_room(why, rec.key.v6)));
         }
         conn.last_seen = t.wrapping_sub(idle);
         if conn.proto() != proto::TCP {
@@ -128,16 +128,9 @@ impl Engine {
         stats.set_created(t.wrapping_sub(rec.age.saturating_add(down).min(half)));
         let left = timeout - idle;
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(conn.timer_class())));
-        let slot = match self.table.insert(h, &rec.key, conn, rec.aux, stats, when) {
+        let slot = match self.insert_counted(h, &rec.key, conn, rec.aux, stats, when) {
             Ok(s) => s,
-            Err(IndexFull::Ipv6Pool) => {
-                self.counters.ipv6_pool_full += 1;
-                return Ok(Restored::NoIpv6Room);
-            }
-            Err(IndexFull::Index) => {
-                self.counters.index_full += 1;
-                return Ok(Restored::NoRoom);
-            }
+            Err(e) => return Ok(left_out(e.into())),
         };
         self.lists.push(slot, adm, rec.key.v6);
         let charged = self.sources.add(src, rec.key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);

@@ -53,7 +53,7 @@ pub enum Command {
     /// tombstones, then `Done` — paced by `reply` as a listing is.
     Export { reply: crossbeam_channel::Sender<ExportReply> },
     /// Put these synced flows into the table (a takeover), between bursts; the answer
-    /// is (adopted, refused).
+    /// counts what became of them.
     Adopt { flows: Vec<holdfast_pipeline::engine::SyncedFlow>, reply: crossbeam_channel::Sender<holdfast_pipeline::engine::AdoptTally> },
     /// Close the sockets and open them again on these interface indexes (outside,
     /// inside): an interface was deleted and has come back. The table is kept.

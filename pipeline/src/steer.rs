@@ -152,13 +152,13 @@ impl<T: Copy> FragRouter<T> {
     /// A router remembering `routes` datagrams and holding `hold` early fragments, each
     /// for `timeout` (the engine's fragment timeout).
     pub fn new(routes: usize, hold: usize, timeout: u64) -> FragRouter<T> {
-        let slots = routes.max(1).next_power_of_two();
+        // At most u16::MAX held: the per-bucket counts cannot overflow.
+        let hold = hold.min(usize::from(u16::MAX));
         FragRouter {
-            routes: vec![Route::default(); slots].into_boxed_slice(),
-            waiting: vec![0; (hold.min(usize::from(u16::MAX)) * 64).max(1).next_power_of_two()].into_boxed_slice(),
-            // At most u16::MAX held: the per-slot counts cannot overflow.
-            hold: hold.min(usize::from(u16::MAX)),
-            held: VecDeque::with_capacity(hold.min(usize::from(u16::MAX))),
+            routes: vec![Route::default(); routes.max(1).next_power_of_two()].into_boxed_slice(),
+            waiting: vec![0; (hold * 64).max(1).next_power_of_two()].into_boxed_slice(),
+            hold,
+            held: VecDeque::with_capacity(hold),
             timeout,
             stats: RouterStats::default(),
         }
@@ -396,7 +396,7 @@ mod tests {
         assert_eq!((r.stats.held, r.stats.released), (2, 2));
     }
 
-    /// The per-slot counts a first fragment consults stay exact through holds,
+    /// The per-bucket counts a first fragment consults stay exact through holds,
     /// releases, overflows and expiry — a count too low would strand a fragment until
     /// its timeout — and every fragment comes out exactly once.
     #[test]

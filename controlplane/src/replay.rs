@@ -52,7 +52,7 @@ pub struct Report {
     pub capture_error: Option<CaptureError>,
     pub bytes_per_entry: usize,
     /// Live entries per admission class at the end, all workers.
-    pub classes_at_end: [u32; 4],
+    pub classes_at_end: [u32; Admission::COUNT],
     pub min_adaptive_scale: f64,
     /// The dispatcher's own work — steering (parsing each frame for its owner, routing
     /// fragments) and handing batches out — in seconds, while the workers run; and how
@@ -93,8 +93,9 @@ impl Report {
             DropReason::ALL.iter().filter(|r| c.dropped[**r as usize] > 0).map(|r| (r.name().to_string(), json!(c.dropped[*r as usize]))).collect();
         let passes: Map<String, Value> =
             PassKind::ALL.iter().filter(|k| c.passed[**k as usize] > 0).map(|k| (k.name().to_string(), json!(c.passed[*k as usize]))).collect();
-        let by_class =
-            |a: &[u64; 4]| -> Value { Admission::ALL.iter().map(|k| (k.name().to_string(), json!(a[*k as usize]))).collect::<Map<String, Value>>().into() };
+        let by_class = |a: &[u64; Admission::COUNT]| -> Value {
+            Admission::ALL.iter().map(|k| (k.name().to_string(), json!(a[*k as usize]))).collect::<Map<String, Value>>().into()
+        };
         json!({
             "packets": c.packets,
             "reply_denied": c.reply_denied(),
@@ -157,7 +158,7 @@ impl Report {
             c.flows_created, self.flows_peak, c.flows_expired, c.flows_closed, self.flows_at_end
         );
         let _ = writeln!(s, "  replies    {} denied because their flow's state was gone (reply_denied)", c.reply_denied());
-        let classes = |a: [u64; 4]| Admission::ALL.iter().map(|k| format!("{} {}", k.name(), a[*k as usize])).collect::<Vec<_>>().join(", ");
+        let classes = |a: [u64; Admission::COUNT]| Admission::ALL.iter().map(|k| format!("{} {}", k.name(), a[*k as usize])).collect::<Vec<_>>().join(", ");
         let _ = writeln!(s, "  evicted    {}; {} refused as table_full", classes(c.evictions), c.dropped[DropReason::TableFull as usize]);
         let _ = writeln!(s, "  expired    {}", classes(c.expirations));
         if c.expirations[Admission::Assured as usize] > 0 {
@@ -250,7 +251,7 @@ pub fn run(cfg: &Config, source: &str, buf: &[u8], seed: u64, opts: &Options) ->
     let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
     let mut peak = 0;
     let mut bytes_per_entry = 0;
-    let mut classes_at_end = [0u32; 4];
+    let mut classes_at_end = [0u32; Admission::COUNT];
     let mut min_adaptive_scale: f64 = 1.0;
     for (w, o) in outs.into_iter().enumerate() {
         counters.merge(&o.counters);

@@ -80,7 +80,7 @@ pub struct WorkerOutput {
     pub busy_s: f64,
     pub table_bytes_per_entry: usize,
     /// Live entries per admission class at the end.
-    pub class_counts: [u32; 4],
+    pub class_counts: [u32; holdfast_pipeline::conntrack::pressure::Admission::COUNT],
     /// Lowest adaptive-timeout factor seen after a batch (1.0 = never under pressure).
     pub min_adaptive_scale: f64,
 }

@@ -81,7 +81,7 @@ pub struct Snapshot {
     pub shed_flag_errors: u64,
     pub table_len: usize,
     pub table_capacity: usize,
-    pub classes: [u32; 4],
+    pub classes: [u32; holdfast_pipeline::conntrack::pressure::Admission::COUNT],
     /// Polls that found work (or frames waiting for TX room) / all polls.
     pub busy_polls: u64,
     /// Polls that found frames waiting but no room on the other side's TX ring.

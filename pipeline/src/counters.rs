@@ -1,6 +1,7 @@
 //! Per-core counters: plain integers owned by one worker, summed by whoever reads them.
 
 use crate::conntrack::TimerClass;
+use crate::conntrack::pressure::Admission;
 use crate::verdict::{DropReason, PassKind, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +29,11 @@ pub struct Counters {
     pub source_recycled: u64,
     /// Fragment records replaced while still live (the fragment table's limit).
     pub fragment_evictions: u64,
-    /// Entries evicted to make room, by admission class (embryonic, unreplied,
-    /// closing, assured).
-    pub evictions: [u64; 4],
+    /// Entries evicted to make room, by admission class (in [`Admission::ALL`]'s
+    /// order).
+    pub evictions: [u64; Admission::COUNT],
     /// Entries whose timeout ran out, by admission class.
-    pub expirations: [u64; 4],
+    pub expirations: [u64; Admission::COUNT],
     /// Of those, the assured ones by the timeout that ran out (a
     /// [`TimerClass`] index): which timer aged an answered flow out — its state's
     /// own, or `tcp_unacknowledged` / `tcp_max_retrans` after data went unanswered.
@@ -56,8 +57,8 @@ impl Default for Counters {
             ipv6_pool_full: 0,
             source_recycled: 0,
             fragment_evictions: 0,
-            evictions: [0; 4],
-            expirations: [0; 4],
+            evictions: [0; Admission::COUNT],
+            expirations: [0; Admission::COUNT],
             assured_expirations: [0; TimerClass::COUNT],
             tombstone_hits: 0,
         }
@@ -113,7 +114,7 @@ impl Counters {
         self.ipv6_pool_full += o.ipv6_pool_full;
         self.source_recycled += o.source_recycled;
         self.fragment_evictions += o.fragment_evictions;
-        for i in 0..4 {
+        for i in 0..Admission::COUNT {
             self.evictions[i] += o.evictions[i];
             self.expirations[i] += o.expirations[i];
         }

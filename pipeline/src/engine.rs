@@ -138,7 +138,7 @@ impl Engine {
         c
     }
 
-    /// Live entries per admission class (embryonic, unreplied, closing, assured).
+    /// Live entries per admission class (by [`Admission`] order: replied, embryonic, unreplied, closing, assured).
     pub fn class_counts(&self) -> [u32; Admission::COUNT] {
         self.lists.counts()
     }

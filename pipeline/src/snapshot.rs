@@ -18,7 +18,8 @@
 //! reason and class. Every field is checked on the way in: a record no running engine
 //! could have produced is an error that names the byte.
 
-use crate::conntrack::conn::{Conn, ConnAux, ConnStats, ORIGIN_INSIDE, Peer, cflag};
+use crate::conntrack::conn::{Conn, ConnAux, ConnStats, Peer, aux_flag, cflag};
+use crate::conntrack::pressure::Admission;
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::TimerClass;
 use crate::flow::FlowKey;
@@ -37,6 +38,9 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 pub const FLOW_V4: usize = 111;
 pub const FLOW_V6: usize = FLOW_V4 + 24;
 pub const TOMB: usize = 14;
+/// A flow record's timer byte: bit 6 says the entry is charged to the key's `hi`
+/// address (bits 0..4 timer class, 4..6 the class code, 7 zero).
+const OLD_CHARGED_HI: u8 = 0x40;
 
 /// `seed_policy` 1: the hash seed travels with the table, so that the restarted process
 /// hashes flows and tombstones as the stopped one did. The file is therefore as secret
@@ -327,7 +331,10 @@ impl FlowRecord {
         out.extend_from_slice(&k.vlan.to_le_bytes()[..3]);
         // The origin zone and an ICMP flow's type travel in bytes of their own (the
         // format from before they moved into the entry's spare bit and its key).
-        out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, c.timer & !ORIGIN_INSIDE, c.scales, c.pflags[0], c.pflags[1]]);
+        // The timer byte in its layout from before the fifth admission class: timer
+        // class, two-bit class code (restore derives the class again), charged side.
+        let timer = c.timer & 0x0f | c.admission().code() << 4 | if c.charged() == 1 { OLD_CHARGED_HI } else { 0 };
+        out.extend_from_slice(&[c.state, c.flags & !cflag::REFERENCED, timer, c.scales, c.pflags[0], c.pflags[1]]);
         out.extend_from_slice(&c.retrans_fp.to_le_bytes());
         for p in &c.peer {
             for v in [p.end, p.maxend, p.maxwin] {
@@ -344,7 +351,7 @@ impl FlowRecord {
         let a = &self.aux;
         out.extend_from_slice(&a.last_win.to_le_bytes());
         let icmp_type = c.icmp_type().unwrap_or(0);
-        out.extend_from_slice(&[a.last_wscale, a.last_flags, icmp_type, u8::from(c.origin_inside())]);
+        out.extend_from_slice(&[a.last_wscale, a.last_flags & !aux_flag::ORIGIN_INSIDE, icmp_type, u8::from(a.origin_inside())]);
     }
 
     /// Decodes the record at the start of `b` (found at file offset `offset`) and
@@ -432,6 +439,12 @@ impl FlowRecord {
         if c.timer & 0x80 != 0 {
             return Err(bad(state_at + 2, "unknown timer bits"));
         }
+        // The class code and the charged side move to where the entry keeps them
+        // (restore derives the class again from the state).
+        let old = c.timer;
+        c.timer = old & 0x0f;
+        c.set_admission(Admission::from_code(old >> 4, p == proto::TCP));
+        c.set_charged(old & OLD_CHARGED_HI != 0);
         if c.scale(0) > 14 || c.scale(1) > 14 {
             return Err(bad(state_at + 3, "a window scale over 14"));
         }
@@ -441,7 +454,11 @@ impl FlowRecord {
         if icmp_type != c.icmp_type().unwrap_or(0) {
             return Err(bad(aux_at + 4, "the ICMP type disagrees with the key (or a flow of another protocol has one)"));
         }
-        c.set_origin_inside(origin_inside);
+        if aux.last_flags & aux_flag::ORIGIN_INSIDE != 0 {
+            return Err(bad(aux_at + 3, "unknown annotation flags"));
+        }
+        let mut aux = aux;
+        aux.set_origin_inside(origin_inside);
         Ok((FlowRecord { key, conn: c, stats, aux, idle, age, stream_age }, len))
     }
 }

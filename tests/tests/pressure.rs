@@ -216,10 +216,10 @@ fn the_embryonic_quota_holds_exactly() {
         assert!(e.process(&Packet { data: &syn(i), zone: Zone::Outside, now }).is_pass());
     }
     assert_eq!(e.class_counts()[Admission::Embryonic as usize], 250);
-    assert_eq!(e.counters().evictions, [0; 4]);
+    assert_eq!(e.counters().evictions, [0; 5]);
     assert!(e.process(&Packet { data: &syn(250), zone: Zone::Outside, now }).is_pass());
     assert_eq!(e.class_counts()[Admission::Embryonic as usize], 250, "still exactly at the quota");
-    assert_eq!(e.counters().evictions, [1, 0, 0, 0]);
+    assert_eq!(e.counters().evictions, [0, 1, 0, 0, 0]);
     // The oldest (connection 0) went: its SYN/ACK now finds a tombstone.
     let synack = tcp(server(0), 80, client(0), 50_000, SYN | ACK, 9, 2, 0);
     assert_eq!(e.process(&Packet { data: &synack, zone: Zone::Inside, now }), Verdict::Drop(DropReason::ReplyToEvicted));
@@ -234,7 +234,7 @@ fn assured_flows_are_never_evicted_for_a_newcomer() {
     }
     let v = f.send(&tcp(client(100), 40_000, server(1), 80, SYN, 1, 0, 0), Zone::Outside);
     assert_eq!(v, Verdict::Drop(DropReason::TableFull));
-    assert_eq!(f.e.counters().evictions, [0; 4]);
+    assert_eq!(f.e.counters().evictions, [0; 5]);
 }
 
 /// Adaptive timeouts shrink non-assured timeouts under pressure, never assured ones.
@@ -254,7 +254,7 @@ fn adaptive_timeouts_spare_assured_flows() {
     f.now = f.now + Duration::from_secs(30);
     let removed = f.e.expire(f.now, usize::MAX);
     assert_eq!(removed, 40);
-    assert_eq!(f.e.counters().expirations, [40, 0, 0, 0]);
+    assert_eq!(f.e.counters().expirations, [0, 40, 0, 0, 0]);
     assert_eq!(f.e.class_counts()[Admission::Assured as usize], 50);
 }
 
@@ -283,7 +283,7 @@ fn adaptive_timeouts_spare_closing_flows_while_a_lower_class_can_give_room() {
     // flows keep their 120 s while there were embryonic entries to take room from.
     f.now = f.now + Duration::from_secs(30);
     f.e.expire(f.now, usize::MAX);
-    assert_eq!(f.e.counters().expirations, [30, 0, 0, 0]);
+    assert_eq!(f.e.counters().expirations, [0, 30, 0, 0, 0]);
     assert_eq!(f.e.class_counts()[Admission::Closing as usize], 10);
     // The server's FIN still finds its state (before this change: reply_to_expired).
     let fin = tcp(server(0), 80, client(0), 30_000, FIN | ACK, 6201, 1302, 0);
@@ -297,6 +297,6 @@ fn adaptive_timeouts_spare_closing_flows_while_a_lower_class_can_give_room() {
     assert!((f.e.adaptive_scale() - 0.25).abs() < 0.01, "{}", f.e.adaptive_scale());
     f.now = f.now + Duration::from_secs(31);
     f.e.expire(f.now, usize::MAX);
-    assert_eq!(f.e.counters().expirations, [30, 0, 10, 0]);
+    assert_eq!(f.e.counters().expirations, [0, 30, 0, 10, 0]);
     assert_eq!(f.e.class_counts()[Admission::Assured as usize], 80);
 }

@@ -64,10 +64,9 @@ pub(crate) struct Conn {
     pub state: u8,
     /// [`cflag`] bits.
     pub flags: u8,
-    /// Bits 0..4: the [`super::timeouts::TimerClass`] whose timeout applies; bits 4..6:
-    /// the [`super::pressure::Admission`] class; bit 6 ([`CHARGED_HI`]): the entry is
-    /// charged to the key's `hi` address in the per-source counts; bit 7
-    /// ([`ORIGIN_INSIDE`]): the flow's original direction entered from the inside zone.
+    /// Bits 0..4: the [`super::timeouts::TimerClass`] whose timeout applies; bits 4..7:
+    /// the [`super::pressure::Admission`] class; bit 7 ([`CHARGED_HI`]): the entry is
+    /// charged to the key's `hi` address in the per-source counts.
     pub timer: u8,
     /// Window scale shift of the original (bits 0..4) and reply (bits 4..8) peers.
     pub scales: u8,
@@ -159,7 +158,7 @@ impl ConnStats {
 /// SYN. Written whole when the entry is created (a reused slot keeps nothing of its
 /// previous flow).
 ///
-/// 4 bytes. The origin zone lives in the entry's spare bit ([`Conn::origin_inside`]),
+/// 4 bytes. The origin zone is a spare bit of `last_flags` ([`aux_flag::ORIGIN_INSIDE`]),
 /// an ICMP flow's request type was always in its key ([`Conn::icmp_type`]), and the
 /// creation tick is kept with the counters ([`ConnStats::created`]): as fields here
 /// they cost 8 bytes an entry.
@@ -181,15 +180,29 @@ const _: () = assert!(core::mem::size_of::<ConnAux>() == 4);
 pub(crate) mod aux_flag {
     pub(crate) const SIMULTANEOUS_OPEN: u8 = 0x04;
     pub(crate) const EXP_CHALLENGE_ACK: u8 = 0x40;
+    /// Not Linux's: the flow's original direction entered from the inside zone (what a
+    /// reload's recheck and the listing say it came from). Here, not in the hot entry,
+    /// since the admission class took that bit; only cold paths read it.
+    pub(crate) const ORIGIN_INSIDE: u8 = 0x80;
+}
+
+impl ConnAux {
+    /// The flow's original direction entered from the inside zone.
+    #[inline]
+    pub(crate) fn origin_inside(&self) -> bool {
+        self.last_flags & aux_flag::ORIGIN_INSIDE != 0
+    }
+
+    pub(crate) fn set_origin_inside(&mut self, inside: bool) {
+        self.last_flags = (self.last_flags & !aux_flag::ORIGIN_INSIDE) | if inside { aux_flag::ORIGIN_INSIDE } else { 0 };
+    }
 }
 
 /// Bit of [`Conn::timer`]: the per-source count charged for this entry is the key's
 /// `hi` address's (else `lo`'s). Set at creation to the side that sent the creating
 /// packet and never changed — a reverse pickup swaps the directions afterwards, so the
 /// original direction cannot say whom to release.
-pub(crate) const CHARGED_HI: u8 = 0x40;
-/// Bit of [`Conn::timer`]: the flow's original direction entered from the inside zone.
-pub(crate) const ORIGIN_INSIDE: u8 = 0x80;
+pub(crate) const CHARGED_HI: u8 = 0x80;
 
 /// Direction of a packet relative to the flow: who opened it.
 pub(crate) const ORIGINAL: usize = 0;
@@ -252,12 +265,12 @@ impl Conn {
 
     #[inline]
     pub(crate) fn admission(&self) -> super::pressure::Admission {
-        super::pressure::Admission::from_u8(self.timer >> 4)
+        super::pressure::Admission::from_u8(self.timer >> 4 & 7)
     }
 
     #[inline]
     pub(crate) fn set_admission(&mut self, a: super::pressure::Admission) {
-        self.timer = (self.timer & !0x30) | (a as u8) << 4;
+        self.timer = (self.timer & !0x70) | (a as u8) << 4;
     }
 
     /// Which address of the key (0 `lo`, 1 `hi`) the per-source count was charged to.
@@ -268,17 +281,6 @@ impl Conn {
 
     pub(crate) fn set_charged(&mut self, hi: bool) {
         self.timer = (self.timer & !CHARGED_HI) | if hi { CHARGED_HI } else { 0 };
-    }
-
-    /// The flow's original direction entered from the inside zone (what a reload's
-    /// recheck and the listing say it came from).
-    #[inline]
-    pub(crate) fn origin_inside(&self) -> bool {
-        self.timer & ORIGIN_INSIDE != 0
-    }
-
-    pub(crate) fn set_origin_inside(&mut self, inside: bool) {
-        self.timer = (self.timer & !ORIGIN_INSIDE) | if inside { ORIGIN_INSIDE } else { 0 };
     }
 
     /// For an ICMP query flow, the request's type (what a reload's recheck asks the

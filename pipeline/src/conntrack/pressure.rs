@@ -14,30 +14,63 @@ use crate::raw::{Zeroed, region_of, touch, zeroed_slice};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Admission {
+    /// UDP, ICMP or another protocol that has seen a reply but is no stream (Linux's
+    /// stream rule: still active 2 s after creation; ICMP never is one): a request
+    /// answered, its exchange most likely done. Lowest because it is worth least and
+    /// costs a blind sender one spoofed packet: an inside server answers queries from
+    /// any address it is allowed to hear.
+    Replied = 0,
     /// TCP that has not completed its handshake (SYN seen, no assuring ACK).
-    Embryonic = 0,
+    Embryonic = 1,
     /// UDP, ICMP or another protocol that has seen no reply.
-    Unreplied = 1,
+    Unreplied = 2,
     /// TCP after a FIN or RST: FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE.
-    Closing = 2,
-    /// Traffic seen both ways: an assured TCP connection, a replied UDP/ICMP flow.
-    Assured = 3,
+    Closing = 3,
+    /// An assured TCP connection (handshake completed), or a UDP or other non-ICMP
+    /// stream (a reply, and still active 2 s after creation).
+    Assured = 4,
 }
 
 impl Admission {
-    pub const COUNT: usize = 4;
-    pub const ALL: [Admission; 4] = [Admission::Embryonic, Admission::Unreplied, Admission::Closing, Admission::Assured];
+    pub const COUNT: usize = 5;
+    pub const ALL: [Admission; Self::COUNT] = [Admission::Replied, Admission::Embryonic, Admission::Unreplied, Admission::Closing, Admission::Assured];
+    /// The classes a newcomer may take room from, in the order it takes it.
+    pub const EVICTABLE: [Admission; Self::COUNT - 1] = [Admission::Replied, Admission::Embryonic, Admission::Unreplied, Admission::Closing];
 
     pub fn from_u8(v: u8) -> Admission {
-        Self::ALL[usize::from(v & 3)]
+        Self::ALL[usize::from(v).min(Self::COUNT - 1)]
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Admission::Replied => "replied",
             Admission::Embryonic => "embryonic",
             Admission::Unreplied => "unreplied",
             Admission::Closing => "closing",
             Admission::Assured => "assured",
+        }
+    }
+
+    /// The class in the two bits a tombstone (and a snapshot's tombstone) keeps: the
+    /// codes from before `Replied` existed. `Replied` shares 0 with `Embryonic`, the
+    /// lowest either way; the flow's protocol tells them apart ([`Admission::from_code`]).
+    pub fn code(self) -> u8 {
+        match self {
+            Admission::Replied | Admission::Embryonic => 0,
+            Admission::Unreplied => 1,
+            Admission::Closing => 2,
+            Admission::Assured => 3,
+        }
+    }
+
+    /// The class a two-bit [`Admission::code`] stands for, for a flow of TCP or not.
+    pub fn from_code(code: u8, tcp: bool) -> Admission {
+        match code & 3 {
+            0 if tcp => Admission::Embryonic,
+            0 => Admission::Replied,
+            1 => Admission::Unreplied,
+            2 => Admission::Closing,
+            _ => Admission::Assured,
         }
     }
 }
@@ -130,7 +163,13 @@ pub struct ClassLists {
 
 impl ClassLists {
     pub fn new(capacity: usize, evict: Evict) -> ClassLists {
-        ClassLists { links: zeroed_slice(capacity), head: [NIL; LISTS], tail: [NIL; LISTS], counts: [[0; 4]; 2], per_class: evict == Evict::ByClass }
+        ClassLists {
+            links: zeroed_slice(capacity),
+            head: [NIL; LISTS],
+            tail: [NIL; LISTS],
+            counts: [[0; Admission::COUNT]; 2],
+            per_class: evict == Evict::ByClass,
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -169,14 +208,13 @@ impl ClassLists {
 
     /// Entries that are not assured.
     pub fn non_assured(&self) -> u32 {
-        let [v4, v6] = &self.counts;
-        v4[0] + v4[1] + v4[2] + v6[0] + v6[1] + v6[2]
+        self.below(Admission::Assured)
     }
 
     /// The lists in use: every class of both families, or one per family.
     fn lists(&self) -> &'static [usize] {
-        const _: () = assert!(LISTS == 8);
-        if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0, Admission::COUNT] }
+        const _: () = assert!(LISTS == 10);
+        if self.per_class { &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] } else { &[0, Admission::COUNT] }
     }
 
     fn list(&self, a: Admission, v6: bool) -> usize {
@@ -231,16 +269,13 @@ impl ClassLists {
     /// `Assured` that either family has (by-class): the victim is one of the two.
     #[inline]
     pub fn oldest_non_assured(&self) -> Option<(Option<u32>, Option<u32>)> {
-        [Admission::Embryonic, Admission::Unreplied, Admission::Closing]
-            .iter()
-            .map(|&a| (self.head(a, false), self.head(a, true)))
-            .find(|&(v4, v6)| v4.is_some() || v6.is_some())
+        Admission::EVICTABLE.iter().map(|&a| (self.head(a, false), self.head(a, true))).find(|&(v4, v6)| v4.is_some() || v6.is_some())
     }
 
     /// The oldest IPv6 entry of the lowest non-empty class below `Assured` (by-class):
     /// the victim when the IPv6 address pool is full.
     pub fn oldest_non_assured_v6(&self) -> Option<u32> {
-        [Admission::Embryonic, Admission::Unreplied, Admission::Closing].iter().find_map(|&a| self.head(a, true))
+        Admission::EVICTABLE.iter().find_map(|&a| self.head(a, true))
     }
 
     /// The entry after `slot` in its list (the next oldest).
@@ -270,7 +305,7 @@ impl ClassLists {
 
     /// The head of the family's single list (`lru` mode).
     pub fn head_all(&self, v6: bool) -> Option<u32> {
-        let h = self.head[self.list(Admission::Embryonic, v6)];
+        let h = self.head[self.list(Admission::ALL[0], v6)];
         (h != NIL).then_some(h)
     }
 
@@ -342,11 +377,25 @@ mod tests {
         assert_eq!(l.oldest_non_assured(), Some((Some(3), None)));
         l.change(3, Admission::Embryonic, Admission::Assured, false);
         assert_eq!(l.oldest_non_assured(), Some((Some(1), None)));
-        assert_eq!(l.counts(), [0, 0, 1, 2]);
+        assert_eq!(l.counts(), [0, 0, 0, 1, 2]);
         assert_eq!(l.non_assured(), 1);
+        l.push(4, Admission::Replied, false);
+        assert_eq!(l.oldest_non_assured(), Some((Some(4), None)), "an answered query goes before a closing connection");
+        l.remove(4, Admission::Replied, false);
         l.remove(1, Admission::Closing, false);
         assert_eq!(l.oldest_non_assured(), None);
         l.audit().unwrap();
+    }
+
+    #[test]
+    fn two_bit_codes_name_every_class_given_the_protocol() {
+        for a in Admission::ALL {
+            let tcp = !matches!(a, Admission::Replied | Admission::Unreplied);
+            assert_eq!(Admission::from_code(a.code(), tcp), a);
+            assert_eq!(Admission::from_u8(a as u8), a);
+        }
+        assert_eq!(Admission::from_code(0, false), Admission::Replied);
+        assert_eq!(Admission::from_code(0, true), Admission::Embryonic);
     }
 
     #[test]
@@ -363,7 +412,7 @@ mod tests {
         l.change(3, Admission::Embryonic, Admission::Assured, true);
         l.remove(1, Admission::Unreplied, true);
         assert_eq!(l.oldest_non_assured_v6(), Some(2));
-        assert_eq!((l.counts(), l.non_assured(), l.below(Admission::Closing)), ([0, 1, 1, 1], 2, 1));
+        assert_eq!((l.counts(), l.non_assured(), l.below(Admission::Closing)), ([0, 0, 1, 1, 1], 2, 1));
         assert_eq!(l.in_order().collect::<Vec<_>>(), [0, 2, 3]);
         l.audit().unwrap();
     }
@@ -378,7 +427,7 @@ mod tests {
         l.rotate(0, Admission::Assured, false);
         assert_eq!(l.head_all(false), Some(1));
         l.change(1, Admission::Embryonic, Admission::Assured, false);
-        assert_eq!(l.counts(), [1, 0, 0, 2]);
+        assert_eq!(l.counts(), [0, 1, 0, 0, 2]);
         l.audit().unwrap();
     }
 

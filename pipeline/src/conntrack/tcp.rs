@@ -411,7 +411,7 @@ pub(crate) fn packet(c: &mut Conn, aux: &mut ConnAux, dir: usize, seg: &Segment,
                     // a) A SYN in ORIGINAL: annotate its options; if valid, the server
                     // answers with a SYN/ACK and we get in sync.
                     let o = Options::parse(seg.opts);
-                    aux.last_flags = 0;
+                    aux.last_flags &= aux_flag::ORIGIN_INSIDE;
                     aux.last_wscale = 0;
                     if let Some(ws) = o.wscale {
                         aux.last_flags |= pflag::WINDOW_SCALE;

@@ -133,8 +133,8 @@ impl Tombstones {
         }
     }
 
-    /// Records that the flow whose table hash is `h`, of admission class `class`, went
-    /// away.
+    /// Records that the flow whose table hash is `h`, of admission class code `class`
+    /// ([`crate::conntrack::pressure::Admission::code`]), went away.
     pub fn bury(&mut self, h: u64, why: Why, class: u8, now_ticks: u32) {
         if self.sets.is_empty() {
             return;

@@ -50,7 +50,7 @@ impl Engine {
         // Under pressure, timeouts shrank after entries were armed: sweep the oldest
         // non-assured entries (the heads of their FIFO lists) with the shrunken ones.
         if self.scale < 1024 && self.lists.per_class() {
-            for a in [Admission::Embryonic, Admission::Unreplied, Admission::Closing] {
+            for a in Admission::EVICTABLE {
                 // What the classes below gave back lowers the pressure on this one.
                 self.rescale();
                 for v6 in [false, true] {
@@ -135,7 +135,7 @@ impl Engine {
         let c = &self.table.conns[slot as usize];
         let k = self.table.key_of(slot);
         let o = usize::from(c.has(cflag::ORIG_IS_HI));
-        let from = if c.origin_inside() { Zone::Inside } else { Zone::Outside };
+        let from = if self.table.aux[slot as usize].origin_inside() { Zone::Inside } else { Zone::Outside };
         let ports = matches!(k.proto, parse::proto::TCP | parse::proto::UDP);
         Query {
             from,

@@ -111,7 +111,7 @@ impl Engine {
         FlowInfo {
             key: self.table.key_of(s),
             orig: if c.has(cflag::ORIG_IS_HI) { Side::FromHi } else { Side::FromLo },
-            from: if c.origin_inside() { Zone::Inside } else { Zone::Outside },
+            from: if self.table.aux[s as usize].origin_inside() { Zone::Inside } else { Zone::Outside },
             state,
             expires_in: Duration::from_ticks(left),
             assured: c.has(cflag::ASSURED),
@@ -137,7 +137,7 @@ impl Engine {
         let removed = self.tombs.peek(self.table.hash(&m.key)).map(|(why, when, class)| Removed {
             why,
             ago: Duration::from_ticks(idle_ticks(now.ticks(), when)),
-            class: Admission::ALL[usize::from(class).min(Admission::COUNT - 1)],
+            class: Admission::from_code(class, m.key.proto == crate::parse::proto::TCP),
         });
         Some(Explained {
             v6: m.key.v6,

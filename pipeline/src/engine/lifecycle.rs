@@ -46,8 +46,15 @@ pub(super) fn admission_of(c: &Conn) -> Admission {
         } else {
             Admission::Embryonic
         }
-    } else if c.has(cflag::SEEN_REPLY) {
+    } else if c.has(cflag::ASSURED) && c.icmp_type().is_none() {
+        // A stream: a reply, and traffic still 2 s after creation. A reply alone
+        // proves nothing a blind sender cannot get — a spoofed query to a server the
+        // rules let it reach is answered — so a replied flow is evicted first
+        // (`Replied`) instead of being kept like a connection. ICMP is never a stream
+        // (a hostile peer's sync or a damaged snapshot may still say ASSURED).
         Admission::Assured
+    } else if c.has(cflag::SEEN_REPLY) {
+        Admission::Replied
     } else {
         Admission::Unreplied
     }
@@ -164,7 +171,7 @@ impl Engine {
             Some(Why::Closed) | None => self.counters.flows_closed += 1,
         }
         if let Some(w) = why {
-            self.tombs.bury(h, w, adm as u8, now.ticks());
+            self.tombs.bury(h, w, adm.code(), now.ticks());
         }
         if self.sources.enabled() {
             let key = self.table.key_of(slot);

@@ -87,6 +87,57 @@ fn icmp_echo_request_and_reply() {
     assert_eq!(l.e.expire(l.now, 100), 2);
 }
 
+/// A reply is no proof of a connection: a blind sender gets one by spoofing a request
+/// to a host the rules let it reach (a ping, a DNS query), from any address. Were
+/// replied datagram flows kept like assured connections, ~capacity / 30 s such
+/// requests a second (33k at 1M entries) would keep the table full of entries no
+/// newcomer may evict, and every new connection would be refused. Replied flows that
+/// are no stream are evicted first instead; established connections and a real UDP
+/// stream (a reply, and traffic 2 s later) keep their places.
+#[test]
+fn answered_spoofed_requests_do_not_lock_the_table() {
+    use crate::conntrack::pressure::Admission;
+    let mut l = Lab::with(EngineConfig { capacity: 256, ..EngineConfig::default() });
+    // 40 established connections and a DNS stream from the server.
+    for i in 0..40u16 {
+        let client = format!("198.51.100.{}", i + 10);
+        assert_eq!(l.seg(&client, 40000, SERVER, SPORT, SYN, 1000, 0, 64_000, 0, Zone::Outside), NEW);
+        assert_eq!(l.seg(SERVER, SPORT, &client, 40000, SYN | ACK, 5000, 1001, 64_000, 0, Zone::Inside), EST);
+        assert_eq!(l.seg(&client, 40000, SERVER, SPORT, ACK, 1001, 5001, 64_000, 0, Zone::Outside), EST);
+    }
+    let (q, r) = (udp(SERVER, 5353, "192.0.2.53", 53), udp("192.0.2.53", 53, SERVER, 5353));
+    assert_eq!(l.send(&q, Zone::Inside), NEW);
+    assert_eq!(l.send(&r, Zone::Outside), EST);
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.send(&q, Zone::Inside), EST);
+    // 2,000 spoofed pings from as many addresses, each answered by the server.
+    let mut rng = xorshift(7);
+    for i in 0..2000u32 {
+        let a = rng() as u32 | 0x0100_0000;
+        let src = core::net::Ipv4Addr::from(a & 0xbfff_ffff).to_string();
+        assert_eq!(l.send(&echo(&src, SERVER, 8, i as u16), Zone::Outside), NEW, "request {i}");
+        assert_eq!(l.send(&echo(SERVER, &src, 0, i as u16), Zone::Inside), EST, "reply {i}");
+        if i % 100 == 99 {
+            l.advance(Duration::from_millis(50));
+        }
+    }
+    let classes = l.e.class_counts();
+    assert_eq!(classes[Admission::Assured as usize], 41, "the connections and the stream: nothing else is kept like them");
+    assert!(l.e.counters().evictions[Admission::Replied as usize] > 1500, "{:?}", l.e.counters().evictions);
+    assert_eq!(l.e.counters().evictions[Admission::Assured as usize], 0);
+    // A new client gets in; every established connection and the stream still pass.
+    assert_eq!(l.c(SYN, 0), NEW);
+    assert_eq!(l.s(SYN | ACK, 0), EST);
+    assert_eq!(l.c(ACK, 0), EST);
+    for i in 0..40u16 {
+        let client = format!("198.51.100.{}", i + 10);
+        assert_eq!(l.seg(SERVER, SPORT, &client, 40000, ACK | PSH, 5001, 1001, 64_000, 100, Zone::Inside), EST, "connection {i}");
+    }
+    assert_eq!(l.send(&r, Zone::Outside), EST);
+    assert_eq!(l.e.counters().dropped[DropReason::TableFull as usize], 0);
+    l.e.audit().unwrap();
+}
+
 /// An ICMP error from `router` to `to`, quoting the first bytes of `quoted`'s IP packet.
 fn icmp_error(router: &str, to: &str, ty: u8, code: u8, quoted: &FrameSpec) -> Vec<u8> {
     let q = quoted.ip_packet();
@@ -510,14 +561,28 @@ fn a_flood_that_fills_the_ipv6_pool_does_not_lock_new_ipv6_flows_out() {
     assert_eq!(l.send(&reply("2001:db8:1::7", 100), Zone::Inside), EST);
     assert_eq!(l.e.table().len(), 8, "one flood entry made room");
     assert_eq!(l.e.counters().ipv6_pool_full, 0);
-    // Every other flood ping answered too (the evicted one's reply finds no state):
-    // the pool now holds 8 replied (assured-class) flows, and a new IPv6 flow is refused, and
-    // counted, rather than evicting one.
+    // Every other flood ping answered too (the evicted one's reply finds no state). A
+    // reply proves nothing a spoofer cannot get, so replied pings still make room,
+    // oldest first.
     for i in 0..8 {
         l.send(&reply(&format!("2001:db8:66::{}", i + 1), i), Zone::Inside);
     }
+    let replied = crate::conntrack::pressure::Admission::Replied;
+    assert_eq!(l.flows().iter().filter(|f| f.class == replied).count(), 8);
+    let before = l.e.counters().evictions[replied as usize];
+    assert_eq!(l.send(&request("2001:db8:1::8", 300), Zone::Outside), NEW);
+    assert_eq!(l.e.counters().evictions[replied as usize] - before, 1);
+    // A pool of assured IPv6 connections is never evicted for a newcomer: refused, and
+    // counted.
+    for i in 0..8 {
+        let client = format!("2001:db8:1::{}", 100 + i);
+        assert_eq!(l.seg(&client, 40000, "2001:db8:2::1", 80, SYN, 1000, 0, 64_000, 0, Zone::Outside), NEW);
+        assert_eq!(l.seg("2001:db8:2::1", 80, &client, 40000, SYN | ACK, 5000, 1001, 64_000, 0, Zone::Inside), EST);
+        assert_eq!(l.seg(&client, 40000, "2001:db8:2::1", 80, ACK, 1001, 5001, 64_000, 0, Zone::Outside), EST);
+    }
     assert_eq!(l.flows().iter().filter(|f| f.class == crate::conntrack::pressure::Admission::Assured).count(), 8);
-    assert_eq!(l.send(&request("2001:db8:1::8", 300), Zone::Outside), Verdict::Drop(DropReason::TableFull));
+    assert_eq!(l.e.counters().ipv6_pool_full, 0);
+    assert_eq!(l.send(&request("2001:db8:1::9", 301), Zone::Outside), Verdict::Drop(DropReason::TableFull));
     assert_eq!(l.e.counters().ipv6_pool_full, 1);
     l.handshake();
     assert_eq!(l.e.table().len(), 9, "IPv4 flows still fit");

@@ -18,7 +18,8 @@ use crate::time::Instant;
 use crate::verdict::{DropReason, PassKind, Verdict};
 
 /// Linux marks a UDP flow as a stream (ASSURED, long timeout) once it has seen a reply
-/// and is still active 2 s after creation (`nf_conntrack_udp_packet`).
+/// and is still active 2 s after creation (`nf_conntrack_udp_packet`); here other
+/// protocols but ICMP too (ASSURED only: their timeout stays).
 pub(super) const UDP_STREAM_TICKS: i32 = 2 * crate::time::TICKS_PER_SEC as i32;
 
 /// The verdict of a configured action on frames that are not tracked (ARP, ND, non-IP).
@@ -133,7 +134,15 @@ impl Engine {
                 }
             }
             L4::IcmpQuery { .. } => TimerClass::Icmp,
-            _ => TimerClass::Generic,
+            _ => {
+                // Not Linux's (its generic tracker never assures): the UDP stream rule,
+                // so that a tunnel (ESP, GRE) is not among the first entries evicted.
+                let c = &mut self.table.conns[slot as usize];
+                if c.has(cflag::SEEN_REPLY) && now.ticks().wrapping_sub(c.peer[0].end) as i32 > UDP_STREAM_TICKS {
+                    c.flags |= cflag::ASSURED;
+                }
+                TimerClass::Generic
+            }
         };
         self.refresh(slot, now, class);
         self.account(slot, dir, m);
@@ -192,12 +201,12 @@ impl Engine {
         }
         let mut c = Self::blank_for(m);
         c.set_timer_class(class);
-        if matches!(m.l4, L4::Udp) {
+        if !matches!(m.l4, L4::IcmpQuery { .. }) {
             // Linux `stream_ts`: when the flow started, for the stream rule.
             c.peer[0].end = now.ticks();
         }
-        c.set_origin_inside(zone == Zone::Inside);
-        let aux = ConnAux::default();
+        let mut aux = ConnAux::default();
+        aux.set_origin_inside(zone == Zone::Inside);
         match self.create(now, m, h, c, aux) {
             Ok(slot) => {
                 self.account(slot, ORIGINAL, m);
@@ -240,7 +249,7 @@ impl Engine {
                 _ => return Verdict::Drop(DropReason::InvalidTcpState),
             }
         };
-        c.set_origin_inside((zone == Zone::Inside) != reverse);
+        aux.set_origin_inside((zone == Zone::Inside) != reverse);
         if reverse {
             swap_directions(&mut c);
         }

@@ -107,6 +107,7 @@ impl Report {
             "tombstone_hits": c.tombstone_hits,
             "ipv6_pool_full": c.ipv6_pool_full,
             "source_recycled": c.source_recycled,
+            "streams_held": c.streams_held,
             "min_adaptive_scale": self.min_adaptive_scale,
             "bytes_per_entry": self.bytes_per_entry,
             "passed": c.passed_total(),

@@ -27,6 +27,10 @@ pub struct Counters {
     /// New flows of a source at `per_source_limit` that took the place of that
     /// source's oldest non-assured entry (by-class).
     pub source_recycled: u64,
+    /// Packets (and adopted or restored flows) that would have made a non-TCP flow a
+    /// stream while streams held `stream_share` of the table: the flow stayed
+    /// `Replied`.
+    pub streams_held: u64,
     /// Fragment records replaced while still live (the fragment table's limit).
     pub fragment_evictions: u64,
     /// Entries evicted to make room, by admission class (in [`Admission::ALL`]'s
@@ -56,6 +60,7 @@ impl Default for Counters {
             index_full: 0,
             ipv6_pool_full: 0,
             source_recycled: 0,
+            streams_held: 0,
             fragment_evictions: 0,
             evictions: [0; Admission::COUNT],
             expirations: [0; Admission::COUNT],
@@ -113,6 +118,7 @@ impl Counters {
         self.index_full += o.index_full;
         self.ipv6_pool_full += o.ipv6_pool_full;
         self.source_recycled += o.source_recycled;
+        self.streams_held += o.streams_held;
         self.fragment_evictions += o.fragment_evictions;
         for i in 0..Admission::COUNT {
             self.evictions[i] += o.evictions[i];

@@ -96,6 +96,9 @@ pub struct Engine {
     sources: Sources,
     /// Non-assured entries allowed (by-class quota).
     quota: u32,
+    /// Assured non-TCP entries allowed (`stream_share`), and how many there are.
+    stream_cap: u32,
+    streams: u32,
     /// Current adaptive timeout factor for non-assured classes, out of 1024.
     scale: u32,
     policy: Arc<Classifier>,
@@ -115,6 +118,8 @@ impl Engine {
             tombs: Tombstones::new(cfg.tombstones),
             sources: Sources::new(cfg.capacity.max(1), cfg.per_source_limit, cfg.source_prefix_v6, cfg.seed),
             quota: quota(&cfg),
+            stream_cap: stream_cap(&cfg),
+            streams: 0,
             scale: 1024,
             policy,
             cfg,
@@ -460,6 +465,15 @@ impl Engine {
         }
         Some(slot)
     }
+}
+
+/// Assured non-TCP entries allowed (by-class; the other models have no classes to
+/// keep them in).
+fn stream_cap(cfg: &EngineConfig) -> u32 {
+    if cfg.pressure.evict != crate::conntrack::pressure::Evict::ByClass {
+        return u32::MAX;
+    }
+    (cfg.pressure.stream_share * cfg.capacity.max(1) as f64) as u32
 }
 
 /// Non-assured entries allowed: the by-class quota.

@@ -69,7 +69,11 @@ impl Lab {
     }
 
     pub(crate) fn with(cfg: EngineConfig) -> Lab {
-        Lab { e: Engine::new(cfg, Arc::new(policy()), T0), now: T0, cseq: 1000, sseq: 5000, cwin: 64_000, swin: 64_000 }
+        Lab::with_policy(cfg, policy())
+    }
+
+    pub(crate) fn with_policy(cfg: EngineConfig, policy: Classifier) -> Lab {
+        Lab { e: Engine::new(cfg, Arc::new(policy), T0), now: T0, cseq: 1000, sseq: 5000, cwin: 64_000, swin: 64_000 }
     }
 
     pub(crate) fn advance(&mut self, d: Duration) {

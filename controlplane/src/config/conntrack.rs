@@ -111,8 +111,18 @@ fn pressure(cx: &Ctx, p: &model::PressureCfg) -> Result<Pressure, ConfigError> {
         }
         out.embryonic_share = s.value;
     }
+    if let Some(s) = &p.stream_share {
+        if !(s.value > 0.0 && s.value <= 1.0) {
+            return Err(cx.at(s.referenced, "conntrack.pressure.stream_share must be in (0, 1]"));
+        }
+        if out.evict != Evict::ByClass && s.value < 1.0 {
+            return Err(cx.at(s.referenced, "stream_share applies to evict: by-class only; the lru and none models have no classes (use 1.0)"));
+        }
+        out.stream_share = s.value;
+    }
     if out.evict != Evict::ByClass {
         out.embryonic_share = 1.0;
+        out.stream_share = 1.0;
     }
     let start = p.adaptive_start.as_ref();
     let end = p.adaptive_end.as_ref();

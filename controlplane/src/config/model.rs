@@ -240,6 +240,7 @@ pub enum EvictCfg {
 pub struct PressureCfg {
     pub evict: Option<Spanned<EvictCfg>>,
     pub embryonic_share: Option<Spanned<f64>>,
+    pub stream_share: Option<Spanned<f64>>,
     pub adaptive_start: Option<Spanned<f64>>,
     pub adaptive_end: Option<Spanned<f64>>,
     pub timeout_floor: Option<Spanned<Dur>>,

@@ -120,6 +120,12 @@ fn pressure_keys() {
     assert_eq!(e.line, 2);
     let e = err("conntrack:\n  pressure: { embryonic_share: 1.5 }\n");
     assert!(e.message.contains("(0, 1]"));
+    let c = parse("conntrack:\n  pressure: { stream_share: 0.3 }\n", "p.yaml").unwrap();
+    assert_eq!(c.engine.pressure.stream_share, 0.3);
+    let e = err("conntrack:\n  pressure:\n    stream_share: 0\n");
+    assert!(e.message.contains("stream_share must be in (0, 1]") && e.line == 3, "{e:?}");
+    let e = err("conntrack:\n  pressure: { evict: none, stream_share: 0.5 }\n");
+    assert!(e.message.contains("stream_share applies to evict: by-class only"), "{}", e.message);
 }
 
 #[test]

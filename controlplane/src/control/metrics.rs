@@ -165,6 +165,13 @@ impl Collector for Metrics {
             Counter,
             per(&|i| s[i].counters.source_recycled),
         )?;
+        write(
+            &mut e,
+            "streams_held",
+            "Non-TCP flows kept evictable (class replied) when they became streams while streams held conntrack.pressure.stream_share of the table (counted per packet).",
+            Counter,
+            per(&|i| s[i].counters.streams_held),
+        )?;
         let scale = s.iter().enumerate().map(|(i, x)| (w(i), x.adaptive_scale)).collect();
         write(&mut e, "adaptive_timeout_scale", "Factor applied to non-assured timeouts under pressure (1 = none).", Gauge, scale)?;
         write(&mut e, "handoff_out", "Frames handed to the worker that owns their flow.", Counter, per(&|i| s[i].handoff_out))?;

@@ -80,6 +80,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "max_with_housekeeping_ns": s.max_housekeeping_ns,
     });
     v["source_recycled"] = json!(s.counters.source_recycled);
+    v["streams_held"] = json!(s.counters.streams_held);
     v
 }
 

@@ -89,6 +89,9 @@ pub struct Pressure {
     pub evict: Evict,
     /// Largest share of capacity that non-assured entries may hold (by-class only).
     pub embryonic_share: f64,
+    /// Largest share of capacity that assured non-TCP flows (streams) may hold
+    /// (by-class only): a stream beyond it stays `Replied`, evicted first.
+    pub stream_share: f64,
     /// Fill fraction where non-assured timeouts start shrinking.
     pub adaptive_start: f64,
     /// Fill fraction where they reach the floor.
@@ -102,6 +105,7 @@ impl Default for Pressure {
         Pressure {
             evict: Evict::ByClass,
             embryonic_share: 0.25,
+            stream_share: 0.5,
             adaptive_start: 0.60,
             adaptive_end: 1.00,
             timeout_floor_ticks: crate::time::Duration::from_secs(2).ticks(),

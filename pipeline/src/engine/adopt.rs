@@ -6,9 +6,10 @@
 //! committed flow "be liberal" the same way).
 
 use super::Engine;
-use super::lifecycle::{NoRoom, admission_of};
+use super::lifecycle::NoRoom;
 use super::timers::abs_ticks;
 use crate::conntrack::conn::{ConnAux, ConnStats, cflag, pflag};
+use crate::conntrack::pressure::Admission;
 use crate::conntrack::table::Table;
 use crate::conntrack::tcp;
 use crate::conntrack::timeouts::{Timeouts, TimerClass};
@@ -228,7 +229,7 @@ impl Engine {
         let left = Duration::from_secs(u64::from(f.timeout_s)).ticks().min(full);
         // The timer runs from "last seen": place it so that `left` remains.
         c.last_seen = now.ticks().wrapping_sub(full - left);
-        let adm = admission_of(&c);
+        let adm = self.class_for(&c, Admission::Unreplied);
         c.set_admission(adm);
         c.set_charged(side == Side::FromHi);
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
@@ -246,8 +247,9 @@ impl Engine {
         }
         let slot = self.insert_counted(h, &key, c, ConnAux::default(), ConnStats::new(now.ticks()), when).map_err(|e| refused(e.into()))?;
         self.lists.push(slot, adm, key.v6);
+        self.count_stream(&c, adm, 1);
         self.note_new(slot, key);
-        let charged = self.sources.add(src, key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
+        let charged = self.sources.add(src, key.v6, slot, adm != Admission::Assured);
         debug_assert!(charged, "checked above");
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::timers::{abs_ticks, idle_ticks};
-use super::{Engine, EngineConfig, quota};
+use super::{Engine, EngineConfig, quota, stream_cap};
 use crate::conntrack::conn::cflag;
 use crate::conntrack::pressure::{Admission, Pressure};
 use crate::conntrack::table::REHOME_BUCKETS;
@@ -97,6 +97,7 @@ impl Engine {
         self.sources.limit = self.cfg.per_source_limit;
         self.frags.set_timeout(self.cfg.fragment_timeout.ticks());
         self.quota = quota(&self.cfg);
+        self.stream_cap = stream_cap(&self.cfg);
         self.rescale();
         self.policy = policy;
     }

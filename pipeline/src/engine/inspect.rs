@@ -3,7 +3,7 @@
 //! bookkeeping that tests and fuzzing run.
 
 use super::Engine;
-use super::lifecycle::admission_of;
+use super::lifecycle::{admission_of, is_stream};
 use super::timers::idle_ticks;
 use crate::conntrack::conn::cflag;
 use crate::conntrack::pressure::Admission;
@@ -161,7 +161,7 @@ impl Engine {
     /// packet path.
     pub fn audit(&self) -> Result<(), String> {
         let t = &self.table;
-        let (mut live, mut per_class) = (0usize, [0u32; Admission::COUNT]);
+        let (mut live, mut per_class, mut streams) = (0usize, [0u32; Admission::COUNT], 0u32);
         // When each armed slot's timer comes due (`u64::MAX`: not armed).
         let mut due = vec![u64::MAX; t.capacity()];
         for (s, tick) in t.due_ticks() {
@@ -178,7 +178,10 @@ impl Engine {
                 return Err(format!("entry {s} ({k:?}) is not found under its own key"));
             }
             per_class[c.admission() as usize] += 1;
-            if c.admission() != admission_of(c) {
+            // A stream held back by `stream_share` stays replied.
+            let held = c.admission() == Admission::Replied && is_stream(c, admission_of(c));
+            streams += u32::from(is_stream(c, c.admission()));
+            if c.admission() != admission_of(c) && !held {
                 return Err(format!("entry {s} is in class {:?}, its state calls for {:?}", c.admission(), admission_of(c)));
             }
             // A flow restored from a snapshot was last seen before this clock's time 0:
@@ -196,6 +199,9 @@ impl Engine {
         }
         if live != t.len() || live != t.armed() {
             return Err(format!("{live} live entries, table length {}, {} timers armed", t.len(), t.armed()));
+        }
+        if streams != self.streams {
+            return Err(format!("{streams} streams live, {} counted", self.streams));
         }
         if per_class != self.lists.counts() {
             return Err(format!("entries per class {per_class:?}, class counts {:?}", self.lists.counts()));

@@ -60,7 +60,38 @@ pub(super) fn admission_of(c: &Conn) -> Admission {
     }
 }
 
+/// True for an assured entry that is not TCP: a stream, counted against
+/// `stream_share`.
+#[inline]
+pub(super) fn is_stream(c: &Conn, a: Admission) -> bool {
+    a == Admission::Assured && c.proto() != parse::proto::TCP
+}
+
 impl Engine {
+    /// The class an entry's state calls for ([`admission_of`]), unless it would become
+    /// a stream while streams hold `stream_share` of the table: then it stays
+    /// `Replied` (and the hold is counted). A reply and a second request 2 s later
+    /// make a stream, and a spoofed request is answered as a real one: without the
+    /// share a sender who knows the rule could fill the table with flows nothing
+    /// evicts, two spoofed packets each.
+    #[inline]
+    pub(super) fn class_for(&mut self, c: &Conn, old: Admission) -> Admission {
+        let new = admission_of(c);
+        if old != new && is_stream(c, new) && self.streams >= self.stream_cap {
+            self.counters.streams_held += 1;
+            return Admission::Replied;
+        }
+        new
+    }
+
+    /// Keeps the stream count as an entry joins (`+1`) or leaves (`-1`) class `a`.
+    #[inline]
+    pub(super) fn count_stream(&mut self, c: &Conn, a: Admission, delta: i32) {
+        if is_stream(c, a) {
+            self.streams = self.streams.wrapping_add_signed(delta);
+        }
+    }
+
     /// Stores a new entry for the packet's key: `conn` (from [`Table::blank`], with the
     /// state tracking gave it) and `aux`, after making room; it is charged to the
     /// packet's sender, put in its admission class, armed, and counted as created.
@@ -141,9 +172,16 @@ impl Engine {
         if dir == REPLY {
             c.flags |= cflag::SEEN_REPLY;
         }
-        let (old, new) = (c.admission(), admission_of(c));
-        if old != new {
-            c.set_admission(new);
+        let old = c.admission();
+        if old != admission_of(c) {
+            let c = *c;
+            let new = self.class_for(&c, old);
+            if new == old {
+                return;
+            }
+            self.count_stream(&c, old, -1);
+            self.count_stream(&c, new, 1);
+            self.table.conns[slot as usize].set_admission(new);
             let (v6, charged) = (c.is_v6(), c.charged());
             self.lists.change(slot, old, new, v6);
             if (old == Admission::Assured) != (new == Admission::Assured) && self.sources.enabled() {
@@ -173,6 +211,7 @@ impl Engine {
         if let Some(w) = why {
             self.tombs.bury(h, w, adm.code(), now.ticks());
         }
+        self.count_stream(&c, adm, -1);
         if self.sources.enabled() {
             let key = self.table.key_of(slot);
             self.sources.sub(key.addr[c.charged()], key.v6, slot, adm != Admission::Assured);

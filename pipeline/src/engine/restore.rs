@@ -3,9 +3,10 @@
 //! tick of the new clock on the way in, moved on by the time the process was down.
 
 use super::Engine;
-use super::lifecycle::{NoRoom, admission_of};
+use super::lifecycle::NoRoom;
 use super::timers::{abs_ticks, idle_ticks};
 use crate::conntrack::conn::cflag;
+use crate::conntrack::pressure::Admission;
 use crate::parse::proto;
 use crate::snapshot::{FlowRecord, TombRecord};
 use crate::time::{Duration, Instant};
@@ -101,7 +102,7 @@ impl Engine {
         // Ages past half the tick wrap would read as the future: cap them (a flow
         // idle that long has expired anyway; a creation that old only shows in age).
         let half = u32::MAX / 2;
-        let adm = admission_of(&conn);
+        let adm = self.class_for(&conn, Admission::Unreplied);
         conn.set_admission(adm);
         let timeout = self.timeout_of(&conn);
         if idle >= timeout || idle >= half {
@@ -133,7 +134,8 @@ impl Engine {
             Err(e) => return Ok(left_out(e.into())),
         };
         self.lists.push(slot, adm, rec.key.v6);
-        let charged = self.sources.add(src, rec.key.v6, slot, adm != crate::conntrack::pressure::Admission::Assured);
+        self.count_stream(&conn, adm, 1);
+        let charged = self.sources.add(src, rec.key.v6, slot, adm != Admission::Assured);
         debug_assert!(charged, "checked above");
         Ok(Restored::Flow)
     }

@@ -138,6 +138,74 @@ fn answered_spoofed_requests_do_not_lock_the_table() {
     l.e.audit().unwrap();
 }
 
+/// A sender who knows the stream rule makes streams with spoofed requests too: two
+/// queries on one 5-tuple 2 s apart, each answered by the server. Streams are kept
+/// like connections (Linux's rule), so without a bound ~8k such packets a second
+/// would hold a 1M table full of entries nothing evicts. `stream_share` bounds them:
+/// beyond it a stream stays replied (evicted first) and the table keeps room for new
+/// connections.
+#[test]
+fn forged_streams_hold_at_most_their_share() {
+    use crate::conntrack::pressure::{Admission, Pressure};
+    use crate::policy::{Classifier, PortRange, ProtoMatch, Rule};
+    let dns_in = Rule {
+        from: Some(Zone::Outside),
+        to: Some(Zone::Inside),
+        proto: ProtoMatch::Number(17),
+        dst_ports: vec![PortRange { lo: 53, hi: 53 }],
+        ..Rule::any("dns-in", Action::Allow)
+    };
+    let run = |stream_share: f64| {
+        let pressure = Pressure { stream_share, ..Pressure::default() };
+        let mut l = Lab::with_policy(EngineConfig { capacity: 256, pressure, ..EngineConfig::default() }, {
+            let mut p = policy();
+            p = Classifier::new(p.rules().iter().cloned().chain([dns_in.clone()]).collect(), Action::Deny);
+            p
+        });
+        for i in 0..40u16 {
+            let client = format!("198.51.100.{}", i + 10);
+            assert_eq!(l.seg(&client, 40000, SERVER, SPORT, SYN, 1000, 0, 64_000, 0, Zone::Outside), NEW);
+            assert_eq!(l.seg(SERVER, SPORT, &client, 40000, SYN | ACK, 5000, 1001, 64_000, 0, Zone::Inside), EST);
+            assert_eq!(l.seg(&client, 40000, SERVER, SPORT, ACK, 1001, 5001, 64_000, 0, Zone::Outside), EST);
+        }
+        // 9 rounds of 24 spoofed sources (what fits: a sender can count): query and
+        // answer, three times 1.1 s apart (idle less than the adaptive timeouts' 2 s
+        // floor on a full table, older than the rule's 2 s at the third).
+        for round in 0..9u32 {
+            let srcs: Vec<String> = (0..24u32).map(|i| core::net::Ipv4Addr::from(0x0b00_0000 + round * 256 + i).to_string()).collect();
+            for pass in 0..3 {
+                for s in &srcs {
+                    let q = l.send(&udp(s, 33000, SERVER, 53), Zone::Outside);
+                    assert!(q.is_pass(), "round {round} pass {pass}: {q:?}");
+                    assert!(l.send(&udp(SERVER, 53, s, 33000), Zone::Inside).is_pass());
+                }
+                l.advance(Duration::from_millis(1100));
+            }
+        }
+        let assured = l.e.class_counts()[Admission::Assured as usize];
+        let admitted = l.c(SYN, 0);
+        (l, assured, admitted)
+    };
+    // Without a share the forged streams take every place left and nothing may be
+    // evicted for a newcomer.
+    let (l, assured, admitted) = run(1.0);
+    assert_eq!((assured, admitted), (256, Verdict::Drop(DropReason::TableFull)));
+    l.e.audit().unwrap();
+    // With the default share (half): 128 streams, the rest held replied; a new
+    // connection gets in and every established one still passes.
+    let (mut l, assured, admitted) = run(0.5);
+    assert_eq!((assured, admitted), (40 + 128, NEW));
+    assert!(l.e.counters().streams_held >= 88, "{}", l.e.counters().streams_held);
+    assert_eq!(l.e.counters().evictions[Admission::Assured as usize], 0);
+    assert_eq!(l.s(SYN | ACK, 0), EST);
+    assert_eq!(l.c(ACK, 0), EST);
+    for i in 0..40u16 {
+        let client = format!("198.51.100.{}", i + 10);
+        assert_eq!(l.seg(SERVER, SPORT, &client, 40000, ACK | PSH, 5001, 1001, 64_000, 100, Zone::Inside), EST, "connection {i}");
+    }
+    l.e.audit().unwrap();
+}
+
 /// An ICMP error from `router` to `to`, quoting the first bytes of `quoted`'s IP packet.
 fn icmp_error(router: &str, to: &str, ty: u8, code: u8, quoted: &FrameSpec) -> Vec<u8> {
     let q = quoted.ip_packet();

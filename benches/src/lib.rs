@@ -152,7 +152,7 @@ impl Loaded {
         let mut l = Loaded { engine, flows, now, rng: 0x2545_f491_4f6c_dd1d, bufs: vec![[0u8; 60]; 64], zones: vec![Zone::Outside; 64] };
         // Until the flood holds its whole quota: from then on each SYN evicts one.
         let quota = (capacity as f64 * holdfast_pipeline::conntrack::pressure::Pressure::default().embryonic_share) as u32;
-        while l.engine.class_counts()[0] < quota {
+        while l.engine.class_counts()[holdfast_pipeline::conntrack::pressure::Admission::Embryonic as usize] < quota {
             l.fill_flood_burst();
             let mut out = [holdfast_pipeline::Verdict::Drop(holdfast_pipeline::DropReason::Malformed); 64];
             l.run_burst(&mut out);

@@ -100,9 +100,10 @@ fn core_report(worker: Option<usize>, now: &Snapshot, prev: &Snapshot, dt: f64) 
         capacity: now.table_capacity,
         table_fill: now.table_len as f64 / cap,
         class_fill,
-        // Entries that never saw a reply — half-open TCP and unreplied UDP/ICMP alike —
-        // are what a flood fills; the by-class quota holds them to a share.
-        embryonic_share: class_fill[Admission::Embryonic as usize] + class_fill[Admission::Unreplied as usize],
+        // What a flood fills: half-open TCP, unreplied UDP/ICMP, and answered
+        // requests that are no stream (a spoofed ping or query is answered); the
+        // by-class quota holds them to a share.
+        embryonic_share: class_fill[Admission::Replied as usize] + class_fill[Admission::Embryonic as usize] + class_fill[Admission::Unreplied as usize],
         insert_rate,
         removal_rate,
         insert_failure_rate: rate(refused(now), refused(prev), dt),
@@ -406,5 +407,10 @@ mod flood_tests {
         let t = Saturation::default().update(&r, &th, SystemTime::UNIX_EPOCH);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].event.name, "embryonic_share");
+        // Answered spoofed requests the same.
+        let mut s = Snapshot { table_len: 250, table_capacity: 1000, ..Snapshot::default() };
+        s.classes[Admission::Replied as usize] = 250;
+        let r = report(&[s], &[s], 1.0);
+        assert_eq!(r.workers[0].embryonic_share, 0.25);
     }
 }

@@ -187,7 +187,14 @@ impl Engine {
             return Err(AdoptError::Invalid);
         }
         let h = self.table.hash(&key);
+        // The synced flow is charged to its original source, or — replacing a flow
+        // held here — to whichever address that one was charged to: the count its
+        // removal frees is then the one the replacement takes, so room is certain. (A
+        // charge moved to the other address could meet that one's limit after the
+        // flow held here was already gone.)
+        let mut charge_hi = side == Side::FromHi;
         if let Some(slot) = self.table.lookup(h, &key) {
+            charge_hi = self.table.conns[slot as usize].charged() == 1;
             self.retire(slot, h, None, now);
         }
         let mut c = Table::blank(&key);
@@ -231,9 +238,9 @@ impl Engine {
         c.last_seen = now.ticks().wrapping_sub(full - left);
         let adm = self.class_for(&c, Admission::Unreplied);
         c.set_admission(adm);
-        c.set_charged(side == Side::FromHi);
+        c.set_charged(charge_hi);
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));
-        let src = key.addr[side as usize];
+        let src = key.addr[usize::from(charge_hi)];
         // Room is made as for a packet's new flow (docs/sync.md): under a flood that
         // filled the table, an assured synced flow takes the place of the oldest
         // non-assured entry instead of being refused; only assured entries are kept.
@@ -346,6 +353,26 @@ mod tests {
             wscale: [None, None],
             vlan: 0,
         }
+    }
+
+    /// A synced flow already held here is replaced: charged to the address the held one
+    /// was, or a sync naming the other side as its origin could meet that address's
+    /// limit after the held flow was gone, and lose it.
+    #[test]
+    fn a_synced_update_that_names_the_other_side_keeps_the_flow() {
+        let mut l = Lab::with(EngineConfig { capacity: 64, per_source_limit: 2, ..EngineConfig::default() });
+        let f = established(40_000, false);
+        assert_eq!(l.e.adopt(&f, l.now), Ok(()));
+        // The server's own two connections, assured: its address is at the limit.
+        for sport in [50_000, 50_001] {
+            assert_eq!(l.e.adopt(&SyncedFlow { src: f.dst, dst: 0xc633_6408, sport, dport: 443, ..f }, l.now), Ok(()));
+        }
+        // The peer syncs the first flow again, from the server's side.
+        let turned = SyncedFlow { src: f.dst, dst: f.src, sport: f.dport, dport: f.sport, ..f };
+        assert_eq!(l.e.adopt(&turned, l.now), Ok(()));
+        assert_eq!(l.e.table().len(), 3);
+        assert_eq!(l.s(ACK, 0), EST, "the flow is still held");
+        l.e.audit().unwrap();
     }
 
     /// Fills the table with a spoofed SYN flood's embryonic entries (`v6`: to the IPv6

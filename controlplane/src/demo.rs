@@ -138,14 +138,8 @@ impl Outcome {
             n(h.evictions[Admission::Embryonic as usize])
         );
         let c = self.holdfast.classes_at_end;
-        let _ = write!(
-            s,
-            "  table ended with {} embryonic, {} unreplied, {} closing and {} assured entries.",
-            n(c[0].into()),
-            n(c[1].into()),
-            n(c[2].into()),
-            n(c[3].into())
-        );
+        let by_class: Vec<String> = Admission::ALL.iter().map(|&a| format!("{} {}", n(c[a as usize].into()), a.name())).collect();
+        let _ = write!(s, "  table ended with {} entries.", by_class.join(", "));
         s
     }
 }

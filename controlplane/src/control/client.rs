@@ -189,14 +189,14 @@ pub fn render(v: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "\n{:<6} {:>4} {:>10} {:>10} {:>9} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>9}",
-        "worker", "core", "rx pps", "tx pps", "drops/s", "busy", "entries", "fill", "embry", "unrepl", "closng", "assurd", "full in"
+        "\n{:<6} {:>4} {:>10} {:>10} {:>9} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} {:>6} | {:>9}",
+        "worker", "core", "rx pps", "tx pps", "drops/s", "busy", "entries", "fill", "replid", "embry", "unrepl", "closng", "assurd", "full in"
     );
     let row = |s: &mut String, name: String, core: String, c: &Value| {
         let cl = &c["classes"];
         let _ = writeln!(
             s,
-            "{:<6} {:>4} {:>10.0} {:>10.0} {:>9.0} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>9}",
+            "{:<6} {:>4} {:>10.0} {:>10.0} {:>9.0} {:>6} {:>17} {:>6} | {:>6} {:>6} {:>6} {:>6} {:>6} | {:>9}",
             name,
             core,
             num(&c["rx_pps"]),
@@ -205,6 +205,7 @@ pub fn render(v: &Value) -> String {
             pct(&c["busy"]),
             format!("{}/{}", c["entries"], c["capacity"]),
             pct(&c["table_fill"]),
+            pct(&cl["replied"]),
             pct(&cl["embryonic"]),
             pct(&cl["unreplied"]),
             pct(&cl["closing"]),
@@ -367,6 +368,19 @@ pub fn snapshot(addr: &Target) -> Result<Value, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `holdfast top` shows every admission class's fill, each under its own heading.
+    #[test]
+    fn top_has_a_column_for_every_class() {
+        use holdfast_pipeline::conntrack::pressure::Admission;
+        let classes: serde_json::Map<String, Value> =
+            Admission::ALL.iter().enumerate().map(|(i, a)| (a.name().to_string(), serde_json::json!(0.01 * (i + 1) as f64))).collect();
+        let text = render(&serde_json::json!({ "workers": [], "total": { "classes": classes } }));
+        let total = text.lines().find(|l| l.starts_with("total")).expect("a total row");
+        let shown: Vec<&str> = total.split('|').nth(1).expect("the class columns").split_whitespace().collect();
+        assert_eq!(shown, ["1.0%", "2.0%", "3.0%", "4.0%", "5.0%"], "{text}");
+        assert!(text.contains("replid") && text.contains("assurd"), "{text}");
+    }
 
     #[test]
     fn chunked_answers_decode_and_cut_ones_are_noticed() {

@@ -30,7 +30,7 @@ pub struct CoreReport {
     pub table_fill: f64,
     /// Entries of each admission class / capacity.
     pub class_fill: [f64; Admission::COUNT],
-    /// Entries without a reply yet (embryonic and unreplied classes) / capacity.
+    /// What a flood fills (replied, embryonic and unreplied classes) / capacity.
     pub embryonic_share: f64,
     /// New entries per second, and entries leaving (expired, evicted, closed, revoked).
     pub insert_rate: f64,

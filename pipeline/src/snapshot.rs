@@ -411,7 +411,7 @@ impl FlowRecord {
         let stats = ConnStats::with_counts(packets, bytes, 0);
         let aux_at = r.at;
         // In field order: the reader's calls are the record's bytes.
-        let aux = ConnAux { last_win: r.u16(), last_wscale: r.u8(), last_flags: r.u8() };
+        let mut aux = ConnAux { last_win: r.u16(), last_wscale: r.u8(), last_flags: r.u8() };
         let icmp_type = r.u8();
         let origin_inside = r.u8() == 1;
         if b[aux_at + 5] > 1 {
@@ -457,7 +457,6 @@ impl FlowRecord {
         if aux.last_flags & aux_flag::ORIGIN_INSIDE != 0 {
             return Err(bad(aux_at + 3, "unknown annotation flags"));
         }
-        let mut aux = aux;
         aux.set_origin_inside(origin_inside);
         Ok((FlowRecord { key, conn: c, stats, aux, idle, age, stream_age }, len))
     }

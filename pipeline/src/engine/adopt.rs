@@ -6,7 +6,7 @@
 //! committed flow "be liberal" the same way).
 
 use super::Engine;
-use super::lifecycle::NoRoom;
+use super::lifecycle::{NoRoom, admission_of};
 use super::timers::abs_ticks;
 use crate::conntrack::conn::{ConnAux, ConnStats, cflag, pflag};
 use crate::conntrack::pressure::Admission;
@@ -236,7 +236,7 @@ impl Engine {
         let left = Duration::from_secs(u64::from(f.timeout_s)).ticks().min(full);
         // The timer runs from "last seen": place it so that `left` remains.
         c.last_seen = now.ticks().wrapping_sub(full - left);
-        let adm = self.class_for(&c, Admission::Unreplied);
+        let adm = self.within_stream_share(&c, admission_of(&c));
         c.set_admission(adm);
         c.set_charged(charge_hi);
         let when = abs_ticks(now) + u64::from(left.min(self.cfg.timeouts.floor_ticks(class)));

@@ -68,16 +68,14 @@ pub(super) fn is_stream(c: &Conn, a: Admission) -> bool {
 }
 
 impl Engine {
-    /// The class an entry's state calls for ([`admission_of`]), unless it would become
-    /// a stream while streams hold `stream_share` of the table: then it stays
-    /// `Replied` (and the hold is counted). A reply and a second request 2 s later
-    /// make a stream, and a spoofed request is answered as a real one: without the
-    /// share a sender who knows the rule could fill the table with flows nothing
-    /// evicts, two spoofed packets each.
+    /// The class an entry joins, `new` ([`admission_of`]) unless it is a stream while
+    /// streams hold `stream_share` of the table: then `Replied` (and the hold is
+    /// counted). A reply and a second request 2 s later make a stream, and a spoofed
+    /// request is answered as a real one: without the share a sender who knows the
+    /// rule could fill the table with flows nothing evicts, two spoofed packets each.
     #[inline]
-    pub(super) fn class_for(&mut self, c: &Conn, old: Admission) -> Admission {
-        let new = admission_of(c);
-        if old != new && is_stream(c, new) && self.streams >= self.stream_cap {
+    pub(super) fn within_stream_share(&mut self, c: &Conn, new: Admission) -> Admission {
+        if is_stream(c, new) && self.streams >= self.stream_cap {
             self.counters.streams_held += 1;
             return Admission::Replied;
         }
@@ -172,10 +170,10 @@ impl Engine {
         if dir == REPLY {
             c.flags |= cflag::SEEN_REPLY;
         }
-        let old = c.admission();
-        if old != admission_of(c) {
+        let (old, new) = (c.admission(), admission_of(c));
+        if old != new {
             let c = *c;
-            let new = self.class_for(&c, old);
+            let new = self.within_stream_share(&c, new);
             if new == old {
                 return;
             }

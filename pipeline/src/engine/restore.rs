@@ -3,7 +3,7 @@
 //! tick of the new clock on the way in, moved on by the time the process was down.
 
 use super::Engine;
-use super::lifecycle::NoRoom;
+use super::lifecycle::{NoRoom, admission_of};
 use super::timers::{abs_ticks, idle_ticks};
 use crate::conntrack::conn::cflag;
 use crate::conntrack::pressure::Admission;
@@ -102,7 +102,7 @@ impl Engine {
         // Ages past half the tick wrap would read as the future: cap them (a flow
         // idle that long has expired anyway; a creation that old only shows in age).
         let half = u32::MAX / 2;
-        let adm = self.class_for(&conn, Admission::Unreplied);
+        let adm = self.within_stream_share(&conn, admission_of(&conn));
         conn.set_admission(adm);
         let timeout = self.timeout_of(&conn);
         if idle >= timeout || idle >= half {

@@ -157,11 +157,8 @@ fn forged_streams_hold_at_most_their_share() {
     };
     let run = |stream_share: f64| {
         let pressure = Pressure { stream_share, ..Pressure::default() };
-        let mut l = Lab::with_policy(EngineConfig { capacity: 256, pressure, ..EngineConfig::default() }, {
-            let mut p = policy();
-            p = Classifier::new(p.rules().iter().cloned().chain([dns_in.clone()]).collect(), Action::Deny);
-            p
-        });
+        let rules = policy().rules().iter().cloned().chain([dns_in.clone()]).collect();
+        let mut l = Lab::with_policy(EngineConfig { capacity: 256, pressure, ..EngineConfig::default() }, Classifier::new(rules, Action::Deny));
         for i in 0..40u16 {
             let client = format!("198.51.100.{}", i + 10);
             assert_eq!(l.seg(&client, 40000, SERVER, SPORT, SYN, 1000, 0, 64_000, 0, Zone::Outside), NEW);

@@ -36,6 +36,17 @@ pub(super) fn datagram(m: &PacketMeta) -> Datagram {
     Datagram { src: m.src_addr(), dst: m.dst_addr(), ident: f.ident, proto: m.key.proto, v6: m.key.v6, vlan: m.key.vlan }
 }
 
+/// The stream rule on a non-TCP entry, before this packet counts: a reply seen and
+/// the flow older than [`UDP_STREAM_TICKS`] marks it ASSURED. True when it is a
+/// stream.
+fn mark_stream(c: &mut Conn, now: Instant) -> bool {
+    let stream = c.has(cflag::SEEN_REPLY) && now.ticks().wrapping_sub(c.peer[0].end) as i32 > UDP_STREAM_TICKS;
+    if stream {
+        c.flags |= cflag::ASSURED;
+    }
+    stream
+}
+
 /// Swaps original and reply in an entry (reverse-of-allowed pickup).
 fn swap_directions(c: &mut Conn) {
     c.peer.swap(0, 1);
@@ -123,24 +134,14 @@ impl Engine {
         let dir = self.table.conns[slot as usize].dir_of(m.side == Side::FromHi);
         let class = match m.l4 {
             L4::Tcp(t) => return self.existing_tcp(now, zone, frame, slot, m, h, &Segment::new(&t, t.options(frame)), dir),
-            L4::Udp => {
-                let c = &mut self.table.conns[slot as usize];
-                // "Still active after two seconds? Extend timeout."
-                if c.has(cflag::SEEN_REPLY) && now.ticks().wrapping_sub(c.peer[0].end) as i32 > UDP_STREAM_TICKS {
-                    c.flags |= cflag::ASSURED;
-                    TimerClass::UdpReplied
-                } else {
-                    TimerClass::UdpUnreplied
-                }
-            }
+            // "Still active after two seconds? Extend timeout."
+            L4::Udp if mark_stream(&mut self.table.conns[slot as usize], now) => TimerClass::UdpReplied,
+            L4::Udp => TimerClass::UdpUnreplied,
             L4::IcmpQuery { .. } => TimerClass::Icmp,
             _ => {
                 // Not Linux's (its generic tracker never assures): the UDP stream rule,
                 // so that a tunnel (ESP, GRE) is not among the first entries evicted.
-                let c = &mut self.table.conns[slot as usize];
-                if c.has(cflag::SEEN_REPLY) && now.ticks().wrapping_sub(c.peer[0].end) as i32 > UDP_STREAM_TICKS {
-                    c.flags |= cflag::ASSURED;
-                }
+                mark_stream(&mut self.table.conns[slot as usize], now);
                 TimerClass::Generic
             }
         };

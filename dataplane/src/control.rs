@@ -99,6 +99,8 @@ impl LinkFlags {
 /// One message of a flow listing.
 #[derive(Debug)]
 pub enum FlowsReply {
+    /// Flows that matched; empty now and then on a long walk that matches little (a
+    /// sign of life, so that a reader's timeout measures the worker).
     Chunk(Vec<FlowInfo>),
     Done,
 }

@@ -24,6 +24,7 @@ use crate::sys;
 use crate::xsk::XdpStats;
 use crate::xsk::{Binding, Desc, FRAME_SIZE, Ports};
 use housekeeping::{HolderSweep, Scan};
+pub use housekeeping::{WALK_BUDGET, WalkPace};
 
 /// How a worker waits when there is nothing to do (`workers.idle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! a listing, a re-bind), serve one slice of a table walk, publish its snapshot.
 
 use std::collections::VecDeque;
+use std::time::Duration as StdDuration;
 use std::time::Instant as WallClock;
 
 use holdfast_pipeline::Instant;
@@ -14,9 +15,66 @@ use crate::xsk::Ports;
 use holdfast_pipeline::holders::{Holders, SpaceSaving};
 use holdfast_pipeline::snapshot::chunks;
 
-/// Table slots a listing or a reload's pass examines per housekeeping round (every
-/// `HOUSEKEEPING`): a 1M-entry table in about 130 ms, at most some tens of µs a round.
-const SCAN_SLOTS: u32 = 16_384;
+/// Time one housekeeping round (every `HOUSEKEEPING`, 2 ms) gives table walks (a
+/// `/flows` listing, a snapshot export, a reload's pass): the worker drains no ring
+/// meanwhile, so a walk's slice is sized to take about this long. A full 1M table then
+/// takes 125–350 rounds (0.25–0.7 s) depending on the walk, where a fixed 16,384-slot
+/// slice took 62 rounds but held the rings 0.35–1.2 ms a round (docs/performance.md).
+pub const WALK_BUDGET: StdDuration = StdDuration::from_micros(200);
+
+/// The size of a table walk's slices: measured, not guessed. Each slice's cost (the
+/// worker thread's CPU time: time off its core is not the walk's) sets the next one's
+/// size so that it takes about [`WALK_BUDGET`]: what a slot costs depends on the walk
+/// (a listing formats a flow, an export encodes one, a recheck judges it again), on how
+/// full the table is and on the machine. Growth is at most twofold a slice; the bounds
+/// keep a walk moving (a 1M table in at most 1,024 rounds) and never let a slice sized
+/// on empty slots cost more than the fixed 16,384-slot slice did when it meets full
+/// ones (a flood filled the table meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkPace {
+    slots: u32,
+}
+
+impl Default for WalkPace {
+    fn default() -> Self {
+        WalkPace { slots: WalkPace::FIRST }
+    }
+}
+
+impl WalkPace {
+    /// A walk's first slice: cheap whatever the walk (under 80 µs on the dev VM).
+    pub const FIRST: u32 = 1024;
+    /// Never fewer: a walk always moves on.
+    pub const MIN: u32 = 1024;
+    /// Never more: an empty table walks as fast as before, a full one never slower.
+    pub const MAX: u32 = 16_384;
+
+    /// Slots the next slice examines.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// A slice of `slots` took `took`: the next is sized to take `budget` at that
+    /// rate, at most twice this one, within [`Self::MIN`]..=[`Self::MAX`].
+    pub fn took(&mut self, slots: u32, took: StdDuration, budget: StdDuration) {
+        let took = took.as_nanos().max(1);
+        let aimed = u128::from(slots) * budget.as_nanos() / took;
+        let next = aimed.min(2 * u128::from(slots.max(Self::MIN)));
+        self.slots = next.clamp(u128::from(Self::MIN), u128::from(Self::MAX)) as u32;
+    }
+
+    /// The next slice of a table of `cap` from `cursor`, which moves past it.
+    fn next(&self, cursor: &mut u32, cap: u32) -> std::ops::Range<u32> {
+        let range = *cursor..cursor.saturating_add(self.slots).min(cap);
+        *cursor = range.end;
+        range
+    }
+}
+
+/// Slices of a listing without a reply before it sends an empty one (about a second
+/// of rounds): the control endpoint gives up on a worker that says nothing for 10 s,
+/// and a table of tens of millions of slots takes longer than that to walk.
+const QUIET_SLICES: u32 = 500;
 
 /// Housekeeping rounds one sweep for the top holders is spread over: a round every
 /// `HOUSEKEEPING` (2 ms), so a pass takes about two seconds whatever the table's size
@@ -50,6 +108,10 @@ pub(super) enum Job {
         /// Replies produced but not yet taken (the channel was full).
         pending: VecDeque<FlowsReply>,
         reply: crossbeam_channel::Sender<FlowsReply>,
+        /// Slices since the last reply: a filter that matches little on a large
+        /// table still answers every [`QUIET_SLICES`], an empty chunk, so that the
+        /// reader's wait for the next answer measures the worker, not the filter.
+        quiet: u32,
     },
     /// A reload's pass: maintain (and, with `recheck`, re-judge) every entry.
     Maintain { recheck: bool },
@@ -57,17 +119,17 @@ pub(super) enum Job {
     Export { pending: VecDeque<ExportReply>, reply: crossbeam_channel::Sender<ExportReply> },
 }
 
-/// A walk and the next slot it examines.
+/// A walk, the next slot it examines and the size of its slices.
 pub(super) struct Scan {
     job: Job,
     cursor: u32,
+    pace: WalkPace,
 }
 
-/// The next [`SCAN_SLOTS`] slots of a table of `cap` from `cursor`, which moves past them.
-fn next_slice(cursor: &mut u32, cap: u32) -> std::ops::Range<u32> {
-    let range = *cursor..cursor.saturating_add(SCAN_SLOTS).min(cap);
-    *cursor = range.end;
-    range
+impl Scan {
+    pub(super) fn new(job: Job) -> Scan {
+        Scan { job, cursor: 0, pace: WalkPace::default() }
+    }
 }
 
 /// What [`hand_over`] managed.
@@ -148,17 +210,17 @@ impl Worker {
                 // recheck asked for by any of them is kept.
                 let recheck = recheck || self.scans.iter().any(|s| matches!(s.job, Job::Maintain { recheck: true }));
                 self.scans.retain(|s| !matches!(s.job, Job::Maintain { .. }));
-                self.scans.push_back(Scan { job: Job::Maintain { recheck }, cursor: 0 });
+                self.scans.push_back(Scan::new(Job::Maintain { recheck }));
             }
             Command::Flows { filter, limit, reply } => {
-                let job = Job::Flows { filter, left: limit, pending: VecDeque::new(), reply };
-                self.scans.push_back(Scan { job, cursor: 0 });
+                let job = Job::Flows { filter, left: limit, pending: VecDeque::new(), reply, quiet: 0 };
+                self.scans.push_back(Scan::new(job));
             }
             Command::Adopt { flows, reply } => {
                 let _ = reply.send(self.engine.adopt_all(&flows, now));
             }
             Command::Export { reply } => {
-                self.scans.push_back(Scan { job: Job::Export { pending: VecDeque::new(), reply }, cursor: 0 });
+                self.scans.push_back(Scan::new(Job::Export { pending: VecDeque::new(), reply }));
             }
             Command::Rebind { ifindex, reply } => {
                 let _ = reply.send(self.rebind(ifindex));
@@ -193,15 +255,18 @@ impl Worker {
 
     /// Serves one slice of the oldest table walk that can go on: a listing whose
     /// reader has not taken its last chunk waits without holding up the walks behind
-    /// it (a reload's pass, other listings).
+    /// it (a reload's pass, other listings). The slice's CPU time sizes its walk's next
+    /// one to take [`WALK_BUDGET`].
     pub(super) fn scan(&mut self, now: Instant) {
         let cap = self.engine.table().capacity() as u32;
         let mut i = 0;
         while i < self.scans.len() {
-            let Scan { job, cursor } = &mut self.scans[i];
+            let started = crate::sys::thread_cpu_ns();
+            let Scan { job, cursor, pace } = &mut self.scans[i];
+            let from = *cursor;
             let finished = match job {
                 Job::Maintain { recheck } => {
-                    let range = next_slice(cursor, cap);
+                    let range = pace.next(cursor, cap);
                     self.engine.maintain(range, now, *recheck);
                     *cursor >= cap
                 }
@@ -219,14 +284,14 @@ impl Worker {
                             pending.push_back(ExportReply::Done { tomb_sets: self.engine.tombstone_sets() });
                             *cursor = cap + 1;
                         } else {
-                            let range = next_slice(cursor, cap);
+                            let range = pace.next(cursor, cap);
                             pending.extend(chunks(self.engine.export_in(range, now)).map(|(count, bytes)| ExportReply::Flows { count, bytes }));
                         }
                         hand_over(pending, reply);
                         false
                     }
                 },
-                Job::Flows { filter, left, pending, reply } => match hand_over(pending, reply) {
+                Job::Flows { filter, left, pending, reply, quiet } => match hand_over(pending, reply) {
                     Handed::Gone => true,
                     // The reader has not taken what waits: the walk pauses.
                     Handed::Blocked => {
@@ -236,11 +301,13 @@ impl Worker {
                     // Everything was handed over, `Done` included.
                     Handed::All if *left == 0 || *cursor >= cap => true,
                     Handed::All => {
-                        let range = next_slice(cursor, cap);
+                        let range = pace.next(cursor, cap);
                         let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
                         *left -= chunk.len();
-                        if !chunk.is_empty() {
+                        *quiet += 1;
+                        if !chunk.is_empty() || *quiet >= QUIET_SLICES {
                             pending.push_back(FlowsReply::Chunk(chunk));
+                            *quiet = 0;
                         }
                         if *left == 0 || *cursor >= cap {
                             pending.push_back(FlowsReply::Done);
@@ -251,11 +318,87 @@ impl Worker {
                     }
                 },
             };
+            // A full slice (not the table's last, shorter one) says what a slot costs.
+            let slots = (*cursor).min(cap).saturating_sub(from);
+            if slots == pace.slots() {
+                pace.took(slots, StdDuration::from_nanos(crate::sys::thread_cpu_ns().saturating_sub(started)), WALK_BUDGET);
+            }
             if finished {
                 self.scans.remove(i);
             }
             // One slice per round in all.
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: StdDuration = WALK_BUDGET;
+
+    /// The slices a walk makes of a table whose slots cost `ns` each, and the wall
+    /// time of each.
+    fn walk(cap: u32, ns: impl Fn(u32) -> u64) -> Vec<(u32, StdDuration)> {
+        let (mut pace, mut cursor, mut out) = (WalkPace::default(), 0, Vec::new());
+        while cursor < cap {
+            let from = cursor;
+            let range = pace.next(&mut cursor, cap);
+            assert_eq!(range.start, from, "slices follow one another");
+            let took = StdDuration::from_nanos((range.start..range.end).map(&ns).sum());
+            let n = range.end - range.start;
+            if n == pace.slots() {
+                pace.took(n, took, BUDGET);
+            }
+            out.push((n, took));
+        }
+        out
+    }
+
+    #[test]
+    fn slices_settle_at_the_budget_whatever_a_slot_costs() {
+        let budget = BUDGET.as_nanos() as u64;
+        // A listing, a recheck and an export of a full table cost about 30, 55 and 75 ns
+        // a slot on the dev VM; an empty one a few.
+        for ns in [3u64, 30, 55, 75, 400] {
+            let slices = walk(1 << 20, |_| ns);
+            assert_eq!(slices.iter().map(|s| u64::from(s.0)).sum::<u64>(), 1 << 20, "every slot once ({ns} ns)");
+            // After a few doublings every slice is within a factor of two of the budget
+            // (or at the bounds).
+            for &(n, took) in slices.iter().skip(8).take(slices.len().saturating_sub(9)) {
+                let t = took.as_nanos() as u64;
+                assert!(n == WalkPace::MAX || n == WalkPace::MIN || (budget / 2..=budget * 2).contains(&t), "{n} slots took {t} ns at {ns} ns a slot");
+            }
+            let worst = slices.iter().map(|s| s.1).max().unwrap();
+            assert!(worst <= BUDGET * 2 || slices.iter().all(|s| s.0 <= WalkPace::FIRST), "worst slice {worst:?} at {ns} ns a slot");
+        }
+    }
+
+    #[test]
+    fn a_slow_slice_shrinks_the_next_and_growth_is_at_most_twofold() {
+        let mut p = WalkPace { slots: 8192 };
+        p.took(8192, BUDGET * 4, BUDGET);
+        assert_eq!(p.slots(), 2048, "four times over: a quarter");
+        p.took(2048, StdDuration::from_secs(1), BUDGET);
+        assert_eq!(p.slots(), WalkPace::MIN, "a walk always moves on");
+        p.took(1024, StdDuration::ZERO, BUDGET);
+        assert_eq!(p.slots(), 2048, "no faster than doubling, even for a slice that read no time");
+        for _ in 0..20 {
+            let n = p.slots();
+            p.took(n, StdDuration::from_nanos(1), BUDGET);
+        }
+        assert_eq!(p.slots(), WalkPace::MAX);
+    }
+
+    #[test]
+    fn a_change_of_cost_midway_is_followed() {
+        // The table's first half empty (a few ns a slot), its second full and costly:
+        // the slice that crosses over overshoots once, by at most MAX costly slots.
+        let slices = walk(1 << 20, |s| if s < 1 << 19 { 2 } else { 80 });
+        let over: Vec<_> = slices.iter().filter(|s| s.1 > BUDGET * 2).collect();
+        assert!(over.len() <= 1 && over.iter().all(|s| s.1 <= StdDuration::from_nanos(80 * u64::from(WalkPace::MAX))), "{over:?}");
+        let last = slices[slices.len() - 2];
+        assert!(last.1 <= BUDGET * 2 && last.1 >= BUDGET / 2, "settled again: {last:?}");
     }
 }

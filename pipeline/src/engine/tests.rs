@@ -203,6 +203,40 @@ fn forged_streams_hold_at_most_their_share() {
     l.e.audit().unwrap();
 }
 
+/// A busy resolver at `per_source_limit`: its answered queries are `replied`, not
+/// assured, so its next query recycles its oldest answered one (by-class) instead of
+/// being refused — when answered queries were assured, a resolver that reached the
+/// limit could send nothing until its old queries timed out (30 s) — while its one
+/// real stream (a forwarder's long-lived 5-tuple) is kept.
+#[test]
+fn a_busy_resolver_at_its_source_limit_recycles_its_answered_queries() {
+    use crate::conntrack::pressure::Admission;
+    let mut l = Lab::with(EngineConfig { capacity: 1024, per_source_limit: 16, ..EngineConfig::default() });
+    let resolver = SERVER;
+    // The forwarder's stream to its upstream: a reply, then traffic 2 s after the start.
+    let (fq, fr) = (udp(resolver, 5300, "192.0.2.1", 53), udp("192.0.2.1", 53, resolver, 5300));
+    assert_eq!(l.send(&fq, Zone::Inside), NEW);
+    assert_eq!(l.send(&fr, Zone::Outside), EST);
+    l.advance(Duration::from_secs(3));
+    assert_eq!(l.send(&fq, Zone::Inside), EST);
+    // 200 queries from fresh source ports, each answered at once.
+    for i in 0..200u16 {
+        let (q, r) = (udp(resolver, 10_000 + i, "192.0.2.53", 53), udp("192.0.2.53", 53, resolver, 10_000 + i));
+        assert_eq!(l.send(&q, Zone::Inside), NEW, "query {i}");
+        assert_eq!(l.send(&r, Zone::Outside), EST, "answer {i}");
+    }
+    assert_eq!(l.e.counters().dropped[DropReason::SourceLimit as usize], 0, "no query refused");
+    assert_eq!(l.e.counters().source_recycled, 200 - 15, "each query past the limit took the place of the oldest answered one");
+    assert_eq!(l.e.table().len(), 16, "the limit holds");
+    assert_eq!(l.e.class_counts()[Admission::Assured as usize], 1, "the stream");
+    assert_eq!(l.send(&fr, Zone::Outside), EST, "the stream is kept");
+    // The last 15 queries' answers still pass (a late duplicate answer).
+    for i in 185..200u16 {
+        assert_eq!(l.send(&udp("192.0.2.53", 53, resolver, 10_000 + i), Zone::Outside), EST, "answer {i} again");
+    }
+    l.e.audit().unwrap();
+}
+
 /// An ICMP error from `router` to `to`, quoting the first bytes of `quoted`'s IP packet.
 fn icmp_error(router: &str, to: &str, ty: u8, code: u8, quoted: &FrameSpec) -> Vec<u8> {
     let q = quoted.ip_packet();

@@ -291,7 +291,9 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
     std::fs::write(lab.dir.join("www/big.bin"), vec![7u8; 32 << 20]).unwrap();
     lab.web_server("10.0.2.1");
     lab.web_server("10.0.2.2");
-    lab.write_config(&lab.config(&(WEB.to_string() + PING), ""));
+    // 64k entries: listings walk the whole table (see the reload test).
+    let small = "conntrack: { capacity: 65536 }\n";
+    lab.write_config(&lab.config(&(WEB.to_string() + PING), small));
     lab.start(&[]);
     let got = lab.dir.join("got.bin");
     let mut curl =
@@ -306,7 +308,7 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
     let forwarded = || lab.status()["total"]["counters"]["tx_bytes"]["outside"].as_u64().unwrap();
 
     // keep: the web rule goes, the download goes on; a new connection is refused.
-    lab.write_config(&lab.config(PING, ""));
+    lab.write_config(&lab.config(PING, small));
     ok(&lab.hf(&["reload"]));
     let before = forwarded();
     std::thread::sleep(Duration::from_millis(600));
@@ -316,7 +318,7 @@ fn keep_leaves_existing_flows_alone_and_recheck_revokes_what_the_new_rules_deny(
     assert!(!refused.status.success(), "keep: new flows follow the new rules");
 
     // recheck: the same rules, now asked of existing flows too: the download is revoked.
-    let cfg = lab.config(PING, "").replace("policy:\n", "policy:\n  on_reload: recheck\n");
+    let cfg = lab.config(PING, small).replace("policy:\n", "policy:\n  on_reload: recheck\n");
     lab.write_config(&cfg);
     ok(&lab.hf(&["reload"]));
     let stalled = forwarded();

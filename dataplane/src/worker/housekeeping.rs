@@ -259,9 +259,14 @@ impl Worker {
     /// one to take [`WALK_BUDGET`].
     pub(super) fn scan(&mut self, now: Instant) {
         let cap = self.engine.table().capacity() as u32;
+        if self.scans.is_empty() {
+            return;
+        }
+        // One reading for the round: the walks passed over (their readers have not
+        // taken what waits) cost a failed `try_send` each, nothing to pace.
+        let started = crate::sys::thread_cpu_ns();
         let mut i = 0;
         while i < self.scans.len() {
-            let started = crate::sys::thread_cpu_ns();
             let Scan { job, cursor, pace } = &mut self.scans[i];
             let from = *cursor;
             let finished = match job {

@@ -232,8 +232,8 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
     // The clock is read once a poll, after it: that reading is the next poll's start
     // unless housekeeping or a sleep came between (each reads it again). The
     // pipeline's time is in 1/64 s ticks, far coarser than a poll; an idle spinning
-    // worker read the clock three times a poll before, and the reads were ~28 % of
-    // its samples (perf, the dev VM).
+    // worker read it twice a poll before (a busy one three times), and the reads were
+    // ~28 % of its samples (perf, the dev VM).
     let mut t = WallClock::now();
     let mut last_house = t;
     let mut last_poll = t;

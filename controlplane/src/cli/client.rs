@@ -47,6 +47,11 @@ impl Lines {
         }
     }
 
+    /// One flow of a listing: its JSON, or `conntrack -L`'s line.
+    fn flow(&mut self, x: &serde_json::Value, json: bool) {
+        if json { self.line(format_args!("{x}")) } else { self.line(format_args!("{}", client::flow_line(x))) }
+    }
+
     fn done(mut self) -> Result<(), Error> {
         use std::io::Write;
         match self.err.take().map_or_else(|| self.w.flush(), Err) {
@@ -78,11 +83,7 @@ impl ClientCmd {
                 let mut out = Lines::new();
                 for line in body.lines() {
                     let x: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::failed("flows --external", e))?;
-                    if f.c.json {
-                        out.line(format_args!("{x}"))
-                    } else {
-                        out.line(format_args!("{}", client::flow_line(&x)))
-                    }
+                    out.flow(&x, f.c.json);
                     n += 1;
                 }
                 out.done()?;
@@ -119,15 +120,7 @@ impl ClientCmd {
                     }
                 }
                 let mut out = Lines::new();
-                let n =
-                    client::flows(
-                        &t,
-                        &q.finish(),
-                        |x| {
-                            if f.c.json { out.line(format_args!("{x}")) } else { out.line(format_args!("{}", client::flow_line(&x))) }
-                        },
-                    )
-                    .map_err(|e| Error::failed("flows", e))?;
+                let n = client::flows(&t, &q.finish(), |x| out.flow(&x, f.c.json)).map_err(|e| Error::failed("flows", e))?;
                 out.done()?;
                 if !f.c.json {
                     eprintln!("holdfast: {n} flow(s) listed");

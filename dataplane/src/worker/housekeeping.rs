@@ -18,8 +18,9 @@ use holdfast_pipeline::snapshot::chunks;
 /// Time one housekeeping round (every `HOUSEKEEPING`, 2 ms) gives table walks (a
 /// `/flows` listing, a snapshot export, a reload's pass): the worker drains no ring
 /// meanwhile, so a walk's slice is sized to take about this long. A full 1M table then
-/// takes 125–350 rounds (0.25–0.7 s) depending on the walk, where a fixed 16,384-slot
-/// slice took 62 rounds but held the rings 0.35–1.2 ms a round (docs/performance.md).
+/// takes about 120–380 rounds (0.25–0.75 s) depending on the walk, where a fixed
+/// 16,384-slot slice took 62 rounds but held the rings 0.3–1.3 ms a round
+/// (docs/performance.md).
 pub const WALK_BUDGET: StdDuration = StdDuration::from_micros(200);
 
 /// The size of a table walk's slices: measured, not guessed. Each slice's cost (the
@@ -37,14 +38,13 @@ pub struct WalkPace {
 
 impl Default for WalkPace {
     fn default() -> Self {
-        WalkPace { slots: WalkPace::FIRST }
+        WalkPace { slots: WalkPace::MIN }
     }
 }
 
 impl WalkPace {
-    /// A walk's first slice: cheap whatever the walk (under 80 µs on the dev VM).
-    pub const FIRST: u32 = 1024;
-    /// Never fewer: a walk always moves on.
+    /// A walk's first slice, and never fewer: cheap whatever the walk (under 80 µs on
+    /// the dev VM), and a walk always moves on.
     pub const MIN: u32 = 1024;
     /// Never more: an empty table walks as fast as before, a full one never slower.
     pub const MAX: u32 = 16_384;
@@ -258,10 +258,10 @@ impl Worker {
     /// it (a reload's pass, other listings). The slice's CPU time sizes its walk's next
     /// one to take [`WALK_BUDGET`].
     pub(super) fn scan(&mut self, now: Instant) {
-        let cap = self.engine.table().capacity() as u32;
         if self.scans.is_empty() {
             return;
         }
+        let cap = self.engine.table().capacity() as u32;
         // One reading for the round: the walks passed over (their readers have not
         // taken what waits) cost a failed `try_send` each, nothing to pace.
         let started = crate::sys::thread_cpu_ns();
@@ -376,7 +376,7 @@ mod tests {
                 assert!(n == WalkPace::MAX || n == WalkPace::MIN || (budget / 2..=budget * 2).contains(&t), "{n} slots took {t} ns at {ns} ns a slot");
             }
             let worst = slices.iter().map(|s| s.1).max().unwrap();
-            assert!(worst <= BUDGET * 2 || slices.iter().all(|s| s.0 <= WalkPace::FIRST), "worst slice {worst:?} at {ns} ns a slot");
+            assert!(worst <= BUDGET * 2 || slices.iter().all(|s| s.0 <= WalkPace::MIN), "worst slice {worst:?} at {ns} ns a slot");
         }
     }
 

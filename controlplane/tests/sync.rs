@@ -29,6 +29,24 @@ struct Mem {
     start: Instant,
 }
 
+/// Forwards datagrams from its address to `to` unless `cut`.
+fn switch(to: SocketAddr, cut: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((len, _)) = s.recv_from(&mut buf)
+                && !cut.load(Ordering::Relaxed)
+            {
+                let _ = s.send_to(&buf[..len], to);
+            }
+        }
+    });
+    addr
+}
+
 fn pnow(start: Instant) -> holdfast_pipeline::Instant {
     holdfast_pipeline::Instant::from_secs(1) + holdfast_pipeline::Duration::from_nanos(start.elapsed().as_nanos() as u64)
 }
@@ -196,6 +214,115 @@ fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
         assert!(e.process(&Packet { data: &data, zone: Zone::Inside, now: pnow(start) }).is_pass(), "flow {i}'s reply on the standby");
     }
     drop(e);
+    stop.store(true, Ordering::Relaxed);
+    a.stop();
+    b.stop();
+}
+
+fn big_engine(capacity: usize) -> Engine {
+    Engine::new(
+        EngineConfig { capacity, ..EngineConfig::default() },
+        Arc::new(Classifier::new(vec![], Action::Allow)),
+        holdfast_pipeline::Instant::from_secs(1),
+    )
+}
+
+/// A table of 50,000 flows, twelve times the resend queue, swept at start: all of it
+/// reaches the standby, nothing falls out of the resend queue. The sweep used to go
+/// out at once: the standby's socket buffer took a fraction, the queue kept the last
+/// 4,096, and the rest was never sent again (the standby held 29,603 of the 50,000
+/// ten seconds later, and no more after; 45,904 messages fell out of the queue).
+#[test]
+fn a_sweep_many_times_the_resend_queue_reaches_the_standby_whole() {
+    const MANY: u32 = 50_000;
+    let start = Instant::now();
+    let active_e = Arc::new(Mutex::new(big_engine(65_536)));
+    connect(&mut active_e.lock().unwrap(), start, 0..MANY);
+    let standby_e = Arc::new(Mutex::new(big_engine(65_536)));
+    let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let b_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let small = |c: Sync| Sync { resend_queue: 4096, ..c };
+    let b = Endpoint::start(small(cfg(b_addr, a_addr, Role::Standby)), Box::new(Mem { e: Arc::clone(&standby_e), start })).unwrap();
+    let t = Instant::now();
+    let a = Endpoint::start(small(cfg(a_addr, b_addr, Role::Active)), Box::new(Mem { e: Arc::clone(&active_e), start })).unwrap();
+    let mut most = 0;
+    wait_for("every flow in the standby's cache", 60, || {
+        let s = a.status_json();
+        most = most.max(s["resend_queue"].as_u64().unwrap());
+        b.external().len() == MANY as usize
+    });
+    let took = t.elapsed();
+    let sa = a.status_json();
+    eprintln!("{MANY} flows in {:.2} s; active: {sa}\nstandby: {}", took.as_secs_f64(), b.status_json());
+    assert_eq!(sa["resend_overflow"], 0, "nothing fell out of the resend queue: {sa}");
+    assert!(most <= 4096, "at most the queue's worth unacknowledged: {most}");
+    assert_eq!((sa["sweeps"].as_u64(), sa["backlog_overflows"].as_u64()), (Some(1), Some(0)), "{sa}");
+    wait_for("the backlog sent", 10, || a.status_json()["send_backlog"] == 0);
+    a.stop();
+    b.stop();
+}
+
+/// The link cut while flows come and go faster than the send backlog may hold: the
+/// backlog stays within its bound (twice `cache_limit`, at least 16,384; dropped whole
+/// when it reaches it, and counted), and once the link is back the standby holds
+/// exactly the active's table — the flows opened meanwhile, and none of those that
+/// closed, though their removals were in what was dropped.
+#[test]
+fn a_backlog_at_its_bound_is_dropped_and_the_peer_still_gets_the_table_exact() {
+    const FIRST: u32 = 5_000;
+    let start = Instant::now();
+    let active_e = Arc::new(Mutex::new(big_engine(16_384)));
+    connect(&mut active_e.lock().unwrap(), start, 0..FIRST);
+    active_e.lock().unwrap().keep_changes(65_536, holdfast_pipeline::Duration::from_secs(60));
+    let standby_e = Arc::new(Mutex::new(big_engine(16_384)));
+    let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let b_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let to_b = switch(b_addr, Arc::clone(&cut), Arc::clone(&stop));
+    let to_a = switch(a_addr, Arc::clone(&cut), Arc::clone(&stop));
+    let limited = |c: Sync| Sync { cache_limit: 8_000, ..c };
+    let a = Endpoint::start(limited(cfg(a_addr, to_b, Role::Active)), Box::new(Mem { e: Arc::clone(&active_e), start })).unwrap();
+    let b = Endpoint::start(limited(cfg(b_addr, to_a, Role::Standby)), Box::new(Mem { e: Arc::clone(&standby_e), start })).unwrap();
+    wait_for("the first flows in the standby's cache", 30, || b.external().len() == FIRST as usize);
+    assert_eq!(a.status_json()["send_backlog_limit"], 16_384);
+
+    cut.store(true, Ordering::Relaxed);
+    // Flows open and close while the peer hears nothing: 1,000 of the first close,
+    // and three times 3,000 more open and close — ~37,000 changes (an opening is two). The clock moves
+    // on 11 s with each closing (a reset flow's timeout is 10 s).
+    let rst = |e: &mut Engine, i: u32| {
+        let f = FrameSpec::tcp(client(i), 40000, SERVER, 80, holdfast_pipeline::wire::tcp::flags::RST, 101, 0).build();
+        assert!(e.process(&Packet { data: &f, zone: Zone::Outside, now: pnow(start) }).is_pass());
+    };
+    let mut skew = 0u64;
+    let mut close = |e: &mut Engine, r: std::ops::Range<u32>| {
+        for i in r {
+            rst(e, i);
+        }
+        skew += 11;
+        e.expire(pnow(start) + holdfast_pipeline::Duration::from_secs(skew), 1 << 20);
+        std::thread::sleep(Duration::from_millis(120));
+    };
+    close(&mut active_e.lock().unwrap(), 0..1000);
+    for _ in 0..3 {
+        connect(&mut active_e.lock().unwrap(), start, FIRST..FIRST + 3000);
+        std::thread::sleep(Duration::from_millis(120));
+        close(&mut active_e.lock().unwrap(), FIRST..FIRST + 3000);
+    }
+    wait_for("the backlog to reach its bound", 30, || a.status_json()["backlog_overflows"].as_u64().unwrap() >= 1);
+    let sa = a.status_json();
+    assert!(sa["send_backlog"].as_u64().unwrap() <= 16_384 && sa["resend_queue"].as_u64().unwrap() <= 1200, "{sa}");
+    assert_eq!(b.external().len(), FIRST as usize, "nothing crossed the cut link");
+
+    cut.store(false, Ordering::Relaxed);
+    let want: std::collections::BTreeSet<IpAddr> = (1000..FIRST).map(client).collect();
+    let held = || b.external().iter().map(|(f, _)| holdfast_pipeline::flow::to_ip(f.src, f.v6)).collect::<std::collections::BTreeSet<IpAddr>>();
+    wait_for("the standby's cache to hold the active's table exactly", 30, || held() == want);
+    let sa = a.status_json();
+    eprintln!("active: {sa}\nstandby: {}", b.status_json());
+    assert_eq!(active_e.lock().unwrap().table().len(), want.len(), "the active's table");
+    assert_eq!(sa["last_sweep_why"], "the send backlog overflowed", "{sa}");
+    assert_eq!((sa["backlog_overflows"].as_u64(), sa["resend_overflow"].as_u64()), (Some(1), Some(0)), "{sa}");
     stop.store(true, Ordering::Relaxed);
     a.stop();
     b.stop();

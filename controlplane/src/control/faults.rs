@@ -131,8 +131,9 @@ pub(super) fn deny_log(sat: &mut Saturation, logger: &Logger) {
 }
 
 /// The sync peer: `sync_lost` while it is silent (after it was heard once), and
-/// `sync_backlog` while more than half the resend queue waits for its ACKs (a slow or
-/// lossy link; a full queue drops messages that only a resync recovers).
+/// `sync_backlog` while more than half the resend queue waits for its ACKs, or more
+/// than half the send backlog's bound waits to be sent (a slow or lossy link, a peer
+/// that does not acknowledge; a full backlog is dropped and the table sent again).
 pub(super) fn sync(sat: &mut Saturation, status: &serde_json::Value, resend_limit: usize) {
     if !status.is_object() {
         return;
@@ -145,11 +146,16 @@ pub(super) fn sync(sat: &mut Saturation, status: &serde_json::Value, resend_limi
     };
     say(sat.fault("sync_lost", 0, lost, heard.unwrap_or(0.0), detail, SystemTime::now()));
     let queued = status["resend_queue"].as_u64().unwrap_or(0);
-    let backlog = resend_limit > 0 && queued as usize > resend_limit / 2;
+    let waiting = status["send_backlog"].as_u64().unwrap_or(0);
+    let bound = status["send_backlog_limit"].as_u64().unwrap_or(u64::MAX);
+    let backlog = (resend_limit > 0 && queued as usize > resend_limit / 2) || waiting > bound / 2;
     let detail = if backlog {
-        format!("{queued} sync message(s) wait for the peer's ACK (queue of {resend_limit}; {} dropped so far)", status["resend_overflow"])
+        format!(
+            "{queued} sync message(s) wait for the peer's ACK (queue of {resend_limit}; {} dropped so far), {waiting} wait to be sent (at most {bound}; dropped {} time(s) so far)",
+            status["resend_overflow"], status["backlog_overflows"]
+        )
     } else {
         "the sync resend queue drained".to_string()
     };
-    say(sat.fault("sync_backlog", 0, backlog, queued as f64, detail, SystemTime::now()));
+    say(sat.fault("sync_backlog", 0, backlog, (queued + waiting) as f64, detail, SystemTime::now()));
 }

@@ -238,6 +238,7 @@ impl Collector for Metrics {
                 ("sync_malformed", "Sync messages refused by the decoder.", "malformed"),
                 ("sync_cache_full", "Flows the peer sent beyond what the tables can hold (not kept).", "cache_full"),
                 ("sync_resend_overflow", "Messages dropped from a full resend queue (a resync recovers them).", "resend_overflow"),
+                ("sync_backlog_overflows", "Times the send backlog reached its bound and was dropped (the whole table is sent again).", "backlog_overflows"),
                 ("sync_send_errors", "Sync datagrams the socket refused.", "send_errors"),
                 ("sync_changes", "Flow changes read from the workers' queues.", "changes"),
                 ("sync_changes_lost", "Flow changes that did not fit in a worker's queue (a full sweep recovers them).", "changes_lost"),
@@ -249,6 +250,7 @@ impl Collector for Metrics {
             for (name, help, key) in [
                 ("sync_external_cache", "Flows in the external cache (what the peer sent).", "external_cache"),
                 ("sync_resend_queue", "Sync messages waiting for the peer's ACK.", "resend_queue"),
+                ("sync_send_backlog", "Sync messages made and not yet sent: they wait for room in the window of unacknowledged ones.", "send_backlog"),
             ] {
                 write(&mut e, name, help, Gauge, vec![(vec![], y(key))])?;
             }

@@ -8,7 +8,7 @@
 //! compared with what the peer was told. What the peer sends is kept in the external
 //! cache; on takeover it is committed into the local tables (docs/sync.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +30,13 @@ const READ_BURST: usize = 256;
 const CHANGES_PER_ROUND: usize = 65_536;
 /// Shortest time between two full sweeps that lost changes ask for.
 const SWEEP_GAP: Duration = Duration::from_secs(1);
+/// FTFW: data messages sent and not yet acknowledged at most, however many wait (a
+/// sweep of a million flows): four of the peer's ACK windows, between these bounds,
+/// and never more than the resend queue holds. 1,200 messages (the default window of
+/// 300) are ~55 datagrams, which a receiver's default socket buffer (212,992 bytes)
+/// takes whole.
+const WINDOW_MIN: usize = 1024;
+const WINDOW_MAX: usize = 8192;
 
 /// The local tables as the endpoint sees them.
 pub trait Tables: Send + 'static {
@@ -69,6 +76,11 @@ pub struct Status {
     pub datagrams_received: u64,
     pub send_errors: u64,
     pub resend_queue: usize,
+    /// Data messages made and not yet sent (they wait for the peer's ACKs), and the
+    /// most that may wait; overflows of that bound.
+    pub send_backlog: usize,
+    pub send_backlog_limit: usize,
+    pub backlog_overflows: u64,
     pub cache: HashMap<FlowKey, Cached>,
     pub local_flows: usize,
     pub last_heard: Option<Instant>,
@@ -109,6 +121,9 @@ impl Status {
             "expectations_ignored": self.expectations_ignored,
             "cache_full": self.cache_full,
             "resend_queue": self.resend_queue,
+            "send_backlog": self.send_backlog,
+            "send_backlog_limit": self.send_backlog_limit,
+            "backlog_overflows": self.backlog_overflows,
             "resend_overflow": self.sender.resend_overflow,
             "resyncs_received": self.sender.resyncs_received,
             "datagrams_sent": self.datagrams_sent,
@@ -223,8 +238,21 @@ struct Loop {
     status: Arc<Mutex<Status>>,
     sender: Sender,
     receiver: Receiver,
-    /// What was last sent of each local flow, and when.
+    /// What the peer was last told (or will be, once `backlog` is sent) of each local
+    /// flow, and when.
     sent: HashMap<FlowKey, (SyncedFlow, Instant)>,
+    /// Data messages made (a sweep, the workers' changes) and not yet numbered, oldest
+    /// first: they go out as the peer's ACKs leave room in `window`. A sweep of a
+    /// million flows sent at once overflowed the peer's socket buffer and the resend
+    /// queue both, and what fell out of the queue was never sent again.
+    backlog: VecDeque<Message>,
+    /// Unacknowledged data messages at most (FTFW; unbounded in the other modes).
+    window: usize,
+    backlog_limit: usize,
+    backlog_overflows: u64,
+    /// The backlog was dropped: the next sweep sends everything, and changes until then
+    /// are left to it.
+    send_all: bool,
     /// When the workers' queues are read next.
     next_drain: Instant,
     changes: Vec<Change>,
@@ -251,6 +279,11 @@ impl Loop {
     fn new(cfg: Sync, sock: UdpSocket, tables: Box<dyn Tables>, status: Arc<Mutex<Status>>) -> Loop {
         let first = u32::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) & 0xffff_ffff).unwrap_or(0);
         let limit = if cfg.mode == SyncMode::Ftfw { cfg.resend_queue } else { 0 };
+        let window =
+            if cfg.mode == SyncMode::Ftfw { (4 * cfg.ack_window as usize).clamp(WINDOW_MIN, WINDOW_MAX).min(cfg.resend_queue.max(1)) } else { usize::MAX };
+        // A sweep makes a message for every flow and one for every flow gone: twice the
+        // tables at most (`cache_limit` is what they hold).
+        let backlog_limit = cfg.cache_limit.saturating_mul(2).max(2 * WINDOW_MAX);
         Loop {
             sender: Sender::new(first, limit),
             receiver: Receiver::new(cfg.ack_window),
@@ -259,6 +292,11 @@ impl Loop {
             tables,
             status,
             sent: HashMap::new(),
+            backlog: VecDeque::new(),
+            window,
+            backlog_limit,
+            backlog_overflows: 0,
+            send_all: false,
             next_drain: Instant::now(),
             changes: Vec::new(),
             lost: 0,
@@ -309,6 +347,7 @@ impl Loop {
             self.last_sweep = Some(now);
             self.sweep(now, why);
         }
+        self.pump(now);
         // In every mode: a standby must not take a quiet peer for a dead one.
         if let Some(a) = self.sender.alive(now) {
             self.queue(&a);
@@ -334,6 +373,9 @@ impl Loop {
         s.sender = self.sender.stats;
         s.receiver = self.receiver.stats;
         s.resend_queue = self.sender.queued();
+        s.send_backlog = self.backlog.len();
+        s.send_backlog_limit = self.backlog_limit;
+        s.backlog_overflows = self.backlog_overflows;
         s.last_heard = self.receiver.last_heard;
         s.peer_alive = alive;
         s.local_flows = self.sent.len();
@@ -348,8 +390,16 @@ impl Loop {
 
     fn receive(&mut self, now: Instant) {
         let mut buf = [0u8; 65536];
+        // The first read waits (up to the socket's 20 ms); the rest take what is there,
+        // so that the ACKs they make go out at once. Waiting after each datagram held
+        // every ACK back 20 ms, and the sender's window with it.
+        let mut waiting = true;
         for _ in 0..READ_BURST {
-            let n = match self.sock.recv_from(&mut buf) {
+            let got = self.sock.recv_from(&mut buf);
+            if waiting && got.is_ok() {
+                waiting = self.sock.set_nonblocking(true).is_err();
+            }
+            let n = match got {
                 Ok((n, from)) if from.ip() == self.cfg.peer.ip() => n,
                 // Anyone else is not the peer: not a word of theirs is read.
                 Ok(_) => continue,
@@ -362,6 +412,9 @@ impl Loop {
                     Ok(m) => self.message(m, now),
                 }
             }
+        }
+        if !waiting {
+            let _ = self.sock.set_nonblocking(false);
         }
     }
 
@@ -467,7 +520,10 @@ impl Loop {
             self.schedule(now, "changes lost to a full queue");
         }
         let mut unsent = 0u64;
-        for c in &changes {
+        // After a dropped backlog the next sweep says everything (a removal read now
+        // stays in `sent`, so the sweep finds it gone).
+        let skip = if self.send_all { changes.len() } else { 0 };
+        for c in &changes[skip..] {
             if !proto::syncable(&c.flow) {
                 unsent += 1;
                 continue;
@@ -484,8 +540,7 @@ impl Loop {
                     None => continue,
                 },
             };
-            let m = self.sender.data(m, now);
-            self.queue(&m);
+            self.emit(m, now);
         }
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.changes += changes.len() as u64;
@@ -512,7 +567,7 @@ impl Loop {
                 return;
             }
         };
-        let all = std::mem::take(&mut self.resync);
+        let all = std::mem::take(&mut self.resync) | std::mem::take(&mut self.send_all);
         let mut seen: HashMap<FlowKey, SyncedFlow> = HashMap::with_capacity(flows.len());
         let mut unsent = 0u64;
         for f in flows {
@@ -547,14 +602,60 @@ impl Loop {
             }
         }
         for m in out {
-            let m = self.sender.data(m, now);
-            self.queue(&m);
+            self.emit(m, now);
         }
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.last_sweep_ms = t.elapsed().as_secs_f64() * 1e3;
         s.sweeps += 1;
         s.last_sweep_why = why;
         s.not_syncable += unsent;
+    }
+
+    /// Queues a data message to be numbered and sent when the window allows. A backlog
+    /// at its bound (a peer that acknowledges nothing for a long time while flows come
+    /// and go) is dropped, and the next sweep tells the peer the whole table instead:
+    /// every flow, and the removal of every flow it may hold that is gone (the
+    /// removals dropped are noted in `sent` again for that). Until that sweep the
+    /// workers' changes are read and left to it.
+    fn emit(&mut self, m: Message, now: Instant) {
+        if !self.send_all && self.backlog.len() >= self.backlog_limit {
+            self.backlog_overflows += 1;
+            if self.backlog_overflows == 1 {
+                eprintln!(
+                    "holdfast: sync: {} message(s) wait for the peer's ACKs, the most that may (twice the tables' capacity); dropped, and the whole table is sent again",
+                    self.backlog.len()
+                );
+            }
+            let dropped: Vec<Message> = self.backlog.drain(..).collect();
+            for m in dropped {
+                self.leave_to_sweep(m, now);
+            }
+            self.send_all = true;
+            self.schedule(now, "the send backlog overflowed");
+        }
+        if self.send_all {
+            self.leave_to_sweep(m, now);
+        } else {
+            self.backlog.push_back(m);
+        }
+    }
+
+    /// A message not sent because the next sweep says everything: a removal goes back
+    /// into `sent`, where the sweep finds the flow gone.
+    fn leave_to_sweep(&mut self, m: Message, now: Instant) {
+        if let Message::Flow { kind: kind::CT_DEL, flow, .. } = m {
+            self.sent.insert(flow.key().0, (flow, now));
+        }
+    }
+
+    /// Numbers and sends waiting data messages while fewer than `window` wait for the
+    /// peer's ACK.
+    fn pump(&mut self, now: Instant) {
+        while self.sender.queued() < self.window {
+            let Some(m) = self.backlog.pop_front() else { break };
+            let m = self.sender.data(m, now);
+            self.queue(&m);
+        }
     }
 
     /// Adds a message to the datagram being built; sends it first if it would not fit.

@@ -94,6 +94,7 @@ fn a_crash_leaves_no_xdp_program_attached() {
         assert!(t.elapsed() < Duration::from_secs(5), "XDP still attached after the process died");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = std::fs::remove_file(&cfg);
 }
 
 #[test]
@@ -109,4 +110,5 @@ fn run_explains_a_missing_interface() {
     std::fs::write(&cfg, bad_core).unwrap();
     let out = holdfast().args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("core 999"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_file(&cfg);
 }

@@ -62,8 +62,9 @@ impl Tables for Mem {
         e.drain_changes(pnow(self.start), |c| out.push(c));
         e.change_stats().lost
     }
-    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<AdoptTally, String> {
+    fn adopt(&mut self, flows: &mut dyn Iterator<Item = SyncedFlow>) -> Result<AdoptTally, String> {
         let now = pnow(self.start);
+        let flows: Vec<SyncedFlow> = flows.collect();
         Ok(self.e.lock().unwrap().adopt_all(&flows, now))
     }
 }

@@ -284,7 +284,13 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
             w.router.expire(now.as_nanos(), me, |r, to| routed.push((r, to)));
             w.dispatch_routed(now);
             while let Ok(c) = spec.commands.try_recv() {
+                let adopt = matches!(c, Command::Adopt { .. });
                 w.command(c, now);
+                if adopt {
+                    // One chunk of a takeover a round (~16k flows, a few ms): the next
+                    // waits in the queue, and the rings are polled between.
+                    break;
+                }
             }
             w.scan(now);
             w.sweep_holders();

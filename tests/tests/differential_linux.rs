@@ -89,6 +89,10 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         teardown();
+        // The captures and logs stay for a look when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

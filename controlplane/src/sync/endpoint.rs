@@ -46,7 +46,7 @@ pub trait Tables: Send + 'static {
     /// changes were lost so far (a total that never goes down: queues that were full).
     fn changes(&mut self, out: &mut Vec<Change>, max: usize) -> u64;
     /// Commits `flows` (a takeover): what became of them.
-    fn adopt(&mut self, flows: Vec<SyncedFlow>) -> Result<AdoptTally, String>;
+    fn adopt(&mut self, flows: &mut dyn Iterator<Item = SyncedFlow>) -> Result<AdoptTally, String>;
 }
 
 /// A flow the peer sent, and when.
@@ -688,12 +688,15 @@ impl Loop {
 
     fn takeover(&mut self, now: Instant) -> Result<Value, String> {
         let t = Instant::now();
-        let flows: Vec<SyncedFlow> = {
-            let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            s.cache.values().map(|c| SyncedFlow { timeout_s: c.left(now), ..c.flow }).filter(|f| f.timeout_s > 0).collect()
-        };
-        let n = flows.len();
-        let d = self.tables.adopt(flows)?;
+        // The cache is read as the flows are handed out (the workers adopt the first
+        // while the rest are read), under the status lock: `/status` waits meanwhile.
+        let status = Arc::clone(&self.status);
+        let s = status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0usize;
+        let mut flows = s.cache.values().map(|c| SyncedFlow { timeout_s: c.left(now), ..c.flow }).filter(|f| f.timeout_s > 0).inspect(|_| n += 1);
+        let d = self.tables.adopt(&mut flows);
+        drop(s);
+        let d = d?;
         self.took_over = true;
         let v = json!({
             "flows": n,

@@ -71,10 +71,25 @@ impl WalkPace {
     }
 }
 
-/// Slices of a listing without a reply before it sends an empty one (about a second
-/// of rounds): the control endpoint gives up on a worker that says nothing for 10 s,
-/// and a table of tens of millions of slots takes longer than that to walk.
+/// Slices of a listing or an export without a reply before it sends an empty one
+/// (about a second of rounds): the control endpoint and the sync sweep give up on a
+/// worker that says nothing for 10 s, and a mostly empty table of tens of millions of
+/// slots takes longer than that to walk.
 const QUIET_SLICES: u32 = 500;
+
+/// Counts a slice that `produced` a reply or not: true when an empty reply is due.
+fn due_a_sign_of_life(quiet: &mut u32, produced: bool) -> bool {
+    if produced {
+        *quiet = 0;
+        return false;
+    }
+    *quiet += 1;
+    if *quiet >= QUIET_SLICES {
+        *quiet = 0;
+        return true;
+    }
+    false
+}
 
 /// Housekeeping rounds one sweep for the top holders is spread over: a round every
 /// `HOUSEKEEPING` (2 ms), so a pass takes about two seconds whatever the table's size
@@ -115,8 +130,9 @@ pub(super) enum Job {
     },
     /// A reload's pass: maintain (and, with `recheck`, re-judge) every entry.
     Maintain { recheck: bool },
-    /// A snapshot of the running table, streamed in chunks of encoded records.
-    Export { pending: VecDeque<ExportReply>, reply: crossbeam_channel::Sender<ExportReply> },
+    /// A snapshot of the running table, streamed in chunks of encoded records (an
+    /// empty one every [`QUIET_SLICES`] without a flow).
+    Export { pending: VecDeque<ExportReply>, reply: crossbeam_channel::Sender<ExportReply>, quiet: u32 },
 }
 
 /// A walk, the next slot it examines and the size of its slices.
@@ -220,7 +236,7 @@ impl Worker {
                 let _ = reply.send(self.engine.adopt_all(&flows, now));
             }
             Command::Export { reply } => {
-                self.scans.push_back(Scan::new(Job::Export { pending: VecDeque::new(), reply }));
+                self.scans.push_back(Scan::new(Job::Export { pending: VecDeque::new(), reply, quiet: 0 }));
             }
             Command::Rebind { ifindex, reply } => {
                 let _ = reply.send(self.rebind(ifindex));
@@ -275,7 +291,7 @@ impl Worker {
                     self.engine.maintain(range, now, *recheck);
                     *cursor >= cap
                 }
-                Job::Export { pending, reply } => match hand_over(pending, reply) {
+                Job::Export { pending, reply, quiet } => match hand_over(pending, reply) {
                     Handed::Gone => true,
                     Handed::Blocked => {
                         i += 1;
@@ -291,6 +307,9 @@ impl Worker {
                         } else {
                             let range = pace.next(cursor, cap);
                             pending.extend(chunks(self.engine.export_in(range, now)).map(|(count, bytes)| ExportReply::Flows { count, bytes }));
+                            if due_a_sign_of_life(quiet, !pending.is_empty()) {
+                                pending.push_back(ExportReply::Flows { count: 0, bytes: Vec::new() });
+                            }
                         }
                         hand_over(pending, reply);
                         false
@@ -309,10 +328,8 @@ impl Worker {
                         let range = pace.next(cursor, cap);
                         let chunk: Vec<_> = self.engine.flows_in(range, now).filter(|f| filter.matches(f)).take(*left).collect();
                         *left -= chunk.len();
-                        *quiet += 1;
-                        if !chunk.is_empty() || *quiet >= QUIET_SLICES {
+                        if due_a_sign_of_life(quiet, !chunk.is_empty()) || !chunk.is_empty() {
                             pending.push_back(FlowsReply::Chunk(chunk));
-                            *quiet = 0;
                         }
                         if *left == 0 || *cursor >= cap {
                             pending.push_back(FlowsReply::Done);
@@ -339,6 +356,20 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_reply_every_quiet_slices_and_none_while_replies_come() {
+        let mut quiet = 0;
+        let due: Vec<u32> = (1..=3 * super::QUIET_SLICES).filter(|_| super::due_a_sign_of_life(&mut quiet, false)).collect();
+        assert_eq!(due.len(), 3, "one every {} quiet slices", super::QUIET_SLICES);
+        for _ in 0..super::QUIET_SLICES - 1 {
+            assert!(!super::due_a_sign_of_life(&mut quiet, false));
+        }
+        assert!(!super::due_a_sign_of_life(&mut quiet, true), "a reply is a sign of life");
+        assert_eq!(quiet, 0, "and starts the count again");
+        assert!((0..super::QUIET_SLICES - 1).all(|_| !super::due_a_sign_of_life(&mut quiet, false)));
+        assert!(super::due_a_sign_of_life(&mut quiet, false));
+    }
+
     use super::*;
 
     const BUDGET: StdDuration = WALK_BUDGET;

@@ -67,22 +67,27 @@ pub enum ClientError {
 /// Largest answer read (a listing of a million flows is about 300 MB).
 const MAX_ANSWER: u64 = 1 << 30;
 
-/// Decodes a chunked body; `None` when it is cut short or malformed.
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(b.len());
+/// Decodes a chunked body in place (a listing is hundreds of MB: no second copy);
+/// `false` when it is cut short or malformed.
+fn dechunk(b: &mut Vec<u8>) -> bool {
+    let (mut r, mut w) = (0, 0);
     loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        b = &b[line_end + 2..];
+        let Some(line_end) = b[r..].windows(2).position(|x| x == b"\r\n") else { return false };
+        let Some(size) = std::str::from_utf8(&b[r..r + line_end]).ok().and_then(|t| t.split(';').next()).and_then(|t| usize::from_str_radix(t.trim(), 16).ok())
+        else {
+            return false;
+        };
+        r += line_end + 2;
         if size == 0 {
-            return Some(out);
+            b.truncate(w);
+            return true;
         }
-        if b.len() < size + 2 {
-            return None;
+        if b.len() - r < size.saturating_add(2) {
+            return false;
         }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
+        b.copy_within(r..r + size, w);
+        w += size;
+        r += size + 2;
     }
 }
 
@@ -104,23 +109,24 @@ pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), Cl
     s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "not an HTTP answer" })?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let body = &raw[split + 4..];
+    // The body stays where it was read: only the head is taken off its front.
+    raw.drain(..split + 4);
+    let mut body = raw;
     let code =
         head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "bad status line" })?;
     let header = |name: &str| {
         head.lines().skip(1).find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
     };
-    let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(body).ok_or_else(|| ClientError::CutShort { addr: addr.clone(), path: path.to_string() })?
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if !dechunk(&mut body) {
+            return Err(ClientError::CutShort { addr: addr.clone(), path: path.to_string() });
+        }
     } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         if body.len() < n {
             return Err(ClientError::CutShort { addr: addr.clone(), path: path.to_string() });
         }
-        body[..n].to_vec()
-    } else {
-        body.to_vec()
-    };
-    drop(raw);
+        body.truncate(n);
+    }
     Ok((code, String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
 }
 
@@ -437,9 +443,16 @@ mod tests {
 
     #[test]
     fn chunked_answers_decode_and_cut_ones_are_noticed() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(), b"hello world");
-        assert!(dechunk(b"5\r\nhello\r\n6\r\n wor").is_none());
-        assert!(dechunk(b"5\r\nhello\r\n").is_none(), "no last chunk: cut short");
+        let d = |b: &[u8]| {
+            let mut v = b.to_vec();
+            dechunk(&mut v).then_some(v)
+        };
+        assert_eq!(d(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(), b"hello world");
+        assert_eq!(d(b"3;ext=1\r\nabc\r\n0\r\n\r\n").unwrap(), b"abc", "an extension is ignored");
+        assert!(d(b"5\r\nhello\r\n6\r\n wor").is_none());
+        assert!(d(b"5\r\nhello\r\n").is_none(), "no last chunk: cut short");
+        assert!(d(b"zz\r\nhello\r\n0\r\n\r\n").is_none(), "not a size");
+        assert!(d(b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n").is_none(), "a size past the answer");
     }
 
     #[test]

@@ -9,3 +9,22 @@ pub mod appliance;
 pub mod endpoint;
 pub mod ftfw;
 pub mod proto;
+
+/// A confirmed UDP flow to port 53, for the sync modules' tests.
+#[cfg(test)]
+pub(crate) fn udp_flow(src: u128, sport: u16) -> holdfast_pipeline::engine::SyncedFlow {
+    holdfast_pipeline::engine::SyncedFlow {
+        v6: false,
+        src,
+        dst: 2,
+        proto: 17,
+        sport,
+        dport: 53,
+        icmp: None,
+        tcp_state: 0,
+        status: holdfast_pipeline::engine::ips::CONFIRMED,
+        timeout_s: 30,
+        wscale: [None, None],
+        vlan: 0,
+    }
+}

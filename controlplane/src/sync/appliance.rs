@@ -184,25 +184,12 @@ mod tests {
 
     use holdfast_dataplane::control::Command;
     use holdfast_dataplane::run::Commander;
-    use holdfast_pipeline::engine::{SyncedFlow, ips};
+    use holdfast_pipeline::engine::SyncedFlow;
 
     use super::{ADOPT_CHUNK, adopt_everywhere};
 
     fn flow(w: u16, i: u32) -> SyncedFlow {
-        SyncedFlow {
-            v6: false,
-            src: u128::from(i),
-            dst: 2,
-            proto: 17,
-            sport: w,
-            dport: 53,
-            icmp: None,
-            tcp_state: 0,
-            status: ips::CONFIRMED,
-            timeout_s: 30,
-            wscale: [None, None],
-            vlan: 0,
-        }
+        crate::sync::udp_flow(u128::from(i), w)
     }
 
     /// Three workers (threads reading their command queues as a worker's housekeeping

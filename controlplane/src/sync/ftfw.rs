@@ -280,24 +280,9 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_pipeline::engine::{SyncedFlow, ips};
 
     fn flow(i: u16) -> Message {
-        let f = SyncedFlow {
-            v6: false,
-            src: 1,
-            dst: 2,
-            proto: 17,
-            sport: i,
-            dport: 53,
-            icmp: None,
-            tcp_state: 0,
-            status: ips::CONFIRMED,
-            timeout_s: 30,
-            wscale: [None, None],
-            vlan: 0,
-        };
-        Message::Flow { kind: 0, flags: 0, seq: 0, flow: f }
+        Message::Flow { kind: 0, flags: 0, seq: 0, flow: crate::sync::udp_flow(1, i) }
     }
 
     /// Sends `n` messages through a link that loses what `lose` says, with ALIVEs and

@@ -520,10 +520,7 @@ impl Loop {
             self.schedule(now, "changes lost to a full queue");
         }
         let mut unsent = 0u64;
-        // After a dropped backlog the next sweep says everything (a removal read now
-        // stays in `sent`, so the sweep finds it gone).
-        let skip = if self.send_all { changes.len() } else { 0 };
-        for c in &changes[skip..] {
+        for c in &changes {
             if !proto::syncable(&c.flow) {
                 unsent += 1;
                 continue;
@@ -615,8 +612,8 @@ impl Loop {
     /// at its bound (a peer that acknowledges nothing for a long time while flows come
     /// and go) is dropped, and the next sweep tells the peer the whole table instead:
     /// every flow, and the removal of every flow it may hold that is gone (the
-    /// removals dropped are noted in `sent` again for that). Until that sweep the
-    /// workers' changes are read and left to it.
+    /// removals dropped are noted in `sent` again for that). Until that sweep every
+    /// message is left to it the same way.
     fn emit(&mut self, m: Message, now: Instant) {
         if !self.send_all && self.backlog.len() >= self.backlog_limit {
             self.backlog_overflows += 1;
@@ -626,8 +623,7 @@ impl Loop {
                     self.backlog.len()
                 );
             }
-            let dropped: Vec<Message> = self.backlog.drain(..).collect();
-            for m in dropped {
+            for m in std::mem::take(&mut self.backlog) {
                 self.leave_to_sweep(m, now);
             }
             self.send_all = true;

@@ -7,10 +7,30 @@ fn holdfast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_holdfast"))
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("holdfast-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// One test's scratch folder: removed when the test passes, kept (and named) when it
+/// fails, so a failure can be looked at and a green run leaves nothing behind.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("holdfast-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for a look: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 fn repo(p: &str) -> PathBuf {
@@ -35,7 +55,8 @@ fn check_config_accepts_every_shipped_example() {
 
 #[test]
 fn check_config_rejects_with_file_line_col_and_exit_2() {
-    let p = tmp("bad.yaml");
+    let tmp = Scratch::new("check_config_rejects_with_file_line_col_and_exit_2");
+    let p = tmp.file("bad.yaml");
     std::fs::write(&p, "policy:\n  default: deny\n  rules:\n    - { name: web, proto: tcp, dst_port: 80, acton: allow }\n").unwrap();
     let out = holdfast().arg("check-config").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -47,11 +68,12 @@ fn check_config_rejects_with_file_line_col_and_exit_2() {
 
 #[test]
 fn gen_then_replay_with_json_flows_and_verdicts() {
-    let pcap = tmp("farm.pcap");
+    let tmp = Scratch::new("gen_then_replay_with_json_flows_and_verdicts");
+    let pcap = tmp.file("farm.pcap");
     let out = holdfast().args(["gen", "webfarm", "--connections", "40", "--seed", "9", "--out"]).arg(&pcap).output().unwrap();
     assert!(out.status.success());
-    let flows = tmp("flows.jsonl");
-    let verdicts = tmp("verdicts.jsonl");
+    let flows = tmp.file("flows.jsonl");
+    let verdicts = tmp.file("verdicts.jsonl");
     let out = holdfast()
         .args(["replay", "--offline", "--json", "--workers", "2", "--config"])
         .arg(repo("configs/webfarm.yaml"))
@@ -85,7 +107,8 @@ fn gen_then_replay_with_json_flows_and_verdicts() {
 
 #[test]
 fn a_truncated_capture_reports_what_was_processed_then_the_offset() {
-    let pcap = tmp("cut.pcap");
+    let tmp = Scratch::new("a_truncated_capture_reports_what_was_processed_then_the_offset");
+    let pcap = tmp.file("cut.pcap");
     holdfast().args(["gen", "webfarm", "--connections", "5", "--out"]).arg(&pcap).output().unwrap();
     let mut bytes = std::fs::read(&pcap).unwrap();
     let full = bytes.len();
@@ -113,8 +136,9 @@ fn replay_runs_on_its_embedded_defaults() {
 
 #[test]
 fn the_shipped_capture_under_lru_and_by_class() {
+    let tmp = Scratch::new("the_shipped_capture_under_lru_and_by_class");
     let run = |pressure: &str| -> serde_json::Value {
-        let cfg = tmp(&format!("{}.yaml", pressure.len()));
+        let cfg = tmp.file(&format!("{}.yaml", pressure.len()));
         std::fs::write(
             &cfg,
             format!(
@@ -138,15 +162,16 @@ fn the_shipped_capture_under_lru_and_by_class() {
 
 #[test]
 fn check_config_refuses_what_cannot_fit_and_host_names_each_setting() {
+    let tmp = Scratch::new("check_config_refuses_what_cannot_fit_and_host_names_each_setting");
     // Two billion entries: refused with the memory it needs and what to change.
-    let p = tmp("huge.yaml");
+    let p = tmp.file("huge.yaml");
     std::fs::write(&p, "conntrack: { capacity: 2147483648 }\n").unwrap();
     let out = holdfast().arg("check-config").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs") && err.contains("GiB when the tables are full") && err.contains("lower conntrack.capacity to at most"), "{err}");
     // What only `run` used to find out, named by setting with --host.
-    let p = tmp("host.yaml");
+    let p = tmp.file("host.yaml");
     std::fs::write(
         &p,
         "zones: { outside: { interface: lo, queues: 2 }, inside: { interface: hf-none9, queues: 2 } }\nworkers: { cores: [0, 4096] }\nlog: { denials: /nonexistent/dir/d.log }\n",
@@ -185,7 +210,8 @@ fn durations_on_the_command_line_do_not_wrap() {
 
 #[test]
 fn replay_errors_say_what_is_wrong_in_the_users_terms() {
-    let empty = tmp("empty.pcap");
+    let tmp = Scratch::new("replay_errors_say_what_is_wrong_in_the_users_terms");
+    let empty = tmp.file("empty.pcap");
     std::fs::write(&empty, b"").unwrap();
     let out = holdfast().args(["replay", "--offline", "--pcap"]).arg(&empty).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -196,7 +222,7 @@ fn replay_errors_say_what_is_wrong_in_the_users_terms() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--flows-out /nonexistent/dir/f.jsonl: cannot create"), "{err}");
     // A link type Holdfast cannot replay is named, and the run fails.
-    let wifi = tmp("wifi.pcap");
+    let wifi = tmp.file("wifi.pcap");
     let mut w = holdfast_controlplane::capture::Writer::with_link_type(Vec::new(), false, 105).unwrap();
     w.write(1, &[0u8; 60]).unwrap();
     std::fs::write(&wifi, w.finish().unwrap()).unwrap();
@@ -242,19 +268,20 @@ fn live_replay_refuses_flag_combinations_that_make_no_sense() {
 /// draws the lab benchmark's results; a bad results line is named.
 #[test]
 fn reports_are_svg_files_and_bad_input_is_named() {
-    let svg = tmp("offline.svg");
+    let tmp = Scratch::new("reports_are_svg_files_and_bad_input_is_named");
+    let svg = tmp.file("offline.svg");
     let out = holdfast().args(["replay", "--offline", "--report"]).arg(&svg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("frames per second of capture time") && !text.contains("<script"));
-    let input = tmp("results.jsonl");
+    let input = tmp.file("results.jsonl");
     std::fs::write(
         &input,
         "{\"workload\":\"udp-1\",\"system\":\"holdfast\",\"fwd_mpps\":0.6,\"offered_mpps\":0.6,\"ucyc\":700,\"kcyc\":2400}\n\
          {\"workload\":\"udp-1\",\"system\":\"testpmd\",\"fwd_mpps\":0.5,\"offered_mpps\":0.6,\"ucyc\":770,\"kcyc\":3200}\n",
     )
     .unwrap();
-    let bench = tmp("bench.svg");
+    let bench = tmp.file("bench.svg");
     let out = holdfast().args(["report", "bench", "--input"]).arg(&input).arg("--out").arg(&bench).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&bench).unwrap();

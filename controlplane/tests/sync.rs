@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_controlplane::config::{Role, Sync, SyncMode};
 use holdfast_controlplane::sync::endpoint::{Endpoint, Tables};
+use holdfast_controlplane::sync::proto::{self, Message, flag};
 use holdfast_pipeline::engine::{AdoptTally, Change, SyncedFlow};
 use holdfast_pipeline::policy::{Action, Classifier};
 use holdfast_pipeline::wire::build::FrameSpec;
@@ -159,6 +160,14 @@ fn every_flow_reaches_the_standby_through_loss_and_a_takeover_keeps_them() {
 
     wait_for("every flow in the standby's cache", 30, || b.external().len() == FLOWS as usize);
     assert_eq!(a.status_json()["sweeps"], 1, "the first sweep");
+
+    // A RESYNC from any address but the peer's is not read (it would make a sweep),
+    // only counted.
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut resync = Vec::new();
+    proto::encode(&Message::Ctl { flags: flag::RESYNC, seq: 0, range: Some((0, 0)) }, &mut resync);
+    stranger.send_to(&resync, a_addr).unwrap();
+    wait_for("the stranger's datagram counted", 10, || a.status_json()["strangers"] == 1);
 
     // Flows opened now are sent as the journal notes them, without a sweep.
     connect(&mut active_e.lock().unwrap(), start, FLOWS..FLOWS + 100);

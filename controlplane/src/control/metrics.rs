@@ -236,6 +236,7 @@ impl Collector for Metrics {
                 ("sync_nacks_received", "NACKs the peer sent.", "nacks_received"),
                 ("sync_messages_lost", "Messages the peer numbered that never arrived in order.", "messages_lost"),
                 ("sync_malformed", "Sync messages refused by the decoder.", "malformed"),
+                ("sync_strangers", "Datagrams on the sync port from an address that is not sync.peer (not read).", "strangers"),
                 ("sync_cache_full", "Flows the peer sent beyond what the tables can hold (not kept).", "cache_full"),
                 ("sync_resend_overflow", "Messages dropped from a full resend queue (a resync recovers them).", "resend_overflow"),
                 ("sync_backlog_overflows", "Times the send backlog reached its bound and was dropped (the whole table is sent again).", "backlog_overflows"),

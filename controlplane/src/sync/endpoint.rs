@@ -69,6 +69,8 @@ pub struct Status {
     pub sender: ftfw::Stats,
     pub receiver: ftfw::Stats,
     pub malformed: u64,
+    /// Datagrams from any address but `sync.peer`: not read, only counted.
+    pub strangers: u64,
     pub expectations_ignored: u64,
     /// Flows the peer sent that did not fit in the cache (`sync.cache_limit`).
     pub cache_full: u64,
@@ -118,6 +120,7 @@ impl Status {
             "nacks_received": self.sender.nacks_received,
             "messages_lost": self.receiver.lost,
             "malformed": self.malformed,
+            "strangers": self.strangers,
             "expectations_ignored": self.expectations_ignored,
             "cache_full": self.cache_full,
             "resend_queue": self.resend_queue,
@@ -401,8 +404,12 @@ impl Loop {
             }
             let n = match got {
                 Ok((n, from)) if from.ip() == self.cfg.peer.ip() => n,
-                // Anyone else is not the peer: not a word of theirs is read.
-                Ok(_) => continue,
+                // Anyone else is not the peer: not a word of theirs is read, but
+                // the operator sees that someone sends.
+                Ok(_) => {
+                    self.status.lock().unwrap_or_else(|p| p.into_inner()).strangers += 1;
+                    continue;
+                }
                 Err(_) => break,
             };
             self.status.lock().unwrap_or_else(|p| p.into_inner()).datagrams_received += 1;

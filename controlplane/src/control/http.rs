@@ -95,7 +95,10 @@ impl Endpoint {
                     }
                 };
                 rt.block_on(serve(listener, shared, stopped));
-                // Dropping the runtime closes every connection still open.
+                // Closes every connection still open. A listing's writer (a blocking
+                // thread) ends at its next line once its reader is gone, or within
+                // a worker's answer time; stopping does not wait for that.
+                rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(EndpointError::Thread)?;
         Ok(Endpoint { stop, thread: Some(thread), addr })

@@ -76,6 +76,10 @@ pub struct Sync {
     pub auto_takeover: bool,
     pub ack_window: u32,
     pub resend_queue: usize,
+    /// NOTRACK and ALARM: most data messages sent a second. Nothing acknowledges
+    /// them, so a sweep sent at once overflows the peer's socket buffer and is lost
+    /// unseen; FTFW is paced by the peer's ACKs instead.
+    pub send_rate: u32,
     /// Most flows kept from the peer: what this appliance's tables can hold
     /// (`conntrack.capacity` × workers). A peer that sends more is counted, not kept.
     pub cache_limit: usize,

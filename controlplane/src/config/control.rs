@@ -96,6 +96,11 @@ pub(super) fn snapshot_dir(cx: &Ctx, s: &model::StateCfg) -> Result<Option<std::
     Ok(Some(p))
 }
 
+/// `sync.send_rate`'s default, in messages a second: a 1M-flow sweep in ten seconds,
+/// in bursts of ~100 messages (~5 datagrams) a millisecond, which a receiver's
+/// default socket buffer (~90 datagrams) takes with room to spare.
+pub const DEFAULT_SEND_RATE: u64 = 100_000;
+
 /// `sync:`: unicast UDP to one peer; every setting checked where it is written.
 pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync, ConfigError> {
     use super::compiled::{Role, Sync, SyncMode};
@@ -197,6 +202,12 @@ pub(super) fn sync(cx: &Ctx, s: &model::SyncCfg) -> Result<super::compiled::Sync
         auto_takeover,
         ack_window: count(&s.ack_window, "ack_window", 300, 100_000)? as u32,
         resend_queue: count(&s.resend_queue, "resend_queue", 131_072, 10_000_000)? as usize,
+        send_rate: match &s.send_rate {
+            Some(r) if !(1000..=10_000_000).contains(&r.value.0) => {
+                return Err(cx.at(r.referenced, "sync.send_rate must be between 1000 and 10000000 (messages a second in notrack and alarm modes)"));
+            }
+            r => count(r, "send_rate", DEFAULT_SEND_RATE, 10_000_000)? as u32,
+        },
         cache_limit: 0,
     })
 }

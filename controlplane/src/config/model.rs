@@ -38,6 +38,7 @@ pub struct SyncCfg {
     pub takeover: Option<Spanned<String>>,
     pub ack_window: Option<Spanned<Count>>,
     pub resend_queue: Option<Spanned<Count>>,
+    pub send_rate: Option<Spanned<Count>>,
 }
 
 /// `state:`: what survives a restart.

@@ -414,6 +414,12 @@ fn sync_keys_are_checked_where_they_are_written() {
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  queue: 100\n").message.contains("sync.queue must be between 1024 and"));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  resync_interval: 100ms\n").message.contains("sync.resync_interval must be between"));
     assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  interval: 1ms\n").message.contains("sync.interval must be between 10ms"));
+    assert_eq!(s.send_rate, 100_000);
+    let r = parse("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  mode: notrack\n  send_rate: 20000\n", "t.yaml").unwrap().sync.unwrap();
+    assert_eq!(r.send_rate, 20_000);
+    let e = err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  send_rate: 10\n");
+    assert!(e.message.contains("sync.send_rate must be between 1000 and") && e.line == 4, "{e}");
+    assert!(err("sync:\n  listen: 1.1.1.1:1\n  peer: 1.2.3.4:1\n  send_rate: 20000000\n").message.contains("sync.send_rate must be between 1000 and 10000000"));
 }
 
 #[test]

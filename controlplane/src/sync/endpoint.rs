@@ -178,7 +178,7 @@ impl Endpoint {
             }
             _ => UdpSocket::bind(cfg.listen)?,
         };
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        sock.set_read_timeout(Some(WAIT))?;
         let local = sock.local_addr()?;
         let status = Arc::new(Mutex::new(Status { active: cfg.role == Role::Active, ..Status::default() }));
         let (tx, rx) = crossbeam_channel::bounded(8);
@@ -276,6 +276,47 @@ struct Loop {
     one: Vec<u8>,
     last_expiry: Instant,
     took_over: bool,
+    /// NOTRACK and ALARM: the pace of data messages (`send_rate`); `None` in FTFW,
+    /// where the peer's ACKs pace them.
+    pace: Option<Pace>,
+}
+
+/// How long the loop waits for a datagram: 20 ms, or 1 ms while paced messages wait,
+/// so that they go out in small bursts. The short wait is a sleep, not the socket's
+/// timeout: that counts in jiffies (a 1 ms timeout waited 8 ms here, HZ=250).
+const WAIT: Duration = Duration::from_millis(20);
+const PACED_WAIT: Duration = Duration::from_millis(1);
+
+/// A token bucket of messages: `rate` a second, at most five milliseconds' worth at
+/// once (500 messages, ~23 datagrams, at the default rate: a burst a receiver's
+/// default socket buffer takes whole).
+#[derive(Debug)]
+struct Pace {
+    rate: f64,
+    budget: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(rate: u32, now: Instant) -> Pace {
+        Pace { rate: f64::from(rate), budget: 0.0, at: now }
+    }
+
+    fn burst(&self) -> f64 {
+        (self.rate * 0.005).max(1.0)
+    }
+
+    /// Messages that may go now.
+    fn allowed(&mut self, now: Instant) -> usize {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.budget = (self.budget + dt * self.rate).min(self.burst());
+        self.budget as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.budget = (self.budget - n as f64).max(0.0);
+    }
 }
 
 impl Loop {
@@ -287,6 +328,7 @@ impl Loop {
         // A sweep makes a message for every flow and one for every flow gone: twice the
         // tables at most (`cache_limit` is what they hold).
         let backlog_limit = cfg.cache_limit.saturating_mul(2).max(2 * WINDOW_MAX);
+        let (cfg_mode, send_rate) = (cfg.mode, cfg.send_rate);
         Loop {
             sender: Sender::new(first, limit),
             receiver: Receiver::new(cfg.ack_window),
@@ -313,6 +355,7 @@ impl Loop {
             one: Vec::with_capacity(256),
             last_expiry: Instant::now(),
             took_over: false,
+            pace: (cfg_mode != SyncMode::Ftfw).then(|| Pace::new(send_rate, Instant::now())),
         }
     }
 
@@ -395,8 +438,13 @@ impl Loop {
         let mut buf = [0u8; 65536];
         // The first read waits (up to the socket's 20 ms); the rest take what is there,
         // so that the ACKs they make go out at once. Waiting after each datagram held
-        // every ACK back 20 ms, and the sender's window with it.
+        // every ACK back 20 ms, and the sender's window with it. While paced messages
+        // wait, the loop sleeps 1 ms and takes what came meanwhile.
         let mut waiting = true;
+        if self.pace.is_some() && !self.backlog.is_empty() {
+            std::thread::sleep(PACED_WAIT);
+            waiting = self.sock.set_nonblocking(true).is_err();
+        }
         for _ in 0..READ_BURST {
             let got = self.sock.recv_from(&mut buf);
             if waiting && got.is_ok() {
@@ -651,13 +699,22 @@ impl Loop {
         }
     }
 
-    /// Numbers and sends waiting data messages while fewer than `window` wait for the
-    /// peer's ACK.
+    /// Numbers and sends waiting data messages: in FTFW while fewer than `window` wait
+    /// for the peer's ACK, in NOTRACK and ALARM as `send_rate` allows.
     fn pump(&mut self, now: Instant) {
-        while self.sender.queued() < self.window {
+        let allowed = match &mut self.pace {
+            Some(p) if !self.backlog.is_empty() => p.allowed(now),
+            _ => usize::MAX,
+        };
+        let mut sent = 0;
+        while sent < allowed && self.sender.queued() < self.window {
             let Some(m) = self.backlog.pop_front() else { break };
             let m = self.sender.data(m, now);
             self.queue(&m);
+            sent += 1;
+        }
+        if let Some(p) = &mut self.pace {
+            p.spend(sent);
         }
     }
 
@@ -750,4 +807,27 @@ pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
         v["vlan"] = json!([f.vlan & 0xfff, f.vlan >> 12]);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_allows_the_rate_and_no_more_than_five_milliseconds_at_once() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(100_000, t0);
+        assert_eq!(p.allowed(t0), 0, "nothing before time has passed");
+        assert_eq!(p.allowed(t0 + Duration::from_millis(1)), 100);
+        p.spend(60);
+        assert_eq!(p.allowed(t0 + Duration::from_millis(2)), 140, "what was not spent is kept");
+        p.spend(140);
+        assert_eq!(p.allowed(t0 + Duration::from_secs(10)), 500, "a long pause gives one burst, not ten seconds' worth");
+        p.spend(1000);
+        assert_eq!(p.allowed(t0 + Duration::from_secs(10)), 0, "overspending cannot go below nothing");
+        // A clock that does not move, or a rate too small for a message in a burst.
+        assert_eq!(p.allowed(t0), 0);
+        let mut slow = Pace::new(1000, t0);
+        assert_eq!(slow.allowed(t0 + Duration::from_secs(1)), 5);
+    }
 }

@@ -499,6 +499,7 @@ fn a_notrack_sweep_is_paced_and_reaches_the_standby_whole() {
     let sa = a.status_json();
     eprintln!("{MANY} flows in {:.2} s; active: {sa}\nstandby: {}", took.as_secs_f64(), b.status_json());
     assert_eq!((sa["sweeps"].as_u64(), sa["messages_sent"].as_u64()), (Some(1), Some(u64::from(MANY))), "one sweep, sent once: {sa}");
+    assert_eq!((b.status_json()["messages_lost"].as_u64(), sa["messages_lost"].as_u64()), (Some(0), Some(0)), "no gap in either numbering");
     // 10,000 a second (well within what a debug build's receiver takes on a loaded
     // machine), at most 50 at once: 30,000 take at least 2.995 s.
     assert!(took >= Duration::from_millis(2995), "paced: {took:?}");

@@ -71,6 +71,8 @@ pub struct Status {
     pub malformed: u64,
     /// Datagrams from any address but `sync.peer`: not read, only counted.
     pub strangers: u64,
+    /// The socket's receive buffer in bytes, as the kernel reports it.
+    pub recv_buffer: usize,
     pub expectations_ignored: u64,
     /// Flows the peer sent that did not fit in the cache (`sync.cache_limit`).
     pub cache_full: u64,
@@ -121,6 +123,7 @@ impl Status {
             "messages_lost": self.receiver.lost,
             "malformed": self.malformed,
             "strangers": self.strangers,
+            "recv_buffer": self.recv_buffer,
             "expectations_ignored": self.expectations_ignored,
             "cache_full": self.cache_full,
             "resend_queue": self.resend_queue,
@@ -179,8 +182,22 @@ impl Endpoint {
             _ => UdpSocket::bind(cfg.listen)?,
         };
         sock.set_read_timeout(Some(WAIT))?;
+        // A receive buffer that holds a few hundred milliseconds of the peer's sweep:
+        // the default (~208 KiB, ~90 datagrams) overflowed whenever this thread was
+        // off its core for a few ms during a NOTRACK sweep. The kernel caps it at
+        // net.core.rmem_max; what it granted is shown.
+        let sr = socket2::SockRef::from(&sock);
+        let _ = sr.set_recv_buffer_size(RECV_BUFFER);
+        let recv_buffer = sr.recv_buffer_size().unwrap_or(0);
+        if recv_buffer < RECV_BUFFER {
+            eprintln!(
+                "holdfast: sync: the receive buffer is {} KiB, not the {} KiB asked for: raise net.core.rmem_max, or a peer's sweep may overflow it",
+                recv_buffer / 1024,
+                RECV_BUFFER / 1024
+            );
+        }
         let local = sock.local_addr()?;
-        let status = Arc::new(Mutex::new(Status { active: cfg.role == Role::Active, ..Status::default() }));
+        let status = Arc::new(Mutex::new(Status { active: cfg.role == Role::Active, recv_buffer, ..Status::default() }));
         let (tx, rx) = crossbeam_channel::bounded(8);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut l = Loop::new(cfg, sock, tables, Arc::clone(&status));
@@ -279,13 +296,42 @@ struct Loop {
     /// NOTRACK and ALARM: the pace of data messages (`send_rate`); `None` in FTFW,
     /// where the peer's ACKs pace them.
     pace: Option<Pace>,
+    numbering: Numbering,
 }
+
+/// The sync socket's receive buffer asked for, in bytes (the kernel doubles what it
+/// is given for its bookkeeping, and caps it at `net.core.rmem_max`).
+const RECV_BUFFER: usize = 4 << 20;
 
 /// How long the loop waits for a datagram: 20 ms, or 1 ms while paced messages wait,
 /// so that they go out in small bursts. The short wait is a sleep, not the socket's
 /// timeout: that counts in jiffies (a 1 ms timeout waited 8 ms here, HZ=250).
 const WAIT: Duration = Duration::from_millis(20);
 const PACED_WAIT: Duration = Duration::from_millis(1);
+
+/// NOTRACK and ALARM: the peer's numbering, to count what a gap in it says was lost
+/// (nothing resends it there, but the operator must see it: `messages_lost`).
+#[derive(Debug, Default)]
+struct Numbering {
+    next: Option<u32>,
+}
+
+impl Numbering {
+    /// Messages lost before this one. A HELLO starts the numbering over (the peer
+    /// restarted); a number behind the expected one (reordered, or a duplicate) says
+    /// nothing lost and does not move the expectation back.
+    fn lost(&mut self, seq: u32, hello: bool) -> u32 {
+        let lost = match self.next {
+            Some(next) if !hello => seq.wrapping_sub(next),
+            _ => 0,
+        };
+        if lost >= 1 << 31 {
+            return 0;
+        }
+        self.next = Some(seq.wrapping_add(1));
+        lost
+    }
+}
 
 /// A token bucket of messages: `rate` a second, at most five milliseconds' worth at
 /// once (500 messages, ~23 datagrams, at the default rate: a burst a receiver's
@@ -356,6 +402,7 @@ impl Loop {
             last_expiry: Instant::now(),
             took_over: false,
             pace: (cfg_mode != SyncMode::Ftfw).then(|| Pace::new(send_rate, Instant::now())),
+            numbering: Numbering::default(),
         }
     }
 
@@ -498,6 +545,7 @@ impl Loop {
                 } else {
                     self.receiver.last_heard = Some(now);
                     self.receiver.stats.received += 1;
+                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, flags & flag::HELLO != 0));
                     true
                 };
                 if apply {
@@ -520,6 +568,7 @@ impl Loop {
                     }
                 } else {
                     self.receiver.last_heard = Some(now);
+                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, flags & flag::HELLO != 0));
                 }
                 match self.sender.control(&m) {
                     Reply::None => {}
@@ -527,8 +576,11 @@ impl Loop {
                     Reply::Send(again) => self.send_again(again, now),
                 }
             }
-            Message::Expectation { .. } => {
+            Message::Expectation { seq } => {
                 self.receiver.last_heard = Some(now);
+                if self.cfg.mode != SyncMode::Ftfw {
+                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, false));
+                }
                 self.status.lock().unwrap_or_else(|p| p.into_inner()).expectations_ignored += 1;
             }
         }
@@ -812,6 +864,21 @@ pub fn flow_json(f: &SyncedFlow, left_s: u32) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_in_the_numbering_counts_what_it_lost_and_nothing_else() {
+        let mut n = Numbering::default();
+        assert_eq!(n.lost(1000, true), 0, "the first message sets the numbering");
+        assert_eq!(n.lost(1001, false), 0);
+        assert_eq!(n.lost(1005, false), 3, "1002..=1004");
+        assert_eq!(n.lost(1003, false), 0, "late: not lost, and the expectation stays");
+        assert_eq!(n.lost(1005, false), 0, "a duplicate");
+        assert_eq!(n.lost(1006, false), 0);
+        assert_eq!(n.lost(7, true), 0, "a HELLO: the peer restarted, numbering anew");
+        assert_eq!(n.lost(8, false), 0);
+        let mut w = Numbering { next: Some(u32::MAX - 1) };
+        assert_eq!(w.lost(1, false), 3, "across the wrap: MAX-1, MAX, 0");
+    }
 
     #[test]
     fn the_pace_allows_the_rate_and_no_more_than_five_milliseconds_at_once() {

@@ -231,6 +231,22 @@ fn big_engine(capacity: usize) -> Engine {
     )
 }
 
+/// An active endpoint whose table holds `flows` connections when it starts (so its
+/// first sweep sends them all) and a standby, both with `cfg` changed by `tune`; and
+/// when the active started.
+fn swept_at_start(flows: u32, tune: impl Fn(Sync) -> Sync) -> (Endpoint, Endpoint, Instant) {
+    let start = Instant::now();
+    let active_e = Arc::new(Mutex::new(big_engine(65_536)));
+    connect(&mut active_e.lock().unwrap(), start, 0..flows);
+    let standby_e = Arc::new(Mutex::new(big_engine(65_536)));
+    let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let b_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let b = Endpoint::start(tune(cfg(b_addr, a_addr, Role::Standby)), Box::new(Mem { e: standby_e, start })).unwrap();
+    let t = Instant::now();
+    let a = Endpoint::start(tune(cfg(a_addr, b_addr, Role::Active)), Box::new(Mem { e: active_e, start })).unwrap();
+    (a, b, t)
+}
+
 /// A table of 50,000 flows, twelve times the resend queue, swept at start: all of it
 /// reaches the standby, nothing falls out of the resend queue. The sweep used to go
 /// out at once: the standby's socket buffer took a fraction, the queue kept the last
@@ -239,16 +255,7 @@ fn big_engine(capacity: usize) -> Engine {
 #[test]
 fn a_sweep_many_times_the_resend_queue_reaches_the_standby_whole() {
     const MANY: u32 = 50_000;
-    let start = Instant::now();
-    let active_e = Arc::new(Mutex::new(big_engine(65_536)));
-    connect(&mut active_e.lock().unwrap(), start, 0..MANY);
-    let standby_e = Arc::new(Mutex::new(big_engine(65_536)));
-    let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let b_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let small = |c: Sync| Sync { resend_queue: 4096, ..c };
-    let b = Endpoint::start(small(cfg(b_addr, a_addr, Role::Standby)), Box::new(Mem { e: Arc::clone(&standby_e), start })).unwrap();
-    let t = Instant::now();
-    let a = Endpoint::start(small(cfg(a_addr, b_addr, Role::Active)), Box::new(Mem { e: Arc::clone(&active_e), start })).unwrap();
+    let (a, b, t) = swept_at_start(MANY, |c| Sync { resend_queue: 4096, ..c });
     let mut most = 0;
     wait_for("every flow in the standby's cache", 60, || {
         let s = a.status_json();
@@ -484,16 +491,7 @@ mod pair {
 #[test]
 fn a_notrack_sweep_is_paced_and_reaches_the_standby_whole() {
     const MANY: u32 = 30_000;
-    let start = Instant::now();
-    let active_e = Arc::new(Mutex::new(big_engine(65_536)));
-    connect(&mut active_e.lock().unwrap(), start, 0..MANY);
-    let standby_e = Arc::new(Mutex::new(big_engine(65_536)));
-    let a_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let b_addr: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let notrack = |c: Sync| Sync { mode: SyncMode::Notrack, send_rate: 10_000, ..c };
-    let b = Endpoint::start(notrack(cfg(b_addr, a_addr, Role::Standby)), Box::new(Mem { e: Arc::clone(&standby_e), start })).unwrap();
-    let t = Instant::now();
-    let a = Endpoint::start(notrack(cfg(a_addr, b_addr, Role::Active)), Box::new(Mem { e: Arc::clone(&active_e), start })).unwrap();
+    let (a, b, t) = swept_at_start(MANY, |c| Sync { mode: SyncMode::Notrack, send_rate: 10_000, ..c });
     wait_for("every flow in the standby's cache", 60, || b.external().len() == MANY as usize);
     let took = t.elapsed();
     let sa = a.status_json();

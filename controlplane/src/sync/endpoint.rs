@@ -374,7 +374,7 @@ impl Loop {
         // A sweep makes a message for every flow and one for every flow gone: twice the
         // tables at most (`cache_limit` is what they hold).
         let backlog_limit = cfg.cache_limit.saturating_mul(2).max(2 * WINDOW_MAX);
-        let (cfg_mode, send_rate) = (cfg.mode, cfg.send_rate);
+        let pace = (cfg.mode != SyncMode::Ftfw).then(|| Pace::new(cfg.send_rate, Instant::now()));
         Loop {
             sender: Sender::new(first, limit),
             receiver: Receiver::new(cfg.ack_window),
@@ -401,7 +401,7 @@ impl Loop {
             one: Vec::with_capacity(256),
             last_expiry: Instant::now(),
             took_over: false,
-            pace: (cfg_mode != SyncMode::Ftfw).then(|| Pace::new(send_rate, Instant::now())),
+            pace,
             numbering: Numbering::default(),
         }
     }
@@ -521,6 +521,11 @@ impl Loop {
     }
 
     fn message(&mut self, m: Message, now: Instant) {
+        let hello = matches!(&m, Message::Flow { flags, .. } | Message::Ctl { flags, .. } if flags & flag::HELLO != 0);
+        if self.cfg.mode != SyncMode::Ftfw {
+            // FTFW's receiver tracks the numbering itself (and asks for what is lost).
+            self.receiver.stats.lost += u64::from(self.numbering.lost(m.seq(), hello));
+        }
         if let Message::Flow { flags, .. } | Message::Ctl { flags, .. } = &m {
             self.sender.heard(*flags);
             if flags & flag::HELLO == 0 {
@@ -545,7 +550,6 @@ impl Loop {
                 } else {
                     self.receiver.last_heard = Some(now);
                     self.receiver.stats.received += 1;
-                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, flags & flag::HELLO != 0));
                     true
                 };
                 if apply {
@@ -568,7 +572,6 @@ impl Loop {
                     }
                 } else {
                     self.receiver.last_heard = Some(now);
-                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, flags & flag::HELLO != 0));
                 }
                 match self.sender.control(&m) {
                     Reply::None => {}
@@ -576,11 +579,8 @@ impl Loop {
                     Reply::Send(again) => self.send_again(again, now),
                 }
             }
-            Message::Expectation { seq } => {
+            Message::Expectation { .. } => {
                 self.receiver.last_heard = Some(now);
-                if self.cfg.mode != SyncMode::Ftfw {
-                    self.receiver.stats.lost += u64::from(self.numbering.lost(seq, false));
-                }
                 self.status.lock().unwrap_or_else(|p| p.into_inner()).expectations_ignored += 1;
             }
         }

@@ -568,6 +568,17 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
     let out = lab.hf(&["flows"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("worker 1 is stalled"), "{out:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
+    // A reload is refused before any worker is told: worker 0 would otherwise run the
+    // new configuration and worker 1 (its queue still taking commands) never would.
+    let t = Instant::now();
+    let out = lab.hf(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(err.contains("reload rejected, the running configuration stays") && err.contains("worker 1 is stalled"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let s = lab.status();
+    assert_eq!(s["generation"], 0, "{s}");
+    assert_eq!(s["workers"][0]["generation"], 0, "worker 0 was not told: {s}");
     // The watchdog is no longer fed (systemd would restart the service).
     std::thread::sleep(Duration::from_millis(300));
     let quiet = Instant::now();

@@ -115,6 +115,11 @@ impl Commander {
         self.to.get(w).is_some_and(|t| t.try_send(c).is_ok())
     }
 
+    /// Whether worker `w`'s queue has room for a command now (false for no such worker).
+    pub fn has_room(&self, w: usize) -> bool {
+        self.to.get(w).is_some_and(|t| !t.is_full())
+    }
+
     /// Takes worker `w`'s table while it runs (`Command::Export`): hands each chunk to
     /// `f` until the worker says it is done, waiting at most `wait` for each. The
     /// worker paces itself by the bounded channel and never waits on the caller.

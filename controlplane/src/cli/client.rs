@@ -183,8 +183,8 @@ impl ClientCmd {
             }
             ClientCmd::Reload(r) => {
                 let v = client::reload(&target(&r.c)?, !r.no_wait).map_err(|e| match e {
-                    // The appliance said no: the running configuration stays.
-                    ClientError::Refused { message, .. } => Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{message}")),
+                    // The appliance said no, and whether the running configuration stays.
+                    ClientError::Refused { message, .. } => Error::Refused(format!("holdfast: {message}")),
                     ClientError::Status { code: 401 | 403, .. } => Error::Refused(format!("holdfast: reload rejected, the running configuration stays:\n{e}")),
                     e => Error::failed("reload", e),
                 })?;

@@ -446,11 +446,13 @@ impl Appliance {
         v.snaps = snaps;
     }
 
-    /// Re-reads the file; applies it or leaves everything as it was. Tells systemd, the
+    /// Re-reads the file; applies it or leaves everything as it was (the one exception,
+    /// a queue that filled while the commands went out, says so). Tells systemd, the
     /// log and the view.
     fn reload(&mut self) -> Result<Value, String> {
         notify::reloading(false);
-        let result = self.reloader.reload(&self.running.commander());
+        let stalled = self.view.read().unwrap_or_else(|p| p.into_inner()).stalled.clone();
+        let result = self.reloader.reload(&self.running.commander(), &stalled);
         notify::reloading(true);
         let at = view::rfc3339(SystemTime::now());
         match result {
@@ -470,10 +472,18 @@ impl Appliance {
                 Ok(r)
             }
             Err(e) => {
-                let e = e.to_string();
-                eprintln!("holdfast: reload rejected, the running configuration stays:\n{e}");
+                let spent = matches!(e, reload::ReloadError::Stuck { .. }).then(|| self.reloader.generation());
+                let e = match spent {
+                    Some(_) => format!("reload PARTLY applied, workers now differ: {e}"),
+                    None => format!("reload rejected, the running configuration stays:\n{e}"),
+                };
+                eprintln!("holdfast: {e}");
                 let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
                 v.reload_failures += 1;
+                if let Some(g) = spent {
+                    // `applied_by_all_workers` then reads false until a reload succeeds.
+                    v.generation = g;
+                }
                 v.last_reload = Some(json!({"ok": false, "error": e, "at": at}));
                 Err(e)
             }

@@ -18,6 +18,8 @@ pub trait Workers {
     /// Hands worker `w` a command without waiting; false when its queue is full or it
     /// has stopped.
     fn send(&self, w: usize, c: Command) -> bool;
+    /// Whether worker `w`'s queue has room for a command now.
+    fn has_room(&self, w: usize) -> bool;
 }
 
 impl Workers for Commander {
@@ -26,6 +28,9 @@ impl Workers for Commander {
     }
     fn send(&self, w: usize, c: Command) -> bool {
         Commander::send(self, w, c)
+    }
+    fn has_room(&self, w: usize) -> bool {
+        Commander::has_room(self, w)
     }
 }
 
@@ -36,8 +41,20 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Token(#[from] config::TokenError),
-    #[error("worker {worker} did not take the new configuration within {} s (stopped or stuck); generations now differ between workers", .waited.as_secs_f64())]
-    Stuck { worker: usize, waited: Duration },
+    /// Found before any worker was told: nothing changed.
+    #[error("worker {worker} is stalled (no heartbeat for a second or more; see /status): it could not take the new configuration, so no worker is given it")]
+    Stalled { worker: usize },
+    /// Found before any worker was told: nothing changed.
+    #[error("worker {worker}'s command queue stayed full for {} s (stuck or overloaded): no worker is given the new configuration", .waited.as_secs_f64())]
+    Busy { worker: usize, waited: Duration },
+    /// A queue that had room filled up while the commands went out (another thread
+    /// sent to it meanwhile): workers before it run the new configuration. The
+    /// generation is spent, so that its number never names two configurations.
+    #[error(
+        "worker {worker} did not take the new configuration within {} s although its queue had room a moment before; workers {took:?} run generation {generation}, the others the one before it: reload again",
+        .waited.as_secs_f64()
+    )]
+    Stuck { worker: usize, waited: Duration, generation: u64, took: Vec<usize> },
 }
 
 /// What a reload applied.
@@ -79,8 +96,10 @@ impl Reloader {
     }
 
     /// Re-reads the file and hands it to every worker. A file that does not load (or
-    /// whose token file does not read) changes nothing.
-    pub fn reload(&mut self, workers: &dyn Workers) -> Result<Applied, ReloadError> {
+    /// whose token file does not read) changes nothing; nor does a worker in `stalled`
+    /// or one whose queue stays full: every worker runs one configuration, or the
+    /// reload is refused before any is told.
+    pub fn reload(&mut self, workers: &dyn Workers, stalled: &[usize]) -> Result<Applied, ReloadError> {
         let new = config::load(&self.path)?;
         // The token is re-read; a bad token file rejects the reload.
         let token = match &new.control.token_file {
@@ -103,12 +122,26 @@ impl Reloader {
         let rate = if log_now { new.log.rate_limit } else { 0 };
         let recheck = new.on_reload == OnReload::Recheck;
         let n = workers.count();
+        // A stalled worker would queue the command and never run it (the reload would
+        // read as applied); a full queue would take it from some workers and not from
+        // the rest. Both are refused before anything is sent.
+        if let Some(&w) = stalled.iter().min() {
+            return Err(ReloadError::Stalled { worker: w });
+        }
+        let start = Instant::now();
+        while let Some(w) = (0..n).find(|&w| !workers.has_room(w)) {
+            if start.elapsed() > self.take_timeout {
+                return Err(ReloadError::Busy { worker: w, waited: self.take_timeout });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for w in 0..n {
             let cmd = || Command::Reconfigure { generation, engine: new.engine, policy: Arc::clone(&new.classifier), recheck, log_rate: run::share(rate, n) };
             let start = Instant::now();
             while !workers.send(w, cmd()) {
                 if start.elapsed() > self.take_timeout {
-                    return Err(ReloadError::Stuck { worker: w, waited: self.take_timeout });
+                    self.generation = generation;
+                    return Err(ReloadError::Stuck { worker: w, waited: self.take_timeout, generation, took: (0..w).collect() });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -126,15 +159,17 @@ mod tests {
     use std::cell::RefCell;
 
     /// Workers that record what they are handed; `refuse` makes worker 1 never take
-    /// anything (stuck).
+    /// anything (stuck), and `full` says so of its queue beforehand (without it, the
+    /// queue seems to have room and fills as the commands go out).
     struct Fake {
         got: Vec<RefCell<Vec<(u64, bool, u32)>>>,
         refuse: bool,
+        full: bool,
     }
 
     impl Fake {
         fn new(n: usize) -> Fake {
-            Fake { got: (0..n).map(|_| RefCell::new(Vec::new())).collect(), refuse: false }
+            Fake { got: (0..n).map(|_| RefCell::new(Vec::new())).collect(), refuse: false, full: false }
         }
     }
 
@@ -150,6 +185,9 @@ mod tests {
                 self.got[w].borrow_mut().push((generation, recheck, log_rate));
             }
             true
+        }
+        fn has_room(&self, w: usize) -> bool {
+            !(self.full && w == 1)
         }
     }
 
@@ -170,7 +208,7 @@ mod tests {
         let mut r = Reloader::new(&path, config::load(&path).unwrap());
         let w = Fake::new(3);
         std::fs::write(&path, BASE.replace("capacity: 1000", "capacity: 2000").replace("policy:\n", "policy:\n  on_reload: recheck\n")).unwrap();
-        let a = r.reload(&w).unwrap();
+        let a = r.reload(&w, &[]).unwrap();
         assert_eq!((a.generation, a.recheck), (1, true));
         assert_eq!(a.restart_needed, vec!["conntrack.capacity: 1000 -> 2000".to_string()]);
         for g in &w.got {
@@ -189,32 +227,52 @@ mod tests {
         let mut r = Reloader::new(&path, config::load(&path).unwrap());
         let w = Fake::new(2);
         std::fs::write(&path, BASE.replace("capacity: 1000", "capacity: 1000, colour: blue")).unwrap();
-        let e = r.reload(&w).unwrap_err();
+        let e = r.reload(&w, &[]).unwrap_err();
         assert!(matches!(&e, ReloadError::Config(c) if c.line == 1), "{e}");
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
         assert!(w.got.iter().all(|g| g.borrow().is_empty()), "no worker was told anything");
         assert_eq!(r.generation(), 0);
         // A token file that does not read rejects the reload too.
         std::fs::write(&path, BASE.to_string() + "control: { token_file: missing.token }\n").unwrap();
-        assert!(matches!(r.reload(&w), Err(ReloadError::Token(t)) if t.path.ends_with("missing.token")));
+        assert!(matches!(r.reload(&w, &[]), Err(ReloadError::Token(t)) if t.path.ends_with("missing.token")));
         assert_eq!(r.generation(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
-    fn a_stuck_worker_is_named_and_the_wait_is_bounded() {
+    fn a_stalled_or_full_worker_refuses_the_reload_before_any_worker_is_told() {
         let d = dir("stuck");
         let path = d.join("hf.yaml");
         std::fs::write(&path, BASE).unwrap();
         let mut r = Reloader::new(&path, config::load(&path).unwrap());
         r.take_timeout = Duration::from_millis(50);
-        let mut w = Fake::new(2);
-        w.refuse = true;
+        std::fs::write(&path, BASE.replace("dst_port: 80", "dst_port: 443")).unwrap();
+        // Stalled: its queue has room, but it would never run the command.
+        let w = Fake::new(3);
+        let e = r.reload(&w, &[2, 1]).unwrap_err();
+        assert!(matches!(e, ReloadError::Stalled { worker: 1 }), "{e}");
+        assert!(w.got.iter().all(|g| g.borrow().is_empty()), "no worker was told anything");
+        // Full for longer than the wait: refused, bounded, nobody told.
+        let mut w = Fake::new(3);
+        (w.refuse, w.full) = (true, true);
         let t = Instant::now();
-        let e = r.reload(&w).unwrap_err();
-        assert!(matches!(e, ReloadError::Stuck { worker: 1, .. }), "{e}");
+        let e = r.reload(&w, &[]).unwrap_err();
+        assert!(matches!(e, ReloadError::Busy { worker: 1, .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(1));
-        assert_eq!(r.generation(), 0, "not every worker runs it: the generation stays");
+        assert!(w.got.iter().all(|g| g.borrow().is_empty()), "worker 0 was not told either");
+        assert_eq!(r.generation(), 0, "nothing changed");
+        // Room a moment before, then full as the commands go out: said as it is, and the
+        // generation's number is not given to another configuration.
+        w.full = false;
+        let e = r.reload(&w, &[]).unwrap_err();
+        match &e {
+            ReloadError::Stuck { worker: 1, generation: 1, took, .. } => assert_eq!(took, &[0]),
+            e => panic!("{e}"),
+        }
+        assert_eq!(*w.got[0].borrow(), vec![(1, false, 0)]);
+        assert_eq!(r.generation(), 1, "generation 1 is spent");
+        let w = Fake::new(3);
+        assert_eq!(r.reload(&w, &[]).unwrap().generation, 2, "the next reload reaches every worker as a new generation");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

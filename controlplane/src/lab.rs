@@ -247,10 +247,19 @@ fn interrupted() -> Result<(), LabError> {
 
 /// Starts `holdfast run --config cfg` in hf-fw (the last of `g`'s children) and waits
 /// until it has attached XDP to both interfaces; its standard error if it stops first.
+/// Its standard error goes to `appliance.err` in the lab's directory (nothing reads a
+/// pipe while the lab runs, and none is left when `--keep` has ended the lab's
+/// process); with `--keep` its standard output, the summary at its stop, goes to
+/// `appliance.out` there.
 fn start_appliance(g: &mut Guard, exe: &Path, cfg: &Path) -> Result<(), LabError> {
+    let file = |name: &str| {
+        let p = g.dir.join(name);
+        std::fs::File::create(&p).map_err(LabError::io(p.display()))
+    };
+    let out: Stdio = if g.keep { file("appliance.out")?.into() } else { Stdio::piped() };
     let appliance = in_ns("hf-fw", &[&exe.to_string_lossy(), "run", "--config", &cfg.to_string_lossy(), "--json", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out)
+        .stderr(file("appliance.err")?)
         .spawn()
         .map_err(LabError::io("starting the appliance"))?;
     g.children.push(appliance);
@@ -258,11 +267,7 @@ fn start_appliance(g: &mut Guard, exe: &Path, cfg: &Path) -> Result<(), LabError
     while !(xdp_attached("hf-out0") && xdp_attached("hf-in0")) {
         interrupted()?;
         if let Ok(Some(st)) = g.children.last_mut().expect("appliance").try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = g.children.last_mut().and_then(|c| c.stderr.take()) {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
+            let err = std::fs::read_to_string(g.dir.join("appliance.err")).unwrap_or_default();
             return Err(LabError::ApplianceStopped { status: st, stderr: err.trim().to_string() });
         }
         if Instant::now() > deadline {
@@ -276,7 +281,7 @@ fn start_appliance(g: &mut Guard, exe: &Path, cfg: &Path) -> Result<(), LabError
 /// Stops the appliance the way an operator does (SIGTERM: it drains and detaches) and
 /// returns its final counters: the last JSON line of its output with `totals` (a
 /// config without a deny log file writes denials there too), or `{"error": stderr}`.
-fn stop_appliance(app: Child) -> Result<Value, LabError> {
+fn stop_appliance(app: Child, dir: &Path) -> Result<Value, LabError> {
     // Through kill(1): the pid is all it needs.
     let _ = Command::new("kill").args(["-TERM", &app.id().to_string()]).status();
     let out = app.wait_with_output().map_err(LabError::io("waiting for the appliance"))?;
@@ -286,7 +291,7 @@ fn stop_appliance(app: Child) -> Result<Value, LabError> {
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v.get("totals").is_some())
-        .unwrap_or_else(|| json!({"error": String::from_utf8_lossy(&out.stderr)})))
+        .unwrap_or_else(|| json!({"error": std::fs::read_to_string(dir.join("appliance.err")).unwrap_or_default()})))
 }
 
 /// The appliance's config for `workers` workers.
@@ -374,11 +379,12 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, LabError> {
         })
     };
     if opts.keep {
-        let v = report(Value::Null, false);
+        let mut v = report(Value::Null, false);
+        v["dir"] = json!(dir);
         std::mem::forget(g);
         return Ok(v);
     }
-    let appliance = stop_appliance(g.children.pop().expect("appliance"))?;
+    let appliance = stop_appliance(g.children.pop().expect("appliance"), &dir)?;
     let detached = !xdp_attached("hf-out0") && !xdp_attached("hf-in0");
     // configs/lab.yaml logs denials next to the config, in the lab's directory.
     let log = std::fs::read_to_string(dir.join("denials.log")).unwrap_or_default();

@@ -8,6 +8,7 @@ pub mod control;
 pub mod demo;
 pub mod lab;
 pub mod load;
+pub mod logline;
 pub mod replay;
 pub mod report;
 pub mod state;

@@ -4,6 +4,7 @@
 
 mod cli;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,7 +16,9 @@ fn main() -> ExitCode {
     match cli::args::Cli::parse().cmd.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            // Not `eprintln!`: with standard error gone it would panic, and the exit
+            // code would be 101 instead of the error's.
+            let _ = writeln!(std::io::stderr(), "{e}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -101,6 +101,11 @@ impl Lab {
     /// Starts the appliance on `hf.yaml` and waits for its endpoint.
     fn start(&mut self, env: &[(&str, &str)]) {
         let err = std::fs::File::create(self.dir.join("stderr.txt")).unwrap();
+        self.start_with(env, err.into());
+    }
+
+    /// [`Lab::start`] with standard error to `err`.
+    fn start_with(&mut self, env: &[(&str, &str)], err: Stdio) {
         let mut c = self.ns("hf-fw", &[HF, "run", "--json", "--quiet", "--config", &self.dir.join("hf.yaml").to_string_lossy()]);
         for (k, v) in env {
             c.env(k, v);
@@ -608,6 +613,44 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
         let link = ok(&lab.ns("hf-fw", &["ip", "link", "show", dev]).output().unwrap());
         assert!(!link.contains("xdp"), "XDP left on {dev}: {link}");
     }
+}
+
+/// Standard error's reader gone (`holdfast run 2>&1 | tee …` with tee stopped, a
+/// terminal hung up, the lab's `--keep` process ended): the appliance's next log line
+/// — here a reload's — used to panic the control loop, and the process died without
+/// saving its tables. Now it runs on: the line is counted as lost, `stderr_write` is
+/// raised where an operator still sees it, the reload is applied, traffic passes and
+/// SIGTERM still ends it cleanly, with its summary.
+#[test]
+fn a_log_nobody_reads_any_more_is_a_fault_not_the_end() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("stderr", 1);
+    lab.web_server("10.0.2.1");
+    lab.write_config(&lab.config(WEB, ""));
+    let (reader, writer) = std::io::pipe().unwrap();
+    lab.start_with(&[], writer.into());
+    drop(reader); // (the test's own copy of the writer went with `start_with`)
+    let _ = Command::new("kill").args(["-HUP", &lab.app.as_ref().unwrap().id().to_string()]).status();
+    let t = Instant::now();
+    let s = loop {
+        let s = lab.status();
+        if s["generation"] == 1 && s["saturation"].as_array().unwrap().iter().any(|e| e["event"] == "stderr_write") {
+            break s;
+        }
+        assert!(lab.app.as_mut().unwrap().try_wait().unwrap().is_none(), "the appliance died of a log line nobody reads");
+        assert!(t.elapsed() < Duration::from_secs(5), "no reload or no stderr_write fault: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(s["stderr_lines_lost"].as_u64().unwrap() >= 1, "{s}");
+    let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
+    assert!(metrics.contains("holdfast_saturation_active{reason=\"stderr_write\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("holdfast_stderr_lines_lost_total ") && !l.ends_with(" 0")), "{metrics}");
+    let page = ok(&lab.ns("hf-out", &["curl", "-s", "-m", "5", "http://10.0.2.1/"]).output().unwrap());
+    assert!(!page.is_empty(), "traffic still passes");
+    let fin = lab.stop();
+    assert!(fin["stderr_lines_lost"].as_u64().unwrap() >= 1, "{fin}");
+    assert_eq!(fin["generation"], 1, "{fin}");
 }
 
 /// An interface deleted under the running appliance: a fault in the log, `/status` and

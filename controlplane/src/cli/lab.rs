@@ -135,7 +135,8 @@ impl LabArgs {
         if self.json {
             println!("{v}");
         } else if self.keep {
-            println!("holdfast lab: running; try `ip netns exec hf-out curl http://10.0.2.1/`; remove with `holdfast lab down`");
+            let dir = v["dir"].as_str().unwrap_or("?");
+            println!("holdfast lab: running; try `ip netns exec hf-out curl http://10.0.2.1/`; its log: {dir}/appliance.err; remove with `holdfast lab down`");
         } else {
             println!("{}", lab::human(&v));
         }

@@ -11,11 +11,11 @@ impl RunArgs {
         let opts =
             control::Options { json: self.json, duration: self.duration.map(Into::into), quiet: self.quiet, seed: holdfast_dataplane::sys::random_seed() };
         let v = control::serve(&self.config, cfg, &opts).map_err(|e| Error::failed("run", e))?;
-        if self.json {
-            println!("{v}");
-        } else {
-            println!("{}", control::report::human(&v));
-        }
+        // The tables are saved by now; a standard output nobody reads any more (the
+        // pipe's reader gone) loses the summary, not the exit status.
+        use std::io::Write;
+        let summary = if self.json { v.to_string() } else { control::report::human(&v) };
+        let _ = writeln!(std::io::stdout(), "{summary}");
         Ok(())
     }
 }

@@ -224,7 +224,7 @@ fn flush(batch: &mut Batch, w: &mut Option<Box<dyn Sink + Send>>, st: &Stats, na
     match err {
         Some(e) => {
             if !st.failing.swap(true, Relaxed) {
-                eprintln!(
+                crate::logln!(
                     "holdfast: log.denials: cannot write {name}: {e}; denials are counted but not logged (holdfast_deny_log_write_errors_total) until it can"
                 );
             }
@@ -232,7 +232,7 @@ fn flush(batch: &mut Batch, w: &mut Option<Box<dyn Sink + Send>>, st: &Stats, na
         }
         None => {
             if st.failing.swap(false, Relaxed) {
-                eprintln!("holdfast: log.denials: writing {name} again; {lost_since_ok} line(s) were lost meanwhile");
+                crate::logln!("holdfast: log.denials: writing {name} again; {lost_since_ok} line(s) were lost meanwhile");
                 *lost_since_ok = 0;
             }
         }
@@ -294,7 +294,7 @@ impl Logger {
                                 w = x;
                                 name = o.to_string();
                             }
-                            Err(e) => eprintln!("holdfast: log.denials: cannot reopen {o}: {e}{}; keeping the old file", open_hint(&e)),
+                            Err(e) => crate::logln!("holdfast: log.denials: cannot reopen {o}: {e}{}; keeping the old file", open_hint(&e)),
                         }
                     }
                     if stopping {

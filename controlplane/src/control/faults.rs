@@ -1,6 +1,6 @@
 //! Faults the control loop watches for and raises as events: a worker whose heartbeat
 //! stopped, an interface down or gone (and re-attached when it returns), a deny log
-//! that cannot be written.
+//! or standard error that cannot be written, a sync peer gone silent or behind.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,7 +47,7 @@ impl StallWatch {
 
 fn say(t: Option<super::saturation::Transition>) {
     if let Some(t) = t {
-        eprintln!("holdfast: {}", t.describe(&Report::default()));
+        crate::logln!("holdfast: {}", t.describe(&Report::default()));
     }
 }
 
@@ -96,7 +96,7 @@ pub(super) fn links(sat: &mut Saturation, running: &mut Running, links: &mut [Li
             LinkState::Down { .. } => format!("{} ({zone}) is down: frames to it are dropped as link_down", ch.name),
             LinkState::Up { .. } => format!("{} ({zone}) is up", ch.name),
         };
-        eprintln!("holdfast: interface {} ({zone}): {} -> {}", ch.name, ch.from.name(), ch.to.name());
+        crate::logln!("holdfast: interface {} ({zone}): {} -> {}", ch.name, ch.from.name(), ch.to.name());
         say(sat.fault("interface_down", ch.side, !ch.to.is_up(), 0.0, detail, SystemTime::now()));
     }
     match &reattached {
@@ -106,9 +106,9 @@ pub(super) fn links(sat: &mut Saturation, running: &mut Running, links: &mut [Li
                     links[k].reattaches += 1;
                 }
             }
-            eprintln!("holdfast: re-attached: every worker's sockets re-bound, the XDP program attached; tables kept");
+            crate::logln!("holdfast: re-attached: every worker's sockets re-bound, the XDP program attached; tables kept");
         }
-        Some(Err(e)) => eprintln!("holdfast: re-attaching failed: {e}; retrying every second (systemd's watchdog is not fed meanwhile)"),
+        Some(Err(e)) => crate::logln!("holdfast: re-attaching failed: {e}; retrying every second (systemd's watchdog is not fed meanwhile)"),
         None => {}
     }
     for (k, st) in running.link_states().iter().enumerate() {
@@ -128,6 +128,21 @@ pub(super) fn deny_log(sat: &mut Saturation, logger: &Logger) {
         "the deny log is written again".to_string()
     };
     say(sat.fault("deny_log_write", 0, failing, lost as f64, detail, SystemTime::now()));
+}
+
+/// `stderr_write` while the appliance's own log lines cannot be written (standard
+/// error's reader went away): said where it can still be seen, `/status` and `/metrics`.
+pub(super) fn stderr(sat: &mut Saturation) {
+    let failing = crate::logline::failing();
+    let lost = crate::logline::lost();
+    let detail = if failing {
+        format!(
+            "standard error cannot be written ({lost} log line(s) lost so far): its reader (the journal, a pipe, a terminal) is gone; the appliance runs on"
+        )
+    } else {
+        "standard error is written again".to_string()
+    };
+    say(sat.fault("stderr_write", 0, failing, lost as f64, detail, SystemTime::now()));
 }
 
 /// The sync peer: `sync_lost` while it is silent (after it was heard once), and

@@ -90,7 +90,7 @@ impl Endpoint {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
-                        eprintln!("holdfast: the control endpoint could not start its runtime: {e}; /metrics and the control commands are unavailable");
+                        crate::logln!("holdfast: the control endpoint could not start its runtime: {e}; /metrics and the control commands are unavailable");
                         return;
                     }
                 };
@@ -147,7 +147,7 @@ async fn serve(listener: std::net::TcpListener, sh: Arc<Shared>, mut stopped: wa
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("holdfast: the control endpoint could not register its socket: {e}");
+            crate::logln!("holdfast: the control endpoint could not register its socket: {e}");
             return;
         }
     };
@@ -166,7 +166,7 @@ async fn serve(listener: std::net::TcpListener, sh: Arc<Shared>, mut stopped: wa
                 // moment for descriptors to come back, and go on accepting.
                 sh.stats.accept_errors.fetch_add(1, Relaxed);
                 if last_accept_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    eprintln!("holdfast: control endpoint: accept failed: {e} (open connections: {}); still serving", sh.stats.open.load(Relaxed));
+                    crate::logln!("holdfast: control endpoint: accept failed: {e} (open connections: {}); still serving", sh.stats.open.load(Relaxed));
                     last_accept_log = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -207,6 +207,13 @@ impl Collector for Metrics {
         write(&mut e, "reload_failures", "Reloads rejected (the running configuration stayed).", Counter, vec![(vec![], v.reload_failures)])?;
         write(&mut e, "deny_log_written", "Deny log lines written.", Counter, vec![(vec![], v.log_written)])?;
         write(&mut e, "deny_log_write_errors", "Deny log lines that could not be written.", Counter, vec![(vec![], v.log_write_errors)])?;
+        write(
+            &mut e,
+            "stderr_lines_lost",
+            "The appliance's own log lines standard error did not take (its reader gone).",
+            Counter,
+            vec![(vec![], v.stderr_lost)],
+        )?;
         let h = &v.http;
         for (name, help, x) in [
             ("http_requests", "Requests the control endpoint answered.", &h.requests),

@@ -112,13 +112,13 @@ pub fn serve(path: &Path, cfg: Config, opts: &Options) -> Result<Value, ServeErr
 fn tables(cfg: &Config, dp: &run::Config, seed: u64) -> (run::Prepared, Value) {
     let Some(dir) = &cfg.snapshot_dir else { return (run::prepare(dp, seed), Value::Null) };
     let refused = |path: &Path, e: state::StateError| {
-        eprintln!("holdfast: state: snapshot REFUSED, starting with empty tables: {e}");
+        crate::logln!("holdfast: state: snapshot REFUSED, starting with empty tables: {e}");
         let aside = state::set_aside(path, state::REFUSED).map(|p| p.display().to_string()).unwrap_or_else(|e| format!("not moved aside: {e}"));
         json!({"restored": false, "refused": e.to_string(), "moved_to": aside})
     };
     match state::find(dir) {
         Ok(None) => {
-            eprintln!("holdfast: state: no snapshot in {}: starting with empty tables", dir.display());
+            crate::logln!("holdfast: state: no snapshot in {}: starting with empty tables", dir.display());
             (run::prepare(dp, seed), json!({"restored": false, "reason": "no snapshot"}))
         }
         Err(e) => {
@@ -131,13 +131,13 @@ fn tables(cfg: &Config, dp: &run::Config, seed: u64) -> (run::Prepared, Value) {
             let now = p.now();
             match state::restore(found, &mut p.engines, &FlowHasher::new(p.seed), now) {
                 Ok(r) => {
-                    eprintln!("holdfast: {}", r.describe());
+                    crate::logln!("holdfast: {}", r.describe());
                     let mut v = r.json();
                     v["restored"] = json!(true);
                     if let Err(e) = state::set_aside(&path, state::RESTORED) {
                         // Restored once; restored again after a crash would revive flows
                         // that ended since. Refuse to run on rather than risk that.
-                        eprintln!("holdfast: state: WARNING: {e}: a crash before the next stop would restore this snapshot again");
+                        crate::logln!("holdfast: state: WARNING: {e}: a crash before the next stop would restore this snapshot again");
                         v["warning"] = json!(e.to_string());
                     }
                     (p, v)
@@ -182,7 +182,7 @@ fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
     let engines: Vec<_> = stopped.engines.iter().map(Option::as_ref).collect();
     match state::write(dir, &engines, stopped.at, seed) {
         Ok(w) => {
-            eprintln!(
+            crate::logln!(
                 "holdfast: state: {} flow(s) and {} tombstone(s) written to {} ({} bytes, {:.2} s){}",
                 w.flows,
                 w.tombstones,
@@ -194,7 +194,7 @@ fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
             w.json()
         }
         Err(e) => {
-            eprintln!("holdfast: state: snapshot NOT written, the next start will not restore these flows: {e}");
+            crate::logln!("holdfast: state: snapshot NOT written, the next start will not restore these flows: {e}");
             json!({"error": e.to_string()})
         }
     }
@@ -237,7 +237,7 @@ impl Appliance {
             if f.error {
                 refused.push(f.text);
             } else {
-                eprintln!("holdfast: warning: {}", f.text);
+                crate::logln!("holdfast: warning: {}", f.text);
             }
         }
         if !refused.is_empty() {
@@ -283,12 +283,12 @@ impl Appliance {
                 };
                 let (listen, peer, role) = (s.listen, s.peer, s.role);
                 let e = crate::sync::endpoint::Endpoint::start(s, Box::new(tables)).map_err(|e| ServeError::Setting(format!("sync.listen {listen}: {e}")))?;
-                eprintln!("holdfast: sync: {role:?} on {}, peer {peer}", e.local);
+                crate::logln!("holdfast: sync: {role:?} on {}, peer {peer}", e.local);
                 if role == crate::config::Role::Standby {
                     // A standby forwards nothing until it has taken over: judged against
                     // a table without the peer's flows, their replies would be denied.
                     running.set_syncing(true);
-                    eprintln!("holdfast: sync: standby: frames are dropped as `syncing` until a takeover commits the peer's flows");
+                    crate::logln!("holdfast: sync: standby: frames are dropped as `syncing` until a takeover commits the peer's flows");
                 }
                 Some(e)
             }
@@ -303,7 +303,7 @@ impl Appliance {
             Some(addr) => {
                 if !addr.ip().is_loopback() {
                     let guarded = token.read().is_ok_and(|t| t.is_some());
-                    eprintln!(
+                    crate::logln!(
                         "holdfast: WARNING: control.listen {addr} is reachable from other hosts: /metrics and /status are open to them; /flows and /reload {}",
                         if guarded { "need the token of control.token_file" } else { "are refused to them (no control.token_file)" }
                     );
@@ -319,7 +319,7 @@ impl Appliance {
             }
             None => None,
         };
-        eprintln!(
+        crate::logln!(
             "holdfast: inline between {} (outside) and {} (inside), {} worker(s) on core(s) {:?}; {}; SIGHUP reloads, SIGINT or SIGTERM stops",
             interfaces[0],
             interfaces[1],
@@ -377,8 +377,8 @@ impl Appliance {
                 Some(e) => e.takeover(Duration::from_secs(60)),
             };
             match &result {
-                Ok(v) => eprintln!("holdfast: sync: takeover: {v}"),
-                Err(e) => eprintln!("holdfast: sync: takeover FAILED: {e}"),
+                Ok(v) => crate::logln!("holdfast: sync: takeover: {v}"),
+                Err(e) => crate::logln!("holdfast: sync: takeover FAILED: {e}"),
             }
             let _ = r.reply.send(result);
         }
@@ -389,6 +389,7 @@ impl Appliance {
         if let Some(l) = &self.logger {
             faults::deny_log(&mut self.sat, l);
         }
+        faults::stderr(&mut self.sat);
         if let Some(every) = self.watchdog
             && self.last_watchdog.elapsed() >= every
         {
@@ -406,11 +407,11 @@ impl Appliance {
         let report = (self.last_report.elapsed() >= self.reloader.current().control.report_interval).then(|| {
             let r = saturation::report(&self.prev, &snaps, self.last_report.elapsed().as_secs_f64());
             for t in self.sat.update(&r, &self.reloader.current().control.saturation, SystemTime::now()) {
-                eprintln!("holdfast: {}", t.describe(&r));
+                crate::logln!("holdfast: {}", t.describe(&r));
             }
             let active: Vec<Active> = self.sat.active().cloned().collect();
             if !opts.quiet {
-                eprintln!("{}", report::status_line(&r, &active, self.start.elapsed()));
+                crate::logln!("{}", report::status_line(&r, &active, self.start.elapsed()));
             }
             notify::status(&format!(
                 "{:.0} pps in, table {:.1} % full, {} saturation event(s), generation {}",
@@ -436,6 +437,7 @@ impl Appliance {
         v.links = self.links.clone();
         v.active = self.sat.active().cloned().collect();
         v.raised_total = self.sat.raised_total.clone();
+        v.stderr_lost = crate::logline::lost();
         if let Some(l) = &self.logger {
             v.log_written = l.stats.written.load(std::sync::atomic::Ordering::Relaxed);
             v.log_write_errors = l.stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
@@ -463,7 +465,7 @@ impl Appliance {
                 }
                 let r = json!({"ok": true, "generation": a.generation, "recheck": a.recheck, "restart_needed": a.restart_needed, "at": at});
                 let note = if a.restart_needed.is_empty() { String::new() } else { format!("; NOT applied until a restart: {}", a.restart_needed.join(", ")) };
-                eprintln!("holdfast: reload: generation {} applied{note}", a.generation);
+                crate::logln!("holdfast: reload: generation {} applied{note}", a.generation);
                 let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
                 v.reloads += 1;
                 v.generation = a.generation;
@@ -477,7 +479,7 @@ impl Appliance {
                     Some(_) => format!("reload PARTLY applied, workers now differ: {e}"),
                     None => format!("reload rejected, the running configuration stays:\n{e}"),
                 };
-                eprintln!("holdfast: {e}");
+                crate::logln!("holdfast: {e}");
                 let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
                 v.reload_failures += 1;
                 if let Some(g) = spent {
@@ -506,19 +508,19 @@ impl Appliance {
         let spawned = std::thread::Builder::new().name("holdfast-snapshot".into()).spawn(move || {
             let result = take_snapshot(&commander, &dir, seed);
             match &result {
-                Ok(v) => eprintln!(
+                Ok(v) => crate::logln!(
                     "holdfast: state: on-demand snapshot: {} flow(s) written to {} in {:.2} s",
                     v["flows"],
                     v["path"].as_str().unwrap_or("?"),
                     v["seconds"].as_f64().unwrap_or(0.0)
                 ),
-                Err(e) => eprintln!("holdfast: state: on-demand snapshot FAILED, the previous one stays: {e}"),
+                Err(e) => crate::logln!("holdfast: state: on-demand snapshot FAILED, the previous one stays: {e}"),
             }
             let _ = r.reply.send(result);
         });
         match spawned {
             Ok(h) => self.snapshotting = Some(h),
-            Err(e) => eprintln!("holdfast: state: cannot start the snapshot thread: {e}"),
+            Err(e) => crate::logln!("holdfast: state: cannot start the snapshot thread: {e}"),
         }
     }
 
@@ -537,7 +539,7 @@ impl Appliance {
         });
         let stopped = self.running.stop(STOP_GRACE);
         for w in &stopped.stuck {
-            eprintln!(
+            crate::logln!(
                 "holdfast: worker {w} did not stop within {} s (stuck); exiting without it — its XDP program detaches with the process",
                 STOP_GRACE.as_secs()
             );
@@ -554,6 +556,7 @@ impl Appliance {
         out["reload_failures"] = json!(v.reload_failures);
         out["saturation_events_total"] = json!(v.raised_total);
         out["deny_log"] = json!({"written": v.log_written, "write_errors": v.log_write_errors});
+        out["stderr_lines_lost"] = json!(crate::logline::lost());
         out["stuck_workers"] = json!(stopped.stuck);
         out["sync"] = sync.unwrap_or(Value::Null);
         out

@@ -106,7 +106,7 @@ impl Reloader {
             Some(p) => {
                 let t = config::read_token(p)?;
                 if let Some(w) = config::token_warning(p) {
-                    eprintln!("holdfast: WARNING: {w}");
+                    crate::logln!("holdfast: WARNING: {w}");
                 }
                 Some(t)
             }

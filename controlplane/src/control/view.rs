@@ -34,6 +34,8 @@ pub struct View {
     pub restart_needed: Vec<String>,
     pub log_written: u64,
     pub log_write_errors: u64,
+    /// The appliance's own log lines that standard error did not take.
+    pub stderr_lost: u64,
     /// The endpoint's own counters (refusals, evictions, timeouts).
     pub http: Arc<HttpStats>,
     /// Each interface (outside, inside) as last seen.
@@ -166,6 +168,7 @@ pub fn status_json(v: &View) -> Value {
         "last_reload": v.last_reload,
         "restart_needed": v.restart_needed,
         "deny_log": {"written": v.log_written, "write_errors": v.log_write_errors},
+        "stderr_lines_lost": v.stderr_lost,
         "state": v.state,
         "sync": v.sync,
     })

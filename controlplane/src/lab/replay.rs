@@ -199,7 +199,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
         std::mem::forget(g);
         return Ok(v);
     }
-    let appliance = super::stop_appliance(g.children.pop().expect("appliance"))?;
+    let appliance = super::stop_appliance(g.children.pop().expect("appliance"), &g.dir)?;
     drop(g);
     let left = down();
     let mut v = report(appliance);

@@ -346,7 +346,7 @@ fn host_sysctl(restore: &mut Restore, key: &'static str, value: usize) {
 fn finish(mut env: Env) -> Result<Value, LabError> {
     let mut appliance = match env.system {
         System::Holdfast => {
-            let t = stop_appliance(env.g.children.pop().expect("appliance"))?["totals"].clone();
+            let t = stop_appliance(env.g.children.pop().expect("appliance"), &env.g.dir)?["totals"].clone();
             json!({
                 "drops": t["drops"], "table": t["table"], "evictions": t["evictions"], "expirations": t["expirations"],
                 "assured_expirations": t["assured_expirations"], "flows_created": t["flows_created"],

@@ -190,7 +190,7 @@ impl Endpoint {
         let _ = sr.set_recv_buffer_size(RECV_BUFFER);
         let recv_buffer = sr.recv_buffer_size().unwrap_or(0);
         if recv_buffer < RECV_BUFFER {
-            eprintln!(
+            crate::logln!(
                 "holdfast: sync: the receive buffer is {} KiB, not the {} KiB asked for: raise net.core.rmem_max, or a peer's sweep may overflow it",
                 recv_buffer / 1024,
                 RECV_BUFFER / 1024
@@ -453,7 +453,7 @@ impl Loop {
         let alive = self.receiver.last_heard.is_some_and(|t| now.duration_since(t) < self.cfg.dead_interval);
         if !alive && !self.took_over && self.cfg.role == Role::Standby && self.cfg.auto_takeover && self.receiver.last_heard.is_some() {
             let r = self.takeover(now);
-            eprintln!(
+            crate::logln!(
                 "holdfast: sync: the peer fell silent for {} s: takeover {}",
                 self.cfg.dead_interval.as_secs_f64(),
                 match &r {
@@ -622,7 +622,10 @@ impl Loop {
         changes.clear();
         let lost = self.tables.changes(&mut changes, CHANGES_PER_ROUND);
         if lost > self.lost {
-            eprintln!("holdfast: sync: {} changes did not fit in the workers' queues (sync.queue): the whole table is swept to recover them", lost - self.lost);
+            crate::logln!(
+                "holdfast: sync: {} changes did not fit in the workers' queues (sync.queue): the whole table is swept to recover them",
+                lost - self.lost
+            );
             self.lost = lost;
             self.schedule(now, "changes lost to a full queue");
         }
@@ -663,7 +666,7 @@ impl Loop {
                 let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 s.sweep_errors += 1;
                 if s.sweep_errors == 1 {
-                    eprintln!("holdfast: sync: sweeping the tables failed (retried every second): {e}");
+                    crate::logln!("holdfast: sync: sweeping the tables failed (retried every second): {e}");
                 }
                 drop(s);
                 self.next_sweep = now + SWEEP_GAP;
@@ -725,7 +728,7 @@ impl Loop {
         if !self.send_all && self.backlog.len() >= self.backlog_limit {
             self.backlog_overflows += 1;
             if self.backlog_overflows == 1 {
-                eprintln!(
+                crate::logln!(
                     "holdfast: sync: {} message(s) wait for the peer's ACKs, the most that may (twice the tables' capacity); dropped, and the whole table is sent again",
                     self.backlog.len()
                 );
@@ -820,7 +823,7 @@ impl Loop {
         });
         if d.refused() > 0 {
             // Each refused flow is a connection whose next packets are denied here.
-            eprintln!(
+            crate::logln!(
                 "holdfast: sync: takeover refused {} of {n} synced flow(s) (table_full {}, ipv6_pool_full {}, source_limit {}, invalid {}); their next packets are denied here. Full: conntrack.capacity or conntrack.ipv6_share is smaller than the peer's; source_limit: conntrack.per_source_limit",
                 d.refused(),
                 d.table_full,

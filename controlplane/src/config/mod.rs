@@ -48,6 +48,14 @@ pub fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>>
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
+/// True for a file with nothing but blank lines, comments and document markers. Read
+/// from a file, that is an editor or a tool caught between truncating the file and
+/// writing it far more often than a wish for the defaults; a reload of it would drop
+/// every rule (and with `on_reload: recheck`, every connection).
+fn holds_no_settings(text: &str) -> bool {
+    text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
 /// Reads and compiles a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
@@ -63,6 +71,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         fail(format!("more than {MAX_CONFIG_BYTES} bytes: a config file may have at most that; put long prefix lists in src_file / dst_file"))
     })?;
     let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: byte {} is invalid", e.utf8_error().valid_up_to())))?;
+    if holds_no_settings(&text) {
+        return Err(fail(format!(
+            "holds no settings ({} bytes: empty, or only comments): a file being written, or truncated? Refused, as every default is an appliance that denies everything; write `{{}}` to mean the defaults",
+            text.len()
+        )));
+    }
     // Paths in the file (src_file, the deny log, the token) are relative to the file,
     // not to wherever the daemon was started.
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));

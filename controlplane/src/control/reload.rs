@@ -236,6 +236,18 @@ mod tests {
         std::fs::write(&path, BASE.to_string() + "control: { token_file: missing.token }\n").unwrap();
         assert!(matches!(r.reload(&w, &[]), Err(ReloadError::Token(t)) if t.path.ends_with("missing.token")));
         assert_eq!(r.generation(), 0);
+        // A file caught between an editor's truncate and its write (or only comments):
+        // refused, not taken for "every default", which denies everything.
+        for caught in ["", "\n", "# holdfast\n---\n  \n"] {
+            std::fs::write(&path, caught).unwrap();
+            let e = r.reload(&w, &[]).unwrap_err();
+            assert!(e.to_string().contains("holds no settings"), "{caught:?}: {e}");
+        }
+        assert!(w.got.iter().all(|g| g.borrow().is_empty()), "no worker was told anything");
+        assert_eq!((r.generation(), r.current().classifier.rules().len()), (0, 1), "the running rules stay");
+        // The defaults, asked for in so many words, are a configuration like any other.
+        std::fs::write(&path, "{}\n").unwrap();
+        assert_eq!(r.reload(&w, &[]).unwrap().generation, 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

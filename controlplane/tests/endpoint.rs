@@ -68,14 +68,18 @@ fn start(per_worker: u32) -> Setup {
         senders.push(tx);
         std::thread::spawn(move || {
             while let Ok(c) = rx.recv() {
+                // Each listing on its own thread: a real worker walks its listings side
+                // by side, a slice each round, and a slow reader holds up only its own.
                 if let Command::Flows { limit, reply, .. } = c {
-                    let all: Vec<FlowInfo> = (0..per_worker).map(|i| flow(w * 100_000 + i)).take(limit).collect();
-                    for chunk in all.chunks(100) {
-                        if reply.send(FlowsReply::Chunk(chunk.to_vec())).is_err() {
-                            break;
+                    std::thread::spawn(move || {
+                        let all: Vec<FlowInfo> = (0..per_worker).map(|i| flow(w * 100_000 + i)).take(limit).collect();
+                        for chunk in all.chunks(100) {
+                            if reply.send(FlowsReply::Chunk(chunk.to_vec())).is_err() {
+                                break;
+                            }
                         }
-                    }
-                    let _ = reply.send(FlowsReply::Done);
+                        let _ = reply.send(FlowsReply::Done);
+                    });
                 }
             }
         });
@@ -263,4 +267,52 @@ fn a_snapshot_request_reaches_the_writer_and_its_refusal_comes_back() {
     *s.token.write().unwrap() = Some("a-token-of-sixteen-chars".into());
     let (code, _) = ask(s.addr, "POST /snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(code, 401, "with a token set, a snapshot needs it");
+}
+
+/// Listings are held to `MAX_LISTINGS` at once: each holds what its reader has not
+/// taken (an external listing, a copy of up to a million flows) and queues a walk on
+/// every worker, so a few hundred slow readers would hold gigabytes and fill the
+/// workers' command queues. One more is refused and counted; a reader that goes away
+/// gives its place back.
+#[test]
+fn listings_beyond_the_limit_are_refused_and_a_reader_gone_gives_its_place_back() {
+    let s = start(100_000);
+    let req = "GET /flows?limit=1000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Readers that never read: the listing waits on them with its places held.
+    let mut held: Vec<TcpStream> = (0..http::MAX_LISTINGS)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(req.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    while s.stats.listings.load(Relaxed) < http::MAX_LISTINGS {
+        assert!(t.elapsed() < Duration::from_secs(5), "the listings did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, text) = get(s.addr, "/flows?limit=1");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("flow listings are being written now"), "{text}");
+    assert_eq!(s.stats.listings_refused.load(Relaxed), 1);
+    metrics_answer_within_a_second(s.addr);
+    // One reader goes away: its place comes back once the writer notices.
+    drop(held.pop());
+    let t = Instant::now();
+    loop {
+        let (code, text) = get(s.addr, "/flows?limit=3");
+        if code == 200 {
+            assert_eq!(text.lines().filter(|l| l.starts_with('{')).count(), 3, "{text}");
+            break;
+        }
+        assert_eq!(code, 503, "{text}");
+        assert!(t.elapsed() < Duration::from_secs(10), "the place was not given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    let t = Instant::now();
+    while s.stats.listings.load(Relaxed) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "places still held after every reader left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

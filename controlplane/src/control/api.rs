@@ -42,6 +42,38 @@ const SNAPSHOT_ANSWER: Duration = Duration::from_secs(50);
 /// Most flows one `/flows` request returns.
 pub const MAX_FLOWS: usize = 1_000_000;
 
+/// Flow listings written at once; one more is refused (503). Each holds what its reader
+/// has not taken yet — for `/flows/external`, a copy of up to [`MAX_FLOWS`] synced
+/// flows (~80 MB) — and each `/flows` is a walk queued on every worker: without a
+/// bound, a few hundred slow readers (the endpoint takes 512 connections) held tens
+/// of gigabytes, and filled the workers' command queues so that a reload was refused.
+pub const MAX_LISTINGS: u64 = 4;
+
+/// One of the [`MAX_LISTINGS`] places, given back when the listing's writer ends.
+struct Listing(Arc<HttpStats>);
+
+impl Listing {
+    /// A place, or `None` (counted) when every place is taken.
+    fn take(stats: &Arc<HttpStats>) -> Option<Listing> {
+        let took = stats.listings.fetch_update(Relaxed, Relaxed, |n| (n < MAX_LISTINGS).then_some(n + 1)).is_ok();
+        if !took {
+            stats.listings_refused.fetch_add(1, Relaxed);
+        }
+        took.then(|| Listing(Arc::clone(stats)))
+    }
+
+    /// The answer when there was none.
+    fn refused() -> Response<Body> {
+        plain(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_LISTINGS} flow listings are being written now, the most at once; try again when one is done"))
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.0.listings.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A request body, in bytes. Only `POST /reload` reads one, and ignores it.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -257,6 +289,9 @@ fn external(sh: &Shared, query: &str) -> Response<Body> {
     let Some(status) = read_view(&sh.view).external else {
         return plain(StatusCode::NOT_FOUND, "sync: is not configured: there is no external cache");
     };
+    let Some(place) = Listing::take(&sh.stats) else {
+        return Listing::refused();
+    };
     let now = Instant::now();
     let flows: Vec<(SyncedFlow, u32)> = {
         let s = status.lock().unwrap_or_else(|p| p.into_inner());
@@ -264,6 +299,7 @@ fn external(sh: &Shared, query: &str) -> Response<Body> {
     };
     let (mut lines, body) = Lines::new();
     tokio::task::spawn_blocking(move || {
+        let _place = place;
         for (f, left) in &flows {
             if !lines.push(&crate::sync::endpoint::flow_json(f, *left)) {
                 return;
@@ -366,6 +402,9 @@ fn flows(sh: &Shared, filter: FlowFilter, limit: usize) -> Response<Body> {
     if let Some(w) = stalled.first() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, format!("worker {w} is stalled (no heartbeat): a listing would wait for it; see /status"));
     }
+    let Some(place) = Listing::take(&sh.stats) else {
+        return Listing::refused();
+    };
     let mut waits = Vec::new();
     for w in 0..sh.commander.workers() {
         let (tx, rx) = crossbeam_channel::bounded(2);
@@ -376,6 +415,7 @@ fn flows(sh: &Shared, filter: FlowFilter, limit: usize) -> Response<Body> {
     }
     let (mut lines, body) = Lines::new();
     tokio::task::spawn_blocking(move || {
+        let _place = place;
         let mut n = 0;
         for (w, rx) in waits.into_iter().enumerate() {
             loop {

@@ -11,7 +11,8 @@
 //!   been quiet the longest; a connection quiet for [`IDLE_TIMEOUT`] (nothing read or
 //!   written, a response the client does not read included) is closed;
 //! - a flow listing streams the workers' chunks through bounded channels, so its memory
-//!   does not grow with the table.
+//!   does not grow with the table; at most [`MAX_LISTINGS`] are written at once (one
+//!   more: 503), as an external listing holds a copy of the flows it lists.
 //!
 //! Accept errors (a full descriptor table) are counted and logged, never fatal; a
 //! panic in one request ends that connection only.
@@ -33,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
 use super::api::Shared;
-pub use super::api::{BODY_LIMIT, BODY_TIMEOUT, MAX_FLOWS, Token};
+pub use super::api::{BODY_LIMIT, BODY_TIMEOUT, MAX_FLOWS, MAX_LISTINGS, Token};
 pub use super::view::HttpStats;
 use super::{ReloadRequest, SnapshotRequest, TakeoverRequest, View};
 

@@ -222,6 +222,7 @@ impl Collector for Metrics {
             ("http_accept_errors", "accept() failures on the control endpoint (descriptors exhausted, ...).", &h.accept_errors),
             ("http_unauthorized", "Requests refused: missing or wrong token, or from another host without one.", &h.unauthorized),
             ("http_bad_bodies", "Request bodies over the limit or not sent in time.", &h.bad_bodies),
+            ("http_listings_refused", "Flow listings refused because the most allowed at once were being written.", &h.listings_refused),
         ] {
             write(&mut e, name, help, Counter, vec![(vec![], x.load(std::sync::atomic::Ordering::Relaxed))])?;
         }

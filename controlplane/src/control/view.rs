@@ -189,4 +189,9 @@ pub struct HttpStats {
     /// Bodies over [`BODY_LIMIT`] or not sent within [`BODY_TIMEOUT`].
     pub bad_bodies: AtomicU64,
     pub open: AtomicU64,
+    /// Flow listings (`/flows`, `/flows/external`) being written now.
+    pub listings: AtomicU64,
+    /// Listings refused because [`MAX_LISTINGS`](super::api::MAX_LISTINGS) were being
+    /// written.
+    pub listings_refused: AtomicU64,
 }

@@ -358,11 +358,15 @@ impl Appliance {
 
     /// One round of the control loop (every 50 ms).
     fn tick(&mut self, opts: &Options) {
-        if sys::take_reload_request() {
-            let _ = self.reload();
-        }
-        while let Ok(r) = self.reload_rx.try_recv() {
-            let _ = r.reply.send(self.reload());
+        // Every reload asked for by now is answered by one reading of the file: a
+        // burst of them (a script in a loop, many `holdfast reload` at once) costs one
+        // reload, not one each while the loop, its faults and the watchdog wait.
+        let asked: Vec<ReloadRequest> = self.reload_rx.try_iter().collect();
+        if sys::take_reload_request() | !asked.is_empty() {
+            let result = self.reload();
+            for r in asked {
+                let _ = r.reply.send(result.clone());
+            }
         }
         while let Ok(r) = self.snapshot_rx.try_recv() {
             self.snapshot(r);

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod helper;
 pub mod lab;
 pub mod load;
 pub mod logline;

@@ -628,6 +628,47 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
     }
 }
 
+/// A helper thread that dies (injected: `HOLDFAST_TEST_PANIC_HELPER`, debug builds
+/// only; here the deny log's) takes nothing else down with it — which is why it must be
+/// said: a `thread_ended` fault naming the thread and the panic, in the log, `/status`
+/// and `/metrics`, and systemd's watchdog no longer fed, so that a restart (keeping the
+/// tables) brings it back. Traffic still passes meanwhile, and SIGTERM still stops it.
+#[test]
+fn a_helper_thread_that_dies_is_a_fault_and_starves_the_watchdog() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("helper", 1);
+    lab.web_server("10.0.2.1");
+    lab.write_config(&lab.config(WEB, ""));
+    let systemd = FakeSystemd::new(&lab.dir);
+    let started = Instant::now();
+    lab.start(&[("NOTIFY_SOCKET", &systemd.path.to_string_lossy()), ("WATCHDOG_USEC", "400000"), ("HOLDFAST_TEST_PANIC_HELPER", "log:1200")]);
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed()));
+    assert!(systemd.pings_since(started) >= 2, "the watchdog was fed while every thread ran");
+    let t = Instant::now();
+    let fault = loop {
+        let s = lab.status();
+        if let Some(e) = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "thread_ended") {
+            break e.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no thread_ended event: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = fault["fault"].as_str().unwrap();
+    assert!(said.contains("the deny log") && said.contains("injected by HOLDFAST_TEST_PANIC_HELPER"), "{fault}");
+    assert!(lab.stderr().contains("fault RAISED thread_ended: the thread of the deny log has ended"), "{}", lab.stderr());
+    let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
+    assert!(metrics.contains("holdfast_saturation_active{reason=\"thread_ended\"} 1"), "{metrics}");
+    let page = ok(&lab.ns("hf-out", &["curl", "-s", "-m", "5", "http://10.0.2.1/"]).output().unwrap());
+    assert!(!page.is_empty(), "traffic still passes");
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(systemd.pings_since(quiet), 0, "the watchdog was fed with the deny log's thread gone");
+    let fin = lab.stop();
+    assert!(fin["totals"].is_object(), "{fin}");
+}
+
 /// Standard error's reader gone (`holdfast run 2>&1 | tee …` with tee stopped, a
 /// terminal hung up, the lab's `--keep` process ended): the appliance's next log line
 /// — here a reload's — used to panic the control loop, and the process died without

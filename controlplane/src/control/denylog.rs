@@ -244,7 +244,7 @@ pub struct Logger {
     pub stats: Arc<Stats>,
     reopen: Reopen,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<crate::helper::Helper>,
 }
 
 impl Logger {
@@ -268,7 +268,9 @@ impl Logger {
                 let mut batch = Batch::default();
                 let mut name = output_name;
                 let mut lost_since_ok = 0u64;
+                let panic_at = crate::helper::panic_at("log");
                 loop {
+                    crate::helper::maybe_panic(panic_at);
                     let stopping = sp.load(Relaxed);
                     let mut n = 0;
                     for q in &mut queues {
@@ -306,7 +308,7 @@ impl Logger {
                 }
             })
             .map_err(DenyLogError::Thread)?;
-        Ok(Logger { stats, reopen, stop, thread: Some(thread) })
+        Ok(Logger { stats, reopen, stop, thread: Some(crate::helper::Helper::new(thread)) })
     }
 
     /// Reopens the output (after the workers' queues were drained into the old one).
@@ -314,11 +316,16 @@ impl Logger {
         let _ = self.reopen.send(output);
     }
 
+    /// Why the logger's thread ended, if it has (it should run until [`Self::stop`]).
+    pub fn ended(&mut self) -> Option<&str> {
+        self.thread.as_mut().and_then(|t| t.ended())
+    }
+
     /// Writes what is queued, then stops.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }

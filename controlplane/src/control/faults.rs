@@ -145,6 +145,23 @@ pub(super) fn stderr(sat: &mut Saturation) {
     say(sat.fault("stderr_write", 0, failing, lost as f64, detail, SystemTime::now()));
 }
 
+/// The helper threads, in the order `thread_ended` numbers them.
+pub(super) const HELPERS: [&str; 3] = ["the control endpoint (/metrics, /status, the control commands)", "the sync endpoint", "the deny log"];
+
+/// `thread_ended` for each helper thread (in [`HELPERS`]' order) that ended while
+/// the appliance runs; true when any has. It stays raised: the thread does not come
+/// back until a restart.
+pub(super) fn helpers(sat: &mut Saturation, ended: [Option<&str>; 3]) -> bool {
+    for (k, why) in ended.iter().enumerate() {
+        if let Some(why) = why {
+            let detail =
+                format!("the thread of {} has ended ({why}): what it does is not done until a restart; systemd's watchdog is no longer fed", HELPERS[k]);
+            say(sat.fault("thread_ended", k, true, 0.0, detail, SystemTime::now()));
+        }
+    }
+    ended.iter().any(Option::is_some)
+}
+
 /// The sync peer: `sync_lost` while it is silent (after it was heard once), and
 /// `sync_backlog` while more than half the resend queue waits for its ACKs, or more
 /// than half the send backlog's bound waits to be sent (a slow or lossy link, a peer

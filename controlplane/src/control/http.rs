@@ -56,7 +56,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Endpoint {
     stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<crate::helper::Helper>,
     pub addr: SocketAddr,
 }
 
@@ -102,7 +102,12 @@ impl Endpoint {
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(EndpointError::Thread)?;
-        Ok(Endpoint { stop, thread: Some(thread), addr })
+        Ok(Endpoint { stop, thread: Some(crate::helper::Helper::new(thread)), addr })
+    }
+
+    /// Why the endpoint's thread ended, if it has (it should run until [`Self::stop`]).
+    pub fn ended(&mut self) -> Option<&str> {
+        self.thread.as_mut().and_then(|t| t.ended())
     }
 
     /// Stops accepting, closes every connection, joins the thread (bounded: the
@@ -110,7 +115,7 @@ impl Endpoint {
     pub fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }

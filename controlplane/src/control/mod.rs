@@ -394,13 +394,17 @@ impl Appliance {
             faults::deny_log(&mut self.sat, l);
         }
         faults::stderr(&mut self.sat);
+        let helper_ended = faults::helpers(
+            &mut self.sat,
+            [self.endpoint.as_mut().and_then(|e| e.ended()), self.sync.as_mut().and_then(|e| e.ended()), self.logger.as_mut().and_then(|l| l.ended())],
+        );
         if let Some(every) = self.watchdog
             && self.last_watchdog.elapsed() >= every
         {
-            // Only while every worker's loop is alive and no re-attach is failing: then
-            // systemd restarts the service.
+            // Only while every worker's loop and every helper thread is alive and no
+            // re-attach is failing: then systemd restarts the service.
             let beats = self.running.heartbeats();
-            if beats.iter().zip(&self.last_beats).all(|(now, before)| now > before) && self.running.reattach_pending().is_none() {
+            if beats.iter().zip(&self.last_beats).all(|(now, before)| now > before) && self.running.reattach_pending().is_none() && !helper_ended {
                 notify::watchdog();
             }
             self.last_beats = beats;

@@ -191,7 +191,7 @@ pub struct HttpStats {
     pub open: AtomicU64,
     /// Flow listings (`/flows`, `/flows/external`) being written now.
     pub listings: AtomicU64,
-    /// Listings refused because [`MAX_LISTINGS`](super::api::MAX_LISTINGS) were being
+    /// Listings refused because `api::MAX_LISTINGS` were being
     /// written.
     pub listings_refused: AtomicU64,
 }

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_pipeline::FlowKey;
@@ -158,7 +157,7 @@ pub struct Endpoint {
     pub status: Arc<Mutex<Status>>,
     requests: crossbeam_channel::Sender<Request>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<crate::helper::Helper>,
     pub local: SocketAddr,
 }
 
@@ -210,7 +209,7 @@ impl Endpoint {
                 l.round(Instant::now());
             }
         })?;
-        Ok(Endpoint { status, requests: tx, stop, handle: Some(handle), local })
+        Ok(Endpoint { status, requests: tx, stop, handle: Some(crate::helper::Helper::new(handle)), local })
     }
 
     /// Commits the external cache into the local tables now; waits up to `wait`.
@@ -237,10 +236,15 @@ impl Endpoint {
         s.cache.values().map(|c| (c.flow, c.left(now))).collect()
     }
 
+    /// Why the sync thread ended, if it has (it should run until [`Self::stop`]).
+    pub fn ended(&mut self) -> Option<&str> {
+        self.handle.as_mut().and_then(|h| h.ended())
+    }
+
     pub fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            h.join();
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum StateError {
     Duplicate { path: PathBuf, offset: u64 },
     #[error("{}: {trailing} bytes after the end block", .path.display())]
     Trailing { path: PathBuf, trailing: u64 },
+    /// A snapshot someone else could have written: its flows would pass the firewall.
+    #[error("{}: {why}: not restored, as its flows would pass the firewall (a snapshot must be Holdfast's own: owned by its user or root, writable by no one else)", .path.display())]
+    Untrusted { path: PathBuf, why: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
@@ -119,7 +122,14 @@ impl Writer {
     pub fn create(dir: &Path, workers: usize, seed: u64) -> Result<Writer, StateError> {
         std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
         let temp = dir.join(TEMP);
-        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(io("creating", &temp))?;
+        // A temporary file left by a crash is removed, and a new one made that did not
+        // exist (O_EXCL: a symbolic link planted at its name in a directory others can
+        // write is neither followed nor written through, and makes the snapshot fail).
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing the old", &temp)(e)),
+            _ => {}
+        }
+        let file = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(&temp).map_err(io("creating", &temp))?;
         let mut w = Writer {
             dir: dir.to_path_buf(),
             out: Some(BufWriter::with_capacity(1 << 20, file)),
@@ -218,16 +228,32 @@ pub struct Found {
 
 /// The snapshot in `dir`, if there is one. `Err` for a file that is there but cannot be
 /// read or whose header is wrong (another format version, damaged).
+///
+/// Restored flows pass the firewall, so the file must be Holdfast's own (as sshd's
+/// StrictModes asks of a key): not a symbolic link (one planted there is not
+/// followed), owned by this process's user or root, writable by no one else. Checked
+/// on the opened file, so that it cannot be swapped between the check and the read.
 pub fn find(dir: &Path) -> Result<Option<Found>, StateError> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join(FILE);
-    let file = match File::open(&path) {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(StateError::Untrusted { path, why: "a symbolic link".into() });
+        }
         Err(e) => return Err(io("opening", &path)(e)),
     };
     let meta = file.metadata().map_err(io("reading", &path))?;
     if !meta.is_file() {
         return Err(io("reading", &path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let me = holdfast_dataplane::sys::euid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(StateError::Untrusted { path, why: format!("owned by uid {}, not by this process's ({me}) or root", meta.uid()) });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(StateError::Untrusted { path, why: format!("mode {:o}: writable by its group or by everyone", meta.mode() & 0o7777) });
     }
     open(path, Box::new(file), meta.len()).map(Some)
 }

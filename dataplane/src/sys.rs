@@ -52,8 +52,13 @@ pub fn poll_in(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
 
 /// True when the process runs with effective user id 0.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    euid() == 0
+}
+
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Capabilities the dataplane needs without root: CAP_NET_ADMIN (attach XDP),

@@ -189,6 +189,49 @@ fn a_snapshot_bigger_than_the_tables_keeps_the_assured_flows_first() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Restored flows pass the firewall: a snapshot anyone else could have written — one
+/// writable by others, one owned by another user, a symbolic link planted at its name —
+/// is refused, not restored. And a symbolic link planted at the temporary file's name
+/// is not written through (the file it points to would be overwritten).
+#[test]
+fn a_snapshot_someone_else_could_have_written_is_refused_and_a_planted_link_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = written("trust", &loaded(1, 30));
+    let p = d.join(FILE);
+    let untrusted = |d: &Path| match find(d) {
+        Err(StateError::Untrusted { why, .. }) => why,
+        Err(e) => panic!("refused, but not as untrusted: {e}"),
+        Ok(_) => panic!("restored"),
+    };
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(untrusted(&d).contains("writable by its group or by everyone"));
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).unwrap();
+    assert!(untrusted(&d).contains("mode 620"));
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if holdfast_dataplane::sys::is_root() {
+        std::os::unix::fs::chown(&p, Some(54_321), None).unwrap();
+        assert!(untrusted(&d).contains("owned by uid 54321"));
+        std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+    }
+    std::fs::rename(&p, d.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(d.join("elsewhere"), &p).unwrap();
+    assert_eq!(untrusted(&d), "a symbolic link");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::rename(d.join("elsewhere"), &p).unwrap();
+    assert_eq!(restore_into(&d, 1, 4096).unwrap().0.flows, 30, "its own file, as written, restores");
+
+    // A link at the temporary file's name, to a file that must not be touched.
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, d.join(TEMP)).unwrap();
+    let more = loaded(1, 40);
+    write(&d, &[Some(&more[0])], Instant::from_secs(12), SEED).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "written through a planted link");
+    assert!(!std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+    assert_eq!(restore_into(&d, 1, 4096).unwrap().0.flows, 40);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn a_failed_write_leaves_the_good_snapshot_in_place() {
     let es = loaded(1, 20);

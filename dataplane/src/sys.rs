@@ -152,6 +152,26 @@ pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
     set(want.min(hard).max(lim.rlim_cur), hard).or_else(|_| set(want.min(lim.rlim_max).max(lim.rlim_cur), lim.rlim_max))
 }
 
+/// Sets socket `fd`'s receive buffer to `bytes` past `net.core.rmem_max`
+/// (SO_RCVBUFFORCE; needs CAP_NET_ADMIN, which the appliance has). The kernel doubles
+/// it for its bookkeeping, as it does SO_RCVBUF.
+pub fn force_recv_buffer(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fd` is an open descriptor for the call's duration (borrowed); setsockopt
+    // reads `size_of::<c_int>()` bytes from `&v`, which lives through the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Lets a closed standard output end this process as SIGPIPE ends other tools
 /// (`holdfast status | head`), instead of Rust's default (SIGPIPE ignored, so the
 /// next print panics on EPIPE). Only for commands that print and exit: sockets are
@@ -363,5 +383,28 @@ impl Drop for MappedFile {
             // before `self` is dropped.
             unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    /// SO_RCVBUFFORCE goes past `net.core.rmem_max`, where SO_RCVBUF stops at it.
+    #[test]
+    fn a_forced_receive_buffer_goes_past_rmem_max() {
+        if !super::is_root() {
+            crate::host::report_skip("needs root (CAP_NET_ADMIN) for SO_RCVBUFFORCE");
+            return;
+        }
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+        let want = max + (1 << 20);
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&s).set_recv_buffer_size(want).unwrap();
+        let plain = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+        assert!(plain <= 2 * max, "SO_RCVBUF went past rmem_max: {plain} > 2 x {max}");
+        super::force_recv_buffer(s.as_fd(), want).unwrap();
+        let forced = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+        assert!(forced >= 2 * want, "{forced} < 2 x {want}");
     }
 }

@@ -183,14 +183,18 @@ impl Endpoint {
         sock.set_read_timeout(Some(WAIT))?;
         // A receive buffer that holds a few hundred milliseconds of the peer's sweep:
         // the default (~208 KiB, ~90 datagrams) overflowed whenever this thread was
-        // off its core for a few ms during a NOTRACK sweep. The kernel caps it at
-        // net.core.rmem_max; what it granted is shown.
+        // off its core for a few ms during a NOTRACK sweep. Forced past
+        // net.core.rmem_max (the appliance has CAP_NET_ADMIN; the usual cap, 208 KiB,
+        // would halve it twice over); without the capability, up to the cap. What the
+        // kernel granted is shown.
         let sr = socket2::SockRef::from(&sock);
-        let _ = sr.set_recv_buffer_size(RECV_BUFFER);
+        if holdfast_dataplane::sys::force_recv_buffer(std::os::fd::AsFd::as_fd(&sock), RECV_BUFFER).is_err() {
+            let _ = sr.set_recv_buffer_size(RECV_BUFFER);
+        }
         let recv_buffer = sr.recv_buffer_size().unwrap_or(0);
         if recv_buffer < RECV_BUFFER {
             crate::logln!(
-                "holdfast: sync: the receive buffer is {} KiB, not the {} KiB asked for: raise net.core.rmem_max, or a peer's sweep may overflow it",
+                "holdfast: sync: the receive buffer is {} KiB, not the {} KiB asked for (no CAP_NET_ADMIN to pass net.core.rmem_max): raise net.core.rmem_max, or a peer's sweep may overflow it",
                 recv_buffer / 1024,
                 RECV_BUFFER / 1024
             );

@@ -300,7 +300,7 @@ pub struct LiveArgs {
     /// Live: pause between loops, in milliseconds.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub loopdelay_ms: u64,
-    /// Live: each loop moves the client side's addresses (a fresh set of flows per loop).
+    /// Live: each loop moves the client side's addresses (a fresh set of flows per loop; IPv4 for 4,096 loops, then they repeat).
     #[arg(long)]
     pub unique_ip: bool,
     /// Live: frames to send at most.

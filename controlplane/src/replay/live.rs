@@ -519,6 +519,13 @@ pub fn run(capture: &[u8], sides: &mut Sides, opts: &Options) -> std::io::Result
         if opts.loops != 0 && lap >= opts.loops {
             break;
         }
+        if opts.unique_ip && lap == rewrite::IPV4_LAPS {
+            eprintln!(
+                "replay: --unique-ip: loop {lap}: IPv4 client addresses have room for {} moves of 2^20; from here each loop repeats the flows of the loop {} before it",
+                rewrite::IPV4_LAPS,
+                rewrite::IPV4_LAPS
+            );
+        }
         let mut reader = Reader::new(capture);
         let mut first_ts: Option<u64> = None;
         let mut last_offset_ns = 0.0f64;

@@ -7,8 +7,13 @@
 //! ICMPv6's, whose pseudo-header holds the addresses.
 //!
 //! Two client addresses collide across loops only when they differ by a multiple of
-//! 2^20 (IPv4): one flow of loop `k` would then equal one of loop `k'`. ICMP errors'
-//! quoted headers are left as they are.
+//! 2^20 (IPv4): one flow of loop `k` would then equal one of loop `k'`. And an IPv4
+//! address has room for [`IPV4_LAPS`] such moves: loop `k + 4096` is loop `k` again
+//! (the replay says so when it gets there). ICMP errors' quoted headers are left as
+//! they are.
+
+/// Loops of distinct IPv4 client addresses: 2^32 / 2^20.
+pub const IPV4_LAPS: u64 = 1 << 12;
 
 /// Where the fields to change sit in a frame.
 struct Layout {
@@ -106,7 +111,7 @@ pub fn unique_ip(f: &mut [u8], from_client: bool, lap: u32) -> bool {
             a[8..16].copy_from_slice(&lo.wrapping_add(u64::from(lap) << 32).to_be_bytes());
         } else {
             let x = u32::from_be_bytes(a[..4].try_into().expect("4 bytes"));
-            a.copy_from_slice(&x.wrapping_add(lap << 20).to_be_bytes());
+            a.copy_from_slice(&x.wrapping_add((lap % IPV4_LAPS as u32) << 20).to_be_bytes());
         }
     });
     true
@@ -240,6 +245,14 @@ mod tests {
         arp[12] = 0x08;
         arp[13] = 0x06;
         assert!(!unique_ip(&mut arp, true, 3));
+        // IPv4 has room for IPV4_LAPS moves: the next loop is loop 0's flows again.
+        let mut f = f0.clone();
+        assert!(unique_ip(&mut f, true, IPV4_LAPS as u32));
+        assert_eq!(f, f0);
+        let (mut a, mut b) = (f0.clone(), f0.clone());
+        assert!(unique_ip(&mut a, true, 5) && unique_ip(&mut b, true, IPV4_LAPS as u32 + 5));
+        assert_eq!(a, b);
+        assert_ne!(a, f0);
     }
 }
 

@@ -51,6 +51,9 @@ pub enum StateError {
     Duplicate { path: PathBuf, offset: u64 },
     #[error("{}: {trailing} bytes after the end block", .path.display())]
     Trailing { path: PathBuf, trailing: u64 },
+    /// Another process holds the directory (`claim`).
+    #[error("{}: another holdfast (pid {pid}) keeps its snapshots here: two appliances writing one snapshot would each lose the other's tables (give each its own state.snapshot_dir)", .path.display())]
+    InUse { path: PathBuf, pid: String },
     /// A snapshot someone else could have written: its flows would pass the firewall.
     #[error("{}: {why}: not restored, as its flows would pass the firewall (a snapshot must be Holdfast's own: owned by its user or root, writable by no one else)", .path.display())]
     Untrusted { path: PathBuf, why: String },
@@ -105,6 +108,54 @@ pub fn write(dir: &Path, engines: &[Option<&Engine>], at: Instant, seed: u64) ->
     w.finish()
 }
 
+/// The lock file in `state.snapshot_dir` that [`claim`] holds.
+pub const LOCK: &str = "holdfast.lock";
+
+/// A directory claimed by this process for its snapshots (the lock goes with the file
+/// handle: dropped, or the process gone, and it is free).
+#[derive(Debug)]
+pub struct Claim {
+    pub dir: PathBuf,
+    _lock: File,
+}
+
+/// Claims `dir` for this process's snapshots: an exclusive `flock` on its
+/// [`LOCK`] file, with this process's pid in it. Two appliances given one directory
+/// (a copied config, a template unit with one `StateDirectory`) would restore one
+/// table twice and write over each other's snapshot at their stops; the second is
+/// refused, naming the first's pid.
+pub fn claim(dir: &Path) -> Result<Claim, StateError> {
+    std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
+    let path = dir.join(LOCK);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("opening the lock file", &path))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(StateError::InUse { path, pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() } });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &path)(e)),
+    }
+    f.set_len(0).and_then(|_| f.write_all(format!("{}\n", std::process::id()).as_bytes())).map_err(io("writing", &path))?;
+    Ok(Claim { dir: dir.to_path_buf(), _lock: f })
+}
+
+/// One snapshot written at a time in this process: an on-demand one still running at
+/// a stop would otherwise share the temporary file with the stop's (each removing or
+/// renaming the other's), and the stop's could be lost. The stop's waits for it (once
+/// the workers have stopped, an unfinished one fails at once).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A snapshot being written: blocks go to a temporary file (mode 0600) that
 /// [`Writer::finish`] syncs and renames into place. Dropped unfinished, it removes the
 /// temporary file and the previous snapshot stays.
@@ -115,11 +166,15 @@ pub struct Writer {
     header: Header,
     missing: Vec<usize>,
     started: std::time::Instant,
+    /// [`WRITING`], held until the writer is finished or dropped (after `Drop` has
+    /// removed an unfinished temporary file).
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Writer {
     /// Starts a snapshot of `workers` tables hashed with `seed`.
     pub fn create(dir: &Path, workers: usize, seed: u64) -> Result<Writer, StateError> {
+        let alone = WRITING.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(dir).map_err(io("creating the snapshot directory", dir))?;
         let temp = dir.join(TEMP);
         // A temporary file left by a crash is removed, and a new one made that did not
@@ -146,6 +201,7 @@ impl Writer {
             },
             missing: Vec::new(),
             started: std::time::Instant::now(),
+            _alone: alone,
         };
         // The real header (counts, time) once everything else is written.
         w.write(&[0u8; HEADER_LEN])?;

@@ -64,6 +64,9 @@ pub enum ServeError {
     Endpoint(#[from] http::EndpointError),
     #[error(transparent)]
     DenyLog(#[from] denylog::DenyLogError),
+    /// `state.snapshot_dir` cannot be claimed (another appliance holds it).
+    #[error("state.snapshot_dir: {0}")]
+    State(#[from] state::StateError),
 }
 
 /// Translates the YAML config into the dataplane's.
@@ -178,6 +181,15 @@ fn take_snapshot(commander: &run::Commander, dir: &Path, seed: u64) -> Result<Va
 
 /// Writes the stopped workers' tables to `dir`; says what happened, also in the final
 /// JSON.
+/// Claims `dir` into `claim` unless it is the one already claimed (a reload may have
+/// changed `state.snapshot_dir`).
+fn claimed(claim: &mut Option<state::Claim>, dir: &Path) -> Result<(), state::StateError> {
+    if claim.as_ref().is_none_or(|c| c.dir != dir) {
+        *claim = Some(state::claim(dir)?);
+    }
+    Ok(())
+}
+
 fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
     let engines: Vec<_> = stopped.engines.iter().map(Option::as_ref).collect();
     match state::write(dir, &engines, stopped.at, seed) {
@@ -216,6 +228,8 @@ struct Appliance {
     sync: Option<crate::sync::endpoint::Endpoint>,
     /// An on-demand snapshot being written (`POST /snapshot`), at most one.
     snapshotting: Option<std::thread::JoinHandle<()>>,
+    /// `state.snapshot_dir`, claimed against other processes (`state::claim`).
+    claim: Option<state::Claim>,
     logger: Option<denylog::Logger>,
     sat: Saturation,
     start: Instant,
@@ -248,6 +262,8 @@ impl Appliance {
             Some(p) => Some(config::read_token(p)?),
             None => None,
         }));
+        // The directory is this appliance's before its snapshot is read.
+        let claim = cfg.snapshot_dir.as_deref().map(state::claim).transpose()?;
         sys::catch_stop_signals();
         sys::catch_reload_signal();
         let (prepared, state) = tables(&cfg, &dp, opts.seed);
@@ -347,6 +363,7 @@ impl Appliance {
             takeover_rx,
             sync,
             snapshotting: None,
+            claim,
             logger,
             sat,
             start: Instant::now(),
@@ -507,6 +524,10 @@ impl Appliance {
             let _ = r.reply.send(Err("state.snapshot_dir is not set in the configuration: there is nowhere to write a snapshot".into()));
             return;
         };
+        if let Err(e) = claimed(&mut self.claim, &dir) {
+            let _ = r.reply.send(Err(e.to_string()));
+            return;
+        }
         if self.snapshotting.as_ref().is_some_and(|h| !h.is_finished()) {
             let _ = r.reply.send(Err("a snapshot is being written; try again when it is done".into()));
             return;
@@ -555,7 +576,13 @@ impl Appliance {
         if let Some(l) = self.logger.take() {
             l.stop();
         }
-        let written = self.reloader.current().snapshot_dir.clone().map(|dir| save_state(&dir, &stopped, self.seed));
+        let written = self.reloader.current().snapshot_dir.clone().map(|dir| match claimed(&mut self.claim, &dir) {
+            Ok(()) => save_state(&dir, &stopped, self.seed),
+            Err(e) => {
+                crate::logln!("holdfast: state: snapshot NOT written, the next start will not restore these flows: {e}");
+                json!({"error": e.to_string()})
+            }
+        });
         let mut out = report::final_json(&stopped.snapshots, uptime);
         out["state"] = written.unwrap_or(Value::Null);
         let v = self.view.read().unwrap_or_else(|p| p.into_inner());

@@ -323,3 +323,51 @@ fn too_many_ipv6_flows_for_the_pool_are_counted_by_the_settings_name() {
     es[0].audit().unwrap();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// One directory, one appliance: a second claim is refused with the first's pid, and
+/// the directory is free again once the first lets go (or its process is gone).
+#[test]
+fn a_snapshot_directory_is_claimed_by_one_process_at_a_time() {
+    let d = dir("claim");
+    let first = claim(&d).unwrap();
+    match claim(&d) {
+        Err(StateError::InUse { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+        other => panic!("a second claim: {other:?}"),
+    }
+    drop(first);
+    let again = claim(&d).unwrap();
+    assert_eq!(again.dir, d);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Two snapshots written at once in one process (an on-demand one still running when
+/// the stop writes its own) are written one after the other: both complete, and the
+/// one that started second is the one in place. Before, each removed or renamed the
+/// other's temporary file: one failed, and the file in place could be a half-written
+/// one.
+#[test]
+fn two_snapshots_at_once_are_written_one_after_the_other() {
+    let d = dir("together");
+    let (early, late) = (loaded(1, 30), loaded(1, 70));
+    let slow = std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            let mut w = Writer::create(&d, 1, SEED).unwrap();
+            w.tomb_sets(early[0].tombstone_sets());
+            for (n, mut bytes) in snapshot::chunks(early[0].export(Instant::from_secs(12))) {
+                // A slow one, as an export paced over the workers' rounds is.
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                w.block(BlockKind::Flows, 0, n, &mut bytes).unwrap();
+            }
+            w.finish()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let fast = write(&d, &[Some(&late[0])], Instant::from_secs(12), SEED);
+        (slow.join().unwrap(), fast)
+    });
+    let (slow, fast) = slow;
+    assert_eq!(slow.unwrap().flows, 30);
+    assert_eq!(fast.unwrap().flows, 70);
+    assert_eq!(restore_into(&d, 1, 4096).unwrap().0.flows, 70, "the later one is in place, whole");
+    let _ = std::fs::remove_dir_all(&d);
+}

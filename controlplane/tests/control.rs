@@ -139,6 +139,20 @@ impl Lab {
         serde_json::from_str(&ok(&self.hf(&["status", "--json"]))).unwrap()
     }
 
+    /// The saturation or fault event `name` from `/status`, once it is raised (within
+    /// 5 s).
+    fn raised(&self, name: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            if let Some(e) = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == name) {
+                return e.clone();
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "no {name} event: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM; the final counters.
     fn stop(&mut self) -> Value {
         let app = self.app.take().expect("running");
@@ -567,15 +581,7 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
     assert!(systemd.pings_since(started) >= 2, "the watchdog was fed while every worker ran");
 
     // Worker 1 stops at 1.5 s; a fault within STALL_AFTER (1 s) of that.
-    let t = Instant::now();
-    let fault = loop {
-        let s = lab.status();
-        if let Some(e) = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "worker_stalled") {
-            break e.clone();
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no worker_stalled event: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let fault = lab.raised("worker_stalled");
     assert_eq!(fault["worker"], 1);
     assert!(fault["fault"].as_str().unwrap().contains("worker 1 has published nothing"), "{fault}");
     let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
@@ -645,15 +651,7 @@ fn a_helper_thread_that_dies_is_a_fault_and_starves_the_watchdog() {
     lab.start(&[("NOTIFY_SOCKET", &systemd.path.to_string_lossy()), ("WATCHDOG_USEC", "400000"), ("HOLDFAST_TEST_PANIC_HELPER", "log:1200")]);
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed()));
     assert!(systemd.pings_since(started) >= 2, "the watchdog was fed while every thread ran");
-    let t = Instant::now();
-    let fault = loop {
-        let s = lab.status();
-        if let Some(e) = s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "thread_ended") {
-            break e.clone();
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "no thread_ended event: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let fault = lab.raised("thread_ended");
     let said = fault["fault"].as_str().unwrap();
     assert!(said.contains("the deny log") && said.contains("injected by HOLDFAST_TEST_PANIC_HELPER"), "{fault}");
     assert!(lab.stderr().contains("fault RAISED thread_ended: the thread of the deny log has ended"), "{}", lab.stderr());

@@ -634,6 +634,29 @@ fn a_stuck_worker_is_a_fault_starves_the_watchdog_and_sigterm_still_exits() {
     }
 }
 
+/// A worker whose thread ends (a panic on the packet path, injected:
+/// `HOLDFAST_TEST_PANIC_WORKER`, debug builds only) is said to have ended, not to be
+/// stuck, and the panic's message is in the log; the stop does not wait for it.
+#[test]
+fn a_worker_that_panics_is_a_fault_that_says_so() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::up("panic", 2);
+    lab.write_config(&lab.config(WEB, ""));
+    lab.start(&[("HOLDFAST_TEST_PANIC_WORKER", "1:500")]);
+    let fault = lab.raised("worker_stalled");
+    assert_eq!(fault["worker"], 1);
+    assert!(
+        fault["fault"].as_str().unwrap().contains("worker 1 has published nothing") && fault["fault"].as_str().unwrap().contains("its thread has ended"),
+        "{fault}"
+    );
+    assert!(lab.stderr().contains("injected by HOLDFAST_TEST_PANIC_WORKER"), "{}", lab.stderr());
+    let t = Instant::now();
+    let fin = lab.stop();
+    assert!(t.elapsed() < Duration::from_secs(2), "the stop waited for a worker that was gone");
+    assert_eq!(fin["stuck_workers"], serde_json::json!([]), "{fin}");
+}
+
 /// A helper thread that dies (injected: `HOLDFAST_TEST_PANIC_HELPER`, debug builds
 /// only; here the deny log's) takes nothing else down with it — which is why it must be
 /// said: a `thread_ended` fault naming the thread and the panic, in the log, `/status`

@@ -446,6 +446,12 @@ impl Running {
         self.readers.iter().map(|r| r.heartbeat()).collect()
     }
 
+    /// Workers whose thread has ended before a stop was asked for (a panic: its
+    /// message went to standard error), as opposed to one whose loop is stuck.
+    pub fn ended_workers(&self) -> Vec<usize> {
+        self.workers.iter().enumerate().filter(|(_, h)| h.is_finished()).map(|(w, _)| w).collect()
+    }
+
     /// While on, every worker drops what it receives as `syncing` (a takeover is
     /// committing the peer's flows).
     pub fn set_syncing(&self, on: bool) {

@@ -240,10 +240,14 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
     #[cfg(debug_assertions)]
     let stall_at = fault::stall_at(spec.index, last_house);
     #[cfg(debug_assertions)]
+    let panic_at = fault::panic_at(spec.index, last_house);
+    #[cfg(debug_assertions)]
     let slow = fault::slow(spec.index);
     while !spec.stop.load(Ordering::Relaxed) {
         #[cfg(debug_assertions)]
         fault::maybe_stall(stall_at);
+        #[cfg(debug_assertions)]
+        fault::maybe_panic(panic_at);
         // Time from the last poll's start: the poll itself, a sleep in poll() (1 ms at
         // most) — or the thread kept off its core (the kernel's own receive work runs
         // there too), while its RX rings fill.

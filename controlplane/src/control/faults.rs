@@ -52,7 +52,9 @@ fn say(t: Option<super::saturation::Transition>) {
 }
 
 /// Raises and clears `worker_stalled` from the heartbeats; returns the stalled workers.
-pub(super) fn stalls(sat: &mut Saturation, watch: &mut StallWatch, beats: &[u64]) -> Vec<usize> {
+/// A stalled worker in `ended` is said to have ended (its thread is gone: a panic),
+/// not to be stuck.
+pub(super) fn stalls(sat: &mut Saturation, watch: &mut StallWatch, beats: &[u64], ended: &[usize]) -> Vec<usize> {
     let silent = watch.update(beats, Instant::now());
     let mut stalled = Vec::new();
     for (w, quiet) in silent.iter().enumerate() {
@@ -60,7 +62,12 @@ pub(super) fn stalls(sat: &mut Saturation, watch: &mut StallWatch, beats: &[u64]
         if on {
             stalled.push(w);
         }
-        let detail = if on {
+        let detail = if on && ended.contains(&w) {
+            format!(
+                "worker {w} has published nothing for {:.1} s: its thread has ended (a panic: its message is in the log), its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
+                quiet.as_secs_f64()
+            )
+        } else if on {
             format!(
                 "worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
                 quiet.as_secs_f64()

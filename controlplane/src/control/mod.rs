@@ -405,7 +405,7 @@ impl Appliance {
         }
         let snaps = self.running.snapshots();
         // Faults are raised at once, not at the next report.
-        let stalled = faults::stalls(&mut self.sat, &mut self.stalls, &self.running.heartbeats());
+        let stalled = faults::stalls(&mut self.sat, &mut self.stalls, &self.running.heartbeats(), &self.running.ended_workers());
         faults::links(&mut self.sat, &mut self.running, &mut self.links);
         if let Some(l) = &self.logger {
             faults::deny_log(&mut self.sat, l);

@@ -3,7 +3,9 @@
 //! starts — publishing nothing, ignoring stop — the way a worker caught in an endless
 //! loop on the packet path would. What the rest of the appliance must then do (raise a
 //! fault event, starve systemd's watchdog, still exit on SIGTERM) is tested with it.
-//! `HOLDFAST_TEST_SLOW_WORKER=W:US` makes worker `W` sleep `US` µs after every poll
+//! `HOLDFAST_TEST_PANIC_WORKER=W:MS` makes worker `W` panic `MS` ms after it starts, as
+//! a bug on the packet path would (its thread ends; the fault must say so, not
+//! "stuck"). `HOLDFAST_TEST_SLOW_WORKER=W:US` makes worker `W` sleep `US` µs after every poll
 //! that found work: a worker that falls behind its RX rings (SYN shedding is tested
 //! with it).
 
@@ -27,6 +29,17 @@ pub fn maybe_stall(at: Option<Instant>) {
         loop {
             std::hint::spin_loop();
         }
+    }
+}
+
+pub fn panic_at(worker: usize, start: Instant) -> Option<Instant> {
+    for_worker("HOLDFAST_TEST_PANIC_WORKER", worker).map(|ms| start + Duration::from_millis(ms))
+}
+
+#[inline]
+pub fn maybe_panic(at: Option<Instant>) {
+    if at.is_some_and(|t| Instant::now() >= t) {
+        panic!("injected by HOLDFAST_TEST_PANIC_WORKER");
     }
 }
 

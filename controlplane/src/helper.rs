@@ -8,6 +8,8 @@
 
 use std::thread::JoinHandle;
 
+use holdfast_dataplane::worker::fault;
+
 /// A helper thread's handle and, once it has ended, why.
 #[derive(Debug)]
 pub struct Helper {
@@ -51,19 +53,16 @@ pub fn panic_at(name: &str) -> Option<std::time::Instant> {
     if !cfg!(debug_assertions) {
         return None;
     }
-    let v = std::env::var("HOLDFAST_TEST_PANIC_HELPER").ok()?;
-    let (n, ms) = v.split_once(':')?;
-    let ms: u64 = ms.parse().ok()?;
-    (n == name).then(|| std::time::Instant::now() + std::time::Duration::from_millis(ms))
+    fault::injected(PANIC_HELPER, |n| n == name).map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms))
 }
 
 /// Panics once `at` ([`panic_at`]) has passed.
 #[inline]
 pub fn maybe_panic(at: Option<std::time::Instant>) {
-    if at.is_some_and(|t| std::time::Instant::now() >= t) {
-        panic!("injected by HOLDFAST_TEST_PANIC_HELPER");
-    }
+    fault::maybe_panic(at, PANIC_HELPER);
 }
+
+const PANIC_HELPER: &str = "HOLDFAST_TEST_PANIC_HELPER";
 
 #[cfg(test)]
 mod tests {

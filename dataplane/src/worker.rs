@@ -3,7 +3,7 @@
 //! to it through the handoff rings.
 
 #[cfg(debug_assertions)]
-mod fault;
+pub mod fault;
 mod housekeeping;
 
 use std::sync::Arc;
@@ -247,7 +247,7 @@ pub fn run(spec: Spec, ready: std::sync::mpsc::Sender<Result<(), WorkerError>>) 
         #[cfg(debug_assertions)]
         fault::maybe_stall(stall_at);
         #[cfg(debug_assertions)]
-        fault::maybe_panic(panic_at);
+        fault::maybe_panic(panic_at, fault::PANIC_WORKER);
         // Time from the last poll's start: the poll itself, a sleep in poll() (1 ms at
         // most) — or the thread kept off its core (the kernel's own receive work runs
         // there too), while its RX rings fill.

@@ -62,14 +62,10 @@ pub(super) fn stalls(sat: &mut Saturation, watch: &mut StallWatch, beats: &[u64]
         if on {
             stalled.push(w);
         }
-        let detail = if on && ended.contains(&w) {
+        let detail = if on {
+            let why = if ended.contains(&w) { "its thread has ended (a panic: its message is in the log)" } else { "its loop is stuck" };
             format!(
-                "worker {w} has published nothing for {:.1} s: its thread has ended (a panic: its message is in the log), its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
-                quiet.as_secs_f64()
-            )
-        } else if on {
-            format!(
-                "worker {w} has published nothing for {:.1} s: its loop is stuck, its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
+                "worker {w} has published nothing for {:.1} s: {why}, its queue's frames are not forwarded, and systemd's watchdog is no longer fed",
                 quiet.as_secs_f64()
             )
         } else {

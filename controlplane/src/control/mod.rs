@@ -179,8 +179,6 @@ fn take_snapshot(commander: &run::Commander, dir: &Path, seed: u64) -> Result<Va
     w.finish().map(|w| w.json()).map_err(|e| e.to_string())
 }
 
-/// Writes the stopped workers' tables to `dir`; says what happened, also in the final
-/// JSON.
 /// Claims `dir` into `claim` unless it is the one already claimed (a reload may have
 /// changed `state.snapshot_dir`).
 fn claimed(claim: &mut Option<state::Claim>, dir: &Path) -> Result<(), state::StateError> {
@@ -190,9 +188,11 @@ fn claimed(claim: &mut Option<state::Claim>, dir: &Path) -> Result<(), state::St
     Ok(())
 }
 
-fn save_state(dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
+/// Writes the stopped workers' tables to `dir` (claimed first); says what happened,
+/// also in the final JSON.
+fn save_state(claim: &mut Option<state::Claim>, dir: &Path, stopped: &run::Stopped, seed: u64) -> Value {
     let engines: Vec<_> = stopped.engines.iter().map(Option::as_ref).collect();
-    match state::write(dir, &engines, stopped.at, seed) {
+    match claimed(claim, dir).and_then(|()| state::write(dir, &engines, stopped.at, seed)) {
         Ok(w) => {
             crate::logln!(
                 "holdfast: state: {} flow(s) and {} tombstone(s) written to {} ({} bytes, {:.2} s){}",
@@ -576,13 +576,7 @@ impl Appliance {
         if let Some(l) = self.logger.take() {
             l.stop();
         }
-        let written = self.reloader.current().snapshot_dir.clone().map(|dir| match claimed(&mut self.claim, &dir) {
-            Ok(()) => save_state(&dir, &stopped, self.seed),
-            Err(e) => {
-                crate::logln!("holdfast: state: snapshot NOT written, the next start will not restore these flows: {e}");
-                json!({"error": e.to_string()})
-            }
-        });
+        let written = self.reloader.current().snapshot_dir.clone().map(|dir| save_state(&mut self.claim, &dir, &stopped, self.seed));
         let mut out = report::final_json(&stopped.snapshots, uptime);
         out["state"] = written.unwrap_or(Value::Null);
         let v = self.view.read().unwrap_or_else(|p| p.into_inner());

@@ -11,12 +11,18 @@
 
 use std::time::{Duration, Instant};
 
+/// `var`'s `K:N` when `K` is one `key` accepts: `N`. (The control plane's helper
+/// threads are injected through it too: `holdfast_controlplane::helper`.)
+pub fn injected(var: &str, key: impl Fn(&str) -> bool) -> Option<u64> {
+    let v = std::env::var(var).ok()?;
+    let (k, n) = v.split_once(':')?;
+    let n: u64 = n.parse().ok()?;
+    key(k).then_some(n)
+}
+
 /// `var`'s `W:N` when `W` is `worker`: `N`.
 fn for_worker(var: &str, worker: usize) -> Option<u64> {
-    let v = std::env::var(var).ok()?;
-    let (w, n) = v.split_once(':')?;
-    let n: u64 = n.parse().ok()?;
-    (w.parse::<usize>().ok()? == worker).then_some(n)
+    injected(var, |w| w.parse::<usize>().ok() == Some(worker))
 }
 
 pub fn stall_at(worker: usize, start: Instant) -> Option<Instant> {
@@ -32,14 +38,17 @@ pub fn maybe_stall(at: Option<Instant>) {
     }
 }
 
+pub const PANIC_WORKER: &str = "HOLDFAST_TEST_PANIC_WORKER";
+
 pub fn panic_at(worker: usize, start: Instant) -> Option<Instant> {
-    for_worker("HOLDFAST_TEST_PANIC_WORKER", worker).map(|ms| start + Duration::from_millis(ms))
+    for_worker(PANIC_WORKER, worker).map(|ms| start + Duration::from_millis(ms))
 }
 
+/// Panics, naming the variable `var` that asked for it, once `at` has passed.
 #[inline]
-pub fn maybe_panic(at: Option<Instant>) {
+pub fn maybe_panic(at: Option<Instant>, var: &str) {
     if at.is_some_and(|t| Instant::now() >= t) {
-        panic!("injected by HOLDFAST_TEST_PANIC_WORKER");
+        panic!("injected by {var}");
     }
 }
 

@@ -308,7 +308,8 @@ struct Loop {
 }
 
 /// The sync socket's receive buffer asked for, in bytes (the kernel doubles what it
-/// is given for its bookkeeping, and caps it at `net.core.rmem_max`).
+/// is given for its bookkeeping; forced past `net.core.rmem_max` with CAP_NET_ADMIN,
+/// capped there without it).
 const RECV_BUFFER: usize = 4 << 20;
 
 /// How long the loop waits for a datagram: 20 ms, or 1 ms while paced messages wait,

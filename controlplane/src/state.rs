@@ -139,8 +139,9 @@ pub fn claim(dir: &Path) -> Result<Claim, StateError> {
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
+            // A pid is a few digits; whatever else is in the file is not read.
             let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
+            let _ = (&mut f).take(32).read_to_string(&mut pid);
             let pid = pid.trim();
             return Err(StateError::InUse { path, pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() } });
         }

@@ -8,6 +8,7 @@
 
 use std::thread::JoinHandle;
 
+#[cfg(debug_assertions)]
 use holdfast_dataplane::worker::fault;
 
 /// A helper thread's handle and, once it has ended, why.
@@ -49,19 +50,27 @@ impl Helper {
 /// Fault injection for the tests, in debug builds only (release builds have none):
 /// `HOLDFAST_TEST_PANIC_HELPER=NAME:MS` makes the helper thread `NAME` (`log`) panic
 /// `MS` ms after it starts, the way a bug in it would. Read once, at the thread's start.
+/// (The parser is the workers' own, `worker::fault`, which release builds do not have.)
+#[cfg(debug_assertions)]
 pub fn panic_at(name: &str) -> Option<std::time::Instant> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
     fault::injected(PANIC_HELPER, |n| n == name).map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+#[cfg(not(debug_assertions))]
+pub fn panic_at(_name: &str) -> Option<std::time::Instant> {
+    None
 }
 
 /// Panics once `at` ([`panic_at`]) has passed.
 #[inline]
 pub fn maybe_panic(at: Option<std::time::Instant>) {
+    #[cfg(debug_assertions)]
     fault::maybe_panic(at, PANIC_HELPER);
+    #[cfg(not(debug_assertions))]
+    let _ = at;
 }
 
+#[cfg(debug_assertions)]
 const PANIC_HELPER: &str = "HOLDFAST_TEST_PANIC_HELPER";
 
 #[cfg(test)]

@@ -250,6 +250,51 @@ fn listings_stream_both_workers_and_tokens_guard_them() {
     assert_eq!(s.stats.unauthorized.load(Relaxed), 2);
 }
 
+/// Without a token, being on this host is not enough: a listing or a takeover from a
+/// socket that neither root nor the appliance's own user owns is refused (the kernel
+/// says whose it is), counted, and the command says why; `status` stays open.
+#[test]
+fn without_a_token_another_local_user_is_refused() {
+    if !holdfast_dataplane::sys::is_root() {
+        holdfast_dataplane::host::report_skip("needs root to connect as another user (CI runs it as root)");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let s = start(10);
+    let as_nobody = |cmd: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_holdfast")).args([cmd, "--connect", &s.addr.to_string()]).uid(65534).gid(65534).output().unwrap()
+    };
+    for cmd in ["flows", "takeover", "reload"] {
+        let o = as_nobody(cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd} as uid 65534 was let in: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(err.contains("from uid 65534 on this host") && err.contains("control.token_file"), "{cmd}: {err}");
+    }
+    assert_eq!(s.stats.unauthorized.load(Relaxed), 3);
+    let o = as_nobody("status");
+    assert!(o.status.success(), "status is open: {}", String::from_utf8_lossy(&o.stderr));
+    // This process is root: let in.
+    assert_eq!(get(s.addr, "/flows?limit=1").0, 200);
+    // A token opens it to anyone who has it.
+    *s.token.write().unwrap() = Some("0123456789abcdef0123".into());
+    let dir = std::env::temp_dir().join(format!("hf-endpoint-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["flows", "--connect", &s.addr.to_string(), "--token-file"])
+        .arg(&file)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "with the token: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 20, "both workers' 10 flows");
+}
+
 #[test]
 fn a_snapshot_request_reaches_the_writer_and_its_refusal_comes_back() {
     let s = start(0);

@@ -223,10 +223,12 @@ pub fn endpoint(data: &[u8]) {
     let far: std::net::IpAddr = "192.0.2.1".parse().unwrap();
     let near: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let tok = token.as_deref().filter(|t| !t.is_empty());
-    let got = holdfast_controlplane::control::decide(tok, header.as_deref(), far, &path);
+    let got = holdfast_controlplane::control::decide(tok, header.as_deref(), far, &path, || Ok(0));
     if tok.is_none() {
         assert!(got.is_err(), "another host without a configured token is refused");
-        assert!(holdfast_controlplane::control::decide(None, header.as_deref(), near, &path).is_ok());
+        assert!(holdfast_controlplane::control::decide(None, header.as_deref(), near, &path, || Ok(0)).is_ok());
+        let unknown = holdfast_controlplane::control::decide(None, header.as_deref(), near, &path, || Err("unknown".into()));
+        assert!(unknown.is_err(), "a local user who cannot be told is refused");
     } else if got.is_ok() {
         let t = tok.unwrap_or_default();
         assert_eq!(header.as_deref().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim), Some(t), "only the token opens it");

@@ -4,9 +4,10 @@
 //! that carry it are in `http`.
 //!
 //! Access: `/metrics` and `/status` are read-only aggregates, open to whoever reaches
-//! the socket. `/flows` (it reveals who talks to whom) and `/reload` need the bearer
+//! the socket. `/flows` (it reveals who talks to whom) and the POSTs need the bearer
 //! token of `control.token_file` when one is set; without one they answer only peers
-//! on the loopback interface.
+//! on the loopback interface whose socket root or the appliance's own user owns (the
+//! kernel says whose, `peer`), as `conntrack -L` needs privilege.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -135,9 +136,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Whether a request for `path` from `peer`, with this `Authorization` header, may see
-/// flows or reload: with a configured `token`, only if it carries it; without one, only
-/// from loopback. The refusal's status and words otherwise.
-pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, path: &str) -> Result<(), (StatusCode, String)> {
+/// flows or change anything: with a configured `token`, only if it carries it; without
+/// one, only from loopback, and there only from a socket owned by root or by the
+/// appliance's own user (`local_user` tells the owner; it is asked only then). The
+/// refusal's status and words otherwise.
+pub fn decide(
+    token: Option<&str>,
+    authorization: Option<&str>,
+    peer: IpAddr,
+    path: &str,
+    local_user: impl FnOnce() -> Result<u32, String>,
+) -> Result<(), (StatusCode, String)> {
     match token {
         Some(t) => match authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
             Some(g) if same(g.as_bytes(), t.as_bytes()) => Ok(()),
@@ -148,15 +157,28 @@ pub fn decide(token: Option<&str>, authorization: Option<&str>, peer: IpAddr, pa
                     .into(),
             )),
         },
-        None if peer.to_canonical().is_loopback() => Ok(()),
+        None if peer.to_canonical().is_loopback() => match local_user() {
+            Ok(uid) if uid == 0 || uid == holdfast_dataplane::sys::euid() => Ok(()),
+            Ok(uid) => Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{path} from uid {uid} on this host: without control.token_file only root and the appliance's own user may ask; set one on the appliance"
+                ),
+            )),
+            Err(why) => Err((
+                StatusCode::FORBIDDEN,
+                format!("{path}: who asks on this host cannot be told ({why}), so it is refused; set control.token_file on the appliance"),
+            )),
+        },
         None => Err((StatusCode::FORBIDDEN, format!("{path} from another host ({peer}) needs a token: set control.token_file on the appliance"))),
     }
 }
 
-fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(), Box<Response<Body>>> {
+fn authorize(req: &Request<Incoming>, ends: Ends, sh: &Shared) -> Result<(), Box<Response<Body>>> {
     let token = sh.token.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone());
     let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
-    decide(token.as_deref(), header, peer.ip(), req.uri().path()).map_err(|(code, msg)| {
+    let local_user = || ends.local.ok_or_else(|| "the endpoint's own address is unknown".to_string()).and_then(|l| super::peer::owner(ends.peer, l));
+    decide(token.as_deref(), header, ends.peer.ip(), req.uri().path(), local_user).map_err(|(code, msg)| {
         sh.stats.unauthorized.fetch_add(1, Relaxed);
         let mut r = plain(code, msg);
         if code == StatusCode::UNAUTHORIZED {
@@ -166,7 +188,15 @@ fn authorize(req: &Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Result<(
     })
 }
 
-pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared) -> Response<Body> {
+/// A connection's two ends: the client's address, and the endpoint's own (to ask the
+/// kernel who owns the client's socket; `None` if it could not be read).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ends {
+    pub(super) peer: SocketAddr,
+    pub(super) local: Option<SocketAddr>,
+}
+
+pub(super) async fn handle(req: Request<Incoming>, ends: Ends, sh: &Shared) -> Response<Body> {
     sh.stats.requests.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -175,7 +205,7 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
         "/metrics" if get => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", super::metrics::encode(&read_view(&sh.view))),
         "/status" if get => text(StatusCode::OK, "application/json", status_json(&read_view(&sh.view)).to_string() + "\n"),
         "/flows" if get => {
-            if let Err(r) = authorize(&req, peer, sh) {
+            if let Err(r) = authorize(&req, ends, sh) {
                 return *r;
             }
             match parse_query(&query) {
@@ -184,13 +214,13 @@ pub(super) async fn handle(req: Request<Incoming>, peer: SocketAddr, sh: &Shared
             }
         }
         "/flows/external" if get => {
-            if let Err(r) = authorize(&req, peer, sh) {
+            if let Err(r) = authorize(&req, ends, sh) {
                 return *r;
             }
             external(sh, &query)
         }
         "/reload" | "/snapshot" | "/takeover" | "/resync" if *req.method() == Method::POST => {
-            if let Err(r) = authorize(&req, peer, sh) {
+            if let Err(r) = authorize(&req, ends, sh) {
                 return *r;
             }
             // The body is not used; it is read (bounded in size and time) so that a
@@ -473,20 +503,30 @@ mod tests {
     }
 
     #[test]
-    fn flows_and_reload_need_the_token_or_loopback() {
+    fn flows_and_reload_need_the_token_or_a_privileged_local_user() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let lo6: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let far: IpAddr = "192.0.2.9".parse().unwrap();
-        assert!(decide(None, None, lo, "/flows").is_ok());
-        assert!(decide(None, None, lo6, "/flows").is_ok());
-        let (code, msg) = decide(None, None, far, "/reload").unwrap_err();
+        let me = holdfast_dataplane::sys::euid();
+        let root = || Ok(0);
+        assert!(decide(None, None, lo, "/flows", root).is_ok());
+        assert!(decide(None, None, lo6, "/flows", root).is_ok());
+        assert!(decide(None, None, lo, "/flows", || Ok(me)).is_ok(), "the appliance's own user");
+        let other = if me == 4242 { 4243 } else { 4242 };
+        let (code, msg) = decide(None, None, lo, "/takeover", || Ok(other)).unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(msg.contains(&format!("uid {other}")) && msg.contains("control.token_file"), "{msg}");
+        let (code, msg) = decide(None, None, lo, "/reload", || Err("its socket is gone".into())).unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN, "who asks cannot be told: refused");
+        assert!(msg.contains("its socket is gone"), "{msg}");
+        let (code, msg) = decide(None, None, far, "/reload", || panic!("another host's owner is never asked")).unwrap_err();
         assert_eq!(code, StatusCode::FORBIDDEN);
         assert!(msg.contains("control.token_file"), "{msg}");
         let t = Some("0123456789abcdef");
-        assert_eq!(decide(t, None, lo, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED, "a token binds loopback too");
-        assert_eq!(decide(t, Some("Bearer nope"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
-        assert_eq!(decide(t, Some("Basic 0123456789abcdef"), far, "/flows").unwrap_err().0, StatusCode::UNAUTHORIZED);
-        assert!(decide(t, Some("Bearer 0123456789abcdef"), far, "/flows").is_ok());
+        assert_eq!(decide(t, None, lo, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED, "a token binds root on loopback too");
+        assert_eq!(decide(t, Some("Bearer nope"), far, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(decide(t, Some("Basic 0123456789abcdef"), far, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert!(decide(t, Some("Bearer 0123456789abcdef"), far, "/flows", || Ok(other)).is_ok(), "the token opens it to anyone");
     }
 
     #[test]

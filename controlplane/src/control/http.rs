@@ -207,6 +207,7 @@ async fn serve(listener: std::net::TcpListener, sh: Arc<Shared>, mut stopped: wa
 }
 
 async fn connection(sock: tokio::net::TcpStream, peer: SocketAddr, sh: Arc<Shared>, last: Arc<AtomicU64>, close: Arc<Notify>) {
+    let ends = super::api::Ends { peer, local: sock.local_addr().ok() };
     let io = TokioIo::new(Tracked { inner: sock, last: Arc::clone(&last), epoch: sh.epoch });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(HEADER_LIMIT).max_headers(64).keep_alive(true);
@@ -220,7 +221,7 @@ async fn connection(sock: tokio::net::TcpStream, peer: SocketAddr, sh: Arc<Share
     let sh2 = Arc::clone(&sh);
     let service = hyper::service::service_fn(move |req| {
         let sh = Arc::clone(&sh2);
-        async move { Ok::<_, Infallible>(super::api::handle(req, peer, &sh).await) }
+        async move { Ok::<_, Infallible>(super::api::handle(req, ends, &sh).await) }
     });
     let conn = b.serve_connection(io, service);
     tokio::pin!(conn);

@@ -7,7 +7,8 @@
 //! - this file: starting the appliance ([`serve`]), the loop, stopping;
 //! - `view`: what the endpoint serves; `report`: counters as JSON and for people;
 //! - `reload`: a new configuration to every worker; `faults`: stalls, links, the log;
-//! - `notify`: systemd; `saturation`, `metrics`, `http`, `denylog`, `client`.
+//! - `notify`: systemd; `saturation`, `metrics`, `http`, `denylog`, `client`;
+//!   `peer`: which local user opened a loopback connection.
 
 mod api;
 pub mod client;
@@ -16,6 +17,7 @@ mod faults;
 pub mod http;
 pub mod metrics;
 mod notify;
+mod peer;
 pub mod reload;
 pub mod report;
 pub mod saturation;

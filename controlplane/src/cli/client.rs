@@ -61,6 +61,17 @@ impl Lines {
     }
 }
 
+/// Ends a listing: what was listed is written out either way; one that could not be
+/// completed then says so and fails.
+fn finish(cmd: &'static str, listed: Result<u64, ClientError>, out: Lines) -> Result<u64, Error> {
+    let written = out.done();
+    let n = listed.map_err(|e| match e {
+        ClientError::Refused { message, .. } => Error::failed(cmd, format!("the listing above is INCOMPLETE: {message}")),
+        e => Error::failed(cmd, e),
+    })?;
+    written.map(|()| n)
+}
+
 impl ClientCmd {
     pub fn run(self) -> Result<(), Error> {
         match self {
@@ -74,19 +85,9 @@ impl ClientCmd {
             }
             ClientCmd::Flows(f) if f.external => {
                 let t = target(&f.c)?;
-                let (code, body) =
-                    client::request(&t, "GET", &format!("/flows/external?limit={}", f.limit)).map_err(|e| Error::failed("flows --external", e))?;
-                if code != 200 {
-                    return Err(Error::failed("flows --external", body.trim().to_string()));
-                }
-                let mut n = 0;
                 let mut out = Lines::new();
-                for line in body.lines() {
-                    let x: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::failed("flows --external", e))?;
-                    out.flow(&x, f.c.json);
-                    n += 1;
-                }
-                out.done()?;
+                let listed = client::external(&t, &format!("limit={}", f.limit), |x| out.flow(&x, f.c.json));
+                let n = finish("flows --external", listed, out)?;
                 if !f.c.json {
                     eprintln!("holdfast: {n} flow(s) in the external cache");
                 }
@@ -120,8 +121,8 @@ impl ClientCmd {
                     }
                 }
                 let mut out = Lines::new();
-                let n = client::flows(&t, &q.finish(), |x| out.flow(&x, f.c.json)).map_err(|e| Error::failed("flows", e))?;
-                out.done()?;
+                let listed = client::flows(&t, &q.finish(), |x| out.flow(&x, f.c.json));
+                let n = finish("flows", listed, out)?;
                 if !f.c.json {
                     eprintln!("holdfast: {n} flow(s) listed");
                 }

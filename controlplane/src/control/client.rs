@@ -64,36 +64,108 @@ pub enum ClientError {
     NotApplied(u64),
 }
 
-/// Largest answer read (a listing of a million flows is about 300 MB).
+/// Largest answer read whole (`/status`, a reload's answer, the external cache's
+/// listing): listings of the tables are read a line at a time instead.
 const MAX_ANSWER: u64 = 1 << 30;
+/// Longest line of a streamed listing (a flow's JSON is ~300 bytes).
+const MAX_LINE: u64 = 64 * 1024;
+/// Longest answer head, and longest chunk-size line.
+const MAX_HEAD: u64 = 64 * 1024;
 
-/// Decodes a chunked body in place (a listing is hundreds of MB: no second copy);
-/// `false` when it is cut short or malformed.
-fn dechunk(b: &mut Vec<u8>) -> bool {
-    let (mut r, mut w) = (0, 0);
-    loop {
-        let Some(line_end) = b[r..].windows(2).position(|x| x == b"\r\n") else { return false };
-        let Some(size) = std::str::from_utf8(&b[r..r + line_end]).ok().and_then(|t| t.split(';').next()).and_then(|t| usize::from_str_radix(t.trim(), 16).ok())
-        else {
-            return false;
-        };
-        r += line_end + 2;
-        if size == 0 {
-            b.truncate(w);
-            return true;
+/// How the body of an answer ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// `Transfer-Encoding: chunked`: this much left of the chunk being read (0: a
+    /// size line next, after the CRLF that ends the previous chunk if `after`).
+    Chunked { left: u64, after: bool },
+    /// `Content-Length`: this much left.
+    Length { left: u64 },
+    /// Neither: the body ends when the connection does.
+    Close,
+    /// The last chunk, or the whole length, was read.
+    Done,
+}
+
+/// An answer's body, read as it arrives: chunked encoding undone on the fly, so a
+/// listing of a million flows never sits in memory whole. A body that ends before
+/// its framing says it is done reads as the error `UnexpectedEof` ("cut short").
+pub struct Answer {
+    r: std::io::BufReader<TcpStream>,
+    framing: Framing,
+}
+
+fn cut(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_string())
+}
+
+impl Answer {
+    /// Reads a chunk's size line, after the previous chunk's CRLF if `after`.
+    fn size_line(&mut self, after: bool) -> std::io::Result<u64> {
+        use std::io::BufRead;
+        let mut line = Vec::new();
+        if after {
+            (&mut self.r).take(2).read_to_end(&mut line)?;
+            match line.as_slice() {
+                b"\r\n" => line.clear(),
+                l if l.len() < 2 => return Err(cut("a chunk cut short")),
+                _ => return Err(std::io::Error::other("a chunk longer than its size")),
+            }
         }
-        if b.len() - r < size.saturating_add(2) {
-            return false;
+        (&mut self.r).take(MAX_HEAD).read_until(b'\n', &mut line)?;
+        if !line.ends_with(b"\r\n") {
+            return Err(if line.len() as u64 >= MAX_HEAD { std::io::Error::other("a chunk size line too long") } else { cut("a chunk size cut short") });
         }
-        b.copy_within(r..r + size, w);
-        w += size;
-        r += size + 2;
+        let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+        u64::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| std::io::Error::other(format!("not a chunk size: {text:?}")))
+    }
+
+    /// The rest of the body as text, at most `MAX_ANSWER` bytes.
+    fn text(mut self) -> std::io::Result<String> {
+        let mut b = Vec::new();
+        (&mut self).take(MAX_ANSWER).read_to_end(&mut b)?;
+        Ok(String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 }
 
-/// One request; returns the status code and the body. An answer cut short (the
-/// appliance stopped mid-listing) is an error, not a short list.
-pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), ClientError> {
+impl Read for Answer {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let left = match self.framing {
+                Framing::Done => return Ok(0),
+                Framing::Close => return self.r.read(buf),
+                Framing::Length { left: 0 } => {
+                    self.framing = Framing::Done;
+                    continue;
+                }
+                Framing::Chunked { left: 0, after } => {
+                    let size = self.size_line(after)?;
+                    self.framing = if size == 0 { Framing::Done } else { Framing::Chunked { left: size, after: true } };
+                    continue;
+                }
+                Framing::Chunked { left, .. } | Framing::Length { left } => left,
+            };
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.r.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(cut("the answer ended before its framing said"));
+            }
+            let rest = left - n as u64;
+            self.framing = match self.framing {
+                Framing::Chunked { after, .. } => Framing::Chunked { left: rest, after },
+                _ => Framing::Length { left: rest },
+            };
+            return Ok(n);
+        }
+    }
+}
+
+/// Sends one request and reads the answer's head; the body is left to read as it
+/// arrives.
+pub fn open(t: &Target, method: &str, path: &str) -> Result<(u16, Answer), ClientError> {
+    use std::io::BufRead;
     let addr = &t.addr;
     let io = |source| ClientError::Io { addr: addr.clone(), source };
     let sa: SocketAddr = addr
@@ -105,29 +177,45 @@ pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), Cl
     s.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
     let auth = t.token.as_ref().map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").map_err(io)?;
-    let mut raw = Vec::new();
-    s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "not an HTTP answer" })?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    // The body stays where it was read: only the head is taken off its front.
-    raw.drain(..split + 4);
-    let mut body = raw;
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, s);
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let before = head.len();
+        (&mut r).take(MAX_HEAD.saturating_sub(before as u64)).read_until(b'\n', &mut head).map_err(io)?;
+        if head.len() == before || head.len() as u64 >= MAX_HEAD {
+            return Err(ClientError::NotHttp { addr: addr.clone(), what: "not an HTTP answer" });
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
     let code =
         head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| ClientError::NotHttp { addr: addr.clone(), what: "bad status line" })?;
     let header = |name: &str| {
         head.lines().skip(1).find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
     };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        if !dechunk(&mut body) {
-            return Err(ClientError::CutShort { addr: addr.clone(), path: path.to_string() });
-        }
-    } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        if body.len() < n {
-            return Err(ClientError::CutShort { addr: addr.clone(), path: path.to_string() });
-        }
-        body.truncate(n);
+    let framing = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        Framing::Chunked { left: 0, after: false }
+    } else if let Some(n) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+        Framing::Length { left: n }
+    } else {
+        Framing::Close
+    };
+    Ok((code, Answer { r, framing }))
+}
+
+/// One request; returns the status code and the whole body. An answer cut short (the
+/// appliance stopped mid-answer) is an error, not a short answer.
+pub fn request(t: &Target, method: &str, path: &str) -> Result<(u16, String), ClientError> {
+    let (code, body) = open(t, method, path)?;
+    let text = body.text().map_err(|e| read_error(t, path, e))?;
+    Ok((code, text))
+}
+
+fn read_error(t: &Target, path: &str, e: std::io::Error) -> ClientError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ClientError::CutShort { addr: t.addr.clone(), path: path.to_string() }
+    } else {
+        ClientError::Io { addr: t.addr.clone(), source: e }
     }
-    Ok((code, String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
 }
 
 fn get_json(addr: &Target, path: &str) -> Result<Value, ClientError> {
@@ -304,28 +392,51 @@ pub fn flow_line(f: &Value) -> String {
     s
 }
 
-pub fn flows(addr: &Target, query: &str, mut each: impl FnMut(Value)) -> Result<u64, ClientError> {
-    let path = || "/flows".to_string();
-    let (code, body) = request(addr, "GET", &format!("/flows?{query}"))?;
+/// A listing of the tables, handed to `each` a flow at a time as it arrives (a 1M-flow
+/// listing is ~220 MB of JSON: holding it whole took ~640 MB). A listing the appliance
+/// could not complete (its error line) or that was cut short is an error after the
+/// flows before it were handed over: the error says how many that was, and the caller
+/// must say it is incomplete.
+pub fn flows(addr: &Target, query: &str, each: impl FnMut(Value)) -> Result<u64, ClientError> {
+    listing(addr, "/flows", query, each)
+}
+
+/// What the sync peer sent (`/flows/external`), as [`flows`] hands it over.
+pub fn external(addr: &Target, query: &str, each: impl FnMut(Value)) -> Result<u64, ClientError> {
+    listing(addr, "/flows/external", query, each)
+}
+
+fn listing(addr: &Target, route: &'static str, query: &str, mut each: impl FnMut(Value)) -> Result<u64, ClientError> {
+    use std::io::BufRead;
+    let path = || route.to_string();
+    let (code, body) = open(addr, "GET", &format!("{route}?{query}"))?;
     if code != 200 {
+        let body = body.text().map_err(|e| read_error(addr, route, e))?;
         return Err(ClientError::Status { path: path(), code, body: body.trim().to_string() });
     }
-    let json = |l: &str| serde_json::from_str::<Value>(l).map_err(|source| ClientError::Json { path: path(), source });
-    // A listing that could not be completed ends with an error line: said before
-    // anything is listed.
-    if let Some(last) = body.lines().last()
-        && let Some(e) = json(last)?["error"].as_str()
-    {
-        return Err(ClientError::Refused { path: path(), message: e.to_string() });
-    }
-    // One line parsed at a time: a 1M-flow listing is ~220 MB of JSON, and all of it
-    // parsed at once took ~2.7 GB (1.8 GB for 681k flows, measured).
-    let mut n = 0;
-    for l in body.lines() {
-        each(json(l)?);
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, body);
+    let (mut n, mut line) = (0u64, Vec::new());
+    loop {
+        line.clear();
+        let got = (&mut r).take(MAX_LINE).read_until(b'\n', &mut line).map_err(|e| match read_error(addr, route, e) {
+            ClientError::CutShort { .. } => {
+                ClientError::Refused { path: path(), message: format!("the answer was cut short (did holdfast stop?) after {n} flow(s)") }
+            }
+            e => e,
+        })?;
+        if got == 0 {
+            return Ok(n);
+        }
+        if !line.ends_with(b"\n") && got as u64 >= MAX_LINE {
+            return Err(ClientError::NotHttp { addr: addr.addr.clone(), what: "a listing line longer than 64 KiB" });
+        }
+        let v = serde_json::from_slice::<Value>(&line).map_err(|source| ClientError::Json { path: path(), source })?;
+        if let Some(e) = v["error"].as_str() {
+            return Err(ClientError::Refused { path: path(), message: format!("{e} (after {n} flow(s))") });
+        }
+        each(v);
         n += 1;
     }
-    Ok(n)
 }
 
 /// How long `reload --wait` waits for every worker to run the new generation and finish
@@ -427,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_is_handed_over_a_flow_at_a_time_and_an_incomplete_one_lists_nothing() {
+    fn a_listing_is_handed_over_a_flow_at_a_time_and_an_incomplete_one_says_so() {
         let mut seen = Vec::new();
         let t = serve_once("{\"sport\":1}\n{\"sport\":2}\n{\"sport\":3}\n");
         assert_eq!(flows(&t, "limit=10", |v| seen.push(v["sport"].as_u64().unwrap())).unwrap(), 3);
@@ -435,24 +546,56 @@ mod tests {
         let t = serve_once("{\"sport\":1}\n{\"error\":\"worker 1 stopped; the listing is incomplete\"}\n");
         let mut called = 0;
         match flows(&t, "limit=10", |_| called += 1) {
-            Err(ClientError::Refused { message, .. }) => assert!(message.contains("incomplete"), "{message}"),
+            Err(ClientError::Refused { message, .. }) => assert!(message.contains("incomplete") && message.contains("after 1 flow"), "{message}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(called, 0, "nothing of an incomplete listing is listed");
+        assert_eq!(called, 1, "what came before the error was handed over; the error says how much");
+    }
+
+    /// Serves raw bytes as an answer, then closes.
+    fn serve_raw(answer: &'static [u8]) -> Target {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut head, mut buf) = (Vec::new(), [0u8; 256]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(answer);
+        });
+        Target::new(addr)
     }
 
     #[test]
     fn chunked_answers_decode_and_cut_ones_are_noticed() {
-        let d = |b: &[u8]| {
-            let mut v = b.to_vec();
-            dechunk(&mut v).then_some(v)
-        };
-        assert_eq!(d(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(), b"hello world");
-        assert_eq!(d(b"3;ext=1\r\nabc\r\n0\r\n\r\n").unwrap(), b"abc", "an extension is ignored");
-        assert!(d(b"5\r\nhello\r\n6\r\n wor").is_none());
-        assert!(d(b"5\r\nhello\r\n").is_none(), "no last chunk: cut short");
-        assert!(d(b"zz\r\nhello\r\n0\r\n\r\n").is_none(), "not a size");
-        assert!(d(b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n").is_none(), "a size past the answer");
+        let d = |b: &'static [u8]| request(&serve_raw(b), "GET", "/x");
+        const H: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let both = |body: &str| -> &'static [u8] { Box::leak(format!("{H}{body}").into_bytes().into_boxed_slice()) };
+        assert_eq!(d(both("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")).unwrap(), (200, "hello world".to_string()));
+        assert_eq!(d(both("3;ext=1\r\nabc\r\n0\r\n\r\n")).unwrap().1, "abc", "an extension is ignored");
+        assert!(matches!(d(both("5\r\nhello\r\n6\r\n wor")), Err(ClientError::CutShort { .. })));
+        assert!(matches!(d(both("5\r\nhello\r\n")), Err(ClientError::CutShort { .. })), "no last chunk: cut short");
+        assert!(matches!(d(both("zz\r\nhello\r\n0\r\n\r\n")), Err(ClientError::Io { .. })), "not a size");
+        assert!(matches!(d(both("2\r\nhello\r\n0\r\n\r\n")), Err(ClientError::Io { .. })), "a chunk longer than its size");
+        assert!(matches!(d(both("ffffffffffffffff\r\nhello\r\n0\r\n\r\n")), Err(ClientError::CutShort { .. })), "a size past the answer");
+        // By length, and to the end of the connection.
+        assert_eq!(d(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more").unwrap().1, "hello");
+        assert!(matches!(d(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello"), Err(ClientError::CutShort { .. })));
+        assert_eq!(d(b"HTTP/1.0 200 OK\r\n\r\nall of it").unwrap().1, "all of it");
+        assert!(matches!(d(b"SSH-2.0-OpenSSH\r\n"), Err(ClientError::NotHttp { .. })));
+        // A listing cut mid-chunk says how far it got.
+        let t = serve_raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n18\r\n{\"sport\":1}\n{\"sport\":2}\n\r\n30\r\n{\"sp");
+        let mut called = 0;
+        match flows(&t, "", |_| called += 1) {
+            Err(ClientError::Refused { message, .. }) => assert!(message.contains("cut short") && message.contains("after 2 flow"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(called, 2);
     }
 
     #[test]

@@ -217,6 +217,22 @@ pub fn plug(inside: bool, queues: usize) -> Result<(), LabError> {
     Ok(())
 }
 
+/// A fresh directory of the lab's own under the temporary directory: `name`, this
+/// process's id and a random part, created atomically with mode 0700. A fixed name
+/// in a world-writable `/tmp` (it was `holdfast-lab-PID`, removed and re-created) let
+/// another local user put a symbolic link there between the two, and root then wrote
+/// the lab's config and web pages, and served files, wherever it pointed.
+fn private_dir(name: &str) -> Result<PathBuf, LabError> {
+    let prefix = format!("{name}-{}-", std::process::id());
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(LabError::io(std::env::temp_dir().join(prefix).display()))
+}
+
 struct Guard {
     children: Vec<Child>,
     keep: bool,
@@ -310,9 +326,7 @@ pub fn run(exe: &Path, opts: &Options) -> Result<Value, LabError> {
     }
     sys::catch_stop_signals();
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("holdfast-lab-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
+    let dir = private_dir("holdfast-lab")?;
     let mut g = Guard { children: vec![], keep: opts.keep, dir: dir.clone() };
     up(opts.workers.max(1))?;
     interrupted()?;
@@ -428,4 +442,31 @@ pub fn human(v: &Value) -> String {
         if v["leftovers"] == json!(false) { "namespaces removed" } else { "LEFTOVERS: run `holdfast lab down`" },
         v["elapsed_s"].as_f64().unwrap_or(0.0)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The lab's directory is a new one each time, created with mode 0700: a name
+    /// planted in the temporary directory beforehand (a link to somewhere root should
+    /// not write) is never used.
+    #[test]
+    fn the_lab_directory_is_fresh_and_private() {
+        let planted = std::env::temp_dir().join(format!("holdfast-lab-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink("/nonexistent-target", &planted).unwrap();
+        let (a, b) = (super::private_dir("holdfast-lab-test").unwrap(), super::private_dir("holdfast-lab-test").unwrap());
+        for d in [&a, &b] {
+            let m = std::fs::symlink_metadata(d).unwrap();
+            assert!(m.is_dir() && !m.file_type().is_symlink(), "{}", d.display());
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{}", d.display());
+            assert_ne!(d, &planted);
+        }
+        assert_ne!(a, b);
+        for p in [a, b] {
+            std::fs::remove_dir(p).unwrap();
+        }
+        std::fs::remove_file(planted).unwrap();
+    }
 }

@@ -91,9 +91,8 @@ fn received_on(port: &str) -> u64 {
 
 /// Runs the failover end to end with the `holdfast` executable `exe`.
 pub fn run(exe: &Path, keep: bool) -> Result<Value, LabError> {
-    let dir = std::env::temp_dir().join(format!("holdfast-lab-ha-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("www")).map_err(LabError::io(dir.display()))?;
+    let dir = super::private_dir("holdfast-lab-ha")?;
+    std::fs::create_dir(dir.join("www")).map_err(LabError::io(dir.display()))?;
     let mut g = Guard { children: vec![], keep, dir: dir.clone() };
     down();
     for ns in ["hf-out", "hf-in", "hf-fw", STANDBY_NS] {

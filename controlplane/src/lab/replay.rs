@@ -75,9 +75,7 @@ pub fn run(exe: &Path, o: &Options) -> Result<Value, LabError> {
     }
     sys::catch_stop_signals();
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("holdfast-lab-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
+    let dir = super::private_dir("holdfast-lab-replay")?;
     let mut g = Guard { children: vec![], keep: o.keep, dir: dir.clone() };
     let cfg_text = match &o.config {
         // Bounded as `holdfast run` bounds it (it reads the copy again).

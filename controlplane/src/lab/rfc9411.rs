@@ -231,9 +231,7 @@ fn softnet_drops() -> u64 {
 /// Creates the lab for `system` with a table of `cap` entries and `n_servers` server
 /// processes.
 fn setup(exe: &Path, o: &Options, system: System, cap: usize, n_servers: usize, per: usize) -> Result<Env, LabError> {
-    let dir = std::env::temp_dir().join(format!("holdfast-rfc9411-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display()))?;
+    let dir = super::private_dir("holdfast-rfc9411")?;
     let mut env = Env { g: Guard { children: vec![], keep: false, dir: dir.clone() }, restore: Restore(Vec::new()), system, before: Value::Null, softnet: 0 };
     super::up(1)?;
     // Client addresses, ports 1024-65535, queues for many connections.

@@ -253,6 +253,14 @@ fn empty_lists_are_refused_everywhere_a_list_goes() {
 }
 
 #[test]
+fn a_core_listed_twice_is_refused() {
+    let e = err("zones:\n  outside: { queues: 3 }\n  inside: { queues: 3 }\nworkers:\n  cores: [2, 3, 2]\n");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.message.contains("core 2 twice (entries 1 and 3)"), "{}", e.message);
+    parse("zones:\n  outside: { queues: 2 }\n  inside: { queues: 2 }\nworkers:\n  cores: [2, 3]\n", "t.yaml").unwrap();
+}
+
+#[test]
 fn counts_say_what_is_wrong_with_them() {
     for (v, says) in [
         ("-1", "negative"),

@@ -56,6 +56,19 @@ pub(super) fn dataplane(cx: &Ctx, f: &File) -> Result<Dataplane, ConfigError> {
     if w.cores.value.is_empty() || w.cores.value.len() > 256 {
         return Err(cx.at(w.cores.referenced, "workers.cores lists between 1 and 256 cores"));
     }
+    // Two workers pinned to one core take turns on it: each runs at half speed or
+    // less (a spinning one starves the other), and neither says why.
+    if let Some((i, c)) = w.cores.value.iter().enumerate().find(|&(i, c)| w.cores.value[..i].contains(c)) {
+        return Err(cx.at(
+            w.cores.referenced,
+            format!(
+                "workers.cores lists core {} twice (entries {} and {}): each worker needs a core of its own",
+                c.0,
+                w.cores.value.iter().position(|x| x == c).unwrap_or(0) + 1,
+                i + 1
+            ),
+        ));
+    }
     for z in [&f.zones.outside, &f.zones.inside] {
         if z.queues.value.0 as usize != w.cores.value.len() {
             return Err(cx.at(

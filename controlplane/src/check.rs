@@ -185,6 +185,14 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
             Ok(i) => {
                 let q = cfg.dataplane.queues[k];
                 let have = i.rx_queues.min(i.tx_queues);
+                if i.rx_queues > q {
+                    out.push(error(format!(
+                        "zones.{zone}.queues is {q}, but {name} receives on {} queues: what the NIC puts on the other {} would reach no worker (the XDP program drops it). Give it {q} (ethtool -L {name} combined {q}, or rx {q}), or run {} workers (workers.cores and zones.*.queues)",
+                        i.rx_queues,
+                        i.rx_queues - q,
+                        i.rx_queues
+                    )));
+                }
                 if q > have {
                     out.push(error(format!(
                         "zones.{zone}.queues is {q}, but {name} has {} receive and {} transmit queue(s): each worker binds one queue of each interface, so use at most {have} worker(s) (workers.cores and zones.*.queues), or add queues (ethtool -L {name} combined {q})",

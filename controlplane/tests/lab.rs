@@ -97,6 +97,30 @@ fn a_crash_leaves_no_xdp_program_attached() {
     let _ = std::fs::remove_file(&cfg);
 }
 
+/// Interfaces with more receive queues than workers: the frames on the other queues
+/// would reach no worker (before, the program passed them to the kernel unjudged: 3
+/// of 8 pings were lost with no drop counted). `run` refuses, naming the fix, and
+/// attaches nothing.
+#[test]
+fn run_refuses_interfaces_with_queues_no_worker_binds() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let _d = Down;
+    assert!(holdfast().args(["lab", "up", "--workers", "2"]).status().unwrap().success());
+    let cfg = std::env::temp_dir().join(format!("hf-queues-{}.yaml", std::process::id()));
+    std::fs::write(&cfg, holdfast_controlplane::lab::LAB_CONFIG).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", "hf-fw", env!("CARGO_BIN_EXE_holdfast"), "run", "--quiet", "--duration", "5s", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hf-out0 receives on 2 queues") && err.contains("ethtool -L hf-out0 combined 1"), "{err}");
+    assert!(!xdp_on("hf-out0") && !xdp_on("hf-in0"), "nothing attached");
+}
+
 #[test]
 fn run_explains_a_missing_interface() {
     need_root!();

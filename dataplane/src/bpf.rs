@@ -1,8 +1,11 @@
 //! The XDP redirect program and the bpf(2) calls to load and attach it, without libbpf.
 //!
-//! The plain program is `return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);`:
-//! six instruction slots, assembled by hand (the same kernel tag as clang's output; see
-//! shared/AFXDP-NOTES.md). The shedding program ([`shedding_program`], the default)
+//! The plain program is `return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_DROP);`:
+//! six instruction slots, assembled by hand (AFXDP-NOTES.md has the `XDP_PASS` form).
+//! A frame on a queue with no socket is dropped, not passed: the kernel's own stack
+//! would take what the firewall never judged (and forward it, on a host that
+//! forwards). `run::start` refuses interfaces with more receive queues than workers,
+//! so that only a moment of a socket's re-binding can meet it. The shedding program ([`shedding_program`], the default)
 //! puts one check in front of it: while the worker of this queue has raised the queue's
 //! flag in the [`ShedMap`] (its RX ring is filling faster than it drains), a TCP SYN
 //! without ACK or RST is dropped here and counted, before the kernel copies it into
@@ -186,7 +189,7 @@ pub fn redirect_program(map_fd: RawFd) -> [[u8; 8]; 6] {
         insn(0x61, 2, 1, 16, 0),     // r2 = *(u32 *)(r1 + 16): ctx->rx_queue_index
         insn(0x18, 1, 1, 0, map_fd), // r1 = map (ld_imm64, src 1 = BPF_PSEUDO_MAP_FD)
         insn(0, 0, 0, 0, 0),         //      (second half of ld_imm64)
-        insn(0xb7, 3, 0, 0, 2),      // r3 = XDP_PASS: no socket on this queue
+        insn(0xb7, 3, 0, 0, 1),      // r3 = XDP_DROP: no socket on this queue
         insn(0x85, 0, 0, 0, 51),     // call bpf_redirect_map
         insn(0x95, 0, 0, 0, 0),      // exit
     ]
@@ -260,7 +263,7 @@ pub const SHED_IPV6_EXTENSION_HEADERS: usize = holdfast_pipeline::parse::MAX_IPV
 ///    untagged or behind one or two VLAN tags (0x8100, 0x88a8, 0x9100) — the parser's
 ///    own lists (`parse::VLAN_TPIDS`, `parse::ipv6_extension`):
 ///     shed[queues + rx_queue_index] += 1 (atomic); return XDP_DROP
-/// return bpf_redirect_map(&xsks_map, rx_queue_index, XDP_PASS)
+/// return bpf_redirect_map(&xsks_map, rx_queue_index, XDP_DROP)
 /// ```
 ///
 /// It recognises what the pipeline's parser recognises as a TCP segment, so that a
@@ -270,6 +273,13 @@ pub const SHED_IPV6_EXTENSION_HEADERS: usize = holdfast_pipeline::parse::MAX_IPV
 /// verifier holds it to that); the extension-header walk is unrolled, so its bound is
 /// a constant; anything it does not recognise goes to the socket as before.
 pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 8]> {
+    shedding_program_with(xsk_fd, shed_fd, queues, 1)
+}
+
+/// [`shedding_program`] with `no_socket` the action for a frame on a queue without a
+/// socket (XDP_DROP = 1 there; the tests, which have no socket, take XDP_PASS = 2 to
+/// tell "sent on" from "shed").
+fn shedding_program_with(xsk_fd: RawFd, shed_fd: RawFd, queues: u32, no_socket: i32) -> Vec<[u8; 8]> {
     const R0: u8 = 0;
     const R1: u8 = 1;
     const R2: u8 = 2;
@@ -303,7 +313,6 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     const MAP_LOOKUP_ELEM: i32 = 1;
     const REDIRECT_MAP: i32 = 51;
     const XDP_DROP: i32 = 1;
-    const XDP_PASS: i32 = 2;
     // TCP flags: RST 0x04, SYN 0x02, ACK 0x10.
     const RST_SYN_ACK: i32 = 0x16;
     const SYN: i32 = 0x02;
@@ -448,7 +457,7 @@ pub fn shedding_program(xsk_fd: RawFd, shed_fd: RawFd, queues: u32) -> Vec<[u8; 
     a.place(redirect);
     a.op(LDX_W, R2, R6, 16, 0);
     a.map(R1, xsk_fd);
-    a.op(MOV_K, R3, 0, 0, XDP_PASS);
+    a.op(MOV_K, R3, 0, 0, no_socket);
     a.op(CALL, 0, 0, 0, REDIRECT_MAP);
     a.op(EXIT, 0, 0, 0, 0);
     a.finish()
@@ -538,7 +547,7 @@ mod tests {
         let p = redirect_program(7);
         assert_eq!(p[0], [0x61, 0x12, 16, 0, 0, 0, 0, 0]);
         assert_eq!(p[1], [0x18, 0x11, 0, 0, 7, 0, 0, 0]);
-        assert_eq!(p[3], [0xb7, 0x03, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(p[3], [0xb7, 0x03, 0, 0, 1, 0, 0, 0], "no socket on the queue: XDP_DROP");
         assert_eq!(p[4], [0x85, 0, 0, 0, 51, 0, 0, 0]);
         assert_eq!(p[5], [0x95, 0, 0, 0, 0, 0, 0, 0]);
     }
@@ -671,8 +680,23 @@ mod shedding {
                 return None;
             }
         };
-        let prog = Program::load_shedding(&xsk, &shed).expect("the verifier takes the shedding program");
+        // XDP_PASS where there is no socket (as there is none here), to tell a frame
+        // sent on from one shed; the appliance's program drops it instead.
+        let prog = Program::load(&shedding_program_with(xsk.raw_fd(), shed.raw_fd(), shed.queues(), XDP_PASS as i32), "hf_shed_test")
+            .expect("the verifier takes the shedding program");
         Some((xsk, shed, prog))
+    }
+
+    /// A frame on a queue where no socket is bound is dropped by both programs the
+    /// appliance loads, never passed to the kernel's stack unjudged.
+    #[test]
+    fn with_no_socket_on_the_queue_both_programs_drop() {
+        let Some((xsk, shed, _)) = loaded() else { return };
+        let ack = v4(0x10);
+        for prog in [Program::load_shedding(&xsk, &shed).unwrap(), Program::load_redirect(&xsk).unwrap()] {
+            assert_eq!(prog.test_run(&ack).unwrap(), XDP_DROP);
+        }
+        assert_eq!(shed.shed(0).unwrap(), 0, "dropped for want of a socket, not shed");
     }
 
     #[test]

@@ -69,6 +69,12 @@ pub enum StartError {
         "interface {name} has queues: {queues} but workers.cores lists {workers} workers: each worker serves one queue of each interface, so they must match"
     )]
     Queues { name: String, queues: u32, workers: usize },
+    /// Frames the NIC puts on a queue no worker binds would never be judged.
+    #[error(
+        "interface {name} receives on {have} queues but the workers bind {queues} (zones.*.queues): what the NIC puts on the other {extra} would reach no worker. Give it {queues} (ethtool -L {name} combined {queues}, or rx {queues}), or run {have} workers (zones.*.queues and workers.cores)",
+        extra = have - queues
+    )]
+    ExtraQueues { name: String, have: u32, queues: u32 },
     #[error("interface {name}: {source}")]
     Interface {
         name: String,

@@ -194,6 +194,12 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     let mut ifindex = [0u32; 2];
     for (k, i) in cfg.interfaces.iter().enumerate() {
         ifindex[k] = bpf::ifindex(&i.name).map_err(|source| StartError::Interface { name: i.name.clone(), source })?;
+        // A queue no socket binds: its frames are dropped by the program, unjudged.
+        if let Ok(h) = crate::host::interface(&i.name)
+            && h.rx_queues > i.queues
+        {
+            return Err(StartError::ExtraQueues { name: i.name.clone(), have: h.rx_queues, queues: i.queues });
+        }
     }
     let maps = [
         Arc::new(XskMap::new(cfg.interfaces[0].queues).map_err(|e| OsError::new("creating the XSKMAP", e))?),

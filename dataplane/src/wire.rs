@@ -1,7 +1,7 @@
 //! The live replayer's two ports: one UMEM, an AF_XDP socket on queue 0 of each of two
 //! interfaces (the dataplane's own `xsk::Ports`), and the redirect program on both, so
 //! that what the device under test lets through comes back to the replayer instead of
-//! the kernel's stack.
+//! the kernel's stack. Interfaces with more than one receive queue are refused.
 //!
 //! Frames are copied into free UMEM frames and queued per side; `flush` hands them to
 //! the kernel. A frame queued on one side first flushes what waits on the other, so the
@@ -82,6 +82,21 @@ impl Wire {
         let ifindex = [bpf::ifindex(&cfg.interfaces[0])?, bpf::ifindex(&cfg.interfaces[1])?];
         if ifindex[0] == ifindex[1] {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "--intf1 and --intf2 name the same interface"));
+        }
+        // Frames coming back on another queue would reach no socket and count as
+        // dropped by the device under test.
+        for name in &cfg.interfaces {
+            if let Ok(h) = crate::host::interface(name)
+                && h.rx_queues > 1
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{name} receives on {} queues but the replayer binds queue 0 only: what came back on the others would count as dropped by the device. Give it one (ethtool -L {name} combined 1), or use --driver packet",
+                        h.rx_queues
+                    ),
+                ));
+            }
         }
         let ring = cfg.ring_size.next_power_of_two().clamp(64, 8192);
         let frames = cfg.frames.max(4 * ring);

@@ -515,26 +515,11 @@ mod tests {
         assert!(text.contains("replid") && text.contains("assurd"), "{text}");
     }
 
-    /// Serves `body` (chunked, as the endpoint streams a listing) to one request.
+    /// Serves `body` (chunked in two, as the endpoint streams a listing) to one request.
     fn serve_once(body: &'static str) -> Target {
-        use std::io::Write;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            // The whole request head, so that closing does not reset the connection.
-            let (mut head, mut buf) = (Vec::new(), [0u8; 256]);
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let half = body.len() / 2;
-            let (a, b) = body.split_at(half);
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
-        });
-        Target::new(addr)
+        let (a, b) = body.split_at(body.len() / 2);
+        let answer = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+        serve_raw(Box::leak(answer.into_bytes().into_boxed_slice()))
     }
 
     #[test]
@@ -552,13 +537,14 @@ mod tests {
         assert_eq!(called, 1, "what came before the error was handed over; the error says how much");
     }
 
-    /// Serves raw bytes as an answer, then closes.
+    /// Serves raw bytes as the answer to one request, then closes.
     fn serve_raw(answer: &'static [u8]) -> Target {
         use std::io::Write;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // The whole request head, so that closing does not reset the connection.
             let (mut head, mut buf) = (Vec::new(), [0u8; 256]);
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
                 match s.read(&mut buf) {

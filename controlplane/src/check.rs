@@ -326,7 +326,7 @@ mod tests {
         assert!(text.iter().any(|t| t.starts_with("workers.cores lists core 4096")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with("log.denials /nonexistent/dir/d.log: its directory /nonexistent/dir cannot be used")), "{text:?}");
         // lo has one queue: two workers cannot bind two.
-        let c = cfg("zones: { outside: { interface: lo, queues: 2 }, inside: { interface: lo2, queues: 2 } }\nworkers: { cores: [0, 0] }\n");
+        let c = cfg("zones: { outside: { interface: lo, queues: 2 }, inside: { interface: lo2, queues: 2 } }\nworkers: { cores: [0, 1] }\n");
         let f = host(&c);
         assert!(f.iter().any(|x| x.error && x.text.starts_with("zones.outside.queues is 2, but lo has")), "{f:?}");
     }

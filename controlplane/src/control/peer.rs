@@ -130,6 +130,14 @@ mod tests {
             assert!(owner(client, server).is_err(), "{bind}: a closed client's end has no owner to tell");
             drop(s);
         }
+        // A dual-stack listener sees an IPv4 client as v4-mapped: the kernel finds the
+        // IPv4 socket behind it.
+        if let Ok(l) = TcpListener::bind("[::]:0") {
+            let _c = TcpStream::connect(("127.0.0.1", l.local_addr().unwrap().port())).unwrap();
+            let (s, client) = l.accept().unwrap();
+            assert!(matches!(client.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some()), "{client}");
+            assert_eq!(owner(client, s.local_addr().unwrap()), Ok(holdfast_dataplane::sys::euid()), "v4-mapped");
+        }
     }
 
     #[test]

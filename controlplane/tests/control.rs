@@ -831,6 +831,40 @@ fn a_deleted_interface_is_a_fault_and_is_reattached_when_it_returns() {
     assert_consistent(&lab_final_as_status(&fin));
 }
 
+/// Queues added under a running appliance (`ethtool -L`): the frames RSS puts on the
+/// new ones reach no worker and the program drops them, so it is a fault that names
+/// the interface and the fix; it clears when the queues are taken back.
+#[test]
+fn queues_added_under_the_appliance_are_a_fault() {
+    need_lab!();
+    let _l = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    // Veths that can carry two queues, running one, and one worker.
+    let mut lab = Lab::up("queues", 2);
+    lab.workers = 1;
+    let channels = |lab: &Lab, ns: &str, ifc: &str, n: &str| ok(&lab.ns(ns, &["ethtool", "-L", ifc, "rx", n, "tx", n]).output().unwrap());
+    // (veth's XDP wants no fewer receive queues than its peer sends on: both ends.)
+    for (ns, ifc) in [("hf-out", "hf-out1"), ("hf-in", "hf-in1"), ("hf-fw", "hf-out0"), ("hf-fw", "hf-in0")] {
+        channels(&lab, ns, ifc, "1");
+    }
+    lab.write_config(&lab.config(PING, ""));
+    lab.start(&[]);
+    let unbound = |s: &Value| s["saturation"].as_array().unwrap().iter().find(|e| e["event"] == "queues_unbound").cloned();
+    assert_eq!(unbound(&lab.status()), None, "the queues match at the start");
+    ok(&lab.ns("hf-fw", &["ethtool", "-L", "hf-out0", "rx", "2"]).output().unwrap());
+    let fault = lab.raised("queues_unbound");
+    let says = fault["fault"].as_str().unwrap();
+    assert!(says.contains("hf-out0 (outside) receives on 2 queues but the workers bind 1") && says.contains("ethtool -L hf-out0 combined 1"), "{fault}");
+    let metrics = ok(&lab.ns("hf-fw", &["curl", "-s", "http://127.0.0.1:9477/metrics"]).output().unwrap());
+    assert!(metrics.contains("holdfast_saturation_active{reason=\"queues_unbound\"} 1"), "{metrics}");
+    channels(&lab, "hf-fw", "hf-out0", "1");
+    let t = Instant::now();
+    while unbound(&lab.status()).is_some() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the fault did not clear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.stop();
+}
+
 /// The final counters in the shape `assert_consistent` reads.
 fn lab_final_as_status(fin: &Value) -> Value {
     serde_json::json!({"workers": fin["workers"].as_array().unwrap().iter().map(|w| serde_json::json!({"counters": w})).collect::<Vec<_>>()})

@@ -88,6 +88,8 @@ pub struct Running {
     last_look: WallClock,
     /// A reattach that failed, retried at the next look.
     pending: Option<String>,
+    /// Each side's receive queues as last looked at (`None`: unreadable, or gone).
+    rx_queues: [Option<u32>; 2],
     /// The pipeline clock's epoch (its time 0), and the wall-clock time it stands for.
     pub started: WallClock,
     pub started_at: std::time::SystemTime,
@@ -323,6 +325,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         events,
         last_look: WallClock::now(),
         pending: None,
+        rx_queues: [0, 1].map(|k| crate::host::interface(&cfg.interfaces[k].name).ok().map(|h| h.rx_queues)),
         started: epoch,
         started_at,
     })
@@ -368,6 +371,18 @@ impl Running {
         self.states
     }
 
+    /// Each side's queues that no worker binds, as of the last look: the NIC's
+    /// receive queues beyond `zones.*.queues` (changed since the start with
+    /// `ethtool -L`, or a re-created interface). The program drops what arrives there.
+    pub fn unbound_queues(&self) -> [u32; 2] {
+        [0, 1].map(|k| self.rx_queues[k].map_or(0, |have| have.saturating_sub(self.interfaces[k].queues)))
+    }
+
+    /// The interfaces as configured.
+    pub fn interfaces(&self) -> &[Interface; 2] {
+        &self.interfaces
+    }
+
     /// A reattach that failed and waits for its retry.
     pub fn reattach_pending(&self) -> Option<&str> {
         self.pending.as_deref()
@@ -385,6 +400,7 @@ impl Running {
             return LinkReport::default();
         }
         self.last_look = WallClock::now();
+        self.rx_queues = [0, 1].map(|k| crate::host::interface(&self.interfaces[k].name).ok().map(|h| h.rx_queues));
         let now = [link_state(&self.interfaces[0].name), link_state(&self.interfaces[1].name)];
         let mut changes = Vec::new();
         for (side, (&to, &from)) in now.iter().zip(&self.states).enumerate() {

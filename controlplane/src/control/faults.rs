@@ -114,6 +114,26 @@ pub(super) fn links(sat: &mut Saturation, running: &mut Running, links: &mut [Li
         Some(Err(e)) => crate::logln!("holdfast: re-attaching failed: {e}; retrying every second (systemd's watchdog is not fed meanwhile)"),
         None => {}
     }
+    // Queues no worker binds (the NIC's queue count changed under the appliance):
+    // the program drops what RSS puts there, unjudged and uncounted by the workers.
+    for (k, extra) in running.unbound_queues().into_iter().enumerate() {
+        let i = &running.interfaces()[k];
+        let detail = if extra > 0 {
+            format!(
+                "{} ({}) receives on {} queues but the workers bind {}: frames on the other {extra} are dropped unjudged; ethtool -L {} combined {}, or restart with {} workers",
+                i.name,
+                ZONES[k],
+                i.queues + extra,
+                i.queues,
+                i.name,
+                i.queues,
+                i.queues + extra
+            )
+        } else {
+            format!("{} ({}) receives on the queues the workers bind", i.name, ZONES[k])
+        };
+        say(sat.fault("queues_unbound", k, extra > 0, f64::from(extra), detail, SystemTime::now()));
+    }
     for (k, st) in running.link_states().iter().enumerate() {
         links[k].state = st.name().to_string();
         links[k].up = st.is_up() && running.reattach_pending().is_none();

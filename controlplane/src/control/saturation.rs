@@ -142,7 +142,8 @@ pub const EVENTS: [&str; 7] = ["table_fill", "embryonic_share", "busy", "rx_ring
 /// broken — a worker whose loop stopped, an interface that went away, a log that
 /// cannot be written. Raised and cleared by the control loop ([`Saturation::fault`]);
 /// reported beside the saturation events, under the same metric families.
-pub const FAULTS: [&str; 7] = ["worker_stalled", "interface_down", "deny_log_write", "stderr_write", "thread_ended", "sync_lost", "sync_backlog"];
+pub const FAULTS: [&str; 8] =
+    ["worker_stalled", "interface_down", "queues_unbound", "deny_log_write", "stderr_write", "thread_ended", "sync_lost", "sync_backlog"];
 
 /// Every event kind, saturation and fault.
 pub fn all_events() -> impl Iterator<Item = &'static str> {

@@ -273,6 +273,25 @@ fn without_a_token_another_local_user_is_refused() {
     assert_eq!(s.stats.unauthorized.load(Relaxed), 3);
     let o = as_nobody("status");
     assert!(o.status.success(), "status is open: {}", String::from_utf8_lossy(&o.stderr));
+    // ... but not the table's top sources: addresses, as a listing's are.
+    let status = |o: std::process::Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
+    let mine: serde_json::Value = serde_json::from_str(get(s.addr, "/status").1.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(mine["total"]["holders"]["sources"].is_array() && mine["total"]["holders"].get("sources_hidden").is_none(), "root sees them");
+    let theirs = status(
+        std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["status", "--json", "--connect", &s.addr.to_string()])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap(),
+    );
+    let workers = theirs["workers"].as_array().unwrap();
+    for h in std::iter::once(&theirs["total"]["holders"]).chain(workers.iter().map(|w| &w["holders"])) {
+        assert!(h["sources"].is_null(), "{h}");
+        let why = h["sources_hidden"].as_str().unwrap();
+        assert!(why.contains("the top sources' addresses from uid 65534") && why.contains("control.token_file"), "{why}");
+    }
+    assert_eq!(theirs["total"]["holders"]["ports"], mine["total"]["holders"]["ports"], "the ports stay");
     // This process is root: let in.
     assert_eq!(get(s.addr, "/flows?limit=1").0, 200);
     // A token opens it to anyone who has it.

@@ -4,7 +4,8 @@
 //! that carry it are in `http`.
 //!
 //! Access: `/metrics` and `/status` are read-only aggregates, open to whoever reaches
-//! the socket. `/flows` (it reveals who talks to whom) and the POSTs need the bearer
+//! the socket (`/status` without its top sources' addresses, unless the caller may
+//! list flows). `/flows` (it reveals who talks to whom) and the POSTs need the bearer
 //! token of `control.token_file` when one is set; without one they answer only peers
 //! on the loopback interface whose socket root or the appliance's own user owns (the
 //! kernel says whose, `peer`), as `conntrack -L` needs privilege.
@@ -174,11 +175,34 @@ pub fn decide(
     }
 }
 
-fn authorize(req: &Request<Incoming>, ends: Ends, sh: &Shared) -> Result<(), Box<Response<Body>>> {
+/// [`decide`] for this request, about `what` (its path, or what it would see).
+fn check(req: &Request<Incoming>, ends: Ends, sh: &Shared, what: &str) -> Result<(), (StatusCode, String)> {
     let token = sh.token.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone());
     let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
     let local_user = || ends.local.ok_or_else(|| "the endpoint's own address is unknown".to_string()).and_then(|l| super::peer::owner(ends.peer, l));
-    decide(token.as_deref(), header, ends.peer.ip(), req.uri().path(), local_user).map_err(|(code, msg)| {
+    decide(token.as_deref(), header, ends.peer.ip(), what, local_user)
+}
+
+/// Takes the top sources' addresses out of a `/status` answer (its total and every
+/// worker), saying why; their count and the ports stay.
+pub fn hide_sources(status: &mut Value, why: &str) {
+    let hidden = json!(format!("hidden: {why}"));
+    let hide = |h: &mut Value| {
+        if h.get("sources").is_some() {
+            h["sources"] = Value::Null;
+            h["sources_hidden"] = hidden.clone();
+        }
+    };
+    hide(&mut status["total"]["holders"]);
+    if let Some(ws) = status["workers"].as_array_mut() {
+        for w in ws {
+            hide(&mut w["holders"]);
+        }
+    }
+}
+
+fn authorize(req: &Request<Incoming>, ends: Ends, sh: &Shared) -> Result<(), Box<Response<Body>>> {
+    check(req, ends, sh, req.uri().path()).map_err(|(code, msg)| {
         sh.stats.unauthorized.fetch_add(1, Relaxed);
         let mut r = plain(code, msg);
         if code == StatusCode::UNAUTHORIZED {
@@ -203,7 +227,15 @@ pub(super) async fn handle(req: Request<Incoming>, ends: Ends, sh: &Shared) -> R
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match path.as_str() {
         "/metrics" if get => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", super::metrics::encode(&read_view(&sh.view))),
-        "/status" if get => text(StatusCode::OK, "application/json", status_json(&read_view(&sh.view)).to_string() + "\n"),
+        "/status" if get => {
+            let mut v = status_json(&read_view(&sh.view));
+            // The table's top sources are addresses, as a listing's are: shown to whom
+            // a listing is, the rest of the status to anyone.
+            if let Err((_, why)) = check(&req, ends, sh, "the top sources' addresses") {
+                hide_sources(&mut v, &why);
+            }
+            text(StatusCode::OK, "application/json", v.to_string() + "\n")
+        }
         "/flows" if get => {
             if let Err(r) = authorize(&req, ends, sh) {
                 return *r;

@@ -259,7 +259,8 @@ pub fn holders_lines(h: &Value) -> String {
     };
     format!(
         "sources   {}\nports     {}\n          (entries held, of {} swept; each at most `error` over)\n",
-        list("sources", &|x| x["source"].as_str().or(x["addr"].as_str()).unwrap_or("?").to_string()),
+        // Shown only to whom a listing is (the token, or root on this host).
+        h["sources_hidden"].as_str().map_or_else(|| list("sources", &|x| x["source"].as_str().or(x["addr"].as_str()).unwrap_or("?").to_string()), String::from),
         list("ports", &|x| format!("{}/{}", x["proto"].as_str().map_or_else(|| x["proto"].to_string(), String::from), x["port"])),
         h["swept"]
     )

@@ -185,7 +185,7 @@ fn check(req: &Request<Incoming>, ends: Ends, sh: &Shared, what: &str) -> Result
 
 /// Takes the top sources' addresses out of a `/status` answer (its total and every
 /// worker), saying why; their count and the ports stay.
-pub fn hide_sources(status: &mut Value, why: &str) {
+fn hide_sources(status: &mut Value, why: &str) {
     let hidden = json!(format!("hidden: {why}"));
     let hide = |h: &mut Value| {
         if h.get("sources").is_some() {

@@ -149,15 +149,19 @@ pub fn decide(
     local_user: impl FnOnce() -> Result<u32, String>,
 ) -> Result<(), (StatusCode, String)> {
     match token {
-        Some(t) => match authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) {
-            Some(g) if same(g.as_bytes(), t.as_bytes()) => Ok(()),
-            Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token: send the contents of control.token_file as `Authorization: Bearer <token>`".into())),
-            None => Err((
-                StatusCode::UNAUTHORIZED,
-                "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)"
-                    .into(),
-            )),
-        },
+        // The scheme is case-insensitive (RFC 9110, 11.1).
+        Some(t) => {
+            match authorization.and_then(|h| h.trim_start().split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, k)| k.trim())
+            {
+                Some(g) if same(g.as_bytes(), t.as_bytes()) => Ok(()),
+                Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token: send the contents of control.token_file as `Authorization: Bearer <token>`".into())),
+                None => Err((
+                    StatusCode::UNAUTHORIZED,
+                    "this needs the token of control.token_file as `Authorization: Bearer <token>` (holdfast's commands send it with --config or --token-file)"
+                        .into(),
+                )),
+            }
+        }
         None if peer.to_canonical().is_loopback() => match local_user() {
             Ok(uid) if uid == 0 || uid == holdfast_dataplane::sys::euid() => Ok(()),
             Ok(uid) => Err((
@@ -559,6 +563,8 @@ mod tests {
         assert_eq!(decide(t, Some("Bearer nope"), far, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert_eq!(decide(t, Some("Basic 0123456789abcdef"), far, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert!(decide(t, Some("Bearer 0123456789abcdef"), far, "/flows", || Ok(other)).is_ok(), "the token opens it to anyone");
+        assert!(decide(t, Some("bearer  0123456789abcdef"), far, "/flows", root).is_ok(), "the scheme in any case");
+        assert_eq!(decide(t, Some("Bearer0123456789abcdef"), far, "/flows", root).unwrap_err().0, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

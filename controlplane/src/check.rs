@@ -186,12 +186,9 @@ pub fn host(cfg: &Config) -> Vec<Finding> {
                 let q = cfg.dataplane.queues[k];
                 let have = i.rx_queues.min(i.tx_queues);
                 if i.rx_queues > q {
-                    out.push(error(format!(
-                        "zones.{zone}.queues is {q}, but {name} receives on {} queues: what the NIC puts on the other {} would reach no worker (the XDP program drops it). Give it {q} (ethtool -L {name} combined {q}, or rx {q}), or run {} workers (workers.cores and zones.*.queues)",
-                        i.rx_queues,
-                        i.rx_queues - q,
-                        i.rx_queues
-                    )));
+                    // What `run` would refuse to start with, said with the setting.
+                    let e = holdfast_dataplane::error::StartError::ExtraQueues { name: name.clone(), have: i.rx_queues, queues: q };
+                    out.push(error(format!("zones.{zone}.queues is {q}: {e}")));
                 }
                 if q > have {
                     out.push(error(format!(

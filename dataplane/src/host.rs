@@ -83,9 +83,26 @@ pub enum InterfaceError {
     Missing { name: String, known: Vec<String> },
 }
 
+fn is_interface_name(name: &str) -> bool {
+    !(name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace))
+}
+
+/// How many of the interface's queues (`/sys/class/net/NAME/queues`) start with
+/// `prefix` (`rx-`, `tx-`); `None` where that cannot be read.
+fn queues(name: &str, prefix: &str) -> Option<u32> {
+    let d = std::fs::read_dir(Path::new("/sys/class/net").join(name).join("queues")).ok()?;
+    Some(d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32)
+}
+
+/// The receive queues interface `name` has now, or `None` where that cannot be read
+/// (no such interface). Cheaper than [`interface`]: the link watcher asks every second.
+pub fn rx_queues(name: &str) -> Option<u32> {
+    if is_interface_name(name) { queues(name, "rx-") } else { None }
+}
+
 /// The interface named `name`, or why it cannot be used.
 pub fn interface(name: &str) -> Result<Interface, InterfaceError> {
-    if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
+    if !is_interface_name(name) {
         return Err(InterfaceError::BadName(name.to_string()));
     }
     let dir = Path::new("/sys/class/net").join(name);
@@ -95,9 +112,7 @@ pub fn interface(name: &str) -> Result<Interface, InterfaceError> {
         known.sort();
         return Err(InterfaceError::Missing { name: name.to_string(), known });
     }
-    let count = |prefix: &str| {
-        std::fs::read_dir(dir.join("queues")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32).unwrap_or(0)
-    };
+    let count = |prefix: &str| queues(name, prefix).unwrap_or(0);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
     Ok(Interface {
         name: name.to_string(),

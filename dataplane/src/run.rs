@@ -197,10 +197,10 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
     for (k, i) in cfg.interfaces.iter().enumerate() {
         ifindex[k] = bpf::ifindex(&i.name).map_err(|source| StartError::Interface { name: i.name.clone(), source })?;
         // A queue no socket binds: its frames are dropped by the program, unjudged.
-        if let Ok(h) = crate::host::interface(&i.name)
-            && h.rx_queues > i.queues
+        if let Some(have) = crate::host::rx_queues(&i.name)
+            && have > i.queues
         {
-            return Err(StartError::ExtraQueues { name: i.name.clone(), have: h.rx_queues, queues: i.queues });
+            return Err(StartError::ExtraQueues { name: i.name.clone(), have, queues: i.queues });
         }
     }
     let maps = [
@@ -325,7 +325,7 @@ pub fn start(cfg: &Config, prepared: Prepared) -> Result<Running, StartError> {
         events,
         last_look: WallClock::now(),
         pending: None,
-        rx_queues: [0, 1].map(|k| crate::host::interface(&cfg.interfaces[k].name).ok().map(|h| h.rx_queues)),
+        rx_queues: [0, 1].map(|k| crate::host::rx_queues(&cfg.interfaces[k].name)),
         started: epoch,
         started_at,
     })
@@ -400,7 +400,7 @@ impl Running {
             return LinkReport::default();
         }
         self.last_look = WallClock::now();
-        self.rx_queues = [0, 1].map(|k| crate::host::interface(&self.interfaces[k].name).ok().map(|h| h.rx_queues));
+        self.rx_queues = [0, 1].map(|k| crate::host::rx_queues(&self.interfaces[k].name));
         let now = [link_state(&self.interfaces[0].name), link_state(&self.interfaces[1].name)];
         let mut changes = Vec::new();
         for (side, (&to, &from)) in now.iter().zip(&self.states).enumerate() {

@@ -86,14 +86,13 @@ impl Wire {
         // Frames coming back on another queue would reach no socket and count as
         // dropped by the device under test.
         for name in &cfg.interfaces {
-            if let Ok(h) = crate::host::interface(name)
-                && h.rx_queues > 1
+            if let Some(have) = crate::host::rx_queues(name)
+                && have > 1
             {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "{name} receives on {} queues but the replayer binds queue 0 only: what came back on the others would count as dropped by the device. Give it one (ethtool -L {name} combined 1), or use --driver packet",
-                        h.rx_queues
+                        "{name} receives on {have} queues but the replayer binds queue 0 only: what came back on the others would count as dropped by the device. Give it one (ethtool -L {name} combined 1), or use --driver packet"
                     ),
                 ));
             }

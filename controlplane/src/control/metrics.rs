@@ -220,7 +220,11 @@ impl Collector for Metrics {
             ("http_connections_evicted", "Connections closed to make room (over the connection limit).", &h.evicted),
             ("http_connections_idle_closed", "Connections closed after the idle timeout.", &h.idle_closed),
             ("http_accept_errors", "accept() failures on the control endpoint (descriptors exhausted, ...).", &h.accept_errors),
-            ("http_unauthorized", "Requests refused: missing or wrong token, or from another host without one.", &h.unauthorized),
+            (
+                "http_unauthorized",
+                "Requests refused: missing or wrong token; without one, from another host or from a local user other than root and the appliance's.",
+                &h.unauthorized,
+            ),
             ("http_bad_bodies", "Request bodies over the limit or not sent in time.", &h.bad_bodies),
             ("http_listings_refused", "Flow listings refused because the most allowed at once were being written.", &h.listings_refused),
         ] {

@@ -184,7 +184,8 @@ pub struct HttpStats {
     pub idle_closed: AtomicU64,
     /// `accept()` failures (descriptor table full, …).
     pub accept_errors: AtomicU64,
-    /// Requests refused for a missing or wrong token, or from another host.
+    /// Requests refused for a missing or wrong token, or (without one) from another host
+    /// or from a local user other than root and the appliance's own.
     pub unauthorized: AtomicU64,
     /// Bodies over [`BODY_LIMIT`] or not sent within [`BODY_TIMEOUT`].
     pub bad_bodies: AtomicU64,
